@@ -1,0 +1,62 @@
+//! The admin listener: Prometheus `/metrics`, `/healthz` (the process
+//! answers) and `/readyz` (it takes traffic: listeners bound, not draining).
+use crate::intake::{error_response, json_response};
+use crate::pipeline::Rejection;
+use crate::telemetry;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Default)]
+pub struct Health {
+    ready: AtomicBool,
+}
+
+impl Health {
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+        telemetry::METRICS.up.set(ready as i64);
+    }
+}
+
+pub async fn serve(listener: TcpListener, health: Arc<Health>, stop: CancellationToken) {
+    let builder = Builder::new(TokioExecutor::new());
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r { Ok(s) => s, Err(_) => continue },
+            _ = stop.cancelled() => return,
+        };
+        let health = health.clone();
+        let svc = service_fn(move |req| handle(req, health.clone()));
+        let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+}
+
+async fn handle(req: Request<Incoming>, health: Arc<Health>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Ok(error_response(&Rejection::new(StatusCode::METHOD_NOT_ALLOWED, "method", "admin endpoints take GET")));
+    }
+    Ok(match req.uri().path() {
+        "/metrics" => {
+            let mut r = Response::new(Full::new(Bytes::from(telemetry::render())));
+            r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4"));
+            r
+        }
+        "/healthz" => json_response(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}")),
+        "/readyz" if health.ready.load(Ordering::SeqCst) => json_response(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ready\"}")),
+        "/readyz" => json_response(StatusCode::SERVICE_UNAVAILABLE, Bytes::from_static(b"{\"status\":\"not ready\"}")),
+        other => error_response(&Rejection::new(StatusCode::NOT_FOUND, "not_found", format!("no admin endpoint at {other}; try /metrics, /healthz, /readyz"))),
+    })
+}

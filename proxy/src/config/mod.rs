@@ -1,0 +1,615 @@
+//! The YAML configuration: one struct per section, defaults that suit an edge
+//! proxy, and errors that name the file, line, column and field to fix.
+mod locate;
+pub mod units;
+
+use locate::Locations;
+pub use units::{ByteSize, Dur, Secret};
+
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The local default that `weir run` uses when no `--config` is given.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../../config/weir.yaml");
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where Weir keeps its state (relative paths resolve against the working directory).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// The archive every tenant writes to unless it names its own.
+    pub archive: ArchiveConfig,
+    pub backends: Vec<BackendConfig>,
+    pub tenants: Vec<TenantConfig>,
+    /// How long a SIGTERM may take to flush batches and archive objects.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: Dur,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./weir-data")
+}
+fn default_shutdown_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub address: SocketAddr,
+    pub protocol: ListenerProtocol,
+    /// Required when `protocol: https`.
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    Http,
+    Https,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Limits on every input; the defaults follow Datadog's intake limits.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Time allowed for a client to send its request headers (and the TLS handshake).
+    pub header_read_timeout: Dur,
+    /// A connection with no bytes in either direction for this long is closed.
+    pub idle_timeout: Dur,
+    /// Time allowed to receive a whole request body.
+    pub body_read_timeout: Dur,
+    /// Connections served at once per listener; further ones wait in the accept backlog.
+    pub max_connections: usize,
+    /// Largest request body as sent (compressed).
+    pub max_body_bytes: ByteSize,
+    /// Largest request body once decompressed (zip bombs stop here).
+    pub max_decompressed_bytes: ByteSize,
+    /// Most log entries in one request.
+    pub max_events_per_request: usize,
+    /// Largest single log; longer messages are truncated and marked.
+    pub max_log_bytes: ByteSize,
+    /// Memory all requests being read and decoded may hold at once; past it, 503.
+    pub max_inflight_request_bytes: ByteSize,
+    /// HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Dur(Duration::from_secs(10)),
+            idle_timeout: Dur(Duration::from_secs(60)),
+            body_read_timeout: Dur(Duration::from_secs(30)),
+            max_connections: 10_000,
+            max_body_bytes: ByteSize::mib(5),
+            max_decompressed_bytes: ByteSize::mib(5),
+            max_events_per_request: 1000,
+            max_log_bytes: ByteSize::mib(1),
+            max_inflight_request_bytes: ByteSize::mib(48),
+            max_concurrent_streams: 100,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Serves /metrics, /healthz and /readyz. Keep it on loopback or a private network.
+    pub address: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { address: "127.0.0.1:8089".parse().unwrap() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// tracing filter, e.g. `info` or `weir=debug`; RUST_LOG overrides it.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    pub store: StoreConfig,
+    /// An object is written once it holds this many uncompressed bytes...
+    #[serde(default = "default_object_bytes")]
+    pub max_object_bytes: ByteSize,
+    /// ...or once its oldest event is this old.
+    #[serde(default = "default_object_age")]
+    pub max_object_age: Dur,
+    /// gzip level, 0-9.
+    #[serde(default = "default_archive_level")]
+    pub compression_level: u32,
+    /// Memory events may wait in before being compressed into an object; past it, intake answers 503.
+    #[serde(default = "default_archive_queue")]
+    pub max_queued_bytes: ByteSize,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_object_bytes() -> ByteSize {
+    ByteSize::mib(64)
+}
+fn default_object_age() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+fn default_archive_level() -> u32 {
+    1
+}
+fn default_archive_queue() -> ByteSize {
+    ByteSize::mib(16)
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StoreConfig {
+    /// A directory on local disk (written through object_store's LocalFileSystem).
+    Local { root: PathBuf },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: BackendType,
+    /// `datadog`: the intake base URL; events go to `<endpoint>/api/v2/logs`.
+    pub endpoint: Option<String>,
+    /// `http`: the full URL events are POSTed to.
+    pub url: Option<String>,
+    /// `file`: where NDJSON lines are appended (`-` for stdout).
+    pub path: Option<PathBuf>,
+    /// `http`: body shape.
+    #[serde(default)]
+    pub format: HttpFormat,
+    #[serde(default = "default_codec")]
+    pub compression: Codec,
+    /// gzip 0-9, zstd 1-22; omitted: the codec's fast default (1).
+    pub compression_level: Option<i32>,
+    /// `http`: extra request headers (values may be `${ENV_VAR}`; never logged).
+    #[serde(default)]
+    pub headers: BTreeMap<String, Secret>,
+    /// Extra PEM CA certificates to trust besides the public roots.
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub batch: BatchConfig,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Requests (batches) in flight at once, per tenant route.
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: usize,
+    /// Time allowed for one request to the backend.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: Dur,
+    /// Memory waiting batches may hold per tenant route; past it, intake answers 503.
+    #[serde(default = "default_backend_queue")]
+    pub max_queued_bytes: ByteSize,
+}
+
+fn default_in_flight() -> usize {
+    4
+}
+fn default_request_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_backend_queue() -> ByteSize {
+    ByteSize::mib(32)
+}
+fn default_codec() -> Codec {
+    Codec::Gzip
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendType {
+    /// Datadog's logs intake, with the tenant's upstream key.
+    Datadog,
+    /// Any HTTP endpoint taking a JSON array or NDJSON.
+    Http,
+    /// NDJSON appended to a local file: the local stand-in for a cloud backend.
+    File,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpFormat {
+    #[default]
+    JsonArray,
+    Ndjson,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Codec {
+    None,
+    Gzip,
+    Zstd,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    pub max_events: usize,
+    /// Uncompressed bytes of one batch (Datadog accepts up to 5 MB).
+    pub max_bytes: ByteSize,
+    pub max_wait: Dur,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig { max_events: 1000, max_bytes: ByteSize::mib(4), max_wait: Dur(Duration::from_secs(1)) }
+    }
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    pub initial_backoff: Dur,
+    pub max_backoff: Dur,
+    /// Give up on a batch after this many retries; omitted: retry until delivered
+    /// (intake applies backpressure meanwhile, so nothing accepted is lost).
+    pub max_retries: Option<u32>,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            initial_backoff: Dur(Duration::from_millis(100)),
+            max_backoff: Dur(Duration::from_secs(30)),
+            max_retries: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub name: String,
+    /// Keys agents send (DD-API-KEY); literal or `${ENV_VAR}`.
+    pub api_keys: Vec<Secret>,
+    /// Name of the backend this tenant's indexed events go to.
+    pub backend: String,
+    /// Key sent to a `datadog` backend on this tenant's behalf.
+    pub upstream_api_key: Option<Secret>,
+    /// This tenant's own archive, replacing the top-level one.
+    pub archive: Option<ArchiveConfig>,
+}
+
+/// A config error, located in its file.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let (Some(l), Some(c)) = (self.line, self.column) {
+            write!(f, ":{l}:{c}")?;
+        }
+        write!(f, ": ")?;
+        if let Some(field) = &self.field {
+            write!(f, "field `{field}`: ")?;
+        }
+        write!(f, "{}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            line: None,
+            column: None,
+            field: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates YAML text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let de = serde_yaml::Deserializer::from_str(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let loc = inner.location();
+            // serde_yaml prefixes its message with the path and suffixes the position; keep the bare reason.
+            let mut message = inner.to_string();
+            if let Some(l) = &loc {
+                let suffix = format!(" at line {} column {}", l.line(), l.column());
+                if let Some(stripped) = message.strip_suffix(&suffix) {
+                    message = stripped.to_string();
+                }
+            }
+            if let Some(stripped) = message.strip_prefix(&format!("{path}: ")) {
+                message = stripped.to_string();
+            }
+            ConfigError {
+                file: file.to_string(),
+                line: loc.as_ref().map(|l| l.line()),
+                column: loc.as_ref().map(|l| l.column()),
+                field: (path != "." && !path.is_empty()).then_some(path),
+                message,
+            }
+        })?;
+        if let Err((field, message)) = config.validate() {
+            let locations = Locations::index(text);
+            let pos = locations.find(&field);
+            return Err(ConfigError {
+                file: file.to_string(),
+                line: pos.map(|p| p.0),
+                column: pos.map(|p| p.1),
+                field: Some(field),
+                message,
+            });
+        }
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot: references, uniqueness, ranges, files.
+    fn validate(&self) -> Result<(), (String, String)> {
+        if self.listeners.is_empty() {
+            return Err(("listeners".into(), "at least one listener is required".into()));
+        }
+        let mut names = HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            if !names.insert(&l.name) {
+                return Err((format!("listeners[{i}].name"), format!("duplicate listener name {:?}", l.name)));
+            }
+            match (l.protocol, &l.tls) {
+                (ListenerProtocol::Https, None) => {
+                    return Err((format!("listeners[{i}].tls"), "protocol https needs a tls section with cert and key".into()))
+                }
+                (ListenerProtocol::Http, Some(_)) => {
+                    return Err((format!("listeners[{i}].tls"), "tls is set but protocol is http; use protocol: https".into()))
+                }
+                (ListenerProtocol::Https, Some(tls)) => {
+                    for (field, p) in [("cert", &tls.cert), ("key", &tls.key)] {
+                        if !p.is_file() {
+                            return Err((format!("listeners[{i}].tls.{field}"), format!("file {} does not exist", p.display())));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let lim = &self.limits;
+        if lim.max_connections == 0 {
+            return Err(("limits.max_connections".into(), "must be at least 1".into()));
+        }
+        if lim.max_events_per_request == 0 {
+            return Err(("limits.max_events_per_request".into(), "must be at least 1".into()));
+        }
+        if lim.max_inflight_request_bytes < lim.max_body_bytes {
+            return Err(("limits.max_inflight_request_bytes".into(), "must be at least limits.max_body_bytes".into()));
+        }
+        validate_archive(&self.archive, "archive")?;
+
+        let mut backends = HashSet::new();
+        for (i, b) in self.backends.iter().enumerate() {
+            if !backends.insert(b.name.as_str()) {
+                return Err((format!("backends[{i}].name"), format!("duplicate backend name {:?}", b.name)));
+            }
+            let (field, url) = match b.kind {
+                BackendType::Datadog => ("endpoint", &b.endpoint),
+                BackendType::Http => ("url", &b.url),
+                BackendType::File => ("path", &None),
+            };
+            let wrong = |f: &str| Err((format!("backends[{i}].{f}"), format!("does not apply to a backend of type {:?}", b.kind)));
+            if b.kind == BackendType::File {
+                if b.path.is_none() {
+                    return Err((format!("backends[{i}].path"), "a file backend needs a path (`-` for stdout)".into()));
+                }
+            } else {
+                let Some(url) = url else {
+                    return Err((format!("backends[{i}].{field}"), format!("a {:?} backend needs `{field}`", b.kind)));
+                };
+                match url.parse::<http::Uri>() {
+                    Ok(u) if matches!(u.scheme_str(), Some("http") | Some("https")) && u.host().is_some() => {}
+                    _ => return Err((format!("backends[{i}].{field}"), format!("{url:?} is not an http:// or https:// URL"))),
+                }
+                if b.path.is_some() {
+                    return wrong("path");
+                }
+            }
+            if b.kind != BackendType::Datadog && b.endpoint.is_some() {
+                return wrong("endpoint");
+            }
+            if b.kind != BackendType::Http && b.url.is_some() {
+                return wrong("url");
+            }
+            if b.kind != BackendType::Http && !b.headers.is_empty() {
+                return wrong("headers");
+            }
+            let level_ok = match (b.compression, b.compression_level) {
+                (_, None) => true,
+                (Codec::Gzip, Some(l)) => (0..=9).contains(&l),
+                (Codec::Zstd, Some(l)) => (1..=22).contains(&l),
+                (Codec::None, Some(_)) => false,
+            };
+            if !level_ok {
+                return Err((format!("backends[{i}].compression_level"), "out of range: gzip takes 0-9, zstd 1-22, none takes no level".into()));
+            }
+            if let Some(ca) = &b.ca_file {
+                if !ca.is_file() {
+                    return Err((format!("backends[{i}].ca_file"), format!("file {} does not exist", ca.display())));
+                }
+            }
+            if b.batch.max_events == 0 || b.batch.max_bytes.0 == 0 {
+                return Err((format!("backends[{i}].batch"), "max_events and max_bytes must be at least 1".into()));
+            }
+            if b.max_in_flight == 0 {
+                return Err((format!("backends[{i}].max_in_flight"), "must be at least 1".into()));
+            }
+            if b.max_queued_bytes < self.limits.max_decompressed_bytes {
+                return Err((format!("backends[{i}].max_queued_bytes"), "must be at least limits.max_decompressed_bytes, or no request could ever fit".into()));
+            }
+        }
+
+        let mut tenants = HashSet::new();
+        let mut keys = HashSet::new();
+        for (i, t) in self.tenants.iter().enumerate() {
+            if t.name.is_empty() || !t.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err((format!("tenants[{i}].name"), format!("{:?}: tenant names use letters, digits, - and _ (they name archive folders)", t.name)));
+            }
+            if !tenants.insert(t.name.as_str()) {
+                return Err((format!("tenants[{i}].name"), format!("duplicate tenant name {:?}", t.name)));
+            }
+            if t.api_keys.is_empty() {
+                return Err((format!("tenants[{i}].api_keys"), "at least one API key is required".into()));
+            }
+            for (k, key) in t.api_keys.iter().enumerate() {
+                if !keys.insert(key.expose()) {
+                    return Err((format!("tenants[{i}].api_keys[{k}]"), "this API key is already used (keys must map to exactly one tenant)".into()));
+                }
+            }
+            let Some(backend) = self.backends.iter().find(|b| b.name == t.backend) else {
+                let known: Vec<_> = self.backends.iter().map(|b| b.name.as_str()).collect();
+                return Err((format!("tenants[{i}].backend"), format!("no backend named {:?}; defined backends: {known:?}", t.backend)));
+            };
+            if backend.kind == BackendType::Datadog && t.upstream_api_key.is_none() {
+                return Err((format!("tenants[{i}].upstream_api_key"), format!("backend {:?} is of type datadog, which needs the tenant's upstream_api_key", t.backend)));
+            }
+            if let Some(a) = &t.archive {
+                validate_archive(a, &format!("tenants[{i}].archive"))?;
+            }
+        }
+        if self.tenants.is_empty() {
+            return Err(("tenants".into(), "at least one tenant is required".into()));
+        }
+        Ok(())
+    }
+
+    pub fn backend(&self, name: &str) -> Option<&BackendConfig> {
+        self.backends.iter().find(|b| b.name == name)
+    }
+}
+
+fn validate_archive(a: &ArchiveConfig, at: &str) -> Result<(), (String, String)> {
+    if a.compression_level > 9 {
+        return Err((format!("{at}.compression_level"), "gzip level must be 0-9".into()));
+    }
+    if a.max_object_bytes.0 == 0 {
+        return Err((format!("{at}.max_object_bytes"), "must be at least 1".into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::parse(EMBEDDED_DEFAULT, "config/weir.yaml").unwrap();
+        assert_eq!(c.tenants[0].name, "demo");
+        assert_eq!(c.tenants[0].api_keys[0].expose(), "weir-demo-key");
+    }
+
+    fn base() -> String {
+        "listeners:\n  - name: intake\n    address: 127.0.0.1:0\n    protocol: http\narchive:\n  store: {type: local, root: /tmp/x}\nbackends:\n  - name: out\n    type: file\n    path: /tmp/out\ntenants:\n  - name: t\n    api_keys: [k]\n    backend: out\n".to_string()
+    }
+
+    #[test]
+    fn type_error_names_line_column_and_field() {
+        let text = base().replace("max_wait", "x") + "limits:\n  max_body_bytes: lots\n";
+        let e = Config::parse(&text, "w.yaml").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("limits.max_body_bytes"));
+        assert_eq!(e.line, Some(16));
+        let s = e.to_string();
+        assert!(s.starts_with("w.yaml:16:"), "{s}");
+        assert!(s.contains("invalid byte size"), "{s}");
+    }
+
+    #[test]
+    fn unknown_field_is_refused() {
+        let text = base() + "limits:\n  max_bodybytes: 5\n";
+        let e = Config::parse(&text, "w.yaml").unwrap_err();
+        assert!(e.message.contains("unknown field `max_bodybytes`"), "{}", e);
+        assert_eq!(e.line, Some(16));
+    }
+
+    #[test]
+    fn dangling_backend_reference_is_located() {
+        let text = base().replace("backend: out", "backend: nowhere");
+        let e = Config::parse(&text, "w.yaml").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("tenants[0].backend"));
+        assert_eq!(e.line, Some(14));
+        assert!(e.message.contains("no backend named \"nowhere\""), "{e}");
+    }
+
+    #[test]
+    fn missing_env_var_is_named() {
+        let text = base().replace("[k]", "[\"${WEIR_TEST_UNSET_KEY}\"]");
+        let e = Config::parse(&text, "w.yaml").unwrap_err();
+        assert!(e.to_string().contains("WEIR_TEST_UNSET_KEY is not set"), "{e}");
+        assert_eq!(e.field.as_deref(), Some("tenants[0].api_keys[0]"));
+    }
+
+    #[test]
+    fn duplicate_keys_refused() {
+        let text = base() + "  - name: u\n    api_keys: [k]\n    backend: out\n";
+        let e = Config::parse(&text, "w.yaml").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("tenants[1].api_keys[0]"));
+        assert_eq!(e.line, Some(16));
+    }
+
+    #[test]
+    fn datadog_backend_needs_upstream_key() {
+        let text = base().replace("type: file\n    path: /tmp/out", "type: datadog\n    endpoint: https://example.com");
+        let e = Config::parse(&text, "w.yaml").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("tenants[0].upstream_api_key"));
+    }
+}

@@ -1,0 +1,165 @@
+//! Value types that YAML fields are written in: durations ("250ms", "30s"),
+//! byte sizes ("5MiB", "4MB", 1024) and secrets ("${ENV_VAR}" or a literal).
+use serde::{de, Deserialize, Deserializer};
+use std::fmt;
+use std::time::Duration;
+
+/// A duration written the humane way: `500ms`, `10s`, `5m`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl fmt::Debug for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim())
+            .map(Dur)
+            .map_err(|e| de::Error::custom(format!("invalid duration {s:?} ({e}); expected e.g. \"500ms\", \"10s\", \"5m\"")))
+    }
+}
+
+/// A byte size: a plain integer, or a number with a unit (B, KB, MB, GB, KiB, MiB, GiB).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub const fn mib(n: u64) -> Self {
+        ByteSize(n * 1024 * 1024)
+    }
+    pub fn as_usize(self) -> usize {
+        usize::try_from(self.0).unwrap_or(usize::MAX)
+    }
+}
+
+pub fn parse_byte_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let num: f64 = num.parse().map_err(|_| format!("invalid byte size {s:?}; expected e.g. 1024, \"64KiB\", \"5MiB\""))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        other => return Err(format!("unknown byte size unit {other:?} in {s:?}; expected B, KB, MB, GB, KiB, MiB or GiB")),
+    };
+    Ok((num * mult as f64) as u64)
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a byte size such as 1048576, \"64KiB\" or \"5MiB\"")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v).map(ByteSize).map_err(|_| E::custom("a byte size cannot be negative"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                parse_byte_size(v).map(ByteSize).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A secret: an API key or credential. Written literally or as `${ENV_VAR}`
+/// (expanded when the config loads). Never printed: Debug shows `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Expands every `${NAME}` in `raw` from the environment; `$${` escapes a literal `${`.
+pub fn expand_env(raw: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        rest = &rest[pos..];
+        if let Some(after) = rest.strip_prefix("$${") {
+            out.push_str("${");
+            rest = after;
+        } else if let Some(after) = rest.strip_prefix("${") {
+            let end = after.find('}').ok_or_else(|| "unterminated ${ in value; expected ${ENV_VAR}".to_string())?;
+            let name = &after[..end];
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("invalid environment variable name {name:?} in ${{...}}"));
+            }
+            let value = std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?;
+            out.push_str(&value);
+            rest = &after[end + 1..];
+        } else {
+            out.push('$');
+            rest = &rest[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        let value = expand_env(&raw).map_err(de::Error::custom)?;
+        if value.is_empty() {
+            return Err(de::Error::custom("secret is empty"));
+        }
+        Ok(Secret(value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_byte_size("5MiB").unwrap(), 5 * 1024 * 1024);
+        assert_eq!(parse_byte_size("4 MB").unwrap(), 4_000_000);
+        assert_eq!(parse_byte_size("1024").unwrap(), 1024);
+        assert_eq!(parse_byte_size("1.5KiB").unwrap(), 1536);
+        assert!(parse_byte_size("5 parsecs").is_err());
+        assert!(parse_byte_size("MiB").is_err());
+    }
+
+    #[test]
+    fn env_expansion() {
+        std::env::set_var("WEIR_UNITS_TEST", "s3cr3t");
+        assert_eq!(expand_env("${WEIR_UNITS_TEST}").unwrap(), "s3cr3t");
+        assert_eq!(expand_env("a-${WEIR_UNITS_TEST}-b").unwrap(), "a-s3cr3t-b");
+        assert_eq!(expand_env("$${LITERAL}").unwrap(), "${LITERAL}");
+        assert_eq!(expand_env("cost$5").unwrap(), "cost$5");
+        assert!(expand_env("${WEIR_SURELY_UNSET_VAR}").unwrap_err().contains("WEIR_SURELY_UNSET_VAR"));
+        assert!(expand_env("${OPEN").is_err());
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret("hunter2".into());
+        assert_eq!(format!("{s:?}"), "<redacted>");
+    }
+}

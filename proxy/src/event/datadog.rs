@@ -1,0 +1,260 @@
+//! Datadog's log object: reserved attributes (message, status, timestamp,
+//! hostname, service, ddsource, ddtags) become event fields; every other
+//! attribute is kept as is. Decoding is streaming (no intermediate JSON tree
+//! for the whole payload) and enforces the entry and size limits as it goes.
+use super::Event;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+use std::cell::Cell;
+use std::fmt;
+
+#[derive(Debug, Clone, Copy)]
+pub struct PayloadLimits {
+    pub max_events: usize,
+    pub max_log_bytes: usize,
+    pub received_at_ms: i64,
+}
+
+/// A JSON array of log objects, or a single object.
+pub struct DatadogPayload<'a> {
+    pub limits: PayloadLimits,
+    /// Set when decoding stopped because the payload holds more than `max_events` entries.
+    pub too_many: &'a Cell<bool>,
+    pub out: &'a mut Vec<Event>,
+}
+
+impl<'de> DeserializeSeed<'de> for DatadogPayload<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for DatadogPayload<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON array of log objects, or one log object")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut index = 0usize;
+        loop {
+            if index == self.limits.max_events {
+                // One more entry than allowed refuses the whole payload.
+                if seq.next_element::<IgnoredAny>()?.is_some() {
+                    self.too_many.set(true);
+                    return Err(de::Error::custom(format!("more than {} log entries in one payload", self.limits.max_events)));
+                }
+                return Ok(());
+            }
+            let seed = EntrySeed { limits: self.limits };
+            match seq.next_element_seed(seed) {
+                Ok(Some(ev)) => self.out.push(ev),
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(de::Error::custom(format!("entry {index}: {}", strip_position(&e.to_string())))),
+            }
+            index += 1;
+        }
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        let ev = EntrySeed { limits: self.limits }.visit_map(map)?;
+        self.out.push(ev);
+        Ok(())
+    }
+}
+
+/// Decodes one log object (e.g. one NDJSON line).
+pub fn decode_entry(json: &[u8], limits: PayloadLimits) -> Result<Event, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let ev = EntrySeed { limits }.deserialize(&mut de)?;
+    de.end()?;
+    Ok(ev)
+}
+
+struct EntrySeed {
+    limits: PayloadLimits,
+}
+
+impl<'de> DeserializeSeed<'de> for EntrySeed {
+    type Value = Event;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Event, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EntrySeed {
+    type Value = Event;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a log object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Event, A::Error> {
+        let mut ev = Event { timestamp: self.limits.received_at_ms, ..Default::default() };
+        let mut bad_timestamp = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match key.as_ref() {
+                "message" => match map.next_value::<Value>()? {
+                    Value::String(s) => ev.message = s,
+                    Value::Null => {}
+                    // Datadog indexes a structured message as its JSON text.
+                    other => ev.message = other.to_string(),
+                },
+                "status" => ev.status = string_field(map.next_value::<Value>()?),
+                "hostname" => ev.host = string_field(map.next_value::<Value>()?),
+                "service" => ev.service = string_field(map.next_value::<Value>()?),
+                "ddsource" => ev.source = string_field(map.next_value::<Value>()?),
+                "ddtags" => match map.next_value::<Value>()? {
+                    Value::String(s) => ev.tags.extend(split_tags(&s)),
+                    Value::Array(items) => {
+                        for item in items {
+                            if let Some(s) = string_field(item) {
+                                ev.tags.extend(split_tags(&s));
+                            }
+                        }
+                    }
+                    Value::Null => {}
+                    other => return Err(de::Error::custom(format!("ddtags must be a string of comma-separated tags, got {other}"))),
+                },
+                "timestamp" => {
+                    let v = map.next_value::<Value>()?;
+                    match parse_timestamp(&v) {
+                        Some(ms) => ev.timestamp = ms,
+                        None if v.is_null() => {}
+                        None => bad_timestamp = Some(v),
+                    }
+                }
+                _ => {
+                    let v = map.next_value::<Value>()?;
+                    ev.attributes.insert(key.into_owned(), v);
+                }
+            }
+        }
+        if let Some(v) = bad_timestamp {
+            ev.mark("invalid_timestamp", v);
+        }
+        ev.limit_message(self.limits.max_log_bytes);
+        Ok(ev)
+    }
+}
+
+/// serde_json appends " at line L column C" to its messages; the outer error
+/// gets the position again, so the inner one drops it.
+fn strip_position(msg: &str) -> &str {
+    match msg.rfind(" at line ") {
+        Some(i) if msg[i..].contains(" column ") => &msg[..i],
+        _ => msg,
+    }
+}
+
+fn string_field(v: Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s),
+        Value::Null => None,
+        other => Some(other.to_string()),
+    }
+}
+
+fn split_tags(s: &str) -> impl Iterator<Item = String> + '_ {
+    s.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_string)
+}
+
+/// Milliseconds since the epoch from a number (ms) or an RFC 3339 / numeric string.
+fn parse_timestamp(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        Value::String(s) => {
+            if let Ok(n) = s.parse::<i64>() {
+                return Some(n);
+            }
+            chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis())
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> PayloadLimits {
+        PayloadLimits { max_events: 3, max_log_bytes: 16, received_at_ms: 1_700_000_000_000 }
+    }
+
+    fn decode(json: &str) -> Result<Vec<Event>, (bool, String)> {
+        let too_many = Cell::new(false);
+        let mut out = Vec::new();
+        let mut de = serde_json::Deserializer::from_str(json);
+        DatadogPayload { limits: limits(), too_many: &too_many, out: &mut out }
+            .deserialize(&mut de)
+            .and_then(|_| de.end())
+            .map_err(|e| (too_many.get(), e.to_string()))?;
+        Ok(out)
+    }
+
+    #[test]
+    fn reserved_attributes_become_fields() {
+        let evs = decode(r#"[{"message":"hi","status":"warn","timestamp":1700000000123,"hostname":"h1","service":"web","ddsource":"nginx","ddtags":"env:prod, team:core,,solo","http":{"status_code":500},"other":[1,2]}]"#).unwrap();
+        let e = &evs[0];
+        assert_eq!(e.message, "hi");
+        assert_eq!(e.status.as_deref(), Some("warn"));
+        assert_eq!(e.timestamp, 1700000000123);
+        assert_eq!(e.host.as_deref(), Some("h1"));
+        assert_eq!(e.service.as_deref(), Some("web"));
+        assert_eq!(e.source.as_deref(), Some("nginx"));
+        assert_eq!(e.tags, vec!["env:prod", "team:core", "solo"]);
+        assert_eq!(e.attributes["http"]["status_code"], 500);
+        assert_eq!(e.attributes["other"][1], 2);
+    }
+
+    #[test]
+    fn single_object_and_iso_timestamp() {
+        let evs = decode(r#"{"message":"one","timestamp":"2024-01-02T03:04:05.678Z"}"#).unwrap();
+        assert_eq!(evs.len(), 1);
+        assert_eq!(evs[0].timestamp, 1704164645678);
+    }
+
+    #[test]
+    fn missing_timestamp_uses_arrival_and_bad_one_is_kept() {
+        let evs = decode(r#"[{"message":"a"},{"message":"b","timestamp":"yesterday"}]"#).unwrap();
+        assert_eq!(evs[0].timestamp, limits().received_at_ms);
+        assert_eq!(evs[1].timestamp, limits().received_at_ms);
+        assert_eq!(evs[1].attributes["weir"]["invalid_timestamp"], "yesterday");
+    }
+
+    #[test]
+    fn too_many_entries_flagged() {
+        let (too_many, msg) = decode(r#"[{},{},{},{}]"#).unwrap_err();
+        assert!(too_many);
+        assert!(msg.contains("more than 3"), "{msg}");
+        assert!(decode(r#"[{},{},{}]"#).is_ok());
+    }
+
+    #[test]
+    fn errors_name_the_entry() {
+        let (too_many, msg) = decode(r#"[{"message":"ok"},{"message":"x",}]"#).unwrap_err();
+        assert!(!too_many);
+        assert!(msg.contains("entry 1"), "{msg}");
+        let (_, msg) = decode(r#"[{"message":"ok"}, 7]"#).unwrap_err();
+        assert!(msg.contains("entry 1"), "{msg}");
+    }
+
+    #[test]
+    fn long_message_truncated_and_marked() {
+        let evs = decode(r#"[{"message":"ééééééééééééééééé"}]"#).unwrap();
+        assert!(evs[0].message.len() <= 16);
+        assert_eq!(evs[0].message, "éééééééé");
+        assert_eq!(evs[0].attributes["weir"]["truncated"], true);
+        assert_eq!(evs[0].attributes["weir"]["original_message_bytes"], 34);
+    }
+
+    #[test]
+    fn round_trips_through_datadog_json() {
+        let src = r#"{"message":"m","status":"info","timestamp":5,"hostname":"h","service":"s","ddsource":"src","ddtags":"a:b,c:d","x":{"y":1}}"#;
+        let evs = decode(src).unwrap();
+        let mut out = Vec::new();
+        evs[0].write_json(&mut out);
+        let back = decode(std::str::from_utf8(&out).unwrap()).unwrap();
+        assert_eq!(back[0], evs[0]);
+    }
+}

@@ -1,0 +1,153 @@
+//! The one event type every stage works on, and its Datadog-shaped JSON form
+//! (what the Datadog intake receives, what backends and the archive get).
+mod datadog;
+
+pub use datadog::{decode_entry, DatadogPayload, PayloadLimits};
+
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::{Map, Value};
+use std::sync::Arc;
+
+/// A log event. Intake decoders map each protocol onto it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Event {
+    /// Milliseconds since the Unix epoch (the sender's, or the arrival time when it sent none).
+    pub timestamp: i64,
+    pub message: String,
+    pub host: Option<String>,
+    pub service: Option<String>,
+    pub source: Option<String>,
+    pub status: Option<String>,
+    /// `key:value` (or bare `value`) tags.
+    pub tags: Vec<String>,
+    /// Every other attribute, nested objects included.
+    pub attributes: Map<String, Value>,
+}
+
+impl Event {
+    pub fn from_message(message: String, received_at_ms: i64) -> Event {
+        Event { timestamp: received_at_ms, message, ..Default::default() }
+    }
+
+    /// Records something Weir did to the event under the `weir` attribute object.
+    pub fn mark(&mut self, key: &str, value: Value) {
+        let entry = self.attributes.entry("weir").or_insert_with(|| Value::Object(Map::new()));
+        if !entry.is_object() {
+            // The sender used `weir` for its own data: keep it, nested one level down.
+            let theirs = std::mem::take(entry);
+            let mut m = Map::new();
+            m.insert("original".into(), theirs);
+            *entry = Value::Object(m);
+        }
+        entry.as_object_mut().unwrap().insert(key.into(), value);
+    }
+
+    /// Keeps one log within `max` bytes: the message is cut at a character
+    /// boundary and the event marked, rather than the whole batch refused.
+    /// Returns whether it cut.
+    pub fn limit_message(&mut self, max: usize) -> bool {
+        if self.message.len() <= max {
+            return false;
+        }
+        let original = self.message.len();
+        let mut cut = max;
+        while !self.message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        self.message.truncate(cut);
+        self.mark("truncated", Value::Bool(true));
+        self.mark("original_message_bytes", Value::from(original));
+        true
+    }
+
+    pub fn is_truncated(&self) -> bool {
+        self.attributes.get("weir").and_then(|w| w.get("truncated")).is_some_and(|t| t == &Value::Bool(true))
+    }
+
+    /// Appends the Datadog-shaped JSON of the event to `out`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        serde_json::to_writer(out, self).expect("serializing to memory cannot fail");
+    }
+}
+
+/// The intake protocol an event arrived through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intake {
+    Datadog,
+    Generic,
+}
+
+impl Intake {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Intake::Datadog => "datadog",
+            Intake::Generic => "generic",
+        }
+    }
+}
+
+/// What happens to an event after the stage chain: later stages (exclusion
+/// rules, quotas, plugins) change it; everything not dropped is archived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Archived and forwarded to the index.
+    Index,
+    /// Archived only.
+    ArchiveOnly,
+    /// Neither (an explicit drop).
+    Drop,
+}
+
+/// Facts about a request that no stage may change.
+#[derive(Debug, Clone)]
+pub struct BatchMeta {
+    pub tenant: Arc<crate::tenant::Tenant>,
+    pub intake: Intake,
+    /// Milliseconds since the Unix epoch.
+    pub received_at_ms: i64,
+    /// Bytes of the request body once decompressed.
+    pub body_bytes: usize,
+}
+
+/// The events of one request as they travel the stage chain.
+#[derive(Debug)]
+pub struct Batch {
+    pub meta: BatchMeta,
+    pub events: Vec<Event>,
+    /// One per event, same order.
+    pub dispositions: Vec<Disposition>,
+}
+
+impl Batch {
+    pub fn new(meta: BatchMeta, events: Vec<Event>) -> Batch {
+        let dispositions = vec![Disposition::Index; events.len()];
+        Batch { meta, events, dispositions }
+    }
+}
+
+impl Serialize for Event {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("message", &self.message)?;
+        if let Some(v) = &self.status {
+            m.serialize_entry("status", v)?;
+        }
+        m.serialize_entry("timestamp", &self.timestamp)?;
+        if let Some(v) = &self.host {
+            m.serialize_entry("hostname", v)?;
+        }
+        if let Some(v) = &self.service {
+            m.serialize_entry("service", v)?;
+        }
+        if let Some(v) = &self.source {
+            m.serialize_entry("ddsource", v)?;
+        }
+        if !self.tags.is_empty() {
+            m.serialize_entry("ddtags", &self.tags.join(","))?;
+        }
+        for (k, v) in &self.attributes {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}

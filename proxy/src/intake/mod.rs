@@ -1,0 +1,274 @@
+//! Intake: HTTP requests in, batches of events out. Checks the API key, the
+//! body's size, encoding and shape, maps the protocol onto events and hands
+//! them to the stage chain. Every refusal is a precise status with a JSON
+//! body `{"errors":["..."]}`, as Datadog's intake answers.
+pub mod body;
+
+use crate::config::Limits;
+use crate::event::{decode_entry, Batch, BatchMeta, DatadogPayload, Event, Intake as Protocol, PayloadLimits};
+use crate::pipeline::budget::Budget;
+use crate::pipeline::{Chain, Rejection};
+use crate::telemetry::METRICS;
+use crate::tenant::{AuthError, Tenants};
+use body::{decompress, Encoding};
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::de::DeserializeSeed;
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+pub const DATADOG_LOGS_PATH: &str = "/api/v2/logs";
+pub const GENERIC_PATH: &str = "/v1/input";
+
+pub struct Intake {
+    tenants: Tenants,
+    chain: Arc<Chain>,
+    limits: Limits,
+    /// Memory held by request bodies being read and decoded, across all connections.
+    request_budget: Budget,
+}
+
+impl Intake {
+    pub fn new(tenants: Tenants, chain: Arc<Chain>, limits: Limits) -> Arc<Intake> {
+        let request_budget = Budget::new(limits.max_inflight_request_bytes.as_usize(), METRICS.queued_bytes.with_label_values(&["intake_requests"]));
+        Arc::new(Intake { tenants, chain, limits, request_budget })
+    }
+
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+        let protocol = match req.uri().path() {
+            DATADOG_LOGS_PATH => Protocol::Datadog,
+            GENERIC_PATH => Protocol::Generic,
+            other => {
+                let r = Rejection::new(StatusCode::NOT_FOUND, "not_found", format!("no intake at {other}; use POST {DATADOG_LOGS_PATH} or POST {GENERIC_PATH}"));
+                return Ok(self.refuse("none", r));
+            }
+        };
+        if req.method() != Method::POST {
+            let r = Rejection::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{} takes POST", req.uri().path()));
+            let mut resp = self.refuse(protocol.as_str(), r);
+            resp.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
+            return Ok(resp);
+        }
+        match self.accept(protocol, req).await {
+            Ok(()) => Ok(json_response(StatusCode::ACCEPTED, Bytes::from_static(b"{}"))),
+            Err(r) => Ok(self.refuse(protocol.as_str(), r)),
+        }
+    }
+
+    fn refuse(&self, intake: &str, r: Rejection) -> Response<Full<Bytes>> {
+        METRICS.rejected_requests.with_label_values(&[intake, r.reason]).inc();
+        tracing::debug!(intake, status = r.status.as_u16(), reason = r.reason, message = %r.message, "request refused");
+        error_response(&r)
+    }
+
+    async fn accept(&self, protocol: Protocol, req: Request<Incoming>) -> Result<(), Rejection> {
+        let (parts, body) = req.into_parts();
+        let tenant = self.tenants.authenticate(api_key(&parts.headers, parts.uri.query()).as_deref()).map_err(|e| match e {
+            AuthError::Missing => Rejection::new(StatusCode::UNAUTHORIZED, "missing_api_key", "API key missing: send it in the DD-API-KEY header"),
+            AuthError::Unknown => Rejection::new(StatusCode::FORBIDDEN, "unknown_api_key", "API key is not valid"),
+        })?;
+        let encoding = Encoding::parse(parts.headers.get(http::header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()))?;
+        let max_body = self.limits.max_body_bytes.as_usize();
+        let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > max_body) {
+            return Err(body_too_large(max_body));
+        }
+        // Reserve the memory before reading a byte, so overload refuses the request whole.
+        let _body_res = self.request_budget.try_reserve(declared.unwrap_or(max_body)).ok_or_else(intake_busy)?;
+        let raw = match tokio::time::timeout(self.limits.body_read_timeout.0, Limited::new(body, max_body).collect()).await {
+            Err(_) => return Err(Rejection::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", "request body not received in time")),
+            Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return Err(body_too_large(max_body)),
+            Ok(Err(e)) => return Err(Rejection::new(StatusCode::BAD_REQUEST, "body_read_error", format!("could not read the request body: {e}"))),
+            Ok(Ok(c)) => c.to_bytes(),
+        };
+        let received_at_ms = chrono::Utc::now().timestamp_millis();
+        let max_plain = self.limits.max_decompressed_bytes.as_usize();
+        let plain = decompress(raw, encoding, max_plain)?;
+        let _plain_res = match encoding {
+            Encoding::Identity => None,
+            _ => Some(self.request_budget.try_reserve(plain.len()).ok_or_else(intake_busy)?),
+        };
+
+        let limits = PayloadLimits {
+            max_events: self.limits.max_events_per_request,
+            max_log_bytes: self.limits.max_log_bytes.as_usize(),
+            received_at_ms,
+        };
+        let text = content_type(&parts.headers).is_some_and(|t| t == "text/plain");
+        let events = match protocol {
+            Protocol::Datadog if text => decode_lines(&plain, limits, false)?,
+            Protocol::Datadog => decode_datadog_json(&plain, limits)?,
+            Protocol::Generic => decode_lines(&plain, limits, true)?,
+        };
+        let n = events.len();
+        let truncated = events.iter().filter(|e| e.is_truncated()).count();
+        let batch = Batch::new(BatchMeta { tenant: tenant.clone(), intake: protocol, received_at_ms, body_bytes: plain.len() }, events);
+        self.chain.run(batch)?;
+        METRICS.received_events.with_label_values(&[&tenant.name, protocol.as_str()]).inc_by(n as u64);
+        METRICS.received_bytes.with_label_values(&[&tenant.name, protocol.as_str()]).inc_by(plain.len() as u64);
+        if truncated > 0 {
+            METRICS.truncated_events.with_label_values(&[&tenant.name]).inc_by(truncated as u64);
+        }
+        Ok(())
+    }
+}
+
+/// The API key: DD-API-KEY header, `dd-api-key` query parameter, or a bearer token.
+fn api_key(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+    if let Some(v) = headers.get("dd-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(v.to_string());
+    }
+    if let Some(q) = query {
+        for pair in q.split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if k.eq_ignore_ascii_case("dd-api-key") {
+                return Some(v.to_string());
+            }
+        }
+    }
+    let auth = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = auth.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
+}
+
+fn content_type(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(CONTENT_TYPE)?.to_str().ok()?;
+    Some(v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+}
+
+/// A JSON array of Datadog log objects, or one object.
+fn decode_datadog_json(body: &[u8], limits: PayloadLimits) -> Result<Vec<Event>, Rejection> {
+    let too_many = Cell::new(false);
+    let mut events = Vec::with_capacity(limits.max_events.min(body.len() / 64 + 1));
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let result = DatadogPayload { limits, too_many: &too_many, out: &mut events }.deserialize(&mut de).and_then(|_| de.end());
+    match result {
+        Ok(()) => Ok(events),
+        Err(_) if too_many.get() => Err(too_many_events(limits.max_events)),
+        Err(e) => Err(invalid_json(body, &e)),
+    }
+}
+
+/// One event per line: raw text, or (for the generic intake) a JSON object.
+fn decode_lines(body: &[u8], limits: PayloadLimits, json_objects: bool) -> Result<Vec<Event>, Rejection> {
+    let mut events = Vec::new();
+    for line in body.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        if events.len() == limits.max_events {
+            return Err(too_many_events(limits.max_events));
+        }
+        let trimmed = line.trim_ascii_start();
+        if json_objects && trimmed.first() == Some(&b'{') {
+            if let Ok(ev) = decode_entry(line, limits) {
+                events.push(ev);
+                continue;
+            }
+            // Not valid JSON after all: kept as the text it is, nothing lost.
+        }
+        let mut ev = Event::from_message(String::from_utf8_lossy(line).into_owned(), limits.received_at_ms);
+        ev.limit_message(limits.max_log_bytes);
+        events.push(ev);
+    }
+    Ok(events)
+}
+
+fn invalid_json(body: &[u8], e: &serde_json::Error) -> Rejection {
+    let msg = e.to_string();
+    let reason = match msg.rfind(" at line ") {
+        Some(i) => &msg[..i],
+        None => &msg[..],
+    };
+    // serde_json counts lines from 1 and columns (bytes) from 1.
+    let offset: usize = body.split(|&b| b == b'\n').take(e.line().saturating_sub(1)).map(|l| l.len() + 1).sum::<usize>() + e.column().saturating_sub(1);
+    Rejection::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_json",
+        format!("invalid JSON at byte offset {offset} (line {}, column {}): {reason}", e.line(), e.column()),
+    )
+}
+
+fn too_many_events(max: usize) -> Rejection {
+    Rejection::new(StatusCode::PAYLOAD_TOO_LARGE, "too_many_events", format!("more than {max} log entries in one request"))
+}
+
+fn body_too_large(max: usize) -> Rejection {
+    Rejection::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("request body is larger than {max} bytes"))
+}
+
+fn intake_busy() -> Rejection {
+    Rejection::new(StatusCode::SERVICE_UNAVAILABLE, "intake_busy", "too many request bodies in memory; retry later").retry_after(1)
+}
+
+pub fn json_response(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+pub fn error_response(r: &Rejection) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(&serde_json::json!({ "errors": [r.message] })).expect("serializing a string");
+    let mut resp = json_response(r.status, Bytes::from(body));
+    if let Some(secs) = r.retry_after {
+        resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> PayloadLimits {
+        PayloadLimits { max_events: 3, max_log_bytes: 10, received_at_ms: 42 }
+    }
+
+    #[test]
+    fn invalid_json_names_the_byte_offset() {
+        let body = b"[{\"message\":\"a\"},\n {\"message\": }]";
+        let r = decode_datadog_json(body, limits()).unwrap_err();
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        // serde_json reports the position just past the offending byte.
+        assert!(r.message.contains("byte offset 32"), "{}", r.message);
+        assert!(r.message.contains("entry 1"), "{}", r.message);
+    }
+
+    #[test]
+    fn lines_and_generic_ndjson() {
+        let body = b"plain one\r\n\n{\"message\":\"json\",\"service\":\"s\"}\n{not json\n";
+        let evs = decode_lines(body, limits(), true).unwrap();
+        assert_eq!(evs.len(), 3);
+        assert_eq!(evs[0].message, "plain one");
+        assert_eq!(evs[1].message, "json");
+        assert_eq!(evs[1].service.as_deref(), Some("s"));
+        assert_eq!(evs[2].message, "{not json");
+        // The Datadog text/plain intake takes JSON-looking lines as text.
+        let evs = decode_lines(b"{\"message\":\"x\"}", limits(), false).unwrap();
+        assert_eq!(evs[0].message, "{\"message\"");
+        assert!(evs[0].is_truncated());
+    }
+
+    #[test]
+    fn line_count_is_limited() {
+        let r = decode_lines(b"a\nb\nc\nd\n", limits(), false).unwrap_err();
+        assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[test]
+    fn api_key_sources() {
+        let mut h = HeaderMap::new();
+        assert_eq!(api_key(&h, Some("a=b&dd-api-key=k1")), Some("k1".into()));
+        h.insert("authorization", "Bearer k2".parse().unwrap());
+        assert_eq!(api_key(&h, None), Some("k2".into()));
+        h.insert("DD-API-KEY", "k3".parse().unwrap());
+        assert_eq!(api_key(&h, Some("dd-api-key=k1")), Some("k3".into()));
+        assert_eq!(api_key(&HeaderMap::new(), None), None);
+    }
+}

@@ -1,0 +1,110 @@
+//! Weir: an edge ingestion proxy for logs. One folder per stage of the data flow:
+//!
+//! listen (TCP, TLS, HTTP) → intake (decode, auth, limits) → pipeline (the stage
+//! chain and the archive tee) → archive (object storage) and sink (batching,
+//! compression, retries to backends). config, tenant, telemetry and admin
+//! serve them all.
+pub mod admin;
+pub mod archive;
+pub mod config;
+pub mod event;
+pub mod intake;
+pub mod listen;
+pub mod pipeline;
+pub mod sink;
+pub mod telemetry;
+pub mod tenant;
+
+use anyhow::Context;
+use config::Config;
+use pipeline::{Chain, TenantOutputs};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Runs the proxy until SIGTERM or SIGINT, then drains: stops accepting,
+/// finishes open requests, sends queued batches and writes archive objects.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let _ = std::fs::create_dir_all(&config.data_dir);
+    let tenants = tenant::Tenants::from_config(&config);
+    let drain = CancellationToken::new();
+    let mut workers = Vec::new();
+
+    let mut backends = HashMap::new();
+    for b in &config.backends {
+        backends.insert(b.name.clone(), Arc::new(sink::backend::Backend::from_config(b)?));
+    }
+    let mut stores = HashMap::new();
+    let mut outputs = Vec::new();
+    for t in &config.tenants {
+        let archive_cfg = t.archive.as_ref().unwrap_or(&config.archive);
+        let archive = if archive_cfg.enabled {
+            let key = format!("{:?}", archive_cfg.store);
+            let store = match stores.get(&key) {
+                Some(s) => Arc::clone(s),
+                None => {
+                    let s = archive::open_store(&archive_cfg.store).with_context(|| format!("tenant {}", t.name))?;
+                    stores.insert(key, s.clone());
+                    s
+                }
+            };
+            let (handle, task) = archive::spawn_writer(&t.name, archive_cfg, store, drain.clone());
+            workers.push(task);
+            Some(handle)
+        } else {
+            None
+        };
+        let backend_cfg = config.backend(&t.backend).expect("validated");
+        let upstream = t.upstream_api_key.as_ref().map(|k| k.expose().to_string());
+        let (route, task) = sink::spawn_route(&t.name, upstream, backends[&t.backend].clone(), backend_cfg, drain.clone());
+        workers.push(task);
+        outputs.push(TenantOutputs { archive, route });
+    }
+    let chain = Chain::new(Vec::new(), outputs);
+    let intake = intake::Intake::new(tenants, chain, config.limits.clone());
+
+    let health = Arc::new(admin::Health::default());
+    let admin_listener = tokio::net::TcpListener::bind(config.admin.address)
+        .await
+        .with_context(|| format!("admin: cannot bind {}", config.admin.address))?;
+    let stop = CancellationToken::new();
+    let mut serving = Vec::new();
+    for l in &config.listeners {
+        let listener = listen::Listener::bind(l).await?;
+        tracing::info!(listener = %l.name, address = %listener.local_addr(), protocol = ?l.protocol, "listening");
+        serving.push(tokio::spawn(listener.serve(intake.clone(), config.limits.clone(), stop.clone(), config.shutdown_timeout.0)));
+    }
+    tracing::info!(address = %admin_listener.local_addr()?, "admin listening (/metrics, /healthz, /readyz)");
+    let admin_stop = CancellationToken::new();
+    let admin_task = tokio::spawn(admin::serve(admin_listener, health.clone(), admin_stop.clone()));
+    drop(intake);
+    health.set_ready(true);
+    tracing::info!(tenants = config.tenants.len(), backends = config.backends.len(), "weir is ready");
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining connections, batches and archive objects");
+    health.set_ready(false);
+    stop.cancel();
+    let deadline = tokio::time::Instant::now() + config.shutdown_timeout.0;
+    for s in serving {
+        let _ = s.await;
+    }
+    drain.cancel();
+    if tokio::time::timeout_at(deadline, futures::future::join_all(workers)).await.is_err() {
+        tracing::error!(timeout = ?config.shutdown_timeout.0, "shutdown timed out before every batch was delivered; undelivered events are lost");
+    }
+    admin_stop.cancel();
+    let _ = admin_task.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

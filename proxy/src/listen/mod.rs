@@ -1,0 +1,133 @@
+//! Listeners: accept TCP connections (at most `max_connections` at once),
+//! terminate TLS when configured, and serve HTTP/1.1 and HTTP/2 with hyper,
+//! guarded by header-read and idle timeouts. Shutdown stops accepting and lets
+//! open requests finish.
+mod idle;
+pub mod tls;
+
+use crate::config::{Limits, ListenerConfig, ListenerProtocol};
+use crate::intake::Intake;
+use crate::telemetry::METRICS;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use idle::IdleTimeout;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+pub struct Listener {
+    name: String,
+    tcp: TcpListener,
+    tls: Option<TlsAcceptor>,
+}
+
+impl Listener {
+    /// Binds now, so a port conflict is reported before the proxy says it is up.
+    pub async fn bind(cfg: &ListenerConfig) -> anyhow::Result<Listener> {
+        let tcp = TcpListener::bind(cfg.address).await.map_err(|e| anyhow::anyhow!("listener {}: cannot bind {}: {e}", cfg.name, cfg.address))?;
+        let tls = match (cfg.protocol, &cfg.tls) {
+            (ListenerProtocol::Https, Some(t)) => Some(TlsAcceptor::from(tls::server_config(t).map_err(|e| anyhow::anyhow!("listener {}: {e}", cfg.name))?)),
+            _ => None,
+        };
+        Ok(Listener { name: cfg.name.clone(), tcp, tls })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.tcp.local_addr().expect("bound socket has an address")
+    }
+
+    /// Serves until `stop` is cancelled, then waits up to `grace` for open connections to finish.
+    pub async fn serve(self, intake: Arc<Intake>, limits: Limits, stop: CancellationToken, grace: Duration) {
+        let mut builder = Builder::new(TokioExecutor::new());
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout.0).keep_alive(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20));
+        let graceful = GracefulShutdown::new();
+        let slots = Arc::new(Semaphore::new(limits.max_connections));
+        let open = METRICS.open_connections.with_label_values(&[&self.name]);
+        loop {
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
+                _ = stop.cancelled() => break,
+            };
+            let (stream, peer) = tokio::select! {
+                r = self.tcp.accept() => match r {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(listener = %self.name, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = stop.cancelled() => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let intake = intake.clone();
+            let svc = service_fn(move |req| intake.clone().handle(req));
+            let open = open.clone();
+            let name = self.name.clone();
+            open.inc();
+            match &self.tls {
+                None => {
+                    let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout.0));
+                    let conn = graceful.watch(builder.serve_connection(io, svc).into_owned());
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(listener = %name, %peer, error = %e, "connection ended with an error");
+                        }
+                        open.dec();
+                        drop(permit);
+                    });
+                }
+                Some(acceptor) => {
+                    // The handshake happens in the connection's task; the graceful
+                    // watcher covers it from the moment HTTP starts.
+                    let acceptor = acceptor.clone();
+                    let builder = builder.clone();
+                    let watcher = graceful.watcher();
+                    let handshake_timeout = limits.header_read_timeout.0;
+                    let idle = limits.idle_timeout.0;
+                    tokio::spawn(async move {
+                        match handshake(acceptor, stream, handshake_timeout).await {
+                            Ok(tls) => {
+                                let io = TokioIo::new(IdleTimeout::new(tls, idle));
+                                let conn = watcher.watch(builder.serve_connection(io, svc).into_owned());
+                                if let Err(e) = conn.await {
+                                    tracing::debug!(listener = %name, %peer, error = %e, "connection ended with an error");
+                                }
+                            }
+                            Err(e) => {
+                                METRICS.tls_handshake_failures.with_label_values(&[&name]).inc();
+                                tracing::debug!(listener = %name, %peer, error = %e, "TLS handshake failed");
+                            }
+                        }
+                        open.dec();
+                        drop(permit);
+                    });
+                }
+            }
+        }
+        drop(self.tcp);
+        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+            tracing::warn!(listener = %self.name, "connections still open after the shutdown grace period; closing them");
+        }
+    }
+}
+
+async fn handshake(acceptor: TlsAcceptor, stream: TcpStream, timeout: Duration) -> anyhow::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(r) => Ok(r?),
+        Err(_) => anyhow::bail!("handshake not completed within {timeout:?}"),
+    }
+}

@@ -1,0 +1,69 @@
+//! A memory budget in bytes. Requests reserve what they will hold before any
+//! of their events is taken; when the budget is spent the request is refused
+//! whole (503 + Retry-After), so memory stays bounded and an agent's retry
+//! never duplicates events.
+use prometheus::IntGauge;
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+#[derive(Clone)]
+pub struct Budget {
+    sem: Arc<Semaphore>,
+    capacity: usize,
+    gauge: IntGauge,
+}
+
+/// Bytes held; given back when dropped.
+pub struct Reservation {
+    _permit: Option<OwnedSemaphorePermit>,
+    bytes: usize,
+    gauge: IntGauge,
+}
+
+impl Budget {
+    pub fn new(capacity: usize, gauge: IntGauge) -> Budget {
+        let capacity = capacity.min(Semaphore::MAX_PERMITS).min(u32::MAX as usize);
+        Budget { sem: Arc::new(Semaphore::new(capacity)), capacity, gauge }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Reserves `bytes` now, or returns None when that much is not free.
+    pub fn try_reserve(&self, bytes: usize) -> Option<Reservation> {
+        let bytes = bytes.min(self.capacity);
+        let permit = if bytes == 0 { None } else { Some(self.sem.clone().try_acquire_many_owned(bytes as u32).ok()?) };
+        self.gauge.add(bytes as i64);
+        Some(Reservation { _permit: permit, bytes, gauge: self.gauge.clone() })
+    }
+}
+
+impl Reservation {
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.gauge.sub(self.bytes as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_past_capacity_and_gives_back_on_drop() {
+        let g = IntGauge::new("t", "t").unwrap();
+        let b = Budget::new(100, g.clone());
+        let r1 = b.try_reserve(60).unwrap();
+        assert!(b.try_reserve(50).is_none());
+        assert_eq!(g.get(), 60);
+        drop(r1);
+        assert_eq!(g.get(), 0);
+        assert!(b.try_reserve(100).is_some());
+    }
+}

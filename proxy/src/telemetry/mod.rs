@@ -1,0 +1,97 @@
+//! Prometheus metrics (all `weir_`-prefixed, tenant-labelled where it applies;
+//! never a key or credential) and structured logging.
+use crate::config::{LogConfig, LogFormat};
+use prometheus::{
+    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use std::sync::LazyLock;
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub received_events: IntCounterVec,
+    pub received_bytes: IntCounterVec,
+    pub truncated_events: IntCounterVec,
+    pub rejected_requests: IntCounterVec,
+    pub forwarded_events: IntCounterVec,
+    pub forwarded_bytes: IntCounterVec,
+    pub backend_requests: IntCounterVec,
+    pub backend_latency: HistogramVec,
+    pub backend_retries: IntCounterVec,
+    pub backend_dropped_events: IntCounterVec,
+    pub inflight_batches: IntGaugeVec,
+    pub archived_events: IntCounterVec,
+    pub archived_bytes: IntCounterVec,
+    pub archive_objects: IntCounterVec,
+    pub archive_errors: IntCounterVec,
+    pub queued_bytes: IntGaugeVec,
+    pub open_connections: IntGaugeVec,
+    pub tls_handshake_failures: IntCounterVec,
+    pub up: IntGauge,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("metric registered once");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("metric registered once");
+    g
+}
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let r = Registry::new();
+    #[cfg(target_os = "linux")]
+    r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())).expect("process collector");
+    let backend_latency = HistogramVec::new(
+        HistogramOpts::new("weir_backend_request_duration_seconds", "Time for one request to a backend, by outcome")
+            .buckets(exponential_buckets(0.001, 2.0, 16).unwrap()),
+        &["backend", "outcome"],
+    )
+    .unwrap();
+    r.register(Box::new(backend_latency.clone())).unwrap();
+    let up = IntGauge::new("weir_up", "1 while the proxy serves traffic").unwrap();
+    r.register(Box::new(up.clone())).unwrap();
+    Metrics {
+        received_events: counter(&r, "weir_received_events_total", "Events accepted at intake", &["tenant", "intake"]),
+        received_bytes: counter(&r, "weir_received_bytes_total", "Decompressed request bytes accepted at intake", &["tenant", "intake"]),
+        truncated_events: counter(&r, "weir_truncated_events_total", "Events whose message was cut to the size limit", &["tenant"]),
+        rejected_requests: counter(&r, "weir_rejected_requests_total", "Requests refused, by reason", &["intake", "reason"]),
+        forwarded_events: counter(&r, "weir_forwarded_events_total", "Events delivered to a backend", &["tenant", "backend"]),
+        forwarded_bytes: counter(&r, "weir_forwarded_bytes_total", "Uncompressed bytes delivered to a backend", &["tenant", "backend"]),
+        backend_requests: counter(&r, "weir_backend_requests_total", "Requests to backends, by outcome", &["backend", "outcome"]),
+        backend_latency,
+        backend_retries: counter(&r, "weir_backend_retries_total", "Batches sent again after a retryable failure", &["backend"]),
+        backend_dropped_events: counter(&r, "weir_backend_dropped_events_total", "Events a backend refused for good (non-retryable 4xx)", &["tenant", "backend", "status"]),
+        inflight_batches: gauge(&r, "weir_inflight_batches", "Batches being sent to a backend", &["backend"]),
+        archived_events: counter(&r, "weir_archived_events_total", "Events written to archive objects", &["tenant"]),
+        archived_bytes: counter(&r, "weir_archived_bytes_total", "Uncompressed bytes written to archive objects", &["tenant"]),
+        archive_objects: counter(&r, "weir_archive_objects_total", "Archive objects written", &["tenant"]),
+        archive_errors: counter(&r, "weir_archive_errors_total", "Failed archive object writes (retried)", &["tenant"]),
+        queued_bytes: gauge(&r, "weir_queued_bytes", "Bytes held in memory waiting for a backend or the archive", &["queue"]),
+        open_connections: gauge(&r, "weir_open_connections", "Client connections open", &["listener"]),
+        tls_handshake_failures: counter(&r, "weir_tls_handshake_failures_total", "TLS handshakes that failed or timed out", &["listener"]),
+        up,
+        registry: r,
+    }
+});
+
+/// The Prometheus text exposition of every metric.
+pub fn render() -> Vec<u8> {
+    let mut out = Vec::new();
+    TextEncoder::new().encode(&METRICS.registry.gather(), &mut out).expect("encoding metrics");
+    out
+}
+
+/// Installs the global tracing subscriber. RUST_LOG, when set, wins over the config's level.
+pub fn init_logging(cfg: &LogConfig) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match cfg.format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
