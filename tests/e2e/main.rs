@@ -1,1 +1,8 @@
-fn main() {}
+//! End-to-end tests: the real `weir` binary as a process, real sockets, real
+//! TLS; test doubles only for the backends, speaking their wire protocol.
+mod harness;
+
+mod cli;
+mod delivery;
+mod intake;
+mod tls;

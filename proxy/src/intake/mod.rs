@@ -190,7 +190,7 @@ fn invalid_json(body: &[u8], e: &serde_json::Error) -> Rejection {
     Rejection::new(
         StatusCode::BAD_REQUEST,
         "invalid_json",
-        format!("invalid JSON at byte offset {offset} (line {}, column {}): {reason}", e.line(), e.column()),
+        format!("invalid JSON near byte offset {offset} (line {}, column {}): {reason}", e.line(), e.column()),
     )
 }
 
@@ -236,7 +236,7 @@ mod tests {
         let r = decode_datadog_json(body, limits()).unwrap_err();
         assert_eq!(r.status, StatusCode::BAD_REQUEST);
         // serde_json reports the position just past the offending byte.
-        assert!(r.message.contains("byte offset 32"), "{}", r.message);
+        assert!(r.message.contains("near byte offset 32"), "{}", r.message);
         assert!(r.message.contains("entry 1"), "{}", r.message);
     }
 

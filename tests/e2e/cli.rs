@@ -1,0 +1,58 @@
+//! The command line: `weir check` locates config errors; `--version`.
+use std::process::Command;
+
+fn weir(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_weir")).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn version() {
+    let (code, out, _) = weir(&["--version"]);
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), format!("weir {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn check_accepts_the_shipped_configs() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let (code, out, err) = weir(&["check", "--config", &format!("{root}/config/weir.yaml")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ok"));
+    let (code, _, err) = weir(&["check"]);
+    assert_eq!(code, 0, "embedded default: {err}");
+}
+
+#[test]
+fn check_names_file_line_column_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    let cases = [
+        // (text, line, field, what the message says)
+        ("listeners:\n  - name: i\n    address: 127.0.0.1:1\n    protocol: htp\n", 4, "listeners[0].protocol", "unknown variant `htp`"),
+        (
+            "listeners: [{name: i, address: \"127.0.0.1:1\", protocol: http}]\narchive: {store: {type: local, root: /tmp/a}}\nbackends:\n  - name: b\n    type: file\n    path: /tmp/o\ntenants:\n  - name: t\n    api_keys: [k]\n    backend: missing\n",
+            10,
+            "tenants[0].backend",
+            "no backend named \"missing\"",
+        ),
+        (
+            "listeners: [{name: i, address: \"127.0.0.1:1\", protocol: http}]\nlimits:\n  idle_timeout: forever\n",
+            3,
+            "limits.idle_timeout",
+            "invalid duration",
+        ),
+    ];
+    for (text, line, field, what) in cases {
+        std::fs::write(&path, text).unwrap();
+        let (code, _, err) = weir(&["check", "--config", path.to_str().unwrap()]);
+        assert_eq!(code, 1, "{err}");
+        let expected_prefix = format!("error: {}:{line}:", path.display());
+        assert!(err.starts_with(&expected_prefix), "{err} should start with {expected_prefix}");
+        assert!(err.contains(&format!("field `{field}`")), "{err}");
+        assert!(err.contains(what), "{err}");
+    }
+    let (code, _, err) = weir(&["check", "--config", "/nonexistent/weir.yaml"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("/nonexistent/weir.yaml: cannot read"), "{err}");
+}

@@ -1,0 +1,121 @@
+//! Forwarding: retries until a backend is up, backpressure that refuses whole
+//! requests, non-retryable refusals, and the flush on SIGTERM.
+use crate::harness::*;
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::time::Duration;
+
+const KEY: (&str, &str) = ("DD-API-KEY", "agent-key");
+
+fn events(prefix: &str, n: usize) -> Vec<u8> {
+    let v: Vec<Value> = (0..n).map(|i| json!({"message": format!("{prefix} {i}"), "id": format!("{prefix}-{i}")})).collect();
+    serde_json::to_vec(&v).unwrap()
+}
+
+fn ids(got: &[Value]) -> HashSet<String> {
+    got.iter().map(|e| e["id"].as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_down_at_start_then_up_loses_nothing() {
+    let port = free_port();
+    let mut weir = Weir::start(&config(&format!("127.0.0.1:{port}"), "", "")).await;
+    for r in 0..20 {
+        let resp = post(&weir.url("/api/v2/logs"), &[KEY], events(&format!("r{r}"), 50)).await;
+        assert_eq!(resp.status, 202, "{}", resp.text());
+    }
+    // Let a few retries fail for real before the backend appears.
+    eventually(Duration::from_secs(20), "retries against the dead backend", || {
+        weir.log().contains("backend send failed; will retry").then_some(())
+    })
+    .await;
+    let dd = FakeDatadog::start_on(port).await;
+    eventually(Duration::from_secs(30), "1000 events delivered", || (dd.count() >= 1000).then_some(())).await;
+    let got = dd.take();
+    assert_eq!(ids(&got).len(), 1000, "every accepted event arrived");
+    assert_eq!(got.len(), 1000, "and none twice");
+    let m = weir.metrics().await;
+    assert!(metric(&m, "weir_backend_retries_total{backend=\"dd\"}") >= 1.0);
+    assert_eq!(metric(&m, "weir_forwarded_events_total{backend=\"dd\",tenant=\"acme\"}"), 1000.0);
+    assert!(weir.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_refuses_whole_requests_and_accepted_ones_arrive() {
+    let port = free_port();
+    // A tiny queue so that a dead backend fills it after a few requests.
+    let cfg = config(
+        &format!("127.0.0.1:{port}"),
+        "    max_queued_bytes: 64KiB",
+        "limits:\n  max_body_bytes: 64KiB\n  max_decompressed_bytes: 64KiB\n  max_inflight_request_bytes: 1MiB\n",
+    );
+    let weir = Weir::start(&cfg).await;
+    let mut accepted = HashSet::new();
+    let mut refused = 0;
+    for r in 0..60 {
+        let prefix = format!("r{r}");
+        let resp = post(&weir.url("/api/v2/logs"), &[KEY], events(&prefix, 40)).await;
+        match resp.status {
+            202 => accepted.extend((0..40).map(|i| format!("{prefix}-{i}"))),
+            503 => {
+                refused += 1;
+                assert_eq!(resp.headers["retry-after"], "1");
+                assert!(resp.error().contains("retry later"), "{}", resp.error());
+            }
+            s => panic!("unexpected {s}: {}", resp.text()),
+        }
+    }
+    assert!(refused > 0, "the queue filled up");
+    assert!(!accepted.is_empty());
+    let dd = FakeDatadog::start_on(port).await;
+    eventually(Duration::from_secs(30), "accepted events delivered", || (dd.count() >= accepted.len()).then_some(())).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = dd.take();
+    assert_eq!(ids(&got), accepted, "exactly the accepted requests arrive, no part of a refused one");
+    assert_eq!(got.len(), accepted.len());
+    let m = weir.metrics().await;
+    assert_eq!(metric(&m, "weir_rejected_requests_total{intake=\"datadog\",reason=\"backend_backpressure\"}"), refused as f64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retryable_and_final_backend_answers() {
+    let (dd, addr) = FakeDatadog::start().await;
+    // 503 and 429 are retried; 400 drops that batch (counted); the rest flows.
+    dd.script.lock().unwrap().extend([503, 429, 400]);
+    let weir = Weir::start(&config(&addr.to_string(), "", "")).await;
+    assert_eq!(post(&weir.url("/api/v2/logs"), &[KEY], events("first", 5)).await.status, 202);
+    eventually(Duration::from_secs(20), "the scripted answers used up", || dd.script.lock().unwrap().is_empty().then_some(())).await;
+    // The first batch was answered 503, 429 then 400: dropped and counted, not retried forever.
+    let dropped = "weir_backend_dropped_events_total{backend=\"dd\",status=\"400\",tenant=\"acme\"}";
+    let start = std::time::Instant::now();
+    while metric(&weir.metrics().await, dropped) != 5.0 {
+        assert!(start.elapsed() < Duration::from_secs(20), "the drop was never counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(post(&weir.url("/api/v2/logs"), &[KEY], events("second", 5)).await.status, 202);
+    eventually(Duration::from_secs(20), "second batch", || (dd.count() == 5).then_some(())).await;
+    assert!(dd.take().iter().all(|e| e["message"].as_str().unwrap().starts_with("second")));
+    let m = weir.metrics().await;
+    assert_eq!(metric(&m, "weir_backend_retries_total{backend=\"dd\"}"), 2.0);
+    assert_eq!(dd.requests.lock().unwrap().len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_flushes_batches_and_archive_objects() {
+    let (dd, addr) = FakeDatadog::start().await;
+    // Nothing would be sent or archived for an hour but for the shutdown.
+    let cfg = config(&addr.to_string(), "", "").replace("max_wait: 100ms", "max_wait: 1h");
+    let mut weir = Weir::start(&cfg).await;
+    for r in 0..5 {
+        assert_eq!(post(&weir.url("/api/v2/logs"), &[KEY], events(&format!("t{r}"), 100)).await.status, 202);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(dd.count(), 0, "still batching");
+    assert!(read_archive(&weir.archive_root()).1.is_empty(), "no object yet");
+    let status = weir.terminate();
+    assert!(status.success(), "{status}: {}", weir.log());
+    assert_eq!(ids(&dd.take()).len(), 500);
+    let (archived, _) = read_archive(&weir.archive_root());
+    assert_eq!(ids(&archived).len(), 500);
+    assert_eq!(archived.len(), 500);
+}

@@ -1,0 +1,323 @@
+//! What the end-to-end tests share: the real `weir` binary as a process, a
+//! test double of the Datadog logs intake (the real wire protocol: gzip or
+//! zstd JSON arrays on POST /api/v2/logs), and a plain HTTP client.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::Value;
+use std::collections::VecDeque;
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `f` until it returns Some, or panics with `what` after `limit`.
+pub async fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > limit {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub struct Weir {
+    pub child: Child,
+    pub intake: u16,
+    pub admin: u16,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+}
+
+impl Weir {
+    /// Starts weir with `config` after replacing {INTAKE}, {ADMIN} and {DIR}, and waits until ready.
+    pub async fn start(config: &str) -> Weir {
+        let dir = tempfile::tempdir().unwrap();
+        let intake = free_port();
+        let admin = free_port();
+        let text = config
+            .replace("{INTAKE}", &intake.to_string())
+            .replace("{ADMIN}", &admin.to_string())
+            .replace("{DIR}", dir.path().to_str().unwrap());
+        let config_path = dir.path().join("weir.yaml");
+        std::fs::write(&config_path, text).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["run", "--config", config_path.to_str().unwrap()])
+            .env("RUST_LOG", "weir=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("weir.log")).unwrap())
+            .spawn()
+            .expect("spawning weir");
+        let mut w = Weir { child, intake, admin, dir, config_path };
+        let url = format!("http://127.0.0.1:{admin}/readyz");
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = get(&url).await {
+                if r.status == 200 {
+                    break;
+                }
+            }
+            if let Ok(Some(status)) = w.child.try_wait() {
+                panic!("weir exited early ({status}): {}", w.log());
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "weir not ready: {}", w.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        w
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.intake, path)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("weir.log")).unwrap_or_default()
+    }
+
+    pub fn archive_root(&self) -> PathBuf {
+        self.dir.path().join("archive")
+    }
+
+    /// SIGTERM, then the exit status (panics if it takes longer than a minute).
+    pub fn terminate(&mut self) -> ExitStatus {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "weir did not stop after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Peak resident memory (VmHWM) in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    }
+
+    pub async fn metrics(&self) -> String {
+        get(&format!("http://127.0.0.1:{}/metrics", self.admin)).await.unwrap().text()
+    }
+}
+
+impl Drop for Weir {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of a metric line `name{labels}` (labels as printed), or 0.
+pub fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+    /// The first message of a Datadog-style `{"errors":[...]}` body.
+    pub fn error(&self) -> String {
+        let v = self.json();
+        v["errors"][0].as_str().unwrap_or_else(|| panic!("no errors[0] in {v}")).to_string()
+    }
+}
+
+pub async fn get(url: &str) -> Result<Reply, String> {
+    request(http::Method::GET, url, &[], Bytes::new()).await
+}
+
+pub async fn post(url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
+    request(http::Method::POST, url, headers, body.into()).await.unwrap()
+}
+
+pub async fn request(method: http::Method, url: &str, headers: &[(&str, &str)], body: Bytes) -> Result<Reply, String> {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut req = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client.request(req.body(Full::new(body)).unwrap()).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(Reply { status, headers, body })
+}
+
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// Every event in every `.ndjson.gz` object under `root`, with the object paths (relative).
+pub fn read_archive(root: &Path) -> (Vec<Value>, Vec<String>) {
+    let mut events = Vec::new();
+    let mut objects = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                objects.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+                let mut text = String::new();
+                flate2::read::MultiGzDecoder::new(std::fs::File::open(&p).unwrap()).read_to_string(&mut text).unwrap();
+                events.extend(text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()));
+            }
+        }
+    }
+    objects.sort();
+    (events, objects)
+}
+
+/// A test double of Datadog's logs intake.
+#[derive(Clone, Default)]
+pub struct FakeDatadog {
+    pub events: Arc<Mutex<Vec<Value>>>,
+    pub requests: Arc<Mutex<Vec<http::HeaderMap>>>,
+    /// Statuses to answer before accepting (e.g. 503, 400); empty: 202.
+    pub script: Arc<Mutex<VecDeque<u16>>>,
+}
+
+impl FakeDatadog {
+    pub async fn start() -> (FakeDatadog, SocketAddr) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let fake = FakeDatadog::default();
+        fake.clone().serve(listener);
+        (fake, addr)
+    }
+
+    /// Starts serving on a port chosen earlier (the backend "comes up").
+    pub async fn start_on(port: u16) -> FakeDatadog {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let fake = FakeDatadog::default();
+        fake.clone().serve(listener);
+        fake
+    }
+
+    fn serve(self, listener: tokio::net::TcpListener) {
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| me.clone().handle(req));
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+        });
+    }
+
+    async fn handle(self, req: http::Request<Incoming>) -> Result<http::Response<Full<Bytes>>, std::convert::Infallible> {
+        let reply = |status: u16, body: &'static str| {
+            let mut r = http::Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+            *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+            Ok(r)
+        };
+        if req.uri().path() != "/api/v2/logs" || req.method() != http::Method::POST {
+            return reply(404, "{\"errors\":[\"not found\"]}");
+        }
+        let headers = req.headers().clone();
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        self.requests.lock().unwrap().push(headers.clone());
+        if let Some(status) = self.script.lock().unwrap().pop_front() {
+            return reply(status, "{\"errors\":[\"scripted failure\"]}");
+        }
+        let plain = match headers.get("content-encoding").map(|v| v.to_str().unwrap()) {
+            Some("gzip") => {
+                let mut out = Vec::new();
+                flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut out).unwrap();
+                out
+            }
+            Some("zstd") => zstd::stream::decode_all(&body[..]).unwrap(),
+            None => body.to_vec(),
+            Some(other) => panic!("unexpected encoding {other}"),
+        };
+        let Ok(Value::Array(items)) = serde_json::from_slice::<Value>(&plain) else {
+            return reply(400, "{\"errors\":[\"body is not a JSON array\"]}");
+        };
+        self.events.lock().unwrap().extend(items);
+        reply(202, "{}")
+    }
+
+    pub fn count(&self) -> usize {
+        self.events.lock().unwrap().len()
+    }
+
+    pub fn take(&self) -> Vec<Value> {
+        self.events.lock().unwrap().clone()
+    }
+}
+
+/// A config with one plain listener, one tenant (`acme`, key `agent-key`)
+/// forwarding to a Datadog double at `backend`, archived under {DIR}/archive.
+/// `extra_backend` lines are appended to the backend entry.
+pub fn config(backend: &str, extra_backend: &str, extra_top: &str) -> String {
+    format!(
+        r#"data_dir: {{DIR}}/data
+listeners:
+  - name: intake
+    address: 127.0.0.1:{{INTAKE}}
+    protocol: http
+admin:
+  address: 127.0.0.1:{{ADMIN}}
+archive:
+  store:
+    type: local
+    root: {{DIR}}/archive
+  max_object_age: 1h
+backends:
+  - name: dd
+    type: datadog
+    endpoint: http://{backend}
+    batch:
+      max_wait: 100ms
+    retry:
+      initial_backoff: 20ms
+      max_backoff: 300ms
+{extra_backend}
+tenants:
+  - name: acme
+    api_keys: [agent-key]
+    backend: dd
+    upstream_api_key: upstream-secret
+{extra_top}
+"#
+    )
+}
