@@ -119,3 +119,41 @@ async fn sigterm_flushes_batches_and_archive_objects() {
     assert_eq!(ids(&archived).len(), 500);
     assert_eq!(archived.len(), 500);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_backend_ndjson_zstd_with_secret_header() {
+    let (dd, addr) = FakeDatadog::start().await;
+    let cfg = format!(
+        r#"listeners: [{{name: intake, address: "127.0.0.1:{{INTAKE}}", protocol: http}}]
+admin: {{address: "127.0.0.1:{{ADMIN}}"}}
+archive: {{enabled: false, store: {{type: local, root: "{{DIR}}/archive"}}}}
+backends:
+  - name: lake
+    type: http
+    url: http://{addr}/ingest
+    format: ndjson
+    compression: zstd
+    compression_level: 3
+    headers:
+      Authorization: "Bearer ${{WEIR_E2E_HTTP_TOKEN}}"
+    batch: {{max_wait: 50ms, max_events: 7}}
+tenants:
+  - {{name: acme, api_keys: [agent-key], backend: lake}}
+"#
+    );
+    std::env::set_var("WEIR_E2E_HTTP_TOKEN", "t0ken-from-env");
+    let weir = Weir::start(&cfg).await;
+    assert_eq!(post(&weir.url("/api/v2/logs"), &[KEY], events("nd", 20)).await.status, 202);
+    eventually(Duration::from_secs(20), "20 events", || (dd.count() >= 20).then_some(())).await;
+    assert_eq!(ids(&dd.take()).len(), 20);
+    let reqs = dd.requests.lock().unwrap().clone();
+    assert_eq!(reqs.len(), 3, "batches of at most 7 events");
+    for h in &reqs {
+        assert_eq!(h["authorization"], "Bearer t0ken-from-env");
+        assert_eq!(h["content-encoding"], "zstd");
+        assert_eq!(h["content-type"], "application/x-ndjson");
+        assert!(h.get("dd-api-key").is_none());
+    }
+    assert!(!weir.log().contains("t0ken-from-env"));
+    assert!(read_archive(&weir.archive_root()).1.is_empty(), "archive disabled");
+}

@@ -250,7 +250,8 @@ impl FakeDatadog {
             *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
             Ok(r)
         };
-        if req.uri().path() != "/api/v2/logs" || req.method() != http::Method::POST {
+        // The Datadog intake path, or /ingest for `http` backends.
+        if !matches!(req.uri().path(), "/api/v2/logs" | "/ingest") || req.method() != http::Method::POST {
             return reply(404, "{\"errors\":[\"not found\"]}");
         }
         let headers = req.headers().clone();
@@ -269,6 +270,12 @@ impl FakeDatadog {
             None => body.to_vec(),
             Some(other) => panic!("unexpected encoding {other}"),
         };
+        if headers.get("content-type").is_some_and(|v| v == "application/x-ndjson") {
+            let lines: Result<Vec<Value>, _> = plain.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(serde_json::from_slice).collect();
+            let Ok(items) = lines else { return reply(400, "{\"errors\":[\"bad NDJSON\"]}") };
+            self.events.lock().unwrap().extend(items);
+            return reply(200, "{}");
+        }
         let Ok(Value::Array(items)) = serde_json::from_slice::<Value>(&plain) else {
             return reply(400, "{\"errors\":[\"body is not a JSON array\"]}");
         };
