@@ -104,6 +104,14 @@ impl Intake {
             Protocol::Datadog => decode_datadog_json(&plain, limits)?,
             Protocol::Generic => decode_lines(&plain, limits, true)?,
         };
+        let mut events = events;
+        // Datadog's `ddtags` query parameter: tags for every log of the request.
+        let query_tags = query_param(parts.uri.query(), "ddtags").map(|t| split_tags(&t)).unwrap_or_default();
+        if !query_tags.is_empty() {
+            for ev in &mut events {
+                ev.tags.extend(query_tags.iter().cloned());
+            }
+        }
         let n = events.len();
         let truncated = events.iter().filter(|e| e.is_truncated()).count();
         let batch = Batch::new(BatchMeta { tenant: tenant.clone(), intake: protocol, received_at_ms, body_bytes: plain.len() }, events);
@@ -122,17 +130,47 @@ fn api_key(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     if let Some(v) = headers.get("dd-api-key").and_then(|v| v.to_str().ok()) {
         return Some(v.to_string());
     }
-    if let Some(q) = query {
-        for pair in q.split('&') {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            if k.eq_ignore_ascii_case("dd-api-key") {
-                return Some(v.to_string());
-            }
-        }
+    if let Some(k) = query_param(query, "dd-api-key") {
+        return Some(k);
     }
     let auth = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = auth.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
+}
+
+/// A query parameter's value, percent-decoded.
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        k.eq_ignore_ascii_case(name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() && b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn split_tags(s: &str) -> Vec<String> {
+    s.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_string).collect()
 }
 
 fn content_type(headers: &HeaderMap) -> Option<String> {
@@ -259,6 +297,16 @@ mod tests {
     fn line_count_is_limited() {
         let r = decode_lines(b"a\nb\nc\nd\n", limits(), false).unwrap_err();
         assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[test]
+    fn query_parameters_are_decoded() {
+        assert_eq!(query_param(Some("ddtags=env%3Aprod%2Cteam%3Acore&x=1"), "ddtags").as_deref(), Some("env:prod,team:core"));
+        assert_eq!(query_param(Some("ddtags=a+b"), "ddtags").as_deref(), Some("a b"));
+        assert_eq!(query_param(Some("ddtags=100%"), "ddtags").as_deref(), Some("100%"));
+        assert_eq!(query_param(Some("ddtags=%4"), "ddtags").as_deref(), Some("%4"));
+        assert_eq!(query_param(Some("other=1"), "ddtags"), None);
+        assert_eq!(split_tags(" a:b, ,c "), vec!["a:b", "c"]);
     }
 
     #[test]
