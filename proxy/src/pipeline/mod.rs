@@ -125,3 +125,80 @@ impl Chain {
 fn busy(reason: &'static str, what: &str) -> Rejection {
     Rejection::new(StatusCode::SERVICE_UNAVAILABLE, reason, format!("{what}; retry later")).retry_after(1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::event::{BatchMeta, Event, Intake};
+    use crate::tenant::Tenants;
+    use tokio_util::sync::CancellationToken;
+
+    /// A stage like the exclusion rules will be: drops, archives only, or keeps by message.
+    struct ByMessage;
+    impl Stage for ByMessage {
+        fn name(&self) -> &'static str {
+            "by-message"
+        }
+        fn process(&self, batch: &mut Batch) -> Result<(), Rejection> {
+            for (ev, d) in batch.events.iter().zip(batch.dispositions.iter_mut()) {
+                *d = match ev.message.as_str() {
+                    "drop me" => Disposition::Drop,
+                    "archive me" => Disposition::ArchiveOnly,
+                    "refuse" => return Err(Rejection::new(StatusCode::TOO_MANY_REQUESTS, "test", "refused")),
+                    _ => Disposition::Index,
+                };
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn tee_follows_dispositions_and_refusals_take_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let text = format!(
+            "listeners: [{{name: i, address: \"127.0.0.1:0\", protocol: http}}]\narchive: {{store: {{type: local, root: {d}/archive}}}}\nbackends: [{{name: b, type: file, path: {d}/sink.ndjson, batch: {{max_wait: 1h}}}}]\ntenants: [{{name: t, api_keys: [k], backend: b}}]\n"
+        );
+        let config = Config::parse(&text, "t.yaml").unwrap();
+        let tenants = Tenants::from_config(&config);
+        let drain = CancellationToken::new();
+        let store = crate::archive::open_store(&config.archive.store).unwrap();
+        let (archive, a_task) = crate::archive::spawn_writer("t", &config.archive, store, drain.clone());
+        let backend = Arc::new(crate::sink::backend::Backend::from_config(&config.backends[0]).unwrap());
+        let (route, r_task) = crate::sink::spawn_route("t", None, backend, &config.backends[0], drain.clone());
+        let chain = Chain::new(vec![Box::new(ByMessage)], vec![TenantOutputs { archive: Some(archive), route }]);
+        let meta = BatchMeta { tenant: tenants.all()[0].clone(), intake: Intake::Generic, received_at_ms: 1_700_000_000_000, body_bytes: 100 };
+        let batch = |msgs: &[&str]| Batch::new(meta.clone(), msgs.iter().map(|m| Event::from_message(m.to_string(), 1)).collect());
+
+        let done = chain.run(batch(&["drop me", "archive me", "index me"])).unwrap();
+        assert_eq!(done, Dispatched { archived: 2, indexed: 1 });
+        let refused = chain.run(batch(&["index me too", "refuse"])).unwrap_err();
+        assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+
+        drain.cancel();
+        a_task.await.unwrap();
+        r_task.await.unwrap();
+        let sink = std::fs::read_to_string(dir.path().join("sink.ndjson")).unwrap();
+        assert_eq!(sink.lines().count(), 1);
+        assert!(sink.contains("\"index me\""));
+        let archived: Vec<String> = walk(&dir.path().join("archive"))
+            .into_iter()
+            .flat_map(|p| {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut flate2::read::MultiGzDecoder::new(std::fs::File::open(p).unwrap()), &mut s).unwrap();
+                s.lines().map(str::to_string).collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(archived.len(), 2);
+        assert!(archived[0].contains("archive me") && archived[1].contains("\"index me\""));
+    }
+
+    fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {
+        if p.is_dir() {
+            std::fs::read_dir(p).unwrap().flat_map(|e| walk(&e.unwrap().path())).collect()
+        } else {
+            vec![p.to_path_buf()]
+        }
+    }
+}
