@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# End-to-end throughput benchmark: weir-loadgen -> weir -> weir-blackhole, all
+# on this machine. Each scenario starts a fresh blackhole and a fresh weir
+# (so peak RSS is per scenario), loads it for $DURATION seconds and measures
+# over a steady-state window that skips the first $WARMUP seconds:
+#   events/s    counted where events come out (the blackhole), over the window
+#   MB/s in     decompressed bytes weir accepted (weir_received_bytes_total), over the window
+#   weir CPU%   utime+stime delta from /proc/<pid>/stat over the window (2 cores = 200%)
+#   peak RSS    VmHWM from /proc/<pid>/status at the end of the load
+#   503s        requests weir refused for backpressure (loadgen pauses per Retry-After)
+#   lost        events weir accepted (202) but the blackhole never got, after weir's drain
+#   other CPU%  machine-wide busy time not used by the three benchmark processes (noise)
+#
+# Usage: tests/loadgen/bench.sh
+# Environment (all optional):
+#   DURATION=20 WARMUP=3     load time and the part of it not measured (s)
+#   CONNECTIONS=8            default connections per scenario
+#   LG_GZIP=1                loadgen gzips bodies (as agents do); 0 sends plain JSON
+#   SCENARIOS="..."          space-separated name:backend_codec:archive(on|off)[:connections[:max_in_flight]]
+#                            (max_in_flight: the backend's requests in flight; empty = weir's default, 4)
+#   EXTRA="..."              more scenarios, appended to the default ones
+#   BUILD=0                  skip the cargo build
+#   KEEP=1                   keep the temp dir (configs, logs, archive objects)
+#   RESULTS_OUT=/tmp/weir-bench-results.jsonl   where each scenario's full JSON line is copied
+# Needs curl, jq, ss (iproute2) and column. The three processes share the
+# machine's cores, so on a small machine the numbers bound weir from below.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+BIN="$ROOT/target/release"
+DURATION=${DURATION:-20}
+WARMUP=${WARMUP:-3}
+CONNECTIONS=${CONNECTIONS:-8}
+LG_GZIP=${LG_GZIP:-1}
+SCENARIOS=${SCENARIOS:-"gzip+archive:gzip:on gzip+no-archive:gzip:off zstd+archive:zstd:on"}
+SCENARIOS="$SCENARIOS ${EXTRA:-}"
+WINDOW=$((DURATION - WARMUP - 1))
+((WINDOW >= 2)) || { echo "DURATION must exceed WARMUP by at least 3 s" >&2; exit 2; }
+HZ=$(getconf CLK_TCK)
+
+if [[ ${BUILD:-1} == 1 ]]; then
+    (cd "$ROOT" && cargo build --release -p weir -p weir-loadgen)
+fi
+
+WORK=$(mktemp -d /tmp/weir-bench.XXXXXX)
+RESULTS="$WORK/results.jsonl"
+PIDS=()
+cleanup() {
+    # Only the processes this script started, by pid.
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    if [[ ${KEEP:-0} == 1 ]]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+free_port() {
+    local p
+    while :; do
+        p=$((RANDOM % 30000 + 20000))
+        ss -Htln "sport = :$p" | grep -q . || { echo "$p"; return; }
+    done
+}
+
+# utime+stime of a process, in clock ticks (fields 14 and 15 of /proc/pid/stat;
+# counted after the ")" closing the command name, which may hold spaces).
+ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
+# Sum of a Prometheus metric across its labels (an integer unless a printf format is given).
+metric() { curl -sf "http://127.0.0.1:$ADMIN/metrics" | awk -v m="$1" -v f="${2:-%.0f}" '$1 == m || index($1, m "{") == 1 { s += $2 } END { printf f "\n", s }'; }
+
+bh_stat() { curl -sf "http://$BH_ADDR/stats" | jq -r ".$1"; }
+
+now() { date +%s.%N; }
+
+# Busy clock ticks of the whole machine (all cores): to tell how much CPU other work took.
+machine_busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+
+run_scenario() {
+    local name=$1 codec=$2 archive=$3 conns=${4:-$CONNECTIONS} in_flight=${5:-}
+    local dir="$WORK/${name//[^A-Za-z0-9+_.-]/_}"
+    mkdir -p "$dir"
+    echo "== $name: backend $codec${in_flight:+ (max_in_flight $in_flight)}, archive $archive, $conns connections, ${DURATION}s (window ${WINDOW}s)" >&2
+
+    "$BIN/weir-blackhole" --addr 127.0.0.1:0 >"$dir/blackhole.out" 2>"$dir/blackhole.err" &
+    local bh=$!
+    PIDS+=("$bh")
+    for _ in $(seq 50); do [[ -s "$dir/blackhole.out" ]] && break; sleep 0.1; done
+    BH_ADDR=$(head -1 "$dir/blackhole.out" | jq -r .listening)
+
+    local port
+    port=$(free_port)
+    ADMIN=$(free_port)
+    local enabled=true
+    [[ $archive == off ]] && enabled=false
+    cat >"$dir/weir.yaml" <<EOF
+data_dir: $dir/data
+listeners:
+  - name: bench
+    address: 127.0.0.1:$port
+    protocol: http
+admin:
+  address: 127.0.0.1:$ADMIN
+log:
+  level: warn
+  format: text
+archive:
+  enabled: $enabled
+  store:
+    type: local
+    root: $dir/archive
+backends:
+  - name: blackhole
+    type: datadog
+    endpoint: http://$BH_ADDR
+    compression: $codec
+${in_flight:+    max_in_flight: $in_flight}
+tenants:
+  - name: bench
+    api_keys: [bench-agent-key]
+    backend: blackhole
+    upstream_api_key: bench-upstream-key
+EOF
+    "$BIN/weir" run --config "$dir/weir.yaml" >"$dir/weir.log" 2>&1 &
+    local weir=$!
+    PIDS+=("$weir")
+    local ready=0
+    for _ in $(seq 100); do
+        curl -sf "http://127.0.0.1:$ADMIN/readyz" >/dev/null 2>&1 && { ready=1; break; }
+        kill -0 "$weir" 2>/dev/null || break
+        sleep 0.1
+    done
+    ((ready)) || { echo "weir did not become ready; log:" >&2; cat "$dir/weir.log" >&2; exit 1; }
+
+    local gz=()
+    [[ $LG_GZIP == 1 ]] && gz=(--gzip)
+    "$BIN/weir-loadgen" --url "http://127.0.0.1:$port" --api-key bench-agent-key --connections "$conns" \
+        --duration "$DURATION" "${gz[@]}" >"$dir/loadgen.json" 2>"$dir/loadgen.err" &
+    local lg=$!
+    PIDS+=("$lg")
+
+    sleep "$WARMUP"
+    local t0 w0 l0 b0 m0 e0 r0 i0
+    t0=$(now); w0=$(ticks "$weir"); l0=$(ticks "$lg"); b0=$(ticks "$bh"); m0=$(machine_busy)
+    e0=$(bh_stat events); r0=$(metric weir_received_bytes_total); i0=$(metric weir_received_events_total)
+    sleep "$WINDOW"
+    local t1 w1 l1 b1 m1 e1 r1 i1
+    t1=$(now); w1=$(ticks "$weir"); l1=$(ticks "$lg"); b1=$(ticks "$bh"); m1=$(machine_busy)
+    e1=$(bh_stat events); r1=$(metric weir_received_bytes_total); i1=$(metric weir_received_events_total)
+
+    wait "$lg" || { echo "loadgen failed:" >&2; cat "$dir/loadgen.err" >&2; exit 1; }
+    local hwm rejected backend_retries backend_ms archive_mb=0
+    hwm=$(awk '/^VmHWM/ { print $2 }' "/proc/$weir/status")
+    rejected=$(curl -sf "http://127.0.0.1:$ADMIN/metrics" | awk '/^weir_rejected_requests_total/ { n = $1; sub(/.*reason="/, "", n); sub(/".*/, "", n); c[n] += $2 } END { for (r in c) printf "%s=%d ", r, c[r] }')
+    backend_retries=$(metric weir_backend_retries_total)
+    # Mean time of one backend request (whole run): with max_in_flight it bounds what a route can carry.
+    backend_ms=$(awk -v s="$(metric weir_backend_request_duration_seconds_sum %.6f)" -v c="$(metric weir_backend_request_duration_seconds_count)" 'BEGIN { printf "%.2f\n", c ? s / c * 1000 : 0 }')
+
+    # Drain: SIGTERM makes weir send what it holds; then compare what came out with what was accepted.
+    kill -TERM "$weir"
+    wait "$weir" || true
+    local delivered accepted
+    delivered=$(bh_stat events)
+    accepted=$(jq -r .events_sent_accepted "$dir/loadgen.json")
+    kill "$bh" 2>/dev/null || true
+    wait "$bh" 2>/dev/null || true
+    [[ -d "$dir/archive" ]] && archive_mb=$(du -sm "$dir/archive" | cut -f1)
+    local warnings
+    warnings=$(grep -cE ' (WARN|ERROR) ' "$dir/weir.log" || true)
+
+    jq -nc \
+        --arg name "$name" --arg codec "$codec" --arg archive "$archive" --argjson conns "$conns" \
+        --argjson dt "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" \
+        --argjson ev "$((e1 - e0))" --argjson iev "$((i1 - i0))" --argjson rb "$((r1 - r0))" \
+        --argjson wt "$((w1 - w0))" --argjson lt "$((l1 - l0))" --argjson bt "$((b1 - b0))" --argjson ot "$((m1 - m0 - (w1 - w0) - (l1 - l0) - (b1 - b0)))" --argjson hz "$HZ" \
+        --argjson hwm "$hwm" --argjson delivered "$delivered" --argjson accepted "$accepted" \
+        --argjson retries "$backend_retries" --argjson backend_ms "$backend_ms" --argjson archive_mb "$archive_mb" --argjson warnings "$warnings" \
+        --arg rejected "$rejected" --slurpfile lg "$dir/loadgen.json" \
+        '{name: $name, codec: $codec, archive: $archive, connections: $conns, window_s: $dt,
+          events_per_s: ($ev / $dt), intake_events_per_s: ($iev / $dt), mb_per_s_in: ($rb / $dt / 1e6),
+          weir_cpu_pct: ($wt / $hz / $dt * 100), loadgen_cpu_pct: ($lt / $hz / $dt * 100), blackhole_cpu_pct: ($bt / $hz / $dt * 100), other_cpu_pct: ($ot / $hz / $dt * 100),
+          weir_peak_rss_mb: ($hwm / 1024), loadgen: $lg[0], weir_rejections: $rejected, backend_retries: $retries, backend_request_ms: $backend_ms,
+          accepted_events: $accepted, delivered_events: $delivered, lost_events: ($accepted - $delivered),
+          archive_disk_mb: $archive_mb, weir_warnings: $warnings}' >>"$RESULTS"
+    tail -1 "$RESULTS" >&2
+    PIDS=()
+    [[ ${KEEP:-0} == 1 ]] || rm -rf "$dir/archive"
+}
+
+for s in $SCENARIOS; do
+    IFS=: read -r name codec archive conns in_flight <<<"$s"
+    run_scenario "$name" "$codec" "$archive" "${conns:-}" "${in_flight:-}"
+done
+
+echo
+echo "weir end to end on $(nproc) cores, loadgen gzip=$LG_GZIP, ${DURATION}s runs, measured over the last ${WINDOW}s; load average now: $(cut -d' ' -f1-3 /proc/loadavg)"
+jq -rs '
+  (["scenario", "conns", "events/s", "MB/s in", "weir CPU%", "peak RSS MB", "503s", "of reqs", "p99 ms", "backend ms", "lost", "loadgen CPU%", "blackhole CPU%", "other CPU%"] | @tsv),
+  (.[] | [.name, .connections, (.events_per_s | round), (.mb_per_s_in * 10 | round / 10), (.weir_cpu_pct | round), (.weir_peak_rss_mb | round),
+          .loadgen.rejected_503, .loadgen.requests, .loadgen.latency_p99_ms, .backend_request_ms, .lost_events, (.loadgen_cpu_pct | round), (.blackhole_cpu_pct | round), (.other_cpu_pct | round)] | @tsv)
+' "$RESULTS" | column -t -s $'\t'
+echo
+echo "weir refusals by reason (whole run):"
+jq -r '"  \(.name): \(if .weir_rejections == "" then "none" else .weir_rejections end)  backend retries: \(.backend_retries)  weir warnings logged: \(.weir_warnings)"' "$RESULTS"
+cp "$RESULTS" "${RESULTS_OUT:-/tmp/weir-bench-results.jsonl}"
+echo "raw results: ${RESULTS_OUT:-/tmp/weir-bench-results.jsonl}"
