@@ -17,7 +17,7 @@
 #   CONNECTIONS=8            default connections per scenario
 #   LG_GZIP=1                loadgen gzips bodies (as agents do); 0 sends plain JSON
 #   SCENARIOS="..."          space-separated name:backend_codec:archive(on|off)[:connections[:max_in_flight]]
-#                            (max_in_flight: the backend's requests in flight; empty = weir's default, 4)
+#                            (max_in_flight: the backend's requests in flight; empty = weir's default, 8)
 #   EXTRA="..."              more scenarios, appended to the default ones
 #   BUILD=0                  skip the cargo build
 #   KEEP=1                   keep the temp dir (configs, logs, archive objects)

@@ -231,7 +231,7 @@ pub struct BackendConfig {
 }
 
 fn default_in_flight() -> usize {
-    4
+    8
 }
 fn default_request_timeout() -> Dur {
     Dur(Duration::from_secs(30))

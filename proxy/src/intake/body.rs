@@ -41,25 +41,26 @@ pub fn decompress(body: Bytes, encoding: Encoding, limit: usize) -> Result<Bytes
     };
     match encoding {
         Encoding::Identity => unreachable!(),
-        Encoding::Gzip => read_limited(flate2::read::MultiGzDecoder::new(body), limit, "gzip"),
+        Encoding::Gzip => read_limited(flate2::read::MultiGzDecoder::new(body), body.len(), limit, "gzip"),
         Encoding::Deflate => {
             // HTTP's "deflate" is zlib-wrapped (RFC 9110), but some clients send raw deflate: the zlib header tells.
             let zlib = body.len() >= 2 && (body[0] & 0x0f) == 8 && (u16::from(body[0]) << 8 | u16::from(body[1])) % 31 == 0;
             if zlib {
-                read_limited(flate2::read::ZlibDecoder::new(body), limit, "deflate")
+                read_limited(flate2::read::ZlibDecoder::new(body), body.len(), limit, "deflate")
             } else {
-                read_limited(flate2::read::DeflateDecoder::new(body), limit, "deflate")
+                read_limited(flate2::read::DeflateDecoder::new(body), body.len(), limit, "deflate")
             }
         }
         Encoding::Zstd => {
             let dec = zstd::stream::read::Decoder::with_buffer(body).map_err(|e| corrupt("zstd", e))?;
-            read_limited(dec, limit, "zstd")
+            read_limited(dec, body.len(), limit, "zstd")
         }
     }
 }
 
-fn read_limited(reader: impl Read, limit: usize, what: &str) -> Result<Bytes, Rejection> {
-    let mut out = Vec::new();
+fn read_limited(reader: impl Read, compressed_len: usize, limit: usize, what: &str) -> Result<Bytes, Rejection> {
+    // Logs compress about 5-10x: start near the likely size instead of doubling up to it.
+    let mut out = Vec::with_capacity(compressed_len.saturating_mul(8).min(limit + 1));
     // One byte past the limit tells "exactly at the limit" from "over it".
     let n = reader.take(limit as u64 + 1).read_to_end(&mut out).map_err(|e| corrupt(what, e))?;
     if n > limit {

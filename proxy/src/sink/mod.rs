@@ -91,7 +91,7 @@ async fn run_route(s: Arc<RouteSettings>, mut rx: mpsc::UnboundedReceiver<Forwar
             c = rx.recv() => c,
             _ = async { sleep_until(deadline.unwrap()).await }, if deadline.is_some() => {
                 if let Some(p) = pending.take() {
-                    sends.push(dispatch(&s, p, ndjson).await);
+                    sends.push(dispatch(&s, p, ndjson));
                 }
                 continue;
             }
@@ -108,11 +108,12 @@ async fn run_route(s: Arc<RouteSettings>, mut rx: mpsc::UnboundedReceiver<Forwar
             let line = &chunk.lines[r.start as usize..r.end as usize];
             if let Some(p) = &pending {
                 if p.events + 1 > s.max_events || (p.events > 0 && p.body.len() + line.len() + 2 > s.max_bytes) {
-                    sends.push(dispatch(&s, pending.take().unwrap(), ndjson).await);
+                    sends.push(dispatch(&s, pending.take().unwrap(), ndjson));
                 }
             }
             let p = pending.get_or_insert_with(|| Pending {
-                body: Vec::with_capacity(s.max_bytes.min(1 << 20)),
+                // Start small (below the allocator's mmap threshold); it grows as needed.
+                body: Vec::with_capacity(s.max_bytes.min(96 * 1024)),
                 events: 0,
                 holds: Vec::new(),
                 deadline: Instant::now() + s.max_wait,
@@ -132,25 +133,26 @@ async fn run_route(s: Arc<RouteSettings>, mut rx: mpsc::UnboundedReceiver<Forwar
         sends.retain(|h| !h.is_finished());
     }
     if let Some(p) = pending.take() {
-        sends.push(dispatch(&s, p, ndjson).await);
+        sends.push(dispatch(&s, p, ndjson));
     }
     for h in sends {
         let _ = h.await;
     }
 }
 
-/// Waits for an in-flight slot, then sends the batch in its own task.
-async fn dispatch(s: &Arc<RouteSettings>, mut p: Pending, ndjson: bool) -> JoinHandle<()> {
+/// Sends the batch in its own task: compress first (off the async workers),
+/// then wait for an in-flight slot, so a slot covers only the HTTP exchange.
+fn dispatch(s: &Arc<RouteSettings>, mut p: Pending, ndjson: bool) -> JoinHandle<()> {
     if !ndjson {
         p.body.push(b']');
     }
-    let permit = s.in_flight.clone().acquire_owned().await.expect("semaphore never closed");
     let s = s.clone();
     tokio::spawn(async move {
         let raw_len = p.body.len();
         let events = p.events;
         let backend = s.backend.clone();
         let body = tokio::task::spawn_blocking(move || backend.encode(p.body)).await.expect("compression does not panic");
+        let permit = s.in_flight.clone().acquire_owned().await.expect("semaphore never closed");
         let name = s.backend.name().to_string();
         let gauge = METRICS.inflight_batches.with_label_values(&[&name]);
         gauge.inc();
