@@ -6,7 +6,7 @@
 //! uncompressed, when its oldest event is `max_object_age` old, when the hour
 //! changes, and on shutdown.
 use crate::config::{ArchiveConfig, StoreConfig};
-use crate::pipeline::budget::{Budget, Reservation};
+use crate::pipeline::budget::{Budget, Queue, Reservation};
 use crate::telemetry::METRICS;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -33,21 +33,7 @@ pub struct ArchiveChunk {
 }
 
 /// The intake side of one tenant's archive writer.
-#[derive(Clone)]
-pub struct ArchiveHandle {
-    tx: mpsc::UnboundedSender<ArchiveChunk>,
-    budget: Budget,
-}
-
-impl ArchiveHandle {
-    pub fn reserve(&self, bytes: usize) -> Option<Reservation> {
-        self.budget.try_reserve(bytes)
-    }
-
-    pub fn send(&self, chunk: ArchiveChunk) -> Result<(), ()> {
-        self.tx.send(chunk).map_err(|_| ())
-    }
-}
+pub type ArchiveHandle = Queue<ArchiveChunk>;
 
 /// Opens the object store an archive config names.
 pub fn open_store(cfg: &StoreConfig) -> anyhow::Result<Arc<dyn ObjectStore>> {
@@ -62,8 +48,8 @@ pub fn open_store(cfg: &StoreConfig) -> anyhow::Result<Arc<dyn ObjectStore>> {
 
 /// Starts the archive writer of `tenant`.
 pub fn spawn_writer(tenant: &str, cfg: &ArchiveConfig, store: Arc<dyn ObjectStore>, drain: CancellationToken) -> (ArchiveHandle, JoinHandle<()>) {
-    let (tx, rx) = mpsc::unbounded_channel();
     let budget = Budget::new(cfg.max_queued_bytes.as_usize(), METRICS.queued_bytes.with_label_values(&[&format!("archive:{tenant}")]));
+    let (queue, rx) = Queue::new(budget);
     let writer = Writer {
         tenant: tenant.to_string(),
         store,
@@ -73,7 +59,7 @@ pub fn spawn_writer(tenant: &str, cfg: &ArchiveConfig, store: Arc<dyn ObjectStor
         open: None,
     };
     let handle = tokio::spawn(writer.run(rx, drain));
-    (ArchiveHandle { tx, budget }, handle)
+    (queue, handle)
 }
 
 struct OpenObject {

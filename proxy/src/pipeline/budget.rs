@@ -4,7 +4,37 @@
 //! never duplicates events.
 use prometheus::IntGauge;
 use std::sync::Arc;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+/// The intake side of a worker (an archive writer, a backend route): items
+/// travel with the reservation of the memory they hold, so the queue is
+/// bounded in bytes rather than in items.
+pub struct Queue<T> {
+    tx: mpsc::UnboundedSender<T>,
+    budget: Budget,
+}
+
+impl<T> Clone for Queue<T> {
+    fn clone(&self) -> Self {
+        Queue { tx: self.tx.clone(), budget: self.budget.clone() }
+    }
+}
+
+impl<T> Queue<T> {
+    pub fn new(budget: Budget) -> (Queue<T>, mpsc::UnboundedReceiver<T>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Queue { tx, budget }, rx)
+    }
+
+    pub fn reserve(&self, bytes: usize) -> Option<Reservation> {
+        self.budget.try_reserve(bytes)
+    }
+
+    /// Fails only once the worker has stopped taking items (shutdown).
+    pub fn send(&self, item: T) -> Result<(), ()> {
+        self.tx.send(item).map_err(|_| ())
+    }
+}
 
 #[derive(Clone)]
 pub struct Budget {

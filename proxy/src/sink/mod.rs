@@ -7,7 +7,7 @@ pub mod backend;
 pub mod retry;
 
 use crate::config::{BackendConfig, RetryConfig};
-use crate::pipeline::budget::{Budget, Reservation};
+use crate::pipeline::budget::{Budget, Queue, Reservation};
 use crate::telemetry::METRICS;
 use backend::Backend;
 use bytes::Bytes;
@@ -26,21 +26,8 @@ pub struct ForwardChunk {
     pub reservation: Reservation,
 }
 
-#[derive(Clone)]
-pub struct RouteHandle {
-    tx: mpsc::UnboundedSender<ForwardChunk>,
-    budget: Budget,
-}
-
-impl RouteHandle {
-    pub fn reserve(&self, bytes: usize) -> Option<Reservation> {
-        self.budget.try_reserve(bytes)
-    }
-
-    pub fn send(&self, chunk: ForwardChunk) -> Result<(), ()> {
-        self.tx.send(chunk).map_err(|_| ())
-    }
-}
+/// The intake side of one tenant's route.
+pub type RouteHandle = Queue<ForwardChunk>;
 
 struct RouteSettings {
     tenant: String,
@@ -55,8 +42,8 @@ struct RouteSettings {
 
 /// Starts the route carrying `tenant`'s indexed events to `backend`.
 pub fn spawn_route(tenant: &str, upstream_key: Option<String>, backend: Arc<Backend>, cfg: &BackendConfig, drain: CancellationToken) -> (RouteHandle, JoinHandle<()>) {
-    let (tx, rx) = mpsc::unbounded_channel();
     let budget = Budget::new(cfg.max_queued_bytes.as_usize(), METRICS.queued_bytes.with_label_values(&[&format!("backend:{}:{tenant}", cfg.name)]));
+    let (queue, rx) = Queue::new(budget);
     let settings = Arc::new(RouteSettings {
         tenant: tenant.to_string(),
         upstream_key,
@@ -68,7 +55,7 @@ pub fn spawn_route(tenant: &str, upstream_key: Option<String>, backend: Arc<Back
         in_flight: Arc::new(Semaphore::new(cfg.max_in_flight)),
     });
     let handle = tokio::spawn(run_route(settings, rx, drain));
-    (RouteHandle { tx, budget }, handle)
+    (queue, handle)
 }
 
 /// A batch being filled.
