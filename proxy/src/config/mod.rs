@@ -237,7 +237,7 @@ fn default_request_timeout() -> Dur {
     Dur(Duration::from_secs(30))
 }
 fn default_backend_queue() -> ByteSize {
-    ByteSize::mib(32)
+    ByteSize::mib(16)
 }
 fn default_codec() -> Codec {
     Codec::Gzip
