@@ -11,6 +11,7 @@ pub mod event;
 pub mod intake;
 pub mod listen;
 pub mod pipeline;
+pub mod rules;
 pub mod sink;
 pub mod telemetry;
 pub mod tenant;

@@ -43,6 +43,7 @@ pub fn open_store(cfg: &StoreConfig) -> anyhow::Result<Arc<dyn ObjectStore>> {
             let fs = LocalFileSystem::new_with_prefix(root).map_err(|e| anyhow::anyhow!("archive directory {}: {e}", root.display()))?;
             Ok(Arc::new(fs))
         }
+        other => anyhow::bail!("archive store {other:?}: not built yet"),
     }
 }
 

@@ -33,6 +33,9 @@ pub struct Config {
     pub archive: ArchiveConfig,
     pub backends: Vec<BackendConfig>,
     pub tenants: Vec<TenantConfig>,
+    /// Exclusion rules every tenant's events are checked against first.
+    #[serde(default)]
+    pub exclusion_rules: Vec<ExclusionRuleConfig>,
     /// How long a SIGTERM may take to flush batches and archive objects.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: Dur,
@@ -119,11 +122,13 @@ impl Default for Limits {
 pub struct AdminConfig {
     /// Serves /metrics, /healthz and /readyz. Keep it on loopback or a private network.
     pub address: SocketAddr,
+    /// Bearer token the run-time control API (/admin/...) requires; without it that API is off.
+    pub token: Option<Secret>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { address: "127.0.0.1:8089".parse().unwrap() }
+        AdminConfig { address: "127.0.0.1:8089".parse().unwrap(), token: None }
     }
 }
 
@@ -189,6 +194,42 @@ fn default_archive_queue() -> ByteSize {
 pub enum StoreConfig {
     /// A directory on local disk (written through object_store's LocalFileSystem).
     Local { root: PathBuf },
+    /// Amazon S3 or any S3-compatible store (MinIO, Ceph, moto, ...).
+    /// Credentials not given here come from the environment (AWS_*), as the AWS SDKs do.
+    S3 {
+        bucket: String,
+        /// Key prefix inside the bucket (no leading or trailing slash).
+        #[serde(default)]
+        prefix: String,
+        region: Option<String>,
+        /// For S3-compatible stores: their base URL.
+        endpoint: Option<String>,
+        /// Path-style URLs (`endpoint/bucket/key`), which most S3-compatible stores need.
+        #[serde(default)]
+        path_style: bool,
+        /// Allow a plain-http endpoint (local test stores only).
+        #[serde(default)]
+        allow_http: bool,
+        access_key_id: Option<Secret>,
+        secret_access_key: Option<Secret>,
+        session_token: Option<Secret>,
+    },
+    /// Google Cloud Storage. Credentials: `service_account_path`, or the environment
+    /// (GOOGLE_APPLICATION_CREDENTIALS / GOOGLE_SERVICE_ACCOUNT).
+    Gcs {
+        bucket: String,
+        #[serde(default)]
+        prefix: String,
+        service_account_path: Option<PathBuf>,
+    },
+    /// Azure Blob Storage. Credentials: `access_key`, or the environment (AZURE_STORAGE_*).
+    Azure {
+        account: String,
+        container: String,
+        #[serde(default)]
+        prefix: String,
+        access_key: Option<Secret>,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -317,6 +358,101 @@ pub struct TenantConfig {
     pub upstream_api_key: Option<Secret>,
     /// This tenant's own archive, replacing the top-level one.
     pub archive: Option<ArchiveConfig>,
+    /// How fast the tenant may send; over it, 429 before any work is done.
+    pub rate_limit: Option<RateLimitConfig>,
+    /// What the tenant may index per day (counted after exclusion rules).
+    pub daily_quota: Option<DailyQuotaConfig>,
+    /// Checked in order, after the global rules.
+    #[serde(default)]
+    pub exclusion_rules: Vec<ExclusionRuleConfig>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub events_per_second: Option<u32>,
+    /// Events that may arrive at once above the steady rate; default: one second's worth.
+    pub events_burst: Option<u32>,
+    pub bytes_per_second: Option<ByteSize>,
+    /// Default: one second's worth.
+    pub bytes_burst: Option<ByteSize>,
+    /// One limit per value of this field (e.g. `service`) instead of one for the tenant.
+    pub partition_by: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct DailyQuotaConfig {
+    pub max_events: Option<u64>,
+    pub max_bytes: Option<ByteSize>,
+    /// The UTC hour the day's usage resets at (Datadog's index quotas: 14).
+    #[serde(default = "default_reset_hour")]
+    pub reset_hour_utc: u32,
+    /// Share of the quota at which a warning is raised (metric and one log line).
+    #[serde(default = "default_warning_threshold")]
+    pub warning_threshold: f64,
+    #[serde(default)]
+    pub action: QuotaAction,
+    /// One quota per combination of these fields' values (e.g. `[service]`).
+    #[serde(default)]
+    pub partition_by: Vec<String>,
+    /// Limits for particular partition values (values joined with `,` in `partition_by` order).
+    #[serde(default)]
+    pub overrides: BTreeMap<String, QuotaLimit>,
+}
+
+fn default_reset_hour() -> u32 {
+    14
+}
+fn default_warning_threshold() -> f64 {
+    0.8
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaLimit {
+    pub max_events: Option<u64>,
+    pub max_bytes: Option<ByteSize>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum QuotaAction {
+    /// Over quota, events still reach the archive (the default: nothing is lost).
+    #[default]
+    ArchiveOnly,
+    Drop,
+    /// Refuse the request with 429.
+    Reject,
+}
+
+#[derive(Debug, Deserialize, Clone, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExclusionRuleConfig {
+    pub name: String,
+    /// Datadog log search syntax, e.g. `service:web status:debug`.
+    pub query: String,
+    /// Share of matching events excluded: 1.0 all, 0.9 keeps one in ten.
+    #[serde(default = "default_sample_rate")]
+    pub sample_rate: f64,
+    #[serde(default)]
+    pub action: ExclusionAction,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn default_sample_rate() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExclusionAction {
+    /// Excluded from the index, still archived.
+    #[default]
+    ArchiveOnly,
+    /// Neither indexed nor archived.
+    Drop,
 }
 
 /// A config error, located in its file.

@@ -1,0 +1,2 @@
+//! Exclusion rules: which events reach the index.
+pub mod query;

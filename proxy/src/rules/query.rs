@@ -1,0 +1,1 @@
+//! The Datadog log search query language (being written).
