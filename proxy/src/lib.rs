@@ -6,11 +6,14 @@
 //! serve them all.
 pub mod admin;
 pub mod archive;
+pub mod clock;
 pub mod config;
+pub mod durable;
 pub mod event;
 pub mod intake;
 pub mod listen;
 pub mod pipeline;
+pub mod quota;
 pub mod rules;
 pub mod sink;
 pub mod telemetry;

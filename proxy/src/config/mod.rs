@@ -415,7 +415,7 @@ pub struct QuotaLimit {
     pub max_bytes: Option<ByteSize>,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum QuotaAction {
     /// Over quota, events still reach the archive (the default: nothing is lost).

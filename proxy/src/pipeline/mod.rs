@@ -42,6 +42,16 @@ pub trait Stage: Send + Sync {
     fn process(&self, batch: &mut Batch) -> Result<(), Rejection>;
 }
 
+/// A stage shared with another owner (the admin API changes rules and quotas at run time).
+impl<S: Stage> Stage for Arc<S> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    fn process(&self, batch: &mut Batch) -> Result<(), Rejection> {
+        (**self).process(batch)
+    }
+}
+
 /// Where each tenant's events go after the stages: indexed by `Tenant::index`.
 pub struct TenantOutputs {
     pub archive: Option<ArchiveHandle>,

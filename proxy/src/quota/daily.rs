@@ -1,0 +1,449 @@
+//! Daily quotas on what each tenant indexes, counted after the exclusion
+//! rules. A quota day starts at `reset_hour_utc`. Over quota, events are
+//! `archive_only` (the default: still archived), `drop`ped, or the request is
+//! `reject`ed with 429. Usage is saved under the data directory every second
+//! and at shutdown, so a restart never hands a tenant a fresh quota.
+use crate::clock::Clock;
+use crate::config::{DailyQuotaConfig, QuotaAction, QuotaLimit};
+use crate::event::{Batch, Disposition, Event};
+use crate::pipeline::{Rejection, Stage};
+use crate::quota::rate::field_value;
+use crate::telemetry::METRICS;
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+const DAY_MS: i64 = 86_400_000;
+const HOUR_MS: i64 = 3_600_000;
+
+/// The start (ms since epoch) of the quota day holding `now`.
+pub fn window_start(now_ms: i64, reset_hour_utc: u32) -> i64 {
+    let offset = reset_hour_utc as i64 * HOUR_MS;
+    (now_ms - offset).div_euclid(DAY_MS) * DAY_MS + offset
+}
+
+/// Usage of one partition in the current quota day.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Usage {
+    pub events: u64,
+    pub bytes: u64,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Saved {
+    window_start_ms: i64,
+    usage: BTreeMap<String, Usage>,
+}
+
+struct State {
+    window_start_ms: i64,
+    usage: HashMap<String, Usage>,
+    warned: HashSet<String>,
+    dirty: bool,
+}
+
+struct TenantQuota {
+    name: String,
+    settings: RwLock<DailyQuotaConfig>,
+    state: Mutex<State>,
+}
+
+/// A snapshot for the admin API.
+#[derive(Debug, Serialize)]
+pub struct QuotaView {
+    pub tenant: String,
+    pub max_events: Option<u64>,
+    pub max_bytes: Option<u64>,
+    pub reset_hour_utc: u32,
+    pub action: QuotaAction,
+    pub window_start_ms: i64,
+    pub usage: BTreeMap<String, Usage>,
+}
+
+pub struct DailyQuotas {
+    tenants: Vec<Option<TenantQuota>>,
+    clock: Arc<dyn Clock>,
+    dir: PathBuf,
+}
+
+/// Counts bytes written without keeping them.
+struct ByteCounter(usize);
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn event_bytes(ev: &Event) -> u64 {
+    let mut c = ByteCounter(0);
+    serde_json::to_writer(&mut c, ev).expect("counting cannot fail");
+    c.0 as u64 + 1
+}
+
+impl DailyQuotas {
+    /// `configs[i]` is tenant i's quota; saved usage is read from `dir`.
+    pub fn new(names: &[String], configs: &[Option<DailyQuotaConfig>], clock: Arc<dyn Clock>, dir: &Path) -> DailyQuotas {
+        let now = clock.now_ms();
+        let tenants = names
+            .iter()
+            .zip(configs)
+            .map(|(name, cfg)| {
+                cfg.as_ref().map(|cfg| {
+                    let current = window_start(now, cfg.reset_hour_utc);
+                    let saved: Option<Saved> = std::fs::read(dir.join(format!("{name}.json"))).ok().and_then(|b| serde_json::from_slice(&b).ok());
+                    let usage = match saved {
+                        Some(s) if s.window_start_ms == current => {
+                            tracing::info!(tenant = %name, partitions = s.usage.len(), "daily quota usage restored");
+                            s.usage.into_iter().collect()
+                        }
+                        _ => HashMap::new(),
+                    };
+                    let q = TenantQuota {
+                        name: name.clone(),
+                        settings: RwLock::new(cfg.clone()),
+                        state: Mutex::new(State { window_start_ms: current, usage, warned: HashSet::new(), dirty: false }),
+                    };
+                    q.publish_all();
+                    q
+                })
+            })
+            .collect();
+        DailyQuotas { tenants, clock, dir: dir.to_path_buf() }
+    }
+
+    /// Writes every changed tenant's usage (atomically: temp file, then rename).
+    pub fn save(&self) {
+        for q in self.tenants.iter().flatten() {
+            let saved = {
+                let mut st = q.state.lock().unwrap();
+                if !st.dirty {
+                    continue;
+                }
+                st.dirty = false;
+                Saved { window_start_ms: st.window_start_ms, usage: st.usage.iter().map(|(k, v)| (k.clone(), *v)).collect() }
+            };
+            if let Err(e) = crate::durable::write_atomic(&self.dir, &format!("{}.json", q.name), &serde_json::to_vec(&saved).unwrap()) {
+                q.state.lock().unwrap().dirty = true;
+                tracing::warn!(tenant = %q.name, error = %e, "could not save daily quota usage");
+            }
+        }
+    }
+
+    pub fn views(&self) -> Vec<QuotaView> {
+        self.tenants
+            .iter()
+            .flatten()
+            .map(|q| {
+                let s = q.settings.read().unwrap();
+                let st = q.state.lock().unwrap();
+                QuotaView {
+                    tenant: q.name.clone(),
+                    max_events: s.max_events,
+                    max_bytes: s.max_bytes.map(|b| b.0),
+                    reset_hour_utc: s.reset_hour_utc,
+                    action: s.action,
+                    window_start_ms: st.window_start_ms,
+                    usage: st.usage.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// Changes a tenant's default daily limits at run time; false when the tenant has no quota.
+    pub fn set_limits(&self, tenant: &str, max_events: Option<u64>, max_bytes: Option<u64>) -> bool {
+        let Some(q) = self.tenants.iter().flatten().find(|q| q.name == tenant) else { return false };
+        {
+            let mut s = q.settings.write().unwrap();
+            s.max_events = max_events;
+            s.max_bytes = max_bytes.map(crate::config::ByteSize);
+        }
+        let mut st = q.state.lock().unwrap();
+        // A raised limit may bring a partition back under its warning threshold.
+        st.warned.clear();
+        drop(st);
+        q.publish_all();
+        true
+    }
+}
+
+impl TenantQuota {
+    fn limit_for(settings: &DailyQuotaConfig, key: &str) -> (Option<u64>, Option<u64>) {
+        match settings.overrides.get(key) {
+            Some(QuotaLimit { max_events, max_bytes }) => (*max_events, max_bytes.map(|b| b.0)),
+            None => (settings.max_events, settings.max_bytes.map(|b| b.0)),
+        }
+    }
+
+    /// Refreshes the usage and limit gauges of every known partition.
+    fn publish_all(&self) {
+        let s = self.settings.read().unwrap();
+        let st = self.state.lock().unwrap();
+        let mut keys: HashSet<&str> = st.usage.keys().map(String::as_str).collect();
+        if s.partition_by.is_empty() {
+            keys.insert("");
+        }
+        keys.extend(s.overrides.keys().map(String::as_str));
+        for k in keys {
+            let u = st.usage.get(k).copied().unwrap_or_default();
+            self.publish(&s, k, u);
+        }
+    }
+
+    fn publish(&self, s: &DailyQuotaConfig, key: &str, u: Usage) {
+        let labels = [self.name.as_str(), key];
+        METRICS.quota_usage_events.with_label_values(&labels).set(u.events as i64);
+        METRICS.quota_usage_bytes.with_label_values(&labels).set(u.bytes as i64);
+        let (e, b) = Self::limit_for(s, key);
+        METRICS.quota_limit_events.with_label_values(&labels).set(e.map(|v| v as i64).unwrap_or(-1));
+        METRICS.quota_limit_bytes.with_label_values(&labels).set(b.map(|v| v as i64).unwrap_or(-1));
+    }
+}
+
+impl Stage for DailyQuotas {
+    fn name(&self) -> &'static str {
+        "daily_quota"
+    }
+
+    fn process(&self, batch: &mut Batch) -> Result<(), Rejection> {
+        let Some(Some(q)) = self.tenants.get(batch.meta.tenant.index) else { return Ok(()) };
+        let s = q.settings.read().unwrap();
+        let now = self.clock.now_ms();
+        let current = window_start(now, s.reset_hour_utc);
+        let count_bytes = s.max_bytes.is_some() || s.overrides.values().any(|o| o.max_bytes.is_some());
+
+        let mut st = q.state.lock().unwrap();
+        if st.window_start_ms != current {
+            tracing::info!(tenant = %q.name, "daily quota reset");
+            st.window_start_ms = current;
+            st.usage.clear();
+            st.warned.clear();
+            st.dirty = true;
+            drop(st);
+            drop(s);
+            q.publish_all();
+            return self.process(batch);
+        }
+
+        // Decide first, commit after: a rejected request counts nothing.
+        let mut delta: HashMap<String, Usage> = HashMap::new();
+        let mut over = 0u64;
+        for (ev, disp) in batch.events.iter().zip(batch.dispositions.iter_mut()) {
+            if *disp != Disposition::Index {
+                continue;
+            }
+            let key = if s.partition_by.is_empty() {
+                String::new()
+            } else {
+                s.partition_by.iter().map(|f| field_value(ev, f).unwrap_or_default()).collect::<Vec<_>>().join(",")
+            };
+            let size = if count_bytes { event_bytes(ev) } else { 0 };
+            let (max_e, max_b) = TenantQuota::limit_for(&s, &key);
+            let used = st.usage.get(&key).copied().unwrap_or_default();
+            let d = delta.entry(key).or_default();
+            let is_over = max_e.is_some_and(|m| used.events + d.events + 1 > m) || max_b.is_some_and(|m| used.bytes + d.bytes + size > m);
+            if is_over {
+                over += 1;
+                match s.action {
+                    QuotaAction::ArchiveOnly => *disp = Disposition::ArchiveOnly,
+                    QuotaAction::Drop => *disp = Disposition::Drop,
+                    QuotaAction::Reject => {}
+                }
+            } else {
+                d.events += 1;
+                d.bytes += size;
+            }
+        }
+        let action = match s.action {
+            QuotaAction::ArchiveOnly => "archive_only",
+            QuotaAction::Drop => "drop",
+            QuotaAction::Reject => "reject",
+        };
+        if over > 0 {
+            METRICS.over_quota_events.with_label_values(&[&q.name, action]).inc_by(over);
+            if s.action == QuotaAction::Reject {
+                let wait = ((current + DAY_MS - now) / 1000).max(1) as u64;
+                return Err(Rejection::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "daily_quota",
+                    format!("tenant {} is over its daily quota; it resets in {wait}s", q.name),
+                )
+                .retry_after(wait));
+            }
+        }
+        for (key, d) in delta {
+            if d.events == 0 {
+                continue;
+            }
+            let u = st.usage.entry(key.clone()).or_default();
+            u.events += d.events;
+            u.bytes += d.bytes;
+            let u = *u;
+            st.dirty = true;
+            q.publish(&s, &key, u);
+            let (max_e, max_b) = TenantQuota::limit_for(&s, &key);
+            let crossed = max_e.is_some_and(|m| u.events as f64 >= m as f64 * s.warning_threshold)
+                || max_b.is_some_and(|m| u.bytes as f64 >= m as f64 * s.warning_threshold);
+            if crossed && st.warned.insert(key.clone()) {
+                METRICS.quota_warning.with_label_values(&[&q.name, &key]).set(1);
+                tracing::warn!(tenant = %q.name, partition = %key, events = u.events, bytes = u.bytes, "daily quota warning threshold crossed");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::config::ByteSize;
+    use crate::event::{BatchMeta, Intake};
+    use crate::tenant::Tenant;
+
+    // 2024-01-02 10:00 UTC
+    const T0: i64 = 1_704_189_600_000;
+
+    fn cfg(max_events: u64, action: QuotaAction) -> DailyQuotaConfig {
+        DailyQuotaConfig {
+            max_events: Some(max_events),
+            max_bytes: None,
+            reset_hour_utc: 14,
+            warning_threshold: 0.8,
+            action,
+            partition_by: vec![],
+            overrides: BTreeMap::new(),
+        }
+    }
+
+    fn batch(services: &[&str]) -> Batch {
+        let t = Arc::new(Tenant { name: "acme".into(), index: 0, upstream_api_key: None });
+        let events = services.iter().map(|s| Event { service: Some(s.to_string()), message: "hello".into(), ..Default::default() }).collect();
+        Batch::new(BatchMeta { tenant: t, intake: Intake::Datadog, received_at_ms: 0, body_bytes: 10 }, events)
+    }
+
+    fn indexed(b: &Batch) -> usize {
+        b.dispositions.iter().filter(|d| **d == Disposition::Index).count()
+    }
+
+    #[test]
+    fn windows_start_at_the_reset_hour() {
+        assert_eq!(window_start(T0, 14), T0 - 20 * HOUR_MS); // 10:00 belongs to the day that began yesterday 14:00
+        assert_eq!(window_start(T0 + 4 * HOUR_MS, 14), T0 + 4 * HOUR_MS); // 14:00 sharp starts a new one
+        assert_eq!(window_start(T0, 0), T0 - 10 * HOUR_MS);
+    }
+
+    #[test]
+    fn over_quota_is_archive_only_and_resets_at_the_hour() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::at(T0);
+        let q = DailyQuotas::new(&["acme".into()], &[Some(cfg(5, QuotaAction::ArchiveOnly))], clock.clone(), dir.path());
+        let mut b = batch(&["a"; 3]);
+        q.process(&mut b).unwrap();
+        assert_eq!(indexed(&b), 3);
+        let mut b = batch(&["a"; 3]);
+        q.process(&mut b).unwrap();
+        assert_eq!(indexed(&b), 2);
+        assert_eq!(b.dispositions[2], Disposition::ArchiveOnly);
+        // 13:59:59: still the same day.
+        clock.set(T0 + 4 * HOUR_MS - 1000);
+        let mut b = batch(&["a"]);
+        q.process(&mut b).unwrap();
+        assert_eq!(indexed(&b), 0);
+        // 14:00: a fresh quota.
+        clock.set(T0 + 4 * HOUR_MS);
+        let mut b = batch(&["a"; 5]);
+        q.process(&mut b).unwrap();
+        assert_eq!(indexed(&b), 5);
+    }
+
+    #[test]
+    fn drop_and_reject_actions() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::at(T0);
+        let q = DailyQuotas::new(&["acme".into()], &[Some(cfg(2, QuotaAction::Drop))], clock.clone(), dir.path());
+        let mut b = batch(&["a"; 3]);
+        q.process(&mut b).unwrap();
+        assert_eq!(b.dispositions[2], Disposition::Drop);
+
+        let q = DailyQuotas::new(&["acme".into()], &[Some(cfg(2, QuotaAction::Reject))], clock.clone(), &dir.path().join("r"));
+        let mut b = batch(&["a"; 3]);
+        let r = q.process(&mut b).unwrap_err();
+        assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.retry_after, Some(4 * 3600), "until 14:00");
+        // The refused request counted nothing: two still fit.
+        let mut b = batch(&["a"; 2]);
+        q.process(&mut b).unwrap();
+        assert_eq!(indexed(&b), 2);
+    }
+
+    #[test]
+    fn partitions_overrides_and_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::at(T0);
+        let mut c = cfg(2, QuotaAction::ArchiveOnly);
+        c.partition_by = vec!["service".into()];
+        c.overrides.insert("big".into(), QuotaLimit { max_events: Some(4), max_bytes: None });
+        let q = DailyQuotas::new(&["acme".into()], &[Some(c)], clock.clone(), dir.path());
+        let mut b = batch(&["web", "web", "web", "db", "big", "big", "big", "big", "big"]);
+        q.process(&mut b).unwrap();
+        let d = &b.dispositions;
+        assert_eq!((d[2], d[3], d[7], d[8]), (Disposition::ArchiveOnly, Disposition::Index, Disposition::Index, Disposition::ArchiveOnly));
+
+        let mut c = cfg(1000, QuotaAction::ArchiveOnly);
+        let one = event_bytes(&batch(&["x"]).events[0]);
+        c.max_bytes = Some(ByteSize(one * 2));
+        let q = DailyQuotas::new(&["acme".into()], &[Some(c)], clock, &dir.path().join("b"));
+        let mut b = batch(&["x", "x", "x"]);
+        q.process(&mut b).unwrap();
+        assert_eq!(indexed(&b), 2);
+    }
+
+    #[test]
+    fn warning_threshold_is_raised_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::at(T0);
+        let mut c = cfg(10, QuotaAction::ArchiveOnly);
+        c.warning_threshold = 0.5;
+        let name = "warn-tenant".to_string();
+        let q = DailyQuotas::new(std::slice::from_ref(&name), &[Some(c)], clock, dir.path());
+        let mut b = batch(&["a"; 4]);
+        b.meta.tenant = Arc::new(Tenant { name: name.clone(), index: 0, upstream_api_key: None });
+        q.process(&mut b).unwrap();
+        assert_eq!(METRICS.quota_warning.with_label_values(&[&name, ""]).get(), 0);
+        let mut b2 = batch(&["a"]);
+        b2.meta.tenant = b.meta.tenant.clone();
+        q.process(&mut b2).unwrap();
+        assert_eq!(METRICS.quota_warning.with_label_values(&[&name, ""]).get(), 1);
+        assert_eq!(q.tenants[0].as_ref().unwrap().state.lock().unwrap().warned.len(), 1);
+    }
+
+    #[test]
+    fn usage_survives_a_restart_within_the_day_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::at(T0);
+        let q = DailyQuotas::new(&["acme".into()], &[Some(cfg(5, QuotaAction::ArchiveOnly))], clock.clone(), dir.path());
+        q.process(&mut batch(&["a"; 4])).unwrap();
+        q.save();
+        drop(q);
+        // Restarted later the same quota day: 4 of 5 are used.
+        clock.advance_ms(HOUR_MS);
+        let q = DailyQuotas::new(&["acme".into()], &[Some(cfg(5, QuotaAction::ArchiveOnly))], clock.clone(), dir.path());
+        let mut b = batch(&["a"; 3]);
+        q.process(&mut b).unwrap();
+        assert_eq!(indexed(&b), 1);
+        q.save();
+        drop(q);
+        // Restarted after the reset: a fresh day.
+        clock.advance_ms(4 * HOUR_MS);
+        let q = DailyQuotas::new(&["acme".into()], &[Some(cfg(5, QuotaAction::ArchiveOnly))], clock, dir.path());
+        let mut b = batch(&["a"; 5]);
+        q.process(&mut b).unwrap();
+        assert_eq!(indexed(&b), 5);
+    }
+}
