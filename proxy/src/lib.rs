@@ -64,7 +64,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         workers.push(task);
         outputs.push(TenantOutputs { archive, route });
     }
-    let chain = Chain::new(Vec::new(), outputs);
+    // The stage chain, in data-flow order (DESIGN.md): rate limit, (plugins,) archive tee
+    // marks, exclusion rules, daily quota. Rules and quotas are shared with the admin API.
+    let names: Vec<String> = config.tenants.iter().map(|t| t.name.clone()).collect();
+    let rate = quota::rate::RateLimits::new(&config.tenants.iter().map(|t| t.rate_limit.clone()).collect::<Vec<_>>());
+    let tenant_rules: Vec<(String, Vec<config::ExclusionRuleConfig>)> = config.tenants.iter().map(|t| (t.name.clone(), t.exclusion_rules.clone())).collect();
+    let rules = Arc::new(rules::exclusion::ExclusionRules::new(&config.exclusion_rules, &tenant_rules).map_err(|e| anyhow::anyhow!("rule {:?}: {}", e.rule, e.error))?);
+    let quota_cfgs: Vec<_> = config.tenants.iter().map(|t| t.daily_quota.clone()).collect();
+    let quotas = Arc::new(quota::daily::DailyQuotas::new(&names, &quota_cfgs, clock::system(), &config.data_dir.join("quota")));
+    let control = Arc::new(admin::control::Control::new(config.admin.token.clone(), rules.clone(), quotas.clone(), config.data_dir.clone())?);
+    let chain = Chain::new(vec![Box::new(rate), Box::new(rules), Box::new(quotas.clone())], outputs);
+    let saver = {
+        let quotas = quotas.clone();
+        let stop = drain.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.cancelled() => break,
+                }
+                let q = quotas.clone();
+                let _ = tokio::task::spawn_blocking(move || q.save()).await;
+            }
+        })
+    };
     let intake = intake::Intake::new(tenants, chain, config.limits.clone());
 
     let health = Arc::new(admin::Health::default());
@@ -80,7 +104,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(address = %admin_listener.local_addr()?, "admin listening (/metrics, /healthz, /readyz)");
     let admin_stop = CancellationToken::new();
-    let admin_task = tokio::spawn(admin::serve(admin_listener, health.clone(), admin_stop.clone()));
+    let admin_task = tokio::spawn(admin::serve(admin_listener, health.clone(), control, admin_stop.clone()));
     drop(intake);
     health.set_ready(true);
     tracing::info!(tenants = config.tenants.len(), backends = config.backends.len(), "weir is ready");
@@ -97,6 +121,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if tokio::time::timeout_at(deadline, futures::future::join_all(workers)).await.is_err() {
         tracing::error!(timeout = ?config.shutdown_timeout.0, "shutdown timed out before every batch was delivered; undelivered events are lost");
     }
+    let _ = saver.await;
+    quotas.save();
     admin_stop.cancel();
     let _ = admin_task.await;
     tracing::info!("stopped");

@@ -29,6 +29,45 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Tries a search query (exclusion-rule syntax) on sample logs: prints the matching events as NDJSON.
+    Query {
+        /// Datadog log search syntax, e.g. 'service:web status:(error OR warn) @http.status_code:>=500'
+        query: String,
+        /// NDJSON or a JSON array of logs in the Datadog intake format (`-` for stdin).
+        #[arg(long, short)]
+        input: PathBuf,
+        /// Print only the number of matching events.
+        #[arg(long)]
+        count: bool,
+    },
+}
+
+fn run_query(query: &str, input: &std::path::Path, count: bool) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let q = weir::rules::query::Query::parse(query).map_err(|e| format!("query {query:?}: {e}"))?;
+    let mut text = Vec::new();
+    if input.as_os_str() == "-" {
+        std::io::stdin().read_to_end(&mut text).map_err(|e| format!("stdin: {e}"))?;
+    } else {
+        text = std::fs::read(input).map_err(|e| format!("{}: {e}", input.display()))?;
+    }
+    let events = weir::event::decode_sample(&text).map_err(|e| format!("{}: {e}", input.display()))?;
+    let out = std::io::stdout();
+    let mut out = std::io::BufWriter::new(out.lock());
+    let mut n = 0usize;
+    for ev in events.iter().filter(|e| q.matches(e)) {
+        n += 1;
+        if !count {
+            let mut line = Vec::new();
+            ev.write_json(&mut line);
+            line.push(b'\n');
+            out.write_all(&line).map_err(|e| e.to_string())?;
+        }
+    }
+    if count {
+        writeln!(out, "{n}").map_err(|e| e.to_string())?;
+    }
+    out.flush().map_err(|e| e.to_string())
 }
 
 fn load(path: &Option<PathBuf>) -> Result<Config, ConfigError> {
@@ -46,6 +85,13 @@ fn main() -> ExitCode {
                 println!("{}: ok", config.map(|p| p.display().to_string()).unwrap_or_else(|| "<embedded config/weir.yaml>".into()));
                 ExitCode::SUCCESS
             }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Query { query, input, count } => match run_query(&query, &input, count) {
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::FAILURE

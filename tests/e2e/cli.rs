@@ -21,6 +21,12 @@ fn check_accepts_the_shipped_configs() {
     assert!(out.contains("ok"));
     let (code, _, err) = weir(&["check"]);
     assert_eq!(code, 0, "embedded default: {err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["check", "--config", &format!("{root}/config/examples/quotas-and-rules.yaml")])
+        .env("WEIR_ADMIN_TOKEN", "example")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
@@ -52,6 +58,15 @@ fn check_names_file_line_column_and_field() {
         assert!(err.contains(&format!("field `{field}`")), "{err}");
         assert!(err.contains(what), "{err}");
     }
+    // A query error names the rule's field and the position in the query.
+    std::fs::write(
+        &path,
+        "listeners: [{name: i, address: \"127.0.0.1:1\", protocol: http}]\narchive: {store: {type: local, root: /tmp/a}}\nbackends: [{name: b, type: file, path: /tmp/o}]\ntenants:\n  - name: t\n    api_keys: [k]\n    backend: b\n    exclusion_rules:\n      - {name: r, query: \"status:(error OR\"}\n",
+    )
+    .unwrap();
+    let (code, _, err) = weir(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains(":9:") && err.contains("tenants[0].exclusion_rules[0].query") && err.contains("position"), "{err}");
     let (code, _, err) = weir(&["check", "--config", "/nonexistent/weir.yaml"]);
     assert_eq!(code, 1);
     assert!(err.contains("/nonexistent/weir.yaml: cannot read"), "{err}");

@@ -47,7 +47,11 @@ pub struct Weir {
 impl Weir {
     /// Starts weir with `config` after replacing {INTAKE}, {ADMIN} and {DIR}, and waits until ready.
     pub async fn start(config: &str) -> Weir {
-        let dir = tempfile::tempdir().unwrap();
+        Weir::start_in(tempfile::tempdir().unwrap(), config).await
+    }
+
+    /// Starts in an existing directory (a restart keeps the data directory and the archive).
+    pub async fn start_in(dir: tempfile::TempDir, config: &str) -> Weir {
         let intake = free_port();
         let admin = free_port();
         let text = config
@@ -60,7 +64,7 @@ impl Weir {
             .args(["run", "--config", config_path.to_str().unwrap()])
             .env("RUST_LOG", "weir=debug")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("weir.log")).unwrap())
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(dir.path().join("weir.log")).unwrap())
             .spawn()
             .expect("spawning weir");
         let mut w = Weir { child, intake, admin, dir, config_path };
@@ -104,6 +108,13 @@ impl Weir {
             assert!(start.elapsed() < Duration::from_secs(60), "weir did not stop after SIGTERM");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Stops the process (if still running) and hands over its directory, for a restart.
+    pub fn into_dir(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
 
     /// Peak resident memory (VmHWM) in bytes.

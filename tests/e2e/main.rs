@@ -6,4 +6,5 @@ mod cli;
 mod delivery;
 mod intake;
 mod limits;
+mod rules;
 mod tls;

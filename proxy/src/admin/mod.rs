@@ -1,9 +1,14 @@
 //! The admin listener: Prometheus `/metrics`, `/healthz` (the process
-//! answers) and `/readyz` (it takes traffic: listeners bound, not draining).
+//! answers), `/readyz` (it takes traffic: listeners bound, not draining) and
+//! the run-time control API under `/admin/` (control.rs).
+pub mod control;
+
 use crate::intake::{error_response, json_response};
 use crate::pipeline::Rejection;
 use crate::telemetry;
 use bytes::Bytes;
+use control::Control;
+use http_body_util::{BodyExt, Limited};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -28,7 +33,7 @@ impl Health {
     }
 }
 
-pub async fn serve(listener: TcpListener, health: Arc<Health>, stop: CancellationToken) {
+pub async fn serve(listener: TcpListener, health: Arc<Health>, control: Arc<Control>, stop: CancellationToken) {
     let builder = Builder::new(TokioExecutor::new());
     loop {
         let (stream, _) = tokio::select! {
@@ -36,7 +41,8 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>, stop: Cancellatio
             _ = stop.cancelled() => return,
         };
         let health = health.clone();
-        let svc = service_fn(move |req| handle(req, health.clone()));
+        let control = control.clone();
+        let svc = service_fn(move |req| handle(req, health.clone(), control.clone()));
         let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
         tokio::spawn(async move {
             let _ = conn.await;
@@ -44,7 +50,14 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>, stop: Cancellatio
     }
 }
 
-async fn handle(req: Request<Incoming>, health: Arc<Health>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(req: Request<Incoming>, health: Arc<Health>, control: Arc<Control>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if let Some(path) = req.uri().path().strip_prefix("/admin/") {
+        let path = path.to_string();
+        return Ok(match control_request(req, &path, &control).await {
+            Ok((status, body)) => json_response(status, Bytes::from(serde_json::to_vec(&body).unwrap())),
+            Err(r) => error_response(&r),
+        });
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(error_response(&Rejection::new(StatusCode::METHOD_NOT_ALLOWED, "method", "admin endpoints take GET")));
     }
@@ -59,4 +72,15 @@ async fn handle(req: Request<Incoming>, health: Arc<Health>) -> Result<Response<
         "/readyz" => json_response(StatusCode::SERVICE_UNAVAILABLE, Bytes::from_static(b"{\"status\":\"not ready\"}")),
         other => error_response(&Rejection::new(StatusCode::NOT_FOUND, "not_found", format!("no admin endpoint at {other}; try /metrics, /healthz, /readyz"))),
     })
+}
+
+async fn control_request(req: Request<Incoming>, path: &str, control: &Control) -> Result<(StatusCode, serde_json::Value), Rejection> {
+    control.authorize(req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()))?;
+    let method = req.method().clone();
+    let body = Limited::new(req.into_body(), 64 * 1024)
+        .collect()
+        .await
+        .map_err(|_| Rejection::new(StatusCode::PAYLOAD_TOO_LARGE, "admin", "control request bodies are limited to 64 KiB"))?
+        .to_bytes();
+    control.handle(&method, path, &body)
 }

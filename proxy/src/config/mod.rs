@@ -509,8 +509,11 @@ impl Config {
                     message = stripped.to_string();
                 }
             }
-            if let Some(stripped) = message.strip_prefix(&format!("{path}: ")) {
-                message = stripped.to_string();
+            // ...and drop serde_yaml's own path prefix (it may stop short of ours, e.g. at a sequence).
+            if let Some((prefix, rest)) = message.split_once(": ") {
+                if !prefix.is_empty() && path.starts_with(prefix) {
+                    message = rest.to_string();
+                }
             }
             ConfigError {
                 file: file.to_string(),
@@ -665,12 +668,59 @@ impl Config {
         if self.tenants.is_empty() {
             return Err(("tenants".into(), "at least one tenant is required".into()));
         }
+        validate_rules(&self.exclusion_rules, "exclusion_rules")?;
+        for (i, t) in self.tenants.iter().enumerate() {
+            validate_rules(&t.exclusion_rules, &format!("tenants[{i}].exclusion_rules"))?;
+            if let Some(r) = &t.rate_limit {
+                let at = format!("tenants[{i}].rate_limit");
+                if r.events_per_second.is_none() && r.bytes_per_second.is_none() {
+                    return Err((at, "set events_per_second, bytes_per_second or both".into()));
+                }
+                if r.events_per_second == Some(0) || r.bytes_per_second.is_some_and(|b| b.0 == 0) || r.events_burst == Some(0) || r.bytes_burst.is_some_and(|b| b.0 == 0) {
+                    return Err((at, "rates and bursts must be at least 1".into()));
+                }
+                if r.bytes_per_second.is_some_and(|b| b.0 > u32::MAX as u64) || r.bytes_burst.is_some_and(|b| b.0 > u32::MAX as u64) {
+                    return Err((at, "byte rates and bursts are limited to 4 GiB".into()));
+                }
+            }
+            if let Some(q) = &t.daily_quota {
+                let at = format!("tenants[{i}].daily_quota");
+                if q.max_events.is_none() && q.max_bytes.is_none() && q.overrides.is_empty() {
+                    return Err((at, "set max_events, max_bytes or overrides".into()));
+                }
+                if q.reset_hour_utc > 23 {
+                    return Err((format!("{at}.reset_hour_utc"), "must be 0-23".into()));
+                }
+                if !(q.warning_threshold > 0.0 && q.warning_threshold <= 1.0) {
+                    return Err((format!("{at}.warning_threshold"), "must be in (0, 1]".into()));
+                }
+                if !q.overrides.is_empty() && q.partition_by.is_empty() {
+                    return Err((format!("{at}.overrides"), "overrides name partition values, so partition_by must be set".into()));
+                }
+            }
+        }
         Ok(())
     }
 
     pub fn backend(&self, name: &str) -> Option<&BackendConfig> {
         self.backends.iter().find(|b| b.name == name)
     }
+}
+
+fn validate_rules(rules: &[ExclusionRuleConfig], at: &str) -> Result<(), (String, String)> {
+    let mut names = HashSet::new();
+    for (i, r) in rules.iter().enumerate() {
+        if !names.insert(r.name.as_str()) {
+            return Err((format!("{at}[{i}].name"), format!("duplicate rule name {:?}", r.name)));
+        }
+        if let Err(e) = crate::rules::query::Query::parse(&r.query) {
+            return Err((format!("{at}[{i}].query"), format!("invalid query {:?}: {e}", r.query)));
+        }
+        if !(0.0..=1.0).contains(&r.sample_rate) {
+            return Err((format!("{at}[{i}].sample_rate"), "must be between 0 and 1 (the share of matching events excluded)".into()));
+        }
+    }
+    Ok(())
 }
 
 fn validate_archive(a: &ArchiveConfig, at: &str) -> Result<(), (String, String)> {

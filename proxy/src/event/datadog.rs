@@ -72,6 +72,28 @@ pub fn decode_entry(json: &[u8], limits: PayloadLimits) -> Result<Event, serde_j
     Ok(ev)
 }
 
+/// Sample logs for offline tools (`weir query`): a JSON array of log objects,
+/// one object, or NDJSON; no size limits, arrival time now.
+pub fn decode_sample(text: &[u8]) -> Result<Vec<Event>, String> {
+    let limits = PayloadLimits { max_events: usize::MAX, max_log_bytes: usize::MAX, received_at_ms: chrono::Utc::now().timestamp_millis() };
+    let first = text.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'[') {
+        let too_many = Cell::new(false);
+        let mut out = Vec::new();
+        let mut de = serde_json::Deserializer::from_slice(text);
+        DatadogPayload { limits, too_many: &too_many, out: &mut out }.deserialize(&mut de).and_then(|_| de.end()).map_err(|e| format!("invalid JSON: {e}"))?;
+        return Ok(out);
+    }
+    let mut out = Vec::new();
+    for (i, line) in text.split(|&b| b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        out.push(decode_entry(line, limits).map_err(|e| format!("line {}: {e}", i + 1))?);
+    }
+    Ok(out)
+}
+
 struct EntrySeed {
     limits: PayloadLimits,
 }

@@ -2,7 +2,7 @@
 //! (what the Datadog intake receives, what backends and the archive get).
 mod datadog;
 
-pub use datadog::{decode_entry, DatadogPayload, PayloadLimits};
+pub use datadog::{decode_entry, decode_sample, DatadogPayload, PayloadLimits};
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};

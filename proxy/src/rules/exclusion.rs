@@ -1,0 +1,232 @@
+//! Exclusion rules: an ordered list per tenant after the global ones. The
+//! first enabled rule whose query matches an event decides: with probability
+//! `sample_rate` the event is kept from the index (`archive_only`, the
+//! default) or dropped (`drop`); otherwise it is indexed. Sampling hashes the
+//! event's content, so replicas agree and replays repeat. Rules change at run
+//! time (admin API) by swapping an immutable rule set.
+use super::query::{Query, QueryError};
+use crate::config::{ExclusionAction, ExclusionRuleConfig};
+use crate::event::{Batch, Disposition, Event};
+use crate::pipeline::{Rejection, Stage};
+use crate::telemetry::METRICS;
+use std::hash::Hasher;
+use std::sync::{Arc, RwLock};
+
+pub struct Rule {
+    pub config: ExclusionRuleConfig,
+    query: Query,
+    /// Events whose content hash is below this are excluded.
+    threshold: u64,
+}
+
+impl Rule {
+    pub fn compile(config: ExclusionRuleConfig) -> Result<Rule, QueryError> {
+        let query = Query::parse(&config.query)?;
+        let rate = config.sample_rate.clamp(0.0, 1.0);
+        let threshold = if rate >= 1.0 { u64::MAX } else { (rate * u64::MAX as f64) as u64 };
+        Ok(Rule { config, query, threshold })
+    }
+
+    fn excludes(&self, ev: &Event) -> bool {
+        self.threshold == u64::MAX || (self.threshold > 0 && content_hash(ev) < self.threshold)
+    }
+}
+
+/// A stable hash of what makes an event itself (same input, same verdict, on every replica).
+pub fn content_hash(ev: &Event) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.write_i64(ev.timestamp);
+    for part in [Some(ev.message.as_str()), ev.host.as_deref(), ev.service.as_deref(), ev.source.as_deref(), ev.status.as_deref()] {
+        let s = part.unwrap_or("");
+        h.write_usize(s.len());
+        h.write(s.as_bytes());
+    }
+    h.finish()
+}
+
+/// Which list a rule belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    Global,
+    Tenant(usize),
+}
+
+/// One immutable generation of every rule.
+pub struct RuleSet {
+    pub global: Vec<Arc<Rule>>,
+    /// By `Tenant::index`.
+    pub tenants: Vec<Vec<Arc<Rule>>>,
+}
+
+pub struct ExclusionRules {
+    current: RwLock<Arc<RuleSet>>,
+    tenant_names: Vec<String>,
+}
+
+/// A rule that did not compile: where it is and why.
+#[derive(Debug)]
+pub struct RuleError {
+    pub rule: String,
+    pub error: QueryError,
+}
+
+fn compile_all(configs: &[ExclusionRuleConfig]) -> Result<Vec<Arc<Rule>>, RuleError> {
+    configs.iter().map(|c| Rule::compile(c.clone()).map(Arc::new).map_err(|error| RuleError { rule: c.name.clone(), error })).collect()
+}
+
+impl ExclusionRules {
+    pub fn new(global: &[ExclusionRuleConfig], tenants: &[(String, Vec<ExclusionRuleConfig>)]) -> Result<ExclusionRules, RuleError> {
+        let set = RuleSet { global: compile_all(global)?, tenants: tenants.iter().map(|(_, r)| compile_all(r)).collect::<Result<_, _>>()? };
+        Ok(ExclusionRules { current: RwLock::new(Arc::new(set)), tenant_names: tenants.iter().map(|(n, _)| n.clone()).collect() })
+    }
+
+    pub fn snapshot(&self) -> Arc<RuleSet> {
+        self.current.read().unwrap().clone()
+    }
+
+    pub fn tenant_names(&self) -> &[String] {
+        &self.tenant_names
+    }
+
+    /// The rule configs of one scope, as they are now.
+    pub fn configs(&self, scope: &Scope) -> Vec<ExclusionRuleConfig> {
+        let set = self.snapshot();
+        let rules = match scope {
+            Scope::Global => &set.global,
+            Scope::Tenant(i) => &set.tenants[*i],
+        };
+        rules.iter().map(|r| r.config.clone()).collect()
+    }
+
+    /// Replaces one scope's rules after compiling all of them; on error nothing changes.
+    pub fn replace(&self, scope: &Scope, configs: &[ExclusionRuleConfig]) -> Result<(), RuleError> {
+        let compiled = compile_all(configs)?;
+        let mut cur = self.current.write().unwrap();
+        let mut next = RuleSet { global: cur.global.clone(), tenants: cur.tenants.clone() };
+        match scope {
+            Scope::Global => next.global = compiled,
+            Scope::Tenant(i) => next.tenants[*i] = compiled,
+        }
+        *cur = Arc::new(next);
+        Ok(())
+    }
+}
+
+impl Stage for ExclusionRules {
+    fn name(&self) -> &'static str {
+        "exclusion_rules"
+    }
+
+    fn process(&self, batch: &mut Batch) -> Result<(), Rejection> {
+        let set = self.snapshot();
+        let tenant_rules = &set.tenants[batch.meta.tenant.index];
+        if set.global.is_empty() && tenant_rules.is_empty() {
+            return Ok(());
+        }
+        // Per rule: (matched, excluded); metrics are updated once per batch.
+        let n_rules = set.global.len() + tenant_rules.len();
+        let mut counts = vec![(0u64, 0u64); n_rules];
+        for (ev, disp) in batch.events.iter().zip(batch.dispositions.iter_mut()) {
+            if *disp != Disposition::Index {
+                continue;
+            }
+            let first = set.global.iter().chain(tenant_rules.iter()).enumerate().find(|(_, r)| r.config.enabled && r.query.matches(ev));
+            if let Some((i, rule)) = first {
+                counts[i].0 += 1;
+                if rule.excludes(ev) {
+                    counts[i].1 += 1;
+                    *disp = match rule.config.action {
+                        ExclusionAction::ArchiveOnly => Disposition::ArchiveOnly,
+                        ExclusionAction::Drop => Disposition::Drop,
+                    };
+                }
+            }
+        }
+        let tenant = batch.meta.tenant.name.as_str();
+        for (rule, (matched, excluded)) in set.global.iter().chain(tenant_rules.iter()).zip(counts) {
+            if matched > 0 {
+                let labels = [tenant, rule.config.name.as_str()];
+                METRICS.rule_matched.with_label_values(&labels).inc_by(matched);
+                METRICS.rule_excluded.with_label_values(&labels).inc_by(excluded);
+                METRICS.rule_kept.with_label_values(&labels).inc_by(matched - excluded);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{BatchMeta, Intake};
+    use crate::tenant::Tenant;
+
+    fn rule(name: &str, query: &str, rate: f64, action: ExclusionAction) -> ExclusionRuleConfig {
+        ExclusionRuleConfig { name: name.into(), query: query.into(), sample_rate: rate, action, enabled: true }
+    }
+
+    fn batch(n: usize, status: &str, tenant: usize) -> Batch {
+        let t = Arc::new(Tenant { name: format!("t{tenant}"), index: tenant, upstream_api_key: None });
+        let events = (0..n)
+            .map(|i| Event { message: format!("event {i}"), status: Some(status.into()), service: Some("web".into()), timestamp: i as i64, ..Default::default() })
+            .collect();
+        Batch::new(BatchMeta { tenant: t, intake: Intake::Datadog, received_at_ms: 0, body_bytes: 0 }, events)
+    }
+
+    fn count(b: &Batch, d: Disposition) -> usize {
+        b.dispositions.iter().filter(|x| **x == d).count()
+    }
+
+    #[test]
+    fn sampling_excludes_about_the_rate_and_is_deterministic() {
+        let rules = ExclusionRules::new(&[], &[("t0".into(), vec![rule("debug", "status:debug", 0.9, ExclusionAction::ArchiveOnly)])]).unwrap();
+        let mut b = batch(10_000, "debug", 0);
+        rules.process(&mut b).unwrap();
+        let kept = count(&b, Disposition::Index);
+        // Binomial(10000, 0.1): sd = 30; 6 sd either side.
+        assert!((820..=1180).contains(&kept), "kept {kept}");
+        assert_eq!(count(&b, Disposition::ArchiveOnly), 10_000 - kept);
+        let mut again = batch(10_000, "debug", 0);
+        rules.process(&mut again).unwrap();
+        assert_eq!(again.dispositions, b.dispositions, "same events, same verdicts");
+        // Non-matching events are untouched.
+        let mut info = batch(100, "info", 0);
+        rules.process(&mut info).unwrap();
+        assert_eq!(count(&info, Disposition::Index), 100);
+    }
+
+    #[test]
+    fn global_first_then_tenant_first_match_wins_and_drop() {
+        let global = vec![rule("keep-errors", "status:error", 0.0, ExclusionAction::Drop)];
+        let tenant = vec![rule("drop-web", "service:web", 1.0, ExclusionAction::Drop)];
+        let rules = ExclusionRules::new(&global, &[("t0".into(), tenant), ("t1".into(), vec![])]).unwrap();
+        let mut errors = batch(10, "error", 0);
+        rules.process(&mut errors).unwrap();
+        assert_eq!(count(&errors, Disposition::Index), 10, "the global rule matched first and samples nothing out");
+        let mut infos = batch(10, "info", 0);
+        rules.process(&mut infos).unwrap();
+        assert_eq!(count(&infos, Disposition::Drop), 10);
+        let mut other = batch(10, "info", 1);
+        rules.process(&mut other).unwrap();
+        assert_eq!(count(&other, Disposition::Index), 10, "tenant rules stay with their tenant");
+    }
+
+    #[test]
+    fn replace_swaps_atomically_and_refuses_bad_queries() {
+        let rules = ExclusionRules::new(&[], &[("t0".into(), vec![])]).unwrap();
+        let scope = Scope::Tenant(0);
+        rules.replace(&scope, &[rule("all", "*", 1.0, ExclusionAction::ArchiveOnly)]).unwrap();
+        let mut b = batch(5, "info", 0);
+        rules.process(&mut b).unwrap();
+        assert_eq!(count(&b, Disposition::ArchiveOnly), 5);
+        let err = rules.replace(&scope, &[rule("bad", "service:(web", 1.0, ExclusionAction::ArchiveOnly)]).unwrap_err();
+        assert_eq!(err.rule, "bad");
+        assert_eq!(rules.configs(&scope)[0].name, "all", "the old rules keep running");
+        let mut disabled = rule("all", "*", 1.0, ExclusionAction::ArchiveOnly);
+        disabled.enabled = false;
+        rules.replace(&scope, &[disabled]).unwrap();
+        let mut b = batch(5, "info", 0);
+        rules.process(&mut b).unwrap();
+        assert_eq!(count(&b, Disposition::Index), 5);
+    }
+}

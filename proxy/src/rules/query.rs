@@ -1,1 +1,0 @@
-//! The Datadog log search query language (being written).
