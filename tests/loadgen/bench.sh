@@ -20,11 +20,44 @@
 #                            (max_in_flight: the backend's requests in flight; empty = weir's default, 8)
 #   EXTRA="..."              more scenarios, appended to the default ones
 #   BUILD=0                  skip the cargo build
+#   RULES=1                  configure 20 exclusion rules, a daily quota and a rate limit (the full path)
 #   KEEP=1                   keep the temp dir (configs, logs, archive objects)
 #   RESULTS_OUT=/tmp/weir-bench-results.jsonl   where each scenario's full JSON line is copied
 # Needs curl, jq, ss (iproute2) and column. The three processes share the
 # machine's cores, so on a small machine the numbers bound weir from below.
 set -euo pipefail
+
+# RULES=1: the "full path" of issue 3: 20 exclusion rules (7 global, 13 for the tenant,
+# as an SRE would write them; they match rarely, so the index volume stays comparable),
+# a daily quota partitioned by service and a rate limit, none of them ever exceeded.
+bench_rules() {
+    cat <<'RULES'
+    rate_limit: {events_per_second: 100000000, bytes_per_second: 4000MiB}
+    daily_quota: {max_events: 100000000000, partition_by: [service], warning_threshold: 0.9}
+    exclusion_rules:
+      - {name: r1, query: 'service:billing status:debug', sample_rate: 0.9}
+      - {name: r2, query: '@http.status_code:[300 TO 399]', sample_rate: 0.5}
+      - {name: r3, query: 'host:db-* status:info'}
+      - {name: r4, query: '*timeout* -status:error'}
+      - {name: r5, query: 'source:kafka @duration_ms:>5000'}
+      - {name: r6, query: 'env:staging'}
+      - {name: r7, query: '"health check"'}
+      - {name: r8, query: 'service:(search OR recommendations) status:debug'}
+      - {name: r9, query: '@http.url_details.path:\/healthz'}
+      - {name: r10, query: 'version:0.9 status:info', sample_rate: 0.99}
+      - {name: r11, query: 'host:canary-* -status:(error OR warn)'}
+      - {name: r12, query: 'NOT env:prod'}
+      - {name: r13, query: 'source:redis @duration_ms:<1 status:debug'}
+exclusion_rules:
+  - {name: g1, query: 'service:synthetics'}
+  - {name: g2, query: '@usr.id:bot-*'}
+  - {name: g3, query: 'status:trace'}
+  - {name: g4, query: '"GET /favicon.ico"'}
+  - {name: g5, query: 'source:lb @http.status_code:204'}
+  - {name: g6, query: 'env:dev'}
+  - {name: g7, query: 'service:checkout status:debug @duration_ms:<10', sample_rate: 0.9}
+RULES
+}
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BIN="$ROOT/target/release"
@@ -119,6 +152,9 @@ tenants:
     backend: blackhole
     upstream_api_key: bench-upstream-key
 EOF
+    if [[ ${RULES:-0} == 1 ]]; then
+        bench_rules >>"$dir/weir.yaml"
+    fi
     "$BIN/weir" run --config "$dir/weir.yaml" >"$dir/weir.log" 2>&1 &
     local weir=$!
     PIDS+=("$weir")

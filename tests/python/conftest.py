@@ -10,6 +10,8 @@ intake, and talk to it with the real ``datadog-api-client`` package.
 * ``weir``             -- a running weir (``WeirProcess``), stopped with SIGTERM
                           on teardown, which asserts it exited with code 0.
 * ``logs_api``         -- a factory of ``datadog_api_client`` ``LogsApi``s aimed at weir.
+* ``moto_s3``, ``s3_server``, ``s3_weir`` -- an S3-compatible store (moto's server)
+                          and weir archiving to it; see the section at the end.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -464,3 +467,181 @@ def logs_api(monkeypatch):
     yield make
     for c in clients:
         c.close()
+
+
+# --------------------------------------------------------------------------
+# An S3-compatible store for the archive: moto's standalone server
+# --------------------------------------------------------------------------
+#
+# * ``moto_s3``    -- a ``MotoS3`` on a reserved port, not started yet (the test
+#                     starts it, e.g. after weir, to play a store that is down).
+# * ``s3_server``  -- the same, started.
+# * ``s3_weir``    -- weir archiving to ``s3_server`` (bucket created first),
+#                     credentials given as ``${ENV}`` references; stopped with
+#                     SIGTERM on teardown, which asserts it exited with code 0.
+
+S3_BUCKET = "weir-archive"
+S3_PREFIX = "archive"
+S3_REGION = "us-east-1"
+# moto accepts any credentials; distinctive ones show whether they leak into weir's log.
+S3_ACCESS_KEY_ID = "AKIAWEIRTESTKEY0001"
+S3_SECRET_ACCESS_KEY = "weir-test-secret-0f9e8d7c6b5a"
+S3_KEY_ID_ENV = "WEIR_TEST_S3_ACCESS_KEY_ID"
+S3_SECRET_ENV = "WEIR_TEST_S3_SECRET_ACCESS_KEY"
+
+
+class MotoS3:
+    """moto's server (``python -m moto.server``, what ``moto_server`` runs) as a
+    subprocess on 127.0.0.1. Until started, its port is held by a bound socket
+    that does not listen, so connections to it are refused (a store that is
+    down) and no other process can take the port."""
+
+    def __init__(self, log_path: Path):
+        self.log_path = log_path
+        self._reserved: Optional[socket.socket] = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._reserved.bind(("127.0.0.1", 0))
+        self.port = self._reserved.getsockname()[1]
+        self.proc: Optional[subprocess.Popen] = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def start(self) -> "MotoS3":
+        if self._reserved is not None:
+            self._reserved.close()
+            self._reserved = None
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+
+        def up():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"moto's server exited with {self.proc.returncode}; log:\n{self.log()}")
+            try:
+                return http_get(f"{self.url}/", timeout=1.0)[0] == 200
+            except OSError:
+                return False
+
+        wait_for(up, f"moto's server on {self.url}", diagnostics=self.log)
+        return self
+
+    def stop(self):
+        if self._reserved is not None:
+            self._reserved.close()
+            self._reserved = None
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=DEADLINE)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=DEADLINE)
+
+    def client(self):
+        import boto3
+        from botocore.config import Config as BotoConfig
+
+        return boto3.client("s3", endpoint_url=self.url, region_name=S3_REGION, aws_access_key_id=S3_ACCESS_KEY_ID,
+                            aws_secret_access_key=S3_SECRET_ACCESS_KEY, config=BotoConfig(s3={"addressing_style": "path"}))
+
+    def create_bucket(self, bucket: str = S3_BUCKET):
+        self.client().create_bucket(Bucket=bucket)
+
+    def objects(self, bucket: str = S3_BUCKET, prefix: str = "") -> dict[str, bytes]:
+        """key -> body of every object in ``bucket`` under ``prefix``."""
+        s3 = self.client()
+        out = {}
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                out[obj["Key"]] = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+        return out
+
+
+class S3WeirProcess(WeirProcess):
+    """weir whose archive is ``s3://bucket/prefix`` at ``endpoint`` (path-style, plain
+    http), with the credentials as ``${ENV}`` references (set them in weir's environment)."""
+
+    def __init__(self, tmp_path: Path, backend_url: str, endpoint: str, *, bucket: str = S3_BUCKET, prefix: str = S3_PREFIX,
+                 shutdown_timeout: str = "30s", **kwargs):
+        super().__init__(tmp_path, backend_url, **kwargs)
+        self.endpoint = endpoint
+        self.bucket = bucket
+        self.prefix = prefix
+        self.shutdown_timeout = shutdown_timeout
+
+    def config_text(self) -> str:
+        store = f"""\
+  store:
+    type: s3
+    bucket: {q(self.bucket)}
+    prefix: {q(self.prefix)}
+    endpoint: {q(self.endpoint)}
+    region: {q(S3_REGION)}
+    path_style: true
+    allow_http: true
+    access_key_id: "${{{S3_KEY_ID_ENV}}}"
+    secret_access_key: "${{{S3_SECRET_ENV}}}"
+"""
+        text, n = re.subn(r"(?m)^  store:\n    type: local\n    root: .*\n", lambda _: store, super().config_text())
+        assert n == 1, f"no local archive store to replace in:\n{text}"
+        text, n = re.subn(r"(?m)^shutdown_timeout: .*$", lambda _: f"shutdown_timeout: {self.shutdown_timeout}", text)
+        assert n == 1, f"no shutdown_timeout to replace in:\n{text}"
+        return text
+
+    def read_s3_archive(self, s3: MotoS3) -> list[tuple[str, dict]]:
+        """(key relative to the prefix, event) for every archived event in the bucket.
+        Asserts every object is a complete gzip'd NDJSON object at a well-formed key."""
+        out = []
+        for key, body in sorted(s3.objects(self.bucket).items()):
+            assert key.startswith(f"{self.prefix}/"), f"object outside the prefix {self.prefix!r}: {key}"
+            rel = key[len(self.prefix) + 1:]
+            m = ARCHIVE_OBJECT.match(rel)
+            assert m, f"unexpected object in the archive: {key}"
+            assert m["tenant"] == self.tenant, key
+            text = gzip.decompress(body).decode("utf-8")
+            assert text == "" or text.endswith("\n"), f"{key}: the last NDJSON line is not terminated"
+            for line in text.splitlines():
+                out.append((rel, json.loads(line)))
+        return out
+
+
+@pytest.fixture
+def moto_s3(tmp_path):
+    server = MotoS3(tmp_path / "moto.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_server(moto_s3):
+    return moto_s3.start()
+
+
+@pytest.fixture
+def s3_credentials_env(monkeypatch):
+    """The archive's S3 credentials in the environment weir inherits."""
+    monkeypatch.setenv(S3_KEY_ID_ENV, S3_ACCESS_KEY_ID)
+    monkeypatch.setenv(S3_SECRET_ENV, S3_SECRET_ACCESS_KEY)
+
+
+@pytest.fixture
+def s3_weir(tmp_path, datadog_backend, s3_server, s3_credentials_env, weir_settings):
+    s3_server.create_bucket()
+    w = S3WeirProcess(tmp_path, datadog_backend.url, s3_server.url, **weir_settings)
+    try:
+        w.start()
+        yield w
+    finally:
+        if w.running:
+            code = w.stop()
+        else:
+            code = w.returncode if w.returncode is not None else (w.proc.returncode if w.proc else None)
+        w.kill()
+    assert code == 0, f"weir exited with {code} after SIGTERM; log:\n{w.log()}"

@@ -5,6 +5,8 @@
 //! complete. An object is closed when it holds `max_object_bytes`
 //! uncompressed, when its oldest event is `max_object_age` old, when the hour
 //! changes, and on shutdown.
+mod store;
+
 use crate::config::{ArchiveConfig, StoreConfig};
 use crate::pipeline::budget::{Budget, Queue, Reservation};
 use crate::telemetry::METRICS;
@@ -12,7 +14,6 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use flate2::write::GzEncoder;
 use flate2::Compression;
-use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use std::io::Write;
@@ -35,16 +36,10 @@ pub struct ArchiveChunk {
 /// The intake side of one tenant's archive writer.
 pub type ArchiveHandle = Queue<ArchiveChunk>;
 
-/// Opens the object store an archive config names.
+/// Opens the object store an archive config names: a local directory, S3 (or
+/// an S3-compatible store), GCS or Azure, under the config's `prefix`.
 pub fn open_store(cfg: &StoreConfig) -> anyhow::Result<Arc<dyn ObjectStore>> {
-    match cfg {
-        StoreConfig::Local { root } => {
-            std::fs::create_dir_all(root).map_err(|e| anyhow::anyhow!("cannot create archive directory {}: {e}", root.display()))?;
-            let fs = LocalFileSystem::new_with_prefix(root).map_err(|e| anyhow::anyhow!("archive directory {}: {e}", root.display()))?;
-            Ok(Arc::new(fs))
-        }
-        other => anyhow::bail!("archive store {other:?}: not built yet"),
-    }
+    store::open(cfg)
 }
 
 /// Starts the archive writer of `tenant`.
