@@ -36,7 +36,7 @@ pub fn open(cfg: &StoreConfig) -> anyhow::Result<Arc<dyn ObjectStore>> {
         }
         StoreConfig::Gcs { bucket, prefix, service_account_path } => {
             let name = format!("GCS archive store {}", url("gs", &[bucket], prefix));
-            let mut b = GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket);
+            let mut b = GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket).with_retry(quick_retries());
             if let Some(path) = service_account_path {
                 let path = path.to_str().ok_or_else(|| anyhow::anyhow!("{name}: service_account_path {} is not valid UTF-8", path.display()))?;
                 b = b.with_service_account_path(path);
@@ -47,7 +47,7 @@ pub fn open(cfg: &StoreConfig) -> anyhow::Result<Arc<dyn ObjectStore>> {
         StoreConfig::Azure { account, container, prefix, access_key } => {
             let name = format!("Azure archive store {}", url("azure", &[account, container], prefix));
             let secrets = [access_key];
-            let mut b = MicrosoftAzureBuilder::from_env().with_account(account).with_container_name(container);
+            let mut b = MicrosoftAzureBuilder::from_env().with_account(account).with_container_name(container).with_retry(quick_retries());
             if let Some(key) = access_key {
                 // Checked here: the decoder's own error would quote a character of the key.
                 if !is_base64(key.expose()) {
@@ -62,6 +62,13 @@ pub fn open(cfg: &StoreConfig) -> anyhow::Result<Arc<dyn ObjectStore>> {
 }
 
 /// `s3://bucket/prefix`, for messages.
+/// A few quick retries inside object_store; the archive writer's own loop
+/// retries for as long as it takes, and logs and counts each failure, so an
+/// outage shows in metrics within seconds instead of after a minute.
+fn quick_retries() -> object_store::RetryConfig {
+    object_store::RetryConfig { max_retries: 2, retry_timeout: std::time::Duration::from_secs(20), ..Default::default() }
+}
+
 fn url(scheme: &str, parts: &[&String], prefix: &str) -> String {
     let mut s = format!("{scheme}:/");
     for p in parts.iter().map(|p| p.as_str()).chain(Some(prefix.trim_matches('/')).filter(|p| !p.is_empty())) {
@@ -97,7 +104,7 @@ fn s3(cfg: &StoreConfig) -> anyhow::Result<object_store::aws::AmazonS3> {
         unreachable!("s3() takes an S3 config")
     };
     // The environment (AWS_*) first, as the AWS SDKs read it; the config file wins.
-    let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(quick_retries());
     let region = region.clone().or_else(|| b.get_config_value(&AmazonS3ConfigKey::Region)).unwrap_or_else(|| DEFAULT_S3_REGION.to_string());
     b = b.with_region(region);
     if *allow_http {
