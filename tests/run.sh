@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Runs every test: Rust unit tests, the end-to-end tests (the real `weir`
-# binary as a process), and the Python tests that use real client libraries.
+# Runs every test: the plugin SDK and first-party plugins (natively, and built
+# to wasm for the proxy's tests), Rust unit tests, the end-to-end tests (the
+# real `weir` binary as a process), and the Python tests that use real clients.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+(cd sdk && cargo test)
+(cd plugins && cargo test && cargo build --release --target wasm32-wasip1)
 
 cargo test --workspace --locked
 cargo build --locked -p weir
