@@ -13,6 +13,7 @@ pub mod event;
 pub mod intake;
 pub mod listen;
 pub mod pipeline;
+pub mod plugin;
 pub mod quota;
 pub mod rules;
 pub mod sink;
@@ -64,7 +65,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         workers.push(task);
         outputs.push(TenantOutputs { archive, route });
     }
-    // The stage chain, in data-flow order (DESIGN.md): rate limit, (plugins,) archive tee
+    // The stage chain, in data-flow order (DESIGN.md): rate limit, plugins, archive tee
     // marks, exclusion rules, daily quota. Rules and quotas are shared with the admin API.
     let names: Vec<String> = config.tenants.iter().map(|t| t.name.clone()).collect();
     let rate = quota::rate::RateLimits::new(&config.tenants.iter().map(|t| t.rate_limit.clone()).collect::<Vec<_>>());
@@ -73,7 +74,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let quota_cfgs: Vec<_> = config.tenants.iter().map(|t| t.daily_quota.clone()).collect();
     let quotas = Arc::new(quota::daily::DailyQuotas::new(&names, &quota_cfgs, clock::system(), &config.data_dir.join("quota")));
     let control = Arc::new(admin::control::Control::new(config.admin.token.clone(), rules.clone(), quotas.clone(), config.data_dir.clone())?);
-    let chain = Chain::new(vec![Box::new(rate), Box::new(rules), Box::new(quotas.clone())], outputs);
+    // Plugins run after the rate limit and before the exclusion rules, so what they redact
+    // never reaches the archive tee. One that cannot load (compile, link, ABI version,
+    // weir_init) stops the start, naming the config field.
+    let plugins = plugin::Plugins::load(&config).map_err(|(field, msg)| anyhow::anyhow!("field `{field}`: {msg}"))?;
+    let mut stages: Vec<Box<dyn pipeline::Stage>> = vec![Box::new(rate)];
+    if !plugins.is_empty() {
+        stages.push(Box::new(plugins));
+    }
+    stages.push(Box::new(rules));
+    stages.push(Box::new(quotas.clone()));
+    let chain = Chain::new(stages, outputs);
     let saver = {
         let quotas = quotas.clone();
         let stop = drain.clone();

@@ -40,6 +40,96 @@ enum Command {
         #[arg(long)]
         count: bool,
     },
+    /// WebAssembly plugins (ABI v1, sdk/ABI.md).
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Runs a plugin on sample events without a proxy: prints one NDJSON line per
+    /// event, `{"verdict": "keep"|"drop"|"archive_only", "event": {...}}`, on stdout,
+    /// and timings on stderr. Exits 1 if the plugin fails to load or fails the batch.
+    Test {
+        /// The plugin module (.wasm, or .wat text).
+        plugin: PathBuf,
+        /// The plugin's `config:` value, as a YAML or JSON file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Events: a JSON array or NDJSON in the Datadog intake format, or raw text
+        /// (one message per line); `-` for stdin.
+        #[arg(long, short)]
+        input: PathBuf,
+        /// Deadline of the call, e.g. 50ms (default: the proxy's 50ms).
+        #[arg(long, default_value = "50ms")]
+        timeout: humantime::Duration,
+        /// Memory limit in bytes or with a unit, e.g. 64MiB.
+        #[arg(long, default_value = "64MiB")]
+        memory_limit: String,
+    },
+}
+
+fn read_input(input: &std::path::Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut text = Vec::new();
+    if input.as_os_str() == "-" {
+        std::io::stdin().read_to_end(&mut text).map_err(|e| format!("stdin: {e}"))?;
+    } else {
+        text = std::fs::read(input).map_err(|e| format!("{}: {e}", input.display()))?;
+    }
+    Ok(text)
+}
+
+fn run_plugin_test(plugin: &std::path::Path, config: Option<&std::path::Path>, input: &std::path::Path, timeout: std::time::Duration, memory_limit: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::time::Instant;
+    let text = read_input(input)?;
+    let first = text.iter().find(|b| !b.is_ascii_whitespace());
+    let events = if matches!(first, Some(b'[') | Some(b'{')) {
+        weir::event::decode_sample(&text).map_err(|e| format!("{}: {e}", input.display()))?
+    } else {
+        let now = chrono::Utc::now().timestamp_millis();
+        String::from_utf8_lossy(&text).lines().filter(|l| !l.trim().is_empty()).map(|l| weir::event::Event::from_message(l.to_string(), now)).collect()
+    };
+    let config: Option<serde_yaml::Value> = match config {
+        Some(p) => {
+            let t = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            Some(serde_yaml::from_str(&t).map_err(|e| format!("{}: {e}", p.display()))?)
+        }
+        None => None,
+    };
+    let memory_limit = weir::config::units::parse_byte_size(memory_limit).map_err(|e| format!("--memory-limit: {e}"))?;
+    let wasm = std::fs::read(plugin).map_err(|e| format!("{}: {e}", plugin.display()))?;
+    let settings = weir::plugin::PluginSettings {
+        tenant: "test".into(),
+        name: plugin.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        on_error: weir::config::PluginOnError::Pass,
+        timeout,
+        memory_limit,
+        quarantine_after: u32::MAX,
+        quarantine_base: weir::plugin::QUARANTINE_BASE,
+    };
+    weir::telemetry::init_logging(&weir::config::LogConfig::default());
+    let start = Instant::now();
+    let p = weir::plugin::Plugin::load(&wasm, config.as_ref(), settings).map_err(|e| format!("{}: {e}", plugin.display()))?;
+    let loaded = start.elapsed();
+    let start = Instant::now();
+    let outcomes = p.call(&events).map_err(|e| format!("{}: the batch failed ({}): {e}", plugin.display(), e.reason()))?;
+    let took = start.elapsed();
+    let out = std::io::stdout();
+    let mut out = std::io::BufWriter::new(out.lock());
+    for ((verdict, replacement), original) in outcomes.iter().zip(&events) {
+        let event = replacement.as_ref().unwrap_or(original);
+        let mut line = format!("{{\"verdict\":\"{}\",\"event\":", verdict.as_str()).into_bytes();
+        event.write_json(&mut line);
+        line.extend_from_slice(b"}\n");
+        out.write_all(&line).map_err(|e| e.to_string())?;
+    }
+    out.flush().map_err(|e| e.to_string())?;
+    eprintln!("{} events; load (compile, instantiate, init) {:.1?}; process {:.1?}", events.len(), loaded, took);
+    Ok(())
 }
 
 fn run_query(query: &str, input: &std::path::Path, count: bool) -> Result<(), String> {
@@ -80,7 +170,16 @@ fn load(path: &Option<PathBuf>) -> Result<Config, ConfigError> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match load(&config) {
+        Command::Check { config } => match load(&config).and_then(|c| {
+            // Compile, link and initialize every plugin too, so a bad one shows up here.
+            weir::plugin::Plugins::load(&c).map(|_| c).map_err(|(field, message)| weir::config::ConfigError {
+                file: config.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "<embedded config/weir.yaml>".into()),
+                line: None,
+                column: None,
+                field: Some(field),
+                message,
+            })
+        }) {
             Ok(_) => {
                 println!("{}: ok", config.map(|p| p.display().to_string()).unwrap_or_else(|| "<embedded config/weir.yaml>".into()));
                 ExitCode::SUCCESS
@@ -97,6 +196,15 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Plugin { command: PluginCommand::Test { plugin, config, input, timeout, memory_limit } } => {
+            match run_plugin_test(&plugin, config.as_deref(), &input, timeout.into(), &memory_limit) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run { config } => {
             let config = match load(&config) {
                 Ok(c) => c,

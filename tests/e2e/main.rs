@@ -6,5 +6,6 @@ mod cli;
 mod delivery;
 mod intake;
 mod limits;
+mod plugins;
 mod rules;
 mod tls;

@@ -365,6 +365,50 @@ pub struct TenantConfig {
     /// Checked in order, after the global rules.
     #[serde(default)]
     pub exclusion_rules: Vec<ExclusionRuleConfig>,
+    /// WebAssembly plugins (ABI v1, sdk/ABI.md), run in order after the rate limit
+    /// and before the exclusion rules (so they can redact before the archive tee).
+    #[serde(default)]
+    pub plugins: Vec<PluginConfig>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Names the plugin in logs and metrics; unique within the tenant.
+    pub name: String,
+    /// The `.wasm` module (a `.wat` text module works too).
+    pub path: PathBuf,
+    /// Handed to the plugin's `weir_init` as MessagePack (any YAML value).
+    #[serde(default)]
+    pub config: Option<serde_yaml::Value>,
+    /// What a batch the plugin fails on (trap, deadline, memory, bad result) becomes.
+    #[serde(default)]
+    pub on_error: PluginOnError,
+    /// Deadline of one call (one batch).
+    #[serde(default = "default_plugin_timeout")]
+    pub timeout: Dur,
+    /// Linear memory one instance may grow to.
+    #[serde(default = "default_plugin_memory")]
+    pub memory_limit: ByteSize,
+}
+
+fn default_plugin_timeout() -> Dur {
+    Dur(Duration::from_millis(50))
+}
+fn default_plugin_memory() -> ByteSize {
+    ByteSize::mib(64)
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginOnError {
+    /// The batch goes on as if the plugin were not there.
+    #[default]
+    Pass,
+    /// Every event of the batch is dropped.
+    Drop,
+    /// Every event of the batch is archived but not indexed.
+    ArchiveOnly,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -671,6 +715,7 @@ impl Config {
         validate_rules(&self.exclusion_rules, "exclusion_rules")?;
         for (i, t) in self.tenants.iter().enumerate() {
             validate_rules(&t.exclusion_rules, &format!("tenants[{i}].exclusion_rules"))?;
+            validate_plugins(&t.plugins, &format!("tenants[{i}].plugins"))?;
             if let Some(r) = &t.rate_limit {
                 let at = format!("tenants[{i}].rate_limit");
                 if r.events_per_second.is_none() && r.bytes_per_second.is_none() {
@@ -718,6 +763,29 @@ fn validate_rules(rules: &[ExclusionRuleConfig], at: &str) -> Result<(), (String
         }
         if !(0.0..=1.0).contains(&r.sample_rate) {
             return Err((format!("{at}[{i}].sample_rate"), "must be between 0 and 1 (the share of matching events excluded)".into()));
+        }
+    }
+    Ok(())
+}
+
+fn validate_plugins(plugins: &[PluginConfig], at: &str) -> Result<(), (String, String)> {
+    let mut names = HashSet::new();
+    for (i, p) in plugins.iter().enumerate() {
+        if p.name.is_empty() || !names.insert(p.name.as_str()) {
+            return Err((format!("{at}[{i}].name"), format!("{:?}: plugin names must be non-empty and unique within the tenant", p.name)));
+        }
+        if !p.path.is_file() {
+            return Err((format!("{at}[{i}].path"), format!("file {} does not exist", p.path.display())));
+        }
+        if p.timeout.0.is_zero() {
+            return Err((format!("{at}[{i}].timeout"), "must be more than 0".into()));
+        }
+        if p.memory_limit.0 < 65536 || p.memory_limit.0 > 4 << 30 {
+            return Err((format!("{at}[{i}].memory_limit"), "must be between 64KiB (one wasm page) and 4GiB".into()));
+        }
+        // Cheap: validation only (no compilation); `weir check` and start-up compile and instantiate too.
+        if let Err(e) = crate::plugin::validate_file(&p.path) {
+            return Err((format!("{at}[{i}].path"), e));
         }
     }
     Ok(())
@@ -790,6 +858,23 @@ mod tests {
         let e = Config::parse(&text, "w.yaml").unwrap_err();
         assert_eq!(e.field.as_deref(), Some("tenants[1].api_keys[0]"));
         assert_eq!(e.line, Some(16));
+    }
+
+    #[test]
+    fn plugin_files_are_checked_at_parse_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = base() + "    plugins:\n      - {name: p, path: /nonexistent/p.wasm, on_error: drop, timeout: 20ms}\n";
+        let e = Config::parse(&missing, "w.yaml").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("tenants[0].plugins[0].path"), "{e}");
+        let junk = dir.path().join("junk.wasm");
+        std::fs::write(&junk, b"\0asm\x01\0\0\0\x99").unwrap();
+        let e = Config::parse(&missing.replace("/nonexistent/p.wasm", junk.to_str().unwrap()), "w.yaml").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("tenants[0].plugins[0].path"), "{e}");
+        let ok = dir.path().join("ok.wat");
+        std::fs::write(&ok, "(module)").unwrap();
+        let c = Config::parse(&missing.replace("/nonexistent/p.wasm", ok.to_str().unwrap()), "w.yaml").unwrap();
+        let p = &c.tenants[0].plugins[0];
+        assert_eq!((p.on_error, p.timeout.0, p.memory_limit.0), (PluginOnError::Drop, Duration::from_millis(20), 64 << 20));
     }
 
     #[test]

@@ -36,6 +36,11 @@ pub struct Metrics {
     pub quota_limit_bytes: IntGaugeVec,
     pub quota_warning: IntGaugeVec,
     pub over_quota_events: IntCounterVec,
+    pub plugin_calls: IntCounterVec,
+    pub plugin_errors: IntCounterVec,
+    pub plugin_duration: HistogramVec,
+    pub plugin_quarantined: IntGaugeVec,
+    pub plugin_counter: IntCounterVec,
     pub up: IntGauge,
 }
 
@@ -62,6 +67,13 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     )
     .unwrap();
     r.register(Box::new(backend_latency.clone())).unwrap();
+    let plugin_duration = HistogramVec::new(
+        HistogramOpts::new("weir_plugin_call_duration_seconds", "Time for one plugin call (one batch), failed ones included")
+            .buckets(exponential_buckets(0.0001, 2.0, 16).unwrap()),
+        &["tenant", "plugin"],
+    )
+    .unwrap();
+    r.register(Box::new(plugin_duration.clone())).unwrap();
     let up = IntGauge::new("weir_up", "1 while the proxy serves traffic").unwrap();
     r.register(Box::new(up.clone())).unwrap();
     Metrics {
@@ -93,6 +105,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         quota_limit_bytes: gauge(&r, "weir_quota_limit_bytes", "Daily byte quota", &["tenant", "partition"]),
         quota_warning: gauge(&r, "weir_quota_warning", "1 once usage passed the warning threshold this quota day", &["tenant", "partition"]),
         over_quota_events: counter(&r, "weir_over_quota_events_total", "Events over the daily quota, by the action taken", &["tenant", "action"]),
+        plugin_calls: counter(&r, "weir_plugin_calls_total", "Plugin calls (one per batch)", &["tenant", "plugin"]),
+        plugin_errors: counter(&r, "weir_plugin_errors_total", "Batches a plugin failed on (or skipped while quarantined), by reason", &["tenant", "plugin", "reason"]),
+        plugin_duration,
+        plugin_quarantined: gauge(&r, "weir_plugin_quarantined", "1 while a plugin is quarantined after repeated failures", &["tenant", "plugin"]),
+        plugin_counter: counter(&r, "weir_plugin_counter_total", "Counters a plugin adds to through weir.counter_add", &["tenant", "plugin", "name"]),
         up,
         registry: r,
     }

@@ -1,0 +1,648 @@
+//! The WebAssembly plugin host (ABI v1, sdk/ABI.md).
+//!
+//! One wasmtime `Engine` per process, with epoch interruption: a background
+//! thread ticks the epoch every [`TICK`], and each call sets its deadline in
+//! ticks. Each plugin is compiled once and pre-linked (`InstancePre`) against
+//! the `weir` host imports and a WASI preview 1 with no preopens, no
+//! environment and no arguments (stdout and stderr go to the proxy's log, rate
+//! limited). Instances are kept in a small per-plugin pool; an instance whose
+//! call failed is thrown away, never reused.
+//!
+//! A failed call costs only its batch, which takes the plugin's `on_error`.
+//! A plugin failing [`QUARANTINE_AFTER`] times in a row is quarantined
+//! (its batches take `on_error` without calling it) for a back-off that
+//! starts at [`QUARANTINE_BASE`] and doubles while it keeps failing.
+//!
+//! The stage runs on the tokio worker that handles the request; the wasm call
+//! itself runs inside `block_in_place`, so a slow plugin (up to its deadline)
+//! does not hold up the other tasks queued on that worker.
+pub mod wire;
+
+use crate::config::{PluginConfig, PluginOnError};
+use crate::event::{Batch, Disposition, Event};
+use crate::pipeline::{Rejection, Stage};
+use crate::telemetry::METRICS;
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+use wasmtime::{Caller, Engine, Extern, InstancePre, Linker, Memory, Module, Store, StoreLimits, StoreLimitsBuilder, Trap, TypedFunc};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::WasiCtxBuilder;
+pub use wire::Verdict;
+
+/// How often the epoch advances: the granularity of call deadlines.
+pub const TICK: Duration = Duration::from_millis(10);
+/// Consecutive failures that quarantine a plugin.
+pub const QUARANTINE_AFTER: u32 = 5;
+/// The first quarantine's length; it doubles on each further one, up to [`QUARANTINE_MAX`].
+pub const QUARANTINE_BASE: Duration = Duration::from_secs(30);
+pub const QUARANTINE_MAX: Duration = Duration::from_secs(600);
+/// Idle instances kept per plugin (more are created on demand and dropped after use).
+const POOL_SIZE: usize = 8;
+/// Log lines (guest `log`, stdout, stderr) a plugin may write per window; the rest are counted and reported.
+const LOG_LINES_PER_WINDOW: u32 = 50;
+const LOG_WINDOW: Duration = Duration::from_secs(10);
+const MAX_LOG_LINE: usize = 4096;
+/// Distinct counter names a plugin may create (metric cardinality).
+const MAX_COUNTER_NAMES: usize = 64;
+
+static ENGINE: LazyLock<Engine> = LazyLock::new(|| {
+    let mut c = wasmtime::Config::new();
+    c.epoch_interruption(true);
+    let engine = Engine::new(&c).expect("creating the wasmtime engine");
+    let ticker = engine.clone();
+    std::thread::Builder::new()
+        .name("weir-plugin-epoch".into())
+        .spawn(move || loop {
+            std::thread::sleep(TICK);
+            ticker.increment_epoch();
+        })
+        .expect("spawning the plugin epoch thread");
+    engine
+});
+
+/// The process-wide engine (its epoch thread starts on first use).
+pub fn engine() -> &'static Engine {
+    &ENGINE
+}
+
+/// Reads a plugin file (binary wasm, or wat text) and checks it is valid wasm, without compiling it.
+pub fn validate_file(path: &Path) -> Result<(), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let wasm = wat::parse_bytes(&bytes).map_err(|e| format!("{} is neither wasm nor wat: {e}", path.display()))?;
+    Module::validate(engine(), &wasm).map_err(|e| format!("{} is not a valid module: {e:#}", path.display()))
+}
+
+/// What a plugin's call failed on; `reason()` is the metric label.
+#[derive(Debug)]
+pub enum CallError {
+    Timeout,
+    Memory(String),
+    Trap(String),
+    BadResult(String),
+    Instantiate(String),
+}
+
+impl CallError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CallError::Timeout => "timeout",
+            CallError::Memory(_) => "memory",
+            CallError::Trap(_) => "trap",
+            CallError::BadResult(_) => "bad_result",
+            CallError::Instantiate(_) => "instantiate",
+        }
+    }
+
+    fn from_wasm(e: wasmtime::Error) -> CallError {
+        let text = format!("{e:#}");
+        if text.contains("forcing trap when growing memory") {
+            return CallError::Memory(text);
+        }
+        match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => CallError::Timeout,
+            _ => CallError::Trap(text),
+        }
+    }
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Timeout => write!(f, "the call ran past its deadline"),
+            CallError::Memory(m) => write!(f, "memory limit: {m}"),
+            CallError::Trap(m) => write!(f, "trap: {m}"),
+            CallError::BadResult(m) => write!(f, "bad result: {m}"),
+            CallError::Instantiate(m) => write!(f, "cannot instantiate: {m}"),
+        }
+    }
+}
+
+/// Per-plugin state the host functions and the log streams share.
+struct Shared {
+    tenant: String,
+    name: String,
+    log: Mutex<LogBudget>,
+    counters: Mutex<HashSet<String>>,
+}
+
+struct LogBudget {
+    window_start: Instant,
+    lines: u32,
+    suppressed: u64,
+}
+
+impl Shared {
+    fn log(&self, level: i32, stream: &str, msg: &str) {
+        {
+            let mut b = self.log.lock().unwrap();
+            if b.window_start.elapsed() >= LOG_WINDOW {
+                if b.suppressed > 0 {
+                    tracing::warn!(tenant = %self.tenant, plugin = %self.name, suppressed = b.suppressed, "plugin log lines suppressed (rate limit)");
+                }
+                *b = LogBudget { window_start: Instant::now(), lines: 0, suppressed: 0 };
+            }
+            if b.lines >= LOG_LINES_PER_WINDOW {
+                b.suppressed += 1;
+                return;
+            }
+            b.lines += 1;
+        }
+        let msg = truncate(msg, MAX_LOG_LINE);
+        let (tenant, plugin) = (&self.tenant, &self.name);
+        match level {
+            0 => tracing::error!(tenant = %tenant, plugin = %plugin, stream, "{msg}"),
+            1 => tracing::warn!(tenant = %tenant, plugin = %plugin, stream, "{msg}"),
+            2 => tracing::info!(tenant = %tenant, plugin = %plugin, stream, "{msg}"),
+            _ => tracing::debug!(tenant = %tenant, plugin = %plugin, stream, "{msg}"),
+        }
+    }
+
+    fn counter_add(&self, name: &str, delta: i64) {
+        if delta <= 0 || name.is_empty() || name.len() > 64 {
+            return;
+        }
+        {
+            let mut names = self.counters.lock().unwrap();
+            if !names.contains(name) {
+                if names.len() >= MAX_COUNTER_NAMES {
+                    return;
+                }
+                names.insert(name.to_string());
+            }
+        }
+        METRICS.plugin_counter.with_label_values(&[&self.tenant, &self.name, name]).inc_by(delta as u64);
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut cut = max;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &s[..cut]
+}
+
+/// A guest's stdout or stderr: complete lines go to the proxy log.
+struct LogStream {
+    shared: Arc<Shared>,
+    stream: &'static str,
+    level: i32,
+    partial: Vec<u8>,
+}
+
+impl LogStream {
+    fn push(&mut self, bytes: &[u8]) {
+        self.partial.extend_from_slice(bytes);
+        while let Some(pos) = memchr::memchr(b'\n', &self.partial) {
+            let line: Vec<u8> = self.partial.drain(..=pos).collect();
+            self.shared.log(self.level, self.stream, String::from_utf8_lossy(&line[..pos]).trim_end());
+        }
+        if self.partial.len() > MAX_LOG_LINE {
+            let line = std::mem::take(&mut self.partial);
+            self.shared.log(self.level, self.stream, &String::from_utf8_lossy(&line));
+        }
+    }
+}
+
+#[derive(Clone)]
+struct LogStreamFactory {
+    shared: Arc<Shared>,
+    stream: &'static str,
+    level: i32,
+}
+
+impl LogStreamFactory {
+    fn make(&self) -> LogStream {
+        LogStream { shared: self.shared.clone(), stream: self.stream, level: self.level, partial: Vec::new() }
+    }
+}
+
+impl wasmtime_wasi::cli::IsTerminal for LogStreamFactory {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for LogStreamFactory {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.make())
+    }
+    fn p2_stream(&self) -> Box<dyn wasmtime_wasi::p2::OutputStream> {
+        Box::new(self.make())
+    }
+}
+
+impl tokio::io::AsyncWrite for LogStream {
+    fn poll_write(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+        self.push(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl wasmtime_wasi::p2::OutputStream for LogStream {
+    fn write(&mut self, bytes: bytes::Bytes) -> wasmtime_wasi::p2::StreamResult<()> {
+        self.push(&bytes);
+        Ok(())
+    }
+    fn flush(&mut self) -> wasmtime_wasi::p2::StreamResult<()> {
+        Ok(())
+    }
+    fn check_write(&mut self) -> wasmtime_wasi::p2::StreamResult<usize> {
+        Ok(64 * 1024)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl wasmtime_wasi::p2::Pollable for LogStream {
+    async fn ready(&mut self) {}
+}
+
+/// What a store holds.
+struct Host {
+    wasi: WasiP1Ctx,
+    limits: StoreLimits,
+    shared: Arc<Shared>,
+}
+
+fn guest_bytes<'a>(caller: &'a Caller<'_, Host>, mem: &Memory, ptr: i32, len: i32) -> Option<&'a [u8]> {
+    let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
+    mem.data(caller).get(ptr..ptr.checked_add(len)?)
+}
+
+fn linker() -> wasmtime::Result<Linker<Host>> {
+    let mut l: Linker<Host> = Linker::new(engine());
+    wasmtime_wasi::p1::add_to_linker_sync(&mut l, |h: &mut Host| &mut h.wasi)?;
+    l.func_wrap("weir", "log", |mut caller: Caller<'_, Host>, level: i32, ptr: i32, len: i32| {
+        let Some(Extern::Memory(mem)) = caller.get_export("memory") else { return };
+        let shared = caller.data().shared.clone();
+        let len = len.clamp(0, MAX_LOG_LINE as i32);
+        if let Some(b) = guest_bytes(&caller, &mem, ptr, len) {
+            shared.log(level, "log", &String::from_utf8_lossy(b));
+        }
+    })?;
+    l.func_wrap("weir", "now_ms", || -> i64 { chrono::Utc::now().timestamp_millis() })?;
+    l.func_wrap("weir", "counter_add", |mut caller: Caller<'_, Host>, ptr: i32, len: i32, delta: i64| {
+        let Some(Extern::Memory(mem)) = caller.get_export("memory") else { return };
+        let shared = caller.data().shared.clone();
+        if let Some(b) = guest_bytes(&caller, &mem, ptr, len.clamp(0, 65)) {
+            if let Ok(name) = std::str::from_utf8(b) {
+                shared.counter_add(name, delta);
+            }
+        }
+    })?;
+    Ok(l)
+}
+
+/// One live instance and its exports.
+struct Inst {
+    store: Store<Host>,
+    memory: Memory,
+    alloc: TypedFunc<i32, i32>,
+    free: TypedFunc<(i32, i32), ()>,
+    process: TypedFunc<(i32, i32), i64>,
+}
+
+impl Inst {
+    /// Passes `input` to `func` per the ABI (alloc, write, call) and returns the packed result.
+    fn call_with(&mut self, func: &TypedFunc<(i32, i32), i64>, input: &[u8]) -> Result<i64, CallError> {
+        let len = i32::try_from(input.len()).map_err(|_| CallError::BadResult("input over 2 GiB".into()))?;
+        let ptr = self.alloc.call(&mut self.store, len).map_err(CallError::from_wasm)?;
+        if ptr == 0 && len > 0 {
+            return Err(CallError::Memory("weir_alloc returned 0 (out of memory)".into()));
+        }
+        self.memory
+            .write(&mut self.store, ptr as u32 as usize, input)
+            .map_err(|_| CallError::BadResult(format!("weir_alloc returned {ptr}, outside memory")))?;
+        func.call(&mut self.store, (ptr, len)).map_err(CallError::from_wasm)
+    }
+
+    /// Copies out the buffer a packed `(ptr << 32) | len` names and frees it in the guest.
+    fn take_output(&mut self, packed: i64) -> Result<Option<Vec<u8>>, CallError> {
+        let (ptr, len) = ((packed as u64 >> 32) as u32, packed as u64 as u32);
+        if len == 0 {
+            return Ok(None);
+        }
+        let bytes = self
+            .memory
+            .data(&self.store)
+            .get(ptr as usize..ptr as usize + len as usize)
+            .ok_or_else(|| CallError::BadResult(format!("returned buffer {ptr}+{len} lies outside memory")))?
+            .to_vec();
+        self.free.call(&mut self.store, (ptr as i32, len as i32)).map_err(CallError::from_wasm)?;
+        Ok(Some(bytes))
+    }
+}
+
+/// Quarantine bookkeeping.
+struct Health {
+    consecutive: u32,
+    until: Option<Instant>,
+    next_backoff: Duration,
+    probation: bool,
+}
+
+/// Settings of one loaded plugin (from the YAML, or from `weir plugin test`).
+#[derive(Debug, Clone)]
+pub struct PluginSettings {
+    pub tenant: String,
+    pub name: String,
+    pub on_error: PluginOnError,
+    pub timeout: Duration,
+    pub memory_limit: u64,
+    pub quarantine_after: u32,
+    pub quarantine_base: Duration,
+}
+
+impl PluginSettings {
+    pub fn from_config(tenant: &str, c: &PluginConfig) -> PluginSettings {
+        PluginSettings {
+            tenant: tenant.to_string(),
+            name: c.name.clone(),
+            on_error: c.on_error,
+            timeout: c.timeout.0,
+            memory_limit: c.memory_limit.0,
+            quarantine_after: QUARANTINE_AFTER,
+            quarantine_base: QUARANTINE_BASE,
+        }
+    }
+}
+
+/// A loaded plugin: compiled, linked, with at least one instance initialized.
+pub struct Plugin {
+    settings: PluginSettings,
+    shared: Arc<Shared>,
+    pre: InstancePre<Host>,
+    config: Vec<u8>,
+    deadline_ticks: u64,
+    pool: Mutex<Vec<Inst>>,
+    health: Mutex<Health>,
+}
+
+impl Plugin {
+    /// Compiles `wasm` (binary or wat text), checks the ABI version and runs
+    /// `weir_init` once, so a plugin that cannot start is refused here.
+    pub fn load(wasm: &[u8], config: Option<&serde_yaml::Value>, settings: PluginSettings) -> Result<Plugin, String> {
+        let module = Module::new(engine(), wasm).map_err(|e| format!("cannot compile: {e:#}"))?;
+        Plugin::from_module(&module, config, settings)
+    }
+
+    pub fn from_module(module: &Module, config: Option<&serde_yaml::Value>, settings: PluginSettings) -> Result<Plugin, String> {
+        let linker = linker().map_err(|e| format!("linking: {e:#}"))?;
+        let pre = linker.instantiate_pre(module).map_err(|e| format!("cannot link (only `weir` and `wasi_snapshot_preview1` imports are provided): {e:#}"))?;
+        let shared = Arc::new(Shared {
+            tenant: settings.tenant.clone(),
+            name: settings.name.clone(),
+            log: Mutex::new(LogBudget { window_start: Instant::now(), lines: 0, suppressed: 0 }),
+            counters: Mutex::new(HashSet::new()),
+        });
+        let ticks = settings.timeout.as_nanos().div_ceil(TICK.as_nanos()).max(1) as u64;
+        let plugin = Plugin {
+            config: wire::encode_config(config)?,
+            deadline_ticks: ticks,
+            pool: Mutex::new(Vec::new()),
+            health: Mutex::new(Health { consecutive: 0, until: None, next_backoff: settings.quarantine_base, probation: false }),
+            shared,
+            pre,
+            settings,
+        };
+        let first = plugin.instantiate()?;
+        plugin.pool.lock().unwrap().push(first);
+        METRICS.plugin_quarantined.with_label_values(&[&plugin.settings.tenant, &plugin.settings.name]).set(0);
+        Ok(plugin)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    /// A new instance, with its ABI version checked and `weir_init` run.
+    fn instantiate(&self) -> Result<Inst, String> {
+        let stdout = LogStreamFactory { shared: self.shared.clone(), stream: "stdout", level: 2 };
+        let stderr = LogStreamFactory { shared: self.shared.clone(), stream: "stderr", level: 1 };
+        // No preopens, no environment, no arguments: WASI gives clocks, random numbers and the two log streams.
+        let wasi = WasiCtxBuilder::new().stdout(stdout).stderr(stderr).build_p1();
+        let limits = StoreLimitsBuilder::new().memory_size(self.settings.memory_limit as usize).trap_on_grow_failure(true).build();
+        let mut store = Store::new(engine(), Host { wasi, limits, shared: self.shared.clone() });
+        store.limiter(|h| &mut h.limits);
+        // Instantiation and init get ten call deadlines (a start function or init may build tables).
+        store.set_epoch_deadline(self.deadline_ticks * 10);
+        let instance = self.pre.instantiate(&mut store).map_err(|e| format!("cannot instantiate: {}", CallError::from_wasm(e)))?;
+        let memory = instance.get_memory(&mut store, "memory").ok_or("the module exports no `memory`")?;
+        let func = |store: &mut Store<Host>, name: &str| -> Result<wasmtime::Func, String> {
+            instance.get_func(&mut *store, name).ok_or_else(|| format!("the module does not export `{name}` (ABI v1, sdk/ABI.md)"))
+        };
+        let sig = |e: wasmtime::Error, name: &str| format!("export `{name}` has the wrong signature: {e}");
+        let version = func(&mut store, "weir_abi_version")?.typed::<(), i32>(&store).map_err(|e| sig(e, "weir_abi_version"))?;
+        let version = version.call(&mut store, ()).map_err(|e| format!("weir_abi_version: {}", CallError::from_wasm(e)))?;
+        if version != 1 {
+            return Err(format!("the plugin speaks ABI version {version}; this Weir supports version 1 only"));
+        }
+        let alloc = func(&mut store, "weir_alloc")?.typed::<i32, i32>(&store).map_err(|e| sig(e, "weir_alloc"))?;
+        let free = func(&mut store, "weir_free")?.typed::<(i32, i32), ()>(&store).map_err(|e| sig(e, "weir_free"))?;
+        let init = func(&mut store, "weir_init")?.typed::<(i32, i32), i64>(&store).map_err(|e| sig(e, "weir_init"))?;
+        let process = func(&mut store, "weir_process")?.typed::<(i32, i32), i64>(&store).map_err(|e| sig(e, "weir_process"))?;
+        let mut inst = Inst { store, memory, alloc, free, process };
+        let packed = inst.call_with(&init, &self.config).map_err(|e| format!("weir_init failed: {e}"))?;
+        if let Some(msg) = inst.take_output(packed).map_err(|e| format!("weir_init failed: {e}"))? {
+            return Err(format!("weir_init refused the config: {}", String::from_utf8_lossy(&msg)));
+        }
+        Ok(inst)
+    }
+
+    /// Runs the plugin on `events`: one verdict (and maybe a replacement) per event.
+    /// A failed call discards the instance it ran on.
+    pub fn call(&self, events: &[Event]) -> Result<Vec<wire::Outcome>, CallError> {
+        let input = wire::encode_batch(events);
+        let pooled = self.pool.lock().unwrap().pop();
+        let mut inst = match pooled {
+            Some(i) => i,
+            None => self.instantiate().map_err(CallError::Instantiate)?,
+        };
+        inst.store.set_epoch_deadline(self.deadline_ticks);
+        let process = inst.process.clone();
+        let packed = inst.call_with(&process, &input)?;
+        let out = inst.take_output(packed)?.ok_or_else(|| CallError::BadResult("weir_process returned no buffer".into()))?;
+        let outcomes = wire::decode_result(&out, events).map_err(CallError::BadResult)?;
+        let mut pool = self.pool.lock().unwrap();
+        if pool.len() < POOL_SIZE {
+            pool.push(inst);
+        }
+        Ok(outcomes)
+    }
+
+    /// Whether the plugin is quarantined now (ending a quarantine that is over).
+    fn quarantined(&self) -> bool {
+        let mut h = self.health.lock().unwrap();
+        match h.until {
+            Some(until) if Instant::now() < until => true,
+            Some(_) => {
+                h.until = None;
+                h.probation = true;
+                METRICS.plugin_quarantined.with_label_values(&[&self.settings.tenant, &self.settings.name]).set(0);
+                tracing::info!(tenant = %self.settings.tenant, plugin = %self.settings.name, "plugin quarantine over; calling it again");
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn record(&self, ok: bool) {
+        let mut h = self.health.lock().unwrap();
+        if ok {
+            h.consecutive = 0;
+            h.probation = false;
+            h.next_backoff = self.settings.quarantine_base;
+            return;
+        }
+        h.consecutive += 1;
+        if h.probation || h.consecutive >= self.settings.quarantine_after {
+            let d = h.next_backoff;
+            h.until = Some(Instant::now() + d);
+            h.next_backoff = (d * 2).min(QUARANTINE_MAX.max(self.settings.quarantine_base));
+            h.consecutive = 0;
+            h.probation = false;
+            METRICS.plugin_quarantined.with_label_values(&[&self.settings.tenant, &self.settings.name]).set(1);
+            tracing::error!(tenant = %self.settings.tenant, plugin = %self.settings.name, quarantine = ?d, on_error = ?self.settings.on_error,
+                "plugin keeps failing: quarantined; its batches take on_error without calling it");
+        }
+    }
+
+    /// Runs the plugin on a batch and applies its verdicts, or `on_error` when it fails or is quarantined.
+    pub fn apply(&self, batch: &mut Batch) {
+        let labels = [self.settings.tenant.as_str(), self.settings.name.as_str()];
+        if self.quarantined() {
+            METRICS.plugin_errors.with_label_values(&[labels[0], labels[1], "quarantined"]).inc();
+            self.on_error(batch);
+            return;
+        }
+        METRICS.plugin_calls.with_label_values(&labels).inc();
+        let start = Instant::now();
+        let result = self.call(&batch.events);
+        METRICS.plugin_duration.with_label_values(&labels).observe(start.elapsed().as_secs_f64());
+        match result {
+            Ok(outcomes) => {
+                self.record(true);
+                for ((verdict, replacement), (ev, disp)) in outcomes.into_iter().zip(batch.events.iter_mut().zip(batch.dispositions.iter_mut())) {
+                    match verdict {
+                        Verdict::Keep => {
+                            if let Some(r) = replacement {
+                                *ev = r;
+                            }
+                        }
+                        Verdict::Drop => *disp = Disposition::Drop,
+                        Verdict::ArchiveOnly => {
+                            if *disp == Disposition::Index {
+                                *disp = Disposition::ArchiveOnly;
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                METRICS.plugin_errors.with_label_values(&[labels[0], labels[1], e.reason()]).inc();
+                tracing::warn!(tenant = %labels[0], plugin = %labels[1], reason = e.reason(), on_error = ?self.settings.on_error, events = batch.events.len(),
+                    "plugin call failed: {e}");
+                self.record(false);
+                self.on_error(batch);
+            }
+        }
+    }
+
+    fn on_error(&self, batch: &mut Batch) {
+        for d in batch.dispositions.iter_mut() {
+            match self.settings.on_error {
+                PluginOnError::Pass => {}
+                PluginOnError::Drop => *d = Disposition::Drop,
+                PluginOnError::ArchiveOnly => {
+                    if *d == Disposition::Index {
+                        *d = Disposition::ArchiveOnly;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs `f` where blocking is fine: inside `block_in_place` on a multi-thread
+/// runtime, on a scoped thread on a current-thread one (WASI's sync calls
+/// block on a runtime, which must not happen from inside one), or directly.
+fn off_runtime<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        Ok(_) => std::thread::scope(|s| s.spawn(f).join().expect("plugin call panicked")),
+        Err(_) => f(),
+    }
+}
+
+/// The plugin stage: each tenant's plugins, in order.
+pub struct Plugins {
+    per_tenant: Vec<Vec<Plugin>>,
+}
+
+impl Plugins {
+    /// Compiles (once per distinct file), links and initializes every tenant's
+    /// plugins. The error names the config field, e.g. `tenants[0].plugins[1]`.
+    pub fn load(config: &crate::config::Config) -> Result<Plugins, (String, String)> {
+        let mut modules: std::collections::HashMap<Vec<u8>, Module> = std::collections::HashMap::new();
+        let mut per_tenant = Vec::new();
+        for (i, t) in config.tenants.iter().enumerate() {
+            let mut list = Vec::new();
+            for (j, p) in t.plugins.iter().enumerate() {
+                let at = format!("tenants[{i}].plugins[{j}]");
+                let bytes = std::fs::read(&p.path).map_err(|e| (format!("{at}.path"), format!("cannot read {}: {e}", p.path.display())))?;
+                let module = match modules.get(&bytes) {
+                    Some(m) => m.clone(),
+                    None => {
+                        let m = Module::new(engine(), &bytes).map_err(|e| (format!("{at}.path"), format!("{}: cannot compile: {e:#}", p.path.display())))?;
+                        modules.insert(bytes, m.clone());
+                        m
+                    }
+                };
+                let plugin = off_runtime(|| Plugin::from_module(&module, p.config.as_ref(), PluginSettings::from_config(&t.name, p)))
+                    .map_err(|e| (at.clone(), format!("plugin {:?} ({}): {e}", p.name, p.path.display())))?;
+                tracing::info!(tenant = %t.name, plugin = %p.name, path = %p.path.display(), "plugin loaded");
+                list.push(plugin);
+            }
+            per_tenant.push(list);
+        }
+        Ok(Plugins { per_tenant })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.per_tenant.iter().all(|l| l.is_empty())
+    }
+}
+
+impl Stage for Plugins {
+    fn name(&self) -> &'static str {
+        "plugins"
+    }
+
+    fn process(&self, batch: &mut Batch) -> Result<(), Rejection> {
+        let Some(list) = self.per_tenant.get(batch.meta.tenant.index) else { return Ok(()) };
+        if list.is_empty() || batch.events.is_empty() {
+            return Ok(());
+        }
+        off_runtime(|| {
+            for p in list {
+                p.apply(batch);
+            }
+        });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
