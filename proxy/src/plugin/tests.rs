@@ -11,60 +11,11 @@ use crate::config::Config;
 use crate::event::{BatchMeta, Intake};
 
 pub(crate) fn plugin_wat(version: i32, extra_imports: &str, init_body: &str, hook: &str) -> String {
-    format!(
-        r#"(module
-  (import "weir" "log" (func $log (param i32 i32 i32)))
-  (import "weir" "counter_add" (func $counter (param i32 i32 i64)))
-  {extra_imports}
-  (memory (export "memory") 2)
-  (data (i32.const 0) "\81\a7results")
-  (data (i32.const 16) "\82\a7verdict\a4keep\a5event\81\a7message\a8redacted")
-  (data (i32.const 64) "\81\a7verdict\a4drop")
-  (data (i32.const 96) "\81\a7verdict\acarchive_only")
-  (data (i32.const 128) "bad config")
-  (data (i32.const 144) "calls")
-  (data (i32.const 160) "etc/passwd")
-  (data (i32.const 176) "errno")
-  (data (i32.const 224) "hello stdout\n")
-  (func (export "weir_abi_version") (result i32) (i32.const {version}))
-  (func (export "weir_alloc") (param $len i32) (result i32)
-    (local $need i32)
-    (local.set $need (i32.shr_u (i32.add (local.get $len) (i32.const 131071)) (i32.const 16)))
-    (if (i32.gt_u (local.get $need) (memory.size))
-      (then (drop (memory.grow (i32.sub (local.get $need) (memory.size))))))
-    (i32.const 65536))
-  (func (export "weir_free") (param i32 i32))
-  (func (export "weir_init") (param $ptr i32) (param $len i32) (result i64)
-    (call $log (i32.const 2) (i32.const 144) (i32.const 5))
-    {init_body})
-  (func (export "weir_process") (param $ptr i32) (param $len i32) (result i64)
-    (local $n i32) (local $i i32) (local $out i32) (local $k i32)
-    (local.set $n (i32.load8_u (i32.add (local.get $ptr) (i32.const 8))))
-    (if (i32.ne (i32.and (local.get $n) (i32.const 0xf0)) (i32.const 0x90)) (then unreachable))
-    (local.set $n (i32.and (local.get $n) (i32.const 0x0f)))
-    {hook}
-    (call $counter (i32.const 144) (i32.const 5) (i64.const 1))
-    (memory.copy (i32.const 1024) (i32.const 0) (i32.const 9))
-    (i32.store8 (i32.const 1033) (i32.or (i32.const 0x90) (local.get $n)))
-    (local.set $out (i32.const 1034))
-    (block $done (loop $next
-      (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
-      (local.set $k (i32.rem_u (local.get $i) (i32.const 3)))
-      (if (i32.eqz (local.get $k)) (then
-        (memory.copy (local.get $out) (i32.const 16) (i32.const 38))
-        (local.set $out (i32.add (local.get $out) (i32.const 38)))))
-      (if (i32.eq (local.get $k) (i32.const 1)) (then
-        (memory.copy (local.get $out) (i32.const 64) (i32.const 14))
-        (local.set $out (i32.add (local.get $out) (i32.const 14)))))
-      (if (i32.eq (local.get $k) (i32.const 2)) (then
-        (memory.copy (local.get $out) (i32.const 96) (i32.const 22))
-        (local.set $out (i32.add (local.get $out) (i32.const 22)))))
-      (local.set $i (i32.add (local.get $i) (i32.const 1)))
-      (br $next)))
-    (i64.or (i64.shl (i64.const 1024) (i64.const 32))
-            (i64.extend_i32_u (i32.sub (local.get $out) (i32.const 1024))))))
-"#
-    )
+    include_str!("../../../tests/fixtures/abi_v1_plugin.wat")
+        .replace("@version@", &version.to_string())
+        .replace("@extra_imports@", extra_imports)
+        .replace("@init_body@", init_body)
+        .replace("@hook@", hook)
 }
 
 pub(crate) fn good_wat(hook: &str) -> String {
