@@ -73,14 +73,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let rules = Arc::new(rules::exclusion::ExclusionRules::new(&config.exclusion_rules, &tenant_rules).map_err(|e| anyhow::anyhow!("rule {:?}: {}", e.rule, e.error))?);
     let quota_cfgs: Vec<_> = config.tenants.iter().map(|t| t.daily_quota.clone()).collect();
     let quotas = Arc::new(quota::daily::DailyQuotas::new(&names, &quota_cfgs, clock::system(), &config.data_dir.join("quota")));
-    let control = Arc::new(admin::control::Control::new(config.admin.token.clone(), rules.clone(), quotas.clone(), config.data_dir.clone())?);
     // Plugins run after the rate limit and before the exclusion rules, so what they redact
     // never reaches the archive tee. One that cannot load (compile, link, ABI version,
-    // weir_init) stops the start, naming the config field.
-    let plugins = plugin::Plugins::load(&config).map_err(|(field, msg)| anyhow::anyhow!("field `{field}`: {msg}"))?;
+    // weir_init) stops the start, naming the config field. Later versions of their files
+    // are hot reloaded (the watcher, or POST /admin/reload); a version that cannot load
+    // is refused and the running one kept.
+    let plugins = Arc::new(plugin::Plugins::load(&config).map_err(|(field, msg)| anyhow::anyhow!("field `{field}`: {msg}"))?);
+    plugins.watch(plugin::WATCH_EVERY);
+    let control = Arc::new(
+        admin::control::Control::new(config.admin.token.clone(), rules.clone(), quotas.clone(), config.data_dir.clone())?.with_plugins(plugins.clone()),
+    );
     let mut stages: Vec<Box<dyn pipeline::Stage>> = vec![Box::new(rate)];
     if !plugins.is_empty() {
-        stages.push(Box::new(plugins));
+        stages.push(Box::new(plugins.clone()));
     }
     stages.push(Box::new(rules));
     stages.push(Box::new(quotas.clone()));

@@ -172,7 +172,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match load(&config).and_then(|c| {
             // Compile, link and initialize every plugin too, so a bad one shows up here.
-            weir::plugin::Plugins::load(&c).map(|_| c).map_err(|(field, message)| weir::config::ConfigError {
+            weir::plugin::Plugins::check(&c).map(|_| c).map_err(|(field, message)| weir::config::ConfigError {
                 file: config.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "<embedded config/weir.yaml>".into()),
                 line: None,
                 column: None,

@@ -134,3 +134,195 @@ fn plugin_test_prints_verdicts_as_ndjson() {
     assert_eq!(code, 1);
     assert!(err.contains("timeout"), "{err}");
 }
+
+/// An ABI v1 module that keeps every event and sets its `service` to `marker`
+/// (2 bytes), leaving the message (which carries the event's id) as it is.
+fn service_marker_wat(marker: &str) -> String {
+    assert_eq!(marker.len(), 2);
+    r#"(module
+  (memory (export "memory") 2)
+  (data (i32.const 0) "\81\a7results")
+  (data (i32.const 16) "\82\a7verdict\a4keep\a5event\81\a7service\a2@M@")
+  (func (export "weir_abi_version") (result i32) (i32.const 1))
+  (func (export "weir_alloc") (param $len i32) (result i32)
+    (local $need i32)
+    (local.set $need (i32.shr_u (i32.add (local.get $len) (i32.const 131071)) (i32.const 16)))
+    (if (i32.gt_u (local.get $need) (memory.size))
+      (then (drop (memory.grow (i32.sub (local.get $need) (memory.size))))))
+    (i32.const 65536))
+  (func (export "weir_free") (param i32 i32))
+  (func (export "weir_init") (param i32 i32) (result i64) (i64.const 0))
+  (func (export "weir_process") (param $ptr i32) (param $len i32) (result i64)
+    (local $n i32) (local $i i32) (local $out i32)
+    (local.set $n (i32.load8_u (i32.add (local.get $ptr) (i32.const 8))))
+    (if (i32.ne (i32.and (local.get $n) (i32.const 0xf0)) (i32.const 0x90)) (then unreachable))
+    (local.set $n (i32.and (local.get $n) (i32.const 0x0f)))
+    (memory.copy (i32.const 1024) (i32.const 0) (i32.const 9))
+    (i32.store8 (i32.const 1033) (i32.or (i32.const 0x90) (local.get $n)))
+    (local.set $out (i32.const 1034))
+    (block $done (loop $next
+      (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+      (memory.copy (local.get $out) (i32.const 16) (i32.const 32))
+      (local.set $out (i32.add (local.get $out) (i32.const 32)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $next)))
+    (i64.or (i64.shl (i64.const 1024) (i64.const 32))
+            (i64.extend_i32_u (i32.sub (local.get $out) (i32.const 1024))))))"#
+        .replace("@M@", marker)
+}
+
+/// Replaces a file the way a deploy should: a temporary file renamed over it.
+fn replace_file(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+const ADMIN_TOKEN: &str = "plugin-e2e-admin";
+
+fn with_admin_token(config: String) -> String {
+    config.replace("admin:\n  address: 127.0.0.1:{ADMIN}\n", &format!("admin:\n  address: 127.0.0.1:{{ADMIN}}\n  token: {ADMIN_TOKEN}\n"))
+}
+
+async fn admin_reload(weir: &Weir, token: &str) -> Reply {
+    let auth = format!("Bearer {token}");
+    let url = format!("http://127.0.0.1:{}/admin/reload", weir.admin);
+    request(http::Method::POST, &url, &[("Authorization", auth.as_str())], bytes::Bytes::new()).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plugin_file_replaced_under_load_is_hot_reloaded_between_batches() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let (dd, addr) = FakeDatadog::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = dir.path().join("marker.wasm");
+    std::fs::write(&wasm, service_marker_wat("v1")).unwrap();
+    let extra = "    plugins:\n      - {name: marker, path: \"{DIR}/marker.wasm\", on_error: drop, timeout: 2s}\n";
+    let weir = Weir::start_in(dir, &with_admin_token(config(&addr.to_string(), "", extra))).await;
+
+    // Load: requests of 1..=15 events (the module reads a fixarray header), ids in the message.
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted: Arc<Mutex<Vec<(usize, usize)>>> = Arc::default();
+    let load = {
+        let (stop, accepted, url) = (stop.clone(), accepted.clone(), weir.url("/api/v2/logs"));
+        tokio::spawn(async move {
+            let mut r = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let n = 1 + r % 15;
+                let body: Vec<Value> = (0..n).map(|i| json!({"message": format!("req{r} ev{i}"), "service": "orig"})).collect();
+                let resp = post(&url, &[("DD-API-KEY", "agent-key")], serde_json::to_vec(&body).unwrap()).await;
+                if resp.status == 202 {
+                    accepted.lock().unwrap().push((r, n));
+                }
+                r += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    eventually(Duration::from_secs(10), "v1 events at the double", || dd.take().iter().any(|e| e["service"] == "v1").then_some(())).await;
+    replace_file(&wasm, &service_marker_wat("v2"));
+    eventually(Duration::from_secs(20), "v2 events at the double (the watcher's reload)", || dd.take().iter().any(|e| e["service"] == "v2").then_some(())).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // POST /admin/reload: a broken file is refused (the running version stays), a good one is swapped in.
+    assert_eq!(admin_reload(&weir, "wrong").await.status, 403);
+    replace_file(&wasm, "(module (memory (export \"memory\") 1))");
+    let r = admin_reload(&weir, ADMIN_TOKEN).await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["reloaded"], json!([]), "{body}");
+    assert_eq!(body["refused"][0]["plugin"], "marker", "{body}");
+    assert!(body["refused"][0]["error"].as_str().unwrap().contains("weir_abi_version"), "{body}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    replace_file(&wasm, &service_marker_wat("v3"));
+    let r = admin_reload(&weir, ADMIN_TOKEN).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["reloaded"][0]["tenant"], "acme", "{}", r.text());
+    eventually(Duration::from_secs(10), "v3 events at the double", || dd.take().iter().any(|e| e["service"] == "v3").then_some(())).await;
+    stop.store(true, Ordering::SeqCst);
+    load.await.unwrap();
+
+    let accepted = accepted.lock().unwrap().clone();
+    let total: usize = accepted.iter().map(|(_, n)| n).sum();
+    eventually(Duration::from_secs(20), "every accepted event at the double", || (dd.count() >= total).then_some(())).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let events = dd.take();
+    assert_eq!(events.len(), total, "no event lost or duplicated");
+    let mut by_request: std::collections::HashMap<usize, Vec<(usize, String)>> = std::collections::HashMap::new();
+    for e in &events {
+        let msg = e["message"].as_str().unwrap();
+        let (r, i) = msg.strip_prefix("req").unwrap().split_once(" ev").unwrap();
+        by_request.entry(r.parse().unwrap()).or_default().push((i.parse().unwrap(), e["service"].as_str().unwrap_or("none").to_string()));
+    }
+    let mut versions = std::collections::BTreeSet::new();
+    for (r, n) in &accepted {
+        let got = by_request.get_mut(r).unwrap_or_else(|| panic!("request {r} lost"));
+        got.sort();
+        assert_eq!(got.iter().map(|(i, _)| *i).collect::<Vec<_>>(), (0..*n).collect::<Vec<_>>(), "request {r}: each event exactly once");
+        let markers: std::collections::BTreeSet<&str> = got.iter().map(|(_, s)| s.as_str()).collect();
+        assert_eq!(markers.len(), 1, "request {r} was processed by more than one version: {markers:?}");
+        versions.extend(markers.into_iter().map(String::from));
+    }
+    assert_eq!(by_request.len(), accepted.len());
+    assert_eq!(versions, ["v1", "v2", "v3"].into_iter().map(String::from).collect(), "no event passed unmarked");
+
+    let m = weir.metrics().await;
+    assert!(find_metric(&m, "weir_plugin_reloads_total", &["plugin=\"marker\"", "outcome=\"reloaded\""]) >= 2.0, "{m}");
+    assert!(find_metric(&m, "weir_plugin_reloads_total", &["plugin=\"marker\"", "outcome=\"refused\""]) >= 1.0, "{m}");
+    assert_eq!(find_metric(&m, "weir_plugin_errors_total", &["plugin=\"marker\""]), 0.0, "{m}");
+    let mut weir = weir;
+    assert!(weir.terminate().success(), "{}", weir.log());
+    let log = weir.log();
+    assert!(log.contains("plugin reloaded") && log.contains("plugin reload refused"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+/// The real first-party `redact` plugin (plugins/redact), built to wasm by tests/run.sh.
+fn redact_wasm() -> std::path::PathBuf {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/target/wasm32-wasip1/release/redact.wasm");
+    assert!(
+        path.exists(),
+        "{} is missing: build the first-party plugins first with `cd plugins && cargo build --release --target wasm32-wasip1` (tests/run.sh does)",
+        path.display()
+    );
+    path.canonicalize().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_redact_plugin_masks_cards_emails_and_ips_before_index_and_archive() {
+    let wasm = redact_wasm();
+    let (dd, addr) = FakeDatadog::start().await;
+    let extra = format!("    plugins:\n      - {{name: redact, path: \"{}\", on_error: drop, timeout: 2s, config: {{style: full}}}}\n", wasm.display());
+    let weir = Weir::start(&config(&addr.to_string(), "", &extra)).await;
+    const CARD: &str = "4111 1111 1111 1111";
+    const EMAIL: &str = "jane.doe@example.com";
+    const IP: &str = "203.0.113.42";
+    let body = json!([
+        {"message": format!("payment with card {CARD} ok"), "service": "pay", "id": "e1"},
+        {"message": format!("signup from {EMAIL}"), "service": "web", "id": "e2"},
+        {"message": format!("client={IP}:443 connected"), "service": "web", "id": "e3"},
+        {"message": "nothing to hide", "service": "web", "id": "e4", "user": {"contact": EMAIL, "last_ip": IP, "cards": [CARD]}},
+    ]);
+    let resp = post(&weir.url("/api/v2/logs"), &[("DD-API-KEY", "agent-key")], serde_json::to_vec(&body).unwrap()).await;
+    assert_eq!(resp.status, 202, "{}", resp.text());
+    eventually(Duration::from_secs(10), "the 4 events at the double", || (dd.count() >= 4).then_some(())).await;
+    let mut weir = weir;
+    assert!(weir.terminate().success(), "{}", weir.log());
+    let indexed = dd.take();
+    let (archived, _) = read_archive(&weir.archive_root());
+    assert_eq!((indexed.len(), archived.len()), (4, 4), "redact keeps every event");
+    for (place, events) in [("datadog", &indexed), ("archive", &archived)] {
+        let text = serde_json::to_string(events).unwrap();
+        for original in [CARD, "4111111111111111", EMAIL, IP] {
+            assert!(!text.contains(original), "{place} has {original:?}: {text}");
+        }
+        let by_id = |id: &str| events.iter().find(|e| e["id"] == id).unwrap_or_else(|| panic!("{place}: no event {id}: {text}"));
+        assert_eq!(by_id("e1")["message"], "payment with card [REDACTED:credit_card] ok", "{place}");
+        assert_eq!(by_id("e2")["message"], "signup from [REDACTED:email]", "{place}");
+        assert_eq!(by_id("e3")["message"], "client=[REDACTED:ipv4]:443 connected", "{place}");
+        let e4 = by_id("e4");
+        assert_eq!(e4["message"], "nothing to hide");
+        assert_eq!(e4["user"], json!({"contact": "[REDACTED:email]", "last_ip": "[REDACTED:ipv4]", "cards": ["[REDACTED:credit_card]"]}), "{place}: {e4}");
+    }
+}

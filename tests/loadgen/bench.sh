@@ -21,6 +21,7 @@
 #   EXTRA="..."              more scenarios, appended to the default ones
 #   BUILD=0                  skip the cargo build
 #   RULES=1                  configure 20 exclusion rules, a daily quota and a rate limit (the full path)
+#   PLUGIN=path.wasm         run this Wasm plugin on every batch (e.g. plugins/target/wasm32-wasip1/release/redact.wasm)
 #   KEEP=1                   keep the temp dir (configs, logs, archive objects)
 #   RESULTS_OUT=/tmp/weir-bench-results.jsonl   where each scenario's full JSON line is copied
 # Needs curl, jq, ss (iproute2) and column. The three processes share the
@@ -154,6 +155,9 @@ tenants:
 EOF
     if [[ ${RULES:-0} == 1 ]]; then
         bench_rules >>"$dir/weir.yaml"
+    fi
+    if [[ -n ${PLUGIN:-} ]]; then
+        printf '    plugins:\n      - {name: bench-plugin, path: %s}\n' "$PLUGIN" >>"$dir/weir.yaml"
     fi
     "$BIN/weir" run --config "$dir/weir.yaml" >"$dir/weir.log" 2>&1 &
     local weir=$!

@@ -2,9 +2,11 @@
 //! config): list rules and quotas with live counters, add, change, enable,
 //! disable and delete exclusion rules, change daily quotas. Every change is
 //! validated first, applied without restart, and saved under the data
-//! directory (`runtime.json`) so that it survives one.
+//! directory (`runtime.json`) so that it survives one. `POST /admin/reload`
+//! hot reloads every plugin from its file.
 use crate::config::{ExclusionAction, ExclusionRuleConfig, Secret};
 use crate::durable::write_atomic;
+use crate::plugin::Plugins;
 use crate::pipeline::Rejection;
 use crate::quota::daily::DailyQuotas;
 use crate::rules::exclusion::{ExclusionRules, Scope};
@@ -22,6 +24,7 @@ pub struct Control {
     rules: Arc<ExclusionRules>,
     quotas: Arc<DailyQuotas>,
     state_dir: PathBuf,
+    plugins: Option<Arc<Plugins>>,
     /// Serializes changes, so two admins never interleave read-modify-write.
     lock: Mutex<()>,
 }
@@ -61,7 +64,7 @@ fn err(status: StatusCode, msg: impl Into<String>) -> Rejection {
 impl Control {
     /// Applies the overrides saved by an earlier run, then serves changes.
     pub fn new(token: Option<Secret>, rules: Arc<ExclusionRules>, quotas: Arc<DailyQuotas>, state_dir: PathBuf) -> anyhow::Result<Control> {
-        let c = Control { token, rules, quotas, state_dir, lock: Mutex::new(()) };
+        let c = Control { token, rules, quotas, state_dir, plugins: None, lock: Mutex::new(()) };
         let path = c.state_dir.join(OVERRIDES_FILE);
         if let Ok(bytes) = std::fs::read(&path) {
             let saved: Overrides = serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
@@ -79,6 +82,27 @@ impl Control {
             tracing::info!(file = %path.display(), "run-time rule and quota changes restored");
         }
         Ok(c)
+    }
+
+    /// The plugin stage, for `POST /admin/reload`.
+    pub fn with_plugins(mut self, plugins: Arc<Plugins>) -> Control {
+        self.plugins = Some(plugins);
+        self
+    }
+
+    /// Reloads every plugin from its file; 200 when all were reloaded, 422 when
+    /// any was refused (those keep running their old version).
+    fn reload_plugins(&self) -> (StatusCode, Value) {
+        let reports = match &self.plugins {
+            // Compiling can take a while: off the async worker.
+            Some(p) => crate::plugin::blocking(|| p.reload(true)),
+            None => Vec::new(),
+        };
+        let (ok, refused): (Vec<_>, Vec<_>) = reports.into_iter().partition(|r| r.error.is_none());
+        let reloaded: Vec<Value> = ok.iter().map(|r| json!({ "tenant": r.tenant, "plugin": r.plugin, "path": r.path })).collect();
+        let refused_v: Vec<Value> = refused.iter().map(|r| json!({ "tenant": r.tenant, "plugin": r.plugin, "path": r.path, "error": r.error })).collect();
+        let status = if refused.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
+        (status, json!({ "reloaded": reloaded, "refused": refused_v }))
     }
 
     pub fn enabled(&self) -> bool {
@@ -128,6 +152,7 @@ impl Control {
         match (method.as_str(), parts.as_slice()) {
             ("GET", ["rules"]) => Ok((StatusCode::OK, self.list_rules())),
             ("GET", ["quotas"]) => Ok((StatusCode::OK, json!({ "quotas": self.quotas.views() }))),
+            ("POST", ["reload"]) => Ok(self.reload_plugins()),
             ("POST", ["rules", scope]) => {
                 let rule: ExclusionRuleConfig = parse_body(body)?;
                 self.change_rules(scope, |rules| {

@@ -16,16 +16,18 @@
 //! The stage runs on the tokio worker that handles the request; the wasm call
 //! itself runs inside `block_in_place`, so a slow plugin (up to its deadline)
 //! does not hold up the other tasks queued on that worker.
+pub mod cache;
 pub mod wire;
 
 use crate::config::{PluginConfig, PluginOnError};
 use crate::event::{Batch, Disposition, Event};
 use crate::pipeline::{Rejection, Stage};
 use crate::telemetry::METRICS;
+use cache::ModuleCache;
 use std::collections::HashSet;
-use std::path::Path;
-use std::sync::{Arc, LazyLock, Mutex};
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant, SystemTime};
 use wasmtime::{Caller, Engine, Extern, InstancePre, Linker, Memory, Module, Store, StoreLimits, StoreLimitsBuilder, Trap, TypedFunc};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::WasiCtxBuilder;
@@ -61,6 +63,20 @@ static ENGINE: LazyLock<Engine> = LazyLock::new(|| {
         .expect("spawning the plugin epoch thread");
     engine
 });
+
+/// `weir_plugin_reloads_total{tenant, plugin, outcome}`: hot reloads, `reloaded` or `refused`.
+static RELOADS: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
+    let c = prometheus::IntCounterVec::new(
+        prometheus::Opts::new("weir_plugin_reloads_total", "Plugin hot reloads (file change or POST /admin/reload), by outcome: reloaded or refused"),
+        &["tenant", "plugin", "outcome"],
+    )
+    .unwrap();
+    METRICS.registry.register(Box::new(c.clone())).unwrap();
+    c
+});
+
+/// How often the plugin files are checked for a new version.
+pub const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 /// The process-wide engine (its epoch thread starts on first use).
 pub fn engine() -> &'static Engine {
@@ -393,7 +409,7 @@ impl Plugin {
     /// Compiles `wasm` (binary or wat text), checks the ABI version and runs
     /// `weir_init` once, so a plugin that cannot start is refused here.
     pub fn load(wasm: &[u8], config: Option<&serde_yaml::Value>, settings: PluginSettings) -> Result<Plugin, String> {
-        let module = Module::new(engine(), wasm).map_err(|e| format!("cannot compile: {e:#}"))?;
+        let module = cache::compile(wasm)?;
         Plugin::from_module(&module, config, settings)
     }
 
@@ -577,6 +593,10 @@ impl Plugin {
 /// Runs `f` where blocking is fine: inside `block_in_place` on a multi-thread
 /// runtime, on a scoped thread on a current-thread one (WASI's sync calls
 /// block on a runtime, which must not happen from inside one), or directly.
+pub fn blocking<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    off_runtime(f)
+}
+
 fn off_runtime<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     use tokio::runtime::{Handle, RuntimeFlavor};
     match Handle::try_current() {
@@ -586,42 +606,218 @@ fn off_runtime<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     }
 }
 
+/// The identity of a plugin file as last seen: modification time and size
+/// (cheap to poll), and the SHA-256 of the bytes the running version came from.
+#[derive(Clone, PartialEq)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+}
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    let m = std::fs::metadata(path).ok()?;
+    Some(FileStamp { modified: m.modified().ok(), len: m.len() })
+}
+
+struct Seen {
+    stamp: Option<FileStamp>,
+    hash: [u8; 32],
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
+/// One configured plugin: its running version, swapped atomically on hot reload.
+///
+/// A batch takes an `Arc` to the current version when the stage reaches the
+/// plugin and holds it for the whole call, so a reload never splits a batch
+/// between two versions, and in-flight batches finish on the old one (which is
+/// dropped, with its instance pool, when the last of them is done).
+pub struct PluginSlot {
+    settings: PluginSettings,
+    path: PathBuf,
+    config: Option<serde_yaml::Value>,
+    current: RwLock<Arc<Plugin>>,
+    seen: Mutex<Seen>,
+}
+
+/// What one reload attempt did.
+#[derive(Debug, Clone)]
+pub struct ReloadReport {
+    pub tenant: String,
+    pub plugin: String,
+    pub path: PathBuf,
+    /// `None`: reloaded; `Some(reason)`: refused (the old version keeps running).
+    pub error: Option<String>,
+}
+
+impl PluginSlot {
+    /// Loads the first version from `bytes` (read from `path`).
+    pub fn load(path: &Path, bytes: &[u8], config: Option<&serde_yaml::Value>, settings: PluginSettings, cache: &ModuleCache) -> Result<PluginSlot, String> {
+        let module = cache.module(bytes)?;
+        let first = off_runtime(|| Plugin::from_module(&module, config, settings.clone()))?;
+        Ok(PluginSlot {
+            path: path.to_path_buf(),
+            config: config.cloned(),
+            current: RwLock::new(Arc::new(first)),
+            seen: Mutex::new(Seen { stamp: stamp(path), hash: sha256(bytes) }),
+            settings,
+        })
+    }
+
+    /// A slot around an already loaded plugin (no file to reload from).
+    pub fn fixed(plugin: Plugin) -> PluginSlot {
+        PluginSlot {
+            settings: plugin.settings.clone(),
+            path: PathBuf::new(),
+            config: None,
+            current: RwLock::new(Arc::new(plugin)),
+            seen: Mutex::new(Seen { stamp: None, hash: [0; 32] }),
+        }
+    }
+
+    /// The running version (hold it for the whole batch).
+    pub fn current(&self) -> Arc<Plugin> {
+        self.current.read().unwrap().clone()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    /// Compiles, instantiates and runs `weir_init` on a new version from
+    /// `bytes`, all before touching the running one; only then swaps it in.
+    /// On error the old version keeps running. Counted in `weir_plugin_reloads_total`.
+    pub fn replace(&self, bytes: &[u8], cache: &ModuleCache) -> Result<(), String> {
+        let labels = [self.settings.tenant.as_str(), self.settings.name.as_str()];
+        let loaded = cache.module(bytes).and_then(|m| off_runtime(|| Plugin::from_module(&m, self.config.as_ref(), self.settings.clone())));
+        match loaded {
+            Ok(new) => {
+                let old = std::mem::replace(&mut *self.current.write().unwrap(), Arc::new(new));
+                drop(old);
+                RELOADS.with_label_values(&[labels[0], labels[1], "reloaded"]).inc();
+                tracing::info!(tenant = %labels[0], plugin = %labels[1], path = %self.path.display(), "plugin reloaded; new batches run on the new version");
+                Ok(())
+            }
+            Err(e) => {
+                RELOADS.with_label_values(&[labels[0], labels[1], "refused"]).inc();
+                tracing::error!(tenant = %labels[0], plugin = %labels[1], path = %self.path.display(), "plugin reload refused, the old version keeps running: {e}");
+                Err(e)
+            }
+        }
+    }
+
+    /// Reloads from the file: always when `force`, else only when its stamp and
+    /// content changed since the last attempt. `None`: nothing to do.
+    fn reload_file(&self, cache: &ModuleCache, force: bool) -> Option<ReloadReport> {
+        if self.path.as_os_str().is_empty() {
+            return None;
+        }
+        let report = |error: Option<String>| ReloadReport { tenant: self.settings.tenant.clone(), plugin: self.settings.name.clone(), path: self.path.clone(), error };
+        let now = stamp(&self.path);
+        let mut seen = self.seen.lock().unwrap();
+        if !force && now == seen.stamp {
+            return None;
+        }
+        seen.stamp = now;
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) => {
+                let e = format!("cannot read {}: {e}", self.path.display());
+                RELOADS.with_label_values(&[&self.settings.tenant, &self.settings.name, "refused"]).inc();
+                tracing::error!(tenant = %self.settings.tenant, plugin = %self.settings.name, "plugin reload refused, the old version keeps running: {e}");
+                return Some(report(Some(e)));
+            }
+        };
+        let hash = sha256(&bytes);
+        if !force && hash == seen.hash {
+            return None;
+        }
+        match self.replace(&bytes, cache) {
+            Ok(()) => {
+                seen.hash = hash;
+                Some(report(None))
+            }
+            Err(e) => Some(report(Some(e))),
+        }
+    }
+}
+
 /// The plugin stage: each tenant's plugins, in order.
 pub struct Plugins {
-    per_tenant: Vec<Vec<Plugin>>,
+    per_tenant: Vec<Vec<PluginSlot>>,
+    cache: ModuleCache,
+    /// Serializes reloads (the file watcher and `POST /admin/reload`).
+    reloading: Mutex<()>,
 }
 
 impl Plugins {
-    /// Compiles (once per distinct file), links and initializes every tenant's
-    /// plugins. The error names the config field, e.g. `tenants[0].plugins[1]`.
+    /// Compiles (once per distinct file, through the compile cache under
+    /// `data_dir/plugin-cache`), links and initializes every tenant's plugins.
+    /// The error names the config field, e.g. `tenants[0].plugins[1]`.
     pub fn load(config: &crate::config::Config) -> Result<Plugins, (String, String)> {
-        let mut modules: std::collections::HashMap<Vec<u8>, Module> = std::collections::HashMap::new();
+        Plugins::load_with(config, ModuleCache::new(Some(config.data_dir.join("plugin-cache"))))
+    }
+
+    /// What `weir check` runs: the same loading, without writing a cache into the data directory.
+    pub fn check(config: &crate::config::Config) -> Result<(), (String, String)> {
+        Plugins::load_with(config, ModuleCache::new(None)).map(|_| ())
+    }
+
+    fn load_with(config: &crate::config::Config, cache: ModuleCache) -> Result<Plugins, (String, String)> {
         let mut per_tenant = Vec::new();
         for (i, t) in config.tenants.iter().enumerate() {
             let mut list = Vec::new();
             for (j, p) in t.plugins.iter().enumerate() {
                 let at = format!("tenants[{i}].plugins[{j}]");
                 let bytes = std::fs::read(&p.path).map_err(|e| (format!("{at}.path"), format!("cannot read {}: {e}", p.path.display())))?;
-                let module = match modules.get(&bytes) {
-                    Some(m) => m.clone(),
-                    None => {
-                        let m = Module::new(engine(), &bytes).map_err(|e| (format!("{at}.path"), format!("{}: cannot compile: {e:#}", p.path.display())))?;
-                        modules.insert(bytes, m.clone());
-                        m
-                    }
-                };
-                let plugin = off_runtime(|| Plugin::from_module(&module, p.config.as_ref(), PluginSettings::from_config(&t.name, p)))
+                let slot = PluginSlot::load(&p.path, &bytes, p.config.as_ref(), PluginSettings::from_config(&t.name, p), &cache)
                     .map_err(|e| (at.clone(), format!("plugin {:?} ({}): {e}", p.name, p.path.display())))?;
                 tracing::info!(tenant = %t.name, plugin = %p.name, path = %p.path.display(), "plugin loaded");
-                list.push(plugin);
+                list.push(slot);
             }
             per_tenant.push(list);
         }
-        Ok(Plugins { per_tenant })
+        Ok(Plugins { per_tenant, cache, reloading: Mutex::new(()) })
+    }
+
+    /// A stage of already loaded plugins, one list per tenant index (no files, no cache).
+    pub fn from_slots(per_tenant: Vec<Vec<PluginSlot>>) -> Plugins {
+        Plugins { per_tenant, cache: ModuleCache::default(), reloading: Mutex::new(()) }
     }
 
     pub fn is_empty(&self) -> bool {
         self.per_tenant.iter().all(|l| l.is_empty())
+    }
+
+    pub fn cache(&self) -> &ModuleCache {
+        &self.cache
+    }
+
+    /// Reloads plugins from their files: every one when `force` (`POST
+    /// /admin/reload`), else those whose file changed (the watcher).
+    pub fn reload(&self, force: bool) -> Vec<ReloadReport> {
+        let _one_at_a_time = self.reloading.lock().unwrap();
+        self.per_tenant.iter().flatten().filter_map(|s| s.reload_file(&self.cache, force)).collect()
+    }
+
+    /// Polls the plugin files every `every` on a background thread, reloading
+    /// those that changed. The thread ends when the stage is dropped.
+    pub fn watch(self: &Arc<Self>, every: Duration) {
+        if self.is_empty() {
+            return;
+        }
+        let weak: Weak<Plugins> = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("weir-plugin-watch".into())
+            .spawn(move || loop {
+                std::thread::sleep(every);
+                let Some(plugins) = weak.upgrade() else { return };
+                plugins.reload(false);
+            })
+            .expect("spawning the plugin watcher");
     }
 }
 
@@ -636,8 +832,10 @@ impl Stage for Plugins {
             return Ok(());
         }
         off_runtime(|| {
-            for p in list {
-                p.apply(batch);
+            for slot in list {
+                // One version for the whole batch, even if a reload swaps it meanwhile.
+                let version = slot.current();
+                version.apply(batch);
             }
         });
         Ok(())

@@ -9,6 +9,7 @@
 use super::*;
 use crate::config::Config;
 use crate::event::{BatchMeta, Intake};
+use cache::ModuleCache;
 
 pub(crate) fn plugin_wat(version: i32, extra_imports: &str, init_body: &str, hook: &str) -> String {
     include_str!("../../../tests/fixtures/abi_v1_plugin.wat")
@@ -247,12 +248,232 @@ fn repeated_failures_quarantine_then_probation() {
 
 #[test]
 fn the_stage_runs_only_the_batch_tenants_plugins() {
-    let stage = Plugins { per_tenant: vec![vec![load(&good_wat(""), settings("stage", PluginOnError::Pass))]] };
+    let stage = Plugins::from_slots(vec![vec![PluginSlot::fixed(load(&good_wat(""), settings("stage", PluginOnError::Pass)))]]);
     let mut b = batch(3);
     stage.process(&mut b).unwrap();
     assert_verdicts_applied(&b);
-    let none = Plugins { per_tenant: vec![vec![]] };
+    let none = Plugins::from_slots(vec![vec![]]);
     let mut b = batch(3);
     none.process(&mut b).unwrap();
     assert!(untouched(&b));
+}
+
+/// The well-behaved module, with the kept events' message set to `marker` (8 bytes, like "redacted").
+fn marker_wat(marker: &str) -> String {
+    assert_eq!(marker.len(), 8);
+    good_wat("").replace("redacted", marker)
+}
+
+/// The marker a batch came out with: the same on every kept event, verdicts applied (nothing taken `on_error`).
+fn batch_marker(b: &Batch) -> String {
+    let mut markers = HashSet::new();
+    for (i, (e, d)) in b.events.iter().zip(&b.dispositions).enumerate() {
+        match i % 3 {
+            0 => {
+                assert_eq!(*d, Disposition::Index);
+                markers.insert(e.message.clone());
+            }
+            1 => assert_eq!(*d, Disposition::Drop, "event {i}"),
+            _ => assert_eq!(*d, Disposition::ArchiveOnly, "event {i}"),
+        }
+    }
+    assert_eq!(markers.len(), 1, "a batch was processed by more than one version: {markers:?}");
+    markers.into_iter().next().unwrap()
+}
+
+#[test]
+fn hot_swap_under_concurrent_calls_keeps_each_batch_on_one_version() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let stage = Arc::new(Plugins::from_slots(vec![vec![PluginSlot::fixed(load(&marker_wat("versionA"), settings("swap", PluginOnError::Drop)))]]));
+    let (a, b) = (marker_wat("versionA"), marker_wat("versionB"));
+    const CALLERS: usize = 4;
+    let ready = Arc::new(std::sync::Barrier::new(CALLERS + 1));
+    let done = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|t| {
+            let (stage, ready, done, sent) = (stage.clone(), ready.clone(), done.clone(), sent.clone());
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                let mut run = |n: usize| {
+                    let mut b = batch(n);
+                    sent.fetch_add(1, Ordering::SeqCst);
+                    stage.process(&mut b).unwrap();
+                    seen.push(batch_marker(&b));
+                };
+                run(3 + t);
+                ready.wait();
+                let mut i = 0;
+                while !done.load(Ordering::SeqCst) {
+                    run(1 + (i + t) % 15);
+                    i += 1;
+                }
+                run(6);
+                seen
+            })
+        })
+        .collect();
+    ready.wait();
+    let cache = ModuleCache::default();
+    for k in 0..6 {
+        let wat = if k % 2 == 0 { &b } else { &a };
+        stage.per_tenant[0][0].replace(wat.as_bytes(), &cache).unwrap();
+    }
+    // An odd number more: the last version is B.
+    stage.per_tenant[0][0].replace(b.as_bytes(), &cache).unwrap();
+    done.store(true, Ordering::SeqCst);
+    let seen: Vec<String> = callers.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    assert_eq!(seen.len(), sent.load(Ordering::SeqCst), "every batch came back processed");
+    assert!(seen.iter().all(|m| m == "versionA" || m == "versionB"), "{seen:?}");
+    assert!(seen.iter().take(1).all(|m| m == "versionA"));
+    assert_eq!(seen.iter().rev().take(1).next().unwrap(), "versionB");
+    assert!(seen.iter().filter(|m| *m == "versionA").count() >= CALLERS && seen.iter().filter(|m| *m == "versionB").count() >= CALLERS);
+    assert_eq!(errors("swap", "trap") + errors("swap", "instantiate") + errors("swap", "bad_result"), 0);
+    assert_eq!(RELOADS.with_label_values(&["t", "swap", "reloaded"]).get(), 7);
+}
+
+#[test]
+fn refused_reload_keeps_the_old_version() {
+    let slot = PluginSlot::fixed(load(&marker_wat("versionA"), settings("keep-old", PluginOnError::Drop)));
+    let cache = ModuleCache::default();
+    let refusing = plugin_wat(1, "", REFUSE, "").replace("redacted", "versionB");
+    let e = slot.replace(refusing.as_bytes(), &cache).unwrap_err();
+    assert!(e.contains("bad config"), "{e}");
+    let e = slot.replace(b"(module not wasm", &cache).unwrap_err();
+    assert!(e.contains("cannot compile"), "{e}");
+    let e = slot.replace(plugin_wat(2, "", "(i64.const 0)", "").as_bytes(), &cache).unwrap_err();
+    assert!(e.contains("ABI version 2"), "{e}");
+    assert_eq!(RELOADS.with_label_values(&["t", "keep-old", "refused"]).get(), 3);
+    assert_eq!(RELOADS.with_label_values(&["t", "keep-old", "reloaded"]).get(), 0);
+    let mut b = batch(4);
+    slot.current().apply(&mut b);
+    assert_eq!(batch_marker(&b), "versionA");
+}
+
+/// Replaces a file the way a deploy should: write a temporary file, rename it over.
+fn replace_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[test]
+fn changed_files_are_reloaded_and_unchanged_ones_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.wasm");
+    std::fs::write(&path, marker_wat("versionA")).unwrap();
+    let cache = ModuleCache::new(Some(dir.path().join("cache")));
+    let slot = PluginSlot::load(&path, &std::fs::read(&path).unwrap(), None, settings("watched", PluginOnError::Drop), &cache).unwrap();
+    let stage = Plugins { per_tenant: vec![vec![slot]], cache, reloading: Mutex::new(()) };
+    let marker = |stage: &Plugins| {
+        let mut b = batch(3);
+        stage.process(&mut b).unwrap();
+        batch_marker(&b)
+    };
+    assert!(stage.reload(false).is_empty(), "unchanged");
+    replace_file(&path, &marker_wat("versionB"));
+    let r = stage.reload(false);
+    assert_eq!(r.len(), 1);
+    assert!(r[0].error.is_none() && r[0].plugin == "watched", "{r:?}");
+    assert_eq!(marker(&stage), "versionB");
+    assert!(stage.reload(false).is_empty(), "reloaded once per change");
+    // The same content again (a new mtime): nothing to do.
+    replace_file(&path, &marker_wat("versionB"));
+    assert!(stage.reload(false).is_empty());
+    // A broken version is refused once (not retried every poll) and B keeps running.
+    replace_file(&path, "(module (memory (export \"memory\") 1))");
+    let r = stage.reload(false);
+    assert!(r[0].error.as_deref().is_some_and(|e| e.contains("weir_abi_version")), "{r:?}");
+    assert!(stage.reload(false).is_empty());
+    assert_eq!(marker(&stage), "versionB");
+    // Forced (POST /admin/reload) reloads even unchanged files; here it is still the broken one.
+    assert!(stage.reload(true)[0].error.is_some());
+    replace_file(&path, &marker_wat("versionC"));
+    assert!(stage.reload(true)[0].error.is_none());
+    assert_eq!(marker(&stage), "versionC");
+    assert_eq!(RELOADS.with_label_values(&["t", "watched", "reloaded"]).get(), 2);
+    assert_eq!(RELOADS.with_label_values(&["t", "watched", "refused"]).get(), 2);
+}
+
+#[test]
+fn the_watcher_thread_picks_up_a_new_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.wat");
+    std::fs::write(&path, marker_wat("versionA")).unwrap();
+    let cache = ModuleCache::default();
+    let slot = PluginSlot::load(&path, &std::fs::read(&path).unwrap(), None, settings("watcher", PluginOnError::Drop), &cache).unwrap();
+    let stage = Arc::new(Plugins { per_tenant: vec![vec![slot]], cache, reloading: Mutex::new(()) });
+    stage.watch(Duration::from_millis(50));
+    replace_file(&path, &marker_wat("versionB"));
+    let start = Instant::now();
+    loop {
+        let mut b = batch(3);
+        stage.process(&mut b).unwrap();
+        if batch_marker(&b) == "versionB" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "the watcher never reloaded");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn compiled_modules_are_cached_on_disk_and_bad_entries_are_rewritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache_dir = dir.path().join("plugin-cache");
+    let wat = marker_wat("cachedAA");
+    let use_module = |m: &Module| {
+        let p = Plugin::from_module(m, None, settings("cached", PluginOnError::Drop)).unwrap();
+        let mut b = batch(5);
+        p.apply(&mut b);
+        assert_eq!(batch_marker(&b), "cachedAA");
+    };
+    let first = ModuleCache::new(Some(cache_dir.clone()));
+    use_module(&first.module(wat.as_bytes()).unwrap());
+    assert_eq!((first.hits(), first.misses()), (0, 1));
+    let key = cache::cache_key(wat.as_bytes());
+    let cwasm = cache_dir.join(format!("{key}.cwasm"));
+    assert!(cwasm.exists() && cache_dir.join(format!("{key}.sha256")).exists());
+    let written = std::fs::read(&cwasm).unwrap();
+
+    // A second load (another process start) hits the cache.
+    let second = ModuleCache::new(Some(cache_dir.clone()));
+    use_module(&second.module(wat.as_bytes()).unwrap());
+    assert_eq!((second.hits(), second.misses()), (1, 0));
+
+    // A corrupt entry is ignored (never deserialized), the module compiled and the entry rewritten.
+    let mut bad = written.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0xff;
+    std::fs::write(&cwasm, &bad).unwrap();
+    let third = ModuleCache::new(Some(cache_dir.clone()));
+    use_module(&third.module(wat.as_bytes()).unwrap());
+    assert_eq!((third.hits(), third.misses()), (0, 1));
+    assert_eq!(std::fs::read(&cwasm).unwrap(), written, "rewritten");
+    // A truncated file or a missing checksum: the same.
+    std::fs::write(&cwasm, &written[..100]).unwrap();
+    let fourth = ModuleCache::new(Some(cache_dir.clone()));
+    use_module(&fourth.module(wat.as_bytes()).unwrap());
+    std::fs::remove_file(cache_dir.join(format!("{key}.sha256"))).unwrap();
+    use_module(&fourth.module(wat.as_bytes()).unwrap());
+    assert_eq!((fourth.hits(), fourth.misses()), (0, 2));
+    let fifth = ModuleCache::new(Some(cache_dir.clone()));
+    use_module(&fifth.module(wat.as_bytes()).unwrap());
+    assert_eq!((fifth.hits(), fifth.misses()), (1, 0));
+    // Other bytes, another key.
+    assert_ne!(cache::cache_key(marker_wat("cachedBB").as_bytes()), key);
+}
+
+#[test]
+fn the_stage_loads_through_the_cache_in_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    std::fs::write(dir.path().join("p.wat"), good_wat("")).unwrap();
+    let text = format!("data_dir: {d}/data\nlisteners: [{{name: i, address: \"127.0.0.1:0\", protocol: http}}]\narchive: {{store: {{type: local, root: {d}/a}}}}\nbackends: [{{name: b, type: file, path: {d}/o}}]\ntenants:\n  - name: t\n    api_keys: [k]\n    backend: b\n    plugins:\n      - {{name: one, path: {d}/p.wat}}\n      - {{name: two, path: {d}/p.wat}}\n");
+    let config = Config::parse(&text, "t.yaml").unwrap();
+    let first = Plugins::load(&config).unwrap();
+    assert_eq!((first.cache().hits(), first.cache().misses()), (1, 1), "the second plugin of the same file hits");
+    let again = Plugins::load(&config).unwrap();
+    assert_eq!((again.cache().hits(), again.cache().misses()), (2, 0));
+    assert_eq!(again.cache().dir().unwrap(), dir.path().join("data/plugin-cache"));
 }
