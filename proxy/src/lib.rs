@@ -37,7 +37,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut backends = HashMap::new();
     for b in &config.backends {
-        backends.insert(b.name.clone(), Arc::new(sink::backend::Backend::from_config(b)?));
+        backends.insert(
+            b.name.clone(),
+            Arc::new(sink::backend::Backend::from_config(b)?),
+        );
     }
     let mut stores = HashMap::new();
     let mut outputs = Vec::new();
@@ -48,7 +51,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             let store = match stores.get(&key) {
                 Some(s) => Arc::clone(s),
                 None => {
-                    let s = archive::open_store(&archive_cfg.store).with_context(|| format!("tenant {}", t.name))?;
+                    let s = archive::open_store(&archive_cfg.store)
+                        .with_context(|| format!("tenant {}", t.name))?;
                     stores.insert(key, s.clone());
                     s
                 }
@@ -61,27 +65,64 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         };
         let backend_cfg = config.backend(&t.backend).expect("validated");
         let upstream = t.upstream_api_key.as_ref().map(|k| k.expose().to_string());
-        let (route, task) = sink::spawn_route(&t.name, upstream, backends[&t.backend].clone(), backend_cfg, drain.clone());
+        let (route, task) = sink::spawn_route(
+            &t.name,
+            upstream,
+            backends[&t.backend].clone(),
+            backend_cfg,
+            drain.clone(),
+        );
         workers.push(task);
         outputs.push(TenantOutputs { archive, route });
     }
     // The stage chain, in data-flow order (DESIGN.md): rate limit, plugins, archive tee
     // marks, exclusion rules, daily quota. Rules and quotas are shared with the admin API.
     let names: Vec<String> = config.tenants.iter().map(|t| t.name.clone()).collect();
-    let rate = quota::rate::RateLimits::new(&config.tenants.iter().map(|t| t.rate_limit.clone()).collect::<Vec<_>>());
-    let tenant_rules: Vec<(String, Vec<config::ExclusionRuleConfig>)> = config.tenants.iter().map(|t| (t.name.clone(), t.exclusion_rules.clone())).collect();
-    let rules = Arc::new(rules::exclusion::ExclusionRules::new(&config.exclusion_rules, &tenant_rules).map_err(|e| anyhow::anyhow!("rule {:?}: {}", e.rule, e.error))?);
-    let quota_cfgs: Vec<_> = config.tenants.iter().map(|t| t.daily_quota.clone()).collect();
-    let quotas = Arc::new(quota::daily::DailyQuotas::new(&names, &quota_cfgs, clock::system(), &config.data_dir.join("quota")));
+    let rate = quota::rate::RateLimits::new(
+        &config
+            .tenants
+            .iter()
+            .map(|t| t.rate_limit.clone())
+            .collect::<Vec<_>>(),
+    );
+    let tenant_rules: Vec<(String, Vec<config::ExclusionRuleConfig>)> = config
+        .tenants
+        .iter()
+        .map(|t| (t.name.clone(), t.exclusion_rules.clone()))
+        .collect();
+    let rules = Arc::new(
+        rules::exclusion::ExclusionRules::new(&config.exclusion_rules, &tenant_rules)
+            .map_err(|e| anyhow::anyhow!("rule {:?}: {}", e.rule, e.error))?,
+    );
+    let quota_cfgs: Vec<_> = config
+        .tenants
+        .iter()
+        .map(|t| t.daily_quota.clone())
+        .collect();
+    let quotas = Arc::new(quota::daily::DailyQuotas::new(
+        &names,
+        &quota_cfgs,
+        clock::system(),
+        &config.data_dir.join("quota"),
+    ));
     // Plugins run after the rate limit and before the exclusion rules, so what they redact
     // never reaches the archive tee. One that cannot load (compile, link, ABI version,
     // weir_init) stops the start, naming the config field. Later versions of their files
     // are hot reloaded (the watcher, or POST /admin/reload); a version that cannot load
     // is refused and the running one kept.
-    let plugins = Arc::new(plugin::Plugins::load(&config).map_err(|(field, msg)| anyhow::anyhow!("field `{field}`: {msg}"))?);
+    let plugins = Arc::new(
+        plugin::Plugins::load(&config)
+            .map_err(|(field, msg)| anyhow::anyhow!("field `{field}`: {msg}"))?,
+    );
     plugins.watch(plugin::WATCH_EVERY);
     let control = Arc::new(
-        admin::control::Control::new(config.admin.token.clone(), rules.clone(), quotas.clone(), config.data_dir.clone())?.with_plugins(plugins.clone()),
+        admin::control::Control::new(
+            config.admin.token.clone(),
+            rules.clone(),
+            quotas.clone(),
+            config.data_dir.clone(),
+        )?
+        .with_plugins(plugins.clone()),
     );
     let mut stages: Vec<Box<dyn pipeline::Stage>> = vec![Box::new(rate)];
     if !plugins.is_empty() {
@@ -116,14 +157,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for l in &config.listeners {
         let listener = listen::Listener::bind(l).await?;
         tracing::info!(listener = %l.name, address = %listener.local_addr(), protocol = ?l.protocol, "listening");
-        serving.push(tokio::spawn(listener.serve(intake.clone(), config.limits.clone(), stop.clone(), config.shutdown_timeout.0)));
+        serving.push(tokio::spawn(listener.serve(
+            intake.clone(),
+            config.limits.clone(),
+            stop.clone(),
+            config.shutdown_timeout.0,
+        )));
     }
     tracing::info!(address = %admin_listener.local_addr()?, "admin listening (/metrics, /healthz, /readyz)");
     let admin_stop = CancellationToken::new();
-    let admin_task = tokio::spawn(admin::serve(admin_listener, health.clone(), control, admin_stop.clone()));
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        health.clone(),
+        control,
+        admin_stop.clone(),
+    ));
     drop(intake);
     health.set_ready(true);
-    tracing::info!(tenants = config.tenants.len(), backends = config.backends.len(), "weir is ready");
+    tracing::info!(
+        tenants = config.tenants.len(),
+        backends = config.backends.len(),
+        "weir is ready"
+    );
 
     shutdown_signal().await;
     tracing::info!("shutting down: draining connections, batches and archive objects");
@@ -134,7 +189,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let _ = s.await;
     }
     drain.cancel();
-    if tokio::time::timeout_at(deadline, futures::future::join_all(workers)).await.is_err() {
+    if tokio::time::timeout_at(deadline, futures::future::join_all(workers))
+        .await
+        .is_err()
+    {
         tracing::error!(timeout = ?config.shutdown_timeout.0, "shutdown timed out before every batch was delivered; undelivered events are lost");
     }
     let _ = saver.await;

@@ -75,14 +75,22 @@ fn read_input(input: &std::path::Path) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let mut text = Vec::new();
     if input.as_os_str() == "-" {
-        std::io::stdin().read_to_end(&mut text).map_err(|e| format!("stdin: {e}"))?;
+        std::io::stdin()
+            .read_to_end(&mut text)
+            .map_err(|e| format!("stdin: {e}"))?;
     } else {
         text = std::fs::read(input).map_err(|e| format!("{}: {e}", input.display()))?;
     }
     Ok(text)
 }
 
-fn run_plugin_test(plugin: &std::path::Path, config: Option<&std::path::Path>, input: &std::path::Path, timeout: std::time::Duration, memory_limit: &str) -> Result<(), String> {
+fn run_plugin_test(
+    plugin: &std::path::Path,
+    config: Option<&std::path::Path>,
+    input: &std::path::Path,
+    timeout: std::time::Duration,
+    memory_limit: &str,
+) -> Result<(), String> {
     use std::io::Write;
     use std::time::Instant;
     let text = read_input(input)?;
@@ -91,7 +99,11 @@ fn run_plugin_test(plugin: &std::path::Path, config: Option<&std::path::Path>, i
         weir::event::decode_sample(&text).map_err(|e| format!("{}: {e}", input.display()))?
     } else {
         let now = chrono::Utc::now().timestamp_millis();
-        String::from_utf8_lossy(&text).lines().filter(|l| !l.trim().is_empty()).map(|l| weir::event::Event::from_message(l.to_string(), now)).collect()
+        String::from_utf8_lossy(&text)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| weir::event::Event::from_message(l.to_string(), now))
+            .collect()
     };
     let config: Option<serde_yaml::Value> = match config {
         Some(p) => {
@@ -100,11 +112,15 @@ fn run_plugin_test(plugin: &std::path::Path, config: Option<&std::path::Path>, i
         }
         None => None,
     };
-    let memory_limit = weir::config::units::parse_byte_size(memory_limit).map_err(|e| format!("--memory-limit: {e}"))?;
+    let memory_limit = weir::config::units::parse_byte_size(memory_limit)
+        .map_err(|e| format!("--memory-limit: {e}"))?;
     let wasm = std::fs::read(plugin).map_err(|e| format!("{}: {e}", plugin.display()))?;
     let settings = weir::plugin::PluginSettings {
         tenant: "test".into(),
-        name: plugin.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        name: plugin
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         on_error: weir::config::PluginOnError::Pass,
         timeout,
         memory_limit,
@@ -113,10 +129,17 @@ fn run_plugin_test(plugin: &std::path::Path, config: Option<&std::path::Path>, i
     };
     weir::telemetry::init_logging(&weir::config::LogConfig::default());
     let start = Instant::now();
-    let p = weir::plugin::Plugin::load(&wasm, config.as_ref(), settings).map_err(|e| format!("{}: {e}", plugin.display()))?;
+    let p = weir::plugin::Plugin::load(&wasm, config.as_ref(), settings)
+        .map_err(|e| format!("{}: {e}", plugin.display()))?;
     let loaded = start.elapsed();
     let start = Instant::now();
-    let outcomes = p.call(&events).map_err(|e| format!("{}: the batch failed ({}): {e}", plugin.display(), e.reason()))?;
+    let outcomes = p.call(&events).map_err(|e| {
+        format!(
+            "{}: the batch failed ({}): {e}",
+            plugin.display(),
+            e.reason()
+        )
+    })?;
     let took = start.elapsed();
     let out = std::io::stdout();
     let mut out = std::io::BufWriter::new(out.lock());
@@ -128,7 +151,12 @@ fn run_plugin_test(plugin: &std::path::Path, config: Option<&std::path::Path>, i
         out.write_all(&line).map_err(|e| e.to_string())?;
     }
     out.flush().map_err(|e| e.to_string())?;
-    eprintln!("{} events; load (compile, instantiate, init) {:.1?}; process {:.1?}", events.len(), loaded, took);
+    eprintln!(
+        "{} events; load (compile, instantiate, init) {:.1?}; process {:.1?}",
+        events.len(),
+        loaded,
+        took
+    );
     Ok(())
 }
 
@@ -137,11 +165,14 @@ fn run_query(query: &str, input: &std::path::Path, count: bool) -> Result<(), St
     let q = weir::rules::query::Query::parse(query).map_err(|e| format!("query {query:?}: {e}"))?;
     let mut text = Vec::new();
     if input.as_os_str() == "-" {
-        std::io::stdin().read_to_end(&mut text).map_err(|e| format!("stdin: {e}"))?;
+        std::io::stdin()
+            .read_to_end(&mut text)
+            .map_err(|e| format!("stdin: {e}"))?;
     } else {
         text = std::fs::read(input).map_err(|e| format!("{}: {e}", input.display()))?;
     }
-    let events = weir::event::decode_sample(&text).map_err(|e| format!("{}: {e}", input.display()))?;
+    let events =
+        weir::event::decode_sample(&text).map_err(|e| format!("{}: {e}", input.display()))?;
     let out = std::io::stdout();
     let mut out = std::io::BufWriter::new(out.lock());
     let mut n = 0usize;
@@ -172,16 +203,26 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match load(&config).and_then(|c| {
             // Compile, link and initialize every plugin too, so a bad one shows up here.
-            weir::plugin::Plugins::check(&c).map(|_| c).map_err(|(field, message)| weir::config::ConfigError {
-                file: config.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "<embedded config/weir.yaml>".into()),
-                line: None,
-                column: None,
-                field: Some(field),
-                message,
-            })
+            weir::plugin::Plugins::check(&c)
+                .map(|_| c)
+                .map_err(|(field, message)| weir::config::ConfigError {
+                    file: config
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| "<embedded config/weir.yaml>".into()),
+                    line: None,
+                    column: None,
+                    field: Some(field),
+                    message,
+                })
         }) {
             Ok(_) => {
-                println!("{}: ok", config.map(|p| p.display().to_string()).unwrap_or_else(|| "<embedded config/weir.yaml>".into()));
+                println!(
+                    "{}: ok",
+                    config
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| "<embedded config/weir.yaml>".into())
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -189,15 +230,34 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Query { query, input, count } => match run_query(&query, &input, count) {
+        Command::Query {
+            query,
+            input,
+            count,
+        } => match run_query(&query, &input, count) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::FAILURE
             }
         },
-        Command::Plugin { command: PluginCommand::Test { plugin, config, input, timeout, memory_limit } } => {
-            match run_plugin_test(&plugin, config.as_deref(), &input, timeout.into(), &memory_limit) {
+        Command::Plugin {
+            command:
+                PluginCommand::Test {
+                    plugin,
+                    config,
+                    input,
+                    timeout,
+                    memory_limit,
+                },
+        } => {
+            match run_plugin_test(
+                &plugin,
+                config.as_deref(),
+                &input,
+                timeout.into(),
+                &memory_limit,
+            ) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -214,7 +274,10 @@ fn main() -> ExitCode {
                 }
             };
             weir::telemetry::init_logging(&config.log);
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("building the tokio runtime");
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("building the tokio runtime");
             match runtime.block_on(weir::run(config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -2,8 +2,15 @@
 use std::process::Command;
 
 fn weir(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_weir")).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -22,11 +29,19 @@ fn check_accepts_the_shipped_configs() {
     let (code, _, err) = weir(&["check"]);
     assert_eq!(code, 0, "embedded default: {err}");
     let out = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["check", "--config", &format!("{root}/config/examples/quotas-and-rules.yaml")])
+        .args([
+            "check",
+            "--config",
+            &format!("{root}/config/examples/quotas-and-rules.yaml"),
+        ])
         .env("WEIR_ADMIN_TOKEN", "example")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -54,7 +69,10 @@ fn check_names_file_line_column_and_field() {
         let (code, _, err) = weir(&["check", "--config", path.to_str().unwrap()]);
         assert_eq!(code, 1, "{err}");
         let expected_prefix = format!("error: {}:{line}:", path.display());
-        assert!(err.starts_with(&expected_prefix), "{err} should start with {expected_prefix}");
+        assert!(
+            err.starts_with(&expected_prefix),
+            "{err} should start with {expected_prefix}"
+        );
         assert!(err.contains(&format!("field `{field}`")), "{err}");
         assert!(err.contains(what), "{err}");
     }
@@ -66,7 +84,12 @@ fn check_names_file_line_column_and_field() {
     .unwrap();
     let (code, _, err) = weir(&["check", "--config", path.to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert!(err.contains(":9:") && err.contains("tenants[0].exclusion_rules[0].query") && err.contains("position"), "{err}");
+    assert!(
+        err.contains(":9:")
+            && err.contains("tenants[0].exclusion_rules[0].query")
+            && err.contains("position"),
+        "{err}"
+    );
     let (code, _, err) = weir(&["check", "--config", "/nonexistent/weir.yaml"]);
     assert_eq!(code, 1);
     assert!(err.contains("/nonexistent/weir.yaml: cannot read"), "{err}");

@@ -8,12 +8,16 @@ use std::time::Duration;
 const KEY: (&str, &str) = ("DD-API-KEY", "agent-key");
 
 fn events(prefix: &str, n: usize) -> Vec<u8> {
-    let v: Vec<Value> = (0..n).map(|i| json!({"message": format!("{prefix} {i}"), "id": format!("{prefix}-{i}")})).collect();
+    let v: Vec<Value> = (0..n)
+        .map(|i| json!({"message": format!("{prefix} {i}"), "id": format!("{prefix}-{i}")}))
+        .collect();
     serde_json::to_vec(&v).unwrap()
 }
 
 fn ids(got: &[Value]) -> HashSet<String> {
-    got.iter().map(|e| e["id"].as_str().unwrap().to_string()).collect()
+    got.iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -21,22 +25,42 @@ async fn backend_down_at_start_then_up_loses_nothing() {
     let port = free_port();
     let mut weir = Weir::start(&config(&format!("127.0.0.1:{port}"), "", "")).await;
     for r in 0..20 {
-        let resp = post(&weir.url("/api/v2/logs"), &[KEY], events(&format!("r{r}"), 50)).await;
+        let resp = post(
+            &weir.url("/api/v2/logs"),
+            &[KEY],
+            events(&format!("r{r}"), 50),
+        )
+        .await;
         assert_eq!(resp.status, 202, "{}", resp.text());
     }
     // Let a few retries fail for real before the backend appears.
-    eventually(Duration::from_secs(20), "retries against the dead backend", || {
-        weir.log().contains("backend send failed; will retry").then_some(())
-    })
+    eventually(
+        Duration::from_secs(20),
+        "retries against the dead backend",
+        || {
+            weir.log()
+                .contains("backend send failed; will retry")
+                .then_some(())
+        },
+    )
     .await;
     let dd = FakeDatadog::start_on(port).await;
-    eventually(Duration::from_secs(30), "1000 events delivered", || (dd.count() >= 1000).then_some(())).await;
+    eventually(Duration::from_secs(30), "1000 events delivered", || {
+        (dd.count() >= 1000).then_some(())
+    })
+    .await;
     let got = dd.take();
     assert_eq!(ids(&got).len(), 1000, "every accepted event arrived");
     assert_eq!(got.len(), 1000, "and none twice");
     let m = weir.metrics().await;
     assert!(metric(&m, "weir_backend_retries_total{backend=\"dd\"}") >= 1.0);
-    assert_eq!(metric(&m, "weir_forwarded_events_total{backend=\"dd\",tenant=\"acme\"}"), 1000.0);
+    assert_eq!(
+        metric(
+            &m,
+            "weir_forwarded_events_total{backend=\"dd\",tenant=\"acme\"}"
+        ),
+        1000.0
+    );
     assert!(weir.terminate().success());
 }
 
@@ -68,13 +92,26 @@ async fn full_queue_refuses_whole_requests_and_accepted_ones_arrive() {
     assert!(refused > 0, "the queue filled up");
     assert!(!accepted.is_empty());
     let dd = FakeDatadog::start_on(port).await;
-    eventually(Duration::from_secs(30), "accepted events delivered", || (dd.count() >= accepted.len()).then_some(())).await;
+    eventually(Duration::from_secs(30), "accepted events delivered", || {
+        (dd.count() >= accepted.len()).then_some(())
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let got = dd.take();
-    assert_eq!(ids(&got), accepted, "exactly the accepted requests arrive, no part of a refused one");
+    assert_eq!(
+        ids(&got),
+        accepted,
+        "exactly the accepted requests arrive, no part of a refused one"
+    );
     assert_eq!(got.len(), accepted.len());
     let m = weir.metrics().await;
-    assert_eq!(metric(&m, "weir_rejected_requests_total{intake=\"datadog\",reason=\"backend_backpressure\"}"), refused as f64);
+    assert_eq!(
+        metric(
+            &m,
+            "weir_rejected_requests_total{intake=\"datadog\",reason=\"backend_backpressure\"}"
+        ),
+        refused as f64
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,20 +120,48 @@ async fn retryable_and_final_backend_answers() {
     // 503 and 429 are retried; 400 drops that batch (counted); the rest flows.
     dd.script.lock().unwrap().extend([503, 429, 400]);
     let weir = Weir::start(&config(&addr.to_string(), "", "")).await;
-    assert_eq!(post(&weir.url("/api/v2/logs"), &[KEY], events("first", 5)).await.status, 202);
-    eventually(Duration::from_secs(20), "the scripted answers used up", || dd.script.lock().unwrap().is_empty().then_some(())).await;
+    assert_eq!(
+        post(&weir.url("/api/v2/logs"), &[KEY], events("first", 5))
+            .await
+            .status,
+        202
+    );
+    eventually(
+        Duration::from_secs(20),
+        "the scripted answers used up",
+        || dd.script.lock().unwrap().is_empty().then_some(()),
+    )
+    .await;
     // The first batch was answered 503, 429 then 400: dropped and counted, not retried forever.
-    let dropped = "weir_backend_dropped_events_total{backend=\"dd\",status=\"400\",tenant=\"acme\"}";
+    let dropped =
+        "weir_backend_dropped_events_total{backend=\"dd\",status=\"400\",tenant=\"acme\"}";
     let start = std::time::Instant::now();
     while metric(&weir.metrics().await, dropped) != 5.0 {
-        assert!(start.elapsed() < Duration::from_secs(20), "the drop was never counted");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the drop was never counted"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(post(&weir.url("/api/v2/logs"), &[KEY], events("second", 5)).await.status, 202);
-    eventually(Duration::from_secs(20), "second batch", || (dd.count() == 5).then_some(())).await;
-    assert!(dd.take().iter().all(|e| e["message"].as_str().unwrap().starts_with("second")));
+    assert_eq!(
+        post(&weir.url("/api/v2/logs"), &[KEY], events("second", 5))
+            .await
+            .status,
+        202
+    );
+    eventually(Duration::from_secs(20), "second batch", || {
+        (dd.count() == 5).then_some(())
+    })
+    .await;
+    assert!(dd
+        .take()
+        .iter()
+        .all(|e| e["message"].as_str().unwrap().starts_with("second")));
     let m = weir.metrics().await;
-    assert_eq!(metric(&m, "weir_backend_retries_total{backend=\"dd\"}"), 2.0);
+    assert_eq!(
+        metric(&m, "weir_backend_retries_total{backend=\"dd\"}"),
+        2.0
+    );
     assert_eq!(dd.requests.lock().unwrap().len(), 4);
 }
 
@@ -107,11 +172,23 @@ async fn sigterm_flushes_batches_and_archive_objects() {
     let cfg = config(&addr.to_string(), "", "").replace("max_wait: 100ms", "max_wait: 1h");
     let mut weir = Weir::start(&cfg).await;
     for r in 0..5 {
-        assert_eq!(post(&weir.url("/api/v2/logs"), &[KEY], events(&format!("t{r}"), 100)).await.status, 202);
+        assert_eq!(
+            post(
+                &weir.url("/api/v2/logs"),
+                &[KEY],
+                events(&format!("t{r}"), 100)
+            )
+            .await
+            .status,
+            202
+        );
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(dd.count(), 0, "still batching");
-    assert!(read_archive(&weir.archive_root()).1.is_empty(), "no object yet");
+    assert!(
+        read_archive(&weir.archive_root()).1.is_empty(),
+        "no object yet"
+    );
     let status = weir.terminate();
     assert!(status.success(), "{status}: {}", weir.log());
     assert_eq!(ids(&dd.take()).len(), 500);
@@ -143,8 +220,16 @@ tenants:
     );
     std::env::set_var("WEIR_E2E_HTTP_TOKEN", "t0ken-from-env");
     let weir = Weir::start(&cfg).await;
-    assert_eq!(post(&weir.url("/api/v2/logs"), &[KEY], events("nd", 20)).await.status, 202);
-    eventually(Duration::from_secs(20), "20 events", || (dd.count() >= 20).then_some(())).await;
+    assert_eq!(
+        post(&weir.url("/api/v2/logs"), &[KEY], events("nd", 20))
+            .await
+            .status,
+        202
+    );
+    eventually(Duration::from_secs(20), "20 events", || {
+        (dd.count() >= 20).then_some(())
+    })
+    .await;
     assert_eq!(ids(&dd.take()).len(), 20);
     let reqs = dd.requests.lock().unwrap().clone();
     assert_eq!(reqs.len(), 3, "batches of at most 7 events");
@@ -155,5 +240,8 @@ tenants:
         assert!(h.get("dd-api-key").is_none());
     }
     assert!(!weir.log().contains("t0ken-from-env"));
-    assert!(read_archive(&weir.archive_root()).1.is_empty(), "archive disabled");
+    assert!(
+        read_archive(&weir.archive_root()).1.is_empty(),
+        "archive disabled"
+    );
 }

@@ -19,7 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Polls `f` until it returns Some, or panics with `what` after `limit`.
@@ -64,10 +68,22 @@ impl Weir {
             .args(["run", "--config", config_path.to_str().unwrap()])
             .env("RUST_LOG", "weir=debug")
             .stdout(Stdio::null())
-            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(dir.path().join("weir.log")).unwrap())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.path().join("weir.log"))
+                    .unwrap(),
+            )
             .spawn()
             .expect("spawning weir");
-        let mut w = Weir { child, intake, admin, dir, config_path };
+        let mut w = Weir {
+            child,
+            intake,
+            admin,
+            dir,
+            config_path,
+        };
         let url = format!("http://127.0.0.1:{admin}/readyz");
         let start = Instant::now();
         loop {
@@ -79,7 +95,11 @@ impl Weir {
             if let Ok(Some(status)) = w.child.try_wait() {
                 panic!("weir exited early ({status}): {}", w.log());
             }
-            assert!(start.elapsed() < Duration::from_secs(20), "weir not ready: {}", w.log());
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "weir not ready: {}",
+                w.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         w
@@ -105,7 +125,10 @@ impl Weir {
             if let Some(s) = self.child.try_wait().unwrap() {
                 return s;
             }
-            assert!(start.elapsed() < Duration::from_secs(60), "weir did not stop after SIGTERM");
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "weir did not stop after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -121,11 +144,19 @@ impl Weir {
     pub fn peak_rss(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            * 1024
     }
 
     pub async fn metrics(&self) -> String {
-        get(&format!("http://127.0.0.1:{}/metrics", self.admin)).await.unwrap().text()
+        get(&format!("http://127.0.0.1:{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
     }
 }
 
@@ -156,12 +187,16 @@ impl Reply {
         String::from_utf8_lossy(&self.body).into_owned()
     }
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
     /// The first message of a Datadog-style `{"errors":[...]}` body.
     pub fn error(&self) -> String {
         let v = self.json();
-        v["errors"][0].as_str().unwrap_or_else(|| panic!("no errors[0] in {v}")).to_string()
+        v["errors"][0]
+            .as_str()
+            .unwrap_or_else(|| panic!("no errors[0] in {v}"))
+            .to_string()
     }
 }
 
@@ -170,20 +205,39 @@ pub async fn get(url: &str) -> Result<Reply, String> {
 }
 
 pub async fn post(url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
-    request(http::Method::POST, url, headers, body.into()).await.unwrap()
+    request(http::Method::POST, url, headers, body.into())
+        .await
+        .unwrap()
 }
 
-pub async fn request(method: http::Method, url: &str, headers: &[(&str, &str)], body: Bytes) -> Result<Reply, String> {
+pub async fn request(
+    method: http::Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<Reply, String> {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let mut req = http::Request::builder().method(method).uri(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = client.request(req.body(Full::new(body)).unwrap()).await.map_err(|e| e.to_string())?;
+    let resp = client
+        .request(req.body(Full::new(body)).unwrap())
+        .await
+        .map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-    Ok(Reply { status, headers, body })
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
 }
 
 pub fn gzip(data: &[u8]) -> Vec<u8> {
@@ -199,7 +253,9 @@ pub fn read_archive(root: &Path) -> (Vec<Value>, Vec<String>) {
     let mut objects = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries {
             let p = e.unwrap().path();
             if p.is_dir() {
@@ -207,8 +263,13 @@ pub fn read_archive(root: &Path) -> (Vec<Value>, Vec<String>) {
             } else {
                 objects.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
                 let mut text = String::new();
-                flate2::read::MultiGzDecoder::new(std::fs::File::open(&p).unwrap()).read_to_string(&mut text).unwrap();
-                events.extend(text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()));
+                flate2::read::MultiGzDecoder::new(std::fs::File::open(&p).unwrap())
+                    .read_to_string(&mut text)
+                    .unwrap();
+                events.extend(
+                    text.lines()
+                        .map(|l| serde_json::from_str::<Value>(l).unwrap()),
+                );
             }
         }
     }
@@ -236,7 +297,9 @@ impl FakeDatadog {
 
     /// Starts serving on a port chosen earlier (the backend "comes up").
     pub async fn start_on(port: u16) -> FakeDatadog {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
         let fake = FakeDatadog::default();
         fake.clone().serve(listener);
         fake
@@ -245,24 +308,33 @@ impl FakeDatadog {
     fn serve(self, listener: tokio::net::TcpListener) {
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let me = self.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| me.clone().handle(req));
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
                 });
             }
         });
     }
 
-    async fn handle(self, req: http::Request<Incoming>) -> Result<http::Response<Full<Bytes>>, std::convert::Infallible> {
+    async fn handle(
+        self,
+        req: http::Request<Incoming>,
+    ) -> Result<http::Response<Full<Bytes>>, std::convert::Infallible> {
         let reply = |status: u16, body: &'static str| {
             let mut r = http::Response::new(Full::new(Bytes::from_static(body.as_bytes())));
             *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
             Ok(r)
         };
         // The Datadog intake path, or /ingest for `http` backends.
-        if !matches!(req.uri().path(), "/api/v2/logs" | "/ingest") || req.method() != http::Method::POST {
+        if !matches!(req.uri().path(), "/api/v2/logs" | "/ingest")
+            || req.method() != http::Method::POST
+        {
             return reply(404, "{\"errors\":[\"not found\"]}");
         }
         let headers = req.headers().clone();
@@ -274,16 +346,27 @@ impl FakeDatadog {
         let plain = match headers.get("content-encoding").map(|v| v.to_str().unwrap()) {
             Some("gzip") => {
                 let mut out = Vec::new();
-                flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut out).unwrap();
+                flate2::read::GzDecoder::new(&body[..])
+                    .read_to_end(&mut out)
+                    .unwrap();
                 out
             }
             Some("zstd") => zstd::stream::decode_all(&body[..]).unwrap(),
             None => body.to_vec(),
             Some(other) => panic!("unexpected encoding {other}"),
         };
-        if headers.get("content-type").is_some_and(|v| v == "application/x-ndjson") {
-            let lines: Result<Vec<Value>, _> = plain.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(serde_json::from_slice).collect();
-            let Ok(items) = lines else { return reply(400, "{\"errors\":[\"bad NDJSON\"]}") };
+        if headers
+            .get("content-type")
+            .is_some_and(|v| v == "application/x-ndjson")
+        {
+            let lines: Result<Vec<Value>, _> = plain
+                .split(|&b| b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(serde_json::from_slice)
+                .collect();
+            let Ok(items) = lines else {
+                return reply(400, "{\"errors\":[\"bad NDJSON\"]}");
+            };
             self.events.lock().unwrap().extend(items);
             return reply(200, "{}");
         }

@@ -33,30 +33,68 @@ async fn every_encoding_is_delivered_and_archived() {
 
     let plain = batch("none", 3);
     assert_eq!(post(&url, &[KEY, JSON], plain).await.status, 202);
-    let r = post(&url, &[KEY, JSON, ("Content-Encoding", "gzip")], gzip(&batch("gzip", 3))).await;
+    let r = post(
+        &url,
+        &[KEY, JSON, ("Content-Encoding", "gzip")],
+        gzip(&batch("gzip", 3)),
+    )
+    .await;
     assert_eq!((r.status, r.text()), (202, "{}".to_string()));
     let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
     z.write_all(&batch("deflate", 3)).unwrap();
-    assert_eq!(post(&url, &[KEY, JSON, ("Content-Encoding", "deflate")], z.finish().unwrap()).await.status, 202);
+    assert_eq!(
+        post(
+            &url,
+            &[KEY, JSON, ("Content-Encoding", "deflate")],
+            z.finish().unwrap()
+        )
+        .await
+        .status,
+        202
+    );
     let zs = zstd::bulk::compress(&batch("zstd", 3), 3).unwrap();
-    assert_eq!(post(&url, &[KEY, JSON, ("Content-Encoding", "zstd")], zs).await.status, 202);
+    assert_eq!(
+        post(&url, &[KEY, JSON, ("Content-Encoding", "zstd")], zs)
+            .await
+            .status,
+        202
+    );
     // One object instead of an array; the key as a query parameter.
     let one = serde_json::to_vec(&json!({"message": "single", "id": "single-0"})).unwrap();
-    assert_eq!(post(&format!("{url}?dd-api-key=agent-key"), &[JSON], one).await.status, 202);
+    assert_eq!(
+        post(&format!("{url}?dd-api-key=agent-key"), &[JSON], one)
+            .await
+            .status,
+        202
+    );
     // text/plain: one log per line.
     let text = "text line 0\ntext line 1\r\n\ntext line 2\n";
-    assert_eq!(post(&url, &[KEY, ("Content-Type", "text/plain")], text).await.status, 202);
+    assert_eq!(
+        post(&url, &[KEY, ("Content-Type", "text/plain")], text)
+            .await
+            .status,
+        202
+    );
     // The generic intake: NDJSON objects and raw lines mixed.
     let ndjson = "{\"message\":\"generic json\",\"service\":\"svc\",\"id\":\"generic-0\"}\nraw generic line\n";
-    assert_eq!(post(&weir.url("/v1/input"), &[KEY], ndjson).await.status, 202);
+    assert_eq!(
+        post(&weir.url("/v1/input"), &[KEY], ndjson).await.status,
+        202
+    );
 
     let total = 4 * 3 + 1 + 3 + 2;
-    eventually(Duration::from_secs(20), "all events at the backend", || (dd.count() >= total).then_some(())).await;
+    eventually(Duration::from_secs(20), "all events at the backend", || {
+        (dd.count() >= total).then_some(())
+    })
+    .await;
     let got = dd.take();
     assert_eq!(got.len(), total, "no duplicates");
     for codec in ["none", "gzip", "deflate", "zstd"] {
         for i in 0..3 {
-            let e = got.iter().find(|e| e["id"] == format!("{codec}-{i}")).unwrap_or_else(|| panic!("{codec}-{i} missing"));
+            let e = got
+                .iter()
+                .find(|e| e["id"] == format!("{codec}-{i}"))
+                .unwrap_or_else(|| panic!("{codec}-{i} missing"));
             assert_eq!(e["message"], format!("{codec} event {i}"));
             assert_eq!(e["status"], "error");
             assert_eq!(e["hostname"], "web-1");
@@ -67,7 +105,14 @@ async fn every_encoding_is_delivered_and_archived() {
             assert!(e["timestamp"].as_i64().unwrap() > 1_700_000_000_000);
         }
     }
-    for m in ["single", "text line 0", "text line 1", "text line 2", "generic json", "raw generic line"] {
+    for m in [
+        "single",
+        "text line 0",
+        "text line 1",
+        "text line 2",
+        "generic json",
+        "raw generic line",
+    ] {
         assert!(got.iter().any(|e| e["message"] == m), "{m} missing");
     }
     // The backend got the tenant's upstream key, never the agent's.
@@ -83,7 +128,12 @@ async fn every_encoding_is_delivered_and_archived() {
     for o in &objects {
         let parts: Vec<_> = o.split('/').collect();
         assert_eq!(parts[0], "acme", "{o}");
-        assert!(parts[1].starts_with("dt=") && parts[2].starts_with("hour=") && o.ends_with(".ndjson.gz"), "{o}");
+        assert!(
+            parts[1].starts_with("dt=")
+                && parts[2].starts_with("hour=")
+                && o.ends_with(".ndjson.gz"),
+            "{o}"
+        );
     }
     let mut a: Vec<String> = archived.iter().map(|e| e.to_string()).collect();
     let mut f: Vec<String> = got.iter().map(|e| e.to_string()).collect();
@@ -95,7 +145,12 @@ async fn every_encoding_is_delivered_and_archived() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_are_precise_with_json_bodies() {
     let (_dd, addr) = FakeDatadog::start().await;
-    let weir = Weir::start(&config(&addr.to_string(), "", "limits:\n  max_body_bytes: 1MiB\n  max_decompressed_bytes: 1MiB\n")).await;
+    let weir = Weir::start(&config(
+        &addr.to_string(),
+        "",
+        "limits:\n  max_body_bytes: 1MiB\n  max_decompressed_bytes: 1MiB\n",
+    ))
+    .await;
     let url = weir.url("/api/v2/logs");
 
     let r = post(&url, &[JSON], "[]").await;
@@ -106,15 +161,36 @@ async fn refusals_are_precise_with_json_bodies() {
     assert!(r.error().contains("not valid"));
     assert_eq!(r.headers["content-type"], "application/json");
 
-    let r = post(&url, &[KEY, JSON], "[{\"message\":\"ok\"},{\"message\":oops}]").await;
+    let r = post(
+        &url,
+        &[KEY, JSON],
+        "[{\"message\":\"ok\"},{\"message\":oops}]",
+    )
+    .await;
     assert_eq!(r.status, 400);
     let e = r.error();
     // The offending byte is at offset 29; serde_json's position is within a byte of it.
-    let offset: usize = e.split("byte offset ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
-    assert!((28..=30).contains(&offset) && e.contains("entry 1") && e.contains("expected value"), "{e}");
+    let offset: usize = e
+        .split("byte offset ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (28..=30).contains(&offset) && e.contains("entry 1") && e.contains("expected value"),
+        "{e}"
+    );
     let r = post(&url, &[KEY, JSON], "").await;
     assert_eq!(r.status, 400);
-    let r = post(&url, &[KEY, JSON, ("Content-Encoding", "gzip")], "not gzip at all").await;
+    let r = post(
+        &url,
+        &[KEY, JSON, ("Content-Encoding", "gzip")],
+        "not gzip at all",
+    )
+    .await;
     assert_eq!(r.status, 400);
     assert!(r.error().contains("gzip"));
     let r = post(&url, &[KEY, JSON, ("Content-Encoding", "br")], "[]").await;
@@ -127,19 +203,43 @@ async fn refusals_are_precise_with_json_bodies() {
     // Larger than max_body_bytes as sent.
     let r = post(&url, &[KEY, JSON], vec![b' '; 1024 * 1024 + 1]).await;
     assert_eq!(r.status, 413);
-    assert!(r.error().contains("larger than 1048576 bytes"), "{}", r.error());
+    assert!(
+        r.error().contains("larger than 1048576 bytes"),
+        "{}",
+        r.error()
+    );
 
     let r = post(&weir.url("/api/v1/nothing"), &[KEY], "[]").await;
     assert_eq!(r.status, 404);
-    let r = request(http::Method::GET, &url, &[KEY], bytes::Bytes::new()).await.unwrap();
+    let r = request(http::Method::GET, &url, &[KEY], bytes::Bytes::new())
+        .await
+        .unwrap();
     assert_eq!(r.status, 405);
     assert_eq!(r.headers["allow"], "POST");
 
     let m = weir.metrics().await;
-    assert_eq!(metric(&m, "weir_rejected_requests_total{intake=\"datadog\",reason=\"unknown_api_key\"}"), 1.0);
-    assert_eq!(metric(&m, "weir_rejected_requests_total{intake=\"datadog\",reason=\"too_many_events\"}"), 1.0);
-    assert!(!m.contains("agent-key") && !m.contains("upstream-secret"), "no keys in metrics");
-    assert!(!weir.log().contains("agent-key") && !weir.log().contains("upstream-secret"), "no keys in logs");
+    assert_eq!(
+        metric(
+            &m,
+            "weir_rejected_requests_total{intake=\"datadog\",reason=\"unknown_api_key\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "weir_rejected_requests_total{intake=\"datadog\",reason=\"too_many_events\"}"
+        ),
+        1.0
+    );
+    assert!(
+        !m.contains("agent-key") && !m.contains("upstream-secret"),
+        "no keys in metrics"
+    );
+    assert!(
+        !weir.log().contains("agent-key") && !weir.log().contains("upstream-secret"),
+        "no keys in logs"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,17 +255,39 @@ async fn zip_bomb_is_refused_with_bounded_memory() {
         }
         e.finish().unwrap()
     };
-    let bomb: Vec<u8> = member.iter().copied().cycle().take(member.len() * 32).collect();
-    assert!(bomb.len() < 5 * 1024 * 1024, "bomb fits the body limit: {}", bomb.len());
-    let r = post(&weir.url("/api/v2/logs"), &[KEY, JSON, ("Content-Encoding", "gzip")], bomb).await;
+    let bomb: Vec<u8> = member
+        .iter()
+        .copied()
+        .cycle()
+        .take(member.len() * 32)
+        .collect();
+    assert!(
+        bomb.len() < 5 * 1024 * 1024,
+        "bomb fits the body limit: {}",
+        bomb.len()
+    );
+    let r = post(
+        &weir.url("/api/v2/logs"),
+        &[KEY, JSON, ("Content-Encoding", "gzip")],
+        bomb,
+    )
+    .await;
     assert_eq!(r.status, 413);
     assert!(r.error().contains("decompressed"), "{}", r.error());
     // Memory stayed near the 5 MiB decompression limit, far from 2 GiB.
     let peak = weir.peak_rss();
     assert!(peak < 200 * 1024 * 1024, "peak RSS {peak}");
     // And the proxy carries on.
-    assert_eq!(post(&weir.url("/api/v2/logs"), &[KEY, JSON], batch("after", 1)).await.status, 202);
-    eventually(Duration::from_secs(20), "event after the bomb", || (dd.count() == 1).then_some(())).await;
+    assert_eq!(
+        post(&weir.url("/api/v2/logs"), &[KEY, JSON], batch("after", 1))
+            .await
+            .status,
+        202
+    );
+    eventually(Duration::from_secs(20), "event after the bomb", || {
+        (dd.count() == 1).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,9 +295,20 @@ async fn oversized_log_is_truncated_and_marked() {
     let (dd, addr) = FakeDatadog::start().await;
     let weir = Weir::start(&config(&addr.to_string(), "", "")).await;
     let big = "x".repeat(1_500_000);
-    let body = serde_json::to_vec(&json!([{"message": big, "id": "big"}, {"message": "small", "id": "small"}])).unwrap();
-    assert_eq!(post(&weir.url("/api/v2/logs"), &[KEY, JSON], body).await.status, 202);
-    eventually(Duration::from_secs(20), "both events", || (dd.count() == 2).then_some(())).await;
+    let body = serde_json::to_vec(
+        &json!([{"message": big, "id": "big"}, {"message": "small", "id": "small"}]),
+    )
+    .unwrap();
+    assert_eq!(
+        post(&weir.url("/api/v2/logs"), &[KEY, JSON], body)
+            .await
+            .status,
+        202
+    );
+    eventually(Duration::from_secs(20), "both events", || {
+        (dd.count() == 2).then_some(())
+    })
+    .await;
     let got = dd.take();
     let e = got.iter().find(|e| e["id"] == "big").unwrap();
     assert_eq!(e["message"].as_str().unwrap().len(), 1024 * 1024);
@@ -184,5 +317,8 @@ async fn oversized_log_is_truncated_and_marked() {
     let s = got.iter().find(|e| e["id"] == "small").unwrap();
     assert!(s.get("weir").is_none());
     let m = weir.metrics().await;
-    assert_eq!(metric(&m, "weir_truncated_events_total{tenant=\"acme\"}"), 1.0);
+    assert_eq!(
+        metric(&m, "weir_truncated_events_total{tenant=\"acme\"}"),
+        1.0
+    );
 }

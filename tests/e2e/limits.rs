@@ -24,15 +24,22 @@ async fn slow_headers_are_cut_off() {
     let (answer, took) = tokio::task::spawn_blocking(move || {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         // Half a request line, then nothing: a slowloris client.
-        s.write_all(b"POST /api/v2/logs HTTP/1.1\r\nHost: x\r\n").unwrap();
+        s.write_all(b"POST /api/v2/logs HTTP/1.1\r\nHost: x\r\n")
+            .unwrap();
         read_until_closed(s)
     })
     .await
     .unwrap();
     // Closed by the proxy (with or without a 408), not by our 30 s read timeout.
-    assert!(took < Duration::from_secs(25), "connection left open for {took:?}");
+    assert!(
+        took < Duration::from_secs(25),
+        "connection left open for {took:?}"
+    );
     let text = String::from_utf8_lossy(&answer);
-    assert!(answer.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        answer.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,7 +59,13 @@ async fn idle_keepalive_connections_are_closed() {
     .unwrap();
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 202"), "{text}");
-    assert!(took < Duration::from_secs(25), "idle connection left open for {took:?}");
+    assert!(
+        took < Duration::from_secs(25),
+        "idle connection left open for {took:?}"
+    );
     let m = weir.metrics().await;
-    assert_eq!(metric(&m, "weir_open_connections{listener=\"intake\"}"), 0.0);
+    assert_eq!(
+        metric(&m, "weir_open_connections{listener=\"intake\"}"),
+        0.0
+    );
 }

@@ -15,7 +15,6 @@ fn plugin_wat(version: i32, extra_imports: &str, init_body: &str, hook: &str) ->
         .replace("@hook@", hook)
 }
 
-
 fn find_metric(text: &str, name: &str, labels: &[&str]) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
@@ -34,35 +33,86 @@ fn logs(prefix: &str, n: usize) -> Vec<u8> {
 async fn looping_plugin_on_one_tenant_does_not_stop_another() {
     let (dd, addr) = FakeDatadog::start().await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("spin.wat"), plugin_wat(1, "", "(i64.const 0)", "(loop $spin (br $spin))")).unwrap();
-    std::fs::write(dir.path().join("redact.wat"), plugin_wat(1, "", "(i64.const 0)", "")).unwrap();
+    std::fs::write(
+        dir.path().join("spin.wat"),
+        plugin_wat(1, "", "(i64.const 0)", "(loop $spin (br $spin))"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("redact.wat"),
+        plugin_wat(1, "", "(i64.const 0)", ""),
+    )
+    .unwrap();
     let extra = "    plugins:\n      - {name: spin, path: \"{DIR}/spin.wat\", on_error: archive_only, timeout: 50ms}\n  - name: beta\n    api_keys: [beta-key]\n    backend: dd\n    upstream_api_key: up2\n    plugins:\n      - {name: redact, path: \"{DIR}/redact.wat\", config: {fields: [password]}}\n";
     let weir = Weir::start_in(dir, &config(&addr.to_string(), "", extra)).await;
 
     let stuck = async {
         for r in 0..8 {
-            let resp = post(&weir.url("/api/v2/logs"), &[("DD-API-KEY", "agent-key")], logs(&format!("a{r}"), 3)).await;
-            assert_eq!(resp.status, 202, "a failing plugin costs the batch its on_error, not the request: {}", resp.text());
+            let resp = post(
+                &weir.url("/api/v2/logs"),
+                &[("DD-API-KEY", "agent-key")],
+                logs(&format!("a{r}"), 3),
+            )
+            .await;
+            assert_eq!(
+                resp.status,
+                202,
+                "a failing plugin costs the batch its on_error, not the request: {}",
+                resp.text()
+            );
         }
     };
     let fine = async {
         let mut worst = Duration::ZERO;
         for r in 0..20 {
             let start = Instant::now();
-            let resp = post(&weir.url("/api/v2/logs"), &[("DD-API-KEY", "beta-key")], logs(&format!("b{r}"), 4)).await;
+            let resp = post(
+                &weir.url("/api/v2/logs"),
+                &[("DD-API-KEY", "beta-key")],
+                logs(&format!("b{r}"), 4),
+            )
+            .await;
             assert_eq!(resp.status, 202, "{}", resp.text());
             worst = worst.max(start.elapsed());
         }
         worst
     };
     let ((), worst) = tokio::join!(stuck, fine);
-    assert!(worst < Duration::from_secs(2), "tenant beta waited {worst:?}");
+    assert!(
+        worst < Duration::from_secs(2),
+        "tenant beta waited {worst:?}"
+    );
 
     let m = weir.metrics().await;
-    assert!(find_metric(&m, "weir_plugin_errors_total", &["plugin=\"spin\"", "reason=\"timeout\""]) >= 1.0, "{m}");
-    assert_eq!(find_metric(&m, "weir_plugin_quarantined", &["plugin=\"spin\"", "tenant=\"acme\""]), 1.0, "5 failures in a row quarantine it");
-    assert_eq!(find_metric(&m, "weir_plugin_calls_total", &["plugin=\"redact\"", "tenant=\"beta\""]), 20.0);
-    assert_eq!(find_metric(&m, "weir_plugin_errors_total", &["plugin=\"redact\""]), 0.0);
+    assert!(
+        find_metric(
+            &m,
+            "weir_plugin_errors_total",
+            &["plugin=\"spin\"", "reason=\"timeout\""]
+        ) >= 1.0,
+        "{m}"
+    );
+    assert_eq!(
+        find_metric(
+            &m,
+            "weir_plugin_quarantined",
+            &["plugin=\"spin\"", "tenant=\"acme\""]
+        ),
+        1.0,
+        "5 failures in a row quarantine it"
+    );
+    assert_eq!(
+        find_metric(
+            &m,
+            "weir_plugin_calls_total",
+            &["plugin=\"redact\"", "tenant=\"beta\""]
+        ),
+        20.0
+    );
+    assert_eq!(
+        find_metric(&m, "weir_plugin_errors_total", &["plugin=\"redact\""]),
+        0.0
+    );
 
     // beta: per request of 4, events 0 and 3 indexed as "redacted", 1 dropped, 2 archived only.
     let got = eventually(Duration::from_secs(10), "beta's indexed events", || {
@@ -74,36 +124,77 @@ async fn looping_plugin_on_one_tenant_does_not_stop_another() {
     let mut weir = weir;
     assert!(weir.terminate().success(), "{}", weir.log());
     let indexed = dd.take();
-    assert_eq!(indexed.len(), 40, "acme's events are archive_only (on_error), beta's drop/archive_only are not indexed");
-    assert!(indexed.iter().all(|e| e["message"] == "redacted"), "{indexed:?}");
+    assert_eq!(
+        indexed.len(),
+        40,
+        "acme's events are archive_only (on_error), beta's drop/archive_only are not indexed"
+    );
+    assert!(
+        indexed.iter().all(|e| e["message"] == "redacted"),
+        "{indexed:?}"
+    );
     let (archived, _) = read_archive(&weir.archive_root());
-    let acme = archived.iter().filter(|e| e["message"].as_str().is_some_and(|m| m.starts_with('a'))).count();
+    let acme = archived
+        .iter()
+        .filter(|e| e["message"].as_str().is_some_and(|m| m.starts_with('a')))
+        .count();
     assert_eq!(acme, 24, "every event of the stuck tenant is archived");
-    let beta_redacted = archived.iter().filter(|e| e["message"] == "redacted").count();
-    let beta_original = archived.iter().filter(|e| e["message"].as_str().is_some_and(|m| m.starts_with('b'))).count();
-    assert_eq!((beta_redacted, beta_original), (40, 20), "redaction happens before the archive tee; the dropped event is not archived");
+    let beta_redacted = archived
+        .iter()
+        .filter(|e| e["message"] == "redacted")
+        .count();
+    let beta_original = archived
+        .iter()
+        .filter(|e| e["message"].as_str().is_some_and(|m| m.starts_with('b')))
+        .count();
+    assert_eq!(
+        (beta_redacted, beta_original),
+        (40, 20),
+        "redaction happens before the archive tee; the dropped event is not archived"
+    );
     let log = weir.log();
-    assert!(log.contains("plugin call failed") && log.contains("quarantined"), "{log}");
+    assert!(
+        log.contains("plugin call failed") && log.contains("quarantined"),
+        "{log}"
+    );
     assert!(!log.contains("panicked"), "{log}");
 }
 
 fn weir_cli(args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir")).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
 fn check_refuses_a_plugin_of_another_abi_version_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
-    std::fs::write(dir.path().join("v2.wat"), plugin_wat(2, "", "(i64.const 0)", "")).unwrap();
-    std::fs::write(dir.path().join("v1.wat"), plugin_wat(1, "", "(i64.const 0)", "")).unwrap();
+    std::fs::write(
+        dir.path().join("v2.wat"),
+        plugin_wat(2, "", "(i64.const 0)", ""),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("v1.wat"),
+        plugin_wat(1, "", "(i64.const 0)", ""),
+    )
+    .unwrap();
     let text = format!("listeners: [{{name: i, address: \"127.0.0.1:1\", protocol: http}}]\narchive: {{store: {{type: local, root: {d}/a}}}}\nbackends: [{{name: b, type: file, path: {d}/o}}]\ntenants:\n  - name: t\n    api_keys: [k]\n    backend: b\n    plugins:\n      - {{name: ok, path: {d}/v1.wat}}\n      - {{name: old, path: {d}/v2.wat}}\n");
     let path = dir.path().join("w.yaml");
     std::fs::write(&path, &text).unwrap();
     let (code, _, err) = weir_cli(&["check", "--config", path.to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert!(err.contains("tenants[0].plugins[1]") && err.contains("ABI version 2"), "{err}");
+    assert!(
+        err.contains("tenants[0].plugins[1]") && err.contains("ABI version 2"),
+        "{err}"
+    );
     std::fs::write(&path, text.replace("v2.wat", "v1.wat")).unwrap();
     let (code, out, err) = weir_cli(&["check", "--config", path.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
@@ -119,18 +210,53 @@ fn plugin_test_prints_verdicts_as_ndjson() {
     std::fs::write(&input, "one\ntwo\nthree\n").unwrap();
     let cfg = dir.path().join("c.json");
     std::fs::write(&cfg, r#"{"fields": ["password"]}"#).unwrap();
-    let (code, out, err) = weir_cli(&["plugin", "test", wat.to_str().unwrap(), "--config", cfg.to_str().unwrap(), "--input", input.to_str().unwrap()]);
+    let (code, out, err) = weir_cli(&[
+        "plugin",
+        "test",
+        wat.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ]);
     assert_eq!(code, 0, "{err}");
-    let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 3);
-    assert_eq!((lines[0]["verdict"].as_str(), lines[0]["event"]["message"].as_str()), (Some("keep"), Some("redacted")));
-    assert_eq!((lines[1]["verdict"].as_str(), lines[1]["event"]["message"].as_str()), (Some("drop"), Some("two")));
+    assert_eq!(
+        (
+            lines[0]["verdict"].as_str(),
+            lines[0]["event"]["message"].as_str()
+        ),
+        (Some("keep"), Some("redacted"))
+    );
+    assert_eq!(
+        (
+            lines[1]["verdict"].as_str(),
+            lines[1]["event"]["message"].as_str()
+        ),
+        (Some("drop"), Some("two"))
+    );
     assert_eq!(lines[2]["verdict"], "archive_only");
     assert!(err.contains("3 events") && err.contains("process"), "{err}");
 
     // A failing plugin: exit 1 with the reason.
-    std::fs::write(&wat, plugin_wat(1, "", "(i64.const 0)", "(loop $spin (br $spin))")).unwrap();
-    let (code, _, err) = weir_cli(&["plugin", "test", wat.to_str().unwrap(), "--input", input.to_str().unwrap(), "--timeout", "30ms"]);
+    std::fs::write(
+        &wat,
+        plugin_wat(1, "", "(i64.const 0)", "(loop $spin (br $spin))"),
+    )
+    .unwrap();
+    let (code, _, err) = weir_cli(&[
+        "plugin",
+        "test",
+        wat.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--timeout",
+        "30ms",
+    ]);
     assert_eq!(code, 1);
     assert!(err.contains("timeout"), "{err}");
 }
@@ -181,13 +307,23 @@ fn replace_file(path: &std::path::Path, text: &str) {
 const ADMIN_TOKEN: &str = "plugin-e2e-admin";
 
 fn with_admin_token(config: String) -> String {
-    config.replace("admin:\n  address: 127.0.0.1:{ADMIN}\n", &format!("admin:\n  address: 127.0.0.1:{{ADMIN}}\n  token: {ADMIN_TOKEN}\n"))
+    config.replace(
+        "admin:\n  address: 127.0.0.1:{ADMIN}\n",
+        &format!("admin:\n  address: 127.0.0.1:{{ADMIN}}\n  token: {ADMIN_TOKEN}\n"),
+    )
 }
 
 async fn admin_reload(weir: &Weir, token: &str) -> Reply {
     let auth = format!("Bearer {token}");
     let url = format!("http://127.0.0.1:{}/admin/reload", weir.admin);
-    request(http::Method::POST, &url, &[("Authorization", auth.as_str())], bytes::Bytes::new()).await.unwrap()
+    request(
+        http::Method::POST,
+        &url,
+        &[("Authorization", auth.as_str())],
+        bytes::Bytes::new(),
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -210,8 +346,15 @@ async fn plugin_file_replaced_under_load_is_hot_reloaded_between_batches() {
             let mut r = 0;
             while !stop.load(Ordering::SeqCst) {
                 let n = 1 + r % 15;
-                let body: Vec<Value> = (0..n).map(|i| json!({"message": format!("req{r} ev{i}"), "service": "orig"})).collect();
-                let resp = post(&url, &[("DD-API-KEY", "agent-key")], serde_json::to_vec(&body).unwrap()).await;
+                let body: Vec<Value> = (0..n)
+                    .map(|i| json!({"message": format!("req{r} ev{i}"), "service": "orig"}))
+                    .collect();
+                let resp = post(
+                    &url,
+                    &[("DD-API-KEY", "agent-key")],
+                    serde_json::to_vec(&body).unwrap(),
+                )
+                .await;
                 if resp.status == 202 {
                     accepted.lock().unwrap().push((r, n));
                 }
@@ -220,9 +363,17 @@ async fn plugin_file_replaced_under_load_is_hot_reloaded_between_batches() {
             }
         })
     };
-    eventually(Duration::from_secs(10), "v1 events at the double", || dd.take().iter().any(|e| e["service"] == "v1").then_some(())).await;
+    eventually(Duration::from_secs(10), "v1 events at the double", || {
+        dd.take().iter().any(|e| e["service"] == "v1").then_some(())
+    })
+    .await;
     replace_file(&wasm, &service_marker_wat("v2"));
-    eventually(Duration::from_secs(20), "v2 events at the double (the watcher's reload)", || dd.take().iter().any(|e| e["service"] == "v2").then_some(())).await;
+    eventually(
+        Duration::from_secs(20),
+        "v2 events at the double (the watcher's reload)",
+        || dd.take().iter().any(|e| e["service"] == "v2").then_some(()),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // POST /admin/reload: a broken file is refused (the running version stays), a good one is swapped in.
@@ -233,54 +384,109 @@ async fn plugin_file_replaced_under_load_is_hot_reloaded_between_batches() {
     let body = r.json();
     assert_eq!(body["reloaded"], json!([]), "{body}");
     assert_eq!(body["refused"][0]["plugin"], "marker", "{body}");
-    assert!(body["refused"][0]["error"].as_str().unwrap().contains("weir_abi_version"), "{body}");
+    assert!(
+        body["refused"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("weir_abi_version"),
+        "{body}"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     replace_file(&wasm, &service_marker_wat("v3"));
     let r = admin_reload(&weir, ADMIN_TOKEN).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["reloaded"][0]["tenant"], "acme", "{}", r.text());
-    eventually(Duration::from_secs(10), "v3 events at the double", || dd.take().iter().any(|e| e["service"] == "v3").then_some(())).await;
+    eventually(Duration::from_secs(10), "v3 events at the double", || {
+        dd.take().iter().any(|e| e["service"] == "v3").then_some(())
+    })
+    .await;
     stop.store(true, Ordering::SeqCst);
     load.await.unwrap();
 
     let accepted = accepted.lock().unwrap().clone();
     let total: usize = accepted.iter().map(|(_, n)| n).sum();
-    eventually(Duration::from_secs(20), "every accepted event at the double", || (dd.count() >= total).then_some(())).await;
+    eventually(
+        Duration::from_secs(20),
+        "every accepted event at the double",
+        || (dd.count() >= total).then_some(()),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let events = dd.take();
     assert_eq!(events.len(), total, "no event lost or duplicated");
-    let mut by_request: std::collections::HashMap<usize, Vec<(usize, String)>> = std::collections::HashMap::new();
+    let mut by_request: std::collections::HashMap<usize, Vec<(usize, String)>> =
+        std::collections::HashMap::new();
     for e in &events {
         let msg = e["message"].as_str().unwrap();
         let (r, i) = msg.strip_prefix("req").unwrap().split_once(" ev").unwrap();
-        by_request.entry(r.parse().unwrap()).or_default().push((i.parse().unwrap(), e["service"].as_str().unwrap_or("none").to_string()));
+        by_request.entry(r.parse().unwrap()).or_default().push((
+            i.parse().unwrap(),
+            e["service"].as_str().unwrap_or("none").to_string(),
+        ));
     }
     let mut versions = std::collections::BTreeSet::new();
     for (r, n) in &accepted {
-        let got = by_request.get_mut(r).unwrap_or_else(|| panic!("request {r} lost"));
+        let got = by_request
+            .get_mut(r)
+            .unwrap_or_else(|| panic!("request {r} lost"));
         got.sort();
-        assert_eq!(got.iter().map(|(i, _)| *i).collect::<Vec<_>>(), (0..*n).collect::<Vec<_>>(), "request {r}: each event exactly once");
-        let markers: std::collections::BTreeSet<&str> = got.iter().map(|(_, s)| s.as_str()).collect();
-        assert_eq!(markers.len(), 1, "request {r} was processed by more than one version: {markers:?}");
+        assert_eq!(
+            got.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            (0..*n).collect::<Vec<_>>(),
+            "request {r}: each event exactly once"
+        );
+        let markers: std::collections::BTreeSet<&str> =
+            got.iter().map(|(_, s)| s.as_str()).collect();
+        assert_eq!(
+            markers.len(),
+            1,
+            "request {r} was processed by more than one version: {markers:?}"
+        );
         versions.extend(markers.into_iter().map(String::from));
     }
     assert_eq!(by_request.len(), accepted.len());
-    assert_eq!(versions, ["v1", "v2", "v3"].into_iter().map(String::from).collect(), "no event passed unmarked");
+    assert_eq!(
+        versions,
+        ["v1", "v2", "v3"].into_iter().map(String::from).collect(),
+        "no event passed unmarked"
+    );
 
     let m = weir.metrics().await;
-    assert!(find_metric(&m, "weir_plugin_reloads_total", &["plugin=\"marker\"", "outcome=\"reloaded\""]) >= 2.0, "{m}");
-    assert!(find_metric(&m, "weir_plugin_reloads_total", &["plugin=\"marker\"", "outcome=\"refused\""]) >= 1.0, "{m}");
-    assert_eq!(find_metric(&m, "weir_plugin_errors_total", &["plugin=\"marker\""]), 0.0, "{m}");
+    assert!(
+        find_metric(
+            &m,
+            "weir_plugin_reloads_total",
+            &["plugin=\"marker\"", "outcome=\"reloaded\""]
+        ) >= 2.0,
+        "{m}"
+    );
+    assert!(
+        find_metric(
+            &m,
+            "weir_plugin_reloads_total",
+            &["plugin=\"marker\"", "outcome=\"refused\""]
+        ) >= 1.0,
+        "{m}"
+    );
+    assert_eq!(
+        find_metric(&m, "weir_plugin_errors_total", &["plugin=\"marker\""]),
+        0.0,
+        "{m}"
+    );
     let mut weir = weir;
     assert!(weir.terminate().success(), "{}", weir.log());
     let log = weir.log();
-    assert!(log.contains("plugin reloaded") && log.contains("plugin reload refused"), "{log}");
+    assert!(
+        log.contains("plugin reloaded") && log.contains("plugin reload refused"),
+        "{log}"
+    );
     assert!(!log.contains("panicked"), "{log}");
 }
 
 /// The real first-party `redact` plugin (plugins/redact), built to wasm by tests/run.sh.
 fn redact_wasm() -> std::path::PathBuf {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/target/wasm32-wasip1/release/redact.wasm");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/target/wasm32-wasip1/release/redact.wasm");
     assert!(
         path.exists(),
         "{} is missing: build the first-party plugins first with `cd plugins && cargo build --release --target wasm32-wasip1` (tests/run.sh does)",
@@ -304,25 +510,60 @@ async fn the_real_redact_plugin_masks_cards_emails_and_ips_before_index_and_arch
         {"message": format!("client={IP}:443 connected"), "service": "web", "id": "e3"},
         {"message": "nothing to hide", "service": "web", "id": "e4", "user": {"contact": EMAIL, "last_ip": IP, "cards": [CARD]}},
     ]);
-    let resp = post(&weir.url("/api/v2/logs"), &[("DD-API-KEY", "agent-key")], serde_json::to_vec(&body).unwrap()).await;
+    let resp = post(
+        &weir.url("/api/v2/logs"),
+        &[("DD-API-KEY", "agent-key")],
+        serde_json::to_vec(&body).unwrap(),
+    )
+    .await;
     assert_eq!(resp.status, 202, "{}", resp.text());
-    eventually(Duration::from_secs(10), "the 4 events at the double", || (dd.count() >= 4).then_some(())).await;
+    eventually(
+        Duration::from_secs(10),
+        "the 4 events at the double",
+        || (dd.count() >= 4).then_some(()),
+    )
+    .await;
     let mut weir = weir;
     assert!(weir.terminate().success(), "{}", weir.log());
     let indexed = dd.take();
     let (archived, _) = read_archive(&weir.archive_root());
-    assert_eq!((indexed.len(), archived.len()), (4, 4), "redact keeps every event");
+    assert_eq!(
+        (indexed.len(), archived.len()),
+        (4, 4),
+        "redact keeps every event"
+    );
     for (place, events) in [("datadog", &indexed), ("archive", &archived)] {
         let text = serde_json::to_string(events).unwrap();
         for original in [CARD, "4111111111111111", EMAIL, IP] {
             assert!(!text.contains(original), "{place} has {original:?}: {text}");
         }
-        let by_id = |id: &str| events.iter().find(|e| e["id"] == id).unwrap_or_else(|| panic!("{place}: no event {id}: {text}"));
-        assert_eq!(by_id("e1")["message"], "payment with card [REDACTED:credit_card] ok", "{place}");
-        assert_eq!(by_id("e2")["message"], "signup from [REDACTED:email]", "{place}");
-        assert_eq!(by_id("e3")["message"], "client=[REDACTED:ipv4]:443 connected", "{place}");
+        let by_id = |id: &str| {
+            events
+                .iter()
+                .find(|e| e["id"] == id)
+                .unwrap_or_else(|| panic!("{place}: no event {id}: {text}"))
+        };
+        assert_eq!(
+            by_id("e1")["message"],
+            "payment with card [REDACTED:credit_card] ok",
+            "{place}"
+        );
+        assert_eq!(
+            by_id("e2")["message"],
+            "signup from [REDACTED:email]",
+            "{place}"
+        );
+        assert_eq!(
+            by_id("e3")["message"],
+            "client=[REDACTED:ipv4]:443 connected",
+            "{place}"
+        );
         let e4 = by_id("e4");
         assert_eq!(e4["message"], "nothing to hide");
-        assert_eq!(e4["user"], json!({"contact": "[REDACTED:email]", "last_ip": "[REDACTED:ipv4]", "cards": ["[REDACTED:credit_card]"]}), "{place}: {e4}");
+        assert_eq!(
+            e4["user"],
+            json!({"contact": "[REDACTED:email]", "last_ip": "[REDACTED:ipv4]", "cards": ["[REDACTED:credit_card]"]}),
+            "{place}: {e4}"
+        );
     }
 }

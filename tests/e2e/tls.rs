@@ -20,44 +20,67 @@ fn pki() -> Pki {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "Weir Test CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Weir Test CA");
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
     let server_key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    params.distinguished_name.push(DnType::CommonName, "localhost");
+    let mut params =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
     let server_cert = params.signed_by(&server_key, &issuer).unwrap();
     let dir = tempfile::tempdir().unwrap();
     // Chain file: leaf then CA.
-    std::fs::write(dir.path().join("chain.pem"), format!("{}{}", server_cert.pem(), ca_cert.pem())).unwrap();
+    std::fs::write(
+        dir.path().join("chain.pem"),
+        format!("{}{}", server_cert.pem(), ca_cert.pem()),
+    )
+    .unwrap();
     std::fs::write(dir.path().join("key.pem"), server_key.serialize_pem()).unwrap();
-    Pki { ca_pem: ca_cert.pem(), dir }
+    Pki {
+        ca_pem: ca_cert.pem(),
+        dir,
+    }
 }
 
 fn tls_config(backend: &str, pki: &Pki) -> String {
     let d = pki.dir.path().display();
     config(backend, "", "").replace(
         "    protocol: http\n",
-        &format!("    protocol: https\n    tls:\n      cert: {d}/chain.pem\n      key: {d}/key.pem\n"),
+        &format!(
+            "    protocol: https\n    tls:\n      cert: {d}/chain.pem\n      key: {d}/key.pem\n"
+        ),
     )
 }
 
 fn client_config(pki: &Pki, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls_pki_types::CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap()).unwrap();
-    let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(c)
 }
 
-async fn connect(port: u16, cfg: Arc<rustls::ClientConfig>) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+async fn connect(
+    port: u16,
+    cfg: Arc<rustls::ClientConfig>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    TlsConnector::from(cfg).connect("localhost".try_into().unwrap(), tcp).await
+    TlsConnector::from(cfg)
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
 }
 
 fn logs_request(port: u16, msg: &str) -> http::Request<Full<Bytes>> {
@@ -66,7 +89,9 @@ fn logs_request(port: u16, msg: &str) -> http::Request<Full<Bytes>> {
         .uri(format!("https://localhost:{port}/api/v2/logs"))
         .header("DD-API-KEY", "agent-key")
         .header("Content-Type", "application/json")
-        .body(Full::new(Bytes::from(format!("[{{\"message\":\"{msg}\"}}]"))))
+        .body(Full::new(Bytes::from(format!(
+            "[{{\"message\":\"{msg}\"}}]"
+        ))))
         .unwrap()
 }
 
@@ -77,23 +102,41 @@ async fn https_with_verified_chain_over_h2_and_http1() {
     let weir = Weir::start(&tls_config(&addr.to_string(), &pki)).await;
 
     // HTTP/2, negotiated by ALPN.
-    let tls = connect(weir.intake, client_config(&pki, &[b"h2", b"http/1.1"])).await.expect("chain verifies against the test CA");
+    let tls = connect(weir.intake, client_config(&pki, &[b"h2", b"http/1.1"]))
+        .await
+        .expect("chain verifies against the test CA");
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
     tokio::spawn(conn);
-    let resp = send.send_request(logs_request(weir.intake, "over h2")).await.unwrap();
+    let resp = send
+        .send_request(logs_request(weir.intake, "over h2"))
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 202);
     assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "{}");
 
     // HTTP/1.1.
-    let tls = connect(weir.intake, client_config(&pki, &[b"http/1.1"])).await.unwrap();
+    let tls = connect(weir.intake, client_config(&pki, &[b"http/1.1"]))
+        .await
+        .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
     tokio::spawn(conn);
-    let resp = send.send_request(logs_request(weir.intake, "over http1")).await.unwrap();
+    let resp = send
+        .send_request(logs_request(weir.intake, "over http1"))
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 202);
 
-    eventually(Duration::from_secs(20), "both events", || (dd.count() == 2).then_some(())).await;
+    eventually(Duration::from_secs(20), "both events", || {
+        (dd.count() == 2).then_some(())
+    })
+    .await;
 }
 
 /// A client that trusts nothing cannot complete the handshake (the chain is really checked).
@@ -102,9 +145,18 @@ async fn untrusting_client_fails_verification() {
     let pki = pki();
     let (_dd, addr) = FakeDatadog::start().await;
     let weir = Weir::start(&tls_config(&addr.to_string(), &pki)).await;
-    let other = Pki { ca_pem: pki_ca_only(), dir: tempfile::tempdir().unwrap() };
-    let err = connect(weir.intake, client_config(&other, &[])).await.expect_err("an unknown CA must not verify");
-    assert!(err.to_string().contains("UnknownIssuer") || err.to_string().to_lowercase().contains("unknown"), "{err}");
+    let other = Pki {
+        ca_pem: pki_ca_only(),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let err = connect(weir.intake, client_config(&other, &[]))
+        .await
+        .expect_err("an unknown CA must not verify");
+    assert!(
+        err.to_string().contains("UnknownIssuer")
+            || err.to_string().to_lowercase().contains("unknown"),
+        "{err}"
+    );
 }
 
 fn pki_ca_only() -> String {
@@ -150,11 +202,20 @@ async fn tls_1_1_client_is_refused() {
     })
     .await
     .unwrap();
-    assert!(answer.len() >= 7, "expected an alert record, got {answer:?}");
-    assert_eq!(answer[0], 0x15, "an alert record, not a handshake: {answer:?}");
+    assert!(
+        answer.len() >= 7,
+        "expected an alert record, got {answer:?}"
+    );
+    assert_eq!(
+        answer[0], 0x15,
+        "an alert record, not a handshake: {answer:?}"
+    );
     assert_eq!(answer[5], 2, "fatal");
     // rustls answers handshake_failure (40); protocol_version (70) would do as well.
     assert!([40, 70].contains(&answer[6]), "alert {}", answer[6]);
     let m = weir.metrics().await;
-    assert_eq!(metric(&m, "weir_tls_handshake_failures_total{listener=\"intake\"}"), 1.0);
+    assert_eq!(
+        metric(&m, "weir_tls_handshake_failures_total{listener=\"intake\"}"),
+        1.0
+    );
 }

@@ -203,7 +203,9 @@ impl Query {
                 ));
             };
             if value.is_empty() {
-                return Err(format!("term {tok:?} has an empty value (use `{name}:*` for \"present\")"));
+                return Err(format!(
+                    "term {tok:?} has an empty value (use `{name}:*` for \"present\")"
+                ));
             }
             let field = match name.to_ascii_lowercase().as_str() {
                 "service" => Field::Service,
@@ -281,9 +283,8 @@ impl Term {
             Field::Message => self.value.matches(&e.message),
             Field::Tags => e.tags.iter().any(|t| self.value.matches(t)),
             Field::Tag(key) => e.tags.iter().any(|t| {
-                t.split_once(':').is_some_and(|(k, v)| {
-                    k.eq_ignore_ascii_case(key) && self.value.matches(v)
-                })
+                t.split_once(':')
+                    .is_some_and(|(k, v)| k.eq_ignore_ascii_case(key) && self.value.matches(v))
             }),
             Field::Attribute(path) => {
                 lookup(&e.attributes, path).is_some_and(|v| value_matches(v, &self.value))

@@ -12,7 +12,10 @@ fn ev() -> Event {
         status: Some("ERROR".into()),
         tags: vec!["env:prod".into(), "pci".into(), "region:eu-west-1".into()],
         attributes: [
-            ("http".to_string(), json!({"status_code": 503, "method": "GET"})),
+            (
+                "http".to_string(),
+                json!({"status_code": 503, "method": "GET"}),
+            ),
             ("user.id".to_string(), json!("u-42")),
             ("retried".to_string(), json!(true)),
             ("zones".to_string(), json!(["a", "b"])),
@@ -23,7 +26,9 @@ fn ev() -> Event {
 }
 
 fn q(s: &str) -> bool {
-    Query::parse(s).unwrap_or_else(|e| panic!("{s}: {e}")).matches(&ev())
+    Query::parse(s)
+        .unwrap_or_else(|e| panic!("{s}: {e}"))
+        .matches(&ev())
 }
 
 #[test]
@@ -105,7 +110,17 @@ fn and_negation_and_all() {
 
 #[test]
 fn query_errors() {
-    for bad in ["", "   ", "timeout", "host:", "-", ":x", "message:\"open", "@:x", "@a..b:x"] {
+    for bad in [
+        "",
+        "   ",
+        "timeout",
+        "host:",
+        "-",
+        ":x",
+        "message:\"open",
+        "@:x",
+        "@a..b:x",
+    ] {
         assert!(Query::parse(bad).is_err(), "{bad:?} should be rejected");
     }
 }
@@ -126,12 +141,22 @@ fn plugin_adds_tags_and_attributes() {
     assert_eq!(v, Verdict::Keep);
     assert_eq!(
         e.tags,
-        vec!["env:prod", "pci", "region:eu-west-1", "team:payments", "via:weir"],
+        vec![
+            "env:prod",
+            "pci",
+            "region:eu-west-1",
+            "team:payments",
+            "via:weir"
+        ],
         "existing tags are not duplicated"
     );
     assert_eq!(e.attributes["owner"], json!("payments-oncall"));
     assert_eq!(e.attributes["tier"], json!(1));
-    assert_eq!(e.attributes["chained"], json!(true), "later rules see earlier results");
+    assert_eq!(
+        e.attributes["chained"],
+        json!(true),
+        "later rules see earlier results"
+    );
     assert_eq!(e.message, ev().message);
     let c = testing::counters();
     assert_eq!(c["rule_0"], 1);
@@ -149,7 +174,10 @@ fn unmatched_or_unchanged_events_go_back_as_nil() {
     .unwrap();
     let raw = testing::run_raw(&mut p, &[ev(), Event::with_message("hi")]);
     assert_eq!(raw.results.len(), 2);
-    assert!(raw.results.iter().all(|r| r.verdict == Verdict::Keep && r.event.is_none()));
+    assert!(raw
+        .results
+        .iter()
+        .all(|r| r.verdict == Verdict::Keep && r.event.is_none()));
 }
 
 #[test]
@@ -170,6 +198,9 @@ fn config_errors() {
     assert!(err(json!({"rules": [{"query": "*"}]})).contains("neither"));
     assert!(err(json!({"rules": [{"query": "oops", "tags": ["a"]}]})).contains("rule 0"));
     assert!(err(json!({"rules": [{"query": "*", "tags": [""]}]})).contains("empty tag"));
-    assert!(err(json!({"rules": [{"query": "*", "tags": ["a"], "bogus": 1}]})).contains("unknown field"));
+    assert!(
+        err(json!({"rules": [{"query": "*", "tags": ["a"], "bogus": 1}]}))
+            .contains("unknown field")
+    );
     assert!(err(json!({"rules": [{"tags": ["a"]}]})).contains("query"));
 }

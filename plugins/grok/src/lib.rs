@@ -113,7 +113,9 @@ fn convert(s: &str, c: Conversion) -> Value {
             Ok(v) => Value::Number(v.into()),
             // Logstash truncates "3.7" to 3 for :int.
             Err(_) => match s.trim().parse::<f64>() {
-                Ok(f) if f.is_finite() && f.abs() < 9.2e18 => Value::Number((f.trunc() as i64).into()),
+                Ok(f) if f.is_finite() && f.abs() < 9.2e18 => {
+                    Value::Number((f.trunc() as i64).into())
+                }
                 _ => Value::String(s.to_string()),
             },
         },
@@ -227,7 +229,10 @@ fn field_path(semantic: &str) -> Vec<String> {
             .split("][")
             .map(str::to_string)
             .collect();
-        if parts.iter().all(|p| !p.is_empty() && !p.contains(['[', ']'])) {
+        if parts
+            .iter()
+            .all(|p| !p.is_empty() && !p.contains(['[', ']']))
+        {
             return parts;
         }
     }

@@ -126,7 +126,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "DATESTAMP_EVENTLOG",
         r"%{YEAR}%{MONTHNUM2}%{MONTHDAY}%{HOUR}%{MINUTE}%{SECOND}",
     ),
-    ("HTTPDERROR_DATE", r"%{DAY} %{MONTH} %{MONTHDAY} %{TIME} %{YEAR}"),
+    (
+        "HTTPDERROR_DATE",
+        r"%{DAY} %{MONTH} %{MONTHDAY} %{TIME} %{YEAR}",
+    ),
     ("HTTPDATE", r"%{MONTHDAY}/%{MONTH}/%{YEAR}:%{TIME} %{INT}"),
     // --- syslog
     ("SYSLOGTIMESTAMP", r"%{MONTH} +%{MONTHDAY} %{TIME}"),

@@ -37,13 +37,58 @@ fn every_builtin_compiles() {
 fn required_patterns_exist() {
     let lib = Library::default();
     for n in [
-        "WORD", "NOTSPACE", "SPACE", "DATA", "GREEDYDATA", "INT", "NUMBER", "BASE10NUM", "POSINT",
-        "NONNEGINT", "IP", "IPV4", "IPV6", "HOSTNAME", "IPORHOST", "HOSTPORT", "USER", "USERNAME",
-        "EMAILADDRESS", "URIPATH", "URIPARAM", "URIPATHPARAM", "URI", "MONTH", "MONTHNUM", "MONTHDAY",
-        "YEAR", "DAY", "HOUR", "MINUTE", "SECOND", "TIME", "DATE_US", "DATE_EU", "ISO8601_TIMEZONE",
-        "TIMESTAMP_ISO8601", "SYSLOGTIMESTAMP", "SYSLOGPROG", "SYSLOGHOST", "SYSLOGBASE", "PROG", "QS",
-        "QUOTEDSTRING", "LOGLEVEL", "HTTPDATE", "HTTPDERROR_DATE", "COMMONAPACHELOG", "COMBINEDAPACHELOG",
-        "UUID", "PATH", "UNIXPATH", "JAVACLASS",
+        "WORD",
+        "NOTSPACE",
+        "SPACE",
+        "DATA",
+        "GREEDYDATA",
+        "INT",
+        "NUMBER",
+        "BASE10NUM",
+        "POSINT",
+        "NONNEGINT",
+        "IP",
+        "IPV4",
+        "IPV6",
+        "HOSTNAME",
+        "IPORHOST",
+        "HOSTPORT",
+        "USER",
+        "USERNAME",
+        "EMAILADDRESS",
+        "URIPATH",
+        "URIPARAM",
+        "URIPATHPARAM",
+        "URI",
+        "MONTH",
+        "MONTHNUM",
+        "MONTHDAY",
+        "YEAR",
+        "DAY",
+        "HOUR",
+        "MINUTE",
+        "SECOND",
+        "TIME",
+        "DATE_US",
+        "DATE_EU",
+        "ISO8601_TIMEZONE",
+        "TIMESTAMP_ISO8601",
+        "SYSLOGTIMESTAMP",
+        "SYSLOGPROG",
+        "SYSLOGHOST",
+        "SYSLOGBASE",
+        "PROG",
+        "QS",
+        "QUOTEDSTRING",
+        "LOGLEVEL",
+        "HTTPDATE",
+        "HTTPDERROR_DATE",
+        "COMMONAPACHELOG",
+        "COMBINEDAPACHELOG",
+        "UUID",
+        "PATH",
+        "UNIXPATH",
+        "JAVACLASS",
     ] {
         assert!(lib.contains(n), "{n} missing");
     }
@@ -144,12 +189,23 @@ fn negative_samples() {
 
 #[test]
 fn unanchored_captures_are_whole_tokens() {
-    assert_eq!(cap("IPV4", "from 173.234.31.186 port 22").as_deref(), Some("173.234.31.186"));
-    assert_eq!(cap("IPV6", "addr fe80::1:2 up").as_deref(), Some("fe80::1:2"));
+    assert_eq!(
+        cap("IPV4", "from 173.234.31.186 port 22").as_deref(),
+        Some("173.234.31.186")
+    );
+    assert_eq!(
+        cap("IPV6", "addr fe80::1:2 up").as_deref(),
+        Some("fe80::1:2")
+    );
     assert_eq!(cap("NUMBER", "took 12.5ms").as_deref(), Some("12.5"));
-    assert_eq!(cap("UUID", "id=123e4567-e89b-12d3-a456-426614174000;").as_deref(),
-               Some("123e4567-e89b-12d3-a456-426614174000"));
-    assert_eq!(cap("QS", r#"say "hi there" now"#).as_deref(), Some("\"hi there\""));
+    assert_eq!(
+        cap("UUID", "id=123e4567-e89b-12d3-a456-426614174000;").as_deref(),
+        Some("123e4567-e89b-12d3-a456-426614174000")
+    );
+    assert_eq!(
+        cap("QS", r#"say "hi there" now"#).as_deref(),
+        Some("\"hi there\"")
+    );
     assert_eq!(cap("LOGLEVEL", "[warn] x").as_deref(), Some("warn"));
 }
 
@@ -165,13 +221,19 @@ fn captures_conversions_and_unnamed() {
     assert_eq!(e.attributes["took"], json!(1.5));
     assert_eq!(e.attributes["n"], json!(3));
     assert_eq!(e.attributes[PATTERN_ATTRIBUTE], json!("kv"));
-    assert_eq!(e.attributes.len(), 5, "unnamed %{{WORD}} captures nothing: {:?}", e.attributes);
+    assert_eq!(
+        e.attributes.len(),
+        5,
+        "unnamed %{{WORD}} captures nothing: {:?}",
+        e.attributes
+    );
     assert_eq!(e.message, "GET 200 1.5 skipped 3.9");
 }
 
 #[test]
 fn library_patterns_with_own_captures() {
-    let mut p = plugin(json!({"patterns": [{"name": "apache", "pattern": "%{COMBINEDAPACHELOG}"}]}));
+    let mut p =
+        plugin(json!({"patterns": [{"name": "apache", "pattern": "%{COMBINEDAPACHELOG}"}]}));
     let line = r#"127.0.0.1 - frank [10/Oct/2000:13:55:36 -0700] "GET /apache_pb.gif HTTP/1.0" 200 2326 "http://www.example.com/start.html" "Mozilla/4.08 [en] (Win98; I ;Nav)""#;
     let (_, e) = testing::run_one(&mut p, Event::with_message(line));
     let a = &e.attributes;
@@ -184,12 +246,20 @@ fn library_patterns_with_own_captures() {
     assert_eq!(a["httpversion"], json!("1.0"));
     assert_eq!(a["response"], json!("200"));
     assert_eq!(a["bytes"], json!("2326"));
-    assert_eq!(a["referrer"], json!("\"http://www.example.com/start.html\""));
+    assert_eq!(
+        a["referrer"],
+        json!("\"http://www.example.com/start.html\"")
+    );
     assert_eq!(a["agent"], json!("\"Mozilla/4.08 [en] (Win98; I ;Nav)\""));
     assert!(!a.contains_key("rawrequest"));
 
-    let mut p = plugin(json!({"patterns": [{"name": "sys", "pattern": "^%{SYSLOGBASE} %{GREEDYDATA:msg}"}]}));
-    let (_, e) = testing::run_one(&mut p, Event::with_message("Dec 10 06:55:46 LabSZ sshd[24200]: Invalid user x"));
+    let mut p = plugin(
+        json!({"patterns": [{"name": "sys", "pattern": "^%{SYSLOGBASE} %{GREEDYDATA:msg}"}]}),
+    );
+    let (_, e) = testing::run_one(
+        &mut p,
+        Event::with_message("Dec 10 06:55:46 LabSZ sshd[24200]: Invalid user x"),
+    );
     assert_eq!(e.attributes["timestamp"], json!("Dec 10 06:55:46"));
     assert_eq!(e.attributes["logsource"], json!("LabSZ"));
     assert_eq!(e.attributes["program"], json!("sshd"));
@@ -206,22 +276,38 @@ fn first_match_wins_and_nomatch_is_counted() {
             {"name": "any", "pattern": "^%{GREEDYDATA:all}$"}
         ]
     }));
-    let before = testing::counters().get("grok_nomatch").copied().unwrap_or(0);
+    let before = testing::counters()
+        .get("grok_nomatch")
+        .copied()
+        .unwrap_or(0);
     let out = testing::run(
         &mut p,
-        &[Event::with_message("12"), Event::with_message("abc"), Event::with_message("a b")],
+        &[
+            Event::with_message("12"),
+            Event::with_message("abc"),
+            Event::with_message("a b"),
+        ],
     );
     assert_eq!(out[0].1.attributes[PATTERN_ATTRIBUTE], json!("num"));
     assert_eq!(out[0].1.attributes["n"], json!(12));
     assert_eq!(out[1].1.attributes[PATTERN_ATTRIBUTE], json!("word"));
     assert_eq!(out[2].1.attributes[PATTERN_ATTRIBUTE], json!("any"));
-    assert_eq!(testing::counters().get("grok_nomatch").copied().unwrap_or(0), before);
+    assert_eq!(
+        testing::counters()
+            .get("grok_nomatch")
+            .copied()
+            .unwrap_or(0),
+        before
+    );
 
     let mut p = plugin(json!({"patterns": [{"name": "num", "pattern": "^%{INT:n}$"}]}));
     let ev = Event::with_message("not a number");
     let raw = testing::run_raw(&mut p, std::slice::from_ref(&ev));
     assert_eq!(raw.results[0].verdict, Verdict::Keep);
-    assert!(raw.results[0].event.is_none(), "unmatched events go back unchanged");
+    assert!(
+        raw.results[0].event.is_none(),
+        "unmatched events go back unchanged"
+    );
     assert_eq!(testing::counters()["grok_nomatch"], before + 1);
 }
 
@@ -234,7 +320,8 @@ fn custom_patterns_target_source_and_nesting() {
         "patterns": [{"name": "b", "pattern": "%{BLK:[block][id]} pid=%{PIDS:pid:int} (?P<rest>.*)"}]
     }));
     let mut ev = Event::with_message("untouched");
-    ev.attributes.insert("raw".into(), json!({"line": "x blk_-123 pid=42 tail end"}));
+    ev.attributes
+        .insert("raw".into(), json!({"line": "x blk_-123 pid=42 tail end"}));
     ev.attributes.insert("parsed".into(), json!({"keep": true}));
     let (_, e) = testing::run_one(&mut p, ev);
     assert_eq!(
@@ -260,13 +347,26 @@ fn config_errors() {
     let err = |c: Value| testing::init::<GrokPlugin>(c).err().expect("should fail");
     assert!(err(json!({"patterns": []})).contains("at least one"));
     assert!(err(Value::Null).contains("at least one"));
-    assert!(err(json!({"patterns": [{"name": "x", "pattern": "%{NOPE:a}"}]})).contains("unknown pattern"));
-    assert!(err(json!({"patterns": [{"name": "x", "pattern": "%{INT:a:bool}"}]})).contains("unknown conversion"));
-    assert!(err(json!({"patterns": [{"name": "x", "pattern": "%{INT:a"}]})).contains("unterminated"));
+    assert!(
+        err(json!({"patterns": [{"name": "x", "pattern": "%{NOPE:a}"}]}))
+            .contains("unknown pattern")
+    );
+    assert!(
+        err(json!({"patterns": [{"name": "x", "pattern": "%{INT:a:bool}"}]}))
+            .contains("unknown conversion")
+    );
+    assert!(
+        err(json!({"patterns": [{"name": "x", "pattern": "%{INT:a"}]})).contains("unterminated")
+    );
     assert!(err(json!({"patterns": [{"name": "x", "pattern": "(["}]})).contains("invalid regex"));
     assert!(err(json!({"custom_patterns": {"A": "%{B}", "B": "%{A}"}, "patterns": [{"name": "x", "pattern": "%{A}"}]}))
         .contains("recursive"));
-    assert!(err(json!({"custom_patterns": {"bad-name": "x"}, "patterns": [{"name": "x", "pattern": "x"}]}))
-        .contains("invalid custom pattern name"));
-    assert!(err(json!({"patterns": [{"name": "x", "pattern": "x"}], "bogus": 1})).contains("unknown field"));
+    assert!(err(
+        json!({"custom_patterns": {"bad-name": "x"}, "patterns": [{"name": "x", "pattern": "x"}]})
+    )
+    .contains("invalid custom pattern name"));
+    assert!(
+        err(json!({"patterns": [{"name": "x", "pattern": "x"}], "bogus": 1}))
+            .contains("unknown field")
+    );
 }

@@ -92,19 +92,29 @@ fn evaluate(dir: &Path, system: &str) -> Outcome {
         _ => lines,
     };
 
-    let mut rdr = csv::Reader::from_path(&csv_path)
-        .unwrap_or_else(|e| panic!("{}: {e}", csv_path.display()));
+    let mut rdr =
+        csv::Reader::from_path(&csv_path).unwrap_or_else(|e| panic!("{}: {e}", csv_path.display()));
     let headers = rdr.headers().expect("csv headers").clone();
-    let line_id = headers.iter().position(|h| h == "LineId").expect("LineId column");
+    let line_id = headers
+        .iter()
+        .position(|h| h == "LineId")
+        .expect("LineId column");
     let fields: Vec<(usize, String)> = headers
         .iter()
         .enumerate()
         .filter(|(_, h)| !IGNORED_COLUMNS.contains(h))
         .map(|(i, h)| (i, h.to_string()))
         .collect();
-    assert!(fields.iter().any(|(_, h)| h == "Content"), "{system}: no Content column");
+    assert!(
+        fields.iter().any(|(_, h)| h == "Content"),
+        "{system}: no Content column"
+    );
     let records: Vec<csv::StringRecord> = rdr.records().map(|r| r.expect("csv record")).collect();
-    assert_eq!(records.len(), lines.len(), "{system}: CSV rows vs log lines");
+    assert_eq!(
+        records.len(),
+        lines.len(),
+        "{system}: CSV rows vs log lines"
+    );
 
     let mut plugin = testing::init::<GrokPlugin>(config(system)).expect("grok config");
     let events: Vec<Event> = lines.iter().map(|l| Event::with_message(*l)).collect();
@@ -125,7 +135,8 @@ fn evaluate(dir: &Path, system: &str) -> Outcome {
         if !ev.attributes.contains_key(PATTERN_ATTRIBUTE) {
             out.unmatched += 1;
             if out.examples.len() < 5 {
-                out.examples.push(format!("line {id}: no match: {:?}", ev.message));
+                out.examples
+                    .push(format!("line {id}: no match: {:?}", ev.message));
             }
             continue;
         }
@@ -136,8 +147,9 @@ fn evaluate(dir: &Path, system: &str) -> Outcome {
             if expected != actual {
                 ok = false;
                 if out.examples.len() < 5 {
-                    out.examples
-                        .push(format!("line {id}: {name}: expected {expected:?}, got {actual:?}"));
+                    out.examples.push(format!(
+                        "line {id}: {name}: expected {expected:?}, got {actual:?}"
+                    ));
                 }
             }
         }

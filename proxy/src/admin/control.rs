@@ -6,8 +6,8 @@
 //! hot reloads every plugin from its file.
 use crate::config::{ExclusionAction, ExclusionRuleConfig, Secret};
 use crate::durable::write_atomic;
-use crate::plugin::Plugins;
 use crate::pipeline::Rejection;
+use crate::plugin::Plugins;
 use crate::quota::daily::DailyQuotas;
 use crate::rules::exclusion::{ExclusionRules, Scope};
 use crate::telemetry::METRICS;
@@ -63,15 +63,32 @@ fn err(status: StatusCode, msg: impl Into<String>) -> Rejection {
 
 impl Control {
     /// Applies the overrides saved by an earlier run, then serves changes.
-    pub fn new(token: Option<Secret>, rules: Arc<ExclusionRules>, quotas: Arc<DailyQuotas>, state_dir: PathBuf) -> anyhow::Result<Control> {
-        let c = Control { token, rules, quotas, state_dir, plugins: None, lock: Mutex::new(()) };
+    pub fn new(
+        token: Option<Secret>,
+        rules: Arc<ExclusionRules>,
+        quotas: Arc<DailyQuotas>,
+        state_dir: PathBuf,
+    ) -> anyhow::Result<Control> {
+        let c = Control {
+            token,
+            rules,
+            quotas,
+            state_dir,
+            plugins: None,
+            lock: Mutex::new(()),
+        };
         let path = c.state_dir.join(OVERRIDES_FILE);
         if let Ok(bytes) = std::fs::read(&path) {
-            let saved: Overrides = serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let saved: Overrides = serde_json::from_slice(&bytes)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             for (scope_name, rules) in &saved.rules {
                 match c.scope(scope_name) {
-                    Ok(scope) => c.rules.replace(&scope, rules).map_err(|e| anyhow::anyhow!("{}: rule {:?}: {}", path.display(), e.rule, e.error))?,
-                    Err(_) => tracing::warn!(scope = %scope_name, "saved rules for a tenant no longer configured; ignored"),
+                    Ok(scope) => c.rules.replace(&scope, rules).map_err(|e| {
+                        anyhow::anyhow!("{}: rule {:?}: {}", path.display(), e.rule, e.error)
+                    })?,
+                    Err(_) => {
+                        tracing::warn!(scope = %scope_name, "saved rules for a tenant no longer configured; ignored")
+                    }
                 }
             }
             for (tenant, q) in &saved.quotas {
@@ -99,10 +116,20 @@ impl Control {
             None => Vec::new(),
         };
         let (ok, refused): (Vec<_>, Vec<_>) = reports.into_iter().partition(|r| r.error.is_none());
-        let reloaded: Vec<Value> = ok.iter().map(|r| json!({ "tenant": r.tenant, "plugin": r.plugin, "path": r.path })).collect();
+        let reloaded: Vec<Value> = ok
+            .iter()
+            .map(|r| json!({ "tenant": r.tenant, "plugin": r.plugin, "path": r.path }))
+            .collect();
         let refused_v: Vec<Value> = refused.iter().map(|r| json!({ "tenant": r.tenant, "plugin": r.plugin, "path": r.path, "error": r.error })).collect();
-        let status = if refused.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
-        (status, json!({ "reloaded": reloaded, "refused": refused_v }))
+        let status = if refused.is_empty() {
+            StatusCode::OK
+        } else {
+            StatusCode::UNPROCESSABLE_ENTITY
+        };
+        (
+            status,
+            json!({ "reloaded": reloaded, "refused": refused_v }),
+        )
     }
 
     pub fn enabled(&self) -> bool {
@@ -112,9 +139,17 @@ impl Control {
     /// Checks `Authorization: Bearer <token>` in constant time.
     pub fn authorize(&self, header: Option<&str>) -> Result<(), Rejection> {
         let Some(token) = &self.token else {
-            return Err(err(StatusCode::NOT_FOUND, "the control API is off: set admin.token to enable it"));
+            return Err(err(
+                StatusCode::NOT_FOUND,
+                "the control API is off: set admin.token to enable it",
+            ));
         };
-        let given = header.and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer "))).unwrap_or("");
+        let given = header
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .unwrap_or("");
         if given.is_empty() {
             return Err(err(StatusCode::UNAUTHORIZED, "missing bearer token"));
         }
@@ -136,7 +171,12 @@ impl Control {
             .iter()
             .position(|t| t == name)
             .map(Scope::Tenant)
-            .ok_or_else(|| err(StatusCode::NOT_FOUND, format!("no tenant {name:?} (use \"global\" for the global rules)")))
+            .ok_or_else(|| {
+                err(
+                    StatusCode::NOT_FOUND,
+                    format!("no tenant {name:?} (use \"global\" for the global rules)"),
+                )
+            })
     }
 
     fn scope_name(&self, scope: &Scope) -> String {
@@ -147,7 +187,12 @@ impl Control {
     }
 
     /// Handles one control request; `path` is below `/admin/`.
-    pub fn handle(&self, method: &http::Method, path: &str, body: &[u8]) -> Result<(StatusCode, Value), Rejection> {
+    pub fn handle(
+        &self,
+        method: &http::Method,
+        path: &str,
+        body: &[u8],
+    ) -> Result<(StatusCode, Value), Rejection> {
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
         match (method.as_str(), parts.as_slice()) {
             ("GET", ["rules"]) => Ok((StatusCode::OK, self.list_rules())),
@@ -157,7 +202,10 @@ impl Control {
                 let rule: ExclusionRuleConfig = parse_body(body)?;
                 self.change_rules(scope, |rules| {
                     if rules.iter().any(|r| r.name == rule.name) {
-                        return Err(err(StatusCode::CONFLICT, format!("a rule named {:?} already exists here", rule.name)));
+                        return Err(err(
+                            StatusCode::CONFLICT,
+                            format!("a rule named {:?} already exists here", rule.name),
+                        ));
                     }
                     rules.push(rule.clone());
                     Ok(())
@@ -168,7 +216,12 @@ impl Control {
                 let patch: RulePatch = parse_body(body)?;
                 let mut updated = None;
                 self.change_rules(scope, |rules| {
-                    let r = rules.iter_mut().find(|r| r.name == *name).ok_or_else(|| err(StatusCode::NOT_FOUND, format!("no rule {name:?} in {scope}")))?;
+                    let r = rules.iter_mut().find(|r| r.name == *name).ok_or_else(|| {
+                        err(
+                            StatusCode::NOT_FOUND,
+                            format!("no rule {name:?} in {scope}"),
+                        )
+                    })?;
                     if let Some(q) = &patch.query {
                         r.query = q.clone();
                     }
@@ -191,7 +244,10 @@ impl Control {
                     let before = rules.len();
                     rules.retain(|r| r.name != *name);
                     if rules.len() == before {
-                        return Err(err(StatusCode::NOT_FOUND, format!("no rule {name:?} in {scope}")));
+                        return Err(err(
+                            StatusCode::NOT_FOUND,
+                            format!("no rule {name:?} in {scope}"),
+                        ));
                     }
                     Ok(())
                 })?;
@@ -200,33 +256,55 @@ impl Control {
             ("PATCH", ["quotas", tenant]) => {
                 let change: QuotaChange = parse_body(body)?;
                 let _guard = self.lock.lock().unwrap();
-                if !self.quotas.set_limits(tenant, change.max_events, change.max_bytes) {
-                    return Err(err(StatusCode::NOT_FOUND, format!("tenant {tenant:?} has no daily_quota in the config")));
+                if !self
+                    .quotas
+                    .set_limits(tenant, change.max_events, change.max_bytes)
+                {
+                    return Err(err(
+                        StatusCode::NOT_FOUND,
+                        format!("tenant {tenant:?} has no daily_quota in the config"),
+                    ));
                 }
                 let mut saved = self.load_overrides();
                 saved.quotas.insert(tenant.to_string(), change.clone());
                 self.save_overrides(&saved)?;
                 tracing::info!(%tenant, max_events = ?change.max_events, max_bytes = ?change.max_bytes, "daily quota changed at run time");
-                Ok((StatusCode::OK, json!({ "tenant": tenant, "max_events": change.max_events, "max_bytes": change.max_bytes })))
+                Ok((
+                    StatusCode::OK,
+                    json!({ "tenant": tenant, "max_events": change.max_events, "max_bytes": change.max_bytes }),
+                ))
             }
-            _ => Err(err(StatusCode::NOT_FOUND, format!("no control endpoint {method} /admin/{path}"))),
+            _ => Err(err(
+                StatusCode::NOT_FOUND,
+                format!("no control endpoint {method} /admin/{path}"),
+            )),
         }
     }
 
     /// Edits one scope's rule list: validate every rule, swap, save.
-    fn change_rules(&self, scope_name: &str, edit: impl FnOnce(&mut Vec<ExclusionRuleConfig>) -> Result<(), Rejection>) -> Result<(), Rejection> {
+    fn change_rules(
+        &self,
+        scope_name: &str,
+        edit: impl FnOnce(&mut Vec<ExclusionRuleConfig>) -> Result<(), Rejection>,
+    ) -> Result<(), Rejection> {
         let scope = self.scope(scope_name)?;
         let _guard = self.lock.lock().unwrap();
         let mut rules = self.rules.configs(&scope);
         edit(&mut rules)?;
         for r in &rules {
             if !(0.0..=1.0).contains(&r.sample_rate) {
-                return Err(err(StatusCode::BAD_REQUEST, format!("rule {:?}: sample_rate must be between 0 and 1", r.name)));
+                return Err(err(
+                    StatusCode::BAD_REQUEST,
+                    format!("rule {:?}: sample_rate must be between 0 and 1", r.name),
+                ));
             }
         }
-        self.rules
-            .replace(&scope, &rules)
-            .map_err(|e| err(StatusCode::BAD_REQUEST, format!("rule {:?}: query {}", e.rule, e.error)))?;
+        self.rules.replace(&scope, &rules).map_err(|e| {
+            err(
+                StatusCode::BAD_REQUEST,
+                format!("rule {:?}: query {}", e.rule, e.error),
+            )
+        })?;
         let mut saved = self.load_overrides();
         saved.rules.insert(self.scope_name(&scope), rules);
         self.save_overrides(&saved)?;
@@ -235,12 +313,24 @@ impl Control {
     }
 
     fn load_overrides(&self) -> Overrides {
-        std::fs::read(self.state_dir.join(OVERRIDES_FILE)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+        std::fs::read(self.state_dir.join(OVERRIDES_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
     }
 
     fn save_overrides(&self, o: &Overrides) -> Result<(), Rejection> {
-        write_atomic(&self.state_dir, OVERRIDES_FILE, &serde_json::to_vec_pretty(o).unwrap())
-            .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("applied, but could not be saved: {e}")))
+        write_atomic(
+            &self.state_dir,
+            OVERRIDES_FILE,
+            &serde_json::to_vec_pretty(o).unwrap(),
+        )
+        .map_err(|e| {
+            err(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("applied, but could not be saved: {e}"),
+            )
+        })
     }
 
     fn list_rules(&self) -> Value {
@@ -264,14 +354,23 @@ impl Control {
         let global: Vec<Value> = set.global.iter().map(|r| view(&r.config, &all)).collect();
         let mut tenants = serde_json::Map::new();
         for (i, name) in names.iter().enumerate() {
-            tenants.insert(name.clone(), Value::Array(set.tenants[i].iter().map(|r| view(&r.config, &[name])).collect()));
+            tenants.insert(
+                name.clone(),
+                Value::Array(
+                    set.tenants[i]
+                        .iter()
+                        .map(|r| view(&r.config, &[name]))
+                        .collect(),
+                ),
+            );
         }
         json!({ "global": global, "tenants": tenants })
     }
 }
 
 fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Rejection> {
-    serde_json::from_slice(body).map_err(|e| err(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| err(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
 }
 
 fn sha256(s: &str) -> [u8; 32] {

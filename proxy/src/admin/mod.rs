@@ -8,9 +8,9 @@ use crate::pipeline::Rejection;
 use crate::telemetry;
 use bytes::Bytes;
 use control::Control;
-use http_body_util::{BodyExt, Limited};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -33,7 +33,12 @@ impl Health {
     }
 }
 
-pub async fn serve(listener: TcpListener, health: Arc<Health>, control: Arc<Control>, stop: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    health: Arc<Health>,
+    control: Arc<Control>,
+    stop: CancellationToken,
+) {
     let builder = Builder::new(TokioExecutor::new());
     loop {
         let (stream, _) = tokio::select! {
@@ -43,44 +48,83 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>, control: Arc<Cont
         let health = health.clone();
         let control = control.clone();
         let svc = service_fn(move |req| handle(req, health.clone(), control.clone()));
-        let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), svc)
+            .into_owned();
         tokio::spawn(async move {
             let _ = conn.await;
         });
     }
 }
 
-async fn handle(req: Request<Incoming>, health: Arc<Health>, control: Arc<Control>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    health: Arc<Health>,
+    control: Arc<Control>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     if let Some(path) = req.uri().path().strip_prefix("/admin/") {
         let path = path.to_string();
         return Ok(match control_request(req, &path, &control).await {
-            Ok((status, body)) => json_response(status, Bytes::from(serde_json::to_vec(&body).unwrap())),
+            Ok((status, body)) => {
+                json_response(status, Bytes::from(serde_json::to_vec(&body).unwrap()))
+            }
             Err(r) => error_response(&r),
         });
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return Ok(error_response(&Rejection::new(StatusCode::METHOD_NOT_ALLOWED, "method", "admin endpoints take GET")));
+        return Ok(error_response(&Rejection::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method",
+            "admin endpoints take GET",
+        )));
     }
     Ok(match req.uri().path() {
         "/metrics" => {
             let mut r = Response::new(Full::new(Bytes::from(telemetry::render())));
-            r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4"));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
             r
         }
         "/healthz" => json_response(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}")),
-        "/readyz" if health.ready.load(Ordering::SeqCst) => json_response(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ready\"}")),
-        "/readyz" => json_response(StatusCode::SERVICE_UNAVAILABLE, Bytes::from_static(b"{\"status\":\"not ready\"}")),
-        other => error_response(&Rejection::new(StatusCode::NOT_FOUND, "not_found", format!("no admin endpoint at {other}; try /metrics, /healthz, /readyz"))),
+        "/readyz" if health.ready.load(Ordering::SeqCst) => json_response(
+            StatusCode::OK,
+            Bytes::from_static(b"{\"status\":\"ready\"}"),
+        ),
+        "/readyz" => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Bytes::from_static(b"{\"status\":\"not ready\"}"),
+        ),
+        other => error_response(&Rejection::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no admin endpoint at {other}; try /metrics, /healthz, /readyz"),
+        )),
     })
 }
 
-async fn control_request(req: Request<Incoming>, path: &str, control: &Control) -> Result<(StatusCode, serde_json::Value), Rejection> {
-    control.authorize(req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()))?;
+async fn control_request(
+    req: Request<Incoming>,
+    path: &str,
+    control: &Control,
+) -> Result<(StatusCode, serde_json::Value), Rejection> {
+    control.authorize(
+        req.headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    )?;
     let method = req.method().clone();
     let body = Limited::new(req.into_body(), 64 * 1024)
         .collect()
         .await
-        .map_err(|_| Rejection::new(StatusCode::PAYLOAD_TOO_LARGE, "admin", "control request bodies are limited to 64 KiB"))?
+        .map_err(|_| {
+            Rejection::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "admin",
+                "control request bodies are limited to 64 KiB",
+            )
+        })?
         .to_bytes();
     control.handle(&method, path, &body)
 }

@@ -43,8 +43,18 @@ pub fn open_store(cfg: &StoreConfig) -> anyhow::Result<Arc<dyn ObjectStore>> {
 }
 
 /// Starts the archive writer of `tenant`.
-pub fn spawn_writer(tenant: &str, cfg: &ArchiveConfig, store: Arc<dyn ObjectStore>, drain: CancellationToken) -> (ArchiveHandle, JoinHandle<()>) {
-    let budget = Budget::new(cfg.max_queued_bytes.as_usize(), METRICS.queued_bytes.with_label_values(&[&format!("archive:{tenant}")]));
+pub fn spawn_writer(
+    tenant: &str,
+    cfg: &ArchiveConfig,
+    store: Arc<dyn ObjectStore>,
+    drain: CancellationToken,
+) -> (ArchiveHandle, JoinHandle<()>) {
+    let budget = Budget::new(
+        cfg.max_queued_bytes.as_usize(),
+        METRICS
+            .queued_bytes
+            .with_label_values(&[&format!("archive:{tenant}")]),
+    );
     let (queue, rx) = Queue::new(budget);
     let writer = Writer {
         tenant: tenant.to_string(),
@@ -85,13 +95,22 @@ fn partition_of(ms: i64) -> String {
 /// across restarts and across several proxies writing the same bucket.
 fn object_name(partition: &str) -> String {
     static SEQ: AtomicU64 = AtomicU64::new(0);
-    static INSTANCE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| format!("{:016x}", rand::random::<u64>()));
+    static INSTANCE: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| format!("{:016x}", rand::random::<u64>()));
     let now = Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
-    format!("{partition}/{now}-{}-{:06}.ndjson.gz", *INSTANCE, SEQ.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{partition}/{now}-{}-{:06}.ndjson.gz",
+        *INSTANCE,
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 impl Writer {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<ArchiveChunk>, drain: CancellationToken) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<ArchiveChunk>,
+        drain: CancellationToken,
+    ) {
         loop {
             let deadline = self.open.as_ref().map(|o| o.deadline);
             tokio::select! {
@@ -125,7 +144,9 @@ impl Writer {
             events: 0,
             deadline: Instant::now() + self.max_object_age,
         });
-        open.gz.write_all(&chunk.lines).expect("writing to memory cannot fail");
+        open.gz
+            .write_all(&chunk.lines)
+            .expect("writing to memory cannot fail");
         open.raw_bytes += chunk.lines.len();
         open.events += chunk.events;
         drop(chunk.reservation);
@@ -137,23 +158,43 @@ impl Writer {
     /// Finishes the open object and writes it, retrying until the store takes it.
     async fn close_object(&mut self) {
         let Some(open) = self.open.take() else { return };
-        let body = Bytes::from(open.gz.finish().expect("finishing gzip in memory cannot fail"));
+        let body = Bytes::from(
+            open.gz
+                .finish()
+                .expect("finishing gzip in memory cannot fail"),
+        );
         let path = ObjectPath::from(format!("{}/{}", self.tenant, object_name(&open.partition)));
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.store.put(&path, PutPayload::from_bytes(body.clone())).await {
+            match self
+                .store
+                .put(&path, PutPayload::from_bytes(body.clone()))
+                .await
+            {
                 Ok(_) => break,
                 Err(e) => {
-                    METRICS.archive_errors.with_label_values(&[&self.tenant]).inc();
+                    METRICS
+                        .archive_errors
+                        .with_label_values(&[&self.tenant])
+                        .inc();
                     tracing::warn!(tenant = %self.tenant, object = %path, error = %e, retry_in = ?backoff, "archive write failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
             }
         }
-        METRICS.archived_events.with_label_values(&[&self.tenant]).inc_by(open.events as u64);
-        METRICS.archived_bytes.with_label_values(&[&self.tenant]).inc_by(open.raw_bytes as u64);
-        METRICS.archive_objects.with_label_values(&[&self.tenant]).inc();
+        METRICS
+            .archived_events
+            .with_label_values(&[&self.tenant])
+            .inc_by(open.events as u64);
+        METRICS
+            .archived_bytes
+            .with_label_values(&[&self.tenant])
+            .inc_by(open.raw_bytes as u64);
+        METRICS
+            .archive_objects
+            .with_label_values(&[&self.tenant])
+            .inc();
         tracing::debug!(tenant = %self.tenant, object = %path, events = open.events, bytes = body.len(), "archive object written");
     }
 }
@@ -168,7 +209,9 @@ mod tests {
     fn cfg(root: &std::path::Path, max_bytes: u64) -> ArchiveConfig {
         ArchiveConfig {
             enabled: true,
-            store: StoreConfig::Local { root: root.to_path_buf() },
+            store: StoreConfig::Local {
+                root: root.to_path_buf(),
+            },
             max_object_bytes: ByteSize(max_bytes),
             max_object_age: Dur(Duration::from_secs(3600)),
             compression_level: 1,
@@ -205,7 +248,13 @@ mod tests {
         for i in 0..5 {
             let line = format!("{{\"message\":\"event number {i}\"}}\n");
             let r = h.reserve(line.len()).unwrap();
-            h.send(ArchiveChunk { lines: Bytes::from(line), events: 1, received_at_ms: t, reservation: r }).unwrap();
+            h.send(ArchiveChunk {
+                lines: Bytes::from(line),
+                events: 1,
+                received_at_ms: t,
+                reservation: r,
+            })
+            .unwrap();
         }
         drain.cancel();
         task.await.unwrap();
@@ -213,10 +262,17 @@ mod tests {
         assert!(objs.len() >= 2, "size limit splits objects: {objs:?}");
         let mut all = String::new();
         for o in &objs {
-            let rel = o.strip_prefix(dir.path()).unwrap().to_str().unwrap().to_string();
+            let rel = o
+                .strip_prefix(dir.path())
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string();
             assert!(rel.starts_with("acme/dt=2024-01-02/hour=03/"), "{rel}");
             assert!(rel.ends_with(".ndjson.gz"), "{rel}");
-            MultiGzDecoder::new(std::fs::File::open(o).unwrap()).read_to_string(&mut all).unwrap();
+            MultiGzDecoder::new(std::fs::File::open(o).unwrap())
+                .read_to_string(&mut all)
+                .unwrap();
         }
         for i in 0..5 {
             assert!(all.contains(&format!("event number {i}")));

@@ -24,30 +24,62 @@ const DEFAULT_S3_REGION: &str = "us-east-1";
 pub fn open(cfg: &StoreConfig) -> anyhow::Result<Arc<dyn ObjectStore>> {
     match cfg {
         StoreConfig::Local { root } => {
-            std::fs::create_dir_all(root).map_err(|e| anyhow::anyhow!("cannot create archive directory {}: {e}", root.display()))?;
-            let fs = LocalFileSystem::new_with_prefix(root).map_err(|e| anyhow::anyhow!("archive directory {}: {e}", root.display()))?;
+            std::fs::create_dir_all(root).map_err(|e| {
+                anyhow::anyhow!("cannot create archive directory {}: {e}", root.display())
+            })?;
+            let fs = LocalFileSystem::new_with_prefix(root)
+                .map_err(|e| anyhow::anyhow!("archive directory {}: {e}", root.display()))?;
             Ok(Arc::new(fs))
         }
-        StoreConfig::S3 { bucket, prefix, access_key_id, secret_access_key, session_token, .. } => {
+        StoreConfig::S3 {
+            bucket,
+            prefix,
+            access_key_id,
+            secret_access_key,
+            session_token,
+            ..
+        } => {
             let name = format!("S3 archive store {}", url("s3", &[bucket], prefix));
             let secrets = [access_key_id, secret_access_key, session_token];
             let store = s3(cfg).map_err(|e| named(&name, e, &secrets))?;
             with_prefix(store, prefix).map_err(|e| named(&name, e, &secrets))
         }
-        StoreConfig::Gcs { bucket, prefix, service_account_path } => {
+        StoreConfig::Gcs {
+            bucket,
+            prefix,
+            service_account_path,
+        } => {
             let name = format!("GCS archive store {}", url("gs", &[bucket], prefix));
-            let mut b = GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket).with_retry(quick_retries());
+            let mut b = GoogleCloudStorageBuilder::from_env()
+                .with_bucket_name(bucket)
+                .with_retry(quick_retries());
             if let Some(path) = service_account_path {
-                let path = path.to_str().ok_or_else(|| anyhow::anyhow!("{name}: service_account_path {} is not valid UTF-8", path.display()))?;
+                let path = path.to_str().ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "{name}: service_account_path {} is not valid UTF-8",
+                        path.display()
+                    )
+                })?;
                 b = b.with_service_account_path(path);
             }
             let store = b.build().map_err(|e| named(&name, e.into(), &[]))?;
             with_prefix(store, prefix).map_err(|e| named(&name, e, &[]))
         }
-        StoreConfig::Azure { account, container, prefix, access_key } => {
-            let name = format!("Azure archive store {}", url("azure", &[account, container], prefix));
+        StoreConfig::Azure {
+            account,
+            container,
+            prefix,
+            access_key,
+        } => {
+            let name = format!(
+                "Azure archive store {}",
+                url("azure", &[account, container], prefix)
+            );
             let secrets = [access_key];
-            let mut b = MicrosoftAzureBuilder::from_env().with_account(account).with_container_name(container).with_retry(quick_retries());
+            let mut b = MicrosoftAzureBuilder::from_env()
+                .with_account(account)
+                .with_container_name(container)
+                .with_retry(quick_retries());
             if let Some(key) = access_key {
                 // Checked here: the decoder's own error would quote a character of the key.
                 if !is_base64(key.expose()) {
@@ -66,12 +98,20 @@ pub fn open(cfg: &StoreConfig) -> anyhow::Result<Arc<dyn ObjectStore>> {
 /// retries for as long as it takes, and logs and counts each failure, so an
 /// outage shows in metrics within seconds instead of after a minute.
 fn quick_retries() -> object_store::RetryConfig {
-    object_store::RetryConfig { max_retries: 2, retry_timeout: std::time::Duration::from_secs(20), ..Default::default() }
+    object_store::RetryConfig {
+        max_retries: 2,
+        retry_timeout: std::time::Duration::from_secs(20),
+        ..Default::default()
+    }
 }
 
 fn url(scheme: &str, parts: &[&String], prefix: &str) -> String {
     let mut s = format!("{scheme}:/");
-    for p in parts.iter().map(|p| p.as_str()).chain(Some(prefix.trim_matches('/')).filter(|p| !p.is_empty())) {
+    for p in parts
+        .iter()
+        .map(|p| p.as_str())
+        .chain(Some(prefix.trim_matches('/')).filter(|p| !p.is_empty()))
+    {
         s.push('/');
         s.push_str(p);
     }
@@ -100,12 +140,28 @@ fn with_prefix<T: ObjectStore>(store: T, prefix: &str) -> anyhow::Result<Arc<dyn
 }
 
 fn s3(cfg: &StoreConfig) -> anyhow::Result<object_store::aws::AmazonS3> {
-    let StoreConfig::S3 { bucket, region, endpoint, path_style, allow_http, access_key_id, secret_access_key, session_token, .. } = cfg else {
+    let StoreConfig::S3 {
+        bucket,
+        region,
+        endpoint,
+        path_style,
+        allow_http,
+        access_key_id,
+        secret_access_key,
+        session_token,
+        ..
+    } = cfg
+    else {
         unreachable!("s3() takes an S3 config")
     };
     // The environment (AWS_*) first, as the AWS SDKs read it; the config file wins.
-    let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(quick_retries());
-    let region = region.clone().or_else(|| b.get_config_value(&AmazonS3ConfigKey::Region)).unwrap_or_else(|| DEFAULT_S3_REGION.to_string());
+    let mut b = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_retry(quick_retries());
+    let region = region
+        .clone()
+        .or_else(|| b.get_config_value(&AmazonS3ConfigKey::Region))
+        .unwrap_or_else(|| DEFAULT_S3_REGION.to_string());
     b = b.with_region(region);
     if *allow_http {
         b = b.with_allow_http(true);
@@ -121,9 +177,16 @@ fn s3(cfg: &StoreConfig) -> anyhow::Result<object_store::aws::AmazonS3> {
     if let Some(endpoint) = endpoint {
         let http_allowed = b
             .get_config_value(&AmazonS3ConfigKey::Client(ClientConfigKey::AllowHttp))
-            .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "on" | "yes" | "y"));
+            .is_some_and(|v| {
+                matches!(
+                    v.to_ascii_lowercase().as_str(),
+                    "1" | "true" | "on" | "yes" | "y"
+                )
+            });
         let endpoint = s3_endpoint(&endpoint, bucket, virtual_hosted, http_allowed)?;
-        b = b.with_endpoint(endpoint.clone()).with_config(AmazonS3ConfigKey::S3Endpoint, endpoint);
+        b = b
+            .with_endpoint(endpoint.clone())
+            .with_config(AmazonS3ConfigKey::S3Endpoint, endpoint);
     }
 
     match (access_key_id, secret_access_key) {
@@ -151,8 +214,15 @@ fn s3(cfg: &StoreConfig) -> anyhow::Result<object_store::aws::AmazonS3> {
 /// service's base URL; with virtual-hosted-style ones, the bucket's own URL, so
 /// `https://s3.example.com` becomes `https://<bucket>.s3.example.com` (unless
 /// the bucket is already there).
-fn s3_endpoint(endpoint: &str, bucket: &str, virtual_hosted: bool, http_allowed: bool) -> anyhow::Result<String> {
-    let uri: http::Uri = endpoint.parse().map_err(|_| anyhow::anyhow!("endpoint {endpoint:?} is not an http:// or https:// URL"))?;
+fn s3_endpoint(
+    endpoint: &str,
+    bucket: &str,
+    virtual_hosted: bool,
+    http_allowed: bool,
+) -> anyhow::Result<String> {
+    let uri: http::Uri = endpoint
+        .parse()
+        .map_err(|_| anyhow::anyhow!("endpoint {endpoint:?} is not an http:// or https:// URL"))?;
     let (Some(scheme @ ("http" | "https")), Some(host)) = (uri.scheme_str(), uri.host()) else {
         anyhow::bail!("endpoint {endpoint:?} is not an http:// or https:// URL");
     };
@@ -167,7 +237,12 @@ fn s3_endpoint(endpoint: &str, bucket: &str, virtual_hosted: bool, http_allowed:
     if !virtual_hosted || host.starts_with(&format!("{bucket}.")) {
         return Ok(format!("{scheme}://{host}{port}{path}"));
     }
-    if host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().is_ok() {
+    if host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+        .is_ok()
+    {
         anyhow::bail!("endpoint {endpoint:?} is an IP address, which cannot take the bucket as a subdomain; set `path_style: true`");
     }
     Ok(format!("{scheme}://{bucket}.{host}{port}{path}"))
@@ -175,7 +250,11 @@ fn s3_endpoint(endpoint: &str, bucket: &str, virtual_hosted: bool, http_allowed:
 
 fn is_base64(s: &str) -> bool {
     let body = s.trim_end_matches('=');
-    s.len().is_multiple_of(4) && s.len() - body.len() <= 2 && body.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
+    s.len().is_multiple_of(4)
+        && s.len() - body.len() <= 2
+        && body
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
 }
 
 #[cfg(test)]
@@ -204,13 +283,29 @@ mod tests {
 
     #[test]
     fn endpoint_for_virtual_hosted_and_path_style_requests() {
-        assert_eq!(s3_endpoint("https://s3.example.com/", "logs", true, false).unwrap(), "https://logs.s3.example.com");
-        assert_eq!(s3_endpoint("https://logs.s3.example.com", "logs", true, false).unwrap(), "https://logs.s3.example.com");
-        assert_eq!(s3_endpoint("https://s3.example.com:8443/base/", "logs", false, false).unwrap(), "https://s3.example.com:8443/base");
-        assert_eq!(s3_endpoint("http://127.0.0.1:9000", "logs", false, true).unwrap(), "http://127.0.0.1:9000");
-        let e = s3_endpoint("http://127.0.0.1:9000", "logs", true, true).unwrap_err().to_string();
+        assert_eq!(
+            s3_endpoint("https://s3.example.com/", "logs", true, false).unwrap(),
+            "https://logs.s3.example.com"
+        );
+        assert_eq!(
+            s3_endpoint("https://logs.s3.example.com", "logs", true, false).unwrap(),
+            "https://logs.s3.example.com"
+        );
+        assert_eq!(
+            s3_endpoint("https://s3.example.com:8443/base/", "logs", false, false).unwrap(),
+            "https://s3.example.com:8443/base"
+        );
+        assert_eq!(
+            s3_endpoint("http://127.0.0.1:9000", "logs", false, true).unwrap(),
+            "http://127.0.0.1:9000"
+        );
+        let e = s3_endpoint("http://127.0.0.1:9000", "logs", true, true)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("path_style: true"), "{e}");
-        let e = s3_endpoint("http://minio:9000", "logs", false, false).unwrap_err().to_string();
+        let e = s3_endpoint("http://minio:9000", "logs", false, false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("allow_http"), "{e}");
         assert!(s3_endpoint("minio:9000", "logs", false, true).is_err());
         assert!(s3_endpoint("ftp://minio", "logs", false, true).is_err());
@@ -224,26 +319,44 @@ mod tests {
 
     #[test]
     fn s3_errors_name_the_store_and_hide_secrets() {
-        let e = open(&s3_cfg(Some("http://127.0.0.1:9"), true, false)).err().unwrap().to_string();
+        let e = open(&s3_cfg(Some("http://127.0.0.1:9"), true, false))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.starts_with("S3 archive store s3://logs/archive: "), "{e}");
         assert!(e.contains("allow_http"), "{e}");
 
         let mut cfg = s3_cfg(None, false, false);
-        if let StoreConfig::S3 { secret_access_key, .. } = &mut cfg {
+        if let StoreConfig::S3 {
+            secret_access_key, ..
+        } = &mut cfg
+        {
             *secret_access_key = None;
         }
         let e = open(&cfg).err().unwrap().to_string();
-        assert_eq!(e, "S3 archive store s3://logs/archive: access_key_id is set but secret_access_key is not");
+        assert_eq!(
+            e,
+            "S3 archive store s3://logs/archive: access_key_id is set but secret_access_key is not"
+        );
 
         // Whatever the cause, a secret that makes it into a message is masked.
         let secrets = [&Some(secret("wJalrXUtnFEMI-very-secret"))];
-        let e = named("S3 archive store s3://logs", anyhow::anyhow!("bad key wJalrXUtnFEMI-very-secret"), &secrets).to_string();
+        let e = named(
+            "S3 archive store s3://logs",
+            anyhow::anyhow!("bad key wJalrXUtnFEMI-very-secret"),
+            &secrets,
+        )
+        .to_string();
         assert_eq!(e, "S3 archive store s3://logs: bad key <redacted>");
     }
 
     #[test]
     fn gcs_error_names_the_store() {
-        let cfg = StoreConfig::Gcs { bucket: "logs".into(), prefix: "".into(), service_account_path: Some("/nonexistent/weir-sa.json".into()) };
+        let cfg = StoreConfig::Gcs {
+            bucket: "logs".into(),
+            prefix: "".into(),
+            service_account_path: Some("/nonexistent/weir-sa.json".into()),
+        };
         let e = open(&cfg).err().unwrap().to_string();
         assert!(e.starts_with("GCS archive store gs://logs: "), "{e}");
         assert!(e.contains("/nonexistent/weir-sa.json"), "{e}");
@@ -251,11 +364,24 @@ mod tests {
 
     #[test]
     fn azure_store_opens_and_bad_key_is_not_quoted() {
-        let ok = StoreConfig::Azure { account: "acct".into(), container: "logs".into(), prefix: "a/b".into(), access_key: Some(secret("c2VjcmV0LWtleQ==")) };
+        let ok = StoreConfig::Azure {
+            account: "acct".into(),
+            container: "logs".into(),
+            prefix: "a/b".into(),
+            access_key: Some(secret("c2VjcmV0LWtleQ==")),
+        };
         open(&ok).unwrap();
-        let bad = StoreConfig::Azure { account: "acct".into(), container: "logs".into(), prefix: "".into(), access_key: Some(secret("not base64 at all!")) };
+        let bad = StoreConfig::Azure {
+            account: "acct".into(),
+            container: "logs".into(),
+            prefix: "".into(),
+            access_key: Some(secret("not base64 at all!")),
+        };
         let e = open(&bad).err().unwrap().to_string();
-        assert!(e.starts_with("Azure archive store azure://acct/logs: "), "{e}");
+        assert!(
+            e.starts_with("Azure archive store azure://acct/logs: "),
+            "{e}"
+        );
         assert!(!e.contains("not base64 at all"), "{e}");
     }
 
@@ -263,8 +389,19 @@ mod tests {
     async fn prefix_places_objects_under_it() {
         let inner = Arc::new(InMemory::new());
         let store = with_prefix(Arc::clone(&inner), "/archive/v1/").unwrap();
-        store.put(&ObjectPath::from("acme/dt=2024-01-02/hour=03/x.ndjson.gz"), PutPayload::from_static(b"x")).await.unwrap();
-        inner.head(&ObjectPath::from("archive/v1/acme/dt=2024-01-02/hour=03/x.ndjson.gz")).await.unwrap();
+        store
+            .put(
+                &ObjectPath::from("acme/dt=2024-01-02/hour=03/x.ndjson.gz"),
+                PutPayload::from_static(b"x"),
+            )
+            .await
+            .unwrap();
+        inner
+            .head(&ObjectPath::from(
+                "archive/v1/acme/dt=2024-01-02/hour=03/x.ndjson.gz",
+            ))
+            .await
+            .unwrap();
         assert!(with_prefix(InMemory::new(), "a//b").is_err());
     }
 }

@@ -18,7 +18,9 @@ impl Locations {
         // A syntax error is reported by serde_yaml with its own position; the
         // index then just holds what was read before it.
         let _ = parser.load(&mut walker, false);
-        Locations { by_path: walker.found }
+        Locations {
+            by_path: walker.found,
+        }
     }
 
     /// The 1-based line and column of `path`, or of its nearest ancestor that exists.
@@ -35,8 +37,13 @@ impl Locations {
 }
 
 enum Frame {
-    Map { key: Option<String>, expecting_key: bool },
-    Seq { next: usize },
+    Map {
+        key: Option<String>,
+        expecting_key: bool,
+    },
+    Seq {
+        next: usize,
+    },
 }
 
 #[derive(Default)]
@@ -104,7 +111,10 @@ impl MarkedEventReceiver for Walker {
             }
             Event::MappingStart(..) => {
                 self.enter_node(None, mark);
-                self.stack.push(Frame::Map { key: None, expecting_key: true });
+                self.stack.push(Frame::Map {
+                    key: None,
+                    expecting_key: true,
+                });
             }
             Event::SequenceStart(..) => {
                 self.enter_node(None, mark);
@@ -125,13 +135,17 @@ mod tests {
 
     #[test]
     fn finds_nested_paths() {
-        let text = "a: 1\ntenants:\n  - name: x\n    backend: nope\n  - name: y\n    api_keys: [k1, k2]\n";
+        let text =
+            "a: 1\ntenants:\n  - name: x\n    backend: nope\n  - name: y\n    api_keys: [k1, k2]\n";
         let loc = Locations::index(text);
         assert_eq!(loc.find("a"), Some((1, 1)));
         assert_eq!(loc.find("tenants[0].backend"), Some((4, 5)));
         assert_eq!(loc.find("tenants[1].name"), Some((5, 5)));
         assert_eq!(loc.find("tenants[1].api_keys[1]"), Some((6, 20)));
         // Missing leaf: falls back to the enclosing element.
-        assert_eq!(loc.find("tenants[1].upstream_api_key").map(|p| p.0), Some(5));
+        assert_eq!(
+            loc.find("tenants[1].upstream_api_key").map(|p| p.0),
+            Some(5)
+        );
     }
 }

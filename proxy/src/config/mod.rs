@@ -128,7 +128,10 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { address: "127.0.0.1:8089".parse().unwrap(), token: None }
+        AdminConfig {
+            address: "127.0.0.1:8089".parse().unwrap(),
+            token: None,
+        }
     }
 }
 
@@ -142,7 +145,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info".into(), format: LogFormat::Text }
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
     }
 }
 
@@ -322,7 +328,11 @@ pub struct BatchConfig {
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        BatchConfig { max_events: 1000, max_bytes: ByteSize::mib(4), max_wait: Dur(Duration::from_secs(1)) }
+        BatchConfig {
+            max_events: 1000,
+            max_bytes: ByteSize::mib(4),
+            max_wait: Dur(Duration::from_secs(1)),
+        }
     }
 }
 
@@ -584,24 +594,39 @@ impl Config {
     /// Checks what types alone cannot: references, uniqueness, ranges, files.
     fn validate(&self) -> Result<(), (String, String)> {
         if self.listeners.is_empty() {
-            return Err(("listeners".into(), "at least one listener is required".into()));
+            return Err((
+                "listeners".into(),
+                "at least one listener is required".into(),
+            ));
         }
         let mut names = HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
             if !names.insert(&l.name) {
-                return Err((format!("listeners[{i}].name"), format!("duplicate listener name {:?}", l.name)));
+                return Err((
+                    format!("listeners[{i}].name"),
+                    format!("duplicate listener name {:?}", l.name),
+                ));
             }
             match (l.protocol, &l.tls) {
                 (ListenerProtocol::Https, None) => {
-                    return Err((format!("listeners[{i}].tls"), "protocol https needs a tls section with cert and key".into()))
+                    return Err((
+                        format!("listeners[{i}].tls"),
+                        "protocol https needs a tls section with cert and key".into(),
+                    ))
                 }
                 (ListenerProtocol::Http, Some(_)) => {
-                    return Err((format!("listeners[{i}].tls"), "tls is set but protocol is http; use protocol: https".into()))
+                    return Err((
+                        format!("listeners[{i}].tls"),
+                        "tls is set but protocol is http; use protocol: https".into(),
+                    ))
                 }
                 (ListenerProtocol::Https, Some(tls)) => {
                     for (field, p) in [("cert", &tls.cert), ("key", &tls.key)] {
                         if !p.is_file() {
-                            return Err((format!("listeners[{i}].tls.{field}"), format!("file {} does not exist", p.display())));
+                            return Err((
+                                format!("listeners[{i}].tls.{field}"),
+                                format!("file {} does not exist", p.display()),
+                            ));
                         }
                     }
                 }
@@ -613,35 +638,62 @@ impl Config {
             return Err(("limits.max_connections".into(), "must be at least 1".into()));
         }
         if lim.max_events_per_request == 0 {
-            return Err(("limits.max_events_per_request".into(), "must be at least 1".into()));
+            return Err((
+                "limits.max_events_per_request".into(),
+                "must be at least 1".into(),
+            ));
         }
         if lim.max_inflight_request_bytes < lim.max_body_bytes {
-            return Err(("limits.max_inflight_request_bytes".into(), "must be at least limits.max_body_bytes".into()));
+            return Err((
+                "limits.max_inflight_request_bytes".into(),
+                "must be at least limits.max_body_bytes".into(),
+            ));
         }
         validate_archive(&self.archive, "archive")?;
 
         let mut backends = HashSet::new();
         for (i, b) in self.backends.iter().enumerate() {
             if !backends.insert(b.name.as_str()) {
-                return Err((format!("backends[{i}].name"), format!("duplicate backend name {:?}", b.name)));
+                return Err((
+                    format!("backends[{i}].name"),
+                    format!("duplicate backend name {:?}", b.name),
+                ));
             }
             let (field, url) = match b.kind {
                 BackendType::Datadog => ("endpoint", &b.endpoint),
                 BackendType::Http => ("url", &b.url),
                 BackendType::File => ("path", &None),
             };
-            let wrong = |f: &str| Err((format!("backends[{i}].{f}"), format!("does not apply to a backend of type {:?}", b.kind)));
+            let wrong = |f: &str| {
+                Err((
+                    format!("backends[{i}].{f}"),
+                    format!("does not apply to a backend of type {:?}", b.kind),
+                ))
+            };
             if b.kind == BackendType::File {
                 if b.path.is_none() {
-                    return Err((format!("backends[{i}].path"), "a file backend needs a path (`-` for stdout)".into()));
+                    return Err((
+                        format!("backends[{i}].path"),
+                        "a file backend needs a path (`-` for stdout)".into(),
+                    ));
                 }
             } else {
                 let Some(url) = url else {
-                    return Err((format!("backends[{i}].{field}"), format!("a {:?} backend needs `{field}`", b.kind)));
+                    return Err((
+                        format!("backends[{i}].{field}"),
+                        format!("a {:?} backend needs `{field}`", b.kind),
+                    ));
                 };
                 match url.parse::<http::Uri>() {
-                    Ok(u) if matches!(u.scheme_str(), Some("http") | Some("https")) && u.host().is_some() => {}
-                    _ => return Err((format!("backends[{i}].{field}"), format!("{url:?} is not an http:// or https:// URL"))),
+                    Ok(u)
+                        if matches!(u.scheme_str(), Some("http") | Some("https"))
+                            && u.host().is_some() => {}
+                    _ => {
+                        return Err((
+                            format!("backends[{i}].{field}"),
+                            format!("{url:?} is not an http:// or https:// URL"),
+                        ))
+                    }
                 }
                 if b.path.is_some() {
                     return wrong("path");
@@ -663,44 +715,80 @@ impl Config {
                 (Codec::None, Some(_)) => false,
             };
             if !level_ok {
-                return Err((format!("backends[{i}].compression_level"), "out of range: gzip takes 0-9, zstd 1-22, none takes no level".into()));
+                return Err((
+                    format!("backends[{i}].compression_level"),
+                    "out of range: gzip takes 0-9, zstd 1-22, none takes no level".into(),
+                ));
             }
             if let Some(ca) = &b.ca_file {
                 if !ca.is_file() {
-                    return Err((format!("backends[{i}].ca_file"), format!("file {} does not exist", ca.display())));
+                    return Err((
+                        format!("backends[{i}].ca_file"),
+                        format!("file {} does not exist", ca.display()),
+                    ));
                 }
             }
             if b.batch.max_events == 0 || b.batch.max_bytes.0 == 0 {
-                return Err((format!("backends[{i}].batch"), "max_events and max_bytes must be at least 1".into()));
+                return Err((
+                    format!("backends[{i}].batch"),
+                    "max_events and max_bytes must be at least 1".into(),
+                ));
             }
             if b.max_in_flight == 0 {
-                return Err((format!("backends[{i}].max_in_flight"), "must be at least 1".into()));
+                return Err((
+                    format!("backends[{i}].max_in_flight"),
+                    "must be at least 1".into(),
+                ));
             }
             if b.max_queued_bytes < self.limits.max_decompressed_bytes {
-                return Err((format!("backends[{i}].max_queued_bytes"), "must be at least limits.max_decompressed_bytes, or no request could ever fit".into()));
+                return Err((
+                    format!("backends[{i}].max_queued_bytes"),
+                    "must be at least limits.max_decompressed_bytes, or no request could ever fit"
+                        .into(),
+                ));
             }
         }
 
         let mut tenants = HashSet::new();
         let mut keys = HashSet::new();
         for (i, t) in self.tenants.iter().enumerate() {
-            if t.name.is_empty() || !t.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            if t.name.is_empty()
+                || !t
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
                 return Err((format!("tenants[{i}].name"), format!("{:?}: tenant names use letters, digits, - and _ (they name archive folders)", t.name)));
             }
             if !tenants.insert(t.name.as_str()) {
-                return Err((format!("tenants[{i}].name"), format!("duplicate tenant name {:?}", t.name)));
+                return Err((
+                    format!("tenants[{i}].name"),
+                    format!("duplicate tenant name {:?}", t.name),
+                ));
             }
             if t.api_keys.is_empty() {
-                return Err((format!("tenants[{i}].api_keys"), "at least one API key is required".into()));
+                return Err((
+                    format!("tenants[{i}].api_keys"),
+                    "at least one API key is required".into(),
+                ));
             }
             for (k, key) in t.api_keys.iter().enumerate() {
                 if !keys.insert(key.expose()) {
-                    return Err((format!("tenants[{i}].api_keys[{k}]"), "this API key is already used (keys must map to exactly one tenant)".into()));
+                    return Err((
+                        format!("tenants[{i}].api_keys[{k}]"),
+                        "this API key is already used (keys must map to exactly one tenant)".into(),
+                    ));
                 }
             }
             let Some(backend) = self.backends.iter().find(|b| b.name == t.backend) else {
                 let known: Vec<_> = self.backends.iter().map(|b| b.name.as_str()).collect();
-                return Err((format!("tenants[{i}].backend"), format!("no backend named {:?}; defined backends: {known:?}", t.backend)));
+                return Err((
+                    format!("tenants[{i}].backend"),
+                    format!(
+                        "no backend named {:?}; defined backends: {known:?}",
+                        t.backend
+                    ),
+                ));
             };
             if backend.kind == BackendType::Datadog && t.upstream_api_key.is_none() {
                 return Err((format!("tenants[{i}].upstream_api_key"), format!("backend {:?} is of type datadog, which needs the tenant's upstream_api_key", t.backend)));
@@ -721,10 +809,16 @@ impl Config {
                 if r.events_per_second.is_none() && r.bytes_per_second.is_none() {
                     return Err((at, "set events_per_second, bytes_per_second or both".into()));
                 }
-                if r.events_per_second == Some(0) || r.bytes_per_second.is_some_and(|b| b.0 == 0) || r.events_burst == Some(0) || r.bytes_burst.is_some_and(|b| b.0 == 0) {
+                if r.events_per_second == Some(0)
+                    || r.bytes_per_second.is_some_and(|b| b.0 == 0)
+                    || r.events_burst == Some(0)
+                    || r.bytes_burst.is_some_and(|b| b.0 == 0)
+                {
                     return Err((at, "rates and bursts must be at least 1".into()));
                 }
-                if r.bytes_per_second.is_some_and(|b| b.0 > u32::MAX as u64) || r.bytes_burst.is_some_and(|b| b.0 > u32::MAX as u64) {
+                if r.bytes_per_second.is_some_and(|b| b.0 > u32::MAX as u64)
+                    || r.bytes_burst.is_some_and(|b| b.0 > u32::MAX as u64)
+                {
                     return Err((at, "byte rates and bursts are limited to 4 GiB".into()));
                 }
             }
@@ -737,10 +831,16 @@ impl Config {
                     return Err((format!("{at}.reset_hour_utc"), "must be 0-23".into()));
                 }
                 if !(q.warning_threshold > 0.0 && q.warning_threshold <= 1.0) {
-                    return Err((format!("{at}.warning_threshold"), "must be in (0, 1]".into()));
+                    return Err((
+                        format!("{at}.warning_threshold"),
+                        "must be in (0, 1]".into(),
+                    ));
                 }
                 if !q.overrides.is_empty() && q.partition_by.is_empty() {
-                    return Err((format!("{at}.overrides"), "overrides name partition values, so partition_by must be set".into()));
+                    return Err((
+                        format!("{at}.overrides"),
+                        "overrides name partition values, so partition_by must be set".into(),
+                    ));
                 }
             }
         }
@@ -756,13 +856,22 @@ fn validate_rules(rules: &[ExclusionRuleConfig], at: &str) -> Result<(), (String
     let mut names = HashSet::new();
     for (i, r) in rules.iter().enumerate() {
         if !names.insert(r.name.as_str()) {
-            return Err((format!("{at}[{i}].name"), format!("duplicate rule name {:?}", r.name)));
+            return Err((
+                format!("{at}[{i}].name"),
+                format!("duplicate rule name {:?}", r.name),
+            ));
         }
         if let Err(e) = crate::rules::query::Query::parse(&r.query) {
-            return Err((format!("{at}[{i}].query"), format!("invalid query {:?}: {e}", r.query)));
+            return Err((
+                format!("{at}[{i}].query"),
+                format!("invalid query {:?}: {e}", r.query),
+            ));
         }
         if !(0.0..=1.0).contains(&r.sample_rate) {
-            return Err((format!("{at}[{i}].sample_rate"), "must be between 0 and 1 (the share of matching events excluded)".into()));
+            return Err((
+                format!("{at}[{i}].sample_rate"),
+                "must be between 0 and 1 (the share of matching events excluded)".into(),
+            ));
         }
     }
     Ok(())
@@ -772,16 +881,28 @@ fn validate_plugins(plugins: &[PluginConfig], at: &str) -> Result<(), (String, S
     let mut names = HashSet::new();
     for (i, p) in plugins.iter().enumerate() {
         if p.name.is_empty() || !names.insert(p.name.as_str()) {
-            return Err((format!("{at}[{i}].name"), format!("{:?}: plugin names must be non-empty and unique within the tenant", p.name)));
+            return Err((
+                format!("{at}[{i}].name"),
+                format!(
+                    "{:?}: plugin names must be non-empty and unique within the tenant",
+                    p.name
+                ),
+            ));
         }
         if !p.path.is_file() {
-            return Err((format!("{at}[{i}].path"), format!("file {} does not exist", p.path.display())));
+            return Err((
+                format!("{at}[{i}].path"),
+                format!("file {} does not exist", p.path.display()),
+            ));
         }
         if p.timeout.0.is_zero() {
             return Err((format!("{at}[{i}].timeout"), "must be more than 0".into()));
         }
         if p.memory_limit.0 < 65536 || p.memory_limit.0 > 4 << 30 {
-            return Err((format!("{at}[{i}].memory_limit"), "must be between 64KiB (one wasm page) and 4GiB".into()));
+            return Err((
+                format!("{at}[{i}].memory_limit"),
+                "must be between 64KiB (one wasm page) and 4GiB".into(),
+            ));
         }
         // Cheap: validation only (no compilation); `weir check` and start-up compile and instantiate too.
         if let Err(e) = crate::plugin::validate_file(&p.path) {
@@ -793,10 +914,16 @@ fn validate_plugins(plugins: &[PluginConfig], at: &str) -> Result<(), (String, S
 
 fn validate_archive(a: &ArchiveConfig, at: &str) -> Result<(), (String, String)> {
     if a.compression_level > 9 {
-        return Err((format!("{at}.compression_level"), "gzip level must be 0-9".into()));
+        return Err((
+            format!("{at}.compression_level"),
+            "gzip level must be 0-9".into(),
+        ));
     }
     if a.max_object_bytes.0 == 0 {
-        return Err((format!("{at}.max_object_bytes"), "must be at least 1".into()));
+        return Err((
+            format!("{at}.max_object_bytes"),
+            "must be at least 1".into(),
+        ));
     }
     Ok(())
 }
@@ -848,7 +975,10 @@ mod tests {
     fn missing_env_var_is_named() {
         let text = base().replace("[k]", "[\"${WEIR_TEST_UNSET_KEY}\"]");
         let e = Config::parse(&text, "w.yaml").unwrap_err();
-        assert!(e.to_string().contains("WEIR_TEST_UNSET_KEY is not set"), "{e}");
+        assert!(
+            e.to_string().contains("WEIR_TEST_UNSET_KEY is not set"),
+            "{e}"
+        );
         assert_eq!(e.field.as_deref(), Some("tenants[0].api_keys[0]"));
     }
 
@@ -865,21 +995,43 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing = base() + "    plugins:\n      - {name: p, path: /nonexistent/p.wasm, on_error: drop, timeout: 20ms}\n";
         let e = Config::parse(&missing, "w.yaml").unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("tenants[0].plugins[0].path"), "{e}");
+        assert_eq!(
+            e.field.as_deref(),
+            Some("tenants[0].plugins[0].path"),
+            "{e}"
+        );
         let junk = dir.path().join("junk.wasm");
         std::fs::write(&junk, b"\0asm\x01\0\0\0\x99").unwrap();
-        let e = Config::parse(&missing.replace("/nonexistent/p.wasm", junk.to_str().unwrap()), "w.yaml").unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("tenants[0].plugins[0].path"), "{e}");
+        let e = Config::parse(
+            &missing.replace("/nonexistent/p.wasm", junk.to_str().unwrap()),
+            "w.yaml",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.field.as_deref(),
+            Some("tenants[0].plugins[0].path"),
+            "{e}"
+        );
         let ok = dir.path().join("ok.wat");
         std::fs::write(&ok, "(module)").unwrap();
-        let c = Config::parse(&missing.replace("/nonexistent/p.wasm", ok.to_str().unwrap()), "w.yaml").unwrap();
+        let c = Config::parse(
+            &missing.replace("/nonexistent/p.wasm", ok.to_str().unwrap()),
+            "w.yaml",
+        )
+        .unwrap();
         let p = &c.tenants[0].plugins[0];
-        assert_eq!((p.on_error, p.timeout.0, p.memory_limit.0), (PluginOnError::Drop, Duration::from_millis(20), 64 << 20));
+        assert_eq!(
+            (p.on_error, p.timeout.0, p.memory_limit.0),
+            (PluginOnError::Drop, Duration::from_millis(20), 64 << 20)
+        );
     }
 
     #[test]
     fn datadog_backend_needs_upstream_key() {
-        let text = base().replace("type: file\n    path: /tmp/out", "type: datadog\n    endpoint: https://example.com");
+        let text = base().replace(
+            "type: file\n    path: /tmp/out",
+            "type: datadog\n    endpoint: https://example.com",
+        );
         let e = Config::parse(&text, "w.yaml").unwrap_err();
         assert_eq!(e.field.as_deref(), Some("tenants[0].upstream_api_key"));
     }

@@ -17,9 +17,11 @@ impl fmt::Debug for Dur {
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim())
-            .map(Dur)
-            .map_err(|e| de::Error::custom(format!("invalid duration {s:?} ({e}); expected e.g. \"500ms\", \"10s\", \"5m\"")))
+        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
+            de::Error::custom(format!(
+                "invalid duration {s:?} ({e}); expected e.g. \"500ms\", \"10s\", \"5m\""
+            ))
+        })
     }
 }
 
@@ -38,9 +40,13 @@ impl ByteSize {
 
 pub fn parse_byte_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let num: f64 = num.parse().map_err(|_| format!("invalid byte size {s:?}; expected e.g. 1024, \"64KiB\", \"5MiB\""))?;
+    let num: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid byte size {s:?}; expected e.g. 1024, \"64KiB\", \"5MiB\""))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "kb" => 1_000,
@@ -49,7 +55,9 @@ pub fn parse_byte_size(s: &str) -> Result<u64, String> {
         "kib" => 1 << 10,
         "mib" => 1 << 20,
         "gib" => 1 << 30,
-        other => return Err(format!("unknown byte size unit {other:?} in {s:?}; expected B, KB, MB, GB, KiB, MiB or GiB")),
+        other => return Err(format!(
+            "unknown byte size unit {other:?} in {s:?}; expected B, KB, MB, GB, KiB, MiB or GiB"
+        )),
     };
     Ok((num * mult as f64) as u64)
 }
@@ -66,7 +74,9 @@ impl<'de> Deserialize<'de> for ByteSize {
                 Ok(ByteSize(v))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                u64::try_from(v).map(ByteSize).map_err(|_| E::custom("a byte size cannot be negative"))
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a byte size cannot be negative"))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
                 parse_byte_size(v).map(ByteSize).map_err(E::custom)
@@ -104,12 +114,17 @@ pub fn expand_env(raw: &str) -> Result<String, String> {
             out.push_str("${");
             rest = after;
         } else if let Some(after) = rest.strip_prefix("${") {
-            let end = after.find('}').ok_or_else(|| "unterminated ${ in value; expected ${ENV_VAR}".to_string())?;
+            let end = after
+                .find('}')
+                .ok_or_else(|| "unterminated ${ in value; expected ${ENV_VAR}".to_string())?;
             let name = &after[..end];
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!("invalid environment variable name {name:?} in ${{...}}"));
+                return Err(format!(
+                    "invalid environment variable name {name:?} in ${{...}}"
+                ));
             }
-            let value = std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?;
+            let value = std::env::var(name)
+                .map_err(|_| format!("environment variable {name} is not set"))?;
             out.push_str(&value);
             rest = &after[end + 1..];
         } else {
@@ -153,7 +168,9 @@ mod tests {
         assert_eq!(expand_env("a-${WEIR_UNITS_TEST}-b").unwrap(), "a-s3cr3t-b");
         assert_eq!(expand_env("$${LITERAL}").unwrap(), "${LITERAL}");
         assert_eq!(expand_env("cost$5").unwrap(), "cost$5");
-        assert!(expand_env("${WEIR_SURELY_UNSET_VAR}").unwrap_err().contains("WEIR_SURELY_UNSET_VAR"));
+        assert!(expand_env("${WEIR_SURELY_UNSET_VAR}")
+            .unwrap_err()
+            .contains("WEIR_SURELY_UNSET_VAR"));
         assert!(expand_env("${OPEN").is_err());
     }
 

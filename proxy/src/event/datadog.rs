@@ -43,22 +43,35 @@ impl<'de> Visitor<'de> for DatadogPayload<'_> {
                 // One more entry than allowed refuses the whole payload.
                 if seq.next_element::<IgnoredAny>()?.is_some() {
                     self.too_many.set(true);
-                    return Err(de::Error::custom(format!("more than {} log entries in one payload", self.limits.max_events)));
+                    return Err(de::Error::custom(format!(
+                        "more than {} log entries in one payload",
+                        self.limits.max_events
+                    )));
                 }
                 return Ok(());
             }
-            let seed = EntrySeed { limits: self.limits };
+            let seed = EntrySeed {
+                limits: self.limits,
+            };
             match seq.next_element_seed(seed) {
                 Ok(Some(ev)) => self.out.push(ev),
                 Ok(None) => return Ok(()),
-                Err(e) => return Err(de::Error::custom(format!("entry {index}: {}", strip_position(&e.to_string())))),
+                Err(e) => {
+                    return Err(de::Error::custom(format!(
+                        "entry {index}: {}",
+                        strip_position(&e.to_string())
+                    )))
+                }
             }
             index += 1;
         }
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
-        let ev = EntrySeed { limits: self.limits }.visit_map(map)?;
+        let ev = EntrySeed {
+            limits: self.limits,
+        }
+        .visit_map(map)?;
         self.out.push(ev);
         Ok(())
     }
@@ -75,13 +88,24 @@ pub fn decode_entry(json: &[u8], limits: PayloadLimits) -> Result<Event, serde_j
 /// Sample logs for offline tools (`weir query`): a JSON array of log objects,
 /// one object, or NDJSON; no size limits, arrival time now.
 pub fn decode_sample(text: &[u8]) -> Result<Vec<Event>, String> {
-    let limits = PayloadLimits { max_events: usize::MAX, max_log_bytes: usize::MAX, received_at_ms: chrono::Utc::now().timestamp_millis() };
+    let limits = PayloadLimits {
+        max_events: usize::MAX,
+        max_log_bytes: usize::MAX,
+        received_at_ms: chrono::Utc::now().timestamp_millis(),
+    };
     let first = text.iter().find(|b| !b.is_ascii_whitespace());
     if first == Some(&b'[') {
         let too_many = Cell::new(false);
         let mut out = Vec::new();
         let mut de = serde_json::Deserializer::from_slice(text);
-        DatadogPayload { limits, too_many: &too_many, out: &mut out }.deserialize(&mut de).and_then(|_| de.end()).map_err(|e| format!("invalid JSON: {e}"))?;
+        DatadogPayload {
+            limits,
+            too_many: &too_many,
+            out: &mut out,
+        }
+        .deserialize(&mut de)
+        .and_then(|_| de.end())
+        .map_err(|e| format!("invalid JSON: {e}"))?;
         return Ok(out);
     }
     let mut out = Vec::new();
@@ -112,7 +136,10 @@ impl<'de> Visitor<'de> for EntrySeed {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Event, A::Error> {
-        let mut ev = Event { timestamp: self.limits.received_at_ms, ..Default::default() };
+        let mut ev = Event {
+            timestamp: self.limits.received_at_ms,
+            ..Default::default()
+        };
         let mut bad_timestamp = None;
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             match key.as_ref() {
@@ -136,7 +163,11 @@ impl<'de> Visitor<'de> for EntrySeed {
                         }
                     }
                     Value::Null => {}
-                    other => return Err(de::Error::custom(format!("ddtags must be a string of comma-separated tags, got {other}"))),
+                    other => {
+                        return Err(de::Error::custom(format!(
+                            "ddtags must be a string of comma-separated tags, got {other}"
+                        )))
+                    }
                 },
                 "timestamp" => {
                     let v = map.next_value::<Value>()?;
@@ -178,7 +209,10 @@ fn string_field(v: Value) -> Option<String> {
 }
 
 fn split_tags(s: &str) -> impl Iterator<Item = String> + '_ {
-    s.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_string)
+    s.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
 }
 
 /// Milliseconds since the epoch from a number (ms) or an RFC 3339 / numeric string.
@@ -189,7 +223,9 @@ fn parse_timestamp(v: &Value) -> Option<i64> {
             if let Ok(n) = s.parse::<i64>() {
                 return Some(n);
             }
-            chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis())
+            chrono::DateTime::parse_from_rfc3339(s)
+                .ok()
+                .map(|t| t.timestamp_millis())
         }
         _ => None,
     }
@@ -200,17 +236,25 @@ mod tests {
     use super::*;
 
     fn limits() -> PayloadLimits {
-        PayloadLimits { max_events: 3, max_log_bytes: 16, received_at_ms: 1_700_000_000_000 }
+        PayloadLimits {
+            max_events: 3,
+            max_log_bytes: 16,
+            received_at_ms: 1_700_000_000_000,
+        }
     }
 
     fn decode(json: &str) -> Result<Vec<Event>, (bool, String)> {
         let too_many = Cell::new(false);
         let mut out = Vec::new();
         let mut de = serde_json::Deserializer::from_str(json);
-        DatadogPayload { limits: limits(), too_many: &too_many, out: &mut out }
-            .deserialize(&mut de)
-            .and_then(|_| de.end())
-            .map_err(|e| (too_many.get(), e.to_string()))?;
+        DatadogPayload {
+            limits: limits(),
+            too_many: &too_many,
+            out: &mut out,
+        }
+        .deserialize(&mut de)
+        .and_then(|_| de.end())
+        .map_err(|e| (too_many.get(), e.to_string()))?;
         Ok(out)
     }
 

@@ -26,12 +26,19 @@ pub struct Event {
 
 impl Event {
     pub fn from_message(message: String, received_at_ms: i64) -> Event {
-        Event { timestamp: received_at_ms, message, ..Default::default() }
+        Event {
+            timestamp: received_at_ms,
+            message,
+            ..Default::default()
+        }
     }
 
     /// Records something Weir did to the event under the `weir` attribute object.
     pub fn mark(&mut self, key: &str, value: Value) {
-        let entry = self.attributes.entry("weir").or_insert_with(|| Value::Object(Map::new()));
+        let entry = self
+            .attributes
+            .entry("weir")
+            .or_insert_with(|| Value::Object(Map::new()));
         if !entry.is_object() {
             // The sender used `weir` for its own data: keep it, nested one level down.
             let theirs = std::mem::take(entry);
@@ -61,7 +68,10 @@ impl Event {
     }
 
     pub fn is_truncated(&self) -> bool {
-        self.attributes.get("weir").and_then(|w| w.get("truncated")).is_some_and(|t| t == &Value::Bool(true))
+        self.attributes
+            .get("weir")
+            .and_then(|w| w.get("truncated"))
+            .is_some_and(|t| t == &Value::Bool(true))
     }
 
     /// Appends the Datadog-shaped JSON of the event to `out`.
@@ -121,7 +131,11 @@ pub struct Batch {
 impl Batch {
     pub fn new(meta: BatchMeta, events: Vec<Event>) -> Batch {
         let dispositions = vec![Disposition::Index; events.len()];
-        Batch { meta, events, dispositions }
+        Batch {
+            meta,
+            events,
+            dispositions,
+        }
     }
 }
 

@@ -2,8 +2,8 @@
 //! it, and the size once decompressed. Decompression streams and stops at the
 //! limit, so a zip bomb costs at most `max_decompressed_bytes` of memory.
 use crate::pipeline::Rejection;
-use http::StatusCode;
 use bytes::Bytes;
+use http::StatusCode;
 use std::io::Read;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,7 +17,9 @@ pub enum Encoding {
 impl Encoding {
     /// From a Content-Encoding header value (absent means identity).
     pub fn parse(header: Option<&str>) -> Result<Encoding, Rejection> {
-        let Some(v) = header.map(|v| v.trim().to_ascii_lowercase()) else { return Ok(Encoding::Identity) };
+        let Some(v) = header.map(|v| v.trim().to_ascii_lowercase()) else {
+            return Ok(Encoding::Identity);
+        };
         match v.as_str() {
             "" | "identity" => Ok(Encoding::Identity),
             "gzip" | "x-gzip" => Ok(Encoding::Gzip),
@@ -26,7 +28,9 @@ impl Encoding {
             other => Err(Rejection::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_encoding",
-                format!("unsupported Content-Encoding {other:?}; use gzip, deflate, zstd or identity"),
+                format!(
+                    "unsupported Content-Encoding {other:?}; use gzip, deflate, zstd or identity"
+                ),
             )),
         }
     }
@@ -41,28 +45,54 @@ pub fn decompress(body: Bytes, encoding: Encoding, limit: usize) -> Result<Bytes
     };
     match encoding {
         Encoding::Identity => unreachable!(),
-        Encoding::Gzip => read_limited(flate2::read::MultiGzDecoder::new(body), body.len(), limit, "gzip"),
+        Encoding::Gzip => read_limited(
+            flate2::read::MultiGzDecoder::new(body),
+            body.len(),
+            limit,
+            "gzip",
+        ),
         Encoding::Deflate => {
             // HTTP's "deflate" is zlib-wrapped (RFC 9110), but some clients send raw deflate: the zlib header tells.
-            let zlib = body.len() >= 2 && (body[0] & 0x0f) == 8 && (u16::from(body[0]) << 8 | u16::from(body[1])) % 31 == 0;
+            let zlib = body.len() >= 2
+                && (body[0] & 0x0f) == 8
+                && (u16::from(body[0]) << 8 | u16::from(body[1])) % 31 == 0;
             if zlib {
-                read_limited(flate2::read::ZlibDecoder::new(body), body.len(), limit, "deflate")
+                read_limited(
+                    flate2::read::ZlibDecoder::new(body),
+                    body.len(),
+                    limit,
+                    "deflate",
+                )
             } else {
-                read_limited(flate2::read::DeflateDecoder::new(body), body.len(), limit, "deflate")
+                read_limited(
+                    flate2::read::DeflateDecoder::new(body),
+                    body.len(),
+                    limit,
+                    "deflate",
+                )
             }
         }
         Encoding::Zstd => {
-            let dec = zstd::stream::read::Decoder::with_buffer(body).map_err(|e| corrupt("zstd", e))?;
+            let dec =
+                zstd::stream::read::Decoder::with_buffer(body).map_err(|e| corrupt("zstd", e))?;
             read_limited(dec, body.len(), limit, "zstd")
         }
     }
 }
 
-fn read_limited(reader: impl Read, compressed_len: usize, limit: usize, what: &str) -> Result<Bytes, Rejection> {
+fn read_limited(
+    reader: impl Read,
+    compressed_len: usize,
+    limit: usize,
+    what: &str,
+) -> Result<Bytes, Rejection> {
     // Logs compress about 5-10x: start near the likely size instead of doubling up to it.
     let mut out = Vec::with_capacity(compressed_len.saturating_mul(8).min(limit + 1));
     // One byte past the limit tells "exactly at the limit" from "over it".
-    let n = reader.take(limit as u64 + 1).read_to_end(&mut out).map_err(|e| corrupt(what, e))?;
+    let n = reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| corrupt(what, e))?;
     if n > limit {
         return Err(too_large(limit));
     }
@@ -78,7 +108,11 @@ pub fn too_large(limit: usize) -> Rejection {
 }
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> Rejection {
-    Rejection::new(StatusCode::BAD_REQUEST, "bad_encoding", format!("body is not valid {what}: {e}"))
+    Rejection::new(
+        StatusCode::BAD_REQUEST,
+        "bad_encoding",
+        format!("body is not valid {what}: {e}"),
+    )
 }
 
 #[cfg(test)]
@@ -95,23 +129,42 @@ mod tests {
     #[test]
     fn every_codec_round_trips() {
         let data = b"[{\"message\":\"hello\"}]".repeat(50);
-        assert_eq!(decompress(gzip(&data).into(), Encoding::Gzip, 1 << 20).unwrap(), &data[..]);
+        assert_eq!(
+            decompress(gzip(&data).into(), Encoding::Gzip, 1 << 20).unwrap(),
+            &data[..]
+        );
         let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
         z.write_all(&data).unwrap();
-        assert_eq!(decompress(z.finish().unwrap().into(), Encoding::Deflate, 1 << 20).unwrap(), &data[..]);
-        let mut raw = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        assert_eq!(
+            decompress(z.finish().unwrap().into(), Encoding::Deflate, 1 << 20).unwrap(),
+            &data[..]
+        );
+        let mut raw =
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
         raw.write_all(&data).unwrap();
-        assert_eq!(decompress(raw.finish().unwrap().into(), Encoding::Deflate, 1 << 20).unwrap(), &data[..]);
+        assert_eq!(
+            decompress(raw.finish().unwrap().into(), Encoding::Deflate, 1 << 20).unwrap(),
+            &data[..]
+        );
         let zs = zstd::bulk::compress(&data, 3).unwrap();
-        assert_eq!(decompress(zs.into(), Encoding::Zstd, 1 << 20).unwrap(), &data[..]);
-        assert_eq!(decompress(data.clone().into(), Encoding::Identity, 1 << 20).unwrap(), &data[..]);
+        assert_eq!(
+            decompress(zs.into(), Encoding::Zstd, 1 << 20).unwrap(),
+            &data[..]
+        );
+        assert_eq!(
+            decompress(data.clone().into(), Encoding::Identity, 1 << 20).unwrap(),
+            &data[..]
+        );
     }
 
     #[test]
     fn concatenated_gzip_members_are_read() {
         let mut body = gzip(b"first ");
         body.extend(gzip(b"second"));
-        assert_eq!(decompress(body.into(), Encoding::Gzip, 100).unwrap(), &b"first second"[..]);
+        assert_eq!(
+            decompress(body.into(), Encoding::Gzip, 100).unwrap(),
+            &b"first second"[..]
+        );
     }
 
     #[test]
@@ -120,16 +173,29 @@ mod tests {
         assert!(decompress(gzip(&data).into(), Encoding::Gzip, 1000).is_ok());
         let e = decompress(gzip(&data).into(), Encoding::Gzip, 999).unwrap_err();
         assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
-        let e = decompress(zstd::bulk::compress(&data, 1).unwrap().into(), Encoding::Zstd, 999).unwrap_err();
+        let e = decompress(
+            zstd::bulk::compress(&data, 1).unwrap().into(),
+            Encoding::Zstd,
+            999,
+        )
+        .unwrap_err();
         assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
     }
 
     #[test]
     fn garbage_is_a_bad_request() {
-        let e = decompress(Bytes::from_static(b"definitely not gzip"), Encoding::Gzip, 100).unwrap_err();
+        let e = decompress(
+            Bytes::from_static(b"definitely not gzip"),
+            Encoding::Gzip,
+            100,
+        )
+        .unwrap_err();
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
         let e = decompress(Bytes::from_static(b"nor zstd"), Encoding::Zstd, 100).unwrap_err();
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
-        assert_eq!(Encoding::parse(Some("br")).unwrap_err().status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(
+            Encoding::parse(Some("br")).unwrap_err().status,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        );
     }
 }

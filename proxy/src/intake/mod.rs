@@ -5,7 +5,9 @@
 pub mod body;
 
 use crate::config::Limits;
-use crate::event::{decode_entry, Batch, BatchMeta, DatadogPayload, Event, Intake as Protocol, PayloadLimits};
+use crate::event::{
+    decode_entry, Batch, BatchMeta, DatadogPayload, Event, Intake as Protocol, PayloadLimits,
+};
 use crate::pipeline::budget::Budget;
 use crate::pipeline::{Chain, Rejection};
 use crate::telemetry::METRICS;
@@ -34,55 +36,128 @@ pub struct Intake {
 
 impl Intake {
     pub fn new(tenants: Tenants, chain: Arc<Chain>, limits: Limits) -> Arc<Intake> {
-        let request_budget = Budget::new(limits.max_inflight_request_bytes.as_usize(), METRICS.queued_bytes.with_label_values(&["intake_requests"]));
-        Arc::new(Intake { tenants, chain, limits, request_budget })
+        let request_budget = Budget::new(
+            limits.max_inflight_request_bytes.as_usize(),
+            METRICS.queued_bytes.with_label_values(&["intake_requests"]),
+        );
+        Arc::new(Intake {
+            tenants,
+            chain,
+            limits,
+            request_budget,
+        })
     }
 
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Full<Bytes>>, Infallible> {
         let protocol = match req.uri().path() {
             DATADOG_LOGS_PATH => Protocol::Datadog,
             GENERIC_PATH => Protocol::Generic,
             other => {
-                let r = Rejection::new(StatusCode::NOT_FOUND, "not_found", format!("no intake at {other}; use POST {DATADOG_LOGS_PATH} or POST {GENERIC_PATH}"));
+                let r = Rejection::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!(
+                        "no intake at {other}; use POST {DATADOG_LOGS_PATH} or POST {GENERIC_PATH}"
+                    ),
+                );
                 return Ok(self.refuse("none", r));
             }
         };
         if req.method() != Method::POST {
-            let r = Rejection::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{} takes POST", req.uri().path()));
+            let r = Rejection::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{} takes POST", req.uri().path()),
+            );
             let mut resp = self.refuse(protocol.as_str(), r);
-            resp.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
+            resp.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("POST"));
             return Ok(resp);
         }
         match self.accept(protocol, req).await {
-            Ok(()) => Ok(json_response(StatusCode::ACCEPTED, Bytes::from_static(b"{}"))),
+            Ok(()) => Ok(json_response(
+                StatusCode::ACCEPTED,
+                Bytes::from_static(b"{}"),
+            )),
             Err(r) => Ok(self.refuse(protocol.as_str(), r)),
         }
     }
 
     fn refuse(&self, intake: &str, r: Rejection) -> Response<Full<Bytes>> {
-        METRICS.rejected_requests.with_label_values(&[intake, r.reason]).inc();
+        METRICS
+            .rejected_requests
+            .with_label_values(&[intake, r.reason])
+            .inc();
         tracing::debug!(intake, status = r.status.as_u16(), reason = r.reason, message = %r.message, "request refused");
         error_response(&r)
     }
 
     async fn accept(&self, protocol: Protocol, req: Request<Incoming>) -> Result<(), Rejection> {
         let (parts, body) = req.into_parts();
-        let tenant = self.tenants.authenticate(api_key(&parts.headers, parts.uri.query()).as_deref()).map_err(|e| match e {
-            AuthError::Missing => Rejection::new(StatusCode::UNAUTHORIZED, "missing_api_key", "API key missing: send it in the DD-API-KEY header"),
-            AuthError::Unknown => Rejection::new(StatusCode::FORBIDDEN, "unknown_api_key", "API key is not valid"),
-        })?;
-        let encoding = Encoding::parse(parts.headers.get(http::header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()))?;
+        let tenant = self
+            .tenants
+            .authenticate(api_key(&parts.headers, parts.uri.query()).as_deref())
+            .map_err(|e| match e {
+                AuthError::Missing => Rejection::new(
+                    StatusCode::UNAUTHORIZED,
+                    "missing_api_key",
+                    "API key missing: send it in the DD-API-KEY header",
+                ),
+                AuthError::Unknown => Rejection::new(
+                    StatusCode::FORBIDDEN,
+                    "unknown_api_key",
+                    "API key is not valid",
+                ),
+            })?;
+        let encoding = Encoding::parse(
+            parts
+                .headers
+                .get(http::header::CONTENT_ENCODING)
+                .and_then(|v| v.to_str().ok()),
+        )?;
         let max_body = self.limits.max_body_bytes.as_usize();
-        let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+        let declared = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
         if declared.is_some_and(|n| n > max_body) {
             return Err(body_too_large(max_body));
         }
         // Reserve the memory before reading a byte, so overload refuses the request whole.
-        let _body_res = self.request_budget.try_reserve(declared.unwrap_or(max_body)).ok_or_else(intake_busy)?;
-        let raw = match tokio::time::timeout(self.limits.body_read_timeout.0, Limited::new(body, max_body).collect()).await {
-            Err(_) => return Err(Rejection::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", "request body not received in time")),
-            Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return Err(body_too_large(max_body)),
-            Ok(Err(e)) => return Err(Rejection::new(StatusCode::BAD_REQUEST, "body_read_error", format!("could not read the request body: {e}"))),
+        let _body_res = self
+            .request_budget
+            .try_reserve(declared.unwrap_or(max_body))
+            .ok_or_else(intake_busy)?;
+        let raw = match tokio::time::timeout(
+            self.limits.body_read_timeout.0,
+            Limited::new(body, max_body).collect(),
+        )
+        .await
+        {
+            Err(_) => {
+                return Err(Rejection::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    "request body not received in time",
+                ))
+            }
+            Ok(Err(e))
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                return Err(body_too_large(max_body))
+            }
+            Ok(Err(e)) => {
+                return Err(Rejection::new(
+                    StatusCode::BAD_REQUEST,
+                    "body_read_error",
+                    format!("could not read the request body: {e}"),
+                ))
+            }
             Ok(Ok(c)) => c.to_bytes(),
         };
         let received_at_ms = chrono::Utc::now().timestamp_millis();
@@ -90,7 +165,11 @@ impl Intake {
         let plain = decompress(raw, encoding, max_plain)?;
         let _plain_res = match encoding {
             Encoding::Identity => None,
-            _ => Some(self.request_budget.try_reserve(plain.len()).ok_or_else(intake_busy)?),
+            _ => Some(
+                self.request_budget
+                    .try_reserve(plain.len())
+                    .ok_or_else(intake_busy)?,
+            ),
         };
 
         let limits = PayloadLimits {
@@ -106,7 +185,9 @@ impl Intake {
         };
         let mut events = events;
         // Datadog's `ddtags` query parameter: tags for every log of the request.
-        let query_tags = query_param(parts.uri.query(), "ddtags").map(|t| split_tags(&t)).unwrap_or_default();
+        let query_tags = query_param(parts.uri.query(), "ddtags")
+            .map(|t| split_tags(&t))
+            .unwrap_or_default();
         if !query_tags.is_empty() {
             for ev in &mut events {
                 ev.tags.extend(query_tags.iter().cloned());
@@ -114,12 +195,29 @@ impl Intake {
         }
         let n = events.len();
         let truncated = events.iter().filter(|e| e.is_truncated()).count();
-        let batch = Batch::new(BatchMeta { tenant: tenant.clone(), intake: protocol, received_at_ms, body_bytes: plain.len() }, events);
+        let batch = Batch::new(
+            BatchMeta {
+                tenant: tenant.clone(),
+                intake: protocol,
+                received_at_ms,
+                body_bytes: plain.len(),
+            },
+            events,
+        );
         self.chain.run(batch)?;
-        METRICS.received_events.with_label_values(&[&tenant.name, protocol.as_str()]).inc_by(n as u64);
-        METRICS.received_bytes.with_label_values(&[&tenant.name, protocol.as_str()]).inc_by(plain.len() as u64);
+        METRICS
+            .received_events
+            .with_label_values(&[&tenant.name, protocol.as_str()])
+            .inc_by(n as u64);
+        METRICS
+            .received_bytes
+            .with_label_values(&[&tenant.name, protocol.as_str()])
+            .inc_by(plain.len() as u64);
         if truncated > 0 {
-            METRICS.truncated_events.with_label_values(&[&tenant.name]).inc_by(truncated as u64);
+            METRICS
+                .truncated_events
+                .with_label_values(&[&tenant.name])
+                .inc_by(truncated as u64);
         }
         Ok(())
     }
@@ -135,7 +233,9 @@ fn api_key(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     }
     let auth = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = auth.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_string())
 }
 
 /// A query parameter's value, percent-decoded.
@@ -153,8 +253,12 @@ fn percent_decode(s: &str) -> String {
     while i < b.len() {
         match b[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() && b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
+            b'%' if i + 2 < b.len()
+                && b[i + 1].is_ascii_hexdigit()
+                && b[i + 2].is_ascii_hexdigit() =>
+            {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+                {
                     Ok(v) => {
                         out.push(v);
                         i += 2;
@@ -170,12 +274,22 @@ fn percent_decode(s: &str) -> String {
 }
 
 fn split_tags(s: &str) -> Vec<String> {
-    s.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_string).collect()
+    s.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 fn content_type(headers: &HeaderMap) -> Option<String> {
     let v = headers.get(CONTENT_TYPE)?.to_str().ok()?;
-    Some(v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+    Some(
+        v.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase(),
+    )
 }
 
 /// A JSON array of Datadog log objects, or one object.
@@ -183,7 +297,13 @@ fn decode_datadog_json(body: &[u8], limits: PayloadLimits) -> Result<Vec<Event>,
     let too_many = Cell::new(false);
     let mut events = Vec::with_capacity(limits.max_events.min(body.len() / 64 + 1));
     let mut de = serde_json::Deserializer::from_slice(body);
-    let result = DatadogPayload { limits, too_many: &too_many, out: &mut events }.deserialize(&mut de).and_then(|_| de.end());
+    let result = DatadogPayload {
+        limits,
+        too_many: &too_many,
+        out: &mut events,
+    }
+    .deserialize(&mut de)
+    .and_then(|_| de.end());
     match result {
         Ok(()) => Ok(events),
         Err(_) if too_many.get() => Err(too_many_events(limits.max_events)),
@@ -192,7 +312,11 @@ fn decode_datadog_json(body: &[u8], limits: PayloadLimits) -> Result<Vec<Event>,
 }
 
 /// One event per line: raw text, or (for the generic intake) a JSON object.
-fn decode_lines(body: &[u8], limits: PayloadLimits, json_objects: bool) -> Result<Vec<Event>, Rejection> {
+fn decode_lines(
+    body: &[u8],
+    limits: PayloadLimits,
+    json_objects: bool,
+) -> Result<Vec<Event>, Rejection> {
     let mut events = Vec::new();
     for line in body.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -210,7 +334,10 @@ fn decode_lines(body: &[u8], limits: PayloadLimits, json_objects: bool) -> Resul
             }
             // Not valid JSON after all: kept as the text it is, nothing lost.
         }
-        let mut ev = Event::from_message(String::from_utf8_lossy(line).into_owned(), limits.received_at_ms);
+        let mut ev = Event::from_message(
+            String::from_utf8_lossy(line).into_owned(),
+            limits.received_at_ms,
+        );
         ev.limit_message(limits.max_log_bytes);
         events.push(ev);
     }
@@ -224,38 +351,63 @@ fn invalid_json(body: &[u8], e: &serde_json::Error) -> Rejection {
         None => &msg[..],
     };
     // serde_json counts lines from 1 and columns (bytes) from 1.
-    let offset: usize = body.split(|&b| b == b'\n').take(e.line().saturating_sub(1)).map(|l| l.len() + 1).sum::<usize>() + e.column().saturating_sub(1);
+    let offset: usize = body
+        .split(|&b| b == b'\n')
+        .take(e.line().saturating_sub(1))
+        .map(|l| l.len() + 1)
+        .sum::<usize>()
+        + e.column().saturating_sub(1);
     Rejection::new(
         StatusCode::BAD_REQUEST,
         "invalid_json",
-        format!("invalid JSON near byte offset {offset} (line {}, column {}): {reason}", e.line(), e.column()),
+        format!(
+            "invalid JSON near byte offset {offset} (line {}, column {}): {reason}",
+            e.line(),
+            e.column()
+        ),
     )
 }
 
 fn too_many_events(max: usize) -> Rejection {
-    Rejection::new(StatusCode::PAYLOAD_TOO_LARGE, "too_many_events", format!("more than {max} log entries in one request"))
+    Rejection::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_many_events",
+        format!("more than {max} log entries in one request"),
+    )
 }
 
 fn body_too_large(max: usize) -> Rejection {
-    Rejection::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("request body is larger than {max} bytes"))
+    Rejection::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("request body is larger than {max} bytes"),
+    )
 }
 
 fn intake_busy() -> Rejection {
-    Rejection::new(StatusCode::SERVICE_UNAVAILABLE, "intake_busy", "too many request bodies in memory; retry later").retry_after(1)
+    Rejection::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "intake_busy",
+        "too many request bodies in memory; retry later",
+    )
+    .retry_after(1)
 }
 
 pub fn json_response(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
 pub fn error_response(r: &Rejection) -> Response<Full<Bytes>> {
-    let body = serde_json::to_vec(&serde_json::json!({ "errors": [r.message] })).expect("serializing a string");
+    let body = serde_json::to_vec(&serde_json::json!({ "errors": [r.message] }))
+        .expect("serializing a string");
     let mut resp = json_response(r.status, Bytes::from(body));
     if let Some(secs) = r.retry_after {
-        resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+        resp.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs));
     }
     resp
 }
@@ -265,7 +417,11 @@ mod tests {
     use super::*;
 
     fn limits() -> PayloadLimits {
-        PayloadLimits { max_events: 3, max_log_bytes: 10, received_at_ms: 42 }
+        PayloadLimits {
+            max_events: 3,
+            max_log_bytes: 10,
+            received_at_ms: 42,
+        }
     }
 
     #[test]
@@ -301,10 +457,22 @@ mod tests {
 
     #[test]
     fn query_parameters_are_decoded() {
-        assert_eq!(query_param(Some("ddtags=env%3Aprod%2Cteam%3Acore&x=1"), "ddtags").as_deref(), Some("env:prod,team:core"));
-        assert_eq!(query_param(Some("ddtags=a+b"), "ddtags").as_deref(), Some("a b"));
-        assert_eq!(query_param(Some("ddtags=100%"), "ddtags").as_deref(), Some("100%"));
-        assert_eq!(query_param(Some("ddtags=%4"), "ddtags").as_deref(), Some("%4"));
+        assert_eq!(
+            query_param(Some("ddtags=env%3Aprod%2Cteam%3Acore&x=1"), "ddtags").as_deref(),
+            Some("env:prod,team:core")
+        );
+        assert_eq!(
+            query_param(Some("ddtags=a+b"), "ddtags").as_deref(),
+            Some("a b")
+        );
+        assert_eq!(
+            query_param(Some("ddtags=100%"), "ddtags").as_deref(),
+            Some("100%")
+        );
+        assert_eq!(
+            query_param(Some("ddtags=%4"), "ddtags").as_deref(),
+            Some("%4")
+        );
         assert_eq!(query_param(Some("other=1"), "ddtags"), None);
         assert_eq!(split_tags(" a:b, ,c "), vec!["a:b", "c"]);
     }

@@ -30,12 +30,22 @@ pub struct Listener {
 impl Listener {
     /// Binds now, so a port conflict is reported before the proxy says it is up.
     pub async fn bind(cfg: &ListenerConfig) -> anyhow::Result<Listener> {
-        let tcp = TcpListener::bind(cfg.address).await.map_err(|e| anyhow::anyhow!("listener {}: cannot bind {}: {e}", cfg.name, cfg.address))?;
+        let tcp = TcpListener::bind(cfg.address).await.map_err(|e| {
+            anyhow::anyhow!("listener {}: cannot bind {}: {e}", cfg.name, cfg.address)
+        })?;
         let tls = match (cfg.protocol, &cfg.tls) {
-            (ListenerProtocol::Https, Some(t)) => Some(TlsAcceptor::from(tls::server_config(t).map_err(|e| anyhow::anyhow!("listener {}: {e}", cfg.name))?)),
+            (ListenerProtocol::Https, Some(t)) => {
+                Some(TlsAcceptor::from(tls::server_config(t).map_err(|e| {
+                    anyhow::anyhow!("listener {}: {e}", cfg.name)
+                })?))
+            }
             _ => None,
         };
-        Ok(Listener { name: cfg.name.clone(), tcp, tls })
+        Ok(Listener {
+            name: cfg.name.clone(),
+            tcp,
+            tls,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -43,9 +53,19 @@ impl Listener {
     }
 
     /// Serves until `stop` is cancelled, then waits up to `grace` for open connections to finish.
-    pub async fn serve(self, intake: Arc<Intake>, limits: Limits, stop: CancellationToken, grace: Duration) {
+    pub async fn serve(
+        self,
+        intake: Arc<Intake>,
+        limits: Limits,
+        stop: CancellationToken,
+        grace: Duration,
+    ) {
         let mut builder = Builder::new(TokioExecutor::new());
-        builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout.0).keep_alive(true);
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout.0)
+            .keep_alive(true);
         builder
             .http2()
             .timer(TokioTimer::new())
@@ -102,13 +122,17 @@ impl Listener {
                         match handshake(acceptor, stream, handshake_timeout).await {
                             Ok(tls) => {
                                 let io = TokioIo::new(IdleTimeout::new(tls, idle));
-                                let conn = watcher.watch(builder.serve_connection(io, svc).into_owned());
+                                let conn =
+                                    watcher.watch(builder.serve_connection(io, svc).into_owned());
                                 if let Err(e) = conn.await {
                                     tracing::debug!(listener = %name, %peer, error = %e, "connection ended with an error");
                                 }
                             }
                             Err(e) => {
-                                METRICS.tls_handshake_failures.with_label_values(&[&name]).inc();
+                                METRICS
+                                    .tls_handshake_failures
+                                    .with_label_values(&[&name])
+                                    .inc();
                                 tracing::debug!(listener = %name, %peer, error = %e, "TLS handshake failed");
                             }
                         }
@@ -119,13 +143,20 @@ impl Listener {
             }
         }
         drop(self.tcp);
-        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        if tokio::time::timeout(grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
             tracing::warn!(listener = %self.name, "connections still open after the shutdown grace period; closing them");
         }
     }
 }
 
-async fn handshake(acceptor: TlsAcceptor, stream: TcpStream, timeout: Duration) -> anyhow::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+async fn handshake(
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    timeout: Duration,
+) -> anyhow::Result<tokio_rustls::server::TlsStream<TcpStream>> {
     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
         Ok(r) => Ok(r?),
         Err(_) => anyhow::bail!("handshake not completed within {timeout:?}"),

@@ -16,7 +16,10 @@ pub struct Queue<T> {
 
 impl<T> Clone for Queue<T> {
     fn clone(&self) -> Self {
-        Queue { tx: self.tx.clone(), budget: self.budget.clone() }
+        Queue {
+            tx: self.tx.clone(),
+            budget: self.budget.clone(),
+        }
     }
 }
 
@@ -53,7 +56,11 @@ pub struct Reservation {
 impl Budget {
     pub fn new(capacity: usize, gauge: IntGauge) -> Budget {
         let capacity = capacity.min(Semaphore::MAX_PERMITS).min(u32::MAX as usize);
-        Budget { sem: Arc::new(Semaphore::new(capacity)), capacity, gauge }
+        Budget {
+            sem: Arc::new(Semaphore::new(capacity)),
+            capacity,
+            gauge,
+        }
     }
 
     pub fn capacity(&self) -> usize {
@@ -63,9 +70,17 @@ impl Budget {
     /// Reserves `bytes` now, or returns None when that much is not free.
     pub fn try_reserve(&self, bytes: usize) -> Option<Reservation> {
         let bytes = bytes.min(self.capacity);
-        let permit = if bytes == 0 { None } else { Some(self.sem.clone().try_acquire_many_owned(bytes as u32).ok()?) };
+        let permit = if bytes == 0 {
+            None
+        } else {
+            Some(self.sem.clone().try_acquire_many_owned(bytes as u32).ok()?)
+        };
         self.gauge.add(bytes as i64);
-        Some(Reservation { _permit: permit, bytes, gauge: self.gauge.clone() })
+        Some(Reservation {
+            _permit: permit,
+            bytes,
+            gauge: self.gauge.clone(),
+        })
     }
 }
 

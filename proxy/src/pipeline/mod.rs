@@ -26,7 +26,12 @@ pub struct Rejection {
 
 impl Rejection {
     pub fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Rejection {
-        Rejection { status, reason, message: message.into(), retry_after: None }
+        Rejection {
+            status,
+            reason,
+            message: message.into(),
+            retry_after: None,
+        }
     }
 
     pub fn retry_after(mut self, secs: u64) -> Rejection {
@@ -104,28 +109,48 @@ impl Chain {
             }
         }
         let lines = Bytes::from(buf);
-        let archived = if out.archive.is_some() { kept_ranges.len() } else { 0 };
+        let archived = if out.archive.is_some() {
+            kept_ranges.len()
+        } else {
+            0
+        };
         let indexed = indexed_ranges.len();
 
         // Reserve everything first, so a refusal takes nothing.
         let archive_res = match &out.archive {
-            Some(a) if archived > 0 => Some(a.reserve(lines.len()).ok_or_else(|| busy("archive_backpressure", "the archive is behind"))?),
+            Some(a) if archived > 0 => Some(
+                a.reserve(lines.len())
+                    .ok_or_else(|| busy("archive_backpressure", "the archive is behind"))?,
+            ),
             _ => None,
         };
         let route_res = if indexed > 0 {
-            Some(out.route.reserve(lines.len()).ok_or_else(|| busy("backend_backpressure", "the backend is behind"))?)
+            Some(
+                out.route
+                    .reserve(lines.len())
+                    .ok_or_else(|| busy("backend_backpressure", "the backend is behind"))?,
+            )
         } else {
             None
         };
 
         if let (Some(a), Some(res)) = (&out.archive, archive_res) {
             // The archive takes every kept event: all lines, in order.
-            a.send(ArchiveChunk { lines: lines.clone(), events: archived, received_at_ms: batch.meta.received_at_ms, reservation: res })
-                .map_err(|_| busy("shutting_down", "the proxy is shutting down"))?;
+            a.send(ArchiveChunk {
+                lines: lines.clone(),
+                events: archived,
+                received_at_ms: batch.meta.received_at_ms,
+                reservation: res,
+            })
+            .map_err(|_| busy("shutting_down", "the proxy is shutting down"))?;
         }
         if let Some(res) = route_res {
             out.route
-                .send(ForwardChunk { lines, ranges: indexed_ranges, reservation: res })
+                .send(ForwardChunk {
+                    lines,
+                    ranges: indexed_ranges,
+                    reservation: res,
+                })
                 .map_err(|_| busy("shutting_down", "the proxy is shutting down"))?;
         }
         Ok(Dispatched { archived, indexed })
@@ -133,7 +158,12 @@ impl Chain {
 }
 
 fn busy(reason: &'static str, what: &str) -> Rejection {
-    Rejection::new(StatusCode::SERVICE_UNAVAILABLE, reason, format!("{what}; retry later")).retry_after(1)
+    Rejection::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        reason,
+        format!("{what}; retry later"),
+    )
+    .retry_after(1)
 }
 
 #[cfg(test)]
@@ -155,7 +185,13 @@ mod tests {
                 *d = match ev.message.as_str() {
                     "drop me" => Disposition::Drop,
                     "archive me" => Disposition::ArchiveOnly,
-                    "refuse" => return Err(Rejection::new(StatusCode::TOO_MANY_REQUESTS, "test", "refused")),
+                    "refuse" => {
+                        return Err(Rejection::new(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "test",
+                            "refused",
+                        ))
+                    }
                     _ => Disposition::Index,
                 };
             }
@@ -174,15 +210,44 @@ mod tests {
         let tenants = Tenants::from_config(&config);
         let drain = CancellationToken::new();
         let store = crate::archive::open_store(&config.archive.store).unwrap();
-        let (archive, a_task) = crate::archive::spawn_writer("t", &config.archive, store, drain.clone());
-        let backend = Arc::new(crate::sink::backend::Backend::from_config(&config.backends[0]).unwrap());
-        let (route, r_task) = crate::sink::spawn_route("t", None, backend, &config.backends[0], drain.clone());
-        let chain = Chain::new(vec![Box::new(ByMessage)], vec![TenantOutputs { archive: Some(archive), route }]);
-        let meta = BatchMeta { tenant: tenants.all()[0].clone(), intake: Intake::Generic, received_at_ms: 1_700_000_000_000, body_bytes: 100 };
-        let batch = |msgs: &[&str]| Batch::new(meta.clone(), msgs.iter().map(|m| Event::from_message(m.to_string(), 1)).collect());
+        let (archive, a_task) =
+            crate::archive::spawn_writer("t", &config.archive, store, drain.clone());
+        let backend =
+            Arc::new(crate::sink::backend::Backend::from_config(&config.backends[0]).unwrap());
+        let (route, r_task) =
+            crate::sink::spawn_route("t", None, backend, &config.backends[0], drain.clone());
+        let chain = Chain::new(
+            vec![Box::new(ByMessage)],
+            vec![TenantOutputs {
+                archive: Some(archive),
+                route,
+            }],
+        );
+        let meta = BatchMeta {
+            tenant: tenants.all()[0].clone(),
+            intake: Intake::Generic,
+            received_at_ms: 1_700_000_000_000,
+            body_bytes: 100,
+        };
+        let batch = |msgs: &[&str]| {
+            Batch::new(
+                meta.clone(),
+                msgs.iter()
+                    .map(|m| Event::from_message(m.to_string(), 1))
+                    .collect(),
+            )
+        };
 
-        let done = chain.run(batch(&["drop me", "archive me", "index me"])).unwrap();
-        assert_eq!(done, Dispatched { archived: 2, indexed: 1 });
+        let done = chain
+            .run(batch(&["drop me", "archive me", "index me"]))
+            .unwrap();
+        assert_eq!(
+            done,
+            Dispatched {
+                archived: 2,
+                indexed: 1
+            }
+        );
         let refused = chain.run(batch(&["index me too", "refuse"])).unwrap_err();
         assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
 
@@ -196,7 +261,11 @@ mod tests {
             .into_iter()
             .flat_map(|p| {
                 let mut s = String::new();
-                std::io::Read::read_to_string(&mut flate2::read::MultiGzDecoder::new(std::fs::File::open(p).unwrap()), &mut s).unwrap();
+                std::io::Read::read_to_string(
+                    &mut flate2::read::MultiGzDecoder::new(std::fs::File::open(p).unwrap()),
+                    &mut s,
+                )
+                .unwrap();
                 s.lines().map(str::to_string).collect::<Vec<_>>()
             })
             .collect();
@@ -206,7 +275,10 @@ mod tests {
 
     fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {
         if p.is_dir() {
-            std::fs::read_dir(p).unwrap().flat_map(|e| walk(&e.unwrap().path())).collect()
+            std::fs::read_dir(p)
+                .unwrap()
+                .flat_map(|e| walk(&e.unwrap().path()))
+                .collect()
         } else {
             vec![p.to_path_buf()]
         }

@@ -75,7 +75,10 @@ pub fn compile(bytes: &[u8]) -> Result<Module, String> {
 impl ModuleCache {
     /// A cache under `dir` (created on first write), or none (always compile).
     pub fn new(dir: Option<PathBuf>) -> ModuleCache {
-        ModuleCache { dir, ..Default::default() }
+        ModuleCache {
+            dir,
+            ..Default::default()
+        }
     }
 
     pub fn dir(&self) -> Option<&Path> {
@@ -107,16 +110,22 @@ impl ModuleCache {
                 tracing::debug!(file = %dir.join(&cwasm).display(), "plugin module loaded from the compile cache");
                 return Ok(m);
             }
-            Err(Some(why)) => tracing::warn!(file = %dir.join(&cwasm).display(), "ignoring a plugin cache entry ({why}); recompiling"),
+            Err(Some(why)) => {
+                tracing::warn!(file = %dir.join(&cwasm).display(), "ignoring a plugin cache entry ({why}); recompiling")
+            }
             Err(None) => {}
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         let module = compile(bytes)?;
-        let stored = module.serialize().map_err(|e| e.to_string()).and_then(|code| {
-            // The code first, then its checksum: an entry is only used once both are in place and agree.
-            write_atomic(dir, &cwasm, &code).map_err(|e| e.to_string())?;
-            write_atomic(dir, &sum, hex(&Sha256::digest(&code)).as_bytes()).map_err(|e| e.to_string())
-        });
+        let stored = module
+            .serialize()
+            .map_err(|e| e.to_string())
+            .and_then(|code| {
+                // The code first, then its checksum: an entry is only used once both are in place and agree.
+                write_atomic(dir, &cwasm, &code).map_err(|e| e.to_string())?;
+                write_atomic(dir, &sum, hex(&Sha256::digest(&code)).as_bytes())
+                    .map_err(|e| e.to_string())
+            });
         if let Err(e) = stored {
             tracing::warn!(dir = %dir.display(), "cannot write the plugin compile cache: {e}");
         }
@@ -138,5 +147,6 @@ fn load_verified(cwasm: &Path, sum: &Path) -> Result<Module, Option<String>> {
     // SAFETY: see the module documentation: these bytes are a file this proxy serialized
     // itself into its own data directory, verified against the checksum written with it,
     // and deserialized from this in-memory copy (not re-read from disk).
-    unsafe { Module::deserialize(engine(), &code) }.map_err(|e| Some(format!("wasmtime refused it: {e:#}")))
+    unsafe { Module::deserialize(engine(), &code) }
+        .map_err(|e| Some(format!("wasmtime refused it: {e:#}")))
 }

@@ -28,7 +28,10 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
-use wasmtime::{Caller, Engine, Extern, InstancePre, Linker, Memory, Module, Store, StoreLimits, StoreLimitsBuilder, Trap, TypedFunc};
+use wasmtime::{
+    Caller, Engine, Extern, InstancePre, Linker, Memory, Module, Store, StoreLimits,
+    StoreLimitsBuilder, Trap, TypedFunc,
+};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::WasiCtxBuilder;
 pub use wire::Verdict;
@@ -86,8 +89,10 @@ pub fn engine() -> &'static Engine {
 /// Reads a plugin file (binary wasm, or wat text) and checks it is valid wasm, without compiling it.
 pub fn validate_file(path: &Path) -> Result<(), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let wasm = wat::parse_bytes(&bytes).map_err(|e| format!("{} is neither wasm nor wat: {e}", path.display()))?;
-    Module::validate(engine(), &wasm).map_err(|e| format!("{} is not a valid module: {e:#}", path.display()))
+    let wasm = wat::parse_bytes(&bytes)
+        .map_err(|e| format!("{} is neither wasm nor wat: {e}", path.display()))?;
+    Module::validate(engine(), &wasm)
+        .map_err(|e| format!("{} is not a valid module: {e:#}", path.display()))
 }
 
 /// What a plugin's call failed on; `reason()` is the metric label.
@@ -157,7 +162,11 @@ impl Shared {
                 if b.suppressed > 0 {
                     tracing::warn!(tenant = %self.tenant, plugin = %self.name, suppressed = b.suppressed, "plugin log lines suppressed (rate limit)");
                 }
-                *b = LogBudget { window_start: Instant::now(), lines: 0, suppressed: 0 };
+                *b = LogBudget {
+                    window_start: Instant::now(),
+                    lines: 0,
+                    suppressed: 0,
+                };
             }
             if b.lines >= LOG_LINES_PER_WINDOW {
                 b.suppressed += 1;
@@ -188,7 +197,10 @@ impl Shared {
                 names.insert(name.to_string());
             }
         }
-        METRICS.plugin_counter.with_label_values(&[&self.tenant, &self.name, name]).inc_by(delta as u64);
+        METRICS
+            .plugin_counter
+            .with_label_values(&[&self.tenant, &self.name, name])
+            .inc_by(delta as u64);
     }
 }
 
@@ -216,11 +228,16 @@ impl LogStream {
         self.partial.extend_from_slice(bytes);
         while let Some(pos) = memchr::memchr(b'\n', &self.partial) {
             let line: Vec<u8> = self.partial.drain(..=pos).collect();
-            self.shared.log(self.level, self.stream, String::from_utf8_lossy(&line[..pos]).trim_end());
+            self.shared.log(
+                self.level,
+                self.stream,
+                String::from_utf8_lossy(&line[..pos]).trim_end(),
+            );
         }
         if self.partial.len() > MAX_LOG_LINE {
             let line = std::mem::take(&mut self.partial);
-            self.shared.log(self.level, self.stream, &String::from_utf8_lossy(&line));
+            self.shared
+                .log(self.level, self.stream, &String::from_utf8_lossy(&line));
         }
     }
 }
@@ -234,7 +251,12 @@ struct LogStreamFactory {
 
 impl LogStreamFactory {
     fn make(&self) -> LogStream {
-        LogStream { shared: self.shared.clone(), stream: self.stream, level: self.level, partial: Vec::new() }
+        LogStream {
+            shared: self.shared.clone(),
+            stream: self.stream,
+            level: self.level,
+            partial: Vec::new(),
+        }
     }
 }
 
@@ -254,14 +276,24 @@ impl wasmtime_wasi::cli::StdoutStream for LogStreamFactory {
 }
 
 impl tokio::io::AsyncWrite for LogStream {
-    fn poll_write(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
         self.push(buf);
         std::task::Poll::Ready(Ok(buf.len()))
     }
-    fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
-    fn poll_shutdown(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
 }
@@ -291,7 +323,12 @@ struct Host {
     shared: Arc<Shared>,
 }
 
-fn guest_bytes<'a>(caller: &'a Caller<'_, Host>, mem: &Memory, ptr: i32, len: i32) -> Option<&'a [u8]> {
+fn guest_bytes<'a>(
+    caller: &'a Caller<'_, Host>,
+    mem: &Memory,
+    ptr: i32,
+    len: i32,
+) -> Option<&'a [u8]> {
     let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
     mem.data(caller).get(ptr..ptr.checked_add(len)?)
 }
@@ -299,24 +336,38 @@ fn guest_bytes<'a>(caller: &'a Caller<'_, Host>, mem: &Memory, ptr: i32, len: i3
 fn linker() -> wasmtime::Result<Linker<Host>> {
     let mut l: Linker<Host> = Linker::new(engine());
     wasmtime_wasi::p1::add_to_linker_sync(&mut l, |h: &mut Host| &mut h.wasi)?;
-    l.func_wrap("weir", "log", |mut caller: Caller<'_, Host>, level: i32, ptr: i32, len: i32| {
-        let Some(Extern::Memory(mem)) = caller.get_export("memory") else { return };
-        let shared = caller.data().shared.clone();
-        let len = len.clamp(0, MAX_LOG_LINE as i32);
-        if let Some(b) = guest_bytes(&caller, &mem, ptr, len) {
-            shared.log(level, "log", &String::from_utf8_lossy(b));
-        }
-    })?;
-    l.func_wrap("weir", "now_ms", || -> i64 { chrono::Utc::now().timestamp_millis() })?;
-    l.func_wrap("weir", "counter_add", |mut caller: Caller<'_, Host>, ptr: i32, len: i32, delta: i64| {
-        let Some(Extern::Memory(mem)) = caller.get_export("memory") else { return };
-        let shared = caller.data().shared.clone();
-        if let Some(b) = guest_bytes(&caller, &mem, ptr, len.clamp(0, 65)) {
-            if let Ok(name) = std::str::from_utf8(b) {
-                shared.counter_add(name, delta);
+    l.func_wrap(
+        "weir",
+        "log",
+        |mut caller: Caller<'_, Host>, level: i32, ptr: i32, len: i32| {
+            let Some(Extern::Memory(mem)) = caller.get_export("memory") else {
+                return;
+            };
+            let shared = caller.data().shared.clone();
+            let len = len.clamp(0, MAX_LOG_LINE as i32);
+            if let Some(b) = guest_bytes(&caller, &mem, ptr, len) {
+                shared.log(level, "log", &String::from_utf8_lossy(b));
             }
-        }
+        },
+    )?;
+    l.func_wrap("weir", "now_ms", || -> i64 {
+        chrono::Utc::now().timestamp_millis()
     })?;
+    l.func_wrap(
+        "weir",
+        "counter_add",
+        |mut caller: Caller<'_, Host>, ptr: i32, len: i32, delta: i64| {
+            let Some(Extern::Memory(mem)) = caller.get_export("memory") else {
+                return;
+            };
+            let shared = caller.data().shared.clone();
+            if let Some(b) = guest_bytes(&caller, &mem, ptr, len.clamp(0, 65)) {
+                if let Ok(name) = std::str::from_utf8(b) {
+                    shared.counter_add(name, delta);
+                }
+            }
+        },
+    )?;
     Ok(l)
 }
 
@@ -331,16 +382,29 @@ struct Inst {
 
 impl Inst {
     /// Passes `input` to `func` per the ABI (alloc, write, call) and returns the packed result.
-    fn call_with(&mut self, func: &TypedFunc<(i32, i32), i64>, input: &[u8]) -> Result<i64, CallError> {
-        let len = i32::try_from(input.len()).map_err(|_| CallError::BadResult("input over 2 GiB".into()))?;
-        let ptr = self.alloc.call(&mut self.store, len).map_err(CallError::from_wasm)?;
+    fn call_with(
+        &mut self,
+        func: &TypedFunc<(i32, i32), i64>,
+        input: &[u8],
+    ) -> Result<i64, CallError> {
+        let len = i32::try_from(input.len())
+            .map_err(|_| CallError::BadResult("input over 2 GiB".into()))?;
+        let ptr = self
+            .alloc
+            .call(&mut self.store, len)
+            .map_err(CallError::from_wasm)?;
         if ptr == 0 && len > 0 {
-            return Err(CallError::Memory("weir_alloc returned 0 (out of memory)".into()));
+            return Err(CallError::Memory(
+                "weir_alloc returned 0 (out of memory)".into(),
+            ));
         }
         self.memory
             .write(&mut self.store, ptr as u32 as usize, input)
-            .map_err(|_| CallError::BadResult(format!("weir_alloc returned {ptr}, outside memory")))?;
-        func.call(&mut self.store, (ptr, len)).map_err(CallError::from_wasm)
+            .map_err(|_| {
+                CallError::BadResult(format!("weir_alloc returned {ptr}, outside memory"))
+            })?;
+        func.call(&mut self.store, (ptr, len))
+            .map_err(CallError::from_wasm)
     }
 
     /// Copies out the buffer a packed `(ptr << 32) | len` names and frees it in the guest.
@@ -353,9 +417,13 @@ impl Inst {
             .memory
             .data(&self.store)
             .get(ptr as usize..ptr as usize + len as usize)
-            .ok_or_else(|| CallError::BadResult(format!("returned buffer {ptr}+{len} lies outside memory")))?
+            .ok_or_else(|| {
+                CallError::BadResult(format!("returned buffer {ptr}+{len} lies outside memory"))
+            })?
             .to_vec();
-        self.free.call(&mut self.store, (ptr as i32, len as i32)).map_err(CallError::from_wasm)?;
+        self.free
+            .call(&mut self.store, (ptr as i32, len as i32))
+            .map_err(CallError::from_wasm)?;
         Ok(Some(bytes))
     }
 }
@@ -408,18 +476,30 @@ pub struct Plugin {
 impl Plugin {
     /// Compiles `wasm` (binary or wat text), checks the ABI version and runs
     /// `weir_init` once, so a plugin that cannot start is refused here.
-    pub fn load(wasm: &[u8], config: Option<&serde_yaml::Value>, settings: PluginSettings) -> Result<Plugin, String> {
+    pub fn load(
+        wasm: &[u8],
+        config: Option<&serde_yaml::Value>,
+        settings: PluginSettings,
+    ) -> Result<Plugin, String> {
         let module = cache::compile(wasm)?;
         Plugin::from_module(&module, config, settings)
     }
 
-    pub fn from_module(module: &Module, config: Option<&serde_yaml::Value>, settings: PluginSettings) -> Result<Plugin, String> {
+    pub fn from_module(
+        module: &Module,
+        config: Option<&serde_yaml::Value>,
+        settings: PluginSettings,
+    ) -> Result<Plugin, String> {
         let linker = linker().map_err(|e| format!("linking: {e:#}"))?;
         let pre = linker.instantiate_pre(module).map_err(|e| format!("cannot link (only `weir` and `wasi_snapshot_preview1` imports are provided): {e:#}"))?;
         let shared = Arc::new(Shared {
             tenant: settings.tenant.clone(),
             name: settings.name.clone(),
-            log: Mutex::new(LogBudget { window_start: Instant::now(), lines: 0, suppressed: 0 }),
+            log: Mutex::new(LogBudget {
+                window_start: Instant::now(),
+                lines: 0,
+                suppressed: 0,
+            }),
             counters: Mutex::new(HashSet::new()),
         });
         let ticks = settings.timeout.as_nanos().div_ceil(TICK.as_nanos()).max(1) as u64;
@@ -427,14 +507,22 @@ impl Plugin {
             config: wire::encode_config(config)?,
             deadline_ticks: ticks,
             pool: Mutex::new(Vec::new()),
-            health: Mutex::new(Health { consecutive: 0, until: None, next_backoff: settings.quarantine_base, probation: false }),
+            health: Mutex::new(Health {
+                consecutive: 0,
+                until: None,
+                next_backoff: settings.quarantine_base,
+                probation: false,
+            }),
             shared,
             pre,
             settings,
         };
         let first = plugin.instantiate()?;
         plugin.pool.lock().unwrap().push(first);
-        METRICS.plugin_quarantined.with_label_values(&[&plugin.settings.tenant, &plugin.settings.name]).set(0);
+        METRICS
+            .plugin_quarantined
+            .with_label_values(&[&plugin.settings.tenant, &plugin.settings.name])
+            .set(0);
         Ok(plugin)
     }
 
@@ -444,34 +532,92 @@ impl Plugin {
 
     /// A new instance, with its ABI version checked and `weir_init` run.
     fn instantiate(&self) -> Result<Inst, String> {
-        let stdout = LogStreamFactory { shared: self.shared.clone(), stream: "stdout", level: 2 };
-        let stderr = LogStreamFactory { shared: self.shared.clone(), stream: "stderr", level: 1 };
+        let stdout = LogStreamFactory {
+            shared: self.shared.clone(),
+            stream: "stdout",
+            level: 2,
+        };
+        let stderr = LogStreamFactory {
+            shared: self.shared.clone(),
+            stream: "stderr",
+            level: 1,
+        };
         // No preopens, no environment, no arguments: WASI gives clocks, random numbers and the two log streams.
-        let wasi = WasiCtxBuilder::new().stdout(stdout).stderr(stderr).build_p1();
-        let limits = StoreLimitsBuilder::new().memory_size(self.settings.memory_limit as usize).trap_on_grow_failure(true).build();
-        let mut store = Store::new(engine(), Host { wasi, limits, shared: self.shared.clone() });
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stdout)
+            .stderr(stderr)
+            .build_p1();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.settings.memory_limit as usize)
+            .trap_on_grow_failure(true)
+            .build();
+        let mut store = Store::new(
+            engine(),
+            Host {
+                wasi,
+                limits,
+                shared: self.shared.clone(),
+            },
+        );
         store.limiter(|h| &mut h.limits);
         // Instantiation and init get ten call deadlines (a start function or init may build tables).
         store.set_epoch_deadline(self.deadline_ticks * 10);
-        let instance = self.pre.instantiate(&mut store).map_err(|e| format!("cannot instantiate: {}", CallError::from_wasm(e)))?;
-        let memory = instance.get_memory(&mut store, "memory").ok_or("the module exports no `memory`")?;
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| format!("cannot instantiate: {}", CallError::from_wasm(e)))?;
+        let memory = instance
+            .get_memory(&mut store, "memory")
+            .ok_or("the module exports no `memory`")?;
         let func = |store: &mut Store<Host>, name: &str| -> Result<wasmtime::Func, String> {
-            instance.get_func(&mut *store, name).ok_or_else(|| format!("the module does not export `{name}` (ABI v1, sdk/ABI.md)"))
+            instance
+                .get_func(&mut *store, name)
+                .ok_or_else(|| format!("the module does not export `{name}` (ABI v1, sdk/ABI.md)"))
         };
-        let sig = |e: wasmtime::Error, name: &str| format!("export `{name}` has the wrong signature: {e}");
-        let version = func(&mut store, "weir_abi_version")?.typed::<(), i32>(&store).map_err(|e| sig(e, "weir_abi_version"))?;
-        let version = version.call(&mut store, ()).map_err(|e| format!("weir_abi_version: {}", CallError::from_wasm(e)))?;
+        let sig = |e: wasmtime::Error, name: &str| {
+            format!("export `{name}` has the wrong signature: {e}")
+        };
+        let version = func(&mut store, "weir_abi_version")?
+            .typed::<(), i32>(&store)
+            .map_err(|e| sig(e, "weir_abi_version"))?;
+        let version = version
+            .call(&mut store, ())
+            .map_err(|e| format!("weir_abi_version: {}", CallError::from_wasm(e)))?;
         if version != 1 {
-            return Err(format!("the plugin speaks ABI version {version}; this Weir supports version 1 only"));
+            return Err(format!(
+                "the plugin speaks ABI version {version}; this Weir supports version 1 only"
+            ));
         }
-        let alloc = func(&mut store, "weir_alloc")?.typed::<i32, i32>(&store).map_err(|e| sig(e, "weir_alloc"))?;
-        let free = func(&mut store, "weir_free")?.typed::<(i32, i32), ()>(&store).map_err(|e| sig(e, "weir_free"))?;
-        let init = func(&mut store, "weir_init")?.typed::<(i32, i32), i64>(&store).map_err(|e| sig(e, "weir_init"))?;
-        let process = func(&mut store, "weir_process")?.typed::<(i32, i32), i64>(&store).map_err(|e| sig(e, "weir_process"))?;
-        let mut inst = Inst { store, memory, alloc, free, process };
-        let packed = inst.call_with(&init, &self.config).map_err(|e| format!("weir_init failed: {e}"))?;
-        if let Some(msg) = inst.take_output(packed).map_err(|e| format!("weir_init failed: {e}"))? {
-            return Err(format!("weir_init refused the config: {}", String::from_utf8_lossy(&msg)));
+        let alloc = func(&mut store, "weir_alloc")?
+            .typed::<i32, i32>(&store)
+            .map_err(|e| sig(e, "weir_alloc"))?;
+        let free = func(&mut store, "weir_free")?
+            .typed::<(i32, i32), ()>(&store)
+            .map_err(|e| sig(e, "weir_free"))?;
+        let init = func(&mut store, "weir_init")?
+            .typed::<(i32, i32), i64>(&store)
+            .map_err(|e| sig(e, "weir_init"))?;
+        let process = func(&mut store, "weir_process")?
+            .typed::<(i32, i32), i64>(&store)
+            .map_err(|e| sig(e, "weir_process"))?;
+        let mut inst = Inst {
+            store,
+            memory,
+            alloc,
+            free,
+            process,
+        };
+        let packed = inst
+            .call_with(&init, &self.config)
+            .map_err(|e| format!("weir_init failed: {e}"))?;
+        if let Some(msg) = inst
+            .take_output(packed)
+            .map_err(|e| format!("weir_init failed: {e}"))?
+        {
+            return Err(format!(
+                "weir_init refused the config: {}",
+                String::from_utf8_lossy(&msg)
+            ));
         }
         Ok(inst)
     }
@@ -488,7 +634,9 @@ impl Plugin {
         inst.store.set_epoch_deadline(self.deadline_ticks);
         let process = inst.process.clone();
         let packed = inst.call_with(&process, &input)?;
-        let out = inst.take_output(packed)?.ok_or_else(|| CallError::BadResult("weir_process returned no buffer".into()))?;
+        let out = inst
+            .take_output(packed)?
+            .ok_or_else(|| CallError::BadResult("weir_process returned no buffer".into()))?;
         let outcomes = wire::decode_result(&out, events).map_err(CallError::BadResult)?;
         let mut pool = self.pool.lock().unwrap();
         if pool.len() < POOL_SIZE {
@@ -505,7 +653,10 @@ impl Plugin {
             Some(_) => {
                 h.until = None;
                 h.probation = true;
-                METRICS.plugin_quarantined.with_label_values(&[&self.settings.tenant, &self.settings.name]).set(0);
+                METRICS
+                    .plugin_quarantined
+                    .with_label_values(&[&self.settings.tenant, &self.settings.name])
+                    .set(0);
                 tracing::info!(tenant = %self.settings.tenant, plugin = %self.settings.name, "plugin quarantine over; calling it again");
                 false
             }
@@ -528,7 +679,10 @@ impl Plugin {
             h.next_backoff = (d * 2).min(QUARANTINE_MAX.max(self.settings.quarantine_base));
             h.consecutive = 0;
             h.probation = false;
-            METRICS.plugin_quarantined.with_label_values(&[&self.settings.tenant, &self.settings.name]).set(1);
+            METRICS
+                .plugin_quarantined
+                .with_label_values(&[&self.settings.tenant, &self.settings.name])
+                .set(1);
             tracing::error!(tenant = %self.settings.tenant, plugin = %self.settings.name, quarantine = ?d, on_error = ?self.settings.on_error,
                 "plugin keeps failing: quarantined; its batches take on_error without calling it");
         }
@@ -538,18 +692,27 @@ impl Plugin {
     pub fn apply(&self, batch: &mut Batch) {
         let labels = [self.settings.tenant.as_str(), self.settings.name.as_str()];
         if self.quarantined() {
-            METRICS.plugin_errors.with_label_values(&[labels[0], labels[1], "quarantined"]).inc();
+            METRICS
+                .plugin_errors
+                .with_label_values(&[labels[0], labels[1], "quarantined"])
+                .inc();
             self.on_error(batch);
             return;
         }
         METRICS.plugin_calls.with_label_values(&labels).inc();
         let start = Instant::now();
         let result = self.call(&batch.events);
-        METRICS.plugin_duration.with_label_values(&labels).observe(start.elapsed().as_secs_f64());
+        METRICS
+            .plugin_duration
+            .with_label_values(&labels)
+            .observe(start.elapsed().as_secs_f64());
         match result {
             Ok(outcomes) => {
                 self.record(true);
-                for ((verdict, replacement), (ev, disp)) in outcomes.into_iter().zip(batch.events.iter_mut().zip(batch.dispositions.iter_mut())) {
+                for ((verdict, replacement), (ev, disp)) in outcomes
+                    .into_iter()
+                    .zip(batch.events.iter_mut().zip(batch.dispositions.iter_mut()))
+                {
                     match verdict {
                         Verdict::Keep => {
                             if let Some(r) = replacement {
@@ -566,7 +729,10 @@ impl Plugin {
                 }
             }
             Err(e) => {
-                METRICS.plugin_errors.with_label_values(&[labels[0], labels[1], e.reason()]).inc();
+                METRICS
+                    .plugin_errors
+                    .with_label_values(&[labels[0], labels[1], e.reason()])
+                    .inc();
                 tracing::warn!(tenant = %labels[0], plugin = %labels[1], reason = e.reason(), on_error = ?self.settings.on_error, events = batch.events.len(),
                     "plugin call failed: {e}");
                 self.record(false);
@@ -616,7 +782,10 @@ struct FileStamp {
 
 fn stamp(path: &Path) -> Option<FileStamp> {
     let m = std::fs::metadata(path).ok()?;
-    Some(FileStamp { modified: m.modified().ok(), len: m.len() })
+    Some(FileStamp {
+        modified: m.modified().ok(),
+        len: m.len(),
+    })
 }
 
 struct Seen {
@@ -655,14 +824,23 @@ pub struct ReloadReport {
 
 impl PluginSlot {
     /// Loads the first version from `bytes` (read from `path`).
-    pub fn load(path: &Path, bytes: &[u8], config: Option<&serde_yaml::Value>, settings: PluginSettings, cache: &ModuleCache) -> Result<PluginSlot, String> {
+    pub fn load(
+        path: &Path,
+        bytes: &[u8],
+        config: Option<&serde_yaml::Value>,
+        settings: PluginSettings,
+        cache: &ModuleCache,
+    ) -> Result<PluginSlot, String> {
         let module = cache.module(bytes)?;
         let first = off_runtime(|| Plugin::from_module(&module, config, settings.clone()))?;
         Ok(PluginSlot {
             path: path.to_path_buf(),
             config: config.cloned(),
             current: RwLock::new(Arc::new(first)),
-            seen: Mutex::new(Seen { stamp: stamp(path), hash: sha256(bytes) }),
+            seen: Mutex::new(Seen {
+                stamp: stamp(path),
+                hash: sha256(bytes),
+            }),
             settings,
         })
     }
@@ -674,7 +852,10 @@ impl PluginSlot {
             path: PathBuf::new(),
             config: None,
             current: RwLock::new(Arc::new(plugin)),
-            seen: Mutex::new(Seen { stamp: None, hash: [0; 32] }),
+            seen: Mutex::new(Seen {
+                stamp: None,
+                hash: [0; 32],
+            }),
         }
     }
 
@@ -692,17 +873,23 @@ impl PluginSlot {
     /// On error the old version keeps running. Counted in `weir_plugin_reloads_total`.
     pub fn replace(&self, bytes: &[u8], cache: &ModuleCache) -> Result<(), String> {
         let labels = [self.settings.tenant.as_str(), self.settings.name.as_str()];
-        let loaded = cache.module(bytes).and_then(|m| off_runtime(|| Plugin::from_module(&m, self.config.as_ref(), self.settings.clone())));
+        let loaded = cache.module(bytes).and_then(|m| {
+            off_runtime(|| Plugin::from_module(&m, self.config.as_ref(), self.settings.clone()))
+        });
         match loaded {
             Ok(new) => {
                 let old = std::mem::replace(&mut *self.current.write().unwrap(), Arc::new(new));
                 drop(old);
-                RELOADS.with_label_values(&[labels[0], labels[1], "reloaded"]).inc();
+                RELOADS
+                    .with_label_values(&[labels[0], labels[1], "reloaded"])
+                    .inc();
                 tracing::info!(tenant = %labels[0], plugin = %labels[1], path = %self.path.display(), "plugin reloaded; new batches run on the new version");
                 Ok(())
             }
             Err(e) => {
-                RELOADS.with_label_values(&[labels[0], labels[1], "refused"]).inc();
+                RELOADS
+                    .with_label_values(&[labels[0], labels[1], "refused"])
+                    .inc();
                 tracing::error!(tenant = %labels[0], plugin = %labels[1], path = %self.path.display(), "plugin reload refused, the old version keeps running: {e}");
                 Err(e)
             }
@@ -715,7 +902,12 @@ impl PluginSlot {
         if self.path.as_os_str().is_empty() {
             return None;
         }
-        let report = |error: Option<String>| ReloadReport { tenant: self.settings.tenant.clone(), plugin: self.settings.name.clone(), path: self.path.clone(), error };
+        let report = |error: Option<String>| ReloadReport {
+            tenant: self.settings.tenant.clone(),
+            plugin: self.settings.name.clone(),
+            path: self.path.clone(),
+            error,
+        };
         let now = stamp(&self.path);
         let mut seen = self.seen.lock().unwrap();
         if !force && now == seen.stamp {
@@ -726,7 +918,9 @@ impl PluginSlot {
             Ok(b) => b,
             Err(e) => {
                 let e = format!("cannot read {}: {e}", self.path.display());
-                RELOADS.with_label_values(&[&self.settings.tenant, &self.settings.name, "refused"]).inc();
+                RELOADS
+                    .with_label_values(&[&self.settings.tenant, &self.settings.name, "refused"])
+                    .inc();
                 tracing::error!(tenant = %self.settings.tenant, plugin = %self.settings.name, "plugin reload refused, the old version keeps running: {e}");
                 return Some(report(Some(e)));
             }
@@ -758,7 +952,10 @@ impl Plugins {
     /// `data_dir/plugin-cache`), links and initializes every tenant's plugins.
     /// The error names the config field, e.g. `tenants[0].plugins[1]`.
     pub fn load(config: &crate::config::Config) -> Result<Plugins, (String, String)> {
-        Plugins::load_with(config, ModuleCache::new(Some(config.data_dir.join("plugin-cache"))))
+        Plugins::load_with(
+            config,
+            ModuleCache::new(Some(config.data_dir.join("plugin-cache"))),
+        )
     }
 
     /// What `weir check` runs: the same loading, without writing a cache into the data directory.
@@ -766,26 +963,53 @@ impl Plugins {
         Plugins::load_with(config, ModuleCache::new(None)).map(|_| ())
     }
 
-    fn load_with(config: &crate::config::Config, cache: ModuleCache) -> Result<Plugins, (String, String)> {
+    fn load_with(
+        config: &crate::config::Config,
+        cache: ModuleCache,
+    ) -> Result<Plugins, (String, String)> {
         let mut per_tenant = Vec::new();
         for (i, t) in config.tenants.iter().enumerate() {
             let mut list = Vec::new();
             for (j, p) in t.plugins.iter().enumerate() {
                 let at = format!("tenants[{i}].plugins[{j}]");
-                let bytes = std::fs::read(&p.path).map_err(|e| (format!("{at}.path"), format!("cannot read {}: {e}", p.path.display())))?;
-                let slot = PluginSlot::load(&p.path, &bytes, p.config.as_ref(), PluginSettings::from_config(&t.name, p), &cache)
-                    .map_err(|e| (at.clone(), format!("plugin {:?} ({}): {e}", p.name, p.path.display())))?;
+                let bytes = std::fs::read(&p.path).map_err(|e| {
+                    (
+                        format!("{at}.path"),
+                        format!("cannot read {}: {e}", p.path.display()),
+                    )
+                })?;
+                let slot = PluginSlot::load(
+                    &p.path,
+                    &bytes,
+                    p.config.as_ref(),
+                    PluginSettings::from_config(&t.name, p),
+                    &cache,
+                )
+                .map_err(|e| {
+                    (
+                        at.clone(),
+                        format!("plugin {:?} ({}): {e}", p.name, p.path.display()),
+                    )
+                })?;
                 tracing::info!(tenant = %t.name, plugin = %p.name, path = %p.path.display(), "plugin loaded");
                 list.push(slot);
             }
             per_tenant.push(list);
         }
-        Ok(Plugins { per_tenant, cache, reloading: Mutex::new(()) })
+        Ok(Plugins {
+            per_tenant,
+            cache,
+            reloading: Mutex::new(()),
+        })
     }
 
     /// A stage of already loaded plugins, one list per tenant index (no files, no cache).
     pub fn from_slots(per_tenant: Vec<Vec<PluginSlot>>) -> Plugins {
-        Plugins { per_tenant, cache: ModuleCache::default(), reloading: Mutex::new(()) }
+        Plugins {
+            per_tenant,
+            cache: ModuleCache::default(),
+            reloading: Mutex::new(()),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -800,7 +1024,11 @@ impl Plugins {
     /// /admin/reload`), else those whose file changed (the watcher).
     pub fn reload(&self, force: bool) -> Vec<ReloadReport> {
         let _one_at_a_time = self.reloading.lock().unwrap();
-        self.per_tenant.iter().flatten().filter_map(|s| s.reload_file(&self.cache, force)).collect()
+        self.per_tenant
+            .iter()
+            .flatten()
+            .filter_map(|s| s.reload_file(&self.cache, force))
+            .collect()
     }
 
     /// Polls the plugin files every `every` on a background thread, reloading
@@ -814,7 +1042,9 @@ impl Plugins {
             .name("weir-plugin-watch".into())
             .spawn(move || loop {
                 std::thread::sleep(every);
-                let Some(plugins) = weak.upgrade() else { return };
+                let Some(plugins) = weak.upgrade() else {
+                    return;
+                };
                 plugins.reload(false);
             })
             .expect("spawning the plugin watcher");
@@ -827,7 +1057,9 @@ impl Stage for Plugins {
     }
 
     fn process(&self, batch: &mut Batch) -> Result<(), Rejection> {
-        let Some(list) = self.per_tenant.get(batch.meta.tenant.index) else { return Ok(()) };
+        let Some(list) = self.per_tenant.get(batch.meta.tenant.index) else {
+            return Ok(());
+        };
         if list.is_empty() || batch.events.is_empty() {
             return Ok(());
         }

@@ -24,10 +24,12 @@ pub(crate) fn good_wat(hook: &str) -> String {
 }
 
 /// On a batch of 3 events: spin forever.
-pub(crate) const LOOP_ON_3: &str = "(if (i32.eq (local.get $n) (i32.const 3)) (then (loop $spin (br $spin))))";
+pub(crate) const LOOP_ON_3: &str =
+    "(if (i32.eq (local.get $n) (i32.const 3)) (then (loop $spin (br $spin))))";
 const GROW_ON_3: &str = "(if (i32.eq (local.get $n) (i32.const 3)) (then (loop $g (drop (memory.grow (i32.const 16))) (br $g))))";
 const TRAP_ON_3: &str = "(if (i32.eq (local.get $n) (i32.const 3)) (then unreachable))";
-const SHORT_ON_5: &str = "(if (i32.eq (local.get $n) (i32.const 5)) (then (local.set $n (i32.const 4))))";
+const SHORT_ON_5: &str =
+    "(if (i32.eq (local.get $n) (i32.const 5)) (then (local.set $n (i32.const 4))))";
 const REFUSE: &str = "(i64.or (i64.shl (i64.const 128) (i64.const 32)) (i64.const 10))";
 
 fn settings(name: &str, on_error: PluginOnError) -> PluginSettings {
@@ -50,7 +52,12 @@ fn batch(n: usize) -> Batch {
     let text = "listeners: [{name: i, address: \"127.0.0.1:0\", protocol: http}]\narchive: {store: {type: local, root: /tmp/x}}\nbackends: [{name: b, type: file, path: /tmp/x.ndjson}]\ntenants: [{name: t, api_keys: [k], backend: b}]\n";
     let config = Config::parse(text, "t.yaml").unwrap();
     let tenants = crate::tenant::Tenants::from_config(&config);
-    let meta = BatchMeta { tenant: tenants.all()[0].clone(), intake: Intake::Generic, received_at_ms: 1, body_bytes: 10 };
+    let meta = BatchMeta {
+        tenant: tenants.all()[0].clone(),
+        intake: Intake::Generic,
+        received_at_ms: 1,
+        body_bytes: 10,
+    };
     let events = (0..n)
         .map(|i| {
             let mut e = Event::from_message(format!("secret {i}"), 1_700_000_000_000 + i as i64);
@@ -62,7 +69,10 @@ fn batch(n: usize) -> Batch {
 }
 
 fn errors(name: &str, reason: &str) -> u64 {
-    METRICS.plugin_errors.with_label_values(&["t", name, reason]).get()
+    METRICS
+        .plugin_errors
+        .with_label_values(&["t", name, reason])
+        .get()
 }
 
 fn assert_verdicts_applied(b: &Batch) {
@@ -71,7 +81,11 @@ fn assert_verdicts_applied(b: &Batch) {
             0 => {
                 assert_eq!(*d, Disposition::Index);
                 assert_eq!(e.message, "redacted");
-                assert_eq!(e.timestamp, 1_700_000_000_000 + i as i64, "a missing timestamp keeps the original");
+                assert_eq!(
+                    e.timestamp,
+                    1_700_000_000_000 + i as i64,
+                    "a missing timestamp keeps the original"
+                );
                 assert_eq!(e.host, None, "the returned event replaces the original");
             }
             1 => assert_eq!(*d, Disposition::Drop),
@@ -84,7 +98,10 @@ fn assert_verdicts_applied(b: &Batch) {
 }
 
 fn untouched(b: &Batch) -> bool {
-    b.events.iter().enumerate().all(|(i, e)| e.message == format!("secret {i}"))
+    b.events
+        .iter()
+        .enumerate()
+        .all(|(i, e)| e.message == format!("secret {i}"))
 }
 
 #[test]
@@ -95,20 +112,38 @@ fn well_behaved_plugin_verdicts_are_applied() {
         p.apply(&mut b);
         assert_verdicts_applied(&b);
     }
-    assert_eq!(METRICS.plugin_calls.with_label_values(&["t", "good"]).get(), 3);
-    assert_eq!(METRICS.plugin_counter.with_label_values(&["t", "good", "calls"]).get(), 3);
+    assert_eq!(
+        METRICS.plugin_calls.with_label_values(&["t", "good"]).get(),
+        3
+    );
+    assert_eq!(
+        METRICS
+            .plugin_counter
+            .with_label_values(&["t", "good", "calls"])
+            .get(),
+        3
+    );
     assert_eq!(errors("good", "trap"), 0);
 }
 
 #[test]
 fn endless_loop_hits_the_deadline_and_the_next_batch_is_fine() {
-    let p = load(&good_wat(LOOP_ON_3), settings("looping", PluginOnError::Drop));
+    let p = load(
+        &good_wat(LOOP_ON_3),
+        settings("looping", PluginOnError::Drop),
+    );
     let start = Instant::now();
     let mut b = batch(3);
     p.apply(&mut b);
     let took = start.elapsed();
-    assert!(took >= Duration::from_millis(40) && took < Duration::from_secs(2), "took {took:?}");
-    assert!(b.dispositions.iter().all(|d| *d == Disposition::Drop), "on_error drop");
+    assert!(
+        took >= Duration::from_millis(40) && took < Duration::from_secs(2),
+        "took {took:?}"
+    );
+    assert!(
+        b.dispositions.iter().all(|d| *d == Disposition::Drop),
+        "on_error drop"
+    );
     assert_eq!(errors("looping", "timeout"), 1);
     let mut b = batch(4);
     p.apply(&mut b);
@@ -123,7 +158,10 @@ fn unbounded_memory_growth_hits_the_limit() {
     let p = load(&good_wat(GROW_ON_3), s);
     let mut b = batch(3);
     p.apply(&mut b);
-    assert!(b.dispositions.iter().all(|d| *d == Disposition::ArchiveOnly));
+    assert!(b
+        .dispositions
+        .iter()
+        .all(|d| *d == Disposition::ArchiveOnly));
     assert!(untouched(&b));
     assert_eq!(errors("greedy", "memory"), 1);
     let mut b = batch(2);
@@ -133,10 +171,16 @@ fn unbounded_memory_growth_hits_the_limit() {
 
 #[test]
 fn trap_costs_only_its_batch() {
-    let p = load(&good_wat(TRAP_ON_3), settings("trapping", PluginOnError::Pass));
+    let p = load(
+        &good_wat(TRAP_ON_3),
+        settings("trapping", PluginOnError::Pass),
+    );
     let mut b = batch(3);
     p.apply(&mut b);
-    assert!(b.dispositions.iter().all(|d| *d == Disposition::Index) && untouched(&b), "on_error pass leaves the batch as is");
+    assert!(
+        b.dispositions.iter().all(|d| *d == Disposition::Index) && untouched(&b),
+        "on_error pass leaves the batch as is"
+    );
     assert_eq!(errors("trapping", "trap"), 1);
     let mut b = batch(6);
     p.apply(&mut b);
@@ -145,7 +189,10 @@ fn trap_costs_only_its_batch() {
 
 #[test]
 fn wrong_entry_count_is_a_bad_result() {
-    let p = load(&good_wat(SHORT_ON_5), settings("short", PluginOnError::Drop));
+    let p = load(
+        &good_wat(SHORT_ON_5),
+        settings("short", PluginOnError::Drop),
+    );
     let mut b = batch(5);
     p.apply(&mut b);
     assert!(b.dispositions.iter().all(|d| *d == Disposition::Drop));
@@ -154,16 +201,42 @@ fn wrong_entry_count_is_a_bad_result() {
 
 #[test]
 fn wrong_abi_version_is_refused() {
-    let e = Plugin::load(plugin_wat(2, "", "(i64.const 0)", "").as_bytes(), None, settings("v2", PluginOnError::Pass)).err().unwrap();
-    assert!(e.contains("ABI version 2") && e.contains("version 1"), "{e}");
+    let e = Plugin::load(
+        plugin_wat(2, "", "(i64.const 0)", "").as_bytes(),
+        None,
+        settings("v2", PluginOnError::Pass),
+    )
+    .err()
+    .unwrap();
+    assert!(
+        e.contains("ABI version 2") && e.contains("version 1"),
+        "{e}"
+    );
 }
 
 #[test]
 fn missing_export_and_unknown_import_are_refused() {
-    let e = Plugin::load(b"(module (memory (export \"memory\") 1))", None, settings("empty", PluginOnError::Pass)).err().unwrap();
+    let e = Plugin::load(
+        b"(module (memory (export \"memory\") 1))",
+        None,
+        settings("empty", PluginOnError::Pass),
+    )
+    .err()
+    .unwrap();
     assert!(e.contains("weir_abi_version"), "{e}");
-    let wat = plugin_wat(1, r#"(import "env" "socket" (func (param i32)))"#, "(i64.const 0)", "");
-    let e = Plugin::load(wat.as_bytes(), None, settings("imports", PluginOnError::Pass)).err().unwrap();
+    let wat = plugin_wat(
+        1,
+        r#"(import "env" "socket" (func (param i32)))"#,
+        "(i64.const 0)",
+        "",
+    );
+    let e = Plugin::load(
+        wat.as_bytes(),
+        None,
+        settings("imports", PluginOnError::Pass),
+    )
+    .err()
+    .unwrap();
     assert!(e.contains("cannot link"), "{e}");
 }
 
@@ -172,10 +245,20 @@ fn init_gets_the_config_and_may_refuse_it() {
     // Accepts only a map config (MessagePack fixmap 0x8n).
     let init = format!("(if (result i64) (i32.eq (i32.and (i32.load8_u (local.get $ptr)) (i32.const 0xf0)) (i32.const 0x80)) (then (i64.const 0)) (else {REFUSE}))");
     let wat = plugin_wat(1, "", &init, "");
-    let e = Plugin::load(wat.as_bytes(), None, settings("picky", PluginOnError::Pass)).err().unwrap();
-    assert!(e.contains("weir_init refused the config: bad config"), "{e}");
+    let e = Plugin::load(wat.as_bytes(), None, settings("picky", PluginOnError::Pass))
+        .err()
+        .unwrap();
+    assert!(
+        e.contains("weir_init refused the config: bad config"),
+        "{e}"
+    );
     let cfg: serde_yaml::Value = serde_yaml::from_str("{fields: [password]}").unwrap();
-    let p = Plugin::load(wat.as_bytes(), Some(&cfg), settings("picky", PluginOnError::Pass)).unwrap();
+    let p = Plugin::load(
+        wat.as_bytes(),
+        Some(&cfg),
+        settings("picky", PluginOnError::Pass),
+    )
+    .unwrap();
     let mut b = batch(2);
     p.apply(&mut b);
     assert_verdicts_applied(&b);
@@ -192,13 +275,22 @@ const OPEN_FILE: &str = r#"(local.set $k (call $path_open (i32.const 3) (i32.con
     (drop (call $fd_write (i32.const 1) (i32.const 208) (i32.const 1) (i32.const 216)))"#;
 
 fn run_wasi_plugin(name: &str) {
-    let p = load(&plugin_wat(1, WASI_IMPORTS, "(i64.const 0)", OPEN_FILE), settings(name, PluginOnError::Drop));
+    let p = load(
+        &plugin_wat(1, WASI_IMPORTS, "(i64.const 0)", OPEN_FILE),
+        settings(name, PluginOnError::Drop),
+    );
     let mut b = batch(3);
     off_runtime(|| p.apply(&mut b));
     assert_verdicts_applied(&b);
     assert_eq!(errors(name, "trap"), 0);
     // EBADF (8): there is no directory to open anything under.
-    assert_eq!(METRICS.plugin_counter.with_label_values(&["t", name, "errno"]).get(), 8);
+    assert_eq!(
+        METRICS
+            .plugin_counter
+            .with_label_values(&["t", name, "errno"])
+            .get(),
+        8
+    );
 }
 
 #[test]
@@ -222,17 +314,31 @@ fn repeated_failures_quarantine_then_probation() {
     s.quarantine_after = 2;
     s.quarantine_base = Duration::from_millis(300);
     let p = load(&good_wat(TRAP_ON_3), s);
-    let gauge = || METRICS.plugin_quarantined.with_label_values(&["t", "flaky"]).get();
+    let gauge = || {
+        METRICS
+            .plugin_quarantined
+            .with_label_values(&["t", "flaky"])
+            .get()
+    };
     for _ in 0..2 {
         p.apply(&mut batch(3));
     }
     assert_eq!(gauge(), 1);
     // Quarantined: even a batch it would handle takes on_error, without a call.
-    let calls = METRICS.plugin_calls.with_label_values(&["t", "flaky"]).get();
+    let calls = METRICS
+        .plugin_calls
+        .with_label_values(&["t", "flaky"])
+        .get();
     let mut b = batch(2);
     p.apply(&mut b);
     assert!(b.dispositions.iter().all(|d| *d == Disposition::Drop));
-    assert_eq!(METRICS.plugin_calls.with_label_values(&["t", "flaky"]).get(), calls);
+    assert_eq!(
+        METRICS
+            .plugin_calls
+            .with_label_values(&["t", "flaky"])
+            .get(),
+        calls
+    );
     assert_eq!(errors("flaky", "quarantined"), 1);
     std::thread::sleep(Duration::from_millis(350));
     // Over: on probation, one failure quarantines again (for twice as long)...
@@ -248,7 +354,10 @@ fn repeated_failures_quarantine_then_probation() {
 
 #[test]
 fn the_stage_runs_only_the_batch_tenants_plugins() {
-    let stage = Plugins::from_slots(vec![vec![PluginSlot::fixed(load(&good_wat(""), settings("stage", PluginOnError::Pass)))]]);
+    let stage = Plugins::from_slots(vec![vec![PluginSlot::fixed(load(
+        &good_wat(""),
+        settings("stage", PluginOnError::Pass),
+    ))]]);
     let mut b = batch(3);
     stage.process(&mut b).unwrap();
     assert_verdicts_applied(&b);
@@ -277,14 +386,21 @@ fn batch_marker(b: &Batch) -> String {
             _ => assert_eq!(*d, Disposition::ArchiveOnly, "event {i}"),
         }
     }
-    assert_eq!(markers.len(), 1, "a batch was processed by more than one version: {markers:?}");
+    assert_eq!(
+        markers.len(),
+        1,
+        "a batch was processed by more than one version: {markers:?}"
+    );
     markers.into_iter().next().unwrap()
 }
 
 #[test]
 fn hot_swap_under_concurrent_calls_keeps_each_batch_on_one_version() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    let stage = Arc::new(Plugins::from_slots(vec![vec![PluginSlot::fixed(load(&marker_wat("versionA"), settings("swap", PluginOnError::Drop)))]]));
+    let stage = Arc::new(Plugins::from_slots(vec![vec![PluginSlot::fixed(load(
+        &marker_wat("versionA"),
+        settings("swap", PluginOnError::Drop),
+    ))]]));
     let (a, b) = (marker_wat("versionA"), marker_wat("versionB"));
     const CALLERS: usize = 4;
     let ready = Arc::new(std::sync::Barrier::new(CALLERS + 1));
@@ -292,7 +408,8 @@ fn hot_swap_under_concurrent_calls_keeps_each_batch_on_one_version() {
     let sent = Arc::new(AtomicUsize::new(0));
     let callers: Vec<_> = (0..CALLERS)
         .map(|t| {
-            let (stage, ready, done, sent) = (stage.clone(), ready.clone(), done.clone(), sent.clone());
+            let (stage, ready, done, sent) =
+                (stage.clone(), ready.clone(), done.clone(), sent.clone());
             std::thread::spawn(move || {
                 let mut seen = Vec::new();
                 let mut run = |n: usize| {
@@ -317,34 +434,72 @@ fn hot_swap_under_concurrent_calls_keeps_each_batch_on_one_version() {
     let cache = ModuleCache::default();
     for k in 0..6 {
         let wat = if k % 2 == 0 { &b } else { &a };
-        stage.per_tenant[0][0].replace(wat.as_bytes(), &cache).unwrap();
+        stage.per_tenant[0][0]
+            .replace(wat.as_bytes(), &cache)
+            .unwrap();
     }
     // An odd number more: the last version is B.
-    stage.per_tenant[0][0].replace(b.as_bytes(), &cache).unwrap();
+    stage.per_tenant[0][0]
+        .replace(b.as_bytes(), &cache)
+        .unwrap();
     done.store(true, Ordering::SeqCst);
-    let seen: Vec<String> = callers.into_iter().flat_map(|h| h.join().unwrap()).collect();
-    assert_eq!(seen.len(), sent.load(Ordering::SeqCst), "every batch came back processed");
-    assert!(seen.iter().all(|m| m == "versionA" || m == "versionB"), "{seen:?}");
+    let seen: Vec<String> = callers
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    assert_eq!(
+        seen.len(),
+        sent.load(Ordering::SeqCst),
+        "every batch came back processed"
+    );
+    assert!(
+        seen.iter().all(|m| m == "versionA" || m == "versionB"),
+        "{seen:?}"
+    );
     assert!(seen.iter().take(1).all(|m| m == "versionA"));
     assert_eq!(seen.iter().rev().take(1).next().unwrap(), "versionB");
-    assert!(seen.iter().filter(|m| *m == "versionA").count() >= CALLERS && seen.iter().filter(|m| *m == "versionB").count() >= CALLERS);
-    assert_eq!(errors("swap", "trap") + errors("swap", "instantiate") + errors("swap", "bad_result"), 0);
-    assert_eq!(RELOADS.with_label_values(&["t", "swap", "reloaded"]).get(), 7);
+    assert!(
+        seen.iter().filter(|m| *m == "versionA").count() >= CALLERS
+            && seen.iter().filter(|m| *m == "versionB").count() >= CALLERS
+    );
+    assert_eq!(
+        errors("swap", "trap") + errors("swap", "instantiate") + errors("swap", "bad_result"),
+        0
+    );
+    assert_eq!(
+        RELOADS.with_label_values(&["t", "swap", "reloaded"]).get(),
+        7
+    );
 }
 
 #[test]
 fn refused_reload_keeps_the_old_version() {
-    let slot = PluginSlot::fixed(load(&marker_wat("versionA"), settings("keep-old", PluginOnError::Drop)));
+    let slot = PluginSlot::fixed(load(
+        &marker_wat("versionA"),
+        settings("keep-old", PluginOnError::Drop),
+    ));
     let cache = ModuleCache::default();
     let refusing = plugin_wat(1, "", REFUSE, "").replace("redacted", "versionB");
     let e = slot.replace(refusing.as_bytes(), &cache).unwrap_err();
     assert!(e.contains("bad config"), "{e}");
     let e = slot.replace(b"(module not wasm", &cache).unwrap_err();
     assert!(e.contains("cannot compile"), "{e}");
-    let e = slot.replace(plugin_wat(2, "", "(i64.const 0)", "").as_bytes(), &cache).unwrap_err();
+    let e = slot
+        .replace(plugin_wat(2, "", "(i64.const 0)", "").as_bytes(), &cache)
+        .unwrap_err();
     assert!(e.contains("ABI version 2"), "{e}");
-    assert_eq!(RELOADS.with_label_values(&["t", "keep-old", "refused"]).get(), 3);
-    assert_eq!(RELOADS.with_label_values(&["t", "keep-old", "reloaded"]).get(), 0);
+    assert_eq!(
+        RELOADS
+            .with_label_values(&["t", "keep-old", "refused"])
+            .get(),
+        3
+    );
+    assert_eq!(
+        RELOADS
+            .with_label_values(&["t", "keep-old", "reloaded"])
+            .get(),
+        0
+    );
     let mut b = batch(4);
     slot.current().apply(&mut b);
     assert_eq!(batch_marker(&b), "versionA");
@@ -363,8 +518,19 @@ fn changed_files_are_reloaded_and_unchanged_ones_are_not() {
     let path = dir.path().join("p.wasm");
     std::fs::write(&path, marker_wat("versionA")).unwrap();
     let cache = ModuleCache::new(Some(dir.path().join("cache")));
-    let slot = PluginSlot::load(&path, &std::fs::read(&path).unwrap(), None, settings("watched", PluginOnError::Drop), &cache).unwrap();
-    let stage = Plugins { per_tenant: vec![vec![slot]], cache, reloading: Mutex::new(()) };
+    let slot = PluginSlot::load(
+        &path,
+        &std::fs::read(&path).unwrap(),
+        None,
+        settings("watched", PluginOnError::Drop),
+        &cache,
+    )
+    .unwrap();
+    let stage = Plugins {
+        per_tenant: vec![vec![slot]],
+        cache,
+        reloading: Mutex::new(()),
+    };
     let marker = |stage: &Plugins| {
         let mut b = batch(3);
         stage.process(&mut b).unwrap();
@@ -383,7 +549,12 @@ fn changed_files_are_reloaded_and_unchanged_ones_are_not() {
     // A broken version is refused once (not retried every poll) and B keeps running.
     replace_file(&path, "(module (memory (export \"memory\") 1))");
     let r = stage.reload(false);
-    assert!(r[0].error.as_deref().is_some_and(|e| e.contains("weir_abi_version")), "{r:?}");
+    assert!(
+        r[0].error
+            .as_deref()
+            .is_some_and(|e| e.contains("weir_abi_version")),
+        "{r:?}"
+    );
     assert!(stage.reload(false).is_empty());
     assert_eq!(marker(&stage), "versionB");
     // Forced (POST /admin/reload) reloads even unchanged files; here it is still the broken one.
@@ -391,8 +562,18 @@ fn changed_files_are_reloaded_and_unchanged_ones_are_not() {
     replace_file(&path, &marker_wat("versionC"));
     assert!(stage.reload(true)[0].error.is_none());
     assert_eq!(marker(&stage), "versionC");
-    assert_eq!(RELOADS.with_label_values(&["t", "watched", "reloaded"]).get(), 2);
-    assert_eq!(RELOADS.with_label_values(&["t", "watched", "refused"]).get(), 2);
+    assert_eq!(
+        RELOADS
+            .with_label_values(&["t", "watched", "reloaded"])
+            .get(),
+        2
+    );
+    assert_eq!(
+        RELOADS
+            .with_label_values(&["t", "watched", "refused"])
+            .get(),
+        2
+    );
 }
 
 #[test]
@@ -401,8 +582,19 @@ fn the_watcher_thread_picks_up_a_new_file() {
     let path = dir.path().join("p.wat");
     std::fs::write(&path, marker_wat("versionA")).unwrap();
     let cache = ModuleCache::default();
-    let slot = PluginSlot::load(&path, &std::fs::read(&path).unwrap(), None, settings("watcher", PluginOnError::Drop), &cache).unwrap();
-    let stage = Arc::new(Plugins { per_tenant: vec![vec![slot]], cache, reloading: Mutex::new(()) });
+    let slot = PluginSlot::load(
+        &path,
+        &std::fs::read(&path).unwrap(),
+        None,
+        settings("watcher", PluginOnError::Drop),
+        &cache,
+    )
+    .unwrap();
+    let stage = Arc::new(Plugins {
+        per_tenant: vec![vec![slot]],
+        cache,
+        reloading: Mutex::new(()),
+    });
     stage.watch(Duration::from_millis(50));
     replace_file(&path, &marker_wat("versionB"));
     let start = Instant::now();
@@ -412,7 +604,10 @@ fn the_watcher_thread_picks_up_a_new_file() {
         if batch_marker(&b) == "versionB" {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "the watcher never reloaded");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the watcher never reloaded"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -472,8 +667,15 @@ fn the_stage_loads_through_the_cache_in_the_data_dir() {
     let text = format!("data_dir: {d}/data\nlisteners: [{{name: i, address: \"127.0.0.1:0\", protocol: http}}]\narchive: {{store: {{type: local, root: {d}/a}}}}\nbackends: [{{name: b, type: file, path: {d}/o}}]\ntenants:\n  - name: t\n    api_keys: [k]\n    backend: b\n    plugins:\n      - {{name: one, path: {d}/p.wat}}\n      - {{name: two, path: {d}/p.wat}}\n");
     let config = Config::parse(&text, "t.yaml").unwrap();
     let first = Plugins::load(&config).unwrap();
-    assert_eq!((first.cache().hits(), first.cache().misses()), (1, 1), "the second plugin of the same file hits");
+    assert_eq!(
+        (first.cache().hits(), first.cache().misses()),
+        (1, 1),
+        "the second plugin of the same file hits"
+    );
     let again = Plugins::load(&config).unwrap();
     assert_eq!((again.cache().hits(), again.cache().misses()), (2, 0));
-    assert_eq!(again.cache().dir().unwrap(), dir.path().join("data/plugin-cache"));
+    assert_eq!(
+        again.cache().dir().unwrap(),
+        dir.path().join("data/plugin-cache")
+    );
 }

@@ -43,7 +43,8 @@ pub fn encode_batch(events: &[Event]) -> Vec<u8> {
 
 /// A plugin's config value as MessagePack (nil when absent).
 pub fn encode_config(config: Option<&serde_yaml::Value>) -> Result<Vec<u8>, String> {
-    rmp_serde::to_vec_named(&config).map_err(|e| format!("config cannot be encoded as MessagePack: {e}"))
+    rmp_serde::to_vec_named(&config)
+        .map_err(|e| format!("config cannot be encoded as MessagePack: {e}"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -101,12 +102,16 @@ pub type Outcome = (Verdict, Option<Event>);
 
 /// Decodes a result; it must have exactly one entry per input event.
 pub fn decode_result(bytes: &[u8], input: &[Event]) -> Result<Vec<Outcome>, String> {
-    let r: ResultIn = rmp_serde::from_slice(bytes).map_err(|e| format!("result is not a valid MessagePack result: {e}"))?;
+    let r: ResultIn = rmp_serde::from_slice(bytes)
+        .map_err(|e| format!("result is not a valid MessagePack result: {e}"))?;
     if r.results.len() != input.len() {
-        return Err(format!("result has {} entries for {} events", r.results.len(), input.len()));
+        return Err(format!(
+            "result has {} entries for {} events",
+            r.results.len(),
+            input.len()
+        ));
     }
-    Ok(r
-        .results
+    Ok(r.results
         .into_iter()
         .zip(input)
         .map(|(entry, orig)| {
@@ -137,14 +142,23 @@ mod tests {
         let mut e = Event::from_message("hello".into(), 7);
         e.host = Some("h".into());
         e.tags = vec!["a:b".into()];
-        e.attributes.insert("n".into(), serde_json::json!({"x": [1, 2.5, "s", null, true]}));
+        e.attributes.insert(
+            "n".into(),
+            serde_json::json!({"x": [1, 2.5, "s", null, true]}),
+        );
         let bytes = encode_batch(std::slice::from_ref(&e));
         // The batch's event decoded as a result's event is the same event.
         let v: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
         let result = serde_json::json!({"results": [{"verdict": "keep", "event": v["events"][0]}]});
-        let out = decode_result(&rmp_serde::to_vec_named(&result).unwrap(), std::slice::from_ref(&e)).unwrap();
+        let out = decode_result(
+            &rmp_serde::to_vec_named(&result).unwrap(),
+            std::slice::from_ref(&e),
+        )
+        .unwrap();
         assert_eq!(out[0].1.as_ref().unwrap(), &e);
         let bad = rmp_serde::to_vec_named(&serde_json::json!({"results": []})).unwrap();
-        assert!(decode_result(&bad, std::slice::from_ref(&e)).unwrap_err().contains("0 entries for 1 events"));
+        assert!(decode_result(&bad, std::slice::from_ref(&e))
+            .unwrap_err()
+            .contains("0 entries for 1 events"));
     }
 }

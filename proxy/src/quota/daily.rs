@@ -88,7 +88,12 @@ fn event_bytes(ev: &Event) -> u64 {
 
 impl DailyQuotas {
     /// `configs[i]` is tenant i's quota; saved usage is read from `dir`.
-    pub fn new(names: &[String], configs: &[Option<DailyQuotaConfig>], clock: Arc<dyn Clock>, dir: &Path) -> DailyQuotas {
+    pub fn new(
+        names: &[String],
+        configs: &[Option<DailyQuotaConfig>],
+        clock: Arc<dyn Clock>,
+        dir: &Path,
+    ) -> DailyQuotas {
         let now = clock.now_ms();
         let tenants = names
             .iter()
@@ -114,7 +119,11 @@ impl DailyQuotas {
                 })
             })
             .collect();
-        DailyQuotas { tenants, clock, dir: dir.to_path_buf() }
+        DailyQuotas {
+            tenants,
+            clock,
+            dir: dir.to_path_buf(),
+        }
     }
 
     /// Writes every changed tenant's usage (atomically: temp file, then rename).
@@ -126,9 +135,16 @@ impl DailyQuotas {
                     continue;
                 }
                 st.dirty = false;
-                Saved { window_start_ms: st.window_start_ms, usage: st.usage.iter().map(|(k, v)| (k.clone(), *v)).collect() }
+                Saved {
+                    window_start_ms: st.window_start_ms,
+                    usage: st.usage.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                }
             };
-            if let Err(e) = crate::durable::write_atomic(&self.dir, &format!("{}.json", q.name), &serde_json::to_vec(&saved).unwrap()) {
+            if let Err(e) = crate::durable::write_atomic(
+                &self.dir,
+                &format!("{}.json", q.name),
+                &serde_json::to_vec(&saved).unwrap(),
+            ) {
                 q.state.lock().unwrap().dirty = true;
                 tracing::warn!(tenant = %q.name, error = %e, "could not save daily quota usage");
             }
@@ -156,8 +172,15 @@ impl DailyQuotas {
     }
 
     /// Changes a tenant's default daily limits at run time; false when the tenant has no quota.
-    pub fn set_limits(&self, tenant: &str, max_events: Option<u64>, max_bytes: Option<u64>) -> bool {
-        let Some(q) = self.tenants.iter().flatten().find(|q| q.name == tenant) else { return false };
+    pub fn set_limits(
+        &self,
+        tenant: &str,
+        max_events: Option<u64>,
+        max_bytes: Option<u64>,
+    ) -> bool {
+        let Some(q) = self.tenants.iter().flatten().find(|q| q.name == tenant) else {
+            return false;
+        };
         {
             let mut s = q.settings.write().unwrap();
             s.max_events = max_events;
@@ -175,7 +198,10 @@ impl DailyQuotas {
 impl TenantQuota {
     fn limit_for(settings: &DailyQuotaConfig, key: &str) -> (Option<u64>, Option<u64>) {
         match settings.overrides.get(key) {
-            Some(QuotaLimit { max_events, max_bytes }) => (*max_events, max_bytes.map(|b| b.0)),
+            Some(QuotaLimit {
+                max_events,
+                max_bytes,
+            }) => (*max_events, max_bytes.map(|b| b.0)),
             None => (settings.max_events, settings.max_bytes.map(|b| b.0)),
         }
     }
@@ -197,11 +223,23 @@ impl TenantQuota {
 
     fn publish(&self, s: &DailyQuotaConfig, key: &str, u: Usage) {
         let labels = [self.name.as_str(), key];
-        METRICS.quota_usage_events.with_label_values(&labels).set(u.events as i64);
-        METRICS.quota_usage_bytes.with_label_values(&labels).set(u.bytes as i64);
+        METRICS
+            .quota_usage_events
+            .with_label_values(&labels)
+            .set(u.events as i64);
+        METRICS
+            .quota_usage_bytes
+            .with_label_values(&labels)
+            .set(u.bytes as i64);
         let (e, b) = Self::limit_for(s, key);
-        METRICS.quota_limit_events.with_label_values(&labels).set(e.map(|v| v as i64).unwrap_or(-1));
-        METRICS.quota_limit_bytes.with_label_values(&labels).set(b.map(|v| v as i64).unwrap_or(-1));
+        METRICS
+            .quota_limit_events
+            .with_label_values(&labels)
+            .set(e.map(|v| v as i64).unwrap_or(-1));
+        METRICS
+            .quota_limit_bytes
+            .with_label_values(&labels)
+            .set(b.map(|v| v as i64).unwrap_or(-1));
     }
 }
 
@@ -211,11 +249,14 @@ impl Stage for DailyQuotas {
     }
 
     fn process(&self, batch: &mut Batch) -> Result<(), Rejection> {
-        let Some(Some(q)) = self.tenants.get(batch.meta.tenant.index) else { return Ok(()) };
+        let Some(Some(q)) = self.tenants.get(batch.meta.tenant.index) else {
+            return Ok(());
+        };
         let s = q.settings.read().unwrap();
         let now = self.clock.now_ms();
         let current = window_start(now, s.reset_hour_utc);
-        let count_bytes = s.max_bytes.is_some() || s.overrides.values().any(|o| o.max_bytes.is_some());
+        let count_bytes =
+            s.max_bytes.is_some() || s.overrides.values().any(|o| o.max_bytes.is_some());
 
         let mut st = q.state.lock().unwrap();
         if st.window_start_ms != current {
@@ -240,13 +281,18 @@ impl Stage for DailyQuotas {
             let key = if s.partition_by.is_empty() {
                 String::new()
             } else {
-                s.partition_by.iter().map(|f| field_value(ev, f).unwrap_or_default()).collect::<Vec<_>>().join(",")
+                s.partition_by
+                    .iter()
+                    .map(|f| field_value(ev, f).unwrap_or_default())
+                    .collect::<Vec<_>>()
+                    .join(",")
             };
             let size = if count_bytes { event_bytes(ev) } else { 0 };
             let (max_e, max_b) = TenantQuota::limit_for(&s, &key);
             let used = st.usage.get(&key).copied().unwrap_or_default();
             let d = delta.entry(key).or_default();
-            let is_over = max_e.is_some_and(|m| used.events + d.events + 1 > m) || max_b.is_some_and(|m| used.bytes + d.bytes + size > m);
+            let is_over = max_e.is_some_and(|m| used.events + d.events + 1 > m)
+                || max_b.is_some_and(|m| used.bytes + d.bytes + size > m);
             if is_over {
                 over += 1;
                 match s.action {
@@ -265,13 +311,19 @@ impl Stage for DailyQuotas {
             QuotaAction::Reject => "reject",
         };
         if over > 0 {
-            METRICS.over_quota_events.with_label_values(&[&q.name, action]).inc_by(over);
+            METRICS
+                .over_quota_events
+                .with_label_values(&[&q.name, action])
+                .inc_by(over);
             if s.action == QuotaAction::Reject {
                 let wait = ((current + DAY_MS - now) / 1000).max(1) as u64;
                 return Err(Rejection::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "daily_quota",
-                    format!("tenant {} is over its daily quota; it resets in {wait}s", q.name),
+                    format!(
+                        "tenant {} is over its daily quota; it resets in {wait}s",
+                        q.name
+                    ),
                 )
                 .retry_after(wait));
             }
@@ -290,7 +342,10 @@ impl Stage for DailyQuotas {
             let crossed = max_e.is_some_and(|m| u.events as f64 >= m as f64 * s.warning_threshold)
                 || max_b.is_some_and(|m| u.bytes as f64 >= m as f64 * s.warning_threshold);
             if crossed && st.warned.insert(key.clone()) {
-                METRICS.quota_warning.with_label_values(&[&q.name, &key]).set(1);
+                METRICS
+                    .quota_warning
+                    .with_label_values(&[&q.name, &key])
+                    .set(1);
                 tracing::warn!(tenant = %q.name, partition = %key, events = u.events, bytes = u.bytes, "daily quota warning threshold crossed");
             }
         }
@@ -322,13 +377,35 @@ mod tests {
     }
 
     fn batch(services: &[&str]) -> Batch {
-        let t = Arc::new(Tenant { name: "acme".into(), index: 0, upstream_api_key: None });
-        let events = services.iter().map(|s| Event { service: Some(s.to_string()), message: "hello".into(), ..Default::default() }).collect();
-        Batch::new(BatchMeta { tenant: t, intake: Intake::Datadog, received_at_ms: 0, body_bytes: 10 }, events)
+        let t = Arc::new(Tenant {
+            name: "acme".into(),
+            index: 0,
+            upstream_api_key: None,
+        });
+        let events = services
+            .iter()
+            .map(|s| Event {
+                service: Some(s.to_string()),
+                message: "hello".into(),
+                ..Default::default()
+            })
+            .collect();
+        Batch::new(
+            BatchMeta {
+                tenant: t,
+                intake: Intake::Datadog,
+                received_at_ms: 0,
+                body_bytes: 10,
+            },
+            events,
+        )
     }
 
     fn indexed(b: &Batch) -> usize {
-        b.dispositions.iter().filter(|d| **d == Disposition::Index).count()
+        b.dispositions
+            .iter()
+            .filter(|d| **d == Disposition::Index)
+            .count()
     }
 
     #[test]
@@ -342,7 +419,12 @@ mod tests {
     fn over_quota_is_archive_only_and_resets_at_the_hour() {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::at(T0);
-        let q = DailyQuotas::new(&["acme".into()], &[Some(cfg(5, QuotaAction::ArchiveOnly))], clock.clone(), dir.path());
+        let q = DailyQuotas::new(
+            &["acme".into()],
+            &[Some(cfg(5, QuotaAction::ArchiveOnly))],
+            clock.clone(),
+            dir.path(),
+        );
         let mut b = batch(&["a"; 3]);
         q.process(&mut b).unwrap();
         assert_eq!(indexed(&b), 3);
@@ -366,12 +448,22 @@ mod tests {
     fn drop_and_reject_actions() {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::at(T0);
-        let q = DailyQuotas::new(&["acme".into()], &[Some(cfg(2, QuotaAction::Drop))], clock.clone(), dir.path());
+        let q = DailyQuotas::new(
+            &["acme".into()],
+            &[Some(cfg(2, QuotaAction::Drop))],
+            clock.clone(),
+            dir.path(),
+        );
         let mut b = batch(&["a"; 3]);
         q.process(&mut b).unwrap();
         assert_eq!(b.dispositions[2], Disposition::Drop);
 
-        let q = DailyQuotas::new(&["acme".into()], &[Some(cfg(2, QuotaAction::Reject))], clock.clone(), &dir.path().join("r"));
+        let q = DailyQuotas::new(
+            &["acme".into()],
+            &[Some(cfg(2, QuotaAction::Reject))],
+            clock.clone(),
+            &dir.path().join("r"),
+        );
         let mut b = batch(&["a"; 3]);
         let r = q.process(&mut b).unwrap_err();
         assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
@@ -388,12 +480,26 @@ mod tests {
         let clock = ManualClock::at(T0);
         let mut c = cfg(2, QuotaAction::ArchiveOnly);
         c.partition_by = vec!["service".into()];
-        c.overrides.insert("big".into(), QuotaLimit { max_events: Some(4), max_bytes: None });
+        c.overrides.insert(
+            "big".into(),
+            QuotaLimit {
+                max_events: Some(4),
+                max_bytes: None,
+            },
+        );
         let q = DailyQuotas::new(&["acme".into()], &[Some(c)], clock.clone(), dir.path());
         let mut b = batch(&["web", "web", "web", "db", "big", "big", "big", "big", "big"]);
         q.process(&mut b).unwrap();
         let d = &b.dispositions;
-        assert_eq!((d[2], d[3], d[7], d[8]), (Disposition::ArchiveOnly, Disposition::Index, Disposition::Index, Disposition::ArchiveOnly));
+        assert_eq!(
+            (d[2], d[3], d[7], d[8]),
+            (
+                Disposition::ArchiveOnly,
+                Disposition::Index,
+                Disposition::Index,
+                Disposition::ArchiveOnly
+            )
+        );
 
         let mut c = cfg(1000, QuotaAction::ArchiveOnly);
         let one = event_bytes(&batch(&["x"]).events[0]);
@@ -413,27 +519,57 @@ mod tests {
         let name = "warn-tenant".to_string();
         let q = DailyQuotas::new(std::slice::from_ref(&name), &[Some(c)], clock, dir.path());
         let mut b = batch(&["a"; 4]);
-        b.meta.tenant = Arc::new(Tenant { name: name.clone(), index: 0, upstream_api_key: None });
+        b.meta.tenant = Arc::new(Tenant {
+            name: name.clone(),
+            index: 0,
+            upstream_api_key: None,
+        });
         q.process(&mut b).unwrap();
-        assert_eq!(METRICS.quota_warning.with_label_values(&[&name, ""]).get(), 0);
+        assert_eq!(
+            METRICS.quota_warning.with_label_values(&[&name, ""]).get(),
+            0
+        );
         let mut b2 = batch(&["a"]);
         b2.meta.tenant = b.meta.tenant.clone();
         q.process(&mut b2).unwrap();
-        assert_eq!(METRICS.quota_warning.with_label_values(&[&name, ""]).get(), 1);
-        assert_eq!(q.tenants[0].as_ref().unwrap().state.lock().unwrap().warned.len(), 1);
+        assert_eq!(
+            METRICS.quota_warning.with_label_values(&[&name, ""]).get(),
+            1
+        );
+        assert_eq!(
+            q.tenants[0]
+                .as_ref()
+                .unwrap()
+                .state
+                .lock()
+                .unwrap()
+                .warned
+                .len(),
+            1
+        );
     }
 
     #[test]
     fn usage_survives_a_restart_within_the_day_only() {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::at(T0);
-        let q = DailyQuotas::new(&["acme".into()], &[Some(cfg(5, QuotaAction::ArchiveOnly))], clock.clone(), dir.path());
+        let q = DailyQuotas::new(
+            &["acme".into()],
+            &[Some(cfg(5, QuotaAction::ArchiveOnly))],
+            clock.clone(),
+            dir.path(),
+        );
         q.process(&mut batch(&["a"; 4])).unwrap();
         q.save();
         drop(q);
         // Restarted later the same quota day: 4 of 5 are used.
         clock.advance_ms(HOUR_MS);
-        let q = DailyQuotas::new(&["acme".into()], &[Some(cfg(5, QuotaAction::ArchiveOnly))], clock.clone(), dir.path());
+        let q = DailyQuotas::new(
+            &["acme".into()],
+            &[Some(cfg(5, QuotaAction::ArchiveOnly))],
+            clock.clone(),
+            dir.path(),
+        );
         let mut b = batch(&["a"; 3]);
         q.process(&mut b).unwrap();
         assert_eq!(indexed(&b), 1);
@@ -441,7 +577,12 @@ mod tests {
         drop(q);
         // Restarted after the reset: a fresh day.
         clock.advance_ms(4 * HOUR_MS);
-        let q = DailyQuotas::new(&["acme".into()], &[Some(cfg(5, QuotaAction::ArchiveOnly))], clock, dir.path());
+        let q = DailyQuotas::new(
+            &["acme".into()],
+            &[Some(cfg(5, QuotaAction::ArchiveOnly))],
+            clock,
+            dir.path(),
+        );
         let mut b = batch(&["a"; 5]);
         q.process(&mut b).unwrap();
         assert_eq!(indexed(&b), 5);

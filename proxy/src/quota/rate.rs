@@ -16,7 +16,12 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-type Limiter<C> = RateLimiter<String, DefaultKeyedStateStore<String>, C, NoOpMiddleware<<C as GovernorClock>::Instant>>;
+type Limiter<C> = RateLimiter<
+    String,
+    DefaultKeyedStateStore<String>,
+    C,
+    NoOpMiddleware<<C as GovernorClock>::Instant>,
+>;
 
 struct TenantLimits<C: GovernorClock> {
     events: Option<Limiter<C>>,
@@ -33,7 +38,8 @@ pub struct RateLimits<C: GovernorClock = DefaultClock> {
 
 fn quota(per_second: u64, burst: Option<u64>) -> Quota {
     let rate = NonZeroU32::new(per_second.clamp(1, u32::MAX as u64) as u32).unwrap();
-    let burst = NonZeroU32::new(burst.unwrap_or(per_second).clamp(1, u32::MAX as u64) as u32).unwrap();
+    let burst =
+        NonZeroU32::new(burst.unwrap_or(per_second).clamp(1, u32::MAX as u64) as u32).unwrap();
     Quota::per_second(rate).allow_burst(burst)
 }
 
@@ -50,9 +56,19 @@ impl<C: GovernorClock + Clone> RateLimits<C> {
             .map(|c| {
                 c.as_ref().map(|c| TenantLimits {
                     events: c.events_per_second.map(|r| {
-                        RateLimiter::new(quota(r as u64, c.events_burst.map(u64::from)), DefaultKeyedStateStore::default(), clock.clone())
+                        RateLimiter::new(
+                            quota(r as u64, c.events_burst.map(u64::from)),
+                            DefaultKeyedStateStore::default(),
+                            clock.clone(),
+                        )
                     }),
-                    bytes: c.bytes_per_second.map(|r| RateLimiter::new(quota(r.0, c.bytes_burst.map(|b| b.0)), DefaultKeyedStateStore::default(), clock.clone())),
+                    bytes: c.bytes_per_second.map(|r| {
+                        RateLimiter::new(
+                            quota(r.0, c.bytes_burst.map(|b| b.0)),
+                            DefaultKeyedStateStore::default(),
+                            clock.clone(),
+                        )
+                    }),
                     partition_by: c.partition_by.clone(),
                     checks: AtomicU64::new(0),
                 })
@@ -68,11 +84,13 @@ impl<C: GovernorClock + Clone> RateLimits<C> {
         match limiter.check_key_n(key, n) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(not_until)) => Err(not_until.wait_time_from(self.clock.now())),
-            Err(insufficient) => match limiter.check_key_n(key, NonZeroU32::new(insufficient.0).unwrap()) {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(not_until)) => Err(not_until.wait_time_from(self.clock.now())),
-                Err(_) => Ok(()),
-            },
+            Err(insufficient) => {
+                match limiter.check_key_n(key, NonZeroU32::new(insufficient.0).unwrap()) {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(not_until)) => Err(not_until.wait_time_from(self.clock.now())),
+                    Err(_) => Ok(()),
+                }
+            }
         }
     }
 }
@@ -97,7 +115,11 @@ pub fn field_value<'a>(ev: &'a Event, field: &str) -> Option<std::borrow::Cow<'a
                     other => Cow::Owned(other.to_string()),
                 });
             }
-            ev.tags.iter().find_map(|t| t.strip_prefix(field).and_then(|r| r.strip_prefix(':')).map(Cow::Borrowed))
+            ev.tags.iter().find_map(|t| {
+                t.strip_prefix(field)
+                    .and_then(|r| r.strip_prefix(':'))
+                    .map(Cow::Borrowed)
+            })
         }
     }
 }
@@ -111,20 +133,33 @@ where
     }
 
     fn process(&self, batch: &mut Batch) -> Result<(), Rejection> {
-        let Some(Some(limits)) = self.tenants.get(batch.meta.tenant.index) else { return Ok(()) };
+        let Some(Some(limits)) = self.tenants.get(batch.meta.tenant.index) else {
+            return Ok(());
+        };
         // Count (events, bytes) per partition; bytes are shared out by message size.
         let mut parts: HashMap<String, (u64, u64)> = HashMap::new();
         match &limits.partition_by {
             None => {
-                parts.insert(String::new(), (batch.events.len() as u64, batch.meta.body_bytes as u64));
+                parts.insert(
+                    String::new(),
+                    (batch.events.len() as u64, batch.meta.body_bytes as u64),
+                );
             }
             Some(field) => {
-                let total_msg: usize = batch.events.iter().map(|e| e.message.len() + 1).sum::<usize>().max(1);
+                let total_msg: usize = batch
+                    .events
+                    .iter()
+                    .map(|e| e.message.len() + 1)
+                    .sum::<usize>()
+                    .max(1);
                 for ev in &batch.events {
-                    let key = field_value(ev, field).map(|v| v.into_owned()).unwrap_or_default();
+                    let key = field_value(ev, field)
+                        .map(|v| v.into_owned())
+                        .unwrap_or_default();
                     let e = parts.entry(key).or_default();
                     e.0 += 1;
-                    e.1 += ((ev.message.len() + 1) as u64 * batch.meta.body_bytes as u64) / total_msg as u64;
+                    e.1 += ((ev.message.len() + 1) as u64 * batch.meta.body_bytes as u64)
+                        / total_msg as u64;
                 }
             }
         }
@@ -142,7 +177,9 @@ where
             }
         }
         // Forget partitions idle for longer than their burst now and then, so the key map stays small.
-        if limits.partition_by.is_some() && limits.checks.fetch_add(1, Ordering::Relaxed) % 1024 == 0 {
+        if limits.partition_by.is_some()
+            && limits.checks.fetch_add(1, Ordering::Relaxed) % 1024 == 0
+        {
             if let Some(l) = &limits.events {
                 l.retain_recent();
             }
@@ -151,12 +188,18 @@ where
             }
         }
         if wait > Duration::ZERO {
-            METRICS.rate_limited_requests.with_label_values(&[&batch.meta.tenant.name]).inc();
+            METRICS
+                .rate_limited_requests
+                .with_label_values(&[&batch.meta.tenant.name])
+                .inc();
             let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
             return Err(Rejection::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
-                format!("tenant {} is over its rate limit; retry in {secs}s", batch.meta.tenant.name),
+                format!(
+                    "tenant {} is over its rate limit; retry in {secs}s",
+                    batch.meta.tenant.name
+                ),
             )
             .retry_after(secs));
         }
@@ -174,16 +217,38 @@ mod tests {
     use std::sync::Arc;
 
     fn batch(tenant: usize, services: &[&str], bytes: usize) -> Batch {
-        let t = Arc::new(Tenant { name: format!("t{tenant}"), index: tenant, upstream_api_key: None });
+        let t = Arc::new(Tenant {
+            name: format!("t{tenant}"),
+            index: tenant,
+            upstream_api_key: None,
+        });
         let events = services
             .iter()
-            .map(|s| Event { service: Some(s.to_string()), message: "m".into(), ..Default::default() })
+            .map(|s| Event {
+                service: Some(s.to_string()),
+                message: "m".into(),
+                ..Default::default()
+            })
             .collect();
-        Batch::new(BatchMeta { tenant: t, intake: Intake::Datadog, received_at_ms: 0, body_bytes: bytes }, events)
+        Batch::new(
+            BatchMeta {
+                tenant: t,
+                intake: Intake::Datadog,
+                received_at_ms: 0,
+                body_bytes: bytes,
+            },
+            events,
+        )
     }
 
     fn limits(events: u32, burst: u32, partition: Option<&str>) -> RateLimitConfig {
-        RateLimitConfig { events_per_second: Some(events), events_burst: Some(burst), bytes_per_second: None, bytes_burst: None, partition_by: partition.map(str::to_string) }
+        RateLimitConfig {
+            events_per_second: Some(events),
+            events_burst: Some(burst),
+            bytes_per_second: None,
+            bytes_burst: None,
+            partition_by: partition.map(str::to_string),
+        }
     }
 
     #[test]
@@ -215,7 +280,13 @@ mod tests {
     #[test]
     fn bytes_limit_and_oversized_requests() {
         let clock = FakeRelativeClock::default();
-        let cfg = RateLimitConfig { events_per_second: None, events_burst: None, bytes_per_second: Some(ByteSize(1000)), bytes_burst: None, partition_by: None };
+        let cfg = RateLimitConfig {
+            events_per_second: None,
+            events_burst: None,
+            bytes_per_second: Some(ByteSize(1000)),
+            bytes_burst: None,
+            partition_by: None,
+        };
         let rl = RateLimits::with_clock(&[Some(cfg)], clock.clone());
         assert!(rl.process(&mut batch(0, &["a"], 600)).is_ok());
         assert!(rl.process(&mut batch(0, &["a"], 600)).is_err());

@@ -23,8 +23,16 @@ impl Rule {
     pub fn compile(config: ExclusionRuleConfig) -> Result<Rule, QueryError> {
         let query = Query::parse(&config.query)?;
         let rate = config.sample_rate.clamp(0.0, 1.0);
-        let threshold = if rate >= 1.0 { u64::MAX } else { (rate * u64::MAX as f64) as u64 };
-        Ok(Rule { config, query, threshold })
+        let threshold = if rate >= 1.0 {
+            u64::MAX
+        } else {
+            (rate * u64::MAX as f64) as u64
+        };
+        Ok(Rule {
+            config,
+            query,
+            threshold,
+        })
     }
 
     fn excludes(&self, ev: &Event) -> bool {
@@ -36,7 +44,13 @@ impl Rule {
 pub fn content_hash(ev: &Event) -> u64 {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     h.write_i64(ev.timestamp);
-    for part in [Some(ev.message.as_str()), ev.host.as_deref(), ev.service.as_deref(), ev.source.as_deref(), ev.status.as_deref()] {
+    for part in [
+        Some(ev.message.as_str()),
+        ev.host.as_deref(),
+        ev.service.as_deref(),
+        ev.source.as_deref(),
+        ev.status.as_deref(),
+    ] {
         let s = part.unwrap_or("");
         h.write_usize(s.len());
         h.write(s.as_bytes());
@@ -71,13 +85,35 @@ pub struct RuleError {
 }
 
 fn compile_all(configs: &[ExclusionRuleConfig]) -> Result<Vec<Arc<Rule>>, RuleError> {
-    configs.iter().map(|c| Rule::compile(c.clone()).map(Arc::new).map_err(|error| RuleError { rule: c.name.clone(), error })).collect()
+    configs
+        .iter()
+        .map(|c| {
+            Rule::compile(c.clone())
+                .map(Arc::new)
+                .map_err(|error| RuleError {
+                    rule: c.name.clone(),
+                    error,
+                })
+        })
+        .collect()
 }
 
 impl ExclusionRules {
-    pub fn new(global: &[ExclusionRuleConfig], tenants: &[(String, Vec<ExclusionRuleConfig>)]) -> Result<ExclusionRules, RuleError> {
-        let set = RuleSet { global: compile_all(global)?, tenants: tenants.iter().map(|(_, r)| compile_all(r)).collect::<Result<_, _>>()? };
-        Ok(ExclusionRules { current: RwLock::new(Arc::new(set)), tenant_names: tenants.iter().map(|(n, _)| n.clone()).collect() })
+    pub fn new(
+        global: &[ExclusionRuleConfig],
+        tenants: &[(String, Vec<ExclusionRuleConfig>)],
+    ) -> Result<ExclusionRules, RuleError> {
+        let set = RuleSet {
+            global: compile_all(global)?,
+            tenants: tenants
+                .iter()
+                .map(|(_, r)| compile_all(r))
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(ExclusionRules {
+            current: RwLock::new(Arc::new(set)),
+            tenant_names: tenants.iter().map(|(n, _)| n.clone()).collect(),
+        })
     }
 
     pub fn snapshot(&self) -> Arc<RuleSet> {
@@ -102,7 +138,10 @@ impl ExclusionRules {
     pub fn replace(&self, scope: &Scope, configs: &[ExclusionRuleConfig]) -> Result<(), RuleError> {
         let compiled = compile_all(configs)?;
         let mut cur = self.current.write().unwrap();
-        let mut next = RuleSet { global: cur.global.clone(), tenants: cur.tenants.clone() };
+        let mut next = RuleSet {
+            global: cur.global.clone(),
+            tenants: cur.tenants.clone(),
+        };
         match scope {
             Scope::Global => next.global = compiled,
             Scope::Tenant(i) => next.tenants[*i] = compiled,
@@ -130,7 +169,12 @@ impl Stage for ExclusionRules {
             if *disp != Disposition::Index {
                 continue;
             }
-            let first = set.global.iter().chain(tenant_rules.iter()).enumerate().find(|(_, r)| r.config.enabled && r.query.matches(ev));
+            let first = set
+                .global
+                .iter()
+                .chain(tenant_rules.iter())
+                .enumerate()
+                .find(|(_, r)| r.config.enabled && r.query.matches(ev));
             if let Some((i, rule)) = first {
                 counts[i].0 += 1;
                 if rule.excludes(ev) {
@@ -143,12 +187,22 @@ impl Stage for ExclusionRules {
             }
         }
         let tenant = batch.meta.tenant.name.as_str();
-        for (rule, (matched, excluded)) in set.global.iter().chain(tenant_rules.iter()).zip(counts) {
+        for (rule, (matched, excluded)) in set.global.iter().chain(tenant_rules.iter()).zip(counts)
+        {
             if matched > 0 {
                 let labels = [tenant, rule.config.name.as_str()];
-                METRICS.rule_matched.with_label_values(&labels).inc_by(matched);
-                METRICS.rule_excluded.with_label_values(&labels).inc_by(excluded);
-                METRICS.rule_kept.with_label_values(&labels).inc_by(matched - excluded);
+                METRICS
+                    .rule_matched
+                    .with_label_values(&labels)
+                    .inc_by(matched);
+                METRICS
+                    .rule_excluded
+                    .with_label_values(&labels)
+                    .inc_by(excluded);
+                METRICS
+                    .rule_kept
+                    .with_label_values(&labels)
+                    .inc_by(matched - excluded);
             }
         }
         Ok(())
@@ -162,15 +216,39 @@ mod tests {
     use crate::tenant::Tenant;
 
     fn rule(name: &str, query: &str, rate: f64, action: ExclusionAction) -> ExclusionRuleConfig {
-        ExclusionRuleConfig { name: name.into(), query: query.into(), sample_rate: rate, action, enabled: true }
+        ExclusionRuleConfig {
+            name: name.into(),
+            query: query.into(),
+            sample_rate: rate,
+            action,
+            enabled: true,
+        }
     }
 
     fn batch(n: usize, status: &str, tenant: usize) -> Batch {
-        let t = Arc::new(Tenant { name: format!("t{tenant}"), index: tenant, upstream_api_key: None });
+        let t = Arc::new(Tenant {
+            name: format!("t{tenant}"),
+            index: tenant,
+            upstream_api_key: None,
+        });
         let events = (0..n)
-            .map(|i| Event { message: format!("event {i}"), status: Some(status.into()), service: Some("web".into()), timestamp: i as i64, ..Default::default() })
+            .map(|i| Event {
+                message: format!("event {i}"),
+                status: Some(status.into()),
+                service: Some("web".into()),
+                timestamp: i as i64,
+                ..Default::default()
+            })
             .collect();
-        Batch::new(BatchMeta { tenant: t, intake: Intake::Datadog, received_at_ms: 0, body_bytes: 0 }, events)
+        Batch::new(
+            BatchMeta {
+                tenant: t,
+                intake: Intake::Datadog,
+                received_at_ms: 0,
+                body_bytes: 0,
+            },
+            events,
+        )
     }
 
     fn count(b: &Batch, d: Disposition) -> usize {
@@ -179,7 +257,19 @@ mod tests {
 
     #[test]
     fn sampling_excludes_about_the_rate_and_is_deterministic() {
-        let rules = ExclusionRules::new(&[], &[("t0".into(), vec![rule("debug", "status:debug", 0.9, ExclusionAction::ArchiveOnly)])]).unwrap();
+        let rules = ExclusionRules::new(
+            &[],
+            &[(
+                "t0".into(),
+                vec![rule(
+                    "debug",
+                    "status:debug",
+                    0.9,
+                    ExclusionAction::ArchiveOnly,
+                )],
+            )],
+        )
+        .unwrap();
         let mut b = batch(10_000, "debug", 0);
         rules.process(&mut b).unwrap();
         let kept = count(&b, Disposition::Index);
@@ -188,7 +278,10 @@ mod tests {
         assert_eq!(count(&b, Disposition::ArchiveOnly), 10_000 - kept);
         let mut again = batch(10_000, "debug", 0);
         rules.process(&mut again).unwrap();
-        assert_eq!(again.dispositions, b.dispositions, "same events, same verdicts");
+        assert_eq!(
+            again.dispositions, b.dispositions,
+            "same events, same verdicts"
+        );
         // Non-matching events are untouched.
         let mut info = batch(100, "info", 0);
         rules.process(&mut info).unwrap();
@@ -197,31 +290,64 @@ mod tests {
 
     #[test]
     fn global_first_then_tenant_first_match_wins_and_drop() {
-        let global = vec![rule("keep-errors", "status:error", 0.0, ExclusionAction::Drop)];
+        let global = vec![rule(
+            "keep-errors",
+            "status:error",
+            0.0,
+            ExclusionAction::Drop,
+        )];
         let tenant = vec![rule("drop-web", "service:web", 1.0, ExclusionAction::Drop)];
-        let rules = ExclusionRules::new(&global, &[("t0".into(), tenant), ("t1".into(), vec![])]).unwrap();
+        let rules =
+            ExclusionRules::new(&global, &[("t0".into(), tenant), ("t1".into(), vec![])]).unwrap();
         let mut errors = batch(10, "error", 0);
         rules.process(&mut errors).unwrap();
-        assert_eq!(count(&errors, Disposition::Index), 10, "the global rule matched first and samples nothing out");
+        assert_eq!(
+            count(&errors, Disposition::Index),
+            10,
+            "the global rule matched first and samples nothing out"
+        );
         let mut infos = batch(10, "info", 0);
         rules.process(&mut infos).unwrap();
         assert_eq!(count(&infos, Disposition::Drop), 10);
         let mut other = batch(10, "info", 1);
         rules.process(&mut other).unwrap();
-        assert_eq!(count(&other, Disposition::Index), 10, "tenant rules stay with their tenant");
+        assert_eq!(
+            count(&other, Disposition::Index),
+            10,
+            "tenant rules stay with their tenant"
+        );
     }
 
     #[test]
     fn replace_swaps_atomically_and_refuses_bad_queries() {
         let rules = ExclusionRules::new(&[], &[("t0".into(), vec![])]).unwrap();
         let scope = Scope::Tenant(0);
-        rules.replace(&scope, &[rule("all", "*", 1.0, ExclusionAction::ArchiveOnly)]).unwrap();
+        rules
+            .replace(
+                &scope,
+                &[rule("all", "*", 1.0, ExclusionAction::ArchiveOnly)],
+            )
+            .unwrap();
         let mut b = batch(5, "info", 0);
         rules.process(&mut b).unwrap();
         assert_eq!(count(&b, Disposition::ArchiveOnly), 5);
-        let err = rules.replace(&scope, &[rule("bad", "service:(web", 1.0, ExclusionAction::ArchiveOnly)]).unwrap_err();
+        let err = rules
+            .replace(
+                &scope,
+                &[rule(
+                    "bad",
+                    "service:(web",
+                    1.0,
+                    ExclusionAction::ArchiveOnly,
+                )],
+            )
+            .unwrap_err();
         assert_eq!(err.rule, "bad");
-        assert_eq!(rules.configs(&scope)[0].name, "all", "the old rules keep running");
+        assert_eq!(
+            rules.configs(&scope)[0].name,
+            "all",
+            "the old rules keep running"
+        );
         let mut disabled = rule("all", "*", 1.0, ExclusionAction::ArchiveOnly);
         disabled.enabled = false;
         rules.replace(&scope, &[disabled]).unwrap();

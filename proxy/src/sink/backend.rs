@@ -2,7 +2,9 @@
 //! the route (sink/mod.rs) owns batching, retries and backpressure.
 use crate::config::{BackendConfig, BackendType, Codec, HttpFormat};
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use http::header::{
+    HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER, USER_AGENT,
+};
 use http::{HeaderMap, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
@@ -52,36 +54,72 @@ impl Backend {
     pub fn from_config(cfg: &BackendConfig) -> anyhow::Result<Backend> {
         match cfg.kind {
             BackendType::File => {
-                let path = cfg.path.clone().expect("validated: file backends have a path");
+                let path = cfg
+                    .path
+                    .clone()
+                    .expect("validated: file backends have a path");
                 if path.as_os_str() != "-" {
                     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                        std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("backend {}: cannot create {}: {e}", cfg.name, dir.display()))?;
+                        std::fs::create_dir_all(dir).map_err(|e| {
+                            anyhow::anyhow!(
+                                "backend {}: cannot create {}: {e}",
+                                cfg.name,
+                                dir.display()
+                            )
+                        })?;
                     }
                 }
-                Ok(Backend::File(FileBackend { name: cfg.name.clone(), path, file: Mutex::new(None) }))
+                Ok(Backend::File(FileBackend {
+                    name: cfg.name.clone(),
+                    path,
+                    file: Mutex::new(None),
+                }))
             }
             BackendType::Datadog | BackendType::Http => {
                 let datadog = cfg.kind == BackendType::Datadog;
                 let uri: Uri = if datadog {
-                    format!("{}/api/v2/logs", cfg.endpoint.as_deref().unwrap().trim_end_matches('/')).parse()?
+                    format!(
+                        "{}/api/v2/logs",
+                        cfg.endpoint.as_deref().unwrap().trim_end_matches('/')
+                    )
+                    .parse()?
                 } else {
                     cfg.url.as_deref().unwrap().parse()?
                 };
                 let mut headers = HeaderMap::new();
-                let format = if datadog { HttpFormat::JsonArray } else { cfg.format };
+                let format = if datadog {
+                    HttpFormat::JsonArray
+                } else {
+                    cfg.format
+                };
                 headers.insert(
                     CONTENT_TYPE,
-                    HeaderValue::from_static(if format == HttpFormat::Ndjson { "application/x-ndjson" } else { "application/json" }),
+                    HeaderValue::from_static(if format == HttpFormat::Ndjson {
+                        "application/x-ndjson"
+                    } else {
+                        "application/json"
+                    }),
                 );
-                headers.insert(USER_AGENT, HeaderValue::from_static(concat!("weir/", env!("CARGO_PKG_VERSION"))));
+                headers.insert(
+                    USER_AGENT,
+                    HeaderValue::from_static(concat!("weir/", env!("CARGO_PKG_VERSION"))),
+                );
                 match cfg.compression {
-                    Codec::Gzip => headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip")),
-                    Codec::Zstd => headers.insert(CONTENT_ENCODING, HeaderValue::from_static("zstd")),
+                    Codec::Gzip => {
+                        headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"))
+                    }
+                    Codec::Zstd => {
+                        headers.insert(CONTENT_ENCODING, HeaderValue::from_static("zstd"))
+                    }
                     Codec::None => None,
                 };
                 for (k, v) in &cfg.headers {
-                    let name = HeaderName::try_from(k.as_str()).map_err(|_| anyhow::anyhow!("backend {}: invalid header name {k:?}", cfg.name))?;
-                    let mut value = HeaderValue::try_from(v.expose()).map_err(|_| anyhow::anyhow!("backend {}: invalid value for header {k:?}", cfg.name))?;
+                    let name = HeaderName::try_from(k.as_str()).map_err(|_| {
+                        anyhow::anyhow!("backend {}: invalid header name {k:?}", cfg.name)
+                    })?;
+                    let mut value = HeaderValue::try_from(v.expose()).map_err(|_| {
+                        anyhow::anyhow!("backend {}: invalid value for header {k:?}", cfg.name)
+                    })?;
                     value.set_sensitive(true);
                     headers.insert(name, value);
                 }
@@ -136,28 +174,39 @@ fn compress(codec: Codec, level: Option<i32>, raw: Vec<u8>) -> Bytes {
         Codec::None => Bytes::from(raw),
         Codec::Gzip => {
             let level = level.unwrap_or(1) as u32;
-            let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(raw.len() / 4), flate2::Compression::new(level));
+            let mut enc = flate2::write::GzEncoder::new(
+                Vec::with_capacity(raw.len() / 4),
+                flate2::Compression::new(level),
+            );
             enc.write_all(&raw).expect("in-memory write");
             Bytes::from(enc.finish().expect("in-memory write"))
         }
-        Codec::Zstd => Bytes::from(zstd::bulk::compress(&raw, level.unwrap_or(1)).expect("zstd compression of a buffer")),
+        Codec::Zstd => Bytes::from(
+            zstd::bulk::compress(&raw, level.unwrap_or(1)).expect("zstd compression of a buffer"),
+        ),
     }
 }
 
-fn http_client(ca_file: Option<&std::path::Path>) -> anyhow::Result<Client<HttpsConnector<HttpConnector>, Full<Bytes>>> {
+fn http_client(
+    ca_file: Option<&std::path::Path>,
+) -> anyhow::Result<Client<HttpsConnector<HttpConnector>, Full<Bytes>>> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::CertificateDer;
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
-        for cert in CertificateDer::pem_file_iter(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))? {
+        for cert in CertificateDer::pem_file_iter(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        {
             roots.add(cert.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?)?;
         }
     }
-    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(Some(Duration::from_secs(10)));
@@ -168,12 +217,18 @@ fn http_client(ca_file: Option<&std::path::Path>) -> anyhow::Result<Client<Https
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(https))
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(https))
 }
 
 impl HttpBackend {
     async fn send(&self, body: Bytes, upstream_key: Option<&str>) -> Result<(), SendError> {
-        let mut req = Request::builder().method(Method::POST).uri(self.uri.clone()).body(Full::new(body)).expect("valid request");
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri(self.uri.clone())
+            .body(Full::new(body))
+            .expect("valid request");
         *req.headers_mut() = self.headers.clone();
         if let (true, Some(key)) = (self.datadog, upstream_key) {
             let mut v = HeaderValue::try_from(key).map_err(|_| SendError {
@@ -193,19 +248,40 @@ impl HttpBackend {
                 message: format!("request failed: {}", error_chain(&e)),
             })?;
             let status = resp.status();
-            let retry_after = resp.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(super::retry::parse_retry_after);
+            let retry_after = resp
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(super::retry::parse_retry_after);
             // Read the body so the connection returns to the pool; keep a little for the log.
-            let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
             if status.is_success() {
                 return Ok(());
             }
-            let retryable = status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS;
+            let retryable = status.is_server_error()
+                || status == StatusCode::REQUEST_TIMEOUT
+                || status == StatusCode::TOO_MANY_REQUESTS;
             let snippet = String::from_utf8_lossy(&body[..body.len().min(256)]).into_owned();
-            Err(SendError { retryable, status: Some(status), retry_after, message: format!("backend answered {status}: {snippet}") })
+            Err(SendError {
+                retryable,
+                status: Some(status),
+                retry_after,
+                message: format!("backend answered {status}: {snippet}"),
+            })
         };
         match tokio::time::timeout(self.timeout, exchange).await {
             Ok(r) => r,
-            Err(_) => Err(SendError { retryable: true, status: None, retry_after: None, message: format!("no answer within {:?}", self.timeout) }),
+            Err(_) => Err(SendError {
+                retryable: true,
+                status: None,
+                retry_after: None,
+                message: format!("no answer within {:?}", self.timeout),
+            }),
         }
     }
 }
@@ -223,7 +299,12 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 impl FileBackend {
     async fn send(&self, body: Bytes) -> Result<(), SendError> {
-        let io_err = |e: std::io::Error| SendError { retryable: true, status: None, retry_after: None, message: format!("{}: {e}", self.path.display()) };
+        let io_err = |e: std::io::Error| SendError {
+            retryable: true,
+            status: None,
+            retry_after: None,
+            message: format!("{}: {e}", self.path.display()),
+        };
         if self.path.as_os_str() == "-" {
             let mut out = tokio::io::stdout();
             out.write_all(&body).await.map_err(io_err)?;
@@ -231,7 +312,12 @@ impl FileBackend {
         }
         let mut guard = self.file.lock().await;
         if guard.is_none() {
-            let f = tokio::fs::OpenOptions::new().create(true).append(true).open(&self.path).await.map_err(io_err)?;
+            let f = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .await
+                .map_err(io_err)?;
             *guard = Some(f);
         }
         let f = guard.as_mut().unwrap();

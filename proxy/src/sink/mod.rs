@@ -41,8 +41,19 @@ struct RouteSettings {
 }
 
 /// Starts the route carrying `tenant`'s indexed events to `backend`.
-pub fn spawn_route(tenant: &str, upstream_key: Option<String>, backend: Arc<Backend>, cfg: &BackendConfig, drain: CancellationToken) -> (RouteHandle, JoinHandle<()>) {
-    let budget = Budget::new(cfg.max_queued_bytes.as_usize(), METRICS.queued_bytes.with_label_values(&[&format!("backend:{}:{tenant}", cfg.name)]));
+pub fn spawn_route(
+    tenant: &str,
+    upstream_key: Option<String>,
+    backend: Arc<Backend>,
+    cfg: &BackendConfig,
+    drain: CancellationToken,
+) -> (RouteHandle, JoinHandle<()>) {
+    let budget = Budget::new(
+        cfg.max_queued_bytes.as_usize(),
+        METRICS
+            .queued_bytes
+            .with_label_values(&[&format!("backend:{}:{tenant}", cfg.name)]),
+    );
     let (queue, rx) = Queue::new(budget);
     let settings = Arc::new(RouteSettings {
         tenant: tenant.to_string(),
@@ -67,7 +78,11 @@ struct Pending {
     deadline: Instant,
 }
 
-async fn run_route(s: Arc<RouteSettings>, mut rx: mpsc::UnboundedReceiver<ForwardChunk>, drain: CancellationToken) {
+async fn run_route(
+    s: Arc<RouteSettings>,
+    mut rx: mpsc::UnboundedReceiver<ForwardChunk>,
+    drain: CancellationToken,
+) {
     let ndjson = s.backend.ndjson();
     let mut pending: Option<Pending> = None;
     let mut sends: Vec<JoinHandle<()>> = Vec::new();
@@ -94,7 +109,9 @@ async fn run_route(s: Arc<RouteSettings>, mut rx: mpsc::UnboundedReceiver<Forwar
         for r in chunk.ranges {
             let line = &chunk.lines[r.start as usize..r.end as usize];
             if let Some(p) = &pending {
-                if p.events + 1 > s.max_events || (p.events > 0 && p.body.len() + line.len() + 2 > s.max_bytes) {
+                if p.events + 1 > s.max_events
+                    || (p.events > 0 && p.body.len() + line.len() + 2 > s.max_bytes)
+                {
                     sends.push(dispatch(&s, pending.take().unwrap(), ndjson));
                 }
             }
@@ -138,8 +155,15 @@ fn dispatch(s: &Arc<RouteSettings>, mut p: Pending, ndjson: bool) -> JoinHandle<
         let raw_len = p.body.len();
         let events = p.events;
         let backend = s.backend.clone();
-        let body = tokio::task::spawn_blocking(move || backend.encode(p.body)).await.expect("compression does not panic");
-        let permit = s.in_flight.clone().acquire_owned().await.expect("semaphore never closed");
+        let body = tokio::task::spawn_blocking(move || backend.encode(p.body))
+            .await
+            .expect("compression does not panic");
+        let permit = s
+            .in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore never closed");
         let name = s.backend.name().to_string();
         let gauge = METRICS.inflight_batches.with_label_values(&[&name]);
         gauge.inc();
@@ -154,33 +178,62 @@ async fn deliver(s: &RouteSettings, backend: &str, body: Bytes, events: usize, r
     let mut attempt = 0u32;
     loop {
         let started = std::time::Instant::now();
-        let result = s.backend.send(body.clone(), s.upstream_key.as_deref()).await;
+        let result = s
+            .backend
+            .send(body.clone(), s.upstream_key.as_deref())
+            .await;
         let outcome = match &result {
             Ok(()) => "ok",
             Err(e) if e.retryable => "retryable_error",
             Err(_) => "rejected",
         };
-        METRICS.backend_latency.with_label_values(&[backend, outcome]).observe(started.elapsed().as_secs_f64());
-        METRICS.backend_requests.with_label_values(&[backend, outcome]).inc();
+        METRICS
+            .backend_latency
+            .with_label_values(&[backend, outcome])
+            .observe(started.elapsed().as_secs_f64());
+        METRICS
+            .backend_requests
+            .with_label_values(&[backend, outcome])
+            .inc();
         match result {
             Ok(()) => {
-                METRICS.forwarded_events.with_label_values(&[&s.tenant, backend]).inc_by(events as u64);
-                METRICS.forwarded_bytes.with_label_values(&[&s.tenant, backend]).inc_by(raw_len as u64);
+                METRICS
+                    .forwarded_events
+                    .with_label_values(&[&s.tenant, backend])
+                    .inc_by(events as u64);
+                METRICS
+                    .forwarded_bytes
+                    .with_label_values(&[&s.tenant, backend])
+                    .inc_by(raw_len as u64);
                 return;
             }
             Err(e) if !e.retryable => {
-                let status = e.status.map(|c| c.as_u16().to_string()).unwrap_or_else(|| "none".into());
-                METRICS.backend_dropped_events.with_label_values(&[&s.tenant, backend, &status]).inc_by(events as u64);
+                let status = e
+                    .status
+                    .map(|c| c.as_u16().to_string())
+                    .unwrap_or_else(|| "none".into());
+                METRICS
+                    .backend_dropped_events
+                    .with_label_values(&[&s.tenant, backend, &status])
+                    .inc_by(events as u64);
                 tracing::error!(tenant = %s.tenant, backend, events, error = %e.message, "backend refused a batch; not retrying it");
                 return;
             }
             Err(e) => {
                 if s.retry.max_retries.is_some_and(|m| attempt >= m) {
-                    METRICS.backend_dropped_events.with_label_values(&[&s.tenant, backend, "retries_exhausted"]).inc_by(events as u64);
+                    METRICS
+                        .backend_dropped_events
+                        .with_label_values(&[&s.tenant, backend, "retries_exhausted"])
+                        .inc_by(events as u64);
                     tracing::error!(tenant = %s.tenant, backend, events, attempts = attempt + 1, error = %e.message, "giving up on a batch after its last retry");
                     return;
                 }
-                let wait = retry::backoff(attempt, s.retry.initial_backoff.0, s.retry.max_backoff.0, e.retry_after);
+                let wait = retry::backoff(
+                    attempt,
+                    s.retry.initial_backoff.0,
+                    s.retry.max_backoff.0,
+                    e.retry_after,
+                );
                 tracing::warn!(tenant = %s.tenant, backend, attempt, retry_in = ?wait, error = %e.message, "backend send failed; will retry");
                 METRICS.backend_retries.with_label_values(&[backend]).inc();
                 tokio::time::sleep(wait).await;

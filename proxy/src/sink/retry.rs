@@ -3,8 +3,15 @@
 use std::time::{Duration, SystemTime};
 
 /// Full jitter: a uniform draw in [0, min(max, initial * 2^attempt)].
-pub fn backoff(attempt: u32, initial: Duration, max: Duration, retry_after: Option<Duration>) -> Duration {
-    let ceiling = initial.saturating_mul(1u32.checked_shl(attempt.min(30)).unwrap_or(u32::MAX)).min(max);
+pub fn backoff(
+    attempt: u32,
+    initial: Duration,
+    max: Duration,
+    retry_after: Option<Duration>,
+) -> Duration {
+    let ceiling = initial
+        .saturating_mul(1u32.checked_shl(attempt.min(30)).unwrap_or(u32::MAX))
+        .min(max);
     let jittered = ceiling.mul_f64(rand::random::<f64>());
     match retry_after {
         Some(ra) => jittered.max(ra.min(max)),
@@ -19,7 +26,10 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
         return Some(Duration::from_secs(secs));
     }
     let when = httpdate::parse_http_date(v).ok()?;
-    Some(when.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 #[cfg(test)]
@@ -45,7 +55,10 @@ mod tests {
         let later = SystemTime::now() + Duration::from_secs(120);
         let d = parse_retry_after(&httpdate::fmt_http_date(later)).unwrap();
         assert!(d > Duration::from_secs(100) && d <= Duration::from_secs(120));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon"), None);
     }
 }

@@ -2,7 +2,8 @@
 //! never a key or credential) and structured logging.
 use crate::config::{LogConfig, LogFormat};
 use prometheus::{
-    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::LazyLock;
 
@@ -46,30 +47,41 @@ pub struct Metrics {
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    r.register(Box::new(c.clone())).expect("metric registered once");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
     c
 }
 
 fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    r.register(Box::new(g.clone())).expect("metric registered once");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
     g
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let r = Registry::new();
     #[cfg(target_os = "linux")]
-    r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())).expect("process collector");
+    r.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))
+    .expect("process collector");
     let backend_latency = HistogramVec::new(
-        HistogramOpts::new("weir_backend_request_duration_seconds", "Time for one request to a backend, by outcome")
-            .buckets(exponential_buckets(0.001, 2.0, 16).unwrap()),
+        HistogramOpts::new(
+            "weir_backend_request_duration_seconds",
+            "Time for one request to a backend, by outcome",
+        )
+        .buckets(exponential_buckets(0.001, 2.0, 16).unwrap()),
         &["backend", "outcome"],
     )
     .unwrap();
     r.register(Box::new(backend_latency.clone())).unwrap();
     let plugin_duration = HistogramVec::new(
-        HistogramOpts::new("weir_plugin_call_duration_seconds", "Time for one plugin call (one batch), failed ones included")
-            .buckets(exponential_buckets(0.0001, 2.0, 16).unwrap()),
+        HistogramOpts::new(
+            "weir_plugin_call_duration_seconds",
+            "Time for one plugin call (one batch), failed ones included",
+        )
+        .buckets(exponential_buckets(0.0001, 2.0, 16).unwrap()),
         &["tenant", "plugin"],
     )
     .unwrap();
@@ -77,39 +89,194 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let up = IntGauge::new("weir_up", "1 while the proxy serves traffic").unwrap();
     r.register(Box::new(up.clone())).unwrap();
     Metrics {
-        received_events: counter(&r, "weir_received_events_total", "Events accepted at intake", &["tenant", "intake"]),
-        received_bytes: counter(&r, "weir_received_bytes_total", "Decompressed request bytes accepted at intake", &["tenant", "intake"]),
-        truncated_events: counter(&r, "weir_truncated_events_total", "Events whose message was cut to the size limit", &["tenant"]),
-        rejected_requests: counter(&r, "weir_rejected_requests_total", "Requests refused, by reason", &["intake", "reason"]),
-        forwarded_events: counter(&r, "weir_forwarded_events_total", "Events delivered to a backend", &["tenant", "backend"]),
-        forwarded_bytes: counter(&r, "weir_forwarded_bytes_total", "Uncompressed bytes delivered to a backend", &["tenant", "backend"]),
-        backend_requests: counter(&r, "weir_backend_requests_total", "Requests to backends, by outcome", &["backend", "outcome"]),
+        received_events: counter(
+            &r,
+            "weir_received_events_total",
+            "Events accepted at intake",
+            &["tenant", "intake"],
+        ),
+        received_bytes: counter(
+            &r,
+            "weir_received_bytes_total",
+            "Decompressed request bytes accepted at intake",
+            &["tenant", "intake"],
+        ),
+        truncated_events: counter(
+            &r,
+            "weir_truncated_events_total",
+            "Events whose message was cut to the size limit",
+            &["tenant"],
+        ),
+        rejected_requests: counter(
+            &r,
+            "weir_rejected_requests_total",
+            "Requests refused, by reason",
+            &["intake", "reason"],
+        ),
+        forwarded_events: counter(
+            &r,
+            "weir_forwarded_events_total",
+            "Events delivered to a backend",
+            &["tenant", "backend"],
+        ),
+        forwarded_bytes: counter(
+            &r,
+            "weir_forwarded_bytes_total",
+            "Uncompressed bytes delivered to a backend",
+            &["tenant", "backend"],
+        ),
+        backend_requests: counter(
+            &r,
+            "weir_backend_requests_total",
+            "Requests to backends, by outcome",
+            &["backend", "outcome"],
+        ),
         backend_latency,
-        backend_retries: counter(&r, "weir_backend_retries_total", "Batches sent again after a retryable failure", &["backend"]),
-        backend_dropped_events: counter(&r, "weir_backend_dropped_events_total", "Events a backend refused for good (non-retryable 4xx)", &["tenant", "backend", "status"]),
-        inflight_batches: gauge(&r, "weir_inflight_batches", "Batches being sent to a backend", &["backend"]),
-        archived_events: counter(&r, "weir_archived_events_total", "Events written to archive objects", &["tenant"]),
-        archived_bytes: counter(&r, "weir_archived_bytes_total", "Uncompressed bytes written to archive objects", &["tenant"]),
-        archive_objects: counter(&r, "weir_archive_objects_total", "Archive objects written", &["tenant"]),
-        archive_errors: counter(&r, "weir_archive_errors_total", "Failed archive object writes (retried)", &["tenant"]),
-        queued_bytes: gauge(&r, "weir_queued_bytes", "Bytes held in memory waiting for a backend or the archive", &["queue"]),
-        open_connections: gauge(&r, "weir_open_connections", "Client connections open", &["listener"]),
-        tls_handshake_failures: counter(&r, "weir_tls_handshake_failures_total", "TLS handshakes that failed or timed out", &["listener"]),
-        rate_limited_requests: counter(&r, "weir_rate_limited_requests_total", "Requests refused with 429 by a tenant's rate limit", &["tenant"]),
-        rule_matched: counter(&r, "weir_rule_matched_events_total", "Events an exclusion rule's query matched", &["tenant", "rule"]),
-        rule_excluded: counter(&r, "weir_rule_excluded_events_total", "Events an exclusion rule kept from the index", &["tenant", "rule"]),
-        rule_kept: counter(&r, "weir_rule_kept_events_total", "Matched events sampling let through to the index", &["tenant", "rule"]),
-        quota_usage_events: gauge(&r, "weir_quota_usage_events", "Events indexed in the current quota day", &["tenant", "partition"]),
-        quota_usage_bytes: gauge(&r, "weir_quota_usage_bytes", "Bytes indexed in the current quota day", &["tenant", "partition"]),
-        quota_limit_events: gauge(&r, "weir_quota_limit_events", "Daily event quota", &["tenant", "partition"]),
-        quota_limit_bytes: gauge(&r, "weir_quota_limit_bytes", "Daily byte quota", &["tenant", "partition"]),
-        quota_warning: gauge(&r, "weir_quota_warning", "1 once usage passed the warning threshold this quota day", &["tenant", "partition"]),
-        over_quota_events: counter(&r, "weir_over_quota_events_total", "Events over the daily quota, by the action taken", &["tenant", "action"]),
-        plugin_calls: counter(&r, "weir_plugin_calls_total", "Plugin calls (one per batch)", &["tenant", "plugin"]),
-        plugin_errors: counter(&r, "weir_plugin_errors_total", "Batches a plugin failed on (or skipped while quarantined), by reason", &["tenant", "plugin", "reason"]),
+        backend_retries: counter(
+            &r,
+            "weir_backend_retries_total",
+            "Batches sent again after a retryable failure",
+            &["backend"],
+        ),
+        backend_dropped_events: counter(
+            &r,
+            "weir_backend_dropped_events_total",
+            "Events a backend refused for good (non-retryable 4xx)",
+            &["tenant", "backend", "status"],
+        ),
+        inflight_batches: gauge(
+            &r,
+            "weir_inflight_batches",
+            "Batches being sent to a backend",
+            &["backend"],
+        ),
+        archived_events: counter(
+            &r,
+            "weir_archived_events_total",
+            "Events written to archive objects",
+            &["tenant"],
+        ),
+        archived_bytes: counter(
+            &r,
+            "weir_archived_bytes_total",
+            "Uncompressed bytes written to archive objects",
+            &["tenant"],
+        ),
+        archive_objects: counter(
+            &r,
+            "weir_archive_objects_total",
+            "Archive objects written",
+            &["tenant"],
+        ),
+        archive_errors: counter(
+            &r,
+            "weir_archive_errors_total",
+            "Failed archive object writes (retried)",
+            &["tenant"],
+        ),
+        queued_bytes: gauge(
+            &r,
+            "weir_queued_bytes",
+            "Bytes held in memory waiting for a backend or the archive",
+            &["queue"],
+        ),
+        open_connections: gauge(
+            &r,
+            "weir_open_connections",
+            "Client connections open",
+            &["listener"],
+        ),
+        tls_handshake_failures: counter(
+            &r,
+            "weir_tls_handshake_failures_total",
+            "TLS handshakes that failed or timed out",
+            &["listener"],
+        ),
+        rate_limited_requests: counter(
+            &r,
+            "weir_rate_limited_requests_total",
+            "Requests refused with 429 by a tenant's rate limit",
+            &["tenant"],
+        ),
+        rule_matched: counter(
+            &r,
+            "weir_rule_matched_events_total",
+            "Events an exclusion rule's query matched",
+            &["tenant", "rule"],
+        ),
+        rule_excluded: counter(
+            &r,
+            "weir_rule_excluded_events_total",
+            "Events an exclusion rule kept from the index",
+            &["tenant", "rule"],
+        ),
+        rule_kept: counter(
+            &r,
+            "weir_rule_kept_events_total",
+            "Matched events sampling let through to the index",
+            &["tenant", "rule"],
+        ),
+        quota_usage_events: gauge(
+            &r,
+            "weir_quota_usage_events",
+            "Events indexed in the current quota day",
+            &["tenant", "partition"],
+        ),
+        quota_usage_bytes: gauge(
+            &r,
+            "weir_quota_usage_bytes",
+            "Bytes indexed in the current quota day",
+            &["tenant", "partition"],
+        ),
+        quota_limit_events: gauge(
+            &r,
+            "weir_quota_limit_events",
+            "Daily event quota",
+            &["tenant", "partition"],
+        ),
+        quota_limit_bytes: gauge(
+            &r,
+            "weir_quota_limit_bytes",
+            "Daily byte quota",
+            &["tenant", "partition"],
+        ),
+        quota_warning: gauge(
+            &r,
+            "weir_quota_warning",
+            "1 once usage passed the warning threshold this quota day",
+            &["tenant", "partition"],
+        ),
+        over_quota_events: counter(
+            &r,
+            "weir_over_quota_events_total",
+            "Events over the daily quota, by the action taken",
+            &["tenant", "action"],
+        ),
+        plugin_calls: counter(
+            &r,
+            "weir_plugin_calls_total",
+            "Plugin calls (one per batch)",
+            &["tenant", "plugin"],
+        ),
+        plugin_errors: counter(
+            &r,
+            "weir_plugin_errors_total",
+            "Batches a plugin failed on (or skipped while quarantined), by reason",
+            &["tenant", "plugin", "reason"],
+        ),
         plugin_duration,
-        plugin_quarantined: gauge(&r, "weir_plugin_quarantined", "1 while a plugin is quarantined after repeated failures", &["tenant", "plugin"]),
-        plugin_counter: counter(&r, "weir_plugin_counter_total", "Counters a plugin adds to through weir.counter_add", &["tenant", "plugin", "name"]),
+        plugin_quarantined: gauge(
+            &r,
+            "weir_plugin_quarantined",
+            "1 while a plugin is quarantined after repeated failures",
+            &["tenant", "plugin"],
+        ),
+        plugin_counter: counter(
+            &r,
+            "weir_plugin_counter_total",
+            "Counters a plugin adds to through weir.counter_add",
+            &["tenant", "plugin", "name"],
+        ),
         up,
         registry: r,
     }
@@ -118,7 +285,9 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
 /// The Prometheus text exposition of every metric.
 pub fn render() -> Vec<u8> {
     let mut out = Vec::new();
-    TextEncoder::new().encode(&METRICS.registry.gather(), &mut out).expect("encoding metrics");
+    TextEncoder::new()
+        .encode(&METRICS.registry.gather(), &mut out)
+        .expect("encoding metrics");
     out
 }
 

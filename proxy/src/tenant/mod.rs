@@ -34,7 +34,11 @@ impl Tenants {
         let mut by_digest = HashMap::new();
         let mut all = Vec::new();
         for (index, t) in config.tenants.iter().enumerate() {
-            let tenant = Arc::new(Tenant { name: t.name.clone(), index, upstream_api_key: t.upstream_api_key.clone() });
+            let tenant = Arc::new(Tenant {
+                name: t.name.clone(),
+                index,
+                upstream_api_key: t.upstream_api_key.clone(),
+            });
             for key in &t.api_keys {
                 by_digest.insert(digest(key.expose()), (key.clone(), tenant.clone()));
             }
@@ -49,9 +53,16 @@ impl Tenants {
 
     /// The tenant owning `key`, if any.
     pub fn authenticate(&self, key: Option<&str>) -> Result<Arc<Tenant>, AuthError> {
-        let key = key.map(str::trim).filter(|k| !k.is_empty()).ok_or(AuthError::Missing)?;
+        let key = key
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or(AuthError::Missing)?;
         match self.by_digest.get(&digest(key)) {
-            Some((secret, tenant)) if bool::from(secret.expose().as_bytes().ct_eq(key.as_bytes())) => Ok(tenant.clone()),
+            Some((secret, tenant))
+                if bool::from(secret.expose().as_bytes().ct_eq(key.as_bytes())) =>
+            {
+                Ok(tenant.clone())
+            }
             _ => Err(AuthError::Unknown),
         }
     }
@@ -84,7 +95,13 @@ mod tests {
         let t = tenants();
         assert_eq!(t.authenticate(None).unwrap_err(), AuthError::Missing);
         assert_eq!(t.authenticate(Some("  ")).unwrap_err(), AuthError::Missing);
-        assert_eq!(t.authenticate(Some("key-a")).unwrap_err(), AuthError::Unknown);
-        assert_eq!(t.authenticate(Some("key-a1x")).unwrap_err(), AuthError::Unknown);
+        assert_eq!(
+            t.authenticate(Some("key-a")).unwrap_err(),
+            AuthError::Unknown
+        );
+        assert_eq!(
+            t.authenticate(Some("key-a1x")).unwrap_err(),
+            AuthError::Unknown
+        );
     }
 }

@@ -30,13 +30,24 @@ impl Rng {
     }
 }
 
-const SERVICES: &[&str] = &["checkout", "payments", "search", "auth", "catalog", "cart", "shipping", "gateway"];
+const SERVICES: &[&str] = &[
+    "checkout", "payments", "search", "auth", "catalog", "cart", "shipping", "gateway",
+];
 const SOURCES: &[&str] = &["nginx", "java", "python", "go", "envoy"];
 const METHODS: &[&str] = &["GET", "GET", "GET", "POST", "PUT", "DELETE"];
-const PATHS: &[&str] = &["/api/v1/orders", "/api/v1/users", "/api/v2/search", "/healthz", "/api/v1/cart/items", "/login", "/static/app.js"];
+const PATHS: &[&str] = &[
+    "/api/v1/orders",
+    "/api/v1/users",
+    "/api/v2/search",
+    "/healthz",
+    "/api/v1/cart/items",
+    "/login",
+    "/static/app.js",
+];
 const WORDS: &[&str] = &[
-    "upstream", "latency", "cache", "miss", "hit", "retry", "pool", "conn", "timeout", "ok", "user", "session", "token",
-    "refresh", "db", "query", "rows", "shard", "replica", "lag", "queue", "depth", "worker", "idle",
+    "upstream", "latency", "cache", "miss", "hit", "retry", "pool", "conn", "timeout", "ok",
+    "user", "session", "token", "refresh", "db", "query", "rows", "shard", "replica", "lag",
+    "queue", "depth", "worker", "idle",
 ];
 
 /// One event's JSON, padded (in its message) to about `target` bytes. Only
@@ -52,7 +63,11 @@ pub fn event(rng: &mut Rng, target: usize, timestamp_ms: i64, out: &mut String) 
     let method = rng.pick(METHODS);
     let path = rng.pick(PATHS);
     let duration = rng.below(2000);
-    let _ = write!(out, "{{\"message\":\"{method} {path}/{} {code} {duration}ms", rng.below(100_000));
+    let _ = write!(
+        out,
+        "{{\"message\":\"{method} {path}/{} {code} {duration}ms",
+        rng.below(100_000)
+    );
     let mut tail = String::with_capacity(200);
     let _ = write!(
         tail,
@@ -105,7 +120,16 @@ mod tests {
         assert_eq!(v.len(), 500);
         let avg = (b.len() - 2) / 500;
         assert!((245..=275).contains(&avg), "average event is {avg} bytes");
-        for key in ["message", "status", "hostname", "service", "ddsource", "ddtags", "http", "duration_ms"] {
+        for key in [
+            "message",
+            "status",
+            "hostname",
+            "service",
+            "ddsource",
+            "ddtags",
+            "http",
+            "duration_ms",
+        ] {
             assert!(v[0].get(key).is_some(), "missing {key}");
         }
         // Not all alike.

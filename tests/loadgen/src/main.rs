@@ -19,7 +19,10 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 #[derive(Parser, Debug)]
-#[command(name = "weir-loadgen", about = "Posts Datadog log batches to Weir (or any Datadog-compatible intake)")]
+#[command(
+    name = "weir-loadgen",
+    about = "Posts Datadog log batches to Weir (or any Datadog-compatible intake)"
+)]
 struct Args {
     /// Base URL (plain http); requests go to <url>/api/v2/logs.
     #[arg(long, default_value = "http://127.0.0.1:8088")]
@@ -70,7 +73,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     } else {
         (s, 1.0)
     };
-    let v: f64 = num.trim().parse().map_err(|_| format!("invalid duration {s:?}; expected e.g. 20s, 500ms, 2m"))?;
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}; expected e.g. 20s, 500ms, 2m"))?;
     if !(v.is_finite() && v > 0.0) {
         return Err(format!("duration must be positive, got {s:?}"));
     }
@@ -115,7 +121,9 @@ struct Histogram {
 
 impl Default for Histogram {
     fn default() -> Self {
-        Histogram { buckets: std::array::from_fn(|_| AtomicU64::new(0)) }
+        Histogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
     }
 }
 
@@ -147,10 +155,19 @@ impl Histogram {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    anyhow::ensure!(args.connections > 0 && args.batch_size > 0 && args.pool > 0, "connections, batch-size and pool must be at least 1");
+    anyhow::ensure!(
+        args.connections > 0 && args.batch_size > 0 && args.pool > 0,
+        "connections, batch-size and pool must be at least 1"
+    );
     let uri: Uri = args.url.parse()?;
-    anyhow::ensure!(uri.scheme_str() == Some("http"), "only plain http:// URLs are supported");
-    let host = uri.host().ok_or_else(|| anyhow::anyhow!("URL has no host"))?.to_string();
+    anyhow::ensure!(
+        uri.scheme_str() == Some("http"),
+        "only plain http:// URLs are supported"
+    );
+    let host = uri
+        .host()
+        .ok_or_else(|| anyhow::anyhow!("URL has no host"))?
+        .to_string();
     let port = uri.port_u16().unwrap_or(80);
     let base = uri.path().trim_end_matches('/');
     let target = Arc::new(Target {
@@ -176,9 +193,14 @@ fn main() -> anyhow::Result<()> {
     );
 
     let runtime = if args.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
     } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()?
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.threads)
+            .enable_all()
+            .build()?
     };
     let stats = Arc::new(Stats::default());
     let elapsed = runtime.block_on(run(&args, target, pool, stats.clone()));
@@ -214,13 +236,19 @@ fn round(v: f64, places: i32) -> f64 {
 
 fn build_pool(args: &Args) -> Vec<Payload> {
     let mut rng = events::Rng::new(args.seed);
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
     (0..args.pool)
         .map(|_| {
             let raw = events::body(&mut rng, args.batch_size, args.event_bytes, now_ms);
             let raw_len = raw.len() as u64;
             let wire = if args.gzip {
-                let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(raw.len() / 4), flate2::Compression::new(args.gzip_level));
+                let mut enc = flate2::write::GzEncoder::new(
+                    Vec::with_capacity(raw.len() / 4),
+                    flate2::Compression::new(args.gzip_level),
+                );
                 enc.write_all(raw.as_bytes()).expect("in-memory write");
                 Bytes::from(enc.finish().expect("in-memory write"))
             } else {
@@ -231,20 +259,39 @@ fn build_pool(args: &Args) -> Vec<Payload> {
         .collect()
 }
 
-async fn run(args: &Args, target: Arc<Target>, pool: Arc<Vec<Payload>>, stats: Arc<Stats>) -> Duration {
+async fn run(
+    args: &Args,
+    target: Arc<Target>,
+    pool: Arc<Vec<Payload>>,
+    stats: Arc<Stats>,
+) -> Duration {
     let start = Instant::now();
     let deadline = start + args.duration;
     // Each connection gets an equal share of the rate cap, as a fixed request
     // interval; their first ticks are staggered so requests do not come in bursts.
-    let interval = args.rate.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(args.batch_size as f64 * args.connections as f64 / r));
+    let interval = args
+        .rate
+        .filter(|r| *r > 0.0)
+        .map(|r| Duration::from_secs_f64(args.batch_size as f64 * args.connections as f64 / r));
     let tasks: Vec<_> = (0..args.connections)
         .map(|id| {
             let ticker = interval.map(|i| {
-                let mut t = tokio::time::interval_at(start + i.mul_f64(id as f64 / args.connections as f64), i);
+                let mut t = tokio::time::interval_at(
+                    start + i.mul_f64(id as f64 / args.connections as f64),
+                    i,
+                );
                 t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 t
             });
-            tokio::spawn(connection(id, args.batch_size as u64, ticker, deadline, target.clone(), pool.clone(), stats.clone()))
+            tokio::spawn(connection(
+                id,
+                args.batch_size as u64,
+                ticker,
+                deadline,
+                target.clone(),
+                pool.clone(),
+                stats.clone(),
+            ))
         })
         .collect();
     for t in tasks {
@@ -285,7 +332,10 @@ async fn connection(
                 Ok(Ok(s)) => sender.insert(s),
                 Ok(Err(_)) => {
                     stats.io_errors.fetch_add(1, Relaxed);
-                    tokio::time::sleep_until(deadline.min(Instant::now() + Duration::from_millis(200))).await;
+                    tokio::time::sleep_until(
+                        deadline.min(Instant::now() + Duration::from_millis(200)),
+                    )
+                    .await;
                     continue;
                 }
                 Err(_) => break,
@@ -305,7 +355,9 @@ async fn connection(
         if target.gzip {
             req = req.header(CONTENT_ENCODING, "gzip");
         }
-        let req = req.body(Full::new(payload.wire.clone())).expect("valid request");
+        let req = req
+            .body(Full::new(payload.wire.clone()))
+            .expect("valid request");
         if s.ready().await.is_err() {
             // The server closed the keep-alive connection between requests.
             sender = None;
@@ -313,11 +365,17 @@ async fn connection(
         }
         let sent = Instant::now();
         stats.requests.fetch_add(1, Relaxed);
-        stats.wire_bytes_sent.fetch_add(payload.wire.len() as u64, Relaxed);
+        stats
+            .wire_bytes_sent
+            .fetch_add(payload.wire.len() as u64, Relaxed);
         let result = tokio::time::timeout(Duration::from_secs(30), async {
             let resp = s.send_request(req).await?;
             let status = resp.status();
-            let retry_after = resp.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+            let retry_after = resp
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
             // Read the body so the connection can carry the next request.
             resp.into_body().collect().await?;
             Ok::<_, hyper::Error>((status, retry_after))
@@ -330,8 +388,14 @@ async fn connection(
                     stats.accepted.fetch_add(1, Relaxed);
                     stats.events_accepted.fetch_add(batch, Relaxed);
                     stats.raw_bytes_accepted.fetch_add(payload.raw_len, Relaxed);
-                } else if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
-                    let counter = if status == StatusCode::TOO_MANY_REQUESTS { &stats.rejected_429 } else { &stats.rejected_503 };
+                } else if status == StatusCode::TOO_MANY_REQUESTS
+                    || status == StatusCode::SERVICE_UNAVAILABLE
+                {
+                    let counter = if status == StatusCode::TOO_MANY_REQUESTS {
+                        &stats.rejected_429
+                    } else {
+                        &stats.rejected_503
+                    };
                     counter.fetch_add(1, Relaxed);
                     // Back off as told (1 s when unsaid), like an agent would; never past the end.
                     let pause = Duration::from_secs(retry_after.unwrap_or(1));

@@ -31,7 +31,10 @@ impl Node {
                 Field::Service => e.service.as_deref().is_some_and(|s| test.str(s, true)),
                 Field::Source => e.source.as_deref().is_some_and(|s| test.str(s, true)),
                 Field::Status => e.status.as_deref().is_some_and(|s| test.str(s, true)),
-                Field::Tag(key) => e.tags.iter().any(|t| t.split_once(':').is_some_and(|(k, v)| eq_folded(k, key) && test.str(v, true))),
+                Field::Tag(key) => e.tags.iter().any(|t| {
+                    t.split_once(':')
+                        .is_some_and(|(k, v)| eq_folded(k, key) && test.str(v, true))
+                }),
                 Field::Attr(path) => any_at(&e.attributes, path, &mut |v| test.value(v)),
             },
         }
@@ -116,7 +119,10 @@ pub(super) struct Literal {
 
 impl Literal {
     pub(super) fn new(text: &str, ci: bool) -> Literal {
-        Literal { text: fold_str(text, ci), num: Num::parse(text) }
+        Literal {
+            text: fold_str(text, ci),
+            num: Num::parse(text),
+        }
     }
 }
 
@@ -131,7 +137,11 @@ pub(super) struct Num {
 impl Num {
     fn parse(text: &str) -> Option<Num> {
         let f = text.parse::<f64>().ok().filter(|f| f.is_finite())?;
-        Some(Num { f, i: text.parse().ok(), u: text.parse().ok() })
+        Some(Num {
+            f,
+            i: text.parse().ok(),
+            u: text.parse().ok(),
+        })
     }
 
     fn eq_json(&self, n: &Number) -> bool {
@@ -154,7 +164,10 @@ pub(super) struct Bound {
 
 impl Bound {
     pub(super) fn new(text: &str, ci: bool) -> Bound {
-        Bound { text: fold_str(text, ci), num: Num::parse(text).map(|n| n.f) }
+        Bound {
+            text: fold_str(text, ci),
+            num: Num::parse(text).map(|n| n.f),
+        }
     }
 }
 
@@ -193,7 +206,15 @@ impl Range {
 
     /// Lexical comparison (by code point), folded when `ci`.
     fn contains_str(&self, s: &str, ci: bool) -> bool {
-        let cmp = |b: &Option<Bound>| b.as_ref().map(|b| if ci { s.chars().map(fold).cmp(b.text.chars()) } else { s.cmp(&b.text) });
+        let cmp = |b: &Option<Bound>| {
+            b.as_ref().map(|b| {
+                if ci {
+                    s.chars().map(fold).cmp(b.text.chars())
+                } else {
+                    s.cmp(&b.text)
+                }
+            })
+        };
         self.accepts(cmp(&self.lo), cmp(&self.hi))
     }
 }
@@ -213,7 +234,18 @@ pub(super) struct Glob(Box<[Piece]>);
 
 impl Glob {
     pub(super) fn new(pieces: &[Piece], ci: bool) -> Glob {
-        Glob(pieces.iter().map(|p| if let Piece::Char(c) = p { Piece::Char(fold_if(*c, ci)) } else { *p }).collect())
+        Glob(
+            pieces
+                .iter()
+                .map(|p| {
+                    if let Piece::Char(c) = p {
+                        Piece::Char(fold_if(*c, ci))
+                    } else {
+                        *p
+                    }
+                })
+                .collect(),
+        )
     }
 
     /// Iterative matching that backtracks only to the last `*`: O(pattern × text), no allocation.
@@ -244,7 +276,9 @@ impl Glob {
             }
             // Mismatch: let the last `*` swallow one more character.
             let Some((sp, st)) = star else { return false };
-            let Some(c) = text[st..].chars().next() else { return false };
+            let Some(c) = text[st..].chars().next() else {
+                return false;
+            };
             star = Some((sp, st + c.len_utf8()));
             p = sp;
             t = st + c.len_utf8();
@@ -273,15 +307,37 @@ impl TextMatch {
                 tokens.push(Glob::new(run, true));
             }
         }
-        let substring = pieces.iter().filter_map(|p| if let Piece::Char(c) = p { Some(fold(*c)) } else { None }).collect();
+        let substring = pieces
+            .iter()
+            .filter_map(|p| {
+                if let Piece::Char(c) = p {
+                    Some(fold(*c))
+                } else {
+                    None
+                }
+            })
+            .collect();
         let mut required: &[Piece] = &[];
         for run in pieces.split(|p| !matches!(p, Piece::Char(c) if c.is_ascii() && is_word(*c))) {
             if run.len() > required.len() {
                 required = run;
             }
         }
-        let required = required.iter().map(|p| if let Piece::Char(c) = p { c.to_ascii_lowercase() as u8 } else { unreachable!() }).collect();
-        TextMatch { tokens: tokens.into(), substring, required }
+        let required = required
+            .iter()
+            .map(|p| {
+                if let Piece::Char(c) = p {
+                    c.to_ascii_lowercase() as u8
+                } else {
+                    unreachable!()
+                }
+            })
+            .collect();
+        TextMatch {
+            tokens: tokens.into(),
+            substring,
+            required,
+        }
     }
 
     fn matches(&self, message: &str) -> bool {
@@ -289,12 +345,17 @@ impl TextMatch {
             return contains_folded(message, &self.substring);
         }
         // Only for ASCII messages: elsewhere case folding can map other characters onto ASCII ones.
-        if !self.required.is_empty() && message.is_ascii() && !contains_ascii_ci(message.as_bytes(), &self.required) {
+        if !self.required.is_empty()
+            && message.is_ascii()
+            && !contains_ascii_ci(message.as_bytes(), &self.required)
+        {
             return false;
         }
         Tokens::new(message, 0).any(|(start, _)| {
             let mut run = Tokens::new(message, start);
-            self.tokens.iter().all(|g| run.next().is_some_and(|(_, tok)| g.matches(tok, true)))
+            self.tokens
+                .iter()
+                .all(|g| run.next().is_some_and(|(_, tok)| g.matches(tok, true)))
         })
     }
 }
@@ -306,7 +367,8 @@ fn contains_ascii_ci(hay: &[u8], needle: &[u8]) -> bool {
         return false;
     }
     let first = needle[0];
-    memchr::memchr2_iter(first, first.to_ascii_uppercase(), &hay[..=hay.len() - n]).any(|i| hay[i..i + n].eq_ignore_ascii_case(needle))
+    memchr::memchr2_iter(first, first.to_ascii_uppercase(), &hay[..=hay.len() - n])
+        .any(|i| hay[i..i + n].eq_ignore_ascii_case(needle))
 }
 
 /// Word characters: letters, digits and `_`; everything else separates tokens.
@@ -334,7 +396,9 @@ impl<'a> Iterator for Tokens<'a> {
     type Item = (usize, &'a str);
     fn next(&mut self) -> Option<Self::Item> {
         let start = self.pos + self.s[self.pos..].find(is_word)?;
-        let end = self.s[start..].find(|c: char| !is_word(c)).map_or(self.s.len(), |n| start + n);
+        let end = self.s[start..]
+            .find(|c: char| !is_word(c))
+            .map_or(self.s.len(), |n| start + n);
         self.pos = end;
         Some((start, &self.s[start..end]))
     }
@@ -385,7 +449,10 @@ fn any_at(map: &Map<String, Value>, path: &str, f: &mut dyn FnMut(&Value) -> boo
     if map.get(path).is_some_and(&mut *f) {
         return true;
     }
-    path.match_indices('.').any(|(i, _)| map.get(&path[..i]).is_some_and(|v| descend(v, &path[i + 1..], f)))
+    path.match_indices('.').any(|(i, _)| {
+        map.get(&path[..i])
+            .is_some_and(|v| descend(v, &path[i + 1..], f))
+    })
 }
 
 fn descend(v: &Value, rest: &str, f: &mut dyn FnMut(&Value) -> bool) -> bool {

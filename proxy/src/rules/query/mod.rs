@@ -82,7 +82,10 @@ pub struct Query {
 
 impl Query {
     pub fn parse(text: &str) -> Result<Query, QueryError> {
-        Ok(Query { text: text.to_string(), root: parse::parse(text)? })
+        Ok(Query {
+            text: text.to_string(),
+            root: parse::parse(text)?,
+        })
     }
 
     /// Whether the event satisfies the query. Does not allocate.

@@ -4,13 +4,20 @@ use super::matcher::{fold_str, Bound, Field, Glob, Literal, Node, Piece, Range, 
 use super::QueryError;
 
 pub(super) fn parse(text: &str) -> Result<Node, QueryError> {
-    let mut p = Parser { chars: text.chars().collect(), pos: 0 };
+    let mut p = Parser {
+        chars: text.chars().collect(),
+        pos: 0,
+    };
     p.skip_ws();
     p.expect_term("a search term")?;
     let node = p.or(None)?;
     // `or` stops only at the end or at a `)` no group is waiting for.
     if p.pos < p.chars.len() {
-        return Err(p.fail(p.pos, "a search term or end of query", "`)` without a matching `(`"));
+        return Err(p.fail(
+            p.pos,
+            "a search term or end of query",
+            "`)` without a matching `(`",
+        ));
     }
     Ok(node)
 }
@@ -43,17 +50,25 @@ impl Parser {
     }
 
     fn ends_word(&self, i: usize) -> bool {
-        self.chars.get(i).is_none_or(|c| c.is_whitespace() || matches!(c, '(' | ')' | '"'))
+        self.chars
+            .get(i)
+            .is_none_or(|c| c.is_whitespace() || matches!(c, '(' | ')' | '"'))
     }
 
     fn at(&self, word: &str) -> bool {
         let n = word.chars().count();
-        self.chars[self.pos..].iter().copied().take(n).eq(word.chars())
+        self.chars[self.pos..]
+            .iter()
+            .copied()
+            .take(n)
+            .eq(word.chars())
     }
 
     /// Operators are upper-case whole words, as in Datadog: `and` is a search term.
     fn keyword(&self) -> Option<&'static str> {
-        ["AND", "OR", "NOT"].into_iter().find(|k| self.at(k) && self.ends_word(self.pos + k.len()))
+        ["AND", "OR", "NOT"]
+            .into_iter()
+            .find(|k| self.at(k) && self.ends_word(self.pos + k.len()))
     }
 
     fn found(&self) -> String {
@@ -67,10 +82,19 @@ impl Parser {
         }
     }
 
-    fn fail(&self, position: usize, expected: impl Into<String>, found: impl AsRef<str>) -> QueryError {
+    fn fail(
+        &self,
+        position: usize,
+        expected: impl Into<String>,
+        found: impl AsRef<str>,
+    ) -> QueryError {
         let expected = expected.into();
         let message = format!("expected {expected}, found {}", found.as_ref());
-        QueryError { position, expected, message }
+        QueryError {
+            position,
+            expected,
+            message,
+        }
     }
 
     fn error(&self, expected: impl Into<String>) -> QueryError {
@@ -95,7 +119,11 @@ impl Parser {
             self.expect_term("a search term after `OR`")?;
             parts.push(self.and(ctx)?);
         }
-        Ok(if parts.len() == 1 { parts.pop().unwrap() } else { Node::Or(parts.into()) })
+        Ok(if parts.len() == 1 {
+            parts.pop().unwrap()
+        } else {
+            Node::Or(parts.into())
+        })
     }
 
     /// Returns with whitespace skipped, at the end, a `)` or an `OR`.
@@ -117,7 +145,11 @@ impl Parser {
             }
             parts.push(self.unary(ctx)?);
         }
-        Ok(if parts.len() == 1 { parts.pop().unwrap() } else { Node::And(parts.into()) })
+        Ok(if parts.len() == 1 {
+            parts.pop().unwrap()
+        } else {
+            Node::And(parts.into())
+        })
     }
 
     fn unary(&mut self, ctx: Option<&Field>) -> Result<Node, QueryError> {
@@ -184,7 +216,11 @@ impl Parser {
             return Err(self.fail(start, "a field name before `:`", "`:`"));
         }
         if pieces == [Piece::Star] {
-            return Err(self.fail(start, "a field name", "`*:` (full-text search over all attributes is not supported in filters)"));
+            return Err(self.fail(
+                start,
+                "a field name",
+                "`*:` (full-text search over all attributes is not supported in filters)",
+            ));
         }
         if pieces.iter().any(|p| !matches!(p, Piece::Char(_))) {
             return Err(self.fail(start, "a field name without wildcards", format!("`{name}`")));
@@ -223,13 +259,26 @@ impl Parser {
                 }
             }
             Some('>' | '<') => {
-                let op_len = if self.chars.get(self.pos + 1) == Some(&'=') { 2 } else { 1 };
+                let op_len = if self.chars.get(self.pos + 1) == Some(&'=') {
+                    2
+                } else {
+                    1
+                };
                 let op: String = self.chars[self.pos..self.pos + op_len].iter().collect();
                 self.pos += op_len;
                 let bound = self.bound(Mode::Value, &format!("a value after `{op}`"), ci)?;
-                let (lo, hi) = if op.starts_with('>') { (bound, None) } else { (None, bound) };
+                let (lo, hi) = if op.starts_with('>') {
+                    (bound, None)
+                } else {
+                    (None, bound)
+                };
                 let inclusive = op_len == 2;
-                Test::Range(Range { lo, lo_inclusive: inclusive, hi, hi_inclusive: inclusive })
+                Test::Range(Range {
+                    lo,
+                    lo_inclusive: inclusive,
+                    hi,
+                    hi_inclusive: inclusive,
+                })
             }
             Some('[' | '{') => self.range(ci)?,
             _ => {
@@ -256,13 +305,19 @@ impl Parser {
         let open = self.chars[open_at];
         self.pos += 1;
         self.skip_ws();
-        if self.at("TO") && self.chars.get(self.pos + 2).is_some_and(|c| c.is_whitespace()) {
+        if self.at("TO")
+            && self
+                .chars
+                .get(self.pos + 2)
+                .is_some_and(|c| c.is_whitespace())
+        {
             return Err(self.fail(self.pos, format!("a lower bound after `{open}`"), "`TO`"));
         }
         let lo = self.bound(Mode::Bound, &format!("a lower bound after `{open}`"), ci)?;
         self.skip_ws();
         let after_to = self.chars.get(self.pos + 2);
-        if !(self.at("TO") && after_to.is_none_or(|c| c.is_whitespace() || matches!(c, ']' | '}'))) {
+        if !(self.at("TO") && after_to.is_none_or(|c| c.is_whitespace() || matches!(c, ']' | '}')))
+        {
             return Err(self.error("`TO` between the bounds of the range"));
         }
         self.pos += 2;
@@ -272,10 +327,19 @@ impl Parser {
         let hi_inclusive = match self.peek() {
             Some(']') => true,
             Some('}') => false,
-            _ => return Err(self.error(format!("`]` or `}}` to close the range at position {open_at}"))),
+            _ => {
+                return Err(self.error(format!(
+                    "`]` or `}}` to close the range at position {open_at}"
+                )))
+            }
         };
         self.pos += 1;
-        Ok(Test::Range(Range { lo, lo_inclusive: open == '[', hi, hi_inclusive }))
+        Ok(Test::Range(Range {
+            lo,
+            lo_inclusive: open == '[',
+            hi,
+            hi_inclusive,
+        }))
     }
 
     /// A range or comparison bound: a phrase, a word, or `*` for unbounded.
@@ -293,7 +357,11 @@ impl Parser {
         }
         if pieces.iter().any(|p| !matches!(p, Piece::Char(_))) {
             let text: String = self.chars[start..self.pos].iter().collect();
-            return Err(self.fail(start, "a bound without wildcards (escape `*` and `?` as `\\*`, `\\?`)", format!("`{text}`")));
+            return Err(self.fail(
+                start,
+                "a bound without wildcards (escape `*` and `?` as `\\*`, `\\?`)",
+                format!("`{text}`"),
+            ));
         }
         Ok(Some(Bound::new(&as_text(&pieces), ci)))
     }
@@ -331,7 +399,11 @@ impl Parser {
         let mut text = String::new();
         loop {
             match self.peek() {
-                None => return Err(self.error(format!("a closing `\"` for the quote at position {open}"))),
+                None => {
+                    return Err(
+                        self.error(format!("a closing `\"` for the quote at position {open}"))
+                    )
+                }
                 Some('"') => break,
                 Some('\\') if self.pos + 1 < self.chars.len() => {
                     text.push(self.chars[self.pos + 1]);
@@ -352,5 +424,8 @@ fn as_pieces(text: &str) -> Vec<Piece> {
 
 /// The text of a wildcard-free word.
 fn as_text(pieces: &[Piece]) -> String {
-    pieces.iter().map(|p| if let Piece::Char(c) = p { *c } else { '*' }).collect()
+    pieces
+        .iter()
+        .map(|p| if let Piece::Char(c) = p { *c } else { '*' })
+        .collect()
 }

@@ -278,8 +278,15 @@ fn syntax_errors() {
             wrong.push(format!("{query:?}: got {} {:?}", err.position, err.message));
             continue;
         }
-        assert!(err.message.starts_with(&format!("expected {}", err.expected)), "query {query:?}");
-        assert_eq!(err.to_string(), format!("at position {position}: {message}"));
+        assert!(
+            err.message
+                .starts_with(&format!("expected {}", err.expected)),
+            "query {query:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("at position {position}: {message}")
+        );
     }
     assert!(wrong.is_empty(), "wrong errors:\n{}", wrong.join("\n"));
 }
@@ -289,7 +296,10 @@ fn query_is_shareable() {
     fn check<T: Send + Sync + Clone + std::fmt::Debug>() {}
     check::<Query>();
     let err: Box<dyn std::error::Error> = Box::new(Query::parse("(").unwrap_err());
-    assert_eq!(err.to_string(), "at position 1: expected a search term after `(`, found end of query");
+    assert_eq!(
+        err.to_string(),
+        "at position 1: expected a search term after `(`, found end of query"
+    );
 }
 
 mod alloc_count {

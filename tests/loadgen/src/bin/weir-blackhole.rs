@@ -20,7 +20,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Parser, Debug)]
-#[command(name = "weir-blackhole", about = "Counts the log events POSTed to it and throws them away")]
+#[command(
+    name = "weir-blackhole",
+    about = "Counts the log events POSTed to it and throws them away"
+)]
 struct Args {
     /// Address to listen on (port 0 picks a free one; the first stdout line names it).
     #[arg(long, default_value = "127.0.0.1:9099")]
@@ -57,16 +60,24 @@ impl Counters {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let runtime = if args.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
     } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()?
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.threads)
+            .enable_all()
+            .build()?
     };
     runtime.block_on(serve(args.addr))
 }
 
 async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    println!("{}", serde_json::json!({ "listening": listener.local_addr()?.to_string() }));
+    println!(
+        "{}",
+        serde_json::json!({ "listening": listener.local_addr()?.to_string() })
+    );
     let counters = Arc::new(Counters::default());
     tokio::spawn(report(counters.clone()));
     loop {
@@ -83,7 +94,10 @@ async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
         let counters = counters.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| handle(req, counters.clone()));
-            let _ = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), svc).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }
@@ -107,18 +121,37 @@ async fn report(c: Arc<Counters>) {
     }
 }
 
-async fn handle(req: Request<Incoming>, c: Arc<Counters>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    c: Arc<Counters>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() == Method::GET && req.uri().path() == "/stats" {
         return Ok(reply(StatusCode::OK, c.json().to_string()));
     }
     if req.method() != Method::POST {
-        return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, r#"{"errors":["POST logs here, or GET /stats"]}"#.into()));
+        return Ok(reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            r#"{"errors":["POST logs here, or GET /stats"]}"#.into(),
+        ));
     }
-    let encoding = req.headers().get(CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(|v| v.trim().to_ascii_lowercase());
-    let ndjson = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("ndjson"));
+    let encoding = req
+        .headers()
+        .get(CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase());
+    let ndjson = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("ndjson"));
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
-        Err(_) => return Ok(reply(StatusCode::BAD_REQUEST, r#"{"errors":["body not received"]}"#.into())),
+        Err(_) => {
+            return Ok(reply(
+                StatusCode::BAD_REQUEST,
+                r#"{"errors":["body not received"]}"#.into(),
+            ))
+        }
     };
     c.requests.fetch_add(1, Relaxed);
     c.wire_bytes.fetch_add(body.len() as u64, Relaxed);
@@ -131,7 +164,10 @@ async fn handle(req: Request<Incoming>, c: Arc<Counters>) -> Result<Response<Ful
         Err(e) => {
             c.bad_requests.fetch_add(1, Relaxed);
             eprintln!("weir-blackhole: bad request: {e}");
-            Ok(reply(StatusCode::BAD_REQUEST, serde_json::json!({ "errors": [e] }).to_string()))
+            Ok(reply(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({ "errors": [e] }).to_string(),
+            ))
         }
     }
 }
@@ -139,7 +175,10 @@ async fn handle(req: Request<Incoming>, c: Arc<Counters>) -> Result<Response<Ful
 fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -147,15 +186,28 @@ fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 fn count(body: &[u8], encoding: Option<&str>, ndjson: bool) -> Result<(u64, u64), String> {
     let plain: std::borrow::Cow<[u8]> = match encoding {
         None | Some("") | Some("identity") => body.into(),
-        Some("gzip") | Some("x-gzip") => read_all(flate2::read::MultiGzDecoder::new(body), body.len(), "gzip")?.into(),
-        Some("zstd") => read_all(zstd::stream::read::Decoder::new(body).map_err(|e| format!("zstd: {e}"))?, body.len(), "zstd")?.into(),
-        Some("deflate") => read_all(flate2::read::ZlibDecoder::new(body), body.len(), "deflate")?.into(),
+        Some("gzip") | Some("x-gzip") => {
+            read_all(flate2::read::MultiGzDecoder::new(body), body.len(), "gzip")?.into()
+        }
+        Some("zstd") => read_all(
+            zstd::stream::read::Decoder::new(body).map_err(|e| format!("zstd: {e}"))?,
+            body.len(),
+            "zstd",
+        )?
+        .into(),
+        Some("deflate") => {
+            read_all(flate2::read::ZlibDecoder::new(body), body.len(), "deflate")?.into()
+        }
         Some(other) => return Err(format!("unsupported Content-Encoding {other:?}")),
     };
     let events = if ndjson {
         let mut n = 0;
-        for line in plain.split(|&b| b == b'\n').filter(|l| !l.trim_ascii().is_empty()) {
-            serde_json::from_slice::<IgnoredAny>(line).map_err(|e| format!("invalid NDJSON line: {e}"))?;
+        for line in plain
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.trim_ascii().is_empty())
+        {
+            serde_json::from_slice::<IgnoredAny>(line)
+                .map_err(|e| format!("invalid NDJSON line: {e}"))?;
             n += 1;
         }
         n
@@ -164,7 +216,9 @@ fn count(body: &[u8], encoding: Option<&str>, ndjson: bool) -> Result<(u64, u64)
         serde_json::from_slice::<IgnoredAny>(&plain).map_err(|e| format!("invalid JSON: {e}"))?;
         1
     } else {
-        serde_json::from_slice::<Vec<IgnoredAny>>(&plain).map_err(|e| format!("invalid JSON array: {e}"))?.len() as u64
+        serde_json::from_slice::<Vec<IgnoredAny>>(&plain)
+            .map_err(|e| format!("invalid JSON array: {e}"))?
+            .len() as u64
     };
     Ok((events, plain.len() as u64))
 }
@@ -172,7 +226,8 @@ fn count(body: &[u8], encoding: Option<&str>, ndjson: bool) -> Result<(u64, u64)
 fn read_all(mut r: impl Read, hint: usize, what: &str) -> Result<Vec<u8>, String> {
     // Log JSON usually compresses 5-10x; start near that to avoid regrowing.
     let mut out = Vec::with_capacity(hint.saturating_mul(8));
-    r.read_to_end(&mut out).map_err(|e| format!("{what}: {e}"))?;
+    r.read_to_end(&mut out)
+        .map_err(|e| format!("{what}: {e}"))?;
     Ok(out)
 }
 
@@ -186,7 +241,10 @@ mod tests {
         assert_eq!(count(json, None, false).unwrap(), (3, json.len() as u64));
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(json).unwrap();
-        assert_eq!(count(&gz.finish().unwrap(), Some("gzip"), false).unwrap().0, 3);
+        assert_eq!(
+            count(&gz.finish().unwrap(), Some("gzip"), false).unwrap().0,
+            3
+        );
         let zs = zstd::bulk::compress(json, 1).unwrap();
         assert_eq!(count(&zs, Some("zstd"), false).unwrap().0, 3);
         assert_eq!(count(b"{\"a\":1}\n\n{\"b\":2}\n", None, true).unwrap().0, 2);
