@@ -417,9 +417,8 @@ def weir_settings() -> dict:
     return {}
 
 
-@pytest.fixture
-def weir(tmp_path, datadog_backend, weir_settings):
-    w = WeirProcess(tmp_path, datadog_backend.url, **weir_settings)
+def run_until_teardown(w):
+    """Starts `w`, yields it to the test, then stops it with SIGTERM and checks it exited 0."""
     try:
         w.start()
         yield w
@@ -430,6 +429,12 @@ def weir(tmp_path, datadog_backend, weir_settings):
             code = w.returncode if w.returncode is not None else (w.proc.returncode if w.proc else None)
         w.kill()
     assert code == 0, f"weir exited with {code} after SIGTERM; log:\n{w.log()}"
+
+
+@pytest.fixture
+def weir(tmp_path, datadog_backend, weir_settings):
+    w = WeirProcess(tmp_path, datadog_backend.url, **weir_settings)
+    yield from run_until_teardown(w)
 
 
 @pytest.fixture
@@ -635,13 +640,4 @@ def s3_credentials_env(monkeypatch):
 def s3_weir(tmp_path, datadog_backend, s3_server, s3_credentials_env, weir_settings):
     s3_server.create_bucket()
     w = S3WeirProcess(tmp_path, datadog_backend.url, s3_server.url, **weir_settings)
-    try:
-        w.start()
-        yield w
-    finally:
-        if w.running:
-            code = w.stop()
-        else:
-            code = w.returncode if w.returncode is not None else (w.proc.returncode if w.proc else None)
-        w.kill()
-    assert code == 0, f"weir exited with {code} after SIGTERM; log:\n{w.log()}"
+    yield from run_until_teardown(w)

@@ -312,40 +312,41 @@ impl Expander<'_> {
 
 /// Stores `value` at `path` in `map`, creating (or replacing non-map values with) intermediate maps.
 fn set_path(map: &mut BTreeMap<String, Value>, path: &[String], value: Value) {
-    let (first, rest) = match path.split_first() {
-        Some(x) => x,
-        None => return,
+    let Some((first, rest)) = path.split_first() else {
+        return;
     };
     if rest.is_empty() {
         map.insert(first.clone(), value);
-        return;
+    } else {
+        set_path_json(
+            child_object(map.entry(first.clone()).or_insert(Value::Null)),
+            rest,
+            value,
+        );
     }
-    let entry = map
-        .entry(first.clone())
-        .or_insert_with(|| Value::Object(Map::new()));
-    if !entry.is_object() {
-        *entry = Value::Object(Map::new());
-    }
-    let obj = entry.as_object_mut().expect("object");
-    set_path_json(obj, rest, value);
 }
 
 fn set_path_json(map: &mut Map<String, Value>, path: &[String], value: Value) {
-    let (first, rest) = match path.split_first() {
-        Some(x) => x,
-        None => return,
+    let Some((first, rest)) = path.split_first() else {
+        return;
     };
     if rest.is_empty() {
         map.insert(first.clone(), value);
-        return;
+    } else {
+        set_path_json(
+            child_object(map.entry(first.clone()).or_insert(Value::Null)),
+            rest,
+            value,
+        );
     }
-    let entry = map
-        .entry(first.clone())
-        .or_insert_with(|| Value::Object(Map::new()));
-    if !entry.is_object() {
-        *entry = Value::Object(Map::new());
+}
+
+/// The object in `slot`, replacing whatever non-object value was there.
+fn child_object(slot: &mut Value) -> &mut Map<String, Value> {
+    if !slot.is_object() {
+        *slot = Value::Object(Map::new());
     }
-    set_path_json(entry.as_object_mut().expect("object"), rest, value);
+    slot.as_object_mut().expect("just made an object")
 }
 
 /// Finds a string attribute by a dotted path (the literal key is tried first).

@@ -55,9 +55,11 @@ pub fn parse_byte_size(s: &str) -> Result<u64, String> {
         "kib" => 1 << 10,
         "mib" => 1 << 20,
         "gib" => 1 << 30,
-        other => return Err(format!(
+        other => {
+            return Err(format!(
             "unknown byte size unit {other:?} in {s:?}; expected B, KB, MB, GB, KiB, MiB or GiB"
-        )),
+        ))
+        }
     };
     Ok((num * mult as f64) as u64)
 }

@@ -193,7 +193,7 @@ impl<'de> Visitor<'de> for EntrySeed {
 
 /// serde_json appends " at line L column C" to its messages; the outer error
 /// gets the position again, so the inner one drops it.
-fn strip_position(msg: &str) -> &str {
+pub(crate) fn strip_position(msg: &str) -> &str {
     match msg.rfind(" at line ") {
         Some(i) if msg[i..].contains(" column ") => &msg[..i],
         _ => msg,
@@ -208,7 +208,8 @@ fn string_field(v: Value) -> Option<String> {
     }
 }
 
-fn split_tags(s: &str) -> impl Iterator<Item = String> + '_ {
+/// `a:b, c` → `["a:b", "c"]`: Datadog's comma-separated tag lists.
+pub(crate) fn split_tags(s: &str) -> impl Iterator<Item = String> + '_ {
     s.split(',')
         .map(str::trim)
         .filter(|t| !t.is_empty())

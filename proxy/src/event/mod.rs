@@ -3,6 +3,7 @@
 mod datadog;
 
 pub use datadog::{decode_entry, decode_sample, DatadogPayload, PayloadLimits};
+pub(crate) use datadog::{split_tags, strip_position};
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};

@@ -6,7 +6,8 @@ pub mod body;
 
 use crate::config::Limits;
 use crate::event::{
-    decode_entry, Batch, BatchMeta, DatadogPayload, Event, Intake as Protocol, PayloadLimits,
+    decode_entry, split_tags, strip_position, Batch, BatchMeta, DatadogPayload, Event,
+    Intake as Protocol, PayloadLimits,
 };
 use crate::pipeline::budget::Budget;
 use crate::pipeline::{Chain, Rejection};
@@ -186,7 +187,7 @@ impl Intake {
         let mut events = events;
         // Datadog's `ddtags` query parameter: tags for every log of the request.
         let query_tags = query_param(parts.uri.query(), "ddtags")
-            .map(|t| split_tags(&t))
+            .map(|t| split_tags(&t).collect::<Vec<_>>())
             .unwrap_or_default();
         if !query_tags.is_empty() {
             for ev in &mut events {
@@ -273,14 +274,6 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn split_tags(s: &str) -> Vec<String> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
 fn content_type(headers: &HeaderMap) -> Option<String> {
     let v = headers.get(CONTENT_TYPE)?.to_str().ok()?;
     Some(
@@ -346,10 +339,7 @@ fn decode_lines(
 
 fn invalid_json(body: &[u8], e: &serde_json::Error) -> Rejection {
     let msg = e.to_string();
-    let reason = match msg.rfind(" at line ") {
-        Some(i) => &msg[..i],
-        None => &msg[..],
-    };
+    let reason = strip_position(&msg);
     // serde_json counts lines from 1 and columns (bytes) from 1.
     let offset: usize = body
         .split(|&b| b == b'\n')
@@ -474,7 +464,10 @@ mod tests {
             Some("%4")
         );
         assert_eq!(query_param(Some("other=1"), "ddtags"), None);
-        assert_eq!(split_tags(" a:b, ,c "), vec!["a:b", "c"]);
+        assert_eq!(
+            split_tags(" a:b, ,c ").collect::<Vec<_>>(),
+            vec!["a:b", "c"]
+        );
     }
 
     #[test]

@@ -93,7 +93,7 @@ impl Chain {
         let out = &self.outputs[batch.meta.tenant.index];
         // Serialize each event once; the archive and the backend share the bytes.
         let mut buf = Vec::with_capacity(batch.meta.body_bytes + batch.events.len() * 64);
-        let mut kept_ranges = Vec::with_capacity(batch.events.len());
+        let mut kept = 0usize;
         let mut indexed_ranges = Vec::with_capacity(batch.events.len());
         for (ev, disp) in batch.events.iter().zip(&batch.dispositions) {
             if *disp == Disposition::Drop {
@@ -101,19 +101,15 @@ impl Chain {
             }
             let start = buf.len();
             ev.write_json(&mut buf);
-            let range = start as u32..buf.len() as u32;
+            let end = buf.len() as u32;
             buf.push(b'\n');
-            kept_ranges.push(range.clone());
+            kept += 1;
             if *disp == Disposition::Index {
-                indexed_ranges.push(range);
+                indexed_ranges.push(start as u32..end);
             }
         }
         let lines = Bytes::from(buf);
-        let archived = if out.archive.is_some() {
-            kept_ranges.len()
-        } else {
-            0
-        };
+        let archived = if out.archive.is_some() { kept } else { 0 };
         let indexed = indexed_ranges.len();
 
         // Reserve everything first, so a refusal takes nothing.

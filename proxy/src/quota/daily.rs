@@ -274,23 +274,26 @@ impl Stage for DailyQuotas {
         // Decide first, commit after: a rejected request counts nothing.
         let mut delta: HashMap<String, Usage> = HashMap::new();
         let mut over = 0u64;
+        // The partition key is built in one reused buffer; a String is allocated once per partition.
+        let mut key = String::new();
         for (ev, disp) in batch.events.iter().zip(batch.dispositions.iter_mut()) {
             if *disp != Disposition::Index {
                 continue;
             }
-            let key = if s.partition_by.is_empty() {
-                String::new()
-            } else {
-                s.partition_by
-                    .iter()
-                    .map(|f| field_value(ev, f).unwrap_or_default())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            };
+            key.clear();
+            for (i, f) in s.partition_by.iter().enumerate() {
+                if i > 0 {
+                    key.push(',');
+                }
+                key.push_str(field_value(ev, f).as_deref().unwrap_or(""));
+            }
             let size = if count_bytes { event_bytes(ev) } else { 0 };
             let (max_e, max_b) = TenantQuota::limit_for(&s, &key);
             let used = st.usage.get(&key).copied().unwrap_or_default();
-            let d = delta.entry(key).or_default();
+            if !delta.contains_key(&key) {
+                delta.insert(key.clone(), Usage::default());
+            }
+            let d = delta.get_mut(&key).expect("inserted above");
             let is_over = max_e.is_some_and(|m| used.events + d.events + 1 > m)
                 || max_b.is_some_and(|m| used.bytes + d.bytes + size > m);
             if is_over {

@@ -153,10 +153,13 @@ where
                     .sum::<usize>()
                     .max(1);
                 for ev in &batch.events {
-                    let key = field_value(ev, field)
-                        .map(|v| v.into_owned())
-                        .unwrap_or_default();
-                    let e = parts.entry(key).or_default();
+                    let value = field_value(ev, field);
+                    let key = value.as_deref().unwrap_or("");
+                    // Look up by &str first: a String is allocated once per partition, not per event.
+                    if !parts.contains_key(key) {
+                        parts.insert(key.to_string(), (0, 0));
+                    }
+                    let e = parts.get_mut(key).expect("inserted above");
                     e.0 += 1;
                     e.1 += ((ev.message.len() + 1) as u64 * batch.meta.body_bytes as u64)
                         / total_msg as u64;
