@@ -130,7 +130,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     stages.push(Box::new(rules));
     stages.push(Box::new(quotas.clone()));
-    let chain = Chain::new(stages, outputs);
+    let stage_workers = (!plugins.is_empty())
+        .then(|| pipeline::workers::Workers::new(plugin::plugin_threads(&config)));
+    let chain = Chain::with_workers(stages, outputs, stage_workers);
     let saver = {
         let quotas = quotas.clone();
         let stop = drain.clone();

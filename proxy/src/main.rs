@@ -126,6 +126,7 @@ fn run_plugin_test(
         memory_limit,
         quarantine_after: u32::MAX,
         quarantine_base: weir::plugin::QUARANTINE_BASE,
+        instances: 1,
     };
     weir::telemetry::init_logging(&weir::config::LogConfig::default());
     let start = Instant::now();

@@ -101,6 +101,32 @@ async fn looping_plugin_on_one_tenant_does_not_stop_another() {
         1.0,
         "5 failures in a row quarantine it"
     );
+    // /readyz stays 200 (the proxy takes traffic) and names the quarantined plugin and why.
+    let ready = get(&format!("http://127.0.0.1:{}/readyz", weir.admin))
+        .await
+        .unwrap();
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    let r = ready.json();
+    assert_eq!(r["plugins"]["loaded"], 2, "{r}");
+    let q = &r["plugins"]["quarantined"];
+    assert_eq!(q.as_array().map(|a| a.len()), Some(1), "{r}");
+    assert_eq!(
+        (q[0]["tenant"].as_str(), q[0]["plugin"].as_str()),
+        (Some("acme"), Some("spin")),
+        "{r}"
+    );
+    assert!(
+        q[0]["quarantine_remaining_s"]
+            .as_u64()
+            .is_some_and(|s| s > 0),
+        "{r}"
+    );
+    assert!(
+        q[0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("timeout")),
+        "{r}"
+    );
     assert_eq!(
         find_metric(
             &m,

@@ -16,8 +16,10 @@
 #   DURATION=20 WARMUP=3     load time and the part of it not measured (s)
 #   CONNECTIONS=8            default connections per scenario
 #   LG_GZIP=1                loadgen gzips bodies (as agents do); 0 sends plain JSON
-#   SCENARIOS="..."          space-separated name:backend_codec:archive(on|off)[:connections[:max_in_flight]]
-#                            (max_in_flight: the backend's requests in flight; empty = weir's default, 8)
+#   SCENARIOS="..."          space-separated name:backend_codec:archive(on|off)[:connections[:max_in_flight[:plugin]]]
+#                            (max_in_flight: the backend's requests in flight; empty = weir's default, 8;
+#                             plugin: a .wasm path, or a name under plugins/target/wasm32-wasip1/release,
+#                             e.g. "none:gzip:on empty:gzip:on:::empty redact:gzip:on:::redact" for ratios from one run)
 #   EXTRA="..."              more scenarios, appended to the default ones
 #   BUILD=0                  skip the cargo build
 #   RULES=1                  configure 20 exclusion rules, a daily quota and a rate limit (the full path)
@@ -109,7 +111,10 @@ now() { date +%s.%N; }
 machine_busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
 
 run_scenario() {
-    local name=$1 codec=$2 archive=$3 conns=${4:-$CONNECTIONS} in_flight=${5:-}
+    local name=$1 codec=$2 archive=$3 conns=${4:-$CONNECTIONS} in_flight=${5:-} plugin=${6:-${PLUGIN:-}}
+    if [[ -n $plugin && $plugin != */* ]]; then
+        plugin="$ROOT/plugins/target/wasm32-wasip1/release/$plugin.wasm"
+    fi
     local dir="$WORK/${name//[^A-Za-z0-9+_.-]/_}"
     mkdir -p "$dir"
     echo "== $name: backend $codec${in_flight:+ (max_in_flight $in_flight)}, archive $archive, $conns connections, ${DURATION}s (window ${WINDOW}s)" >&2
@@ -156,8 +161,8 @@ EOF
     if [[ ${RULES:-0} == 1 ]]; then
         bench_rules >>"$dir/weir.yaml"
     fi
-    if [[ -n ${PLUGIN:-} ]]; then
-        printf '    plugins:\n      - {name: bench-plugin, path: %s}\n' "$PLUGIN" >>"$dir/weir.yaml"
+    if [[ -n $plugin ]]; then
+        printf '    plugins:\n      - {name: bench-plugin, path: %s}\n' "$plugin" >>"$dir/weir.yaml"
     fi
     "$BIN/weir" run --config "$dir/weir.yaml" >"$dir/weir.log" 2>&1 &
     local weir=$!
@@ -226,8 +231,8 @@ EOF
 }
 
 for s in $SCENARIOS; do
-    IFS=: read -r name codec archive conns in_flight <<<"$s"
-    run_scenario "$name" "$codec" "$archive" "${conns:-}" "${in_flight:-}"
+    IFS=: read -r name codec archive conns in_flight plugin <<<"$s"
+    run_scenario "$name" "$codec" "$archive" "${conns:-}" "${in_flight:-}" "${plugin:-}"
 done
 
 echo

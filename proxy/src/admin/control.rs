@@ -107,6 +107,18 @@ impl Control {
         self
     }
 
+    /// Plugins' health for `/readyz`: how many run, and the quarantined ones.
+    pub fn plugin_health(&self) -> Value {
+        let states = self
+            .plugins
+            .as_ref()
+            .map(|p| p.states())
+            .unwrap_or_default();
+        let loaded = states.len();
+        let quarantined: Vec<_> = states.into_iter().filter(|s| s.quarantined).collect();
+        json!({ "loaded": loaded, "quarantined": quarantined })
+    }
+
     /// Reloads every plugin from its file; 200 when all were reloaded, 422 when
     /// any was refused (those keep running their old version).
     fn reload_plugins(&self) -> (StatusCode, Value) {

@@ -88,14 +88,21 @@ async fn handle(
             r
         }
         "/healthz" => json_response(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}")),
-        "/readyz" if health.ready.load(Ordering::SeqCst) => json_response(
-            StatusCode::OK,
-            Bytes::from_static(b"{\"status\":\"ready\"}"),
-        ),
-        "/readyz" => json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Bytes::from_static(b"{\"status\":\"not ready\"}"),
-        ),
+        // Ready while listeners are bound and not draining. Quarantined plugins
+        // are listed but leave it ready: their batches take `on_error`.
+        "/readyz" => {
+            let ready = health.ready.load(Ordering::SeqCst);
+            let body = serde_json::json!({
+                "status": if ready { "ready" } else { "not ready" },
+                "plugins": control.plugin_health(),
+            });
+            let status = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            json_response(status, Bytes::from(serde_json::to_vec(&body).unwrap()))
+        }
         other => error_response(&Rejection::new(
             StatusCode::NOT_FOUND,
             "not_found",

@@ -98,6 +98,9 @@ pub struct Limits {
     pub max_inflight_request_bytes: ByteSize,
     /// HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
+    /// Threads running the batches of tenants with plugins (at most this many
+    /// plugin calls at once, and warm instances per plugin); 0: one per core.
+    pub plugin_threads: usize,
 }
 
 impl Default for Limits {
@@ -113,6 +116,7 @@ impl Default for Limits {
             max_log_bytes: ByteSize::mib(1),
             max_inflight_request_bytes: ByteSize::mib(48),
             max_concurrent_streams: 100,
+            plugin_threads: 0,
         }
     }
 }

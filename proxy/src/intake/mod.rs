@@ -205,7 +205,7 @@ impl Intake {
             },
             events,
         );
-        self.chain.run(batch)?;
+        self.chain.run_async(batch).await?;
         METRICS
             .received_events
             .with_label_values(&[&tenant.name, protocol.as_str()])

@@ -5,6 +5,7 @@
 //! event not dropped goes to the tenant's archive, every event still marked
 //! `Index` to the tenant's backend route.
 pub mod budget;
+pub mod workers;
 
 use crate::archive::{ArchiveChunk, ArchiveHandle};
 use crate::event::{Batch, Disposition};
@@ -12,6 +13,7 @@ use crate::sink::{ForwardChunk, RouteHandle};
 use bytes::Bytes;
 use http::StatusCode;
 use std::sync::Arc;
+use workers::Workers;
 
 /// A request refused by a stage: the HTTP answer and the metric reason.
 #[derive(Debug, Clone)]
@@ -45,6 +47,11 @@ pub trait Stage: Send + Sync {
     fn name(&self) -> &'static str;
     /// Runs on the whole batch of one request, before anything of it is accepted.
     fn process(&self, batch: &mut Batch) -> Result<(), Rejection>;
+    /// Whether `process` may hold the CPU for long on this tenant's batches
+    /// (a Wasm call, up to its deadline): the chain then runs on its workers.
+    fn blocks(&self, _tenant: usize) -> bool {
+        false
+    }
 }
 
 /// A stage shared with another owner (the admin API changes rules and quotas at run time).
@@ -54,6 +61,9 @@ impl<S: Stage> Stage for Arc<S> {
     }
     fn process(&self, batch: &mut Batch) -> Result<(), Rejection> {
         (**self).process(batch)
+    }
+    fn blocks(&self, tenant: usize) -> bool {
+        (**self).blocks(tenant)
     }
 }
 
@@ -66,6 +76,8 @@ pub struct TenantOutputs {
 pub struct Chain {
     stages: Vec<Box<dyn Stage>>,
     outputs: Vec<TenantOutputs>,
+    /// Where batches of tenants with a blocking stage run (none: no such stage).
+    workers: Option<Arc<Workers>>,
 }
 
 /// How many events of a batch went where.
@@ -77,7 +89,39 @@ pub struct Dispatched {
 
 impl Chain {
     pub fn new(stages: Vec<Box<dyn Stage>>, outputs: Vec<TenantOutputs>) -> Arc<Chain> {
-        Arc::new(Chain { stages, outputs })
+        Chain::with_workers(stages, outputs, None)
+    }
+
+    /// A chain whose blocking stages run on `workers`.
+    pub fn with_workers(
+        stages: Vec<Box<dyn Stage>>,
+        outputs: Vec<TenantOutputs>,
+        workers: Option<Arc<Workers>>,
+    ) -> Arc<Chain> {
+        Arc::new(Chain {
+            stages,
+            outputs,
+            workers,
+        })
+    }
+
+    /// [`Chain::run`], on a worker thread when a stage blocks on this tenant's
+    /// batches, else right here (the common case needs no thread hop).
+    pub async fn run_async(self: &Arc<Self>, batch: Batch) -> Result<Dispatched, Rejection> {
+        let tenant = batch.meta.tenant.index;
+        match &self.workers {
+            Some(w) if self.stages.iter().any(|s| s.blocks(tenant)) => {
+                let chain = self.clone();
+                w.run(move || chain.run(batch)).await.unwrap_or_else(|| {
+                    Err(Rejection::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal_error",
+                        "a pipeline stage failed unexpectedly; retry later",
+                    ))
+                })
+            }
+            _ => self.run(batch),
+        }
     }
 
     /// Runs every stage, then tees the batch to archive and backend. Either all

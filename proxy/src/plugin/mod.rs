@@ -13,9 +13,10 @@
 //! (its batches take `on_error` without calling it) for a back-off that
 //! starts at [`QUARANTINE_BASE`] and doubles while it keeps failing.
 //!
-//! The stage runs on the tokio worker that handles the request; the wasm call
-//! itself runs inside `block_in_place`, so a slow plugin (up to its deadline)
-//! does not hold up the other tasks queued on that worker.
+//! The stage says it blocks, so the chain runs the batches of tenants with
+//! plugins on its fixed pool of worker threads (`limits.plugin_threads`), never
+//! on an async worker: a slow plugin (up to its deadline) holds up no other
+//! request. Each plugin keeps as many warm instances as there are threads.
 pub mod cache;
 pub mod wire;
 
@@ -43,8 +44,6 @@ pub const QUARANTINE_AFTER: u32 = 5;
 /// The first quarantine's length; it doubles on each further one, up to [`QUARANTINE_MAX`].
 pub const QUARANTINE_BASE: Duration = Duration::from_secs(30);
 pub const QUARANTINE_MAX: Duration = Duration::from_secs(600);
-/// Idle instances kept per plugin (more are created on demand and dropped after use).
-const POOL_SIZE: usize = 8;
 /// Log lines (guest `log`, stdout, stderr) a plugin may write per window; the rest are counted and reported.
 const LOG_LINES_PER_WINDOW: u32 = 50;
 const LOG_WINDOW: Duration = Duration::from_secs(10);
@@ -428,9 +427,24 @@ impl Inst {
     }
 }
 
+/// A plugin's health as `/readyz` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PluginState {
+    pub tenant: String,
+    pub plugin: String,
+    pub quarantined: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantine_remaining_s: Option<u64>,
+    pub consecutive_failures: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
 /// Quarantine bookkeeping.
 struct Health {
     consecutive: u32,
+    /// The last failure's reason and message, for `/readyz`.
+    last_error: Option<String>,
     until: Option<Instant>,
     next_backoff: Duration,
     probation: bool,
@@ -446,10 +460,13 @@ pub struct PluginSettings {
     pub memory_limit: u64,
     pub quarantine_after: u32,
     pub quarantine_base: Duration,
+    /// Idle instances kept (one per thread that may call the plugin at once;
+    /// more are created on demand and dropped after use).
+    pub instances: usize,
 }
 
 impl PluginSettings {
-    pub fn from_config(tenant: &str, c: &PluginConfig) -> PluginSettings {
+    pub fn from_config(tenant: &str, c: &PluginConfig, instances: usize) -> PluginSettings {
         PluginSettings {
             tenant: tenant.to_string(),
             name: c.name.clone(),
@@ -458,6 +475,7 @@ impl PluginSettings {
             memory_limit: c.memory_limit.0,
             quarantine_after: QUARANTINE_AFTER,
             quarantine_base: QUARANTINE_BASE,
+            instances,
         }
     }
 }
@@ -509,6 +527,7 @@ impl Plugin {
             pool: Mutex::new(Vec::new()),
             health: Mutex::new(Health {
                 consecutive: 0,
+                last_error: None,
                 until: None,
                 next_backoff: settings.quarantine_base,
                 probation: false,
@@ -639,7 +658,7 @@ impl Plugin {
             .ok_or_else(|| CallError::BadResult("weir_process returned no buffer".into()))?;
         let outcomes = wire::decode_result(&out, events).map_err(CallError::BadResult)?;
         let mut pool = self.pool.lock().unwrap();
-        if pool.len() < POOL_SIZE {
+        if pool.len() < self.settings.instances.max(1) {
             pool.push(inst);
         }
         Ok(outcomes)
@@ -664,14 +683,15 @@ impl Plugin {
         }
     }
 
-    fn record(&self, ok: bool) {
+    fn record(&self, failure: Option<&CallError>) {
         let mut h = self.health.lock().unwrap();
-        if ok {
+        let Some(e) = failure else {
             h.consecutive = 0;
             h.probation = false;
             h.next_backoff = self.settings.quarantine_base;
             return;
-        }
+        };
+        h.last_error = Some(truncate(&format!("{}: {e}", e.reason()), 512).to_string());
         h.consecutive += 1;
         if h.probation || h.consecutive >= self.settings.quarantine_after {
             let d = h.next_backoff;
@@ -685,6 +705,22 @@ impl Plugin {
                 .set(1);
             tracing::error!(tenant = %self.settings.tenant, plugin = %self.settings.name, quarantine = ?d, on_error = ?self.settings.on_error,
                 "plugin keeps failing: quarantined; its batches take on_error without calling it");
+        }
+    }
+
+    /// Whether it is quarantined, and the last failure, for `/readyz`.
+    pub fn state(&self) -> PluginState {
+        let h = self.health.lock().unwrap();
+        let remaining = h
+            .until
+            .and_then(|u| u.checked_duration_since(Instant::now()));
+        PluginState {
+            tenant: self.settings.tenant.clone(),
+            plugin: self.settings.name.clone(),
+            quarantined: remaining.is_some(),
+            quarantine_remaining_s: remaining.map(|d| d.as_secs_f64().ceil() as u64),
+            consecutive_failures: h.consecutive,
+            last_error: h.last_error.clone(),
         }
     }
 
@@ -708,7 +744,7 @@ impl Plugin {
             .observe(start.elapsed().as_secs_f64());
         match result {
             Ok(outcomes) => {
-                self.record(true);
+                self.record(None);
                 for ((verdict, replacement), (ev, disp)) in outcomes
                     .into_iter()
                     .zip(batch.events.iter_mut().zip(batch.dispositions.iter_mut()))
@@ -735,7 +771,7 @@ impl Plugin {
                     .inc();
                 tracing::warn!(tenant = %labels[0], plugin = %labels[1], reason = e.reason(), on_error = ?self.settings.on_error, events = batch.events.len(),
                     "plugin call failed: {e}");
-                self.record(false);
+                self.record(Some(&e));
                 self.on_error(batch);
             }
         }
@@ -982,7 +1018,7 @@ impl Plugins {
                     &p.path,
                     &bytes,
                     p.config.as_ref(),
-                    PluginSettings::from_config(&t.name, p),
+                    PluginSettings::from_config(&t.name, p, plugin_threads(config)),
                     &cache,
                 )
                 .map_err(|e| {
@@ -1014,6 +1050,15 @@ impl Plugins {
 
     pub fn is_empty(&self) -> bool {
         self.per_tenant.iter().all(|l| l.is_empty())
+    }
+
+    /// Every loaded plugin's health (the running version of each).
+    pub fn states(&self) -> Vec<PluginState> {
+        self.per_tenant
+            .iter()
+            .flatten()
+            .map(|s| s.current().state())
+            .collect()
     }
 
     pub fn cache(&self) -> &ModuleCache {
@@ -1051,9 +1096,21 @@ impl Plugins {
     }
 }
 
+/// `limits.plugin_threads`, with 0 meaning one per core.
+pub fn plugin_threads(config: &crate::config::Config) -> usize {
+    match config.limits.plugin_threads {
+        0 => crate::pipeline::workers::Workers::default_threads(),
+        n => n,
+    }
+}
+
 impl Stage for Plugins {
     fn name(&self) -> &'static str {
         "plugins"
+    }
+
+    fn blocks(&self, tenant: usize) -> bool {
+        self.per_tenant.get(tenant).is_some_and(|l| !l.is_empty())
     }
 
     fn process(&self, batch: &mut Batch) -> Result<(), Rejection> {

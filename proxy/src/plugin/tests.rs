@@ -41,6 +41,7 @@ fn settings(name: &str, on_error: PluginOnError) -> PluginSettings {
         memory_limit: 64 << 20,
         quarantine_after: QUARANTINE_AFTER,
         quarantine_base: QUARANTINE_BASE,
+        instances: 2,
     }
 }
 
