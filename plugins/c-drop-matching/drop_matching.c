@@ -113,6 +113,9 @@ static int contains(const uint8_t *hay, size_t n) {
 
 int32_t weir_abi_version(void) { return WEIR_ABI_VERSION; }
 
+/* Only the message is read: the host sends nothing else. */
+int32_t weir_fields(void) { return WEIR_FIELD_MESSAGE; }
+
 void *weir_alloc(int32_t len) { return malloc(len > 0 ? (size_t)len : 1); }
 
 void weir_free(void *ptr, int32_t len) { (void)len; free(ptr); }

@@ -70,7 +70,7 @@ fn bench(c: &mut Criterion) {
         let batch = events(n);
         g.throughput(Throughput::Elements(n as u64));
         g.bench_with_input(BenchmarkId::new("encode_batch", n), &batch, |b, batch| {
-            b.iter(|| wire::encode_batch(batch))
+            b.iter(|| wire::encode_batch(batch, wire::Fields::ALL))
         });
         for name in ["empty", "redact"] {
             let p = plugin(name);

@@ -28,6 +28,20 @@ WEIR_EXPORT(weir_alloc) void *weir_alloc(int32_t len);
 WEIR_EXPORT(weir_free) void weir_free(void *ptr, int32_t len);
 /* Returns 0 on success, or WEIR_PACK of a UTF-8 error message. */
 WEIR_EXPORT(weir_init) int64_t weir_init(void *config_msgpack, int32_t len);
+/*
+ * Optional: the event fields the plugin sees and may change, as WEIR_FIELD_*
+ * bits (without this export: all of them). The others are not sent, and
+ * changes to them in a returned event are ignored.
+ */
+#define WEIR_FIELD_TIMESTAMP 1
+#define WEIR_FIELD_MESSAGE 2
+#define WEIR_FIELD_HOST 4
+#define WEIR_FIELD_SERVICE 8
+#define WEIR_FIELD_SOURCE 16
+#define WEIR_FIELD_STATUS 32
+#define WEIR_FIELD_TAGS 64
+#define WEIR_FIELD_ATTRIBUTES 128
+WEIR_EXPORT(weir_fields) int32_t weir_fields(void);
 /* Returns WEIR_PACK of the MessagePack result {"results": [{"verdict": ..., "event": ...}, ...]}. */
 WEIR_EXPORT(weir_process) int64_t weir_process(void *batch_msgpack, int32_t len);
 

@@ -2,7 +2,7 @@
 //!
 //! Everything needed to write a Weir plugin in Rust against plugin ABI v1 (see `ABI.md` beside this crate):
 //!
-//! * [`Event`] and [`Verdict`], the data a plugin sees and decides on;
+//! * [`Event`] and [`Verdict`], the data a plugin sees and decides on, and [`Fields`], the parts of it asked for;
 //! * the [`Plugin`] trait a plugin implements;
 //! * [`export_plugin!`], which generates the wasm exports (`weir_abi_version`, `weir_alloc`, `weir_free`,
 //!   `weir_init`, `weir_process`) for a `Plugin` type;
@@ -76,6 +76,104 @@ impl Event {
     }
 }
 
+/// The event fields a plugin sees and may change ([`Plugin::FIELDS`], the `weir_fields` export).
+///
+/// The host sends only these: the others arrive empty (their `Default`) and whatever the plugin writes into
+/// them is ignored, the event keeps its own. Asking for less makes every batch cheaper to send and decode; a
+/// plugin that only reads the message asks for [`Fields::MESSAGE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fields(u32);
+
+impl Fields {
+    pub const NONE: Fields = Fields(0);
+    pub const TIMESTAMP: Fields = Fields(1);
+    pub const MESSAGE: Fields = Fields(2);
+    pub const HOST: Fields = Fields(4);
+    pub const SERVICE: Fields = Fields(8);
+    pub const SOURCE: Fields = Fields(16);
+    pub const STATUS: Fields = Fields(32);
+    pub const TAGS: Fields = Fields(64);
+    pub const ATTRIBUTES: Fields = Fields(128);
+    pub const ALL: Fields = Fields(255);
+
+    /// Both sets: `Fields::MESSAGE.with(Fields::ATTRIBUTES)` (usable in a `const`).
+    pub const fn with(self, other: Fields) -> Fields {
+        Fields(self.0 | other.0)
+    }
+
+    /// The bits, as the `weir_fields` export returns them.
+    pub const fn bits(self) -> u32 {
+        self.0
+    }
+
+    pub const fn contains(self, other: Fields) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The event as the host sends it to a plugin asking for these fields: the others empty.
+    pub fn mask(self, e: &Event) -> Event {
+        let keep = |f: Fields| self.contains(f);
+        Event {
+            timestamp: if keep(Fields::TIMESTAMP) {
+                e.timestamp
+            } else {
+                0
+            },
+            message: if keep(Fields::MESSAGE) {
+                e.message.clone()
+            } else {
+                String::new()
+            },
+            host: e.host.clone().filter(|_| keep(Fields::HOST)),
+            service: e.service.clone().filter(|_| keep(Fields::SERVICE)),
+            source: e.source.clone().filter(|_| keep(Fields::SOURCE)),
+            status: e.status.clone().filter(|_| keep(Fields::STATUS)),
+            tags: if keep(Fields::TAGS) {
+                e.tags.clone()
+            } else {
+                Vec::new()
+            },
+            attributes: if keep(Fields::ATTRIBUTES) {
+                e.attributes.clone()
+            } else {
+                BTreeMap::new()
+            },
+        }
+    }
+
+    /// The event as the host takes a plugin's changed event back: these fields from `changed`, the others
+    /// from `original`.
+    pub fn merge(self, original: &Event, changed: Event) -> Event {
+        let keep = |f: Fields| self.contains(f);
+        let mut e = original.clone();
+        if keep(Fields::TIMESTAMP) {
+            e.timestamp = changed.timestamp;
+        }
+        if keep(Fields::MESSAGE) {
+            e.message = changed.message;
+        }
+        if keep(Fields::HOST) {
+            e.host = changed.host;
+        }
+        if keep(Fields::SERVICE) {
+            e.service = changed.service;
+        }
+        if keep(Fields::SOURCE) {
+            e.source = changed.source;
+        }
+        if keep(Fields::STATUS) {
+            e.status = changed.status;
+        }
+        if keep(Fields::TAGS) {
+            e.tags = changed.tags;
+        }
+        if keep(Fields::ATTRIBUTES) {
+            e.attributes = changed.attributes;
+        }
+        e
+    }
+}
+
 /// What happens to an event after the plugin has seen it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Verdict {
@@ -141,6 +239,9 @@ pub trait Plugin: Sized {
     /// Set to `false` for a plugin that never modifies events: the SDK then skips the copy-and-compare it does to
     /// tell modified events from unchanged ones, and always answers "unchanged" (changes made anyway are lost).
     const MODIFIES_EVENTS: bool = true;
+
+    /// The fields the host sends and takes back (see [`Fields`]); all of them unless narrowed.
+    const FIELDS: Fields = Fields::ALL;
 
     /// Builds the plugin from its config; an `Err` makes the proxy refuse to load the plugin.
     fn new(config: Self::Config) -> Result<Self, String>;
@@ -433,6 +534,7 @@ pub mod __export {
 ///
 /// ```text
 /// weir_abi_version() -> i32
+/// weir_fields() -> i32
 /// weir_alloc(len: i32) -> i32
 /// weir_free(ptr: i32, len: i32)
 /// weir_init(ptr: i32, len: i32) -> i64
@@ -454,6 +556,11 @@ macro_rules! export_plugin {
             #[unsafe(no_mangle)]
             pub extern "C" fn weir_abi_version() -> i32 {
                 $crate::__export::abi_version()
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn weir_fields() -> i32 {
+                <$plugin as $crate::Plugin>::FIELDS.bits() as i32
             }
 
             #[unsafe(no_mangle)]
@@ -589,17 +696,19 @@ pub mod testing {
         init_plugin::<P>(&bytes)
     }
 
-    /// Sends one batch through the plugin as the host would and returns the decoded result.
+    /// Sends one batch through the plugin as the host would (only the fields in [`Plugin::FIELDS`]) and returns
+    /// the decoded result.
     pub fn run_raw<P: Plugin>(plugin: &mut P, events: &[Event]) -> BatchResult {
         let input = encode(&Batch {
-            events: events.to_vec(),
+            events: events.iter().map(|e| P::FIELDS.mask(e)).collect(),
         })
         .expect("encode batch");
         let output = process_encoded(plugin, &input);
         decode(&output).expect("decode result")
     }
 
-    /// Like [`run_raw`], but resolves "unchanged" (nil) to the input event: one `(verdict, event)` per event.
+    /// Like [`run_raw`], but resolves each result as the host does: "unchanged" (nil) is the input event, a
+    /// changed event takes only the fields in [`Plugin::FIELDS`]. One `(verdict, event)` per event.
     pub fn run<P: Plugin>(plugin: &mut P, events: &[Event]) -> Vec<(Verdict, Event)> {
         let result = run_raw(plugin, events);
         assert_eq!(result.results.len(), events.len(), "one result per event");
@@ -607,7 +716,13 @@ pub mod testing {
             .results
             .into_iter()
             .zip(events)
-            .map(|(r, orig)| (r.verdict, r.event.unwrap_or_else(|| orig.clone())))
+            .map(|(r, orig)| {
+                let event = match r.event {
+                    Some(changed) => P::FIELDS.merge(orig, changed),
+                    None => orig.clone(),
+                };
+                (r.verdict, event)
+            })
             .collect()
     }
 

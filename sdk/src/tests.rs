@@ -364,3 +364,43 @@ fn verdict_interoperates_with_a_derived_serde_enum() {
         assert_eq!(decode::<Verdict>(&encode(&theirs).unwrap()).unwrap(), ours);
     }
 }
+
+/// Rewrites the message and the host, but asks only for the message.
+struct MessageOnly;
+
+impl Plugin for MessageOnly {
+    type Config = ();
+    const FIELDS: Fields = Fields::MESSAGE.with(Fields::TIMESTAMP);
+    fn new(_: ()) -> Result<Self, String> {
+        Ok(MessageOnly)
+    }
+    fn process(&mut self, event: &mut Event) -> Verdict {
+        assert!(event.host.is_none() && event.tags.is_empty() && event.attributes.is_empty());
+        event.message = format!("seen: {}", event.message);
+        event.host = Some("ignored".into());
+        Verdict::Keep
+    }
+}
+
+#[test]
+fn a_plugin_sees_and_changes_only_the_fields_it_asks_for() {
+    assert_eq!(Fields::MESSAGE.with(Fields::ATTRIBUTES).bits(), 2 | 128);
+    assert!(Fields::ALL.contains(Fields::TAGS) && !Fields::MESSAGE.contains(Fields::TAGS));
+    let ev = sample_event();
+    let masked = Fields::MESSAGE.mask(&ev);
+    assert_eq!(masked, Event::with_message(ev.message.clone()));
+    assert_eq!(Fields::ALL.mask(&ev), ev);
+
+    let mut p = testing::init::<MessageOnly>(serde_json::Value::Null).unwrap();
+    let (verdict, out) = testing::run_one(&mut p, ev.clone());
+    assert_eq!(verdict, Verdict::Keep);
+    assert_eq!(out.message, format!("seen: {}", ev.message));
+    // Everything not asked for is the original's, the ignored host change included.
+    assert_eq!(
+        Event {
+            message: ev.message.clone(),
+            ..out
+        },
+        ev
+    );
+}

@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, HashMap};
 use regex::{Regex, RegexBuilder};
 use serde::Deserialize;
 use serde_json::{Map, Number, Value};
-use weir_sdk::{Event, Plugin, Verdict};
+use weir_sdk::{Event, Fields, Plugin, Verdict};
 
 /// The attribute holding the name of the pattern that matched.
 pub const PATTERN_ATTRIBUTE: &str = "grok_pattern";
@@ -387,6 +387,8 @@ impl GrokPlugin {
 
 impl Plugin for GrokPlugin {
     type Config = Config;
+    // Reads the message and writes attributes: nothing else needs to cross the boundary.
+    const FIELDS: Fields = Fields::MESSAGE.with(Fields::ATTRIBUTES);
 
     fn new(config: Config) -> Result<Self, String> {
         let mut lib = Library::default();

@@ -12,7 +12,7 @@
 //! Every event is kept. Counters: `parsed`, `not_json`.
 
 use serde_json::{Map, Value};
-use weir_sdk::{Event, Plugin, Verdict};
+use weir_sdk::{Event, Fields, Plugin, Verdict};
 
 #[derive(serde::Deserialize, Default, Debug, Clone)]
 #[serde(default, deny_unknown_fields)]
@@ -60,6 +60,8 @@ impl JsonParse {
 
 impl Plugin for JsonParse {
     type Config = Config;
+    // Reads the message and writes attributes: nothing else needs to cross the boundary.
+    const FIELDS: Fields = Fields::MESSAGE.with(Fields::ATTRIBUTES);
 
     fn new(config: Config) -> Result<Self, String> {
         if config.target.as_deref() == Some("") {

@@ -38,11 +38,12 @@ use std::collections::BTreeMap;
 use std::net::Ipv6Addr;
 
 use hmac::{Hmac, Mac};
+use memchr::memmem;
 use regex::Regex;
 use serde::Deserialize;
 use serde_json::Value;
 use sha2::Sha256;
-use weir_sdk::{Event, Plugin, Verdict};
+use weir_sdk::{Event, Fields, Plugin, Verdict};
 
 /// How a match is masked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -102,11 +103,12 @@ enum Matcher {
     CreditCard(Regex),
     Ipv4(Regex),
     Ipv6(Regex),
-    /// A regex; with `group`, only that capture group is masked. `needle` is a cheap substring pre-check.
+    /// A regex; with `group`, only that capture group is masked. `needles`: the regex runs only on strings
+    /// holding one of them (searchers built once: this check runs on every string of every event).
     Pattern {
         re: Regex,
         group: Option<usize>,
-        needles: &'static [&'static str],
+        needles: Vec<memmem::Finder<'static>>,
     },
 }
 
@@ -129,6 +131,38 @@ pub struct Redact {
     hmac: Option<Hmac<Sha256>>,
     attributes: bool,
     counts: Vec<i64>,
+}
+
+fn finders(needles: &[&'static str]) -> Vec<memmem::Finder<'static>> {
+    needles
+        .iter()
+        .map(|n| memmem::Finder::new(n.as_bytes()))
+        .collect()
+}
+
+/// Whether `bytes` holds 13 or more digits in one run of digit groups joined by single spaces or dashes:
+/// the least a card number needs. Most strings have none, and then the card regex need not run at all.
+fn may_hold_card(bytes: &[u8]) -> bool {
+    let mut digits = 0;
+    let mut prev_digit = false;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b.is_ascii_digit() {
+            digits += 1;
+            if digits >= 13 {
+                return true;
+            }
+            prev_digit = true;
+        } else {
+            let joins = prev_digit
+                && (b == b' ' || b == b'-')
+                && bytes.get(i + 1).is_some_and(u8::is_ascii_digit);
+            if !joins {
+                digits = 0;
+            }
+            prev_digit = false;
+        }
+    }
+    false
 }
 
 fn re(pattern: &str) -> Regex {
@@ -157,7 +191,7 @@ pub fn luhn_valid(digits: &[u8]) -> bool {
 
 fn find_cards(run_re: &Regex, s: &str, rule: usize, out: &mut Vec<Span>) {
     let bytes = s.as_bytes();
-    if bytes.iter().filter(|b| b.is_ascii_digit()).count() < 13 {
+    if !may_hold_card(bytes) {
         return;
     }
     for m in run_re.find_iter(s) {
@@ -280,7 +314,7 @@ impl Rule {
             Matcher::Ipv4(r) => find_ipv4(r, s, rule, out),
             Matcher::Ipv6(r) => find_ipv6(r, s, rule, out),
             Matcher::Pattern { re, group, needles } => {
-                if !needles.is_empty() && !needles.iter().any(|n| s.contains(n)) {
+                if !needles.is_empty() && !needles.iter().any(|n| n.find(s.as_bytes()).is_some()) {
                     return;
                 }
                 match group {
@@ -312,7 +346,7 @@ fn builtin(name: &str) -> Option<Matcher> {
         "email" => Matcher::Pattern {
             re: re(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
             group: None,
-            needles: &["@"],
+            needles: finders(&["@"]),
         },
         "ipv4" => Matcher::Ipv4(re(
             r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])",
@@ -321,17 +355,17 @@ fn builtin(name: &str) -> Option<Matcher> {
         "aws_access_key" => Matcher::Pattern {
             re: re(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"),
             group: None,
-            needles: &["AKIA", "ASIA"],
+            needles: finders(&["AKIA", "ASIA"]),
         },
         "bearer_token" => Matcher::Pattern {
             re: re(r"\b(?i:bearer)[ \t]+([A-Za-z0-9\-._~+/]+=*)"),
             group: Some(1),
-            needles: &[],
+            needles: Vec::new(),
         },
         "jwt" => Matcher::Pattern {
             re: re(r"\beyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"),
             group: None,
-            needles: &["eyJ"],
+            needles: finders(&["eyJ"]),
         },
         _ => return None,
     })
@@ -452,6 +486,8 @@ impl Redact {
 
 impl Plugin for Redact {
     type Config = Config;
+    // Reads the message and writes attributes: nothing else needs to cross the boundary.
+    const FIELDS: Fields = Fields::MESSAGE.with(Fields::ATTRIBUTES);
 
     fn new(config: Config) -> Result<Self, String> {
         let names: Vec<String> = match &config.detectors {
@@ -503,7 +539,7 @@ impl Plugin for Redact {
                 matcher: Matcher::Pattern {
                     re: regex,
                     group,
-                    needles: &[],
+                    needles: Vec::new(),
                 },
             });
         }
@@ -559,6 +595,27 @@ mod tests {
 
     fn r(p: &mut Redact, s: &str) -> String {
         p.redact_str(s).into_owned()
+    }
+
+    #[test]
+    fn card_prefilter() {
+        for s in [
+            "4111111111111111",
+            "x 4111 1111 1111 1111 y",
+            "4111-1111-1111-1",
+            "1234567890123",
+        ] {
+            assert!(may_hold_card(s.as_bytes()), "{s}");
+        }
+        for s in [
+            "",
+            "GET /a/12345 200 123ms id=1234",
+            "1234 5678 9012",
+            "123456789012 x3",
+            "12  345678901234",
+        ] {
+            assert!(!may_hold_card(s.as_bytes()), "{s}");
+        }
     }
 
     #[test]

@@ -54,6 +54,10 @@ const MAX_COUNTER_NAMES: usize = 64;
 static ENGINE: LazyLock<Engine> = LazyLock::new(|| {
     let mut c = wasmtime::Config::new();
     c.epoch_interruption(true);
+    // WEIR_PLUGIN_PERFMAP=1 writes /tmp/perf-<pid>.map so `perf` can name plugin functions.
+    if std::env::var_os("WEIR_PLUGIN_PERFMAP").is_some_and(|v| v == "1") {
+        c.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     let engine = Engine::new(&c).expect("creating the wasmtime engine");
     let ticker = engine.clone();
     std::thread::Builder::new()
@@ -377,6 +381,8 @@ struct Inst {
     alloc: TypedFunc<i32, i32>,
     free: TypedFunc<(i32, i32), ()>,
     process: TypedFunc<(i32, i32), i64>,
+    /// What the optional `weir_fields` export asked for (all fields without it).
+    fields: wire::Fields,
 }
 
 impl Inst {
@@ -487,6 +493,8 @@ pub struct Plugin {
     pre: InstancePre<Host>,
     config: Vec<u8>,
     deadline_ticks: u64,
+    /// The fields sent to the plugin and taken back from it (its first instance's `weir_fields`).
+    fields: wire::Fields,
     pool: Mutex<Vec<Inst>>,
     health: Mutex<Health>,
 }
@@ -521,7 +529,8 @@ impl Plugin {
             counters: Mutex::new(HashSet::new()),
         });
         let ticks = settings.timeout.as_nanos().div_ceil(TICK.as_nanos()).max(1) as u64;
-        let plugin = Plugin {
+        let mut plugin = Plugin {
+            fields: wire::Fields::ALL,
             config: wire::encode_config(config)?,
             deadline_ticks: ticks,
             pool: Mutex::new(Vec::new()),
@@ -537,6 +546,7 @@ impl Plugin {
             settings,
         };
         let first = plugin.instantiate()?;
+        plugin.fields = first.fields;
         plugin.pool.lock().unwrap().push(first);
         METRICS
             .plugin_quarantined
@@ -619,12 +629,22 @@ impl Plugin {
         let process = func(&mut store, "weir_process")?
             .typed::<(i32, i32), i64>(&store)
             .map_err(|e| sig(e, "weir_process"))?;
+        let fields = match instance.get_func(&mut store, "weir_fields") {
+            None => wire::Fields::ALL,
+            Some(f) => wire::Fields::from_bits(
+                f.typed::<(), i32>(&store)
+                    .map_err(|e| sig(e, "weir_fields"))?
+                    .call(&mut store, ())
+                    .map_err(|e| format!("weir_fields: {}", CallError::from_wasm(e)))?,
+            ),
+        };
         let mut inst = Inst {
             store,
             memory,
             alloc,
             free,
             process,
+            fields,
         };
         let packed = inst
             .call_with(&init, &self.config)
@@ -644,7 +664,7 @@ impl Plugin {
     /// Runs the plugin on `events`: one verdict (and maybe a replacement) per event.
     /// A failed call discards the instance it ran on.
     pub fn call(&self, events: &[Event]) -> Result<Vec<wire::Outcome>, CallError> {
-        let input = wire::encode_batch(events);
+        let input = wire::encode_batch(events, self.fields);
         let pooled = self.pool.lock().unwrap().pop();
         let mut inst = match pooled {
             Some(i) => i,
@@ -656,7 +676,8 @@ impl Plugin {
         let out = inst
             .take_output(packed)?
             .ok_or_else(|| CallError::BadResult("weir_process returned no buffer".into()))?;
-        let outcomes = wire::decode_result(&out, events).map_err(CallError::BadResult)?;
+        let outcomes =
+            wire::decode_result(&out, events, self.fields).map_err(CallError::BadResult)?;
         let mut pool = self.pool.lock().unwrap();
         if pool.len() < self.settings.instances.max(1) {
             pool.push(inst);

@@ -680,3 +680,29 @@ fn the_stage_loads_through_the_cache_in_the_data_dir() {
         dir.path().join("data/plugin-cache")
     );
 }
+
+#[test]
+fn a_plugin_gets_and_changes_only_the_fields_it_exports_in_weir_fields() {
+    // Asks for the message only: 4 events of "secret i" are 9 bytes of header and
+    // 18 per event (a 1-key map, "message", the 8-byte string). Any more traps.
+    let fields = "(func (export \"weir_fields\") (result i32) (i32.const 2))";
+    let hook = "(if (i32.ne (local.get $len) (i32.const 81)) (then unreachable))";
+    let p = load(
+        &plugin_wat(1, fields, "(i64.const 0)", hook),
+        settings("message-only", PluginOnError::Pass),
+    );
+    let mut b = batch(4);
+    p.apply(&mut b);
+    assert_eq!(
+        errors("message-only", "trap"),
+        0,
+        "the batch held more than messages"
+    );
+    // The returned events replace the message; the host (not asked for) stays.
+    for i in [0, 3] {
+        assert_eq!(b.events[i].message, "redacted");
+        assert_eq!(b.events[i].host.as_deref(), Some("h"));
+        assert_eq!(b.events[i].timestamp, 1_700_000_000_000 + i as i64);
+    }
+    assert_eq!(b.dispositions[1], Disposition::Drop);
+}
