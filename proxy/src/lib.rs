@@ -35,12 +35,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let drain = CancellationToken::new();
     let mut workers = Vec::new();
 
+    // One client and one health state per backend, shared by every route using it.
     let mut backends = HashMap::new();
+    let mut healths = Vec::new();
     for b in &config.backends {
-        backends.insert(
-            b.name.clone(),
-            Arc::new(sink::backend::Backend::from_config(b)?),
-        );
+        let backend = Arc::new(sink::backend::Backend::from_config(b)?);
+        let health = sink::health::BackendHealth::new(&b.name, b.passive.clone());
+        if let Some(check) = &b.health_check {
+            sink::health::spawn_check(
+                health.clone(),
+                backend.clone(),
+                check.clone(),
+                drain.clone(),
+            );
+        }
+        healths.push(health.clone());
+        backends.insert(b.name.clone(), (backend, health, b.weight));
     }
     let mut stores = HashMap::new();
     let mut outputs = Vec::new();
@@ -57,19 +67,40 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     s
                 }
             };
+            let dead_letters = archive::DeadLetters::new(&t.name, archive_cfg, store.clone());
             let (handle, task) = archive::spawn_writer(&t.name, archive_cfg, store, drain.clone());
             workers.push(task);
-            Some(handle)
+            Some((handle, dead_letters))
         } else {
             None
         };
-        let backend_cfg = config.backend(&t.backend).expect("validated");
+        let (archive, dead_letters) = archive.unzip();
+        let route_tiers = config.route_tiers(t);
+        let tiers: Vec<Vec<sink::Member>> = route_tiers
+            .iter()
+            .map(|(_, tier)| {
+                tier.iter()
+                    .map(|name| {
+                        let (backend, health, weight) = &backends[name];
+                        sink::Member {
+                            backend: backend.clone(),
+                            health: health.clone(),
+                            weight: *weight,
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let preferred = config
+            .backend(&route_tiers[0].1[0])
+            .expect("validated: routes name defined backends");
         let upstream = t.upstream_api_key.as_ref().map(|k| k.expose().to_string());
         let (route, task) = sink::spawn_route(
             &t.name,
             upstream,
-            backends[&t.backend].clone(),
-            backend_cfg,
+            tiers,
+            preferred,
+            dead_letters,
             drain.clone(),
         );
         workers.push(task);
@@ -122,7 +153,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             quotas.clone(),
             config.data_dir.clone(),
         )?
-        .with_plugins(plugins.clone()),
+        .with_plugins(plugins.clone())
+        .with_backends(healths),
     );
     let mut stages: Vec<Box<dyn pipeline::Stage>> = vec![Box::new(rate)];
     if !plugins.is_empty() {

@@ -213,9 +213,15 @@ async fn tls_1_1_client_is_refused() {
     assert_eq!(answer[5], 2, "fatal");
     // rustls answers handshake_failure (40); protocol_version (70) would do as well.
     assert!([40, 70].contains(&answer[6]), "alert {}", answer[6]);
-    let m = weir.metrics().await;
-    assert_eq!(
-        metric(&m, "weir_tls_handshake_failures_total{listener=\"intake\"}"),
-        1.0
-    );
+    // The proxy counts the failure after it has sent the alert and closed: wait for it.
+    let mut failures = 0.0;
+    for _ in 0..50 {
+        let m = weir.metrics().await;
+        failures = metric(&m, "weir_tls_handshake_failures_total{listener=\"intake\"}");
+        if failures >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(failures, 1.0);
 }

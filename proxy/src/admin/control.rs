@@ -25,6 +25,7 @@ pub struct Control {
     quotas: Arc<DailyQuotas>,
     state_dir: PathBuf,
     plugins: Option<Arc<Plugins>>,
+    backends: Vec<Arc<crate::sink::health::BackendHealth>>,
     /// Serializes changes, so two admins never interleave read-modify-write.
     lock: Mutex<()>,
 }
@@ -75,6 +76,7 @@ impl Control {
             quotas,
             state_dir,
             plugins: None,
+            backends: Vec::new(),
             lock: Mutex::new(()),
         };
         let path = c.state_dir.join(OVERRIDES_FILE);
@@ -105,6 +107,20 @@ impl Control {
     pub fn with_plugins(mut self, plugins: Arc<Plugins>) -> Control {
         self.plugins = Some(plugins);
         self
+    }
+
+    /// Every backend's health, for `GET /backends` and `weir backends`.
+    pub fn with_backends(
+        mut self,
+        backends: Vec<Arc<crate::sink::health::BackendHealth>>,
+    ) -> Control {
+        self.backends = backends;
+        self
+    }
+
+    pub fn backend_reports(&self) -> Value {
+        let list: Vec<_> = self.backends.iter().map(|b| b.report()).collect();
+        json!({ "backends": list })
     }
 
     /// Plugins' health for `/readyz`: how many run, and the quarantined ones.

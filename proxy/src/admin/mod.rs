@@ -87,6 +87,11 @@ async fn handle(
             );
             r
         }
+        // Read-only, like /metrics: states and errors, never credentials.
+        "/backends" => json_response(
+            StatusCode::OK,
+            Bytes::from(serde_json::to_vec(&control.backend_reports()).unwrap()),
+        ),
         "/healthz" => json_response(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}")),
         // Ready while listeners are bound and not draining. Quarantined plugins
         // are listed but leave it ready: their batches take `on_error`.
@@ -106,7 +111,7 @@ async fn handle(
         other => error_response(&Rejection::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("no admin endpoint at {other}; try /metrics, /healthz, /readyz"),
+            format!("no admin endpoint at {other}; try /metrics, /healthz, /readyz, /backends"),
         )),
     })
 }

@@ -86,6 +86,48 @@ struct Writer {
     open: Option<OpenObject>,
 }
 
+/// Batches a backend refused as malformed (a 4xx other than 408/429): kept in
+/// the tenant's archive store under `dead-letter/<tenant>/`, named after the
+/// backend and status, instead of being retried forever or lost.
+pub struct DeadLetters {
+    tenant: String,
+    store: Arc<dyn ObjectStore>,
+    level: Compression,
+}
+
+impl DeadLetters {
+    pub fn new(tenant: &str, cfg: &ArchiveConfig, store: Arc<dyn ObjectStore>) -> DeadLetters {
+        DeadLetters {
+            tenant: tenant.to_string(),
+            store,
+            level: Compression::new(cfg.compression_level),
+        }
+    }
+
+    /// Writes one refused batch (NDJSON lines) as one object; returns its path.
+    pub async fn write(
+        &self,
+        backend: &str,
+        status: &str,
+        ndjson: &[u8],
+    ) -> Result<String, String> {
+        let mut gz = GzEncoder::new(Vec::with_capacity(ndjson.len() / 4), self.level);
+        gz.write_all(ndjson).expect("writing to memory cannot fail");
+        let body = Bytes::from(gz.finish().expect("finishing gzip in memory cannot fail"));
+        let name = object_name(&partition_of(Utc::now().timestamp_millis()));
+        let name = name.trim_end_matches(".ndjson.gz");
+        let path = ObjectPath::from(format!(
+            "dead-letter/{}/{name}-{backend}-{status}.ndjson.gz",
+            self.tenant
+        ));
+        self.store
+            .put(&path, PutPayload::from_bytes(body))
+            .await
+            .map(|_| path.to_string())
+            .map_err(|e| e.to_string())
+    }
+}
+
 fn partition_of(ms: i64) -> String {
     let t: DateTime<Utc> = DateTime::from_timestamp_millis(ms).unwrap_or_else(Utc::now);
     t.format("dt=%Y-%m-%d/hour=%H").to_string()

@@ -32,6 +32,9 @@ pub struct Config {
     /// The archive every tenant writes to unless it names its own.
     pub archive: ArchiveConfig,
     pub backends: Vec<BackendConfig>,
+    /// Regions: ordered tiers of backends a tenant pinned to the region fails over between.
+    #[serde(default)]
+    pub regions: Vec<RegionConfig>,
     pub tenants: Vec<TenantConfig>,
     /// Exclusion rules every tenant's events are checked against first.
     #[serde(default)]
@@ -279,6 +282,100 @@ pub struct BackendConfig {
     /// Memory waiting batches may hold per tenant route; past it, intake answers 503.
     #[serde(default = "default_backend_queue")]
     pub max_queued_bytes: ByteSize,
+    /// Share of its tier's traffic, relative to the other backends of the tier.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Active health check; without one, only failed sends (passive) take the backend out.
+    pub health_check: Option<HealthCheckConfig>,
+    /// Passive health: failed sends that eject the backend, and for how long.
+    #[serde(default)]
+    pub passive: PassiveHealthConfig,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RegionConfig {
+    pub name: String,
+    /// Tiers in order of preference; each a list of backend names sharing traffic by weight.
+    pub tiers: Vec<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// `http` (a request, expecting a status) or `tcp` (a connect).
+    #[serde(rename = "type", default = "default_check_type")]
+    pub kind: HealthCheckType,
+    #[serde(default = "default_check_method")]
+    pub method: String,
+    /// Path on the backend's host (`http`).
+    #[serde(default = "default_check_path")]
+    pub path: String,
+    #[serde(default = "default_check_status")]
+    pub expected_status: u16,
+    #[serde(default = "default_check_interval")]
+    pub interval: Dur,
+    #[serde(default = "default_check_timeout")]
+    pub timeout: Dur,
+    /// Consecutive passing checks that bring a down backend back.
+    #[serde(default = "default_threshold")]
+    pub healthy_threshold: u32,
+    /// Consecutive failing checks that take it down.
+    #[serde(default = "default_threshold")]
+    pub unhealthy_threshold: u32,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckType {
+    Http,
+    Tcp,
+}
+
+fn default_check_type() -> HealthCheckType {
+    HealthCheckType::Http
+}
+fn default_check_method() -> String {
+    "GET".into()
+}
+fn default_check_path() -> String {
+    "/".into()
+}
+fn default_check_status() -> u16 {
+    200
+}
+fn default_check_interval() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+fn default_check_timeout() -> Dur {
+    Dur(Duration::from_secs(2))
+}
+fn default_threshold() -> u32 {
+    2
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct PassiveHealthConfig {
+    /// Consecutive failed sends (errors, timeouts, 5xx) that eject the backend.
+    pub max_failures: u32,
+    /// The first ejection; it doubles while the backend keeps failing, up to `max_ejection`.
+    pub ejection: Dur,
+    pub max_ejection: Dur,
+}
+
+impl Default for PassiveHealthConfig {
+    fn default() -> Self {
+        PassiveHealthConfig {
+            max_failures: 3,
+            ejection: Dur(Duration::from_secs(5)),
+            max_ejection: Dur(Duration::from_secs(300)),
+        }
+    }
 }
 
 fn default_in_flight() -> usize {
@@ -366,8 +463,13 @@ pub struct TenantConfig {
     pub name: String,
     /// Keys agents send (DD-API-KEY); literal or `${ENV_VAR}`.
     pub api_keys: Vec<Secret>,
-    /// Name of the backend this tenant's indexed events go to.
-    pub backend: String,
+    /// The one backend this tenant's indexed events go to (no failover); or set `region`.
+    pub backend: Option<String>,
+    /// The region the tenant is pinned to: its events go to that region's tiers of backends.
+    pub region: Option<String>,
+    /// Regions the tenant may fail over to, in order, once nothing in its own region is healthy.
+    #[serde(default)]
+    pub failover_regions: Vec<String>,
     /// Key sent to a `datadog` backend on this tenant's behalf.
     pub upstream_api_key: Option<Secret>,
     /// This tenant's own archive, replacing the top-level one.
@@ -784,19 +886,7 @@ impl Config {
                     ));
                 }
             }
-            let Some(backend) = self.backends.iter().find(|b| b.name == t.backend) else {
-                let known: Vec<_> = self.backends.iter().map(|b| b.name.as_str()).collect();
-                return Err((
-                    format!("tenants[{i}].backend"),
-                    format!(
-                        "no backend named {:?}; defined backends: {known:?}",
-                        t.backend
-                    ),
-                ));
-            };
-            if backend.kind == BackendType::Datadog && t.upstream_api_key.is_none() {
-                return Err((format!("tenants[{i}].upstream_api_key"), format!("backend {:?} is of type datadog, which needs the tenant's upstream_api_key", t.backend)));
-            }
+            self.validate_tenant_route(i, t)?;
             if let Some(a) = &t.archive {
                 validate_archive(a, &format!("tenants[{i}].archive"))?;
             }
@@ -804,6 +894,7 @@ impl Config {
         if self.tenants.is_empty() {
             return Err(("tenants".into(), "at least one tenant is required".into()));
         }
+        self.validate_regions()?;
         validate_rules(&self.exclusion_rules, "exclusion_rules")?;
         for (i, t) in self.tenants.iter().enumerate() {
             validate_rules(&t.exclusion_rules, &format!("tenants[{i}].exclusion_rules"))?;
@@ -853,6 +944,142 @@ impl Config {
 
     pub fn backend(&self, name: &str) -> Option<&BackendConfig> {
         self.backends.iter().find(|b| b.name == name)
+    }
+
+    pub fn region(&self, name: &str) -> Option<&RegionConfig> {
+        self.regions.iter().find(|r| r.name == name)
+    }
+
+    /// Where a tenant's batches may go, in order of preference: its region's
+    /// tiers, then each failover region's tiers (or its one `backend`).
+    /// Each entry is (region, tier of backend names); validated configs only.
+    pub fn route_tiers(&self, t: &TenantConfig) -> Vec<(String, Vec<String>)> {
+        if let Some(b) = &t.backend {
+            return vec![(String::new(), vec![b.clone()])];
+        }
+        t.region
+            .iter()
+            .chain(&t.failover_regions)
+            .filter_map(|r| self.region(r))
+            .flat_map(|r| r.tiers.iter().map(|tier| (r.name.clone(), tier.clone())))
+            .collect()
+    }
+
+    fn validate_regions(&self) -> Result<(), (String, String)> {
+        let known: Vec<_> = self.backends.iter().map(|b| b.name.as_str()).collect();
+        let mut names = HashSet::new();
+        for (i, r) in self.regions.iter().enumerate() {
+            if !names.insert(r.name.as_str()) {
+                return Err((
+                    format!("regions[{i}].name"),
+                    format!("duplicate region name {:?}", r.name),
+                ));
+            }
+            if r.tiers.is_empty() || r.tiers.iter().any(|t| t.is_empty()) {
+                return Err((
+                    format!("regions[{i}].tiers"),
+                    "a region needs at least one tier, and each tier at least one backend".into(),
+                ));
+            }
+            let mut seen = HashSet::new();
+            for (j, tier) in r.tiers.iter().enumerate() {
+                for (k, b) in tier.iter().enumerate() {
+                    let at = format!("regions[{i}].tiers[{j}][{k}]");
+                    if self.backend(b).is_none() {
+                        return Err((
+                            at,
+                            format!("no backend named {b:?}; defined backends: {known:?}"),
+                        ));
+                    }
+                    if !seen.insert(b.as_str()) {
+                        return Err((at, format!("backend {b:?} appears twice in region {:?}; a backend belongs to one tier", r.name)));
+                    }
+                }
+            }
+        }
+        for (i, b) in self.backends.iter().enumerate() {
+            let at = format!("backends[{i}]");
+            if b.weight == 0 {
+                return Err((format!("{at}.weight"), "must be at least 1".into()));
+            }
+            if b.passive.max_failures == 0 {
+                return Err((
+                    format!("{at}.passive.max_failures"),
+                    "must be at least 1".into(),
+                ));
+            }
+            if let Some(h) = &b.health_check {
+                if h.healthy_threshold == 0 || h.unhealthy_threshold == 0 {
+                    return Err((
+                        format!("{at}.health_check"),
+                        "thresholds must be at least 1".into(),
+                    ));
+                }
+                if h.interval.0.is_zero() || h.timeout.0.is_zero() {
+                    return Err((
+                        format!("{at}.health_check"),
+                        "interval and timeout must be above 0".into(),
+                    ));
+                }
+                if h.kind == HealthCheckType::Http && !h.path.starts_with('/') {
+                    return Err((
+                        format!("{at}.health_check.path"),
+                        "must start with /".into(),
+                    ));
+                }
+                if b.kind == BackendType::File {
+                    return Err((
+                        format!("{at}.health_check"),
+                        "a file backend has nothing to check".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_tenant_route(&self, i: usize, t: &TenantConfig) -> Result<(), (String, String)> {
+        let at = format!("tenants[{i}]");
+        let regions: Vec<_> = self.regions.iter().map(|r| r.name.as_str()).collect();
+        match (&t.backend, &t.region) {
+            (Some(_), Some(_)) => {
+                return Err((format!("{at}.region"), "set either backend (one backend, no failover) or region (its tiers, with failover), not both".into()))
+            }
+            (None, None) => {
+                return Err((format!("{at}.backend"), format!("set backend (one backend) or region (one of {regions:?}) to say where the tenant's events go")))
+            }
+            (Some(b), None) => {
+                if !t.failover_regions.is_empty() {
+                    return Err((format!("{at}.failover_regions"), "failover regions need the tenant pinned to a region (region:), not a single backend".into()));
+                }
+                if self.backend(b).is_none() {
+                    let known: Vec<_> = self.backends.iter().map(|b| b.name.as_str()).collect();
+                    return Err((format!("{at}.backend"), format!("no backend named {b:?}; defined backends: {known:?}")));
+                }
+            }
+            (None, Some(r)) => {
+                if self.region(r).is_none() {
+                    return Err((format!("{at}.region"), format!("no region named {r:?}; defined regions: {regions:?}")));
+                }
+                for (k, f) in t.failover_regions.iter().enumerate() {
+                    if self.region(f).is_none() {
+                        return Err((format!("{at}.failover_regions[{k}]"), format!("no region named {f:?}; defined regions: {regions:?}")));
+                    }
+                    if f == r || t.failover_regions[..k].contains(f) {
+                        return Err((format!("{at}.failover_regions[{k}]"), format!("region {f:?} is already in the tenant's route")));
+                    }
+                }
+            }
+        }
+        for (_, tier) in self.route_tiers(t) {
+            for b in tier {
+                let kind = self.backend(&b).map(|c| c.kind);
+                if kind == Some(BackendType::Datadog) && t.upstream_api_key.is_none() {
+                    return Err((format!("{at}.upstream_api_key"), format!("backend {b:?} is of type datadog, which needs the tenant's upstream_api_key")));
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -254,8 +254,19 @@ mod tests {
             crate::archive::spawn_writer("t", &config.archive, store, drain.clone());
         let backend =
             Arc::new(crate::sink::backend::Backend::from_config(&config.backends[0]).unwrap());
-        let (route, r_task) =
-            crate::sink::spawn_route("t", None, backend, &config.backends[0], drain.clone());
+        let member = crate::sink::Member {
+            backend,
+            health: crate::sink::health::BackendHealth::new("b", Default::default()),
+            weight: 1,
+        };
+        let (route, r_task) = crate::sink::spawn_route(
+            "t",
+            None,
+            vec![vec![member]],
+            &config.backends[0],
+            None,
+            drain.clone(),
+        );
         let chain = Chain::new(
             vec![Box::new(ByMessage)],
             vec![TenantOutputs {

@@ -1,6 +1,8 @@
 //! Backends: where batches are delivered. Each speaks its target's protocol;
 //! the route (sink/mod.rs) owns batching, retries and backpressure.
-use crate::config::{BackendConfig, BackendType, Codec, HttpFormat};
+use crate::config::{
+    BackendConfig, BackendType, Codec, HealthCheckConfig, HealthCheckType, HttpFormat,
+};
 use bytes::Bytes;
 use http::header::{
     HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER, USER_AGENT,
@@ -165,6 +167,74 @@ impl Backend {
         match self {
             Backend::Http(b) => b.send(body, upstream_key).await,
             Backend::File(b) => b.send(body).await,
+        }
+    }
+
+    /// Puts an NDJSON batch into this backend's body shape (a JSON array joins the same lines with commas).
+    pub fn frame(&self, mut ndjson: Vec<u8>) -> Vec<u8> {
+        if self.ndjson() {
+            return ndjson;
+        }
+        // Lines are compact JSON, so every newline byte is a separator.
+        if ndjson.last() == Some(&b'\n') {
+            ndjson.pop();
+        }
+        for b in ndjson.iter_mut() {
+            if *b == b'\n' {
+                *b = b',';
+            }
+        }
+        let mut out = Vec::with_capacity(ndjson.len() + 2);
+        out.push(b'[');
+        out.extend_from_slice(&ndjson);
+        out.push(b']');
+        out
+    }
+
+    /// One active health check (HTTP request or TCP connect to the backend's host).
+    pub async fn probe(&self, cfg: &HealthCheckConfig) -> Result<(), String> {
+        let Backend::Http(b) = self else {
+            return Ok(());
+        };
+        let authority = b.uri.authority().ok_or("the backend URL has no host")?;
+        let https = b.uri.scheme_str() == Some("https");
+        match cfg.kind {
+            HealthCheckType::Tcp => {
+                let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+                tokio::net::TcpStream::connect((authority.host(), port))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("health check connect: {e}"))
+            }
+            HealthCheckType::Http => {
+                let uri = format!(
+                    "{}://{authority}{}",
+                    if https { "https" } else { "http" },
+                    cfg.path
+                );
+                let method = Method::from_bytes(cfg.method.as_bytes())
+                    .map_err(|_| format!("invalid health check method {:?}", cfg.method))?;
+                let req = Request::builder()
+                    .method(method)
+                    .uri(uri)
+                    .header(USER_AGENT, concat!("weir/", env!("CARGO_PKG_VERSION")))
+                    .body(Full::new(Bytes::new()))
+                    .map_err(|e| format!("health check request: {e}"))?;
+                let resp = b
+                    .client
+                    .request(req)
+                    .await
+                    .map_err(|e| format!("health check: {}", error_chain(&e)))?;
+                if resp.status().as_u16() == cfg.expected_status {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "health check answered {} (expected {})",
+                        resp.status().as_u16(),
+                        cfg.expected_status
+                    ))
+                }
+            }
         }
     }
 }

@@ -1,16 +1,25 @@
-//! Forwarding: one route per tenant to its backend. The route batches events
-//! (max events, max bytes, max wait), compresses each batch once, keeps a
-//! bounded number of requests in flight and retries retryable failures with
-//! backoff until delivered. Memory is bounded by the route's budget: while a
-//! backend is down, batches wait, the budget fills, and intake answers 503.
+//! Forwarding: one route per tenant. The route batches events (max events,
+//! max bytes, max wait) and sends each batch to the first available backend
+//! of its tiers: the tenant's backend, or its region's tiers in order, then
+//! those of the regions it may fail over to. Within a tier, backends share
+//! batches by weight. A batch that fails on a backend moves at once to the
+//! next available one (the rest of the tier, then the next tiers); when all
+//! have failed it backs off and starts again from the preferred tier, so
+//! traffic returns there once it is healthy (health.rs: ejections, checks).
+//! When nothing is available, batches wait in memory up to the route's
+//! budget, and intake answers 503. A batch a backend refuses as malformed
+//! goes to the tenant archive's dead-letter prefix.
 pub mod backend;
+pub mod health;
 pub mod retry;
 
+use crate::archive::DeadLetters;
 use crate::config::{BackendConfig, RetryConfig};
 use crate::pipeline::budget::{Budget, Queue, Reservation};
 use crate::telemetry::METRICS;
 use backend::Backend;
 use bytes::Bytes;
+use health::BackendHealth;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,23 +38,36 @@ pub struct ForwardChunk {
 /// The intake side of one tenant's route.
 pub type RouteHandle = Queue<ForwardChunk>;
 
+/// A backend as one tier of a route sees it.
+#[derive(Clone)]
+pub struct Member {
+    pub backend: Arc<Backend>,
+    pub health: Arc<BackendHealth>,
+    pub weight: u32,
+}
+
 struct RouteSettings {
     tenant: String,
     upstream_key: Option<String>,
-    backend: Arc<Backend>,
+    /// In order of preference.
+    tiers: Vec<Vec<Member>>,
     max_events: usize,
     max_bytes: usize,
     max_wait: Duration,
     retry: RetryConfig,
     in_flight: Arc<Semaphore>,
+    dead_letters: Option<DeadLetters>,
 }
 
-/// Starts the route carrying `tenant`'s indexed events to `backend`.
+/// Starts the route carrying `tenant`'s indexed events over `tiers`. Batching,
+/// queue size, requests in flight and retry backoff are the settings of `cfg`,
+/// the route's preferred backend.
 pub fn spawn_route(
     tenant: &str,
     upstream_key: Option<String>,
-    backend: Arc<Backend>,
+    tiers: Vec<Vec<Member>>,
     cfg: &BackendConfig,
+    dead_letters: Option<DeadLetters>,
     drain: CancellationToken,
 ) -> (RouteHandle, JoinHandle<()>) {
     let budget = Budget::new(
@@ -58,12 +80,13 @@ pub fn spawn_route(
     let settings = Arc::new(RouteSettings {
         tenant: tenant.to_string(),
         upstream_key,
-        backend,
+        tiers,
         max_events: cfg.batch.max_events,
         max_bytes: cfg.batch.max_bytes.as_usize(),
         max_wait: cfg.batch.max_wait.0,
         retry: cfg.retry.clone(),
         in_flight: Arc::new(Semaphore::new(cfg.max_in_flight)),
+        dead_letters,
     });
     let handle = tokio::spawn(run_route(settings, rx, drain));
     (queue, handle)
@@ -83,7 +106,6 @@ async fn run_route(
     mut rx: mpsc::UnboundedReceiver<ForwardChunk>,
     drain: CancellationToken,
 ) {
-    let ndjson = s.backend.ndjson();
     let mut pending: Option<Pending> = None;
     let mut sends: Vec<JoinHandle<()>> = Vec::new();
     let mut draining = false;
@@ -93,7 +115,7 @@ async fn run_route(
             c = rx.recv() => c,
             _ = async { sleep_until(deadline.unwrap()).await }, if deadline.is_some() => {
                 if let Some(p) = pending.take() {
-                    sends.push(dispatch(&s, p, ndjson));
+                    sends.push(dispatch(&s, p));
                 }
                 continue;
             }
@@ -112,7 +134,7 @@ async fn run_route(
                 if p.events + 1 > s.max_events
                     || (p.events > 0 && p.body.len() + line.len() + 2 > s.max_bytes)
                 {
-                    sends.push(dispatch(&s, pending.take().unwrap(), ndjson));
+                    sends.push(dispatch(&s, pending.take().unwrap()));
                 }
             }
             let p = pending.get_or_insert_with(|| Pending {
@@ -122,13 +144,9 @@ async fn run_route(
                 holds: Vec::new(),
                 deadline: Instant::now() + s.max_wait,
             });
-            if !ndjson {
-                p.body.push(if p.events == 0 { b'[' } else { b',' });
-            }
+            // NDJSON whatever the backend: each backend frames it its own way when sent.
             p.body.extend_from_slice(line);
-            if ndjson {
-                p.body.push(b'\n');
-            }
+            p.body.push(b'\n');
             p.events += 1;
             if !p.holds.last().is_some_and(|h| Arc::ptr_eq(h, &hold)) {
                 p.holds.push(hold.clone());
@@ -137,51 +155,115 @@ async fn run_route(
         sends.retain(|h| !h.is_finished());
     }
     if let Some(p) = pending.take() {
-        sends.push(dispatch(&s, p, ndjson));
+        sends.push(dispatch(&s, p));
     }
     for h in sends {
         let _ = h.await;
     }
 }
 
-/// Sends the batch in its own task: compress first (off the async workers),
-/// then wait for an in-flight slot, so a slot covers only the HTTP exchange.
-fn dispatch(s: &Arc<RouteSettings>, mut p: Pending, ndjson: bool) -> JoinHandle<()> {
-    if !ndjson {
-        p.body.push(b']');
-    }
+/// Sends the batch in its own task, holding its memory reservation until it is delivered.
+fn dispatch(s: &Arc<RouteSettings>, p: Pending) -> JoinHandle<()> {
     let s = s.clone();
     tokio::spawn(async move {
-        let raw_len = p.body.len();
-        let events = p.events;
-        let backend = s.backend.clone();
-        let body = tokio::task::spawn_blocking(move || backend.encode(p.body))
-            .await
-            .expect("compression does not panic");
+        deliver(&s, p.body, p.events).await;
+        drop(p.holds);
+    })
+}
+
+impl RouteSettings {
+    /// The first tier with a backend not yet tried in this round (an available
+    /// one, or with `any`, ejected or down ones too), and a backend of it,
+    /// chosen by weight.
+    fn pick(&self, tried: &[(usize, usize)], any: bool) -> Option<(usize, usize)> {
+        for (ti, tier) in self.tiers.iter().enumerate() {
+            let open: Vec<usize> = (0..tier.len())
+                .filter(|mi| !tried.contains(&(ti, *mi)) && (any || tier[*mi].health.available()))
+                .collect();
+            let total: u64 = open.iter().map(|&mi| tier[mi].weight as u64).sum();
+            if total == 0 {
+                continue;
+            }
+            let mut r = rand::random_range(0..total);
+            for &mi in &open {
+                let w = tier[mi].weight as u64;
+                if r < w {
+                    return Some((ti, mi));
+                }
+                r -= w;
+            }
+        }
+        None
+    }
+}
+
+/// Delivers one NDJSON batch: to the preferred available backend, failing over
+/// on retryable errors, backing off when every backend has failed, waiting
+/// while none is available. Gives up only on `retry.max_retries`.
+async fn deliver(s: &RouteSettings, ndjson: Vec<u8>, events: usize) {
+    let raw_len = ndjson.len();
+    let ndjson = Arc::new(ndjson);
+    let mut attempt = 0u32;
+    let mut tried: Vec<(usize, usize)> = Vec::new();
+    let mut failed_on: Option<Arc<BackendHealth>> = None;
+    // The longest Retry-After a backend answered in this round.
+    let mut round_retry_after: Option<Duration> = None;
+    // Bodies already framed and compressed, by backend (a retry on the same backend reuses it).
+    let mut encoded: Vec<((usize, usize), Bytes)> = Vec::new();
+    loop {
+        // Ejected and down backends are skipped while another one is left to
+        // try; with none left they are tried too, before backing off: health
+        // decides where batches go first, never whether they are delivered.
+        let Some((ti, mi)) = s.pick(&tried, false).or_else(|| s.pick(&tried, true)) else {
+            // Every backend failed this round: back off, then start over from the preferred tier.
+            let wait = retry::backoff(
+                attempt,
+                s.retry.initial_backoff.0,
+                s.retry.max_backoff.0,
+                round_retry_after.take(),
+            );
+            tokio::time::sleep(wait).await;
+            tried.clear();
+            continue;
+        };
+        let m = &s.tiers[ti][mi];
+        let name = m.backend.name();
+        if let Some(from) = failed_on.take() {
+            if from.name != name {
+                from.record_failover();
+                METRICS
+                    .backend_failovers
+                    .with_label_values(&[&s.tenant, &from.name, name])
+                    .inc();
+                tracing::warn!(tenant = %s.tenant, from = %from.name, to = name, events, "batch failing over to another backend");
+            }
+        }
+        let body = match encoded.iter().find(|(k, _)| *k == (ti, mi)) {
+            Some((_, b)) => b.clone(),
+            None => {
+                let (backend, raw) = (m.backend.clone(), ndjson.clone());
+                // Framing and compression are CPU work: off the async workers.
+                let b = tokio::task::spawn_blocking(move || {
+                    backend.encode(backend.frame(raw.to_vec()))
+                })
+                .await
+                .expect("compression does not panic");
+                encoded.push(((ti, mi), b.clone()));
+                b
+            }
+        };
         let permit = s
             .in_flight
             .clone()
             .acquire_owned()
             .await
             .expect("semaphore never closed");
-        let name = s.backend.name().to_string();
-        let gauge = METRICS.inflight_batches.with_label_values(&[&name]);
+        let gauge = METRICS.inflight_batches.with_label_values(&[name]);
         gauge.inc();
-        deliver(&s, &name, body, events, raw_len).await;
-        gauge.dec();
-        drop(p.holds);
-        drop(permit);
-    })
-}
-
-async fn deliver(s: &RouteSettings, backend: &str, body: Bytes, events: usize, raw_len: usize) {
-    let mut attempt = 0u32;
-    loop {
         let started = std::time::Instant::now();
-        let result = s
-            .backend
-            .send(body.clone(), s.upstream_key.as_deref())
-            .await;
+        let result = m.backend.send(body, s.upstream_key.as_deref()).await;
+        gauge.dec();
+        drop(permit);
         let outcome = match &result {
             Ok(()) => "ok",
             Err(e) if e.retryable => "retryable_error",
@@ -189,56 +271,94 @@ async fn deliver(s: &RouteSettings, backend: &str, body: Bytes, events: usize, r
         };
         METRICS
             .backend_latency
-            .with_label_values(&[backend, outcome])
+            .with_label_values(&[name, outcome])
             .observe(started.elapsed().as_secs_f64());
         METRICS
             .backend_requests
-            .with_label_values(&[backend, outcome])
+            .with_label_values(&[name, outcome])
             .inc();
         match result {
             Ok(()) => {
+                m.health.record_success();
                 METRICS
                     .forwarded_events
-                    .with_label_values(&[&s.tenant, backend])
+                    .with_label_values(&[&s.tenant, name])
                     .inc_by(events as u64);
                 METRICS
                     .forwarded_bytes
-                    .with_label_values(&[&s.tenant, backend])
+                    .with_label_values(&[&s.tenant, name])
                     .inc_by(raw_len as u64);
                 return;
             }
             Err(e) if !e.retryable => {
+                // The backend is up; it refused this batch's content.
+                m.health.record_success();
                 let status = e
                     .status
                     .map(|c| c.as_u16().to_string())
                     .unwrap_or_else(|| "none".into());
-                METRICS
-                    .backend_dropped_events
-                    .with_label_values(&[&s.tenant, backend, &status])
-                    .inc_by(events as u64);
-                tracing::error!(tenant = %s.tenant, backend, events, error = %e.message, "backend refused a batch; not retrying it");
+                dead_letter(s, name, &status, &ndjson, events, &e.message).await;
                 return;
             }
             Err(e) => {
-                if s.retry.max_retries.is_some_and(|m| attempt >= m) {
+                m.health.record_failure(&e.message);
+                METRICS.backend_retries.with_label_values(&[name]).inc();
+                if s.retry.max_retries.is_some_and(|max| attempt >= max) {
                     METRICS
                         .backend_dropped_events
-                        .with_label_values(&[&s.tenant, backend, "retries_exhausted"])
+                        .with_label_values(&[&s.tenant, name, "retries_exhausted"])
                         .inc_by(events as u64);
-                    tracing::error!(tenant = %s.tenant, backend, events, attempts = attempt + 1, error = %e.message, "giving up on a batch after its last retry");
+                    tracing::error!(tenant = %s.tenant, backend = name, events, attempts = attempt + 1, error = %e.message, "giving up on a batch after its last retry");
                     return;
                 }
-                let wait = retry::backoff(
-                    attempt,
-                    s.retry.initial_backoff.0,
-                    s.retry.max_backoff.0,
-                    e.retry_after,
-                );
-                tracing::warn!(tenant = %s.tenant, backend, attempt, retry_in = ?wait, error = %e.message, "backend send failed; will retry");
-                METRICS.backend_retries.with_label_values(&[backend]).inc();
-                tokio::time::sleep(wait).await;
+                tracing::warn!(tenant = %s.tenant, backend = name, attempt, error = %e.message, "backend send failed; trying the next backend or again");
+                round_retry_after = round_retry_after.max(e.retry_after);
+                tried.push((ti, mi));
+                failed_on = Some(m.health.clone());
                 attempt += 1;
             }
         }
     }
+}
+
+/// Keeps a refused batch in the tenant's archive (`dead-letter/<tenant>/`), or counts it dropped without one.
+async fn dead_letter(
+    s: &RouteSettings,
+    backend: &str,
+    status: &str,
+    ndjson: &[u8],
+    events: usize,
+    why: &str,
+) {
+    let Some(dl) = &s.dead_letters else {
+        METRICS
+            .backend_dropped_events
+            .with_label_values(&[&s.tenant, backend, status])
+            .inc_by(events as u64);
+        tracing::error!(tenant = %s.tenant, backend, status, events, error = %why, "backend refused a batch; no archive to dead-letter it to, dropped");
+        return;
+    };
+    let mut wait = Duration::from_millis(100);
+    for _ in 0..5 {
+        match dl.write(backend, status, ndjson).await {
+            Ok(path) => {
+                METRICS
+                    .dead_lettered_events
+                    .with_label_values(&[&s.tenant, backend, status])
+                    .inc_by(events as u64);
+                tracing::error!(tenant = %s.tenant, backend, status, events, object = %path, error = %why, "backend refused a batch as malformed; dead-lettered to the archive, not retried");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(tenant = %s.tenant, backend, error = %e, "dead-letter write failed; retrying");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+        }
+    }
+    METRICS
+        .backend_dropped_events
+        .with_label_values(&[&s.tenant, backend, status])
+        .inc_by(events as u64);
+    tracing::error!(tenant = %s.tenant, backend, status, events, "backend refused a batch and the dead-letter write failed; dropped");
 }
