@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 (cd sdk && cargo test)
 (cd plugins && cargo test && cargo build --release --target wasm32-wasip1)
 
+# The failover tests run weir-blackhole (tests/loadgen) as backends to kill.
+cargo build --locked -p weir-loadgen --bins
 cargo test --workspace --locked
 cargo build --locked -p weir
 WEIR_BIN="$PWD/target/debug/weir" python3 -m pytest tests/python -q

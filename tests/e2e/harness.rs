@@ -422,3 +422,82 @@ tenants:
 "#
     )
 }
+
+/// A `weir-blackhole` process (tests/loadgen): a backend that can be killed for
+/// real. It records each accepted event's message to `record` before answering.
+pub struct Blackhole {
+    pub child: Child,
+    pub port: u16,
+    pub record: PathBuf,
+}
+
+impl Blackhole {
+    /// Starts one on `port` (0: a free one); `answer`: `Some("hang")`, `Some("400")`, ...
+    pub async fn start(port: u16, record: &Path, answer: Option<&str>) -> Blackhole {
+        let bin = Path::new(env!("CARGO_BIN_EXE_weir")).with_file_name("weir-blackhole");
+        assert!(
+            bin.exists(),
+            "{} is missing: build it first with `cargo build -p weir-loadgen --bins` (tests/run.sh does)",
+            bin.display()
+        );
+        let port = if port == 0 { free_port() } else { port };
+        let mut cmd = Command::new(&bin);
+        cmd.args([
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "--record",
+            record.to_str().unwrap(),
+        ]);
+        if let Some(a) = answer {
+            cmd.args(["--answer", a]);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning weir-blackhole");
+        let b = Blackhole {
+            child,
+            port,
+            record: record.to_path_buf(),
+        };
+        let start = Instant::now();
+        while get(&format!("http://127.0.0.1:{port}/stats"))
+            .await
+            .is_err()
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "weir-blackhole did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        b
+    }
+
+    /// SIGKILL: no goodbye, connections reset.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The messages it has acknowledged so far (one per event, duplicates included).
+    pub fn received(&self) -> Vec<String> {
+        received(&self.record)
+    }
+}
+
+/// The messages a blackhole recorded in `record`.
+pub fn received(record: &Path) -> Vec<String> {
+    std::fs::read_to_string(record)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

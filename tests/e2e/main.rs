@@ -4,6 +4,7 @@ mod harness;
 
 mod cli;
 mod delivery;
+mod failover;
 mod intake;
 mod limits;
 mod plugins;

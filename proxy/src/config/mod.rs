@@ -1021,6 +1021,12 @@ impl Config {
                         "interval and timeout must be above 0".into(),
                     ));
                 }
+                if http::Method::from_bytes(h.method.as_bytes()).is_err() {
+                    return Err((
+                        format!("{at}.health_check.method"),
+                        format!("{:?} is not an HTTP method", h.method),
+                    ));
+                }
                 if h.kind == HealthCheckType::Http && !h.path.starts_with('/') {
                     return Err((
                         format!("{at}.health_check.path"),
@@ -1172,6 +1178,81 @@ mod tests {
 
     fn base() -> String {
         "listeners:\n  - name: intake\n    address: 127.0.0.1:0\n    protocol: http\narchive:\n  store: {type: local, root: /tmp/x}\nbackends:\n  - name: out\n    type: file\n    path: /tmp/out\ntenants:\n  - name: t\n    api_keys: [k]\n    backend: out\n".to_string()
+    }
+
+    /// Two http backends, regions eu (two tiers) and us, and a tenant line to fill in.
+    fn regions(tenant: &str) -> String {
+        format!("listeners: [{{name: i, address: \"127.0.0.1:0\", protocol: http}}]\narchive: {{store: {{type: local, root: /tmp/x}}}}\nbackends:\n  - {{name: a, type: http, url: \"http://a/\", weight: 3}}\n  - {{name: b, type: http, url: \"http://b/\", health_check: {{path: /health, interval: 1s}}}}\n  - {{name: c, type: http, url: \"http://c/\"}}\nregions:\n  - {{name: eu, tiers: [[a, b], [c]]}}\n  - {{name: us, tiers: [[c]]}}\ntenants:\n  - {{name: t, api_keys: [k], {tenant}}}\n")
+    }
+
+    #[test]
+    fn routing_errors_name_the_field_and_explain() {
+        let ok = Config::parse(&regions("region: eu, failover_regions: [us]"), "r.yaml").unwrap();
+        let tiers = ok.route_tiers(&ok.tenants[0]);
+        assert_eq!(
+            tiers,
+            vec![
+                ("eu".to_string(), vec!["a".to_string(), "b".to_string()]),
+                ("eu".to_string(), vec!["c".to_string()]),
+                ("us".to_string(), vec!["c".to_string()]),
+            ]
+        );
+        assert_eq!(ok.backends[0].weight, 3);
+        assert_eq!(
+            ok.backends[1]
+                .health_check
+                .as_ref()
+                .unwrap()
+                .healthy_threshold,
+            2
+        );
+        for (tenant, field, says) in [
+            (
+                "region: mars",
+                "tenants[0].region",
+                "no region named \"mars\"",
+            ),
+            ("region: eu, backend: a", "tenants[0].region", "not both"),
+            (
+                "api_keys: [k2]",
+                "tenants[0].backend",
+                "set backend (one backend) or region",
+            ),
+            (
+                "backend: a, failover_regions: [us]",
+                "tenants[0].failover_regions",
+                "need the tenant pinned to a region",
+            ),
+            (
+                "region: eu, failover_regions: [eu]",
+                "tenants[0].failover_regions[0]",
+                "already in the tenant's route",
+            ),
+            (
+                "region: eu, failover_regions: [asia]",
+                "tenants[0].failover_regions[0]",
+                "no region named \"asia\"",
+            ),
+        ] {
+            let text = regions(tenant).replace("api_keys: [k], api_keys: [k2]", "api_keys: [k2]");
+            let e = Config::parse(&text, "r.yaml").unwrap_err();
+            assert_eq!(e.field.as_deref(), Some(field), "{tenant}: {e}");
+            assert!(e.to_string().contains(says), "{tenant}: {e}");
+        }
+        let unknown = regions("region: eu").replace("[[a, b], [c]]", "[[a, z]]");
+        let e = Config::parse(&unknown, "r.yaml").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("regions[0].tiers[0][1]"));
+        assert!(e.to_string().contains("no backend named \"z\""), "{e}");
+        let twice = regions("region: eu").replace("[[a, b], [c]]", "[[a], [a]]");
+        assert!(Config::parse(&twice, "r.yaml")
+            .unwrap_err()
+            .to_string()
+            .contains("appears twice"));
+        let zero = regions("region: eu").replace("weight: 3", "weight: 0");
+        assert_eq!(
+            Config::parse(&zero, "r.yaml").unwrap_err().field.as_deref(),
+            Some("backends[0].weight")
+        );
     }
 
     #[test]

@@ -3,6 +3,11 @@
 //! answers 202 `{}`. It prints cumulative counts as one JSON line per second
 //! and serves them at GET /stats, so a benchmark can measure end-to-end
 //! throughput where the events come out.
+//!
+//! For failover tests it is also a backend to kill for real: `--record FILE`
+//! appends every accepted event's `message` to FILE before answering (so what
+//! it acknowledged survives a SIGKILL), and `--answer 400` or `--answer hang`
+//! makes it refuse every batch or never answer.
 use bytes::Bytes;
 use clap::Parser;
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
@@ -31,6 +36,19 @@ struct Args {
     /// Runtime worker threads (1: single-threaded, so it takes at most one core from what it measures).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Append each accepted event's `message` as a line to this file before answering.
+    #[arg(long)]
+    record: Option<std::path::PathBuf>,
+    /// Answer every POST with this status (e.g. 400 or 503), or `hang` to never answer.
+    #[arg(long)]
+    answer: Option<String>,
+}
+
+/// How POSTs are answered.
+#[derive(Clone)]
+struct Behaviour {
+    record: Option<Arc<std::sync::Mutex<std::fs::File>>>,
+    answer: Option<String>,
 }
 
 #[derive(Default)]
@@ -69,10 +87,23 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
     };
-    runtime.block_on(serve(args.addr))
+    let record = match &args.record {
+        Some(p) => Some(Arc::new(std::sync::Mutex::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)?,
+        ))),
+        None => None,
+    };
+    let behaviour = Behaviour {
+        record,
+        answer: args.answer.clone(),
+    };
+    runtime.block_on(serve(args.addr, behaviour))
 }
 
-async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
+async fn serve(addr: SocketAddr, behaviour: Behaviour) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!(
         "{}",
@@ -92,8 +123,9 @@ async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
         };
         let _ = stream.set_nodelay(true);
         let counters = counters.clone();
+        let behaviour = behaviour.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(req, counters.clone()));
+            let svc = service_fn(move |req| handle(req, counters.clone(), behaviour.clone()));
             let _ = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(stream), svc)
@@ -124,6 +156,7 @@ async fn report(c: Arc<Counters>) {
 async fn handle(
     req: Request<Incoming>,
     c: Arc<Counters>,
+    b: Behaviour,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() == Method::GET && req.uri().path() == "/stats" {
         return Ok(reply(StatusCode::OK, c.json().to_string()));
@@ -155,8 +188,32 @@ async fn handle(
     };
     c.requests.fetch_add(1, Relaxed);
     c.wire_bytes.fetch_add(body.len() as u64, Relaxed);
+    match b.answer.as_deref() {
+        Some("hang") => std::future::pending::<()>().await,
+        Some(code) => {
+            let status = code
+                .parse::<u16>()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return Ok(reply(
+                status,
+                serde_json::json!({ "errors": [format!("weir-blackhole --answer {code}")] })
+                    .to_string(),
+            ));
+        }
+        None => {}
+    }
     match count(&body, encoding.as_deref(), ndjson) {
         Ok((events, plain)) => {
+            if let Some(file) = &b.record {
+                let lines = messages(&body, encoding.as_deref(), ndjson);
+                let mut f = file.lock().unwrap();
+                if let Err(e) = f.write_all(lines.as_bytes()) {
+                    eprintln!("weir-blackhole: --record write failed: {e}");
+                    return Ok(reply(StatusCode::INTERNAL_SERVER_ERROR, "{}".into()));
+                }
+            }
             c.events.fetch_add(events, Relaxed);
             c.bytes.fetch_add(plain, Relaxed);
             Ok(reply(StatusCode::ACCEPTED, "{}".into()))
@@ -180,6 +237,45 @@ fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
         http::HeaderValue::from_static("application/json"),
     );
     r
+}
+
+/// The `message` of each event of a body that `count` accepted, one per line.
+fn messages(body: &[u8], encoding: Option<&str>, ndjson: bool) -> String {
+    let plain = decompress(body, encoding).unwrap_or_default();
+    let events: Vec<serde_json::Value> = if ndjson {
+        plain
+            .split(|&b| b == b'\n')
+            .filter_map(|l| serde_json::from_slice(l).ok())
+            .collect()
+    } else {
+        match serde_json::from_slice::<serde_json::Value>(&plain) {
+            Ok(serde_json::Value::Array(a)) => a,
+            Ok(one) => vec![one],
+            Err(_) => Vec::new(),
+        }
+    };
+    let mut out = String::new();
+    for e in events {
+        out.push_str(e["message"].as_str().unwrap_or(""));
+        out.push('\n');
+    }
+    out
+}
+
+fn decompress(body: &[u8], encoding: Option<&str>) -> Result<Vec<u8>, String> {
+    Ok(match encoding {
+        None | Some("") | Some("identity") => body.to_vec(),
+        Some("gzip") | Some("x-gzip") => {
+            read_all(flate2::read::MultiGzDecoder::new(body), body.len(), "gzip")?
+        }
+        Some("zstd") => read_all(
+            zstd::stream::read::Decoder::new(body).map_err(|e| format!("zstd: {e}"))?,
+            body.len(),
+            "zstd",
+        )?,
+        Some("deflate") => read_all(flate2::read::ZlibDecoder::new(body), body.len(), "deflate")?,
+        Some(other) => return Err(format!("unsupported Content-Encoding {other:?}")),
+    })
 }
 
 /// Decompresses and parses a body; returns (events, decompressed bytes).

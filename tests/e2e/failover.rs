@@ -1,0 +1,300 @@
+//! Failover between backends with real processes: weir-blackhole backends
+//! killed with SIGKILL, one that never answers, and region pinning.
+use crate::harness::*;
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+const KEY: (&str, &str) = ("DD-API-KEY", "agent-key");
+
+fn batch(prefix: &str, n: usize) -> Vec<u8> {
+    let v: Vec<Value> = (0..n)
+        .map(|i| json!({"message": format!("{prefix}-{i}")}))
+        .collect();
+    serde_json::to_vec(&v).unwrap()
+}
+
+/// A backend entry for a blackhole: `http` NDJSON or `datadog` (JSON array), with quick detection.
+fn backend(name: &str, kind: &str, port: u16, extra: &str) -> String {
+    let target = match kind {
+        "datadog" => format!("endpoint: http://127.0.0.1:{port}"),
+        _ => format!("url: http://127.0.0.1:{port}/ingest\n    format: ndjson"),
+    };
+    format!(
+        "  - name: {name}\n    type: {kind}\n    {target}\n    request_timeout: 1s\n    batch: {{max_wait: 50ms, max_events: 100}}\n    retry: {{initial_backoff: 20ms, max_backoff: 200ms}}\n    passive: {{max_failures: 2, ejection: 1s, max_ejection: 2s}}\n{extra}"
+    )
+}
+
+fn weir_config(backends: &str, regions: &str, tenants: &str) -> String {
+    format!(
+        "data_dir: {{DIR}}/data
+listeners:
+  - {{name: intake, address: \"127.0.0.1:{{INTAKE}}\", protocol: http}}
+admin:
+  address: 127.0.0.1:{{ADMIN}}
+archive:
+  store: {{type: local, root: \"{{DIR}}/archive\"}}
+backends:
+{backends}regions:
+{regions}tenants:
+{tenants}"
+    )
+}
+
+async fn backends_report(weir: &Weir) -> HashMap<String, Value> {
+    let r = get(&format!("http://127.0.0.1:{}/backends", weir.admin))
+        .await
+        .unwrap()
+        .json();
+    r["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["backend"].as_str().unwrap().to_string(), b.clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_killed_under_load_fails_over_and_traffic_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut primary = Blackhole::start(0, &dir.path().join("primary.txt"), None).await;
+    let secondary = Blackhole::start(0, &dir.path().join("secondary.txt"), None).await;
+    let config = weir_config(
+        &(backend("primary", "http", primary.port, "")
+            + &backend("secondary", "datadog", secondary.port, "")),
+        "  - name: eu\n    tiers: [[primary], [secondary]]\n",
+        "  - {name: acme, api_keys: [agent-key], region: eu, upstream_api_key: up}\n",
+    );
+    let weir = Weir::start(&config).await;
+    let url = weir.url("/api/v2/logs");
+
+    // Steady load: 20 events per request; the primary is killed a third of the way in.
+    let mut acked: Vec<String> = Vec::new();
+    let mut refused = 0;
+    let mut killed_at = None;
+    let mut moved_after = None;
+    for r in 0..150 {
+        if let (Some(k), None) = (killed_at, moved_after) {
+            if !secondary.received().is_empty() {
+                moved_after = Some(Instant::now().duration_since(k));
+            }
+        }
+        if r == 50 {
+            primary.kill9();
+            killed_at = Some(Instant::now());
+        }
+        let prefix = format!("load{r}");
+        let resp = post(&url, &[KEY], batch(&prefix, 20)).await;
+        match resp.status {
+            202 => acked.extend((0..20).map(|i| format!("{prefix}-{i}"))),
+            503 => refused += 1,
+            s => panic!("unexpected {s}: {}", resp.text()),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Every acknowledged event reaches one of the two backends.
+    let want: HashSet<&String> = acked.iter().collect();
+    let got = eventually(
+        Duration::from_secs(30),
+        "every acked event delivered",
+        || {
+            let mut all = primary.received();
+            all.extend(secondary.received());
+            let set: HashSet<&String> = all.iter().collect();
+            want.iter().all(|m| set.contains(*m)).then_some(all)
+        },
+    )
+    .await;
+    let mut seen: HashMap<&String, usize> = HashMap::new();
+    for m in &got {
+        *seen.entry(m).or_default() += 1;
+    }
+    let duplicates: usize = seen.values().map(|n| n - 1).sum();
+    eprintln!(
+        "failover: {} events acked, {refused} requests refused (503), {} delivered, {duplicates} duplicates (batches in flight at the kill); first event on the secondary {:?} after the kill",
+        acked.len(),
+        got.len(),
+        moved_after
+    );
+    assert!(
+        duplicates <= 8 * 100,
+        "duplicates only from batches in flight at the kill: {duplicates}"
+    );
+    let on_secondary = secondary.received().len();
+    assert!(on_secondary > 0, "traffic moved to the secondary");
+
+    let report = backends_report(&weir).await;
+    assert!(
+        report["primary"]["ejections"].as_u64().unwrap() >= 1,
+        "{report:?}"
+    );
+    assert!(
+        report["primary"]["failovers_away"].as_u64().unwrap() >= 1,
+        "{report:?}"
+    );
+    assert!(
+        report["primary"]["last_error"].as_str().is_some(),
+        "{report:?}"
+    );
+    let m = weir.metrics().await;
+    assert!(
+        metric(
+            &m,
+            "weir_backend_failovers_total{from=\"primary\",tenant=\"acme\",to=\"secondary\"}"
+        ) >= 1.0,
+        "{m}"
+    );
+
+    // The primary comes back on its port: traffic returns to it once its ejection ends.
+    let port = primary.port;
+    let primary = Blackhole::start(port, &dir.path().join("primary-again.txt"), None).await;
+    let mut after: Vec<String> = Vec::new();
+    let start = Instant::now();
+    let mut r = 0;
+    while primary.received().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "traffic never returned to the primary; backends: {:?}",
+            backends_report(&weir).await
+        );
+        let prefix = format!("after{r}");
+        r += 1;
+        if post(&url, &[KEY], batch(&prefix, 5)).await.status == 202 {
+            after.extend((0..5).map(|i| format!("{prefix}-{i}")));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let secondary_before = secondary.received().len();
+    // Once back, new traffic goes to the primary, not the secondary.
+    for r in 0..10 {
+        let prefix = format!("back{r}");
+        assert_eq!(post(&url, &[KEY], batch(&prefix, 5)).await.status, 202);
+        after.extend((0..5).map(|i| format!("{prefix}-{i}")));
+    }
+    eventually(
+        Duration::from_secs(20),
+        "events after the return delivered",
+        || {
+            let mut all = primary.received();
+            all.extend(secondary.received());
+            let set: HashSet<String> = all.into_iter().collect();
+            after.iter().all(|m| set.contains(m)).then_some(())
+        },
+    )
+    .await;
+    let back_on_primary = primary
+        .received()
+        .iter()
+        .filter(|m| m.starts_with("back"))
+        .count();
+    assert_eq!(back_on_primary, 50, "traffic is back on the primary");
+    assert!(secondary.received().len() >= secondary_before);
+    assert_eq!(report_state(&weir, "primary").await, "up");
+}
+
+async fn report_state(weir: &Weir, backend: &str) -> String {
+    backends_report(weir).await[backend]["state"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_never_answers_is_treated_as_dead_without_stalling_intake() {
+    let dir = tempfile::tempdir().unwrap();
+    let hung = Blackhole::start(0, &dir.path().join("hung.txt"), Some("hang")).await;
+    let good = Blackhole::start(0, &dir.path().join("good.txt"), None).await;
+    let config = weir_config(
+        &(backend("hung", "http", hung.port, "") + &backend("good", "http", good.port, "")),
+        "  - name: eu\n    tiers: [[hung], [good]]\n",
+        "  - {name: acme, api_keys: [agent-key], region: eu}\n",
+    );
+    let weir = Weir::start(&config).await;
+    let mut acked = Vec::new();
+    for r in 0..30 {
+        let prefix = format!("h{r}");
+        let resp = post(&weir.url("/api/v2/logs"), &[KEY], batch(&prefix, 10)).await;
+        assert_eq!(
+            resp.status,
+            202,
+            "intake keeps taking requests: {}",
+            resp.text()
+        );
+        acked.extend((0..10).map(|i| format!("{prefix}-{i}")));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eventually(
+        Duration::from_secs(30),
+        "every event on the answering backend",
+        || {
+            let got: HashSet<String> = good.received().into_iter().collect();
+            acked.iter().all(|m| got.contains(m)).then_some(())
+        },
+    )
+    .await;
+    assert!(hung.received().is_empty());
+    let report = backends_report(&weir).await;
+    assert!(
+        report["hung"]["ejections"].as_u64().unwrap() >= 1,
+        "{report:?}"
+    );
+    let err = report["hung"]["last_error"].as_str().unwrap_or("");
+    assert!(err.contains("no answer within 1s"), "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_pinned_tenant_crosses_only_into_regions_it_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let us = Blackhole::start(0, &dir.path().join("us.txt"), None).await;
+    // Every EU backend is down: nothing listens on its port.
+    let eu_port = free_port();
+    let config = weir_config(
+        &(backend("eu1", "http", eu_port, "    max_queued_bytes: 64KiB\n")
+            + &backend("us1", "http", us.port, "")),
+        "  - name: eu\n    tiers: [[eu1]]\n  - name: us\n    tiers: [[us1]]\n",
+        "  - {name: eu-only, api_keys: [agent-key], region: eu}\n  - {name: eu-flex, api_keys: [flex-key], region: eu, failover_regions: [us]}\n",
+    ) + "limits: {max_body_bytes: 64KiB, max_decompressed_bytes: 64KiB}\n";
+    let weir = Weir::start(&config).await;
+    let url = weir.url("/api/v2/logs");
+    // eu-flex fails over to the US.
+    let mut flex = Vec::new();
+    for r in 0..5 {
+        let prefix = format!("flex{r}");
+        assert_eq!(
+            post(&url, &[("DD-API-KEY", "flex-key")], batch(&prefix, 10))
+                .await
+                .status,
+            202
+        );
+        flex.extend((0..10).map(|i| format!("{prefix}-{i}")));
+    }
+    eventually(
+        Duration::from_secs(20),
+        "eu-flex's events in the US",
+        || {
+            let got: HashSet<String> = us.received().into_iter().collect();
+            flex.iter().all(|m| got.contains(m)).then_some(())
+        },
+    )
+    .await;
+    // eu-only never reaches the US: its batches wait, its queue fills, intake answers 503.
+    let mut refused = false;
+    for r in 0..400 {
+        let resp = post(&url, &[KEY], batch(&format!("pinned{r}"), 50)).await;
+        if resp.status == 503 {
+            assert!(resp.text().contains("backend is behind"), "{}", resp.text());
+            refused = true;
+            break;
+        }
+        assert_eq!(resp.status, 202);
+    }
+    assert!(refused, "the pinned tenant is backpressured");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !us.received().iter().any(|m| m.starts_with("pinned")),
+        "an EU-pinned event reached the US backend"
+    );
+    let report = backends_report(&weir).await;
+    assert_eq!(report["us1"]["state"], "up", "{report:?}");
+    assert_ne!(report["eu1"]["state"], "up", "{report:?}");
+}
