@@ -361,10 +361,20 @@ tenants:
         return 0.0
 
     def archive_objects(self) -> list[Path]:
-        """Every file under the archive root, sorted."""
+        """Every file under the archive root but the dead letters, sorted."""
         if not self.archive_root.exists():
             return []
-        return sorted(p for p in self.archive_root.rglob("*") if p.is_file())
+        dead = self.archive_root / "dead-letter"
+        return sorted(p for p in self.archive_root.rglob("*") if p.is_file() and dead not in p.parents)
+
+    def dead_letters(self) -> list[tuple[str, dict]]:
+        """(object path under dead-letter/, event) for every batch a backend refused."""
+        dead = self.archive_root / "dead-letter"
+        out = []
+        for p in sorted(dead.rglob("*.ndjson.gz")) if dead.exists() else []:
+            for line in gzip.decompress(p.read_bytes()).decode("utf-8").splitlines():
+                out.append((p.relative_to(dead).as_posix(), json.loads(line)))
+        return out
 
     def read_archive(self, strict: bool = True) -> list[tuple[str, dict]]:
         """(object path relative to the archive root, event) for every archived event.

@@ -234,16 +234,16 @@ def test_backend_gets_the_tenants_upstream_key_never_the_agents(weir, datadog_ba
 
 def test_wrong_upstream_key_is_refused_by_backend_not_retried(tmp_path, datadog_backend, logs_api):
     """A tenant whose upstream key the backend refuses (403): weir sends that
-    key (not the agent's), drops the batch after the refusal, still archives the
-    events, and shuts down cleanly."""
+    key (not the agent's), does not retry the refused batch but dead-letters it to
+    the archive, still archives the events, and shuts down cleanly."""
     w = WeirProcess(tmp_path, datadog_backend.url, upstream_api_key="revoked-upstream-key").start()
     try:
         run = uuid.uuid4().hex
         sent = make_logs(run, 0, 2)
         assert submit(logs_api(w.intake_url, AGENT_API_KEY), sent, ContentEncoding.GZIP)[1] == 202
         wait_for(lambda: datadog_backend.requests, "a request at the backend", diagnostics=w.log)
-        wait_for(lambda: w.metric("weir_backend_dropped_events_total", tenant="acme", backend="datadog", status="403") == len(sent),
-                 "weir to count the refused batch as dropped", diagnostics=lambda: w.metrics() + w.log())
+        wait_for(lambda: w.metric("weir_dead_lettered_events_total", tenant="acme", backend="datadog", status="403") == len(sent),
+                 "weir to dead-letter the refused batch", diagnostics=lambda: w.metrics() + w.log())
         assert w.metric("weir_backend_retries_total", backend="datadog") == 0
     finally:
         code = w.stop()
@@ -252,6 +252,9 @@ def test_wrong_upstream_key_is_refused_by_backend_not_retried(tmp_path, datadog_
     assert all(r.status == 403 and r.api_key == "revoked-upstream-key" for r in datadog_backend.requests), datadog_backend.summary()
     assert datadog_backend.logs == []
     assert sorted(by_seq(w.archived_events(), run)) == [0, 1]
+    letters = w.dead_letters()
+    assert sorted(by_seq([e for _, e in letters], run)) == [0, 1]
+    assert all(path.startswith("acme/dt=") and path.endswith("-datadog-403.ndjson.gz") for path, _ in letters), letters
 
 
 # Doubles that Rust's serde_json parsed one ULP off before weir enabled its
