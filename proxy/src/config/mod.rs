@@ -251,8 +251,18 @@ pub struct BackendConfig {
     pub name: String,
     #[serde(rename = "type")]
     pub kind: BackendType,
-    /// `datadog`: the intake base URL; events go to `<endpoint>/api/v2/logs`.
+    /// The service's base URL (`datadog`, `elasticsearch`, `splunk_hec`, `otlp`, `loki`).
     pub endpoint: Option<String>,
+    /// `elasticsearch`: the index (default `weir-logs`; `%Y`, `%m`, `%d` take the event's UTC date);
+    /// `splunk_hec`: the index (default: the token's).
+    pub index: Option<String>,
+    /// `splunk_hec`: the HEC token (`${ENV}` works; never logged).
+    pub token: Option<Secret>,
+    /// `splunk_hec`: the sourcetype (default `_json`).
+    pub sourcetype: Option<String>,
+    /// `loki`: event fields that become stream labels, besides `tenant`.
+    #[serde(default = "default_loki_labels")]
+    pub labels: Vec<String>,
     /// `http`: the full URL events are POSTed to.
     pub url: Option<String>,
     /// `file`: where NDJSON lines are appended (`-` for stdout).
@@ -290,6 +300,10 @@ pub struct BackendConfig {
     /// Passive health: failed sends that eject the backend, and for how long.
     #[serde(default)]
     pub passive: PassiveHealthConfig,
+}
+
+fn default_loki_labels() -> Vec<String> {
+    vec!["service".into(), "source".into()]
 }
 
 fn default_weight() -> u32 {
@@ -398,6 +412,14 @@ pub enum BackendType {
     Datadog,
     /// Any HTTP endpoint taking a JSON array or NDJSON.
     Http,
+    /// Elasticsearch or OpenSearch: `<endpoint>/_bulk`, one `create` per event, per-item errors.
+    Elasticsearch,
+    /// Splunk HTTP Event Collector: `<endpoint>/services/collector/event` with the `token`.
+    SplunkHec,
+    /// OpenTelemetry OTLP/HTTP logs, protobuf: `<endpoint>/v1/logs`.
+    Otlp,
+    /// Grafana Loki push API (JSON): `<endpoint>/loki/api/v1/push`.
+    Loki,
     /// NDJSON appended to a local file: the local stand-in for a cloud backend.
     File,
 }
@@ -766,9 +788,9 @@ impl Config {
                 ));
             }
             let (field, url) = match b.kind {
-                BackendType::Datadog => ("endpoint", &b.endpoint),
                 BackendType::Http => ("url", &b.url),
                 BackendType::File => ("path", &None),
+                _ => ("endpoint", &b.endpoint),
             };
             let wrong = |f: &str| {
                 Err((
@@ -805,14 +827,41 @@ impl Config {
                     return wrong("path");
                 }
             }
-            if b.kind != BackendType::Datadog && b.endpoint.is_some() {
+            if matches!(b.kind, BackendType::Http | BackendType::File) && b.endpoint.is_some() {
                 return wrong("endpoint");
             }
             if b.kind != BackendType::Http && b.url.is_some() {
                 return wrong("url");
             }
-            if b.kind != BackendType::Http && !b.headers.is_empty() {
+            if matches!(b.kind, BackendType::Datadog | BackendType::File) && !b.headers.is_empty() {
                 return wrong("headers");
+            }
+            if !matches!(b.kind, BackendType::Elasticsearch | BackendType::SplunkHec)
+                && b.index.is_some()
+            {
+                return wrong("index");
+            }
+            if b.kind != BackendType::SplunkHec && (b.token.is_some() || b.sourcetype.is_some()) {
+                return wrong(if b.token.is_some() {
+                    "token"
+                } else {
+                    "sourcetype"
+                });
+            }
+            if b.kind == BackendType::SplunkHec && b.token.is_none() {
+                return Err((
+                    format!("backends[{i}].token"),
+                    "a splunk_hec backend needs its HEC token".into(),
+                ));
+            }
+            if b.kind == BackendType::Loki {
+                if let Some(l) = b
+                    .labels
+                    .iter()
+                    .find(|l| !["service", "source", "host", "status"].contains(&l.as_str()))
+                {
+                    return Err((format!("backends[{i}].labels"), format!("{l:?}: labels can be service, source, host and status (tenant is always one)")));
+                }
             }
             let level_ok = match (b.compression, b.compression_level) {
                 (_, None) => true,

@@ -40,10 +40,35 @@ pub struct HttpBackend {
     headers: HeaderMap,
     codec: Codec,
     level: Option<i32>,
-    pub format: HttpFormat,
+    pub protocol: Protocol,
     timeout: Duration,
-    /// Datadog backends send each tenant's upstream key.
-    pub datadog: bool,
+}
+
+/// What an HTTP backend's requests carry (sink/format.rs writes the bodies).
+pub enum Protocol {
+    /// A JSON array, with each tenant's upstream key.
+    Datadog,
+    Http(HttpFormat),
+    Elasticsearch {
+        index: String,
+    },
+    SplunkHec {
+        index: Option<String>,
+        sourcetype: String,
+    },
+    Otlp,
+    Loki {
+        labels: Vec<String>,
+    },
+}
+
+/// What a backend did with a batch it answered with success: the lines (by
+/// index) it asks to have again, and those it refused for good, with status
+/// and reason. Only Elasticsearch's `_bulk` answers per line.
+#[derive(Debug, Default)]
+pub struct Sent {
+    pub retry: Vec<usize>,
+    pub rejected: Vec<(usize, u16, String)>,
 }
 
 pub struct FileBackend {
@@ -77,31 +102,65 @@ impl Backend {
                     file: Mutex::new(None),
                 }))
             }
-            BackendType::Datadog | BackendType::Http => {
-                let datadog = cfg.kind == BackendType::Datadog;
-                let uri: Uri = if datadog {
-                    format!(
-                        "{}/api/v2/logs",
-                        cfg.endpoint.as_deref().unwrap().trim_end_matches('/')
-                    )
-                    .parse()?
-                } else {
-                    cfg.url.as_deref().unwrap().parse()?
+            kind => {
+                let endpoint = || cfg.endpoint.as_deref().unwrap_or("").trim_end_matches('/');
+                let (protocol, uri, content_type) = match kind {
+                    BackendType::Datadog => (
+                        Protocol::Datadog,
+                        format!("{}/api/v2/logs", endpoint()),
+                        "application/json",
+                    ),
+                    BackendType::Elasticsearch => (
+                        Protocol::Elasticsearch {
+                            index: cfg.index.clone().unwrap_or_else(|| "weir-logs".into()),
+                        },
+                        format!("{}/_bulk", endpoint()),
+                        "application/x-ndjson",
+                    ),
+                    BackendType::SplunkHec => (
+                        Protocol::SplunkHec {
+                            index: cfg.index.clone(),
+                            sourcetype: cfg.sourcetype.clone().unwrap_or_else(|| "_json".into()),
+                        },
+                        format!("{}/services/collector/event", endpoint()),
+                        "application/json",
+                    ),
+                    BackendType::Otlp => (
+                        Protocol::Otlp,
+                        format!("{}/v1/logs", endpoint()),
+                        "application/x-protobuf",
+                    ),
+                    BackendType::Loki => (
+                        Protocol::Loki {
+                            labels: cfg.labels.clone(),
+                        },
+                        format!("{}/loki/api/v1/push", endpoint()),
+                        "application/json",
+                    ),
+                    _ => (
+                        Protocol::Http(cfg.format),
+                        cfg.url.clone().unwrap_or_default(),
+                        if cfg.format == HttpFormat::Ndjson {
+                            "application/x-ndjson"
+                        } else {
+                            "application/json"
+                        },
+                    ),
                 };
+                let uri: Uri = uri.parse()?;
                 let mut headers = HeaderMap::new();
-                let format = if datadog {
-                    HttpFormat::JsonArray
-                } else {
-                    cfg.format
-                };
-                headers.insert(
-                    CONTENT_TYPE,
-                    HeaderValue::from_static(if format == HttpFormat::Ndjson {
-                        "application/x-ndjson"
-                    } else {
-                        "application/json"
-                    }),
-                );
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+                if let Some(token) = &cfg.token {
+                    let mut v = HeaderValue::try_from(format!("Splunk {}", token.expose()))
+                        .map_err(|_| {
+                            anyhow::anyhow!(
+                                "backend {}: the token is not a valid header value",
+                                cfg.name
+                            )
+                        })?;
+                    v.set_sensitive(true);
+                    headers.insert(http::header::AUTHORIZATION, v);
+                }
                 headers.insert(
                     USER_AGENT,
                     HeaderValue::from_static(concat!("weir/", env!("CARGO_PKG_VERSION"))),
@@ -132,9 +191,8 @@ impl Backend {
                     headers,
                     codec: cfg.compression,
                     level: cfg.compression_level,
-                    format,
+                    protocol,
                     timeout: cfg.request_timeout.0,
-                    datadog,
                 }))
             }
         }
@@ -147,14 +205,6 @@ impl Backend {
         }
     }
 
-    /// The body shape batches for this backend are built in.
-    pub fn ndjson(&self) -> bool {
-        match self {
-            Backend::Http(b) => b.format == HttpFormat::Ndjson,
-            Backend::File(_) => true,
-        }
-    }
-
     /// Compresses a finished batch body the way this backend takes it (CPU work: run off the async workers).
     pub fn encode(&self, raw: Vec<u8>) -> Bytes {
         match self {
@@ -163,34 +213,55 @@ impl Backend {
         }
     }
 
-    pub async fn send(&self, body: Bytes, upstream_key: Option<&str>) -> Result<(), SendError> {
+    pub async fn send(&self, body: Bytes, upstream_key: Option<&str>) -> Result<Sent, SendError> {
         match self {
             Backend::Http(b) => b.send(body, upstream_key).await,
-            Backend::File(b) => b.send(body).await,
+            Backend::File(b) => b.send(body).await.map(|()| Sent::default()),
         }
     }
 
-    /// Puts an NDJSON batch into this backend's body shape (a JSON array joins the same lines with commas).
-    pub fn frame(&self, mut ndjson: Vec<u8>) -> Vec<u8> {
-        if self.ndjson() {
+    /// An NDJSON batch in this backend's wire format, for `tenant` (CPU work: run off the async workers).
+    pub fn body(&self, ndjson: Vec<u8>, tenant: &str) -> Vec<u8> {
+        let Backend::Http(b) = self else {
             return ndjson;
-        }
-        // Lines are compact JSON, so every newline byte is a separator.
-        if ndjson.last() == Some(&b'\n') {
-            ndjson.pop();
-        }
-        for b in ndjson.iter_mut() {
-            if *b == b'\n' {
-                *b = b',';
+        };
+        match &b.protocol {
+            Protocol::Http(HttpFormat::Ndjson) => ndjson,
+            Protocol::Datadog | Protocol::Http(HttpFormat::JsonArray) => json_array(ndjson),
+            Protocol::Elasticsearch { index } => {
+                super::format::elasticsearch_bulk(&super::format::events(&ndjson), index)
+            }
+            Protocol::SplunkHec { index, sourcetype } => super::format::splunk_hec(
+                &super::format::events(&ndjson),
+                index.as_deref(),
+                sourcetype,
+            ),
+            Protocol::Otlp => super::format::otlp_logs(&super::format::events(&ndjson)),
+            Protocol::Loki { labels } => {
+                super::format::loki_push(&super::format::events(&ndjson), tenant, labels)
             }
         }
-        let mut out = Vec::with_capacity(ndjson.len() + 2);
-        out.push(b'[');
-        out.extend_from_slice(&ndjson);
-        out.push(b']');
-        out
     }
+}
 
+/// The same lines as a JSON array: they are compact JSON, so every newline byte is a separator.
+fn json_array(mut ndjson: Vec<u8>) -> Vec<u8> {
+    if ndjson.last() == Some(&b'\n') {
+        ndjson.pop();
+    }
+    for b in ndjson.iter_mut() {
+        if *b == b'\n' {
+            *b = b',';
+        }
+    }
+    let mut out = Vec::with_capacity(ndjson.len() + 2);
+    out.push(b'[');
+    out.extend_from_slice(&ndjson);
+    out.push(b']');
+    out
+}
+
+impl Backend {
     /// One active health check (HTTP request or TCP connect to the backend's host).
     pub async fn probe(&self, cfg: &HealthCheckConfig) -> Result<(), String> {
         let Backend::Http(b) = self else {
@@ -293,14 +364,14 @@ fn http_client(
 }
 
 impl HttpBackend {
-    async fn send(&self, body: Bytes, upstream_key: Option<&str>) -> Result<(), SendError> {
+    async fn send(&self, body: Bytes, upstream_key: Option<&str>) -> Result<Sent, SendError> {
         let mut req = Request::builder()
             .method(Method::POST)
             .uri(self.uri.clone())
             .body(Full::new(body))
             .expect("valid request");
         *req.headers_mut() = self.headers.clone();
-        if let (true, Some(key)) = (self.datadog, upstream_key) {
+        if let (Protocol::Datadog, Some(key)) = (&self.protocol, upstream_key) {
             let mut v = HeaderValue::try_from(key).map_err(|_| SendError {
                 retryable: false,
                 status: None,
@@ -331,7 +402,7 @@ impl HttpBackend {
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
             if status.is_success() {
-                return Ok(());
+                return Ok(self.per_line(&body));
             }
             let retryable = status.is_server_error()
                 || status == StatusCode::REQUEST_TIMEOUT
@@ -356,7 +427,41 @@ impl HttpBackend {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+impl HttpBackend {
+    /// What a successful answer says about single lines: `_bulk` items that
+    /// failed (429 and 5xx to send again, the rest refused). An OTLP partial
+    /// success cannot name its rejected records: it is logged.
+    fn per_line(&self, answer: &[u8]) -> Sent {
+        match &self.protocol {
+            Protocol::Elasticsearch { .. } => match super::format::elasticsearch_failures(answer) {
+                Ok(failures) => {
+                    let mut sent = Sent::default();
+                    for (i, status, reason) in failures {
+                        if status == 429 || status >= 500 {
+                            sent.retry.push(i);
+                        } else {
+                            sent.rejected.push((i, status, reason));
+                        }
+                    }
+                    sent
+                }
+                Err(e) => {
+                    tracing::warn!(backend = %self.name, error = %e, "cannot read the _bulk answer; taking the batch as delivered");
+                    Sent::default()
+                }
+            },
+            Protocol::Otlp => {
+                if let Some((n, why)) = super::format::otlp_rejected(answer) {
+                    tracing::warn!(backend = %self.name, rejected = n, error = %why, "the OTLP receiver rejected part of a batch");
+                }
+                Sent::default()
+            }
+            _ => Sent::default(),
+        }
+    }
+}
+
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(inner) = cur {

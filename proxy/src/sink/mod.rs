@@ -10,6 +10,7 @@
 //! budget, and intake answers 503. A batch a backend refuses as malformed
 //! goes to the tenant archive's dead-letter prefix.
 pub mod backend;
+pub mod format;
 pub mod health;
 pub mod retry;
 
@@ -20,6 +21,7 @@ use crate::telemetry::METRICS;
 use backend::Backend;
 use bytes::Bytes;
 use health::BackendHealth;
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
@@ -200,9 +202,9 @@ impl RouteSettings {
 /// Delivers one NDJSON batch: to the preferred available backend, failing over
 /// on retryable errors, backing off when every backend has failed, waiting
 /// while none is available. Gives up only on `retry.max_retries`.
-async fn deliver(s: &RouteSettings, ndjson: Vec<u8>, events: usize) {
-    let raw_len = ndjson.len();
-    let ndjson = Arc::new(ndjson);
+async fn deliver(s: &RouteSettings, ndjson: Vec<u8>, mut events: usize) {
+    let mut raw_len = ndjson.len();
+    let mut ndjson = Arc::new(ndjson);
     let mut attempt = 0u32;
     let mut tried: Vec<(usize, usize)> = Vec::new();
     let mut failed_on: Option<Arc<BackendHealth>> = None;
@@ -241,10 +243,10 @@ async fn deliver(s: &RouteSettings, ndjson: Vec<u8>, events: usize) {
         let body = match encoded.iter().find(|(k, _)| *k == (ti, mi)) {
             Some((_, b)) => b.clone(),
             None => {
-                let (backend, raw) = (m.backend.clone(), ndjson.clone());
-                // Framing and compression are CPU work: off the async workers.
+                let (backend, raw, tenant) = (m.backend.clone(), ndjson.clone(), s.tenant.clone());
+                // The wire format and compression are CPU work: off the async workers.
                 let b = tokio::task::spawn_blocking(move || {
-                    backend.encode(backend.frame(raw.to_vec()))
+                    backend.encode(backend.body(raw.to_vec(), &tenant))
                 })
                 .await
                 .expect("compression does not panic");
@@ -265,7 +267,7 @@ async fn deliver(s: &RouteSettings, ndjson: Vec<u8>, events: usize) {
         gauge.dec();
         drop(permit);
         let outcome = match &result {
-            Ok(()) => "ok",
+            Ok(_) => "ok",
             Err(e) if e.retryable => "retryable_error",
             Err(_) => "rejected",
         };
@@ -278,17 +280,47 @@ async fn deliver(s: &RouteSettings, ndjson: Vec<u8>, events: usize) {
             .with_label_values(&[name, outcome])
             .inc();
         match result {
-            Ok(()) => {
+            Ok(sent) => {
                 m.health.record_success();
+                let done = events - sent.retry.len() - sent.rejected.len();
                 METRICS
                     .forwarded_events
                     .with_label_values(&[&s.tenant, name])
-                    .inc_by(events as u64);
+                    .inc_by(done as u64);
                 METRICS
                     .forwarded_bytes
                     .with_label_values(&[&s.tenant, name])
                     .inc_by(raw_len as u64);
-                return;
+                // Lines refused one by one: dead letters, grouped by status.
+                let mut by_status: BTreeMap<u16, (Vec<usize>, String)> = BTreeMap::new();
+                for (i, status, why) in sent.rejected {
+                    let e = by_status.entry(status).or_insert_with(|| (Vec::new(), why));
+                    e.0.push(i);
+                }
+                for (status, (lines, why)) in by_status {
+                    dead_letter(
+                        s,
+                        name,
+                        &status.to_string(),
+                        &select_lines(&ndjson, &lines),
+                        lines.len(),
+                        &why,
+                    )
+                    .await;
+                }
+                if sent.retry.is_empty() {
+                    return;
+                }
+                // Lines to send again: they become the batch, retried like a failed one.
+                tracing::warn!(tenant = %s.tenant, backend = name, lines = sent.retry.len(), "backend asked for part of a batch again");
+                ndjson = Arc::new(select_lines(&ndjson, &sent.retry));
+                events = sent.retry.len();
+                raw_len = ndjson.len();
+                encoded.clear();
+                METRICS.backend_retries.with_label_values(&[name]).inc();
+                tried.push((ti, mi));
+                failed_on = Some(m.health.clone());
+                attempt += 1;
             }
             Err(e) if !e.retryable => {
                 // The backend is up; it refused this batch's content.
@@ -319,6 +351,20 @@ async fn deliver(s: &RouteSettings, ndjson: Vec<u8>, events: usize) {
             }
         }
     }
+}
+
+/// The lines of an NDJSON batch at `indices` (ascending), as NDJSON.
+fn select_lines(ndjson: &[u8], indices: &[usize]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut want = indices.iter().peekable();
+    for (i, line) in ndjson.split(|&b| b == b'\n').enumerate() {
+        if want.peek() == Some(&&i) {
+            out.extend_from_slice(line);
+            out.push(b'\n');
+            want.next();
+        }
+    }
+    out
 }
 
 /// Keeps a refused batch in the tenant's archive (`dead-letter/<tenant>/`), or counts it dropped without one.
