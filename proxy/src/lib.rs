@@ -15,6 +15,7 @@ pub mod listen;
 pub mod pipeline;
 pub mod plugin;
 pub mod quota;
+pub mod reload;
 pub mod rules;
 pub mod sink;
 pub mod telemetry;
@@ -29,31 +30,18 @@ use tokio_util::sync::CancellationToken;
 
 /// Runs the proxy until SIGTERM or SIGINT, then drains: stops accepting,
 /// finishes open requests, sends queued batches and writes archive objects.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+///
+/// `path` is the file `config` came from (none: the embedded default); its
+/// routing is reloaded on SIGHUP, on change, and on `POST /admin/config/reload`.
+pub async fn run(config: Config, path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     let _ = std::fs::create_dir_all(&config.data_dir);
     let tenants = tenant::Tenants::from_config(&config);
     let drain = CancellationToken::new();
     let mut workers = Vec::new();
 
-    // One client and one health state per backend, shared by every route using it.
-    let mut backends = HashMap::new();
-    let mut healths = Vec::new();
-    for b in &config.backends {
-        let backend = Arc::new(sink::backend::Backend::from_config(b)?);
-        let health = sink::health::BackendHealth::new(&b.name, b.passive.clone());
-        if let Some(check) = &b.health_check {
-            sink::health::spawn_check(
-                health.clone(),
-                backend.clone(),
-                check.clone(),
-                drain.clone(),
-            );
-        }
-        healths.push(health.clone());
-        backends.insert(b.name.clone(), (backend, health, b.weight));
-    }
     let mut stores = HashMap::new();
-    let mut outputs = Vec::new();
+    let mut archives = Vec::new();
+    let mut all_dead_letters = Vec::new();
     for t in &config.tenants {
         let archive_cfg = t.archive.as_ref().unwrap_or(&config.archive);
         let archive = if archive_cfg.enabled {
@@ -75,37 +63,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             None
         };
         let (archive, dead_letters) = archive.unzip();
-        let route_tiers = config.route_tiers(t);
-        let tiers: Vec<Vec<sink::Member>> = route_tiers
-            .iter()
-            .map(|(_, tier)| {
-                tier.iter()
-                    .map(|name| {
-                        let (backend, health, weight) = &backends[name];
-                        sink::Member {
-                            backend: backend.clone(),
-                            health: health.clone(),
-                            weight: *weight,
-                        }
-                    })
-                    .collect()
-            })
-            .collect();
-        let preferred = config
-            .backend(&route_tiers[0].1[0])
-            .expect("validated: routes name defined backends");
-        let upstream = t.upstream_api_key.as_ref().map(|k| k.expose().to_string());
-        let (route, task) = sink::spawn_route(
-            &t.name,
-            upstream,
-            tiers,
-            preferred,
-            dead_letters,
-            drain.clone(),
-        );
-        workers.push(task);
-        outputs.push(TenantOutputs { archive, route });
+        archives.push(archive);
+        all_dead_letters.push(dead_letters);
     }
+    // Backends and one route per tenant: a generation a config reload replaces.
+    let router = sink::router::Router::start(&config, all_dead_letters, drain.clone())?;
+    let outputs: Vec<TenantOutputs> = archives
+        .into_iter()
+        .enumerate()
+        .map(|(i, archive)| TenantOutputs {
+            archive,
+            route: router.slot(i),
+        })
+        .collect();
+    let reloader = reload::ConfigReloader::new(path, &config, router.clone());
+    reloader.watch(drain.clone());
     // The stage chain, in data-flow order (DESIGN.md): rate limit, plugins, archive tee
     // marks, exclusion rules, daily quota. Rules and quotas are shared with the admin API.
     let names: Vec<String> = config.tenants.iter().map(|t| t.name.clone()).collect();
@@ -154,7 +126,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.data_dir.clone(),
         )?
         .with_plugins(plugins.clone())
-        .with_backends(healths),
+        .with_router(router.clone())
+        .with_reloader(reloader.clone()),
     );
     let mut stages: Vec<Box<dyn pipeline::Stage>> = vec![Box::new(rate)];
     if !plugins.is_empty() {
@@ -223,6 +196,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let _ = s.await;
     }
     drain.cancel();
+    // Every route, old generations still sending included.
+    workers.extend(router.tasks());
     if tokio::time::timeout_at(deadline, futures::future::join_all(workers))
         .await
         .is_err()

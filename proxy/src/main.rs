@@ -284,7 +284,8 @@ fn main() -> ExitCode {
             }
         }
         Command::Run { config } => {
-            let config = match load(&config) {
+            let config_path = config;
+            let config = match load(&config_path) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -296,7 +297,8 @@ fn main() -> ExitCode {
                 .enable_all()
                 .build()
                 .expect("building the tokio runtime");
-            match runtime.block_on(weir::run(config)) {
+            let path = config_path.clone();
+            match runtime.block_on(weir::run(config, path)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");

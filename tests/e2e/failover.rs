@@ -298,3 +298,124 @@ async fn a_region_pinned_tenant_crosses_only_into_regions_it_allows() {
     assert_eq!(report["us1"]["state"], "up", "{report:?}");
     assert_ne!(report["eu1"]["state"], "up", "{report:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_reload_under_load_swaps_routing_and_refuses_a_broken_file() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let a = Blackhole::start(0, &dir.path().join("a.txt"), None).await;
+    let b = Blackhole::start(0, &dir.path().join("b.txt"), None).await;
+    let config = weir_config(
+        &(backend("a", "http", a.port, "") + &backend("b", "datadog", b.port, "")),
+        "  - name: eu\n    tiers: [[a], [b]]\n",
+        "  - {name: acme, api_keys: [agent-key], backend: a, upstream_api_key: up}\n",
+    )
+    .replace(
+        "admin:\n  address: 127.0.0.1:{ADMIN}\n",
+        "admin:\n  address: 127.0.0.1:{ADMIN}\n  token: reload-token\n",
+    );
+    let weir = Weir::start(&config).await;
+    let running = std::fs::read_to_string(&weir.config_path).unwrap();
+
+    // Steady load for the whole test; every acknowledged event must arrive somewhere.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sender = {
+        let (stop, acked, url) = (stop.clone(), acked.clone(), weir.url("/api/v2/logs"));
+        tokio::spawn(async move {
+            let mut r = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let prefix = format!("rl{r}");
+                r += 1;
+                let resp = post(&url, &[KEY], batch(&prefix, 10)).await;
+                assert_eq!(resp.status, 202, "{}", resp.text());
+                acked
+                    .lock()
+                    .unwrap()
+                    .extend((0..10).map(|i| format!("{prefix}-{i}")));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    eventually(Duration::from_secs(10), "traffic on a", || {
+        (!a.received().is_empty()).then_some(())
+    })
+    .await;
+
+    // SIGHUP after moving the tenant to b.
+    std::fs::write(
+        &weir.config_path,
+        running.replace("backend: a,", "backend: b,"),
+    )
+    .unwrap();
+    unsafe { libc::kill(weir.child.id() as i32, libc::SIGHUP) };
+    eventually(Duration::from_secs(10), "traffic on b after SIGHUP", || {
+        (!b.received().is_empty()).then_some(())
+    })
+    .await;
+
+    // A broken file is refused, naming file, line and field; b keeps the traffic.
+    std::fs::write(
+        &weir.config_path,
+        running.replace("backend: a,", "backend: nope,"),
+    )
+    .unwrap();
+    let r = request(
+        http::Method::POST,
+        &format!("http://127.0.0.1:{}/admin/config/reload", weir.admin),
+        &[("Authorization", "Bearer reload-token")],
+        bytes::Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 422, "{}", r.text());
+    let err = r.error();
+    assert!(
+        err.contains("weir.yaml:")
+            && err.contains("tenants[0].backend")
+            && err.contains("no backend named \"nope\""),
+        "{err}"
+    );
+    let on_b = b.received().len();
+    eventually(Duration::from_secs(10), "traffic still on b", || {
+        (b.received().len() > on_b + 50).then_some(())
+    })
+    .await;
+
+    // The file watch (no signal) moves it back to a.
+    let on_a = a.received().len();
+    std::fs::write(&weir.config_path, &running).unwrap();
+    eventually(
+        Duration::from_secs(15),
+        "traffic back on a after the file changed",
+        || (a.received().len() > on_a + 50).then_some(()),
+    )
+    .await;
+
+    stop.store(true, Ordering::Relaxed);
+    sender.await.unwrap();
+    let acked = acked.lock().unwrap().clone();
+    let want: HashSet<&String> = acked.iter().collect();
+    eventually(
+        Duration::from_secs(20),
+        "every acked event delivered across the reloads",
+        || {
+            let mut all = a.received();
+            all.extend(b.received());
+            let got: HashSet<String> = all.into_iter().collect();
+            want.iter().all(|m| got.contains(*m)).then_some(())
+        },
+    )
+    .await;
+    let m = weir.metrics().await;
+    assert!(
+        metric(&m, "weir_config_reloads_total{outcome=\"reloaded\"}") >= 2.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "weir_config_reloads_total{outcome=\"refused\"}") >= 1.0,
+        "{m}"
+    );
+    assert!(weir.log().contains("config reloaded"), "{}", weir.log());
+}

@@ -25,7 +25,8 @@ pub struct Control {
     quotas: Arc<DailyQuotas>,
     state_dir: PathBuf,
     plugins: Option<Arc<Plugins>>,
-    backends: Vec<Arc<crate::sink::health::BackendHealth>>,
+    router: Option<Arc<crate::sink::router::Router>>,
+    reloader: Option<Arc<crate::reload::ConfigReloader>>,
     /// Serializes changes, so two admins never interleave read-modify-write.
     lock: Mutex<()>,
 }
@@ -76,7 +77,8 @@ impl Control {
             quotas,
             state_dir,
             plugins: None,
-            backends: Vec::new(),
+            router: None,
+            reloader: None,
             lock: Mutex::new(()),
         };
         let path = c.state_dir.join(OVERRIDES_FILE);
@@ -109,17 +111,39 @@ impl Control {
         self
     }
 
-    /// Every backend's health, for `GET /backends` and `weir backends`.
-    pub fn with_backends(
-        mut self,
-        backends: Vec<Arc<crate::sink::health::BackendHealth>>,
-    ) -> Control {
-        self.backends = backends;
+    /// The routing, for `GET /backends` (`weir backends`) and config reloads.
+    pub fn with_router(mut self, router: Arc<crate::sink::router::Router>) -> Control {
+        self.router = Some(router);
         self
     }
 
+    /// Config reloads, for `POST /admin/config/reload`.
+    pub fn with_reloader(mut self, reloader: Arc<crate::reload::ConfigReloader>) -> Control {
+        self.reloader = Some(reloader);
+        self
+    }
+
+    /// 200 with what was applied, or 422 with why nothing changed.
+    fn reload_config(&self) -> (StatusCode, Value) {
+        let Some(r) = &self.reloader else {
+            return (
+                StatusCode::NOT_FOUND,
+                json!({"errors": ["no config reloader"]}),
+            );
+        };
+        match crate::plugin::blocking(|| r.reload("POST /admin/config/reload")) {
+            Ok(v) => (StatusCode::OK, v),
+            Err(e) => (StatusCode::UNPROCESSABLE_ENTITY, json!({ "errors": [e] })),
+        }
+    }
+
     pub fn backend_reports(&self) -> Value {
-        let list: Vec<_> = self.backends.iter().map(|b| b.report()).collect();
+        let list: Vec<_> = self
+            .router
+            .iter()
+            .flat_map(|r| r.healths())
+            .map(|b| b.report())
+            .collect();
         json!({ "backends": list })
     }
 
@@ -226,6 +250,7 @@ impl Control {
             ("GET", ["rules"]) => Ok((StatusCode::OK, self.list_rules())),
             ("GET", ["quotas"]) => Ok((StatusCode::OK, json!({ "quotas": self.quotas.views() }))),
             ("POST", ["reload"]) => Ok(self.reload_plugins()),
+            ("POST", ["config", "reload"]) => Ok(self.reload_config()),
             ("POST", ["rules", scope]) => {
                 let rule: ExclusionRuleConfig = parse_body(body)?;
                 self.change_rules(scope, |rules| {

@@ -89,6 +89,7 @@ struct Writer {
 /// Batches a backend refused as malformed (a 4xx other than 408/429): kept in
 /// the tenant's archive store under `dead-letter/<tenant>/`, named after the
 /// backend and status, instead of being retried forever or lost.
+#[derive(Clone)]
 pub struct DeadLetters {
     tenant: String,
     store: Arc<dyn ObjectStore>,

@@ -9,7 +9,7 @@ pub mod workers;
 
 use crate::archive::{ArchiveChunk, ArchiveHandle};
 use crate::event::{Batch, Disposition};
-use crate::sink::{ForwardChunk, RouteHandle};
+use crate::sink::{ForwardChunk, RouteSlot};
 use bytes::Bytes;
 use http::StatusCode;
 use std::sync::Arc;
@@ -70,7 +70,7 @@ impl<S: Stage> Stage for Arc<S> {
 /// Where each tenant's events go after the stages: indexed by `Tenant::index`.
 pub struct TenantOutputs {
     pub archive: Option<ArchiveHandle>,
-    pub route: RouteHandle,
+    pub route: RouteSlot,
 }
 
 pub struct Chain {
@@ -164,9 +164,12 @@ impl Chain {
             ),
             _ => None,
         };
+        // One route for the whole batch (a config reload may swap it meanwhile):
+        // the reservation belongs to the route that gets the chunk.
+        let route = out.route.read().unwrap().clone();
         let route_res = if indexed > 0 {
             Some(
-                out.route
+                route
                     .reserve(lines.len())
                     .ok_or_else(|| busy("backend_backpressure", "the backend is behind"))?,
             )
@@ -185,7 +188,7 @@ impl Chain {
             .map_err(|_| busy("shutting_down", "the proxy is shutting down"))?;
         }
         if let Some(res) = route_res {
-            out.route
+            route
                 .send(ForwardChunk {
                     lines,
                     ranges: indexed_ranges,
@@ -271,7 +274,7 @@ mod tests {
             vec![Box::new(ByMessage)],
             vec![TenantOutputs {
                 archive: Some(archive),
-                route,
+                route: Arc::new(std::sync::RwLock::new(route)),
             }],
         );
         let meta = BatchMeta {

@@ -13,6 +13,7 @@ pub mod backend;
 pub mod format;
 pub mod health;
 pub mod retry;
+pub mod router;
 
 use crate::archive::DeadLetters;
 use crate::config::{BackendConfig, RetryConfig};
@@ -39,6 +40,9 @@ pub struct ForwardChunk {
 
 /// The intake side of one tenant's route.
 pub type RouteHandle = Queue<ForwardChunk>;
+
+/// A tenant's current route, replaced when a config reload changes routing.
+pub type RouteSlot = Arc<std::sync::RwLock<RouteHandle>>;
 
 /// A backend as one tier of a route sees it.
 #[derive(Clone)]

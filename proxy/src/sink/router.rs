@@ -1,0 +1,181 @@
+//! The routing of every tenant: backends (clients, health, active checks)
+//! and one route per tenant, as one generation that a config reload replaces.
+//!
+//! A reload builds the whole new generation first (any error: nothing
+//! changes), then swaps each tenant's route handle. The old routes then get
+//! no new batches; they send what they hold and end on their own, so no
+//! batch in flight is dropped. The old generation's health checks stop.
+use super::health::{spawn_check, BackendHealth};
+use super::{spawn_route, Member, RouteHandle, RouteSlot};
+use crate::archive::DeadLetters;
+use crate::config::Config;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub struct Router {
+    /// The current route of each tenant, by tenant index.
+    routes: Vec<RouteSlot>,
+    tenants: Vec<String>,
+    dead_letters: Vec<Option<DeadLetters>>,
+    drain: CancellationToken,
+    state: Mutex<State>,
+}
+
+struct State {
+    healths: Vec<Arc<BackendHealth>>,
+    /// Stops the current generation's health checks.
+    checks: CancellationToken,
+    /// Every route task ever started (old ones end once their batches are sent).
+    tasks: Vec<JoinHandle<()>>,
+}
+
+struct Generation {
+    routes: Vec<RouteHandle>,
+    tasks: Vec<JoinHandle<()>>,
+    healths: Vec<Arc<BackendHealth>>,
+    checks: CancellationToken,
+}
+
+fn generation(
+    config: &Config,
+    dead_letters: &[Option<DeadLetters>],
+    drain: &CancellationToken,
+) -> anyhow::Result<Generation> {
+    // One client and one health state per backend, shared by every route using it.
+    let checks = drain.child_token();
+    let mut backends = HashMap::new();
+    let mut healths = Vec::new();
+    for b in &config.backends {
+        let backend = Arc::new(super::backend::Backend::from_config(b)?);
+        let health = BackendHealth::new(&b.name, b.passive.clone());
+        healths.push(health.clone());
+        backends.insert(
+            b.name.clone(),
+            (backend, health, b.weight, b.health_check.clone()),
+        );
+    }
+    let mut routes = Vec::new();
+    let mut tasks = Vec::new();
+    for (i, t) in config.tenants.iter().enumerate() {
+        let route_tiers = config.route_tiers(t);
+        let tiers: Vec<Vec<Member>> = route_tiers
+            .iter()
+            .map(|(_, tier)| {
+                tier.iter()
+                    .map(|name| {
+                        let (backend, health, weight, _) = &backends[name];
+                        Member {
+                            backend: backend.clone(),
+                            health: health.clone(),
+                            weight: *weight,
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let preferred = config
+            .backend(&route_tiers[0].1[0])
+            .expect("validated: routes name defined backends");
+        let upstream = t.upstream_api_key.as_ref().map(|k| k.expose().to_string());
+        let (route, task) = spawn_route(
+            &t.name,
+            upstream,
+            tiers,
+            preferred,
+            dead_letters[i].clone(),
+            drain.clone(),
+        );
+        routes.push(route);
+        tasks.push(task);
+    }
+    // Checks only once everything is built (an error above leaves none running).
+    for (backend, health, _, check) in backends.into_values() {
+        if let Some(check) = check {
+            spawn_check(health, backend, check, checks.clone());
+        }
+    }
+    Ok(Generation {
+        routes,
+        tasks,
+        healths,
+        checks,
+    })
+}
+
+/// What a reload changed.
+#[derive(Debug)]
+pub struct Reloaded {
+    pub backends: usize,
+    pub regions: usize,
+}
+
+impl Router {
+    /// The first generation; `dead_letters` is per tenant index.
+    pub fn start(
+        config: &Config,
+        dead_letters: Vec<Option<DeadLetters>>,
+        drain: CancellationToken,
+    ) -> anyhow::Result<Arc<Router>> {
+        let g = generation(config, &dead_letters, &drain)?;
+        Ok(Arc::new(Router {
+            routes: g
+                .routes
+                .into_iter()
+                .map(|r| Arc::new(RwLock::new(r)))
+                .collect(),
+            tenants: config.tenants.iter().map(|t| t.name.clone()).collect(),
+            dead_letters,
+            drain,
+            state: Mutex::new(State {
+                healths: g.healths,
+                checks: g.checks,
+                tasks: g.tasks,
+            }),
+        }))
+    }
+
+    /// Where the tenant's current route is found (the archive tee reads it per batch).
+    pub fn slot(&self, tenant: usize) -> RouteSlot {
+        self.routes[tenant].clone()
+    }
+
+    pub fn healths(&self) -> Vec<Arc<BackendHealth>> {
+        self.state.lock().unwrap().healths.clone()
+    }
+
+    /// Swaps in the routing of `config` (already validated). Its tenants must
+    /// be the running ones, in the same order: adding or removing tenants
+    /// takes a restart.
+    pub fn reload(&self, config: &Config) -> Result<Reloaded, String> {
+        let names: Vec<String> = config.tenants.iter().map(|t| t.name.clone()).collect();
+        if names != self.tenants {
+            return Err(format!(
+                "the tenants changed (running {:?}, new file {names:?}); a reload changes routing only: restart weir to add, remove or rename tenants",
+                self.tenants
+            ));
+        }
+        let mut state = self.state.lock().unwrap();
+        let g =
+            generation(config, &self.dead_letters, &self.drain).map_err(|e| format!("{e:#}"))?;
+        for (slot, route) in self.routes.iter().zip(g.routes) {
+            // The old handle drops here: its route sends what it holds, then ends.
+            *slot.write().unwrap() = route;
+        }
+        state.checks.cancel();
+        state.checks = g.checks;
+        state.healths = g.healths;
+        state.tasks.retain(|t| !t.is_finished());
+        state.tasks.extend(g.tasks);
+        Ok(Reloaded {
+            backends: config.backends.len(),
+            regions: config.regions.len(),
+        })
+    }
+
+    /// The route tasks to wait for at shutdown (after the drain is cancelled).
+    pub fn tasks(&self) -> Vec<JoinHandle<()>> {
+        std::mem::take(&mut self.state.lock().unwrap().tasks)
+    }
+}
