@@ -93,21 +93,12 @@ impl Double {
 }
 
 fn weir_for(backend: &str) -> String {
-    format!(
-        "data_dir: {{DIR}}/data
-listeners:
-  - {{name: intake, address: \"127.0.0.1:{{INTAKE}}\", protocol: http}}
-admin:
-  address: 127.0.0.1:{{ADMIN}}
-archive:
-  store: {{type: local, root: \"{{DIR}}/archive\"}}
-backends:
-  - name: out
-{backend}    batch: {{max_wait: 50ms}}
-    retry: {{initial_backoff: 20ms, max_backoff: 200ms}}
-tenants:
-  - {{name: acme, api_keys: [agent-key], backend: out}}
-"
+    routed_config(
+        &format!(
+            "  - name: out\n{backend}    batch: {{max_wait: 50ms}}\n    retry: {{initial_backoff: 20ms, max_backoff: 200ms}}\n"
+        ),
+        "",
+        "  - {name: acme, api_keys: [agent-key], backend: out}\n",
     )
 }
 

@@ -25,22 +25,6 @@ fn backend(name: &str, kind: &str, port: u16, extra: &str) -> String {
     )
 }
 
-fn weir_config(backends: &str, regions: &str, tenants: &str) -> String {
-    format!(
-        "data_dir: {{DIR}}/data
-listeners:
-  - {{name: intake, address: \"127.0.0.1:{{INTAKE}}\", protocol: http}}
-admin:
-  address: 127.0.0.1:{{ADMIN}}
-archive:
-  store: {{type: local, root: \"{{DIR}}/archive\"}}
-backends:
-{backends}regions:
-{regions}tenants:
-{tenants}"
-    )
-}
-
 async fn backends_report(weir: &Weir) -> HashMap<String, Value> {
     let r = get(&format!("http://127.0.0.1:{}/backends", weir.admin))
         .await
@@ -59,7 +43,7 @@ async fn primary_killed_under_load_fails_over_and_traffic_returns() {
     let dir = tempfile::tempdir().unwrap();
     let mut primary = Blackhole::start(0, &dir.path().join("primary.txt"), None).await;
     let secondary = Blackhole::start(0, &dir.path().join("secondary.txt"), None).await;
-    let config = weir_config(
+    let config = routed_config(
         &(backend("primary", "http", primary.port, "")
             + &backend("secondary", "datadog", secondary.port, "")),
         "  - name: eu\n    tiers: [[primary], [secondary]]\n",
@@ -204,7 +188,7 @@ async fn a_backend_that_never_answers_is_treated_as_dead_without_stalling_intake
     let dir = tempfile::tempdir().unwrap();
     let hung = Blackhole::start(0, &dir.path().join("hung.txt"), Some("hang")).await;
     let good = Blackhole::start(0, &dir.path().join("good.txt"), None).await;
-    let config = weir_config(
+    let config = routed_config(
         &(backend("hung", "http", hung.port, "") + &backend("good", "http", good.port, "")),
         "  - name: eu\n    tiers: [[hung], [good]]\n",
         "  - {name: acme, api_keys: [agent-key], region: eu}\n",
@@ -248,7 +232,7 @@ async fn a_region_pinned_tenant_crosses_only_into_regions_it_allows() {
     let us = Blackhole::start(0, &dir.path().join("us.txt"), None).await;
     // Every EU backend is down: nothing listens on its port.
     let eu_port = free_port();
-    let config = weir_config(
+    let config = routed_config(
         &(backend("eu1", "http", eu_port, "    max_queued_bytes: 64KiB\n")
             + &backend("us1", "http", us.port, "")),
         "  - name: eu\n    tiers: [[eu1]]\n  - name: us\n    tiers: [[us1]]\n",
@@ -306,7 +290,7 @@ async fn config_reload_under_load_swaps_routing_and_refuses_a_broken_file() {
     let dir = tempfile::tempdir().unwrap();
     let a = Blackhole::start(0, &dir.path().join("a.txt"), None).await;
     let b = Blackhole::start(0, &dir.path().join("b.txt"), None).await;
-    let config = weir_config(
+    let config = routed_config(
         &(backend("a", "http", a.port, "") + &backend("b", "datadog", b.port, "")),
         "  - name: eu\n    tiers: [[a], [b]]\n",
         "  - {name: acme, api_keys: [agent-key], backend: a, upstream_api_key: up}\n",

@@ -501,3 +501,25 @@ impl Drop for Blackhole {
         self.kill9();
     }
 }
+
+/// A config with these `backends:` entries, `regions:` entries (may be empty)
+/// and `tenants:` entries, a local archive and an admin listener.
+pub fn routed_config(backends: &str, regions: &str, tenants: &str) -> String {
+    let regions = if regions.is_empty() {
+        String::new()
+    } else {
+        format!("regions:\n{regions}")
+    };
+    format!(
+        "data_dir: {{DIR}}/data
+listeners:
+  - {{name: intake, address: \"127.0.0.1:{{INTAKE}}\", protocol: http}}
+admin:
+  address: 127.0.0.1:{{ADMIN}}
+archive:
+  store: {{type: local, root: \"{{DIR}}/archive\"}}
+backends:
+{backends}{regions}tenants:
+{tenants}"
+    )
+}
