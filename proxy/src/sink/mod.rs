@@ -284,8 +284,14 @@ async fn deliver(s: &RouteSettings, ndjson: Vec<u8>, mut events: usize) {
             .with_label_values(&[name, outcome])
             .inc();
         match result {
-            Ok(sent) => {
+            Ok(mut sent) => {
                 m.health.record_success();
+                // Only items that name a line of this batch, once, in order.
+                sent.retry.retain(|&i| i < events);
+                sent.retry.dedup();
+                sent.rejected
+                    .retain(|(i, ..)| *i < events && !sent.retry.contains(i));
+                sent.rejected.dedup_by_key(|(i, ..)| *i);
                 let done = events - sent.retry.len() - sent.rejected.len();
                 METRICS
                     .forwarded_events

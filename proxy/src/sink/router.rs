@@ -165,6 +165,14 @@ impl Router {
         }
         state.checks.cancel();
         state.checks = g.checks;
+        // Backends the new config dropped stop being reported.
+        for old in &state.healths {
+            if !g.healths.iter().any(|h| h.name == old.name) {
+                let _ = crate::telemetry::METRICS
+                    .backend_up
+                    .remove_label_values(&[&old.name]);
+            }
+        }
         state.healths = g.healths;
         state.tasks.retain(|t| !t.is_finished());
         state.tasks.extend(g.tasks);
