@@ -78,7 +78,7 @@ impl Intake {
                 .insert(ALLOW, HeaderValue::from_static("POST"));
             return Ok(resp);
         }
-        match self.accept(protocol, req).await {
+        match self.clone().accept(protocol, req).await {
             Ok(()) => Ok(json_response(
                 StatusCode::ACCEPTED,
                 Bytes::from_static(b"{}"),
@@ -96,7 +96,11 @@ impl Intake {
         error_response(&r)
     }
 
-    async fn accept(&self, protocol: Protocol, req: Request<Incoming>) -> Result<(), Rejection> {
+    async fn accept(
+        self: Arc<Self>,
+        protocol: Protocol,
+        req: Request<Incoming>,
+    ) -> Result<(), Rejection> {
         let (parts, body) = req.into_parts();
         let tenant = self
             .tenants
@@ -161,6 +165,31 @@ impl Intake {
             }
             Ok(Ok(c)) => c.to_bytes(),
         };
+        let text = content_type(&parts.headers).is_some_and(|t| t == "text/plain");
+        let query = parts.uri.query().map(str::to_string);
+        // Decoding and the stages run where the tenant's batches belong: on the
+        // stage workers when a plugin may hold the CPU, so events are also
+        // allocated and freed on one thread; else right here.
+        let chain = self.chain.clone();
+        let index = tenant.index;
+        chain
+            .place(index, move || {
+                let _body_res = _body_res;
+                self.take(protocol, tenant, raw, encoding, text, query.as_deref())
+            })
+            .await
+    }
+
+    /// Decompresses and decodes a request body and runs its batch through the chain.
+    fn take(
+        &self,
+        protocol: Protocol,
+        tenant: Arc<crate::tenant::Tenant>,
+        raw: Bytes,
+        encoding: Encoding,
+        text: bool,
+        query: Option<&str>,
+    ) -> Result<(), Rejection> {
         let received_at_ms = chrono::Utc::now().timestamp_millis();
         let max_plain = self.limits.max_decompressed_bytes.as_usize();
         let plain = decompress(raw, encoding, max_plain)?;
@@ -178,7 +207,6 @@ impl Intake {
             max_log_bytes: self.limits.max_log_bytes.as_usize(),
             received_at_ms,
         };
-        let text = content_type(&parts.headers).is_some_and(|t| t == "text/plain");
         let events = match protocol {
             Protocol::Datadog if text => decode_lines(&plain, limits, false)?,
             Protocol::Datadog => decode_datadog_json(&plain, limits)?,
@@ -186,7 +214,7 @@ impl Intake {
         };
         let mut events = events;
         // Datadog's `ddtags` query parameter: tags for every log of the request.
-        let query_tags = query_param(parts.uri.query(), "ddtags")
+        let query_tags = query_param(query, "ddtags")
             .map(|t| split_tags(&t).collect::<Vec<_>>())
             .unwrap_or_default();
         if !query_tags.is_empty() {
@@ -205,7 +233,7 @@ impl Intake {
             },
             events,
         );
-        self.chain.run_async(batch).await?;
+        self.chain.run(batch)?;
         METRICS
             .received_events
             .with_label_values(&[&tenant.name, protocol.as_str()])

@@ -105,14 +105,17 @@ impl Chain {
         })
     }
 
-    /// [`Chain::run`], on a worker thread when a stage blocks on this tenant's
-    /// batches, else right here (the common case needs no thread hop).
-    pub async fn run_async(self: &Arc<Self>, batch: Batch) -> Result<Dispatched, Rejection> {
-        let tenant = batch.meta.tenant.index;
+    /// Runs `f` (a request's decoding and [`Chain::run`]) where `tenant`'s
+    /// batches belong: on a worker thread when a stage blocks on them, else
+    /// right here (the common case needs no thread hop).
+    pub async fn place<R: Send + 'static>(
+        &self,
+        tenant: usize,
+        f: impl FnOnce() -> Result<R, Rejection> + Send + 'static,
+    ) -> Result<R, Rejection> {
         match &self.workers {
             Some(w) if self.stages.iter().any(|s| s.blocks(tenant)) => {
-                let chain = self.clone();
-                w.run(move || chain.run(batch)).await.unwrap_or_else(|| {
+                w.run(f).await.unwrap_or_else(|| {
                     Err(Rejection::new(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "internal_error",
@@ -120,7 +123,7 @@ impl Chain {
                     ))
                 })
             }
-            _ => self.run(batch),
+            _ => f(),
         }
     }
 
