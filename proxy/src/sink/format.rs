@@ -112,7 +112,9 @@ pub fn splunk_hec(events: &[Event], index: Option<&str>, sourcetype: &str) -> Ve
 /// fields that are present), values `[nanoseconds, line]` in time order; the
 /// line is the event's JSON.
 pub fn loki_push(events: &[Event], tenant: &str, labels: &[String]) -> Vec<u8> {
-    let mut streams: BTreeMap<Vec<(String, String)>, Vec<(i64, String)>> = BTreeMap::new();
+    // Label set -> (timestamp, line) of each event with those labels.
+    type Streams = BTreeMap<Vec<(String, String)>, Vec<(i64, String)>>;
+    let mut streams: Streams = BTreeMap::new();
     for e in events {
         let mut set = vec![("tenant".to_string(), tenant.to_string())];
         for l in labels {

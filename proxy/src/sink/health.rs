@@ -138,7 +138,7 @@ impl BackendHealth {
             s.last_error = Some(e);
         }
         // The streak counts checks that disagree with the current state.
-        if ok == !s.check_down {
+        if ok != s.check_down {
             s.check_streak = 0;
             return;
         }
