@@ -224,6 +224,38 @@ async fn a_backend_that_never_answers_is_treated_as_dead_without_stalling_intake
     );
     let err = report["hung"]["last_error"].as_str().unwrap_or("");
     assert!(err.contains("no answer within 1s"), "{report:?}");
+    // The operator's view of the same: `weir backends`.
+    let admin = format!("http://127.0.0.1:{}", weir.admin);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["backends", "--admin", &admin])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.starts_with("BACKEND"), "{table}");
+    let hung_row = table
+        .lines()
+        .find(|l| l.starts_with("hung "))
+        .expect("a row for hung");
+    assert!(hung_row.contains("no answer within 1s"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("good ") && l.contains(" up ")),
+        "{table}"
+    );
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["backends", "--admin", "http://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "no admin listener there: exit 1 with the reason"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
