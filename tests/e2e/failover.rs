@@ -435,3 +435,38 @@ async fn config_reload_under_load_swaps_routing_and_refuses_a_broken_file() {
     );
     assert!(weir.log().contains("config reloaded"), "{}", weir.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_fits_the_smallest_batch_limit_of_the_backends_it_may_fail_over_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let failing = Blackhole::start(0, &dir.path().join("failing.txt"), Some("503")).await;
+    let small = Blackhole::start(0, &dir.path().join("small.txt"), None).await;
+    // The preferred backend takes 100 events a batch, the one behind it only 5.
+    let small_entry = format!(
+        "  - name: small\n    type: http\n    url: http://127.0.0.1:{}/ingest\n    format: ndjson\n    batch: {{max_wait: 50ms, max_events: 5}}\n",
+        small.port
+    );
+    let config = routed_config(
+        &(backend("failing", "http", failing.port, "") + &small_entry),
+        "  - name: eu\n    tiers: [[failing], [small]]\n",
+        "  - {name: acme, api_keys: [agent-key], region: eu}\n",
+    );
+    let weir = Weir::start(&config).await;
+    let resp = post(&weir.url("/api/v2/logs"), &[KEY], batch("fit", 200)).await;
+    assert_eq!(resp.status, 202, "{}", resp.text());
+    eventually(Duration::from_secs(20), "all 200 events on small", || {
+        (small.received().len() >= 200).then_some(())
+    })
+    .await;
+    let stats = get(&format!("http://127.0.0.1:{}/stats", small.port))
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(stats["events"], 200, "{stats}");
+    assert!(
+        stats["requests"].as_u64().unwrap() >= 40,
+        "no request to small held more than 5 events: {stats}"
+    );
+    let got: HashSet<String> = small.received().into_iter().collect();
+    assert_eq!(got.len(), 200);
+}

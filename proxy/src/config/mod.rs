@@ -372,7 +372,7 @@ fn default_threshold() -> u32 {
     2
 }
 
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PassiveHealthConfig {
     /// Consecutive failed sends (errors, timeouts, 5xx) that eject the backend.

@@ -270,6 +270,7 @@ mod tests {
             None,
             vec![vec![member]],
             &config.backends[0],
+            (1000, 1 << 20),
             None,
             drain.clone(),
         );

@@ -65,14 +65,17 @@ struct RouteSettings {
     dead_letters: Option<DeadLetters>,
 }
 
-/// Starts the route carrying `tenant`'s indexed events over `tiers`. Batching,
-/// queue size, requests in flight and retry backoff are the settings of `cfg`,
-/// the route's preferred backend.
+/// Starts the route carrying `tenant`'s indexed events over `tiers`. Queue
+/// size, batch wait, requests in flight and retry backoff are the settings of
+/// `cfg`, the route's preferred backend; a batch holds at most the fewest
+/// events and bytes any backend of the route takes (`batch_limits`), so it
+/// fits wherever it fails over to.
 pub fn spawn_route(
     tenant: &str,
     upstream_key: Option<String>,
     tiers: Vec<Vec<Member>>,
     cfg: &BackendConfig,
+    batch_limits: (usize, usize),
     dead_letters: Option<DeadLetters>,
     drain: CancellationToken,
 ) -> (RouteHandle, JoinHandle<()>) {
@@ -87,8 +90,8 @@ pub fn spawn_route(
         tenant: tenant.to_string(),
         upstream_key,
         tiers,
-        max_events: cfg.batch.max_events,
-        max_bytes: cfg.batch.max_bytes.as_usize(),
+        max_events: batch_limits.0,
+        max_bytes: batch_limits.1,
         max_wait: cfg.batch.max_wait.0,
         retry: cfg.retry.clone(),
         in_flight: Arc::new(Semaphore::new(cfg.max_in_flight)),

@@ -4,12 +4,16 @@
 //! A reload builds the whole new generation first (any error: nothing
 //! changes), then swaps each tenant's route handle. The old routes then get
 //! no new batches; they send what they hold and end on their own, so no
-//! batch in flight is dropped. The old generation's health checks stop.
+//! batch in flight is dropped. The old generation's health checks stop; a
+//! backend the reload left as it was (same type, address and passive
+//! settings) keeps its health, so a reload sends no traffic to a backend
+//! known to be down.
 use super::health::{spawn_check, BackendHealth};
 use super::{spawn_route, Member, RouteHandle, RouteSlot};
 use crate::archive::DeadLetters;
-use crate::config::Config;
+use crate::config::{BackendConfig, BackendType, Config, PassiveHealthConfig};
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +28,7 @@ pub struct Router {
 }
 
 struct State {
-    healths: Vec<Arc<BackendHealth>>,
+    healths: Vec<(Target, Arc<BackendHealth>)>,
     /// Stops the current generation's health checks.
     checks: CancellationToken,
     /// Every route task ever started (old ones end once their batches are sent).
@@ -34,12 +38,37 @@ struct State {
 struct Generation {
     routes: Vec<RouteHandle>,
     tasks: Vec<JoinHandle<()>>,
-    healths: Vec<Arc<BackendHealth>>,
+    healths: Vec<(Target, Arc<BackendHealth>)>,
     checks: CancellationToken,
+}
+
+/// What a backend's health is the health of: a reload that leaves it alone keeps the health.
+#[derive(PartialEq)]
+struct Target {
+    name: String,
+    kind: BackendType,
+    endpoint: Option<String>,
+    url: Option<String>,
+    path: Option<PathBuf>,
+    passive: PassiveHealthConfig,
+}
+
+impl Target {
+    fn of(b: &BackendConfig) -> Target {
+        Target {
+            name: b.name.clone(),
+            kind: b.kind,
+            endpoint: b.endpoint.clone(),
+            url: b.url.clone(),
+            path: b.path.clone(),
+            passive: b.passive.clone(),
+        }
+    }
 }
 
 fn generation(
     config: &Config,
+    previous: &[(Target, Arc<BackendHealth>)],
     dead_letters: &[Option<DeadLetters>],
     drain: &CancellationToken,
 ) -> anyhow::Result<Generation> {
@@ -49,8 +78,12 @@ fn generation(
     let mut healths = Vec::new();
     for b in &config.backends {
         let backend = Arc::new(super::backend::Backend::from_config(b)?);
-        let health = BackendHealth::new(&b.name, b.passive.clone());
-        healths.push(health.clone());
+        let target = Target::of(b);
+        let health = match previous.iter().find(|(t, _)| *t == target) {
+            Some((_, h)) => h.clone(),
+            None => BackendHealth::new(&b.name, b.passive.clone()),
+        };
+        healths.push((target, health.clone()));
         backends.insert(
             b.name.clone(),
             (backend, health, b.weight, b.health_check.clone()),
@@ -78,12 +111,27 @@ fn generation(
         let preferred = config
             .backend(&route_tiers[0].1[0])
             .expect("validated: routes name defined backends");
+        // The smallest batch limits of the route: a batch must fit every backend it may fail over to.
+        let configs: Vec<&BackendConfig> = route_tiers
+            .iter()
+            .flat_map(|(_, tier)| tier.iter())
+            .map(|name| config.backend(name).expect("validated"))
+            .collect();
+        let batch_limits = (
+            configs.iter().map(|b| b.batch.max_events).min().unwrap(),
+            configs
+                .iter()
+                .map(|b| b.batch.max_bytes.as_usize())
+                .min()
+                .unwrap(),
+        );
         let upstream = t.upstream_api_key.as_ref().map(|k| k.expose().to_string());
         let (route, task) = spawn_route(
             &t.name,
             upstream,
             tiers,
             preferred,
+            batch_limits,
             dead_letters[i].clone(),
             drain.clone(),
         );
@@ -118,7 +166,7 @@ impl Router {
         dead_letters: Vec<Option<DeadLetters>>,
         drain: CancellationToken,
     ) -> anyhow::Result<Arc<Router>> {
-        let g = generation(config, &dead_letters, &drain)?;
+        let g = generation(config, &[], &dead_letters, &drain)?;
         Ok(Arc::new(Router {
             routes: g
                 .routes
@@ -142,7 +190,8 @@ impl Router {
     }
 
     pub fn healths(&self) -> Vec<Arc<BackendHealth>> {
-        self.state.lock().unwrap().healths.clone()
+        let state = self.state.lock().unwrap();
+        state.healths.iter().map(|(_, h)| h.clone()).collect()
     }
 
     /// Swaps in the routing of `config` (already validated). Its tenants must
@@ -157,8 +206,8 @@ impl Router {
             ));
         }
         let mut state = self.state.lock().unwrap();
-        let g =
-            generation(config, &self.dead_letters, &self.drain).map_err(|e| format!("{e:#}"))?;
+        let g = generation(config, &state.healths, &self.dead_letters, &self.drain)
+            .map_err(|e| format!("{e:#}"))?;
         for (slot, route) in self.routes.iter().zip(g.routes) {
             // The old handle drops here: its route sends what it holds, then ends.
             *slot.write().unwrap() = route;
@@ -166,8 +215,8 @@ impl Router {
         state.checks.cancel();
         state.checks = g.checks;
         // Backends the new config dropped stop being reported.
-        for old in &state.healths {
-            if !g.healths.iter().any(|h| h.name == old.name) {
+        for (old, _) in &state.healths {
+            if !g.healths.iter().any(|(new, _)| new.name == old.name) {
                 let _ = crate::telemetry::METRICS
                     .backend_up
                     .remove_label_values(&[&old.name]);
@@ -185,5 +234,52 @@ impl Router {
     /// The route tasks to wait for at shutdown (after the drain is cancelled).
     pub fn tasks(&self) -> Vec<JoinHandle<()>> {
         std::mem::take(&mut self.state.lock().unwrap().tasks)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(a_port: u16) -> Config {
+        let text = format!(
+            "listeners: [{{name: i, address: \"127.0.0.1:0\", protocol: http}}]
+archive: {{store: {{type: local, root: /nonexistent}}}}
+backends:
+  - {{name: a, type: http, url: \"http://127.0.0.1:{a_port}/in\", passive: {{max_failures: 1, ejection: 1h}}}}
+  - {{name: b, type: http, url: \"http://127.0.0.1:9/in\"}}
+regions: [{{name: eu, tiers: [[a], [b]]}}]
+tenants: [{{name: t, api_keys: [k], region: eu}}]
+"
+        );
+        Config::parse(&text, "weir.yaml").unwrap()
+    }
+
+    fn health(router: &Router, name: &str) -> Arc<BackendHealth> {
+        router
+            .healths()
+            .into_iter()
+            .find(|h| h.name == name)
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_reload_keeps_the_health_of_backends_it_leaves_alone() {
+        let router = Router::start(&config(1), vec![None], CancellationToken::new()).unwrap();
+        let a = health(&router, "a");
+        a.record_failure("connection refused");
+        assert_eq!(a.report().state, "ejected");
+
+        // Same file again: `a` stays ejected, its traffic stays away from it.
+        router.reload(&config(1)).unwrap();
+        assert!(Arc::ptr_eq(&a, &health(&router, "a")));
+        assert_eq!(health(&router, "a").report().state, "ejected");
+
+        // `a` now points elsewhere: a new backend, with a clean slate.
+        router.reload(&config(2)).unwrap();
+        let moved = health(&router, "a");
+        assert!(!Arc::ptr_eq(&a, &moved));
+        assert_eq!(moved.report().state, "up");
+        assert_eq!(moved.report().ejections, 0);
     }
 }
