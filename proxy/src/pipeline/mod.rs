@@ -115,7 +115,7 @@ impl Chain {
     ) -> Result<R, Rejection> {
         match &self.workers {
             Some(w) if self.stages.iter().any(|s| s.blocks(tenant)) => {
-                w.run(f).await.unwrap_or_else(|| {
+                w.run(tenant, f).await.unwrap_or_else(|| {
                     Err(Rejection::new(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "internal_error",

@@ -5,33 +5,64 @@
 //! each plugin needs at most that many warm instances, and each thread keeps
 //! its allocator caches (`block_in_place` instead spawned replacement runtime
 //! threads under load, each with heaps of its own: RSS grew past 500 MB).
+//!
+//! Jobs wait in one queue per tenant and the threads take the tenants in
+//! turn, so a tenant flooding the threads with slow batches delays another
+//! tenant's batch by at most the jobs already running, not by its backlog.
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 
 type Job = Box<dyn FnOnce() + Send>;
 
 pub struct Workers {
-    jobs: crossbeam_channel::Sender<Job>,
+    shared: Arc<Shared>,
     threads: usize,
+}
+
+struct Shared {
+    queues: Mutex<Queues>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct Queues {
+    /// Waiting jobs, by tenant index.
+    by_tenant: Vec<VecDeque<Job>>,
+    /// The tenants with waiting jobs (each once), in the order they get a thread.
+    turns: VecDeque<usize>,
+    closed: bool,
+}
+
+impl Queues {
+    /// The next tenant's oldest job; that tenant goes to the back of the turns.
+    fn next(&mut self) -> Option<Job> {
+        let tenant = self.turns.pop_front()?;
+        let queue = &mut self.by_tenant[tenant];
+        let job = queue.pop_front().expect("a tenant in turns has a job");
+        if !queue.is_empty() {
+            self.turns.push_back(tenant);
+        }
+        Some(job)
+    }
 }
 
 impl Workers {
     /// Starts `threads` threads (at least one). They end when the `Workers` is dropped.
     pub fn new(threads: usize) -> Arc<Workers> {
         let threads = threads.max(1);
-        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        let shared = Arc::new(Shared {
+            queues: Mutex::new(Queues::default()),
+            ready: Condvar::new(),
+        });
         for i in 0..threads {
-            let rx = rx.clone();
+            let shared = shared.clone();
             std::thread::Builder::new()
                 .name(format!("weir-stage-{i}"))
-                .spawn(move || {
-                    for job in rx {
-                        job();
-                    }
-                })
+                .spawn(move || shared.work())
                 .expect("spawning a stage worker thread");
         }
-        Arc::new(Workers { jobs: tx, threads })
+        Arc::new(Workers { shared, threads })
     }
 
     /// Threads to use when the config leaves it to us: one per core.
@@ -43,21 +74,62 @@ impl Workers {
         self.threads
     }
 
-    /// Runs `f` on a worker thread and waits for it without blocking the
-    /// async runtime. `None` if `f` panicked (the thread survives).
+    /// Runs `f` for `tenant` (its index) on a worker thread and waits for it
+    /// without blocking the async runtime. `None` if `f` panicked (the thread
+    /// survives).
     ///
     /// Jobs queue without a bound of their own: what waits here is already
     /// bounded by the in-flight request budget and the connection limit.
     pub async fn run<R: Send + 'static>(
         &self,
+        tenant: usize,
         f: impl FnOnce() -> R + Send + 'static,
     ) -> Option<R> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
             let _ = tx.send(catch_unwind(AssertUnwindSafe(f)).ok());
         });
-        self.jobs.send(job).ok()?;
+        {
+            let mut q = self.shared.queues.lock().unwrap();
+            if q.by_tenant.len() <= tenant {
+                q.by_tenant.resize_with(tenant + 1, VecDeque::new);
+            }
+            let queue = &mut q.by_tenant[tenant];
+            queue.push_back(job);
+            if queue.len() == 1 {
+                q.turns.push_back(tenant);
+            }
+        }
+        self.shared.ready.notify_one();
         rx.await.ok().flatten()
+    }
+}
+
+impl Shared {
+    fn work(&self) {
+        loop {
+            let job = {
+                let mut q = self.queues.lock().unwrap();
+                loop {
+                    if let Some(job) = q.next() {
+                        break job;
+                    }
+                    if q.closed {
+                        return;
+                    }
+                    q = self.ready.wait(q).unwrap();
+                }
+            };
+            job();
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        // Threads finish what is queued, then end.
+        self.shared.queues.lock().unwrap().closed = true;
+        self.shared.ready.notify_all();
     }
 }
 
@@ -69,7 +141,7 @@ mod tests {
     async fn runs_jobs_off_the_runtime_and_survives_a_panic() {
         let w = Workers::new(2);
         let on = w
-            .run(|| {
+            .run(0, || {
                 (
                     tokio::runtime::Handle::try_current().is_err(),
                     std::thread::current().name().map(str::to_string),
@@ -79,9 +151,41 @@ mod tests {
             .unwrap();
         assert!(on.0, "a job must not run inside the async runtime");
         assert!(on.1.unwrap().starts_with("weir-stage-"));
-        assert_eq!(w.run(|| -> u8 { panic!("boom") }).await, None);
+        assert_eq!(w.run(0, || -> u8 { panic!("boom") }).await, None);
         // Both threads are still there and take work.
-        let all = futures::future::join_all((0..8u32).map(|i| w.run(move || i * 2))).await;
+        let all =
+            futures::future::join_all((0..8u32).map(|i| w.run(i as usize % 3, move || i * 2)))
+                .await;
         assert_eq!(all, (0..8u32).map(|i| Some(i * 2)).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_tenant_backlog_does_not_hold_up_another_tenant() {
+        let w = Workers::new(1);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        // The one thread is busy with tenant 0; ten more of its jobs wait, then one of tenant 1.
+        let busy = w.run(0, move || hold.recv().unwrap());
+        let backlog = futures::future::join_all((0..10).map(|i| {
+            let order = order.clone();
+            w.run(0, move || order.lock().unwrap().push(format!("a{i}")))
+        }));
+        let other = {
+            let order = order.clone();
+            w.run(1, move || order.lock().unwrap().push("b".to_string()))
+        };
+        let all = async { futures::join!(busy, backlog, other) };
+        tokio::pin!(all);
+        // One poll queues every job (in the order above); none can finish yet.
+        assert!(futures::poll!(&mut all).is_pending());
+        release.send(()).unwrap();
+        all.await;
+        let order = order.lock().unwrap().clone();
+        assert_eq!(order.len(), 11);
+        // Tenant 1 waits for at most one more job of tenant 0 (depending on
+        // whether the thread took the busy job before the others were queued),
+        // not for all ten as in one queue.
+        let b = order.iter().position(|j| j == "b").unwrap();
+        assert!(b <= 1, "{order:?}");
     }
 }
