@@ -11,18 +11,16 @@
 //! tenant's batch by at most the jobs already running, not by its backlog.
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 
 type Job = Box<dyn FnOnce() + Send>;
 
 pub struct Workers {
-    shared: Arc<Shared>,
+    queues: Arc<Mutex<Queues>>,
+    /// One token per queued job: a thread takes a token, then a job (the
+    /// channel is the hand-off the threads had before the per-tenant queues).
+    tokens: crossbeam_channel::Sender<()>,
     threads: usize,
-}
-
-struct Shared {
-    queues: Mutex<Queues>,
-    ready: Condvar,
 }
 
 #[derive(Default)]
@@ -31,10 +29,20 @@ struct Queues {
     by_tenant: Vec<VecDeque<Job>>,
     /// The tenants with waiting jobs (each once), in the order they get a thread.
     turns: VecDeque<usize>,
-    closed: bool,
 }
 
 impl Queues {
+    fn push(&mut self, tenant: usize, job: Job) {
+        if self.by_tenant.len() <= tenant {
+            self.by_tenant.resize_with(tenant + 1, VecDeque::new);
+        }
+        let queue = &mut self.by_tenant[tenant];
+        queue.push_back(job);
+        if queue.len() == 1 {
+            self.turns.push_back(tenant);
+        }
+    }
+
     /// The next tenant's oldest job; that tenant goes to the back of the turns.
     fn next(&mut self) -> Option<Job> {
         let tenant = self.turns.pop_front()?;
@@ -48,21 +56,30 @@ impl Queues {
 }
 
 impl Workers {
-    /// Starts `threads` threads (at least one). They end when the `Workers` is dropped.
+    /// Starts `threads` threads (at least one). They end when the `Workers` is
+    /// dropped, once the queued jobs are done.
     pub fn new(threads: usize) -> Arc<Workers> {
         let threads = threads.max(1);
-        let shared = Arc::new(Shared {
-            queues: Mutex::new(Queues::default()),
-            ready: Condvar::new(),
-        });
+        let queues = Arc::new(Mutex::new(Queues::default()));
+        let (tokens, rx) = crossbeam_channel::unbounded::<()>();
         for i in 0..threads {
-            let shared = shared.clone();
+            let (rx, queues) = (rx.clone(), queues.clone());
             std::thread::Builder::new()
                 .name(format!("weir-stage-{i}"))
-                .spawn(move || shared.work())
+                .spawn(move || {
+                    // A job is queued before its token is sent, so there is one for every token.
+                    for () in rx {
+                        let job = queues.lock().unwrap().next();
+                        job.expect("a job for every token")();
+                    }
+                })
                 .expect("spawning a stage worker thread");
         }
-        Arc::new(Workers { shared, threads })
+        Arc::new(Workers {
+            queues,
+            tokens,
+            threads,
+        })
     }
 
     /// Threads to use when the config leaves it to us: one per core.
@@ -89,47 +106,9 @@ impl Workers {
         let job: Job = Box::new(move || {
             let _ = tx.send(catch_unwind(AssertUnwindSafe(f)).ok());
         });
-        {
-            let mut q = self.shared.queues.lock().unwrap();
-            if q.by_tenant.len() <= tenant {
-                q.by_tenant.resize_with(tenant + 1, VecDeque::new);
-            }
-            let queue = &mut q.by_tenant[tenant];
-            queue.push_back(job);
-            if queue.len() == 1 {
-                q.turns.push_back(tenant);
-            }
-        }
-        self.shared.ready.notify_one();
+        self.queues.lock().unwrap().push(tenant, job);
+        self.tokens.send(()).ok()?;
         rx.await.ok().flatten()
-    }
-}
-
-impl Shared {
-    fn work(&self) {
-        loop {
-            let job = {
-                let mut q = self.queues.lock().unwrap();
-                loop {
-                    if let Some(job) = q.next() {
-                        break job;
-                    }
-                    if q.closed {
-                        return;
-                    }
-                    q = self.ready.wait(q).unwrap();
-                }
-            };
-            job();
-        }
-    }
-}
-
-impl Drop for Workers {
-    fn drop(&mut self) {
-        // Threads finish what is queued, then end.
-        self.shared.queues.lock().unwrap().closed = true;
-        self.shared.ready.notify_all();
     }
 }
 
