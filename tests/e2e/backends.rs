@@ -340,3 +340,54 @@ async fn loki_gets_labelled_streams_in_time_order() {
         3.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_partial_success_rejections_are_counted_as_dropped() {
+    use opentelemetry_proto::tonic::collector::logs::v1::{
+        ExportLogsPartialSuccess, ExportLogsServiceResponse,
+    };
+    // The receiver takes the batch but says it rejected one record, without saying which.
+    let (otlp, addr) = Double::start(Arc::new(|_, _| {
+        let answer = ExportLogsServiceResponse {
+            partial_success: Some(ExportLogsPartialSuccess {
+                rejected_log_records: 1,
+                error_message: "record 2: body too large".into(),
+            }),
+        };
+        (200, answer.encode_to_vec())
+    }))
+    .await;
+    let weir = Weir::start(&weir_for(&format!(
+        "    type: otlp\n    endpoint: http://{addr}\n    compression: none\n"
+    )))
+    .await;
+    send(&weir, logs(3)).await;
+    let dropped =
+        "weir_backend_dropped_events_total{backend=\"out\",status=\"partial_success\",tenant=\"acme\"}";
+    eventually(Duration::from_secs(10), "the rejection counted", || {
+        (!otlp.requests().is_empty()).then_some(())
+    })
+    .await;
+    let mut m = weir.metrics().await;
+    for _ in 0..50 {
+        if metric(&m, dropped) > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        m = weir.metrics().await;
+    }
+    assert_eq!(metric(&m, dropped), 1.0, "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            "weir_forwarded_events_total{backend=\"out\",tenant=\"acme\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        otlp.requests().len(),
+        1,
+        "not retried: the answer was a success"
+    );
+    assert!(weir.log().contains("record 2: body too large"));
+}

@@ -69,6 +69,8 @@ pub enum Protocol {
 pub struct Sent {
     pub retry: Vec<usize>,
     pub rejected: Vec<(usize, u16, String)>,
+    /// Records refused without saying which (OTLP `partial_success`): how many, and why.
+    pub unnamed_rejected: Option<(u64, String)>,
 }
 
 pub struct FileBackend {
@@ -430,7 +432,7 @@ impl HttpBackend {
 impl HttpBackend {
     /// What a successful answer says about single lines: `_bulk` items that
     /// failed (429 and 5xx to send again, the rest refused). An OTLP partial
-    /// success cannot name its rejected records: it is logged.
+    /// success cannot name its rejected records: they are only counted.
     fn per_line(&self, answer: &[u8]) -> Sent {
         match &self.protocol {
             Protocol::Elasticsearch { .. } => match super::format::elasticsearch_failures(answer) {
@@ -450,12 +452,10 @@ impl HttpBackend {
                     Sent::default()
                 }
             },
-            Protocol::Otlp => {
-                if let Some((n, why)) = super::format::otlp_rejected(answer) {
-                    tracing::warn!(backend = %self.name, rejected = n, error = %why, "the OTLP receiver rejected part of a batch");
-                }
-                Sent::default()
-            }
+            Protocol::Otlp => Sent {
+                unnamed_rejected: super::format::otlp_rejected(answer),
+                ..Sent::default()
+            },
             _ => Sent::default(),
         }
     }

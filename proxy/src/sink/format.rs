@@ -265,11 +265,11 @@ pub fn otlp_logs(events: &[Event]) -> Vec<u8> {
 }
 
 /// Records an OTLP receiver says it rejected (`partial_success`), and why.
-pub fn otlp_rejected(answer: &[u8]) -> Option<(i64, String)> {
+pub fn otlp_rejected(answer: &[u8]) -> Option<(u64, String)> {
     use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
     let r = ExportLogsServiceResponse::decode(answer).ok()?;
     let p = r.partial_success?;
-    (p.rejected_log_records > 0).then_some((p.rejected_log_records, p.error_message))
+    (p.rejected_log_records > 0).then_some((p.rejected_log_records as u64, p.error_message))
 }
 
 #[cfg(test)]

@@ -295,7 +295,18 @@ async fn deliver(s: &RouteSettings, ndjson: Vec<u8>, mut events: usize) {
                 sent.rejected
                     .retain(|(i, ..)| *i < events && !sent.retry.contains(i));
                 sent.rejected.dedup_by_key(|(i, ..)| *i);
-                let done = events - sent.retry.len() - sent.rejected.len();
+                // Refused without naming which: nothing to dead-letter or retry, so counted as dropped.
+                let unnamed = sent.unnamed_rejected.as_ref().map_or(0, |(n, _)| {
+                    (*n as usize).min(events - sent.retry.len() - sent.rejected.len())
+                });
+                if let Some((_, why)) = &sent.unnamed_rejected {
+                    METRICS
+                        .backend_dropped_events
+                        .with_label_values(&[&s.tenant, name, "partial_success"])
+                        .inc_by(unnamed as u64);
+                    tracing::error!(tenant = %s.tenant, backend = name, rejected = unnamed, error = %why, "the backend accepted a batch but rejected some of its records without naming them; counted as dropped");
+                }
+                let done = events - sent.retry.len() - sent.rejected.len() - unnamed;
                 METRICS
                     .forwarded_events
                     .with_label_values(&[&s.tenant, name])

@@ -144,7 +144,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         backend_dropped_events: counter(
             &r,
             "weir_backend_dropped_events_total",
-            "Events a backend refused for good (non-retryable 4xx)",
+            "Events lost: refused for good with no archive to dead-letter to, retries exhausted, or rejected unnamed (OTLP partial_success)",
             &["tenant", "backend", "status"],
         ),
         backend_up: gauge(
