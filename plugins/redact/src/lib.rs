@@ -859,7 +859,8 @@ mod tests {
             x ^= x << 17;
             for i in 0..(x % 40) {
                 line.push(
-                    alphabet[((x >> (i % 50)) as usize ^ i as usize * 7) % alphabet.len()] as char,
+                    alphabet[((x >> (i % 50)) as usize ^ (i as usize * 7)) % alphabet.len()]
+                        as char,
                 );
             }
             lines.push(line);
