@@ -246,6 +246,46 @@ fn process_reports_verdicts_and_only_modified_events() {
     );
 }
 
+/// Uppercases messages holding "x" and reports exactly those as modified (or, with `lie`, none).
+struct Tracking {
+    lie: bool,
+}
+
+impl Plugin for Tracking {
+    type Config = bool;
+    fn new(lie: bool) -> Result<Self, String> {
+        Ok(Tracking { lie })
+    }
+    fn process(&mut self, _: &mut Event) -> Verdict {
+        unreachable!("process_batch_tracked is overridden")
+    }
+    fn process_batch_tracked(&mut self, events: &mut [Event]) -> Vec<(Verdict, bool)> {
+        events
+            .iter_mut()
+            .map(|e| {
+                let hit = e.message.contains('x');
+                if hit {
+                    e.message = e.message.to_uppercase();
+                }
+                (Verdict::Keep, hit && !self.lie)
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn a_plugin_reporting_its_own_modifications_sends_back_just_those() {
+    let events = vec![Event::with_message("a x"), Event::with_message("plain")];
+    let mut p: Tracking = testing::init(json!(false)).unwrap();
+    let raw = testing::run_raw(&mut p, &events);
+    assert_eq!(raw.results[0].event.as_ref().unwrap().message, "A X");
+    assert_eq!(raw.results[1].event, None);
+    // What the plugin does not report is not sent: the host keeps its event as it was.
+    let mut p: Tracking = testing::init(json!(true)).unwrap();
+    let raw = testing::run_raw(&mut p, &events);
+    assert!(raw.results.iter().all(|r| r.event.is_none()));
+}
+
 #[test]
 fn undecodable_batch_gives_empty_results() {
     let mut p: TestPlugin = init_plugin(&[]).unwrap();

@@ -526,29 +526,40 @@ impl Redact {
         Cow::Owned(out)
     }
 
-    fn redact_value(&mut self, v: &mut Value) {
+    /// Redacts a value in place; whether anything changed.
+    fn redact_value(&mut self, v: &mut Value) -> bool {
         match v {
-            Value::String(s) => {
-                if let Cow::Owned(new) = self.redact_str(s) {
+            Value::String(s) => match self.redact_str(s) {
+                Cow::Owned(new) => {
                     *s = new;
+                    true
                 }
-            }
-            Value::Array(items) => items.iter_mut().for_each(|i| self.redact_value(i)),
-            Value::Object(map) => map.values_mut().for_each(|i| self.redact_value(i)),
-            _ => {}
+                Cow::Borrowed(_) => false,
+            },
+            // Every element is visited (no short-circuit).
+            Value::Array(items) => items
+                .iter_mut()
+                .fold(false, |c, i| self.redact_value(i) | c),
+            Value::Object(map) => map
+                .values_mut()
+                .fold(false, |c, i| self.redact_value(i) | c),
+            _ => false,
         }
     }
 
-    /// Redacts an event in place.
-    pub fn redact_event(&mut self, event: &mut Event) {
+    /// Redacts an event in place; whether anything changed.
+    pub fn redact_event(&mut self, event: &mut Event) -> bool {
+        let mut changed = false;
         if let Cow::Owned(new) = self.redact_str(&event.message) {
             event.message = new;
+            changed = true;
         }
         if self.attributes {
             for v in event.attributes.values_mut() {
-                self.redact_value(v);
+                changed |= self.redact_value(v);
             }
         }
+        changed
     }
 
     fn flush_counters(&mut self) {
@@ -651,11 +662,20 @@ impl Plugin for Redact {
     }
 
     fn process_batch(&mut self, events: &mut [Event]) -> Vec<Verdict> {
-        for e in events.iter_mut() {
-            self.redact_event(e);
-        }
+        self.process_batch_tracked(events)
+            .into_iter()
+            .map(|(v, _)| v)
+            .collect()
+    }
+
+    // Redaction knows what it changed: no copy of the batch to compare with.
+    fn process_batch_tracked(&mut self, events: &mut [Event]) -> Vec<(Verdict, bool)> {
+        let tracked = events
+            .iter_mut()
+            .map(|e| (Verdict::Keep, self.redact_event(e)))
+            .collect();
         self.flush_counters();
-        vec![Verdict::Keep; events.len()]
+        tracked
     }
 }
 
