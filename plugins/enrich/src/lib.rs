@@ -331,6 +331,22 @@ impl Plugin for Enrich {
     }
 
     fn process(&mut self, event: &mut Event) -> Verdict {
+        self.enrich(event);
+        Verdict::Keep
+    }
+
+    // Enrich knows which events it changed: no copy of the batch to compare with.
+    fn process_batch_tracked(&mut self, events: &mut [Event]) -> Vec<(Verdict, bool)> {
+        events
+            .iter_mut()
+            .map(|e| (Verdict::Keep, self.enrich(e)))
+            .collect()
+    }
+}
+
+impl Enrich {
+    /// Applies every matching rule; whether the event changed.
+    fn enrich(&mut self, event: &mut Event) -> bool {
         let mut changed = false;
         for rule in &self.rules {
             if !rule.query.matches(event) {
@@ -353,7 +369,7 @@ impl Plugin for Enrich {
         if changed {
             weir_sdk::counter_add("enriched", 1);
         }
-        Verdict::Keep
+        changed
     }
 }
 

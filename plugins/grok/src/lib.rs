@@ -419,6 +419,22 @@ impl Plugin for GrokPlugin {
     }
 
     fn process(&mut self, event: &mut Event) -> Verdict {
+        self.parse(event);
+        Verdict::Keep
+    }
+
+    // Grok knows which events it changed (those a pattern matched): no copy of the batch to compare with.
+    fn process_batch_tracked(&mut self, events: &mut [Event]) -> Vec<(Verdict, bool)> {
+        events
+            .iter_mut()
+            .map(|e| (Verdict::Keep, self.parse(e)))
+            .collect()
+    }
+}
+
+impl GrokPlugin {
+    /// Adds the captures of the first matching pattern to the event; whether one matched (and so changed it).
+    fn parse(&mut self, event: &mut Event) -> bool {
         let text = match &self.source {
             None => Some(event.message.as_str()),
             Some(path) => get_attr(&event.attributes, path),
@@ -426,7 +442,7 @@ impl Plugin for GrokPlugin {
         let found = text.and_then(|t| self.match_text(t));
         let Some((name, captures)) = found else {
             weir_sdk::counter_add("grok_nomatch", 1);
-            return Verdict::Keep;
+            return false;
         };
         let name = name.to_string();
         weir_sdk::counter_add("grok_match", 1);
@@ -453,7 +469,7 @@ impl Plugin for GrokPlugin {
         event
             .attributes
             .insert(PATTERN_ATTRIBUTE.to_string(), Value::String(name));
-        Verdict::Keep
+        true
     }
 }
 

@@ -78,10 +78,19 @@ impl Plugin for JsonParse {
     }
 
     fn process_batch(&mut self, events: &mut [Event]) -> Vec<Verdict> {
-        let mut parsed = 0i64;
-        for e in events.iter_mut() {
-            parsed += self.parse(e) as i64;
-        }
+        self.process_batch_tracked(events)
+            .into_iter()
+            .map(|(v, _)| v)
+            .collect()
+    }
+
+    // The parsed events are the changed ones: no copy of the batch to compare with.
+    fn process_batch_tracked(&mut self, events: &mut [Event]) -> Vec<(Verdict, bool)> {
+        let tracked: Vec<(Verdict, bool)> = events
+            .iter_mut()
+            .map(|e| (Verdict::Keep, self.parse(e)))
+            .collect();
+        let parsed = tracked.iter().filter(|(_, changed)| *changed).count() as i64;
         let not_json = events.len() as i64 - parsed;
         if parsed > 0 {
             weir_sdk::counter_add("parsed", parsed);
@@ -89,7 +98,7 @@ impl Plugin for JsonParse {
         if not_json > 0 {
             weir_sdk::counter_add("not_json", not_json);
         }
-        vec![Verdict::Keep; events.len()]
+        tracked
     }
 }
 
