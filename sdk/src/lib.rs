@@ -369,7 +369,7 @@ pub fn process_encoded<P: Plugin>(plugin: &mut P, input: &[u8]) -> Vec<u8> {
         log(
             Level::Error,
             &format!(
-                "weir-sdk: process_batch returned {} verdicts for {} events",
+                "weir-sdk: the plugin returned {} verdicts for {} events (process_batch or process_batch_tracked)",
                 verdicts.len(),
                 events.len()
             ),
