@@ -24,7 +24,6 @@ pub mod tenant;
 use anyhow::Context;
 use config::Config;
 use pipeline::{Chain, TenantOutputs};
-use std::collections::HashMap;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -39,22 +38,15 @@ pub async fn run(config: Config, path: Option<std::path::PathBuf>) -> anyhow::Re
     let drain = CancellationToken::new();
     let mut workers = Vec::new();
 
-    let mut stores = HashMap::new();
+    let mut stores = archive::Stores::default();
     let mut archives = Vec::new();
     let mut all_dead_letters = Vec::new();
     for t in &config.tenants {
         let archive_cfg = t.archive.as_ref().unwrap_or(&config.archive);
         let archive = if archive_cfg.enabled {
-            let key = format!("{:?}", archive_cfg.store);
-            let store = match stores.get(&key) {
-                Some(s) => Arc::clone(s),
-                None => {
-                    let s = archive::open_store(&archive_cfg.store)
-                        .with_context(|| format!("tenant {}", t.name))?;
-                    stores.insert(key, s.clone());
-                    s
-                }
-            };
+            let store = stores
+                .get_or_open(&archive_cfg.store)
+                .with_context(|| format!("tenant {}", t.name))?;
             let dead_letters = archive::DeadLetters::new(&t.name, archive_cfg, store.clone());
             let (handle, task) = archive::spawn_writer(&t.name, archive_cfg, store, drain.clone());
             workers.push(task);
@@ -121,6 +113,7 @@ pub async fn run(config: Config, path: Option<std::path::PathBuf>) -> anyhow::Re
     let control = Arc::new(
         admin::control::Control::new(
             config.admin.token.clone(),
+            admin::control::Overrides::from_config(&config),
             rules.clone(),
             quotas.clone(),
             config.data_dir.clone(),
@@ -163,7 +156,7 @@ pub async fn run(config: Config, path: Option<std::path::PathBuf>) -> anyhow::Re
     let mut serving = Vec::new();
     for l in &config.listeners {
         let listener = listen::Listener::bind(l).await?;
-        tracing::info!(listener = %l.name, address = %listener.local_addr(), protocol = ?l.protocol, "listening");
+        tracing::info!(listener = %l.name, address = %listener.local_addr(), protocol = l.protocol.as_str(), "listening");
         serving.push(tokio::spawn(listener.serve(
             intake.clone(),
             config.limits.clone(),

@@ -23,6 +23,10 @@ enum Command {
         /// YAML config; without it, the embedded local default (config/weir.yaml).
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Start from the YAML's exclusion rules and quotas: set aside the changes
+        /// made at run time through the admin API (data_dir/runtime.json).
+        #[arg(long)]
+        discard_runtime_changes: bool,
     },
     /// Validates a config and exits: 0 when valid, 1 with the error otherwise.
     Check {
@@ -138,7 +142,7 @@ fn run_plugin_test(
         quarantine_base: weir::plugin::QUARANTINE_BASE,
         instances: 1,
     };
-    weir::telemetry::init_logging(&weir::config::LogConfig::default());
+    weir::telemetry::init_logging(&weir::config::LogConfig::default())?;
     let start = Instant::now();
     let p = weir::plugin::Plugin::load(&wasm, config.as_ref(), settings)
         .map_err(|e| format!("{}: {e}", plugin.display()))?;
@@ -227,13 +231,30 @@ fn main() -> ExitCode {
                     message,
                 })
         }) {
-            Ok(_) => {
+            Ok(c) => {
                 println!(
                     "{}: ok",
                     config
                         .map(|p| p.display().to_string())
                         .unwrap_or_else(|| "<embedded config/weir.yaml>".into())
                 );
+                // Changes made at run time win over the YAML on start: say which.
+                let yaml = weir::admin::control::Overrides::from_config(&c);
+                match weir::admin::control::Overrides::load(&c.data_dir) {
+                    Ok(Some(saved)) => {
+                        for d in saved.differences(&yaml) {
+                            println!(
+                                "note: {} overrides the YAML: {d}",
+                                c.data_dir.join("runtime.json").display()
+                            );
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -283,7 +304,10 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { config } => {
+        Command::Run {
+            config,
+            discard_runtime_changes,
+        } => {
             let config_path = config;
             let config = match load(&config_path) {
                 Ok(c) => c,
@@ -292,7 +316,27 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            weir::telemetry::init_logging(&config.log);
+            if discard_runtime_changes {
+                let saved = config.data_dir.join("runtime.json");
+                if saved.exists() {
+                    let aside = saved.with_extension(format!(
+                        "json.discarded-{}",
+                        chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+                    ));
+                    if let Err(e) = std::fs::rename(&saved, &aside) {
+                        eprintln!("error: --discard-runtime-changes: {}: {e}", saved.display());
+                        return ExitCode::FAILURE;
+                    }
+                    eprintln!(
+                        "run-time changes set aside in {}; the YAML's rules and quotas apply",
+                        aside.display()
+                    );
+                }
+            }
+            if let Err(e) = weir::telemetry::init_logging(&config.log) {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

@@ -10,7 +10,6 @@ use crate::config::Config;
 use crate::sink::router::Router;
 use crate::telemetry::METRICS;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, SystemTime};
@@ -37,53 +36,89 @@ pub struct ConfigReloader {
     /// None: the embedded default, which has no file to reload.
     path: Option<PathBuf>,
     router: Arc<Router>,
-    /// What a reload does not apply, as last loaded: section name -> digest.
-    running: Mutex<Vec<(String, [u8; 32])>>,
+    /// The config as written at start: what a reload does not apply keeps running as it.
+    running: serde_yaml::Value,
     /// The file's modification time and size when last looked at.
     seen: Mutex<Option<(Option<SystemTime>, u64)>>,
 }
 
-/// Digests of everything a reload does not apply, by section (secrets are
-/// hashed like the rest, never kept in clear).
-fn fixed_sections(c: &Config) -> Vec<(String, [u8; 32])> {
-    let d = |s: String| -> [u8; 32] { Sha256::digest(s.as_bytes()).into() };
-    let mut out = vec![
-        ("data_dir".to_string(), d(format!("{:?}", c.data_dir))),
-        ("listeners".to_string(), d(format!("{:?}", c.listeners))),
-        ("limits".to_string(), d(format!("{:?}", c.limits))),
-        (
-            "admin".to_string(),
-            d(format!(
-                "{:?} {:?}",
-                c.admin,
-                c.admin.token.as_ref().map(|t| t.expose().to_string())
-            )),
-        ),
-        ("log".to_string(), d(format!("{:?}", c.log))),
-        ("archive".to_string(), d(format!("{:?}", c.archive))),
-        (
-            "exclusion_rules".to_string(),
-            d(format!("{:?}", c.exclusion_rules)),
-        ),
-        (
-            "shutdown_timeout".to_string(),
-            d(format!("{:?}", c.shutdown_timeout)),
-        ),
-    ];
-    for (i, t) in c.tenants.iter().enumerate() {
-        let keys: Vec<&str> = t.api_keys.iter().map(|k| k.expose()).collect();
-        out.push((
-            format!(
-                "tenants[{i}] ({}): keys, archive, limits, quotas, rules or plugins",
-                t.name
-            ),
-            d(format!(
-                "{keys:?} {:?} {:?} {:?} {:?} {:?}",
-                t.archive, t.rate_limit, t.daily_quota, t.exclusion_rules, t.plugins
-            )),
-        ));
-    }
+/// Top-level sections a reload applies (routing); everything else needs a restart.
+const APPLIED_SECTIONS: [&str; 2] = ["backends", "regions"];
+/// Tenant fields a reload applies (its routing).
+const APPLIED_TENANT_FIELDS: [&str; 4] =
+    ["backend", "region", "failover_regions", "upstream_api_key"];
+
+/// The field paths (`limits.max_body_bytes`, `tenants[0].archive.store.secret_access_key`)
+/// whose values differ between two configs as written, outside what a reload applies.
+/// Values are compared, never printed: secrets stay out of logs and answers.
+pub fn changed_fields(old: &serde_yaml::Value, new: &serde_yaml::Value) -> Vec<String> {
+    let mut out = Vec::new();
+    diff(old, new, String::new(), &mut out);
+    out.retain(|path| {
+        let top = path.split(['.', '[']).next().unwrap_or("");
+        if APPLIED_SECTIONS.contains(&top) {
+            return false;
+        }
+        // tenants[i].field...
+        if let Some(rest) = path.strip_prefix("tenants[") {
+            if let Some((_, field)) = rest.split_once("].") {
+                let field = field.split(['.', '[']).next().unwrap_or("");
+                return !APPLIED_TENANT_FIELDS.contains(&field);
+            }
+        }
+        true
+    });
     out
+}
+
+fn diff(old: &serde_yaml::Value, new: &serde_yaml::Value, path: String, out: &mut Vec<String>) {
+    use serde_yaml::Value as Y;
+    let join = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match (old, new) {
+        (Y::Mapping(a), Y::Mapping(b)) => {
+            let mut keys: Vec<String> = a
+                .keys()
+                .chain(b.keys())
+                .map(|k| match k {
+                    Y::String(s) => s.clone(),
+                    other => serde_yaml::to_string(other)
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string(),
+                })
+                .collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let key = Y::String(k.clone());
+                let null = Y::Null;
+                diff(
+                    a.get(&key).unwrap_or(&null),
+                    b.get(&key).unwrap_or(&null),
+                    join(&k),
+                    out,
+                );
+            }
+        }
+        (Y::Sequence(a), Y::Sequence(b)) if a.len() == b.len() => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                diff(x, y, format!("{path}[{i}]"), out);
+            }
+        }
+        (Y::Tagged(a), Y::Tagged(b)) if a.tag == b.tag => diff(&a.value, &b.value, path, out),
+        (a, b) if a == b => {}
+        _ => out.push(if path.is_empty() {
+            "(whole file)".into()
+        } else {
+            path
+        }),
+    }
 }
 
 fn stamp(path: &PathBuf) -> Option<(Option<SystemTime>, u64)> {
@@ -97,7 +132,7 @@ impl ConfigReloader {
             seen: Mutex::new(path.as_ref().and_then(stamp)),
             path,
             router,
-            running: Mutex::new(fixed_sections(config)),
+            running: config.raw.clone(),
         })
     }
 
@@ -108,7 +143,11 @@ impl ConfigReloader {
         match &result {
             Ok(v) => {
                 RELOADS.with_label_values(&["reloaded"]).inc();
-                tracing::info!(trigger = why, needs_restart = %v["needs_restart"], "config reloaded: new routing in use");
+                let needs_restart: Vec<&str> = v["needs_restart"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                tracing::info!(trigger = why, needs_restart = %needs_restart.join(", "), "config reloaded: new routing in use");
             }
             Err(e) => {
                 RELOADS.with_label_values(&["refused"]).inc();
@@ -128,15 +167,8 @@ impl ConfigReloader {
         *self.seen.lock().unwrap() = stamp(path);
         let config = Config::load(path).map_err(|e| e.to_string())?;
         let reloaded = self.router.reload(&config)?;
-        let new = fixed_sections(&config);
-        // The sections a reload does not apply still run as they were at start.
-        let running = self.running.lock().unwrap();
-        let needs_restart: Vec<&str> = new
-            .iter()
-            .zip(running.iter())
-            .filter(|(a, b)| a.1 != b.1)
-            .map(|(a, _)| a.0.as_str())
-            .collect();
+        // What a reload does not apply still runs as it was at start.
+        let needs_restart = changed_fields(&self.running, &config.raw);
         let out = json!({
             "reloaded": true,
             "backends": reloaded.backends,
@@ -144,7 +176,7 @@ impl ConfigReloader {
             "needs_restart": needs_restart,
         });
         if !needs_restart.is_empty() {
-            tracing::warn!(sections = ?needs_restart, "config reload: these changes take effect only after a restart");
+            tracing::warn!(fields = %needs_restart.join(", "), "config reload: these changes take effect only after a restart");
         }
         Ok(out)
     }
@@ -175,5 +207,29 @@ impl ConfigReloader {
                 let _ = tokio::task::spawn_blocking(move || r.reload(why)).await;
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::changed_fields;
+
+    fn y(s: &str) -> serde_yaml::Value {
+        serde_yaml::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn needs_restart_names_each_changed_field_and_skips_routing() {
+        let old = y("archive: {store: {type: s3, bucket: b, secret_access_key: one}}\nbackends: [{name: a, url: x}]\nlimits: {max_body_bytes: 5MiB}\ntenants:\n  - {name: t, backend: a, exclusion_rules: [{name: r, query: q, sample_rate: 0.5}]}\n");
+        let new = y("archive: {store: {type: s3, bucket: b, secret_access_key: two}}\nbackends: [{name: a, url: y}]\nlimits: {max_body_bytes: 5MiB, idle_timeout: 5s}\ntenants:\n  - {name: t, backend: b, exclusion_rules: [{name: r, query: q, sample_rate: 0.9}]}\n");
+        assert_eq!(
+            changed_fields(&old, &new),
+            vec![
+                "archive.store.secret_access_key",
+                "limits.idle_timeout",
+                "tenants[0].exclusion_rules[0].sample_rate",
+            ]
+        );
+        assert!(changed_fields(&old, &old).is_empty());
     }
 }

@@ -148,7 +148,7 @@ async fn refusals_are_precise_with_json_bodies() {
     let weir = Weir::start(&config(
         &addr.to_string(),
         "",
-        "limits:\n  max_body_bytes: 1MiB\n  max_decompressed_bytes: 1MiB\n",
+        "limits:\n  max_body_bytes: 1MiB\n  max_decompressed_bytes: 1MiB\n  max_events_per_request: 1000\n",
     ))
     .await;
     let url = weir.url("/api/v2/logs");
@@ -196,7 +196,7 @@ async fn refusals_are_precise_with_json_bodies() {
     let r = post(&url, &[KEY, JSON, ("Content-Encoding", "br")], "[]").await;
     assert_eq!(r.status, 415);
 
-    // 1001 entries: Datadog's limit is 1000 per payload.
+    // 1001 entries, past a configured max_events_per_request (none by default).
     let r = post(&url, &[KEY, JSON], batch("many", 1001)).await;
     assert_eq!(r.status, 413);
     assert!(r.error().contains("more than 1000"), "{}", r.error());

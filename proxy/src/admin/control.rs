@@ -21,6 +21,8 @@ use subtle::ConstantTimeEq;
 
 pub struct Control {
     token: Option<Secret>,
+    /// The YAML's rules and quotas: what `DELETE /admin/overrides` goes back to.
+    yaml: Overrides,
     rules: Arc<ExclusionRules>,
     quotas: Arc<DailyQuotas>,
     state_dir: PathBuf,
@@ -41,11 +43,89 @@ pub struct Overrides {
     pub quotas: BTreeMap<String, QuotaChange>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaChange {
+    #[serde(default)]
     pub max_events: Option<u64>,
+    /// Bytes, or a size with a unit as in the YAML (`10MiB`).
+    #[serde(default, deserialize_with = "byte_size")]
     pub max_bytes: Option<u64>,
+}
+
+fn byte_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    Ok(Option::<crate::config::ByteSize>::deserialize(d)?.map(|b| b.0))
+}
+
+impl Overrides {
+    /// What the YAML itself says, in the same shape, to compare saved changes with
+    /// and to go back to.
+    pub fn from_config(c: &crate::config::Config) -> Overrides {
+        let mut rules = BTreeMap::new();
+        rules.insert("global".to_string(), c.exclusion_rules.clone());
+        let mut quotas = BTreeMap::new();
+        for t in &c.tenants {
+            rules.insert(t.name.clone(), t.exclusion_rules.clone());
+            if let Some(q) = &t.daily_quota {
+                quotas.insert(
+                    t.name.clone(),
+                    QuotaChange {
+                        max_events: q.max_events,
+                        max_bytes: q.max_bytes.map(|b| b.0),
+                    },
+                );
+            }
+        }
+        Overrides { rules, quotas }
+    }
+
+    /// The saved state in `data_dir`, if any.
+    pub fn load(data_dir: &std::path::Path) -> anyhow::Result<Option<Overrides>> {
+        let path = data_dir.join(OVERRIDES_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
+        }
+    }
+
+    /// One line per scope or tenant where `self` (saved at run time) differs from
+    /// `yaml`: what a start with this saved state will use instead of the YAML.
+    pub fn differences(&self, yaml: &Overrides) -> Vec<String> {
+        let mut out = Vec::new();
+        let none = Vec::new();
+        for (scope, saved) in &self.rules {
+            let from_yaml = yaml.rules.get(scope).unwrap_or(&none);
+            let names =
+                |rs: &[ExclusionRuleConfig]| rs.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
+            if serde_json::to_value(saved).ok() != serde_json::to_value(from_yaml).ok() {
+                out.push(format!(
+                    "exclusion rules of {scope}: {:?} from the YAML are replaced by {:?} saved at run time",
+                    names(from_yaml),
+                    names(saved)
+                ));
+            }
+        }
+        for (tenant, saved) in &self.quotas {
+            let from_yaml = yaml.quotas.get(tenant).cloned().unwrap_or_default();
+            if *saved != from_yaml {
+                out.push(format!(
+                    "daily quota of {tenant}: max_events {} and max_bytes {} from the YAML are replaced by {} and {} saved at run time",
+                    limit(from_yaml.max_events),
+                    limit(from_yaml.max_bytes),
+                    limit(saved.max_events),
+                    limit(saved.max_bytes)
+                ));
+            }
+        }
+        out
+    }
+}
+
+fn limit(v: Option<u64>) -> String {
+    v.map(|n| n.to_string()).unwrap_or_else(|| "none".into())
 }
 
 #[derive(Deserialize)]
@@ -64,15 +144,18 @@ fn err(status: StatusCode, msg: impl Into<String>) -> Rejection {
 }
 
 impl Control {
-    /// Applies the overrides saved by an earlier run, then serves changes.
+    /// Applies the overrides saved by an earlier run (saying what they replace in
+    /// the YAML), then serves changes.
     pub fn new(
         token: Option<Secret>,
+        yaml: Overrides,
         rules: Arc<ExclusionRules>,
         quotas: Arc<DailyQuotas>,
         state_dir: PathBuf,
     ) -> anyhow::Result<Control> {
         let c = Control {
             token,
+            yaml,
             rules,
             quotas,
             state_dir,
@@ -81,28 +164,69 @@ impl Control {
             reloader: None,
             lock: Mutex::new(()),
         };
-        let path = c.state_dir.join(OVERRIDES_FILE);
-        if let Ok(bytes) = std::fs::read(&path) {
-            let saved: Overrides = serde_json::from_slice(&bytes)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            for (scope_name, rules) in &saved.rules {
-                match c.scope(scope_name) {
-                    Ok(scope) => c.rules.replace(&scope, rules).map_err(|e| {
-                        anyhow::anyhow!("{}: rule {:?}: {}", path.display(), e.rule, e.error)
-                    })?,
-                    Err(_) => {
-                        tracing::warn!(scope = %scope_name, "saved rules for a tenant no longer configured; ignored")
-                    }
-                }
+        if let Some(saved) = Overrides::load(&c.state_dir)? {
+            c.apply(&saved).map_err(|e| {
+                anyhow::anyhow!("{}: {e}", c.state_dir.join(OVERRIDES_FILE).display())
+            })?;
+            let path = c.state_dir.join(OVERRIDES_FILE);
+            for d in saved.differences(&c.yaml) {
+                tracing::warn!(file = %path.display(), "run-time change overrides the YAML: {d} (DELETE /admin/overrides or `weir run --discard-runtime-changes` goes back to the YAML)");
             }
-            for (tenant, q) in &saved.quotas {
-                if !c.quotas.set_limits(tenant, q.max_events, q.max_bytes) {
-                    tracing::warn!(%tenant, "saved quota for a tenant without a daily quota; ignored");
-                }
-            }
-            tracing::info!(file = %path.display(), "run-time rule and quota changes restored");
         }
         Ok(c)
+    }
+
+    /// Puts rules and quotas in place.
+    fn apply(&self, o: &Overrides) -> Result<(), String> {
+        for (scope_name, rules) in &o.rules {
+            match self.scope(scope_name) {
+                Ok(scope) => self
+                    .rules
+                    .replace(&scope, rules)
+                    .map_err(|e| format!("rule {:?}: {}", e.rule, e.error))?,
+                Err(_) => {
+                    tracing::warn!(scope = %scope_name, "saved rules for a tenant no longer configured; ignored")
+                }
+            }
+        }
+        for (tenant, q) in &o.quotas {
+            if !self.quotas.set_limits(tenant, q.max_events, q.max_bytes) {
+                tracing::warn!(%tenant, "saved quota for a tenant no longer configured; ignored");
+            }
+        }
+        Ok(())
+    }
+
+    /// `DELETE /admin/overrides`: back to the YAML's rules and quotas, and the saved
+    /// state removed.
+    fn discard_overrides(&self) -> Result<(StatusCode, Value), Rejection> {
+        let _guard = self.lock.lock().unwrap();
+        let saved = self.load_overrides();
+        let mut back = Overrides {
+            rules: self.yaml.rules.clone(),
+            quotas: self.yaml.quotas.clone(),
+        };
+        // A quota added at run time to a tenant without one in the YAML: no limits.
+        for tenant in saved.quotas.keys() {
+            back.quotas.entry(tenant.clone()).or_default();
+        }
+        self.apply(&back)
+            .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+        let discarded = saved.differences(&self.yaml);
+        match std::fs::remove_file(self.state_dir.join(OVERRIDES_FILE)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(err(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("back to the YAML, but the saved state could not be removed: {e}"),
+                ))
+            }
+        }
+        for d in &discarded {
+            tracing::info!(target: "weir::audit", change = "discard", "run-time change discarded, the YAML applies again: {d}");
+        }
+        Ok((StatusCode::OK, json!({ "discarded": discarded })))
     }
 
     /// The plugin stage, for `POST /admin/reload`.
@@ -243,6 +367,7 @@ impl Control {
         &self,
         method: &http::Method,
         path: &str,
+        query: Option<&str>,
         body: &[u8],
     ) -> Result<(StatusCode, Value), Rejection> {
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -251,8 +376,26 @@ impl Control {
             ("GET", ["quotas"]) => Ok((StatusCode::OK, json!({ "quotas": self.quotas.views() }))),
             ("POST", ["reload"]) => Ok(self.reload_plugins()),
             ("POST", ["config", "reload"]) => Ok(self.reload_config()),
+            ("DELETE", ["overrides"]) => self.discard_overrides(),
+            ("GET", ["overrides"]) => {
+                let saved = self.load_overrides();
+                Ok((
+                    StatusCode::OK,
+                    json!({ "overrides": saved.differences(&self.yaml) }),
+                ))
+            }
             ("POST", ["rules", scope]) => {
                 let rule: ExclusionRuleConfig = parse_body(body)?;
+                // The first matching rule decides, so where a rule goes matters.
+                let position = match query_value(query, "position") {
+                    None => None,
+                    Some(p) => Some(p.parse::<usize>().map_err(|_| {
+                        err(
+                            StatusCode::BAD_REQUEST,
+                            format!("position must be a number (0 = first), got {p:?}"),
+                        )
+                    })?),
+                };
                 self.change_rules(scope, |rules| {
                     if rules.iter().any(|r| r.name == rule.name) {
                         return Err(err(
@@ -260,7 +403,16 @@ impl Control {
                             format!("a rule named {:?} already exists here", rule.name),
                         ));
                     }
-                    rules.push(rule.clone());
+                    match position {
+                        Some(p) if p > rules.len() => {
+                            return Err(err(
+                                StatusCode::BAD_REQUEST,
+                                format!("position {p} is past the end ({} rules)", rules.len()),
+                            ))
+                        }
+                        Some(p) => rules.insert(p, rule.clone()),
+                        None => rules.push(rule.clone()),
+                    }
                     Ok(())
                 })?;
                 Ok((StatusCode::CREATED, json!({ "rule": rule })))
@@ -309,19 +461,32 @@ impl Control {
             ("PATCH", ["quotas", tenant]) => {
                 let change: QuotaChange = parse_body(body)?;
                 let _guard = self.lock.lock().unwrap();
+                let old = self
+                    .quotas
+                    .views()
+                    .into_iter()
+                    .find(|v| v.tenant == *tenant)
+                    .map(|v| (v.max_events, v.max_bytes));
                 if !self
                     .quotas
                     .set_limits(tenant, change.max_events, change.max_bytes)
                 {
-                    return Err(err(
-                        StatusCode::NOT_FOUND,
-                        format!("tenant {tenant:?} has no daily_quota in the config"),
-                    ));
+                    return Err(err(StatusCode::NOT_FOUND, format!("no tenant {tenant:?}")));
                 }
                 let mut saved = self.load_overrides();
                 saved.quotas.insert(tenant.to_string(), change.clone());
                 self.save_overrides(&saved)?;
-                tracing::info!(%tenant, max_events = ?change.max_events, max_bytes = ?change.max_bytes, "daily quota changed at run time");
+                let (old_events, old_bytes) = old.unwrap_or((None, None));
+                tracing::info!(
+                    target: "weir::audit",
+                    change = "quota",
+                    %tenant,
+                    old_max_events = %limit(old_events),
+                    old_max_bytes = %limit(old_bytes),
+                    new_max_events = %limit(change.max_events),
+                    new_max_bytes = %limit(change.max_bytes),
+                    "daily quota changed at run time"
+                );
                 Ok((
                     StatusCode::OK,
                     json!({ "tenant": tenant, "max_events": change.max_events, "max_bytes": change.max_bytes }),
@@ -342,7 +507,8 @@ impl Control {
     ) -> Result<(), Rejection> {
         let scope = self.scope(scope_name)?;
         let _guard = self.lock.lock().unwrap();
-        let mut rules = self.rules.configs(&scope);
+        let old = self.rules.configs(&scope);
+        let mut rules = old.clone();
         edit(&mut rules)?;
         for r in &rules {
             if !(0.0..=1.0).contains(&r.sample_rate) {
@@ -359,9 +525,16 @@ impl Control {
             )
         })?;
         let mut saved = self.load_overrides();
-        saved.rules.insert(self.scope_name(&scope), rules);
+        saved.rules.insert(self.scope_name(&scope), rules.clone());
         self.save_overrides(&saved)?;
-        tracing::info!(scope = %scope_name, "exclusion rules changed at run time");
+        tracing::info!(
+            target: "weir::audit",
+            change = "rules",
+            scope = %scope_name,
+            old = %serde_json::to_string(&old).unwrap_or_default(),
+            new = %serde_json::to_string(&rules).unwrap_or_default(),
+            "exclusion rules changed at run time"
+        );
         Ok(())
     }
 
@@ -419,6 +592,13 @@ impl Control {
         }
         json!({ "global": global, "tenants": tenants })
     }
+}
+
+/// A query parameter's raw value.
+fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
 }
 
 fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Rejection> {

@@ -127,6 +127,7 @@ async fn control_request(
             .and_then(|v| v.to_str().ok()),
     )?;
     let method = req.method().clone();
+    let query = req.uri().query().map(str::to_string);
     let body = Limited::new(req.into_body(), 64 * 1024)
         .collect()
         .await
@@ -138,5 +139,5 @@ async fn control_request(
             )
         })?
         .to_bytes();
-    control.handle(&method, path, &body)
+    control.handle(&method, path, query.as_deref(), &body)
 }

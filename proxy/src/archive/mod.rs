@@ -42,6 +42,34 @@ pub fn open_store(cfg: &StoreConfig) -> anyhow::Result<Arc<dyn ObjectStore>> {
     store::open(cfg)
 }
 
+/// The stores opened so far, shared by archives whose store config is equal by
+/// value (credentials included: two archives that differ only in their keys get
+/// two clients, each writing with its own).
+#[derive(Default)]
+pub struct Stores {
+    open: Vec<(StoreConfig, Arc<dyn ObjectStore>)>,
+}
+
+impl Stores {
+    pub fn get_or_open(&mut self, cfg: &StoreConfig) -> anyhow::Result<Arc<dyn ObjectStore>> {
+        if let Some((_, s)) = self.open.iter().find(|(c, _)| c == cfg) {
+            return Ok(s.clone());
+        }
+        let s = open_store(cfg)?;
+        self.open.push((cfg.clone(), s.clone()));
+        Ok(s)
+    }
+
+    /// How many distinct stores are open.
+    pub fn len(&self) -> usize {
+        self.open.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+}
+
 /// Starts the archive writer of `tenant`.
 pub fn spawn_writer(
     tenant: &str,
@@ -260,6 +288,29 @@ mod tests {
             compression_level: 1,
             max_queued_bytes: ByteSize::mib(1),
         }
+    }
+
+    #[test]
+    fn stores_differing_only_in_credentials_are_not_shared() {
+        let s3 = |secret: &str| -> StoreConfig {
+            serde_yaml::from_str(&format!(
+                "{{type: s3, bucket: logs, endpoint: \"http://127.0.0.1:9\", allow_http: true, path_style: true, \
+                 region: us-east-1, access_key_id: AKIA1, secret_access_key: {secret}}}"
+            ))
+            .unwrap()
+        };
+        let mut stores = Stores::default();
+        let a = stores.get_or_open(&s3("first-secret")).unwrap();
+        let b = stores.get_or_open(&s3("second-secret")).unwrap();
+        assert_eq!(
+            stores.len(),
+            2,
+            "each set of credentials gets its own client"
+        );
+        assert!(!Arc::ptr_eq(&a, &b));
+        let again = stores.get_or_open(&s3("first-secret")).unwrap();
+        assert!(Arc::ptr_eq(&a, &again), "equal configs share one client");
+        assert_eq!(stores.len(), 2);
     }
 
     fn objects(root: &std::path::Path) -> Vec<std::path::PathBuf> {

@@ -42,6 +42,9 @@ pub struct Config {
     /// How long a SIGTERM may take to flush batches and archive objects.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: Dur,
+    /// The YAML as written (environment expanded), for reload's field-by-field comparison.
+    #[serde(skip)]
+    pub raw: serde_yaml::Value,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -66,6 +69,15 @@ pub struct ListenerConfig {
 pub enum ListenerProtocol {
     Http,
     Https,
+}
+
+impl ListenerProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerProtocol::Http => "http",
+            ListenerProtocol::Https => "https",
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,8 +105,9 @@ pub struct Limits {
     pub max_body_bytes: ByteSize,
     /// Largest request body once decompressed (zip bombs stop here).
     pub max_decompressed_bytes: ByteSize,
-    /// Most log entries in one request.
-    pub max_events_per_request: usize,
+    /// Most log entries in one request; none by default: requests are bounded by
+    /// their bytes and by the memory their events take (see intake).
+    pub max_events_per_request: Option<usize>,
     /// Largest single log; longer messages are truncated and marked.
     pub max_log_bytes: ByteSize,
     /// Memory all requests being read and decoded may hold at once; past it, 503.
@@ -115,7 +128,7 @@ impl Default for Limits {
             max_connections: 10_000,
             max_body_bytes: ByteSize::mib(5),
             max_decompressed_bytes: ByteSize::mib(5),
-            max_events_per_request: 1000,
+            max_events_per_request: None,
             max_log_bytes: ByteSize::mib(1),
             max_inflight_request_bytes: ByteSize::mib(48),
             max_concurrent_streams: 100,
@@ -157,6 +170,29 @@ impl Default for LogConfig {
             format: LogFormat::Text,
         }
     }
+}
+
+/// Checks a tracing filter (`log.level`, `RUST_LOG`). tracing reads a bare word
+/// that is not a level (`verbose`, `infox`) as a module name, which silences every
+/// log line: refused here, with the levels there are.
+pub fn check_log_filter(filter: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = match directive.rsplit_once('=') {
+            Some((_, level)) => level,
+            None if directive.contains('[') => continue,
+            None => directive,
+        };
+        if !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level)) {
+            return Err(format!(
+                "{level:?} is not a log level: use one of trace, debug, info, warn, error, off, \
+                 or `module=level` directives separated by commas (e.g. `weir=debug,info`)"
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(filter)
+        .map(|_| ())
+        .map_err(|e| format!("invalid log filter {filter:?}: {e}"))
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -202,7 +238,7 @@ fn default_archive_queue() -> ByteSize {
     ByteSize::mib(16)
 }
 
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Clone, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum StoreConfig {
     /// A directory on local disk (written through object_store's LocalFileSystem).
@@ -583,6 +619,20 @@ pub struct DailyQuotaConfig {
     pub overrides: BTreeMap<String, QuotaLimit>,
 }
 
+impl Default for DailyQuotaConfig {
+    fn default() -> Self {
+        DailyQuotaConfig {
+            max_events: None,
+            max_bytes: None,
+            reset_hour_utc: default_reset_hour(),
+            warning_threshold: default_warning_threshold(),
+            action: QuotaAction::default(),
+            partition_by: Vec::new(),
+            overrides: BTreeMap::new(),
+        }
+    }
+}
+
 fn default_reset_hour() -> u32 {
     14
 }
@@ -679,7 +729,7 @@ impl Config {
     /// Parses and validates YAML text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         let de = serde_yaml::Deserializer::from_str(text);
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
             let loc = inner.location();
@@ -705,6 +755,7 @@ impl Config {
                 message,
             }
         })?;
+        config.raw = serde_yaml::from_str(text).unwrap_or_default();
         if let Err((field, message)) = config.validate() {
             let locations = Locations::index(text);
             let pos = locations.find(&field);
@@ -761,11 +812,12 @@ impl Config {
                 _ => {}
             }
         }
+        check_log_filter(&self.log.level).map_err(|e| ("log.level".to_string(), e))?;
         let lim = &self.limits;
         if lim.max_connections == 0 {
             return Err(("limits.max_connections".into(), "must be at least 1".into()));
         }
-        if lim.max_events_per_request == 0 {
+        if lim.max_events_per_request == Some(0) {
             return Err((
                 "limits.max_events_per_request".into(),
                 "must be at least 1".into(),
@@ -778,6 +830,8 @@ impl Config {
             ));
         }
         validate_archive(&self.archive, "archive")?;
+        self.validate_addresses()?;
+        self.validate_durations()?;
 
         let mut backends = HashSet::new();
         for (i, b) in self.backends.iter().enumerate() {
@@ -1198,6 +1252,81 @@ fn validate_plugins(plugins: &[PluginConfig], at: &str) -> Result<(), (String, S
     Ok(())
 }
 
+impl Config {
+    /// Two sockets cannot share a port on overlapping addresses: caught here rather
+    /// than as a bind error at start that blames whichever binds second.
+    fn validate_addresses(&self) -> Result<(), (String, String)> {
+        let overlap = |a: &SocketAddr, b: &SocketAddr| {
+            a.port() == b.port()
+                && a.port() != 0
+                && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+        };
+        for (i, l) in self.listeners.iter().enumerate() {
+            if overlap(&self.admin.address, &l.address) {
+                return Err((
+                    "admin.address".into(),
+                    format!(
+                        "{} is also listener {:?}'s address ({}); give the admin listener its own port",
+                        self.admin.address, l.name, l.address
+                    ),
+                ));
+            }
+            if let Some(j) = self.listeners[..i]
+                .iter()
+                .position(|o| overlap(&o.address, &l.address))
+            {
+                return Err((
+                    format!("listeners[{i}].address"),
+                    format!(
+                        "{} overlaps listener {:?}'s address ({})",
+                        l.address, self.listeners[j].name, self.listeners[j].address
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Durations that cannot be zero: a zero timeout fails every request, a zero
+    /// wait or back-off spins.
+    fn validate_durations(&self) -> Result<(), (String, String)> {
+        let l = &self.limits;
+        let mut checks: Vec<(String, Dur)> = vec![
+            ("limits.header_read_timeout".into(), l.header_read_timeout),
+            ("limits.idle_timeout".into(), l.idle_timeout),
+            ("limits.body_read_timeout".into(), l.body_read_timeout),
+        ];
+        let archives = std::iter::once(("archive".to_string(), &self.archive)).chain(
+            self.tenants.iter().enumerate().filter_map(|(i, t)| {
+                t.archive
+                    .as_ref()
+                    .map(|a| (format!("tenants[{i}].archive"), a))
+            }),
+        );
+        for (at, a) in archives {
+            checks.push((format!("{at}.max_object_age"), a.max_object_age));
+        }
+        for (i, b) in self.backends.iter().enumerate() {
+            let at = format!("backends[{i}]");
+            checks.extend([
+                (format!("{at}.request_timeout"), b.request_timeout),
+                (format!("{at}.batch.max_wait"), b.batch.max_wait),
+                (
+                    format!("{at}.retry.initial_backoff"),
+                    b.retry.initial_backoff,
+                ),
+                (format!("{at}.retry.max_backoff"), b.retry.max_backoff),
+                (format!("{at}.passive.ejection"), b.passive.ejection),
+                (format!("{at}.passive.max_ejection"), b.passive.max_ejection),
+            ]);
+        }
+        match checks.into_iter().find(|(_, d)| d.0.is_zero()) {
+            Some((field, _)) => Err((field, "must be greater than zero (e.g. 500ms, 10s)".into())),
+            None => Ok(()),
+        }
+    }
+}
+
 fn validate_archive(a: &ArchiveConfig, at: &str) -> Result<(), (String, String)> {
     if a.compression_level > 9 {
         return Err((
@@ -1227,6 +1356,72 @@ mod tests {
 
     fn base() -> String {
         "listeners:\n  - name: intake\n    address: 127.0.0.1:0\n    protocol: http\narchive:\n  store: {type: local, root: /tmp/x}\nbackends:\n  - name: out\n    type: file\n    path: /tmp/out\ntenants:\n  - name: t\n    api_keys: [k]\n    backend: out\n".to_string()
+    }
+
+    fn error_of(text: &str) -> ConfigError {
+        Config::parse(text, "w.yaml").unwrap_err()
+    }
+
+    #[test]
+    fn a_log_level_that_silences_everything_is_refused() {
+        for bad in ["verbose", "infox", "weir=loud", "info,verbose"] {
+            let e = error_of(&format!("{}log:\n  level: {bad}\n", base()));
+            assert_eq!(e.field.as_deref(), Some("log.level"), "{bad}: {e}");
+            assert!(e.message.contains("not a log level"), "{e}");
+            assert_eq!(e.line, Some(16), "{e}");
+        }
+        for good in [
+            "info",
+            "WARN",
+            "weir=debug,info",
+            "weir::sink=trace",
+            "off",
+            "[span]=debug",
+        ] {
+            check_log_filter(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+    }
+
+    #[test]
+    fn admin_address_may_not_be_a_listener_address() {
+        let text =
+            base().replace("127.0.0.1:0", "127.0.0.1:8088") + "admin:\n  address: 0.0.0.0:8088\n";
+        let e = error_of(&text);
+        assert_eq!(e.field.as_deref(), Some("admin.address"), "{e}");
+        assert!(e.message.contains("listener \"intake\""), "{e}");
+        let text = base().replace(
+            "listeners:\n",
+            "listeners:\n  - {name: other, address: \"127.0.0.1:9000\", protocol: http}\n  - {name: dup, address: \"0.0.0.0:9000\", protocol: http}\n",
+        );
+        let e = error_of(&text);
+        assert_eq!(e.field.as_deref(), Some("listeners[1].address"), "{e}");
+    }
+
+    #[test]
+    fn zero_durations_that_make_no_sense_are_refused() {
+        let text = base().replace(
+            "    path: /tmp/out\n",
+            "    path: /tmp/out\n    request_timeout: 0s\n",
+        );
+        let e = error_of(&text);
+        assert_eq!(
+            e.field.as_deref(),
+            Some("backends[0].request_timeout"),
+            "{e}"
+        );
+        assert!(e.message.contains("greater than zero"), "{e}");
+        let text = base().replace(
+            "    path: /tmp/out\n",
+            "    path: /tmp/out\n    batch: {max_wait: 0ms}\n",
+        );
+        let e = error_of(&text);
+        assert_eq!(
+            e.field.as_deref(),
+            Some("backends[0].batch.max_wait"),
+            "{e}"
+        );
+        let e = error_of(&format!("{}limits:\n  idle_timeout: 0s\n", base()));
+        assert_eq!(e.field.as_deref(), Some("limits.idle_timeout"), "{e}");
     }
 
     /// Two http backends, regions eu (two tiers) and us, and a tenant line to fill in.

@@ -15,11 +15,23 @@ pub struct PayloadLimits {
     pub received_at_ms: i64,
 }
 
+/// Why decoding stopped before the end of a payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeStop {
+    /// More than `max_events` entries.
+    TooMany,
+    /// The caller's `admit` refused the next entry (no memory for it now).
+    NoRoom,
+}
+
 /// A JSON array of log objects, or a single object.
 pub struct DatadogPayload<'a> {
     pub limits: PayloadLimits,
-    /// Set when decoding stopped because the payload holds more than `max_events` entries.
-    pub too_many: &'a Cell<bool>,
+    /// Set when decoding stopped early, and why.
+    pub stop: &'a Cell<Option<DecodeStop>>,
+    /// Asked after each entry is decoded, with its index: false stops decoding with `NoRoom`
+    /// (intake charges the memory events hold to its budget here).
+    pub admit: &'a mut dyn FnMut(usize) -> bool,
     pub out: &'a mut Vec<Event>,
 }
 
@@ -42,7 +54,7 @@ impl<'de> Visitor<'de> for DatadogPayload<'_> {
             if index == self.limits.max_events {
                 // One more entry than allowed refuses the whole payload.
                 if seq.next_element::<IgnoredAny>()?.is_some() {
-                    self.too_many.set(true);
+                    self.stop.set(Some(DecodeStop::TooMany));
                     return Err(de::Error::custom(format!(
                         "more than {} log entries in one payload",
                         self.limits.max_events
@@ -54,6 +66,10 @@ impl<'de> Visitor<'de> for DatadogPayload<'_> {
                 limits: self.limits,
             };
             match seq.next_element_seed(seed) {
+                Ok(Some(_)) if !(self.admit)(index) => {
+                    self.stop.set(Some(DecodeStop::NoRoom));
+                    return Err(de::Error::custom("no memory for more entries now"));
+                }
                 Ok(Some(ev)) => self.out.push(ev),
                 Ok(None) => return Ok(()),
                 Err(e) => {
@@ -72,6 +88,10 @@ impl<'de> Visitor<'de> for DatadogPayload<'_> {
             limits: self.limits,
         }
         .visit_map(map)?;
+        if !(self.admit)(0) {
+            self.stop.set(Some(DecodeStop::NoRoom));
+            return Err(de::Error::custom("no memory for more entries now"));
+        }
         self.out.push(ev);
         Ok(())
     }
@@ -95,12 +115,13 @@ pub fn decode_sample(text: &[u8]) -> Result<Vec<Event>, String> {
     };
     let first = text.iter().find(|b| !b.is_ascii_whitespace());
     if first == Some(&b'[') {
-        let too_many = Cell::new(false);
+        let stop = Cell::new(None);
         let mut out = Vec::new();
         let mut de = serde_json::Deserializer::from_slice(text);
         DatadogPayload {
             limits,
-            too_many: &too_many,
+            stop: &stop,
+            admit: &mut |_| true,
             out: &mut out,
         }
         .deserialize(&mut de)
@@ -245,18 +266,37 @@ mod tests {
     }
 
     fn decode(json: &str) -> Result<Vec<Event>, (bool, String)> {
-        let too_many = Cell::new(false);
+        decode_admitting(json, usize::MAX)
+            .map_err(|(stop, e)| (stop == Some(DecodeStop::TooMany), e))
+    }
+
+    /// Decodes, admitting entries while their index is below `room`.
+    fn decode_admitting(
+        json: &str,
+        room: usize,
+    ) -> Result<Vec<Event>, (Option<DecodeStop>, String)> {
+        let stop = Cell::new(None);
         let mut out = Vec::new();
         let mut de = serde_json::Deserializer::from_str(json);
         DatadogPayload {
             limits: limits(),
-            too_many: &too_many,
+            stop: &stop,
+            admit: &mut |i| i < room,
             out: &mut out,
         }
         .deserialize(&mut de)
         .and_then(|_| de.end())
-        .map_err(|e| (too_many.get(), e.to_string()))?;
+        .map_err(|e| (stop.get(), e.to_string()))?;
         Ok(out)
+    }
+
+    #[test]
+    fn admit_refusal_stops_decoding() {
+        let (stop, _) = decode_admitting(r#"[{},{},{}]"#, 2).unwrap_err();
+        assert_eq!(stop, Some(DecodeStop::NoRoom));
+        let (stop, _) = decode_admitting(r#"{"message":"one"}"#, 0).unwrap_err();
+        assert_eq!(stop, Some(DecodeStop::NoRoom));
+        assert_eq!(decode_admitting(r#"[{},{}]"#, 2).unwrap().len(), 2);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! (what the Datadog intake receives, what backends and the archive get).
 mod datadog;
 
-pub use datadog::{decode_entry, decode_sample, DatadogPayload, PayloadLimits};
+pub use datadog::{decode_entry, decode_sample, DatadogPayload, DecodeStop, PayloadLimits};
 pub(crate) use datadog::{split_tags, strip_position};
 
 use serde::ser::{Serialize, SerializeMap, Serializer};

@@ -6,10 +6,10 @@ pub mod body;
 
 use crate::config::Limits;
 use crate::event::{
-    decode_entry, split_tags, strip_position, Batch, BatchMeta, DatadogPayload, Event,
+    decode_entry, split_tags, strip_position, Batch, BatchMeta, DatadogPayload, DecodeStop, Event,
     Intake as Protocol, PayloadLimits,
 };
-use crate::pipeline::budget::Budget;
+use crate::pipeline::budget::{Budget, Reservation};
 use crate::pipeline::{Chain, Rejection};
 use crate::telemetry::METRICS;
 use crate::tenant::{AuthError, Tenants};
@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 pub const DATADOG_LOGS_PATH: &str = "/api/v2/logs";
 pub const GENERIC_PATH: &str = "/v1/input";
+pub const DATADOG_VALIDATE_PATH: &str = "/api/v1/validate";
 
 pub struct Intake {
     tenants: Tenants,
@@ -56,6 +57,9 @@ impl Intake {
         let protocol = match req.uri().path() {
             DATADOG_LOGS_PATH => Protocol::Datadog,
             GENERIC_PATH => Protocol::Generic,
+            DATADOG_VALIDATE_PATH if req.method() == Method::GET => {
+                return Ok(self.validate_key(&req))
+            }
             other => {
                 let r = Rejection::new(
                     StatusCode::NOT_FOUND,
@@ -87,6 +91,37 @@ impl Intake {
         }
     }
 
+    /// The tenant whose API key the request carries.
+    fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> Result<Arc<crate::tenant::Tenant>, Rejection> {
+        self.tenants
+            .authenticate(api_key(headers, query).as_deref())
+            .map_err(|e| match e {
+                AuthError::Missing => Rejection::new(
+                    StatusCode::UNAUTHORIZED,
+                    "missing_api_key",
+                    "API key missing: send it in the DD-API-KEY header",
+                ),
+                AuthError::Unknown => Rejection::new(
+                    StatusCode::FORBIDDEN,
+                    "unknown_api_key",
+                    "API key is not valid",
+                ),
+            })
+    }
+
+    /// `GET /api/v1/validate`: Datadog's API key check, which Vector's `datadog_logs`
+    /// sink calls at start. 200 `{"valid":true}` for a tenant's key.
+    fn validate_key(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        match self.authenticate(req.headers(), req.uri().query()) {
+            Ok(_) => json_response(StatusCode::OK, Bytes::from_static(b"{\"valid\":true}")),
+            Err(r) => self.refuse("validate", r),
+        }
+    }
+
     fn refuse(&self, intake: &str, r: Rejection) -> Response<Full<Bytes>> {
         METRICS
             .rejected_requests
@@ -102,21 +137,7 @@ impl Intake {
         req: Request<Incoming>,
     ) -> Result<(), Rejection> {
         let (parts, body) = req.into_parts();
-        let tenant = self
-            .tenants
-            .authenticate(api_key(&parts.headers, parts.uri.query()).as_deref())
-            .map_err(|e| match e {
-                AuthError::Missing => Rejection::new(
-                    StatusCode::UNAUTHORIZED,
-                    "missing_api_key",
-                    "API key missing: send it in the DD-API-KEY header",
-                ),
-                AuthError::Unknown => Rejection::new(
-                    StatusCode::FORBIDDEN,
-                    "unknown_api_key",
-                    "API key is not valid",
-                ),
-            })?;
+        let tenant = self.authenticate(&parts.headers, parts.uri.query())?;
         let encoding = Encoding::parse(
             parts
                 .headers
@@ -203,14 +224,32 @@ impl Intake {
         };
 
         let limits = PayloadLimits {
-            max_events: self.limits.max_events_per_request,
+            max_events: self.limits.max_events_per_request.unwrap_or(usize::MAX),
             max_log_bytes: self.limits.max_log_bytes.as_usize(),
             received_at_ms,
         };
-        let events = match protocol {
-            Protocol::Datadog if text => decode_lines(&plain, limits, false)?,
-            Protocol::Datadog => decode_datadog_json(&plain, limits)?,
-            Protocol::Generic => decode_lines(&plain, limits, true)?,
+        // Held until the batch is in the stages' queues, which charge it again.
+        let mut charge = EventCharge::new(&self.request_budget);
+        let admit = &mut |i| charge.admit(i);
+        let decoded = match protocol {
+            Protocol::Datadog if text => decode_lines(&plain, limits, false, admit),
+            Protocol::Datadog => decode_datadog_json(&plain, limits, admit),
+            Protocol::Generic => decode_lines(&plain, limits, true, admit),
+        };
+        let events = match decoded {
+            Err(_) if charge.never_fits => {
+                return Err(Rejection::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_many_events",
+                    format!(
+                        "more than {} log entries: as events they would take more memory than \
+                         limits.max_inflight_request_bytes ({} bytes) allows; send fewer per request",
+                        charge.held.len() * CHARGE_EVERY,
+                        self.request_budget.capacity()
+                    ),
+                ))
+            }
+            other => other?,
         };
         let mut events = events;
         // Datadog's `ddtags` query parameter: tags for every log of the request.
@@ -249,6 +288,52 @@ impl Intake {
                 .inc_by(truncated as u64);
         }
         Ok(())
+    }
+}
+
+/// Memory a decoded event holds besides its text (the struct, its tag vector and
+/// attribute map). Requests are not limited by an entry count that agents do not
+/// know about (Fluent Bit sends whole chunks of thousands), but a body of many tiny
+/// entries must not multiply into gigabytes: each event is charged to the request
+/// budget as it is decoded, and a request that finds no room is refused with 503.
+const EVENT_OVERHEAD: usize = std::mem::size_of::<Event>() + 64;
+/// Events charged per reservation, so the budget is not touched per event.
+const CHARGE_EVERY: usize = 256;
+
+struct EventCharge<'a> {
+    budget: &'a Budget,
+    held: Vec<Reservation>,
+    /// The request's events would not fit even in the whole budget: a retry cannot help.
+    never_fits: bool,
+}
+
+impl<'a> EventCharge<'a> {
+    fn new(budget: &'a Budget) -> Self {
+        EventCharge {
+            budget,
+            held: Vec::new(),
+            never_fits: false,
+        }
+    }
+
+    /// Admits entry `index`, reserving memory for the next CHARGE_EVERY entries when it starts a block.
+    fn admit(&mut self, index: usize) -> bool {
+        if !index.is_multiple_of(CHARGE_EVERY) {
+            return true;
+        }
+        let block = CHARGE_EVERY * EVENT_OVERHEAD;
+        // The body itself holds a reservation too, hence the half.
+        if (self.held.len() + 1) * block > self.budget.capacity() / 2 {
+            self.never_fits = true;
+            return false;
+        }
+        match self.budget.try_reserve(block) {
+            Some(r) => {
+                self.held.push(r);
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -314,21 +399,27 @@ fn content_type(headers: &HeaderMap) -> Option<String> {
 }
 
 /// A JSON array of Datadog log objects, or one object.
-fn decode_datadog_json(body: &[u8], limits: PayloadLimits) -> Result<Vec<Event>, Rejection> {
-    let too_many = Cell::new(false);
+fn decode_datadog_json(
+    body: &[u8],
+    limits: PayloadLimits,
+    admit: &mut dyn FnMut(usize) -> bool,
+) -> Result<Vec<Event>, Rejection> {
+    let stop = Cell::new(None);
     let mut events = Vec::with_capacity(limits.max_events.min(body.len() / 64 + 1));
     let mut de = serde_json::Deserializer::from_slice(body);
     let result = DatadogPayload {
         limits,
-        too_many: &too_many,
+        stop: &stop,
+        admit,
         out: &mut events,
     }
     .deserialize(&mut de)
     .and_then(|_| de.end());
-    match result {
-        Ok(()) => Ok(events),
-        Err(_) if too_many.get() => Err(too_many_events(limits.max_events)),
-        Err(e) => Err(invalid_json(body, &e)),
+    match (result, stop.get()) {
+        (Ok(()), _) => Ok(events),
+        (Err(_), Some(DecodeStop::TooMany)) => Err(too_many_events(limits.max_events)),
+        (Err(_), Some(DecodeStop::NoRoom)) => Err(intake_busy()),
+        (Err(e), None) => Err(invalid_json(body, &e)),
     }
 }
 
@@ -337,6 +428,7 @@ fn decode_lines(
     body: &[u8],
     limits: PayloadLimits,
     json_objects: bool,
+    admit: &mut dyn FnMut(usize) -> bool,
 ) -> Result<Vec<Event>, Rejection> {
     let mut events = Vec::new();
     for line in body.split(|&b| b == b'\n') {
@@ -346,6 +438,9 @@ fn decode_lines(
         }
         if events.len() == limits.max_events {
             return Err(too_many_events(limits.max_events));
+        }
+        if !admit(events.len()) {
+            return Err(intake_busy());
         }
         let trimmed = line.trim_ascii_start();
         if json_objects && trimmed.first() == Some(&b'{') {
@@ -445,7 +540,7 @@ mod tests {
     #[test]
     fn invalid_json_names_the_byte_offset() {
         let body = b"[{\"message\":\"a\"},\n {\"message\": }]";
-        let r = decode_datadog_json(body, limits()).unwrap_err();
+        let r = decode_datadog_json(body, limits(), &mut |_| true).unwrap_err();
         assert_eq!(r.status, StatusCode::BAD_REQUEST);
         // serde_json reports the position just past the offending byte.
         assert!(r.message.contains("near byte offset 32"), "{}", r.message);
@@ -455,21 +550,21 @@ mod tests {
     #[test]
     fn lines_and_generic_ndjson() {
         let body = b"plain one\r\n\n{\"message\":\"json\",\"service\":\"s\"}\n{not json\n";
-        let evs = decode_lines(body, limits(), true).unwrap();
+        let evs = decode_lines(body, limits(), true, &mut |_| true).unwrap();
         assert_eq!(evs.len(), 3);
         assert_eq!(evs[0].message, "plain one");
         assert_eq!(evs[1].message, "json");
         assert_eq!(evs[1].service.as_deref(), Some("s"));
         assert_eq!(evs[2].message, "{not json");
         // The Datadog text/plain intake takes JSON-looking lines as text.
-        let evs = decode_lines(b"{\"message\":\"x\"}", limits(), false).unwrap();
+        let evs = decode_lines(b"{\"message\":\"x\"}", limits(), false, &mut |_| true).unwrap();
         assert_eq!(evs[0].message, "{\"message\"");
         assert!(evs[0].is_truncated());
     }
 
     #[test]
     fn line_count_is_limited() {
-        let r = decode_lines(b"a\nb\nc\nd\n", limits(), false).unwrap_err();
+        let r = decode_lines(b"a\nb\nc\nd\n", limits(), false, &mut |_| true).unwrap_err();
         assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
     }
 

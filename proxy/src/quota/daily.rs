@@ -13,7 +13,7 @@ use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 const DAY_MS: i64 = 86_400_000;
 const HOUR_MS: i64 = 3_600_000;
@@ -63,7 +63,9 @@ pub struct QuotaView {
 }
 
 pub struct DailyQuotas {
-    tenants: Vec<Option<TenantQuota>>,
+    /// By tenant index; a tenant without a quota in the YAML may get one at run time.
+    tenants: Vec<OnceLock<TenantQuota>>,
+    names: Vec<String>,
     clock: Arc<dyn Clock>,
     dir: PathBuf,
 }
@@ -94,41 +96,57 @@ impl DailyQuotas {
         clock: Arc<dyn Clock>,
         dir: &Path,
     ) -> DailyQuotas {
-        let now = clock.now_ms();
-        let tenants = names
-            .iter()
-            .zip(configs)
-            .map(|(name, cfg)| {
-                cfg.as_ref().map(|cfg| {
-                    let current = window_start(now, cfg.reset_hour_utc);
-                    let saved: Option<Saved> = std::fs::read(dir.join(format!("{name}.json"))).ok().and_then(|b| serde_json::from_slice(&b).ok());
-                    let usage = match saved {
-                        Some(s) if s.window_start_ms == current => {
-                            tracing::info!(tenant = %name, partitions = s.usage.len(), "daily quota usage restored");
-                            s.usage.into_iter().collect()
-                        }
-                        _ => HashMap::new(),
-                    };
-                    let q = TenantQuota {
-                        name: name.clone(),
-                        settings: RwLock::new(cfg.clone()),
-                        state: Mutex::new(State { window_start_ms: current, usage, warned: HashSet::new(), dirty: false }),
-                    };
-                    q.publish_all();
-                    q
-                })
-            })
-            .collect();
-        DailyQuotas {
-            tenants,
+        let quotas = DailyQuotas {
+            tenants: names.iter().map(|_| OnceLock::new()).collect(),
+            names: names.to_vec(),
             clock,
             dir: dir.to_path_buf(),
+        };
+        for (i, cfg) in configs.iter().enumerate() {
+            if let Some(cfg) = cfg {
+                quotas.install(i, cfg.clone());
+            }
         }
+        quotas
+    }
+
+    /// Starts tenant `i`'s quota, with the usage saved earlier in the same quota day.
+    fn install(&self, i: usize, cfg: DailyQuotaConfig) -> &TenantQuota {
+        let name = &self.names[i];
+        self.tenants[i].get_or_init(|| {
+            let current = window_start(self.clock.now_ms(), cfg.reset_hour_utc);
+            let saved: Option<Saved> = std::fs::read(self.dir.join(format!("{name}.json")))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            let usage = match saved {
+                Some(s) if s.window_start_ms == current => {
+                    tracing::info!(tenant = %name, partitions = s.usage.len(), "daily quota usage restored");
+                    s.usage.into_iter().collect()
+                }
+                _ => HashMap::new(),
+            };
+            let q = TenantQuota {
+                name: name.clone(),
+                settings: RwLock::new(cfg),
+                state: Mutex::new(State {
+                    window_start_ms: current,
+                    usage,
+                    warned: HashSet::new(),
+                    dirty: false,
+                }),
+            };
+            q.publish_all();
+            q
+        })
+    }
+
+    fn active(&self) -> impl Iterator<Item = &TenantQuota> {
+        self.tenants.iter().filter_map(OnceLock::get)
     }
 
     /// Writes every changed tenant's usage (atomically: temp file, then rename).
     pub fn save(&self) {
-        for q in self.tenants.iter().flatten() {
+        for q in self.active() {
             let saved = {
                 let mut st = q.state.lock().unwrap();
                 if !st.dirty {
@@ -152,9 +170,7 @@ impl DailyQuotas {
     }
 
     pub fn views(&self) -> Vec<QuotaView> {
-        self.tenants
-            .iter()
-            .flatten()
+        self.active()
             .map(|q| {
                 let s = q.settings.read().unwrap();
                 let st = q.state.lock().unwrap();
@@ -172,14 +188,27 @@ impl DailyQuotas {
     }
 
     /// Changes a tenant's default daily limits at run time; false when the tenant has no quota.
+    /// Sets a tenant's limits; a tenant without a quota gets one with the defaults
+    /// (reset at 14:00 UTC, warning at 0.8, `archive_only`). False: no such tenant.
     pub fn set_limits(
         &self,
         tenant: &str,
         max_events: Option<u64>,
         max_bytes: Option<u64>,
     ) -> bool {
-        let Some(q) = self.tenants.iter().flatten().find(|q| q.name == tenant) else {
+        let Some(i) = self.names.iter().position(|n| n == tenant) else {
             return false;
+        };
+        let q = match self.tenants[i].get() {
+            Some(q) => q,
+            None => self.install(
+                i,
+                DailyQuotaConfig {
+                    max_events,
+                    max_bytes: max_bytes.map(crate::config::ByteSize),
+                    ..DailyQuotaConfig::default()
+                },
+            ),
         };
         {
             let mut s = q.settings.write().unwrap();
@@ -249,7 +278,11 @@ impl Stage for DailyQuotas {
     }
 
     fn process(&self, batch: &mut Batch) -> Result<(), Rejection> {
-        let Some(Some(q)) = self.tenants.get(batch.meta.tenant.index) else {
+        let Some(q) = self
+            .tenants
+            .get(batch.meta.tenant.index)
+            .and_then(OnceLock::get)
+        else {
             return Ok(());
         };
         let s = q.settings.read().unwrap();
@@ -541,7 +574,7 @@ mod tests {
         );
         assert_eq!(
             q.tenants[0]
-                .as_ref()
+                .get()
                 .unwrap()
                 .state
                 .lock()

@@ -312,10 +312,20 @@ pub fn render() -> Vec<u8> {
     out
 }
 
-/// Installs the global tracing subscriber. RUST_LOG, when set, wins over the config's level.
-pub fn init_logging(cfg: &LogConfig) {
+/// Installs the global tracing subscriber. RUST_LOG, when set, wins over the config's
+/// level; a filter that would silence everything (`RUST_LOG=infox`) is refused.
+pub fn init_logging(cfg: &LogConfig) -> Result<(), String> {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(env) if !env.trim().is_empty() => {
+            crate::config::check_log_filter(&env).map_err(|e| format!("RUST_LOG: {e}"))?;
+            EnvFilter::new(env)
+        }
+        _ => {
+            crate::config::check_log_filter(&cfg.level).map_err(|e| format!("log.level: {e}"))?;
+            EnvFilter::new(&cfg.level)
+        }
+    };
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -325,4 +335,5 @@ pub fn init_logging(cfg: &LogConfig) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
+    Ok(())
 }

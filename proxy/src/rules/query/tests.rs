@@ -108,6 +108,10 @@ fn matches_table() {
         ("status:(warn OR info)", busy, false),
         ("status:(error -warn)", busy, true),
         ("status:(NOT error)", busy, false),
+        // an event without a status is `info`, as Datadog's status remapper makes it
+        ("status:info", bare, true),
+        ("-status:info", bare, false),
+        ("status:error", bare, false),
         ("service:\"checkout-api\"", busy, true),
         ("service:\"checkout*\"", busy, false),     // quotes make `*` literal
         ("host:*", busy, true),
