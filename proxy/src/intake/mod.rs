@@ -3,6 +3,7 @@
 //! them to the stage chain. Every refusal is a precise status with a JSON
 //! body `{"errors":["..."]}`, as Datadog's intake answers.
 pub mod body;
+pub mod refusals;
 
 use crate::config::Limits;
 use crate::event::{
@@ -19,6 +20,7 @@ use http::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use refusals::{Origin, RefusalLog};
 use serde::de::DeserializeSeed;
 use std::cell::Cell;
 use std::convert::Infallible;
@@ -34,6 +36,7 @@ pub struct Intake {
     limits: Limits,
     /// Memory held by request bodies being read and decoded, across all connections.
     request_budget: Budget,
+    refusals: RefusalLog,
 }
 
 impl Intake {
@@ -47,18 +50,20 @@ impl Intake {
             chain,
             limits,
             request_budget,
+            refusals: RefusalLog::default(),
         })
     }
 
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
+        origin: Origin,
     ) -> Result<Response<Full<Bytes>>, Infallible> {
         let protocol = match req.uri().path() {
             DATADOG_LOGS_PATH => Protocol::Datadog,
             GENERIC_PATH => Protocol::Generic,
             DATADOG_VALIDATE_PATH if req.method() == Method::GET => {
-                return Ok(self.validate_key(&req))
+                return Ok(self.validate_key(&req, &origin))
             }
             other => {
                 let r = Rejection::new(
@@ -68,7 +73,7 @@ impl Intake {
                         "no intake at {other}; use POST {DATADOG_LOGS_PATH} or POST {GENERIC_PATH}"
                     ),
                 );
-                return Ok(self.refuse("none", r));
+                return Ok(self.refuse(&origin, "none", None, r));
             }
         };
         if req.method() != Method::POST {
@@ -77,17 +82,18 @@ impl Intake {
                 "method_not_allowed",
                 format!("{} takes POST", req.uri().path()),
             );
-            let mut resp = self.refuse(protocol.as_str(), r);
+            let mut resp = self.refuse(&origin, protocol.as_str(), None, r);
             resp.headers_mut()
                 .insert(ALLOW, HeaderValue::from_static("POST"));
             return Ok(resp);
         }
-        match self.clone().accept(protocol, req).await {
+        let mut tenant = None;
+        match self.clone().accept(protocol, req, &mut tenant).await {
             Ok(()) => Ok(json_response(
                 StatusCode::ACCEPTED,
                 Bytes::from_static(b"{}"),
             )),
-            Err(r) => Ok(self.refuse(protocol.as_str(), r)),
+            Err(r) => Ok(self.refuse(&origin, protocol.as_str(), tenant.as_deref(), r)),
         }
     }
 
@@ -115,19 +121,25 @@ impl Intake {
 
     /// `GET /api/v1/validate`: Datadog's API key check, which Vector's `datadog_logs`
     /// sink calls at start. 200 `{"valid":true}` for a tenant's key.
-    fn validate_key(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    fn validate_key(&self, req: &Request<Incoming>, origin: &Origin) -> Response<Full<Bytes>> {
         match self.authenticate(req.headers(), req.uri().query()) {
             Ok(_) => json_response(StatusCode::OK, Bytes::from_static(b"{\"valid\":true}")),
-            Err(r) => self.refuse("validate", r),
+            Err(r) => self.refuse(origin, "validate", None, r),
         }
     }
 
-    fn refuse(&self, intake: &str, r: Rejection) -> Response<Full<Bytes>> {
+    fn refuse(
+        &self,
+        origin: &Origin,
+        intake: &str,
+        tenant: Option<&str>,
+        r: Rejection,
+    ) -> Response<Full<Bytes>> {
         METRICS
             .rejected_requests
             .with_label_values(&[intake, r.reason])
             .inc();
-        tracing::debug!(intake, status = r.status.as_u16(), reason = r.reason, message = %r.message, "request refused");
+        self.refusals.record(origin, intake, tenant, &r);
         error_response(&r)
     }
 
@@ -135,9 +147,11 @@ impl Intake {
         self: Arc<Self>,
         protocol: Protocol,
         req: Request<Incoming>,
+        tenant_name: &mut Option<String>,
     ) -> Result<(), Rejection> {
         let (parts, body) = req.into_parts();
         let tenant = self.authenticate(&parts.headers, parts.uri.query())?;
+        *tenant_name = Some(tenant.name.clone());
         let encoding = Encoding::parse(
             parts
                 .headers

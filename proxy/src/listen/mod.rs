@@ -94,7 +94,11 @@ impl Listener {
             };
             let _ = stream.set_nodelay(true);
             let intake = intake.clone();
-            let svc = service_fn(move |req| intake.clone().handle(req));
+            let origin = crate::intake::refusals::Origin {
+                listener: self.name.as_str().into(),
+                peer,
+            };
+            let svc = service_fn(move |req| intake.clone().handle(req, origin.clone()));
             let open = open.clone();
             let name = self.name.clone();
             open.inc();
