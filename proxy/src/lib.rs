@@ -6,6 +6,7 @@
 //! serve them all.
 pub mod admin;
 pub mod archive;
+pub mod banner;
 pub mod clock;
 pub mod config;
 pub mod durable;
@@ -68,7 +69,7 @@ pub async fn run(config: Config, path: Option<std::path::PathBuf>) -> anyhow::Re
             route: router.slot(i),
         })
         .collect();
-    let reloader = reload::ConfigReloader::new(path, &config, router.clone());
+    let reloader = reload::ConfigReloader::new(path.clone(), &config, router.clone());
     reloader.watch(drain.clone());
     // The stage chain, in data-flow order (DESIGN.md): rate limit, plugins, archive tee
     // marks, exclusion rules, daily quota. Rules and quotas are shared with the admin API.
@@ -154,8 +155,10 @@ pub async fn run(config: Config, path: Option<std::path::PathBuf>) -> anyhow::Re
         .with_context(|| format!("admin: cannot bind {}", config.admin.address))?;
     let stop = CancellationToken::new();
     let mut serving = Vec::new();
+    let mut bound = Vec::new();
     for l in &config.listeners {
         let listener = listen::Listener::bind(l).await?;
+        bound.push((l.name.clone(), l.protocol, listener.local_addr()));
         tracing::info!(listener = %l.name, address = %listener.local_addr(), protocol = l.protocol.as_str(), "listening");
         serving.push(tokio::spawn(listener.serve(
             intake.clone(),
@@ -164,7 +167,8 @@ pub async fn run(config: Config, path: Option<std::path::PathBuf>) -> anyhow::Re
             config.shutdown_timeout.0,
         )));
     }
-    tracing::info!(address = %admin_listener.local_addr()?, "admin listening (/metrics, /healthz, /readyz)");
+    let admin_addr = admin_listener.local_addr()?;
+    tracing::info!(address = %admin_addr, "admin listening (/metrics, /healthz, /readyz)");
     let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
@@ -175,10 +179,18 @@ pub async fn run(config: Config, path: Option<std::path::PathBuf>) -> anyhow::Re
     drop(intake);
     health.set_ready(true);
     tracing::info!(
+        version = %banner::version(),
         tenants = config.tenants.len(),
         backends = config.backends.len(),
         "weir is ready"
     );
+    // A readable summary for people; JSON logs keep one event per line.
+    if config.log.format == config::LogFormat::Text {
+        eprintln!(
+            "{}",
+            banner::lines(&config, path.as_deref(), &bound, admin_addr).join("\n")
+        );
+    }
 
     shutdown_signal().await;
     tracing::info!("shutting down: draining connections, batches and archive objects");

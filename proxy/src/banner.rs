@@ -1,0 +1,127 @@
+//! What `weir run` prints once it is ready: what a newcomer needs to try it and
+//! an on-call needs to know where things are. Never a key from a real config:
+//! the demo key is shown only for the embedded local default, which ships it.
+use crate::config::{BackendType, Config, ListenerProtocol};
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// The version and commit the binary was built from.
+pub fn version() -> String {
+    match option_env!("WEIR_GIT_COMMIT") {
+        Some(c) if !c.is_empty() => format!("{} ({c})", env!("CARGO_PKG_VERSION")),
+        _ => env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+/// The lines of the start-up summary.
+pub fn lines(
+    config: &Config,
+    path: Option<&Path>,
+    listeners: &[(String, ListenerProtocol, SocketAddr)],
+    admin: SocketAddr,
+) -> Vec<String> {
+    let mut out = vec![format!("weir {} is ready", version())];
+    out.push(match path {
+        Some(p) => format!("  config:  {}", p.display()),
+        None => "  config:  the embedded local default (config/weir.yaml; --config FILE for yours)"
+            .into(),
+    });
+    for (name, proto, addr) in listeners {
+        out.push(format!(
+            "  intake:  {}://{addr} ({name}): POST /api/v2/logs (Datadog), POST /v1/input (NDJSON)",
+            proto.as_str()
+        ));
+    }
+    out.push(format!(
+        "  admin:   http://{admin}/metrics, /healthz, /readyz, /backends"
+    ));
+    out.push(format!("  data:    {}", config.data_dir.display()));
+    for t in &config.tenants {
+        let archive = t.archive.as_ref().unwrap_or(&config.archive);
+        let archive = if !archive.enabled {
+            "no archive".to_string()
+        } else {
+            match &archive.store {
+                crate::config::StoreConfig::Local { root } => {
+                    format!("archive {}", root.join(&t.name).display())
+                }
+                crate::config::StoreConfig::S3 { bucket, .. } => format!("archive s3://{bucket}"),
+                crate::config::StoreConfig::Gcs { bucket, .. } => format!("archive gs://{bucket}"),
+                crate::config::StoreConfig::Azure {
+                    account, container, ..
+                } => format!("archive azure://{account}/{container}"),
+            }
+        };
+        let backends: Vec<String> = config
+            .route_tiers(t)
+            .into_iter()
+            .flat_map(|(_, tier)| tier)
+            .filter_map(|b| config.backend(&b))
+            .map(|b| match (b.kind, &b.path) {
+                (BackendType::File, Some(p)) => format!("{} (file {})", b.name, p.display()),
+                _ => b.name.clone(),
+            })
+            .collect();
+        out.push(format!(
+            "  tenant:  {} -> {}; {archive}",
+            t.name,
+            backends.join(", ")
+        ));
+    }
+    if path.is_none() {
+        if let Some((_, _, addr)) = listeners
+            .iter()
+            .find(|(_, p, _)| *p == ListenerProtocol::Http)
+        {
+            out.push("  try it:".into());
+            out.push(format!(
+                "    curl -X POST http://{addr}/api/v2/logs -H 'DD-API-KEY: weir-demo-key' \\\n      -H 'Content-Type: application/json' -d '[{{\"message\":\"hello\",\"service\":\"web\"}}]'"
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_default_shows_where_to_send_and_where_it_lands() {
+        let c = Config::parse(crate::config::EMBEDDED_DEFAULT, "weir.yaml").unwrap();
+        let text = lines(
+            &c,
+            None,
+            &[(
+                "intake".into(),
+                ListenerProtocol::Http,
+                "127.0.0.1:8088".parse().unwrap(),
+            )],
+            "127.0.0.1:8089".parse().unwrap(),
+        )
+        .join("\n");
+        for want in [
+            "http://127.0.0.1:8088",
+            "http://127.0.0.1:8089/metrics",
+            "weir-demo-key",
+            "weir-data/sink.ndjson",
+            "weir-data/archive/demo",
+            "embedded local default",
+        ] {
+            assert!(text.contains(want), "{want} missing from:\n{text}");
+        }
+        // A config of one's own never has its keys printed.
+        let text = lines(
+            &c,
+            Some(Path::new("weir.yaml")),
+            &[(
+                "intake".into(),
+                ListenerProtocol::Http,
+                "127.0.0.1:8088".parse().unwrap(),
+            )],
+            "127.0.0.1:8089".parse().unwrap(),
+        )
+        .join("\n");
+        assert!(!text.contains("weir-demo-key"), "{text}");
+    }
+}
