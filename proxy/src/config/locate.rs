@@ -23,6 +23,15 @@ impl Locations {
         }
     }
 
+    /// The deepest field path on a 1-based line.
+    pub fn path_at_line(&self, line: usize) -> Option<String> {
+        self.by_path
+            .iter()
+            .filter(|(_, pos)| pos.0 == line)
+            .max_by_key(|(path, pos)| (path.len(), pos.1))
+            .map(|(path, _)| path.clone())
+    }
+
     /// The 1-based line and column of `path`, or of its nearest ancestor that exists.
     pub fn find(&self, path: &str) -> Option<(usize, usize)> {
         let mut p = path.to_string();

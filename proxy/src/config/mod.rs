@@ -1,5 +1,6 @@
 //! The YAML configuration: one struct per section, defaults that suit an edge
 //! proxy, and errors that name the file, line, column and field to fix.
+mod env;
 mod locate;
 pub mod units;
 
@@ -728,6 +729,15 @@ impl Config {
 
     /// Parses and validates YAML text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let original = text;
+        let expanded = env::expand(text).map_err(|e| ConfigError {
+            file: file.to_string(),
+            line: Some(e.line),
+            column: Some(e.column),
+            field: Locations::index(original).path_at_line(e.line),
+            message: e.message,
+        })?;
+        let text = expanded.as_str();
         let de = serde_yaml::Deserializer::from_str(text);
         let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
@@ -757,7 +767,7 @@ impl Config {
         })?;
         config.raw = serde_yaml::from_str(text).unwrap_or_default();
         if let Err((field, message)) = config.validate() {
-            let locations = Locations::index(text);
+            let locations = Locations::index(original);
             let pos = locations.find(&field);
             return Err(ConfigError {
                 file: file.to_string(),

@@ -105,43 +105,10 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// Expands every `${NAME}` in `raw` from the environment; `$${` escapes a literal `${`.
-pub fn expand_env(raw: &str) -> Result<String, String> {
-    let mut out = String::with_capacity(raw.len());
-    let mut rest = raw;
-    while let Some(pos) = rest.find('$') {
-        out.push_str(&rest[..pos]);
-        rest = &rest[pos..];
-        if let Some(after) = rest.strip_prefix("$${") {
-            out.push_str("${");
-            rest = after;
-        } else if let Some(after) = rest.strip_prefix("${") {
-            let end = after
-                .find('}')
-                .ok_or_else(|| "unterminated ${ in value; expected ${ENV_VAR}".to_string())?;
-            let name = &after[..end];
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!(
-                    "invalid environment variable name {name:?} in ${{...}}"
-                ));
-            }
-            let value = std::env::var(name)
-                .map_err(|_| format!("environment variable {name} is not set"))?;
-            out.push_str(&value);
-            rest = &after[end + 1..];
-        } else {
-            out.push('$');
-            rest = &rest[1..];
-        }
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = String::deserialize(d)?;
-        let value = expand_env(&raw).map_err(de::Error::custom)?;
+        // `${ENV}` was expanded with the rest of the file (config/env.rs).
+        let value = String::deserialize(d)?;
         if value.is_empty() {
             return Err(de::Error::custom("secret is empty"));
         }
@@ -161,19 +128,6 @@ mod tests {
         assert_eq!(parse_byte_size("1.5KiB").unwrap(), 1536);
         assert!(parse_byte_size("5 parsecs").is_err());
         assert!(parse_byte_size("MiB").is_err());
-    }
-
-    #[test]
-    fn env_expansion() {
-        std::env::set_var("WEIR_UNITS_TEST", "s3cr3t");
-        assert_eq!(expand_env("${WEIR_UNITS_TEST}").unwrap(), "s3cr3t");
-        assert_eq!(expand_env("a-${WEIR_UNITS_TEST}-b").unwrap(), "a-s3cr3t-b");
-        assert_eq!(expand_env("$${LITERAL}").unwrap(), "${LITERAL}");
-        assert_eq!(expand_env("cost$5").unwrap(), "cost$5");
-        assert!(expand_env("${WEIR_SURELY_UNSET_VAR}")
-            .unwrap_err()
-            .contains("WEIR_SURELY_UNSET_VAR"));
-        assert!(expand_env("${OPEN").is_err());
     }
 
     #[test]
