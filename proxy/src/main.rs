@@ -206,6 +206,22 @@ fn run_query(query: &str, input: &std::path::Path, count: bool) -> Result<(), St
     out.flush().map_err(|e| e.to_string())
 }
 
+/// RUST_LOG overrides `log.level` at start, so `weir check` checks it too.
+fn check_env_log_filter() -> Result<(), ConfigError> {
+    match std::env::var("RUST_LOG") {
+        Ok(f) if !f.trim().is_empty() => {
+            weir::config::check_log_filter(&f).map_err(|message| ConfigError {
+                file: "environment".into(),
+                line: None,
+                column: None,
+                field: Some("RUST_LOG".into()),
+                message,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 fn load(path: &Option<PathBuf>) -> Result<Config, ConfigError> {
     match path {
         Some(p) => Config::load(p),
@@ -216,21 +232,23 @@ fn load(path: &Option<PathBuf>) -> Result<Config, ConfigError> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match load(&config).and_then(|c| {
-            // Compile, link and initialize every plugin too, so a bad one shows up here.
-            weir::plugin::Plugins::check(&c)
-                .map(|_| c)
-                .map_err(|(field, message)| weir::config::ConfigError {
-                    file: config
-                        .as_ref()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_else(|| "<embedded config/weir.yaml>".into()),
-                    line: None,
-                    column: None,
-                    field: Some(field),
-                    message,
-                })
-        }) {
+        Command::Check { config } => match check_env_log_filter()
+            .and_then(|_| load(&config))
+            .and_then(|c| {
+                // Compile, link and initialize every plugin too, so a bad one shows up here.
+                weir::plugin::Plugins::check(&c)
+                    .map(|_| c)
+                    .map_err(|(field, message)| weir::config::ConfigError {
+                        file: config
+                            .as_ref()
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_else(|| "<embedded config/weir.yaml>".into()),
+                        line: None,
+                        column: None,
+                        field: Some(field),
+                        message,
+                    })
+            }) {
             Ok(c) => {
                 println!(
                     "{}: ok",

@@ -80,6 +80,13 @@ fn diff(old: &serde_yaml::Value, new: &serde_yaml::Value, path: String, out: &mu
             format!("{path}.{key}")
         }
     };
+    let empty = Y::Mapping(Default::default());
+    // A section added or removed whole: name its fields, not just the section.
+    let (old, new) = match (old, new) {
+        (Y::Null, b @ Y::Mapping(_)) => (&empty, b),
+        (a @ Y::Mapping(_), Y::Null) => (a, &empty),
+        other => other,
+    };
     match (old, new) {
         (Y::Mapping(a), Y::Mapping(b)) => {
             let mut keys: Vec<String> = a

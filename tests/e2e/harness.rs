@@ -523,3 +523,27 @@ backends:
 {tenants}"
     )
 }
+
+/// A call to the admin listener, with a bearer token when given.
+pub async fn admin(
+    weir: &Weir,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Value,
+) -> Reply {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a.as_str()));
+    }
+    let url = format!("http://127.0.0.1:{}{path}", weir.admin);
+    request(
+        method.parse().unwrap(),
+        &url,
+        &headers,
+        serde_json::to_vec(&body).unwrap().into(),
+    )
+    .await
+    .unwrap()
+}

@@ -9,6 +9,7 @@ mod delivery;
 mod failover;
 mod intake;
 mod limits;
+mod operations;
 mod plugins;
 mod rules;
 mod tls;

@@ -208,23 +208,6 @@ async fn rate_limited_request_is_429_with_retry_after_and_nothing_taken() {
     );
 }
 
-async fn admin(weir: &Weir, method: &str, path: &str, token: Option<&str>, body: Value) -> Reply {
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let mut headers = vec![("Content-Type", "application/json")];
-    if let Some(a) = &auth {
-        headers.push(("Authorization", a.as_str()));
-    }
-    let url = format!("http://127.0.0.1:{}{path}", weir.admin);
-    request(
-        method.parse().unwrap(),
-        &url,
-        &headers,
-        serde_json::to_vec(&body).unwrap().into(),
-    )
-    .await
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_and_quotas_change_at_run_time_and_survive_a_restart() {
     let (dd, addr) = FakeDatadog::start().await;
