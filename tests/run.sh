@@ -1,10 +1,26 @@
 #!/usr/bin/env bash
-# Runs every test: the plugin SDK and first-party plugins (natively, and built
-# to wasm for the proxy's tests), Rust unit tests, the end-to-end tests (the
-# real `weir` binary as a process), and the Python tests that use real clients.
+# Sets up what a fresh machine lacks, then runs every test: the plugin SDK and
+# first-party plugins (natively, and built to wasm for the proxy's tests), Rust
+# unit tests, the end-to-end tests (the real `weir` binary as a process), and
+# the Python tests that use real clients. `.ci/run` runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# --- set-up (idempotent; quick once done) ---
+rustup target add wasm32-wasip1
+python3 -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+# Test peers from Debian: promtool (package prometheus) checks the /metrics exposition.
+if ! command -v promtool >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    elif command -v sudo >/dev/null; then
+        sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    else
+        echo "promtool missing and no root to install Debian's prometheus: its metrics test will fail" >&2
+    fi
+fi
+
+# --- tests ---
 (cd sdk && cargo test)
 (cd plugins && cargo test && cargo build --release --target wasm32-wasip1)
 
