@@ -11,5 +11,6 @@ mod intake;
 mod limits;
 mod operations;
 mod plugins;
+mod readme;
 mod rules;
 mod tls;
