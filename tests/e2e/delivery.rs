@@ -250,3 +250,58 @@ tenants:
         "archive disabled"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_refused_for_backpressure_costs_its_tenant_nothing() {
+    let port = free_port();
+    // A dead backend and a tiny queue; a daily quota, a rate limit and a rule that
+    // matches everything (sampling none out), so every charge is visible.
+    let cfg = config(
+        &format!("127.0.0.1:{port}"),
+        "    max_queued_bytes: 64KiB",
+        "    daily_quota: {max_events: 1000000}\n    rate_limit: {events_per_second: 1000000}\n    exclusion_rules:\n      - {name: all, query: '*', sample_rate: 0.0}\nlimits:\n  max_body_bytes: 64KiB\n  max_decompressed_bytes: 64KiB\n  max_inflight_request_bytes: 1MiB\n",
+    );
+    let weir = Weir::start(&cfg).await;
+    let (mut accepted, mut refused) = (0u64, 0u64);
+    for r in 0..60 {
+        let resp = post(
+            &weir.url("/api/v2/logs"),
+            &[KEY],
+            events(&format!("r{r}"), 40),
+        )
+        .await;
+        match resp.status {
+            202 => accepted += 40,
+            503 => refused += 1,
+            s => panic!("unexpected {s}: {}", resp.text()),
+        }
+    }
+    assert!(
+        refused > 0 && accepted > 0,
+        "{accepted} accepted, {refused} refused"
+    );
+    let m = weir.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "weir_quota_usage_events{partition=\"\",tenant=\"acme\"}"
+        ),
+        accepted as f64,
+        "the quota counts only accepted events"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "weir_rule_matched_events_total{rule=\"all\",tenant=\"acme\"}"
+        ),
+        accepted as f64,
+        "the rule counts only accepted events"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "weir_received_events_total{intake=\"datadog\",tenant=\"acme\"}"
+        ),
+        accepted as f64
+    );
+}

@@ -127,6 +127,23 @@ pub struct Batch {
     pub events: Vec<Event>,
     /// One per event, same order.
     pub dispositions: Vec<Disposition>,
+    /// What the stages charged for this batch, given back if it is refused after all.
+    pub charges: Charges,
+}
+
+/// What stages charged for a batch: a batch refused after the stages ran (its
+/// archive or backend queue full) gets its daily quota usage back, and rule and
+/// quota counters count only batches that were taken.
+#[derive(Debug, Default)]
+pub struct Charges {
+    /// Daily quota usage added, per partition: (partition, events, bytes)...
+    pub quota: Vec<(String, u64, u64)>,
+    /// ...to the quota day that starts at this time (ms since the epoch).
+    pub quota_window_ms: i64,
+    /// Events over the daily quota, and the action taken on them.
+    pub over_quota: Option<(u64, &'static str)>,
+    /// Per exclusion rule that matched: (rule name, matched, excluded).
+    pub rules: Vec<(String, u64, u64)>,
 }
 
 impl Batch {
@@ -136,6 +153,7 @@ impl Batch {
             meta,
             events,
             dispositions,
+            charges: Charges::default(),
         }
     }
 }

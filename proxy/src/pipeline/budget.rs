@@ -33,6 +33,11 @@ impl<T> Queue<T> {
         self.budget.try_reserve(bytes)
     }
 
+    /// Makes `r` hold `bytes`; false (and `r` unchanged) when growing finds no room.
+    pub fn resize(&self, r: &mut Reservation, bytes: usize) -> bool {
+        self.budget.resize(r, bytes)
+    }
+
     /// Fails only once the worker has stopped taking items (shutdown).
     pub fn send(&self, item: T) -> Result<(), ()> {
         self.tx.send(item).map_err(|_| ())
@@ -84,6 +89,37 @@ impl Budget {
     }
 }
 
+impl Budget {
+    /// Makes `r` (taken from this budget) hold `bytes`: gives back the excess, or
+    /// takes the difference if it is free. False, with `r` unchanged, when it is not.
+    pub fn resize(&self, r: &mut Reservation, bytes: usize) -> bool {
+        let bytes = bytes.min(self.capacity);
+        if bytes < r.bytes {
+            let give_back = r.bytes - bytes;
+            if let Some(p) = r._permit.as_mut() {
+                drop(p.split(give_back));
+            }
+            if bytes == 0 {
+                r._permit = None;
+            }
+            self.gauge.sub(give_back as i64);
+            r.bytes = bytes;
+        } else if bytes > r.bytes {
+            let extra = bytes - r.bytes;
+            let Ok(more) = self.sem.clone().try_acquire_many_owned(extra as u32) else {
+                return false;
+            };
+            match r._permit.as_mut() {
+                Some(p) => p.merge(more),
+                None => r._permit = Some(more),
+            }
+            self.gauge.add(extra as i64);
+            r.bytes = bytes;
+        }
+        true
+    }
+}
+
 impl Reservation {
     pub fn bytes(&self) -> usize {
         self.bytes
@@ -108,6 +144,25 @@ mod tests {
         assert!(b.try_reserve(50).is_none());
         assert_eq!(g.get(), 60);
         drop(r1);
+        assert_eq!(g.get(), 0);
+        assert!(b.try_reserve(100).is_some());
+    }
+
+    #[test]
+    fn a_reservation_grows_only_into_free_room_and_shrinks_back() {
+        let g = IntGauge::new("t", "t").unwrap();
+        let b = Budget::new(100, g.clone());
+        let mut r = b.try_reserve(40).unwrap();
+        let other = b.try_reserve(30).unwrap();
+        assert!(b.resize(&mut r, 70));
+        assert_eq!((r.bytes(), g.get()), (70, 100));
+        assert!(!b.resize(&mut r, 71), "no room left");
+        assert_eq!(r.bytes(), 70);
+        assert!(b.resize(&mut r, 10));
+        assert_eq!(g.get(), 40);
+        assert!(b.try_reserve(60).is_some(), "the excess was given back");
+        assert!(b.resize(&mut r, 0));
+        drop((r, other));
         assert_eq!(g.get(), 0);
         assert!(b.try_reserve(100).is_some());
     }

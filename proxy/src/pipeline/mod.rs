@@ -10,6 +10,7 @@ pub mod workers;
 use crate::archive::{ArchiveChunk, ArchiveHandle};
 use crate::event::{Batch, Disposition};
 use crate::sink::{ForwardChunk, RouteSlot};
+use budget::Reservation;
 use bytes::Bytes;
 use http::StatusCode;
 use std::sync::Arc;
@@ -47,6 +48,10 @@ pub trait Stage: Send + Sync {
     fn name(&self) -> &'static str;
     /// Runs on the whole batch of one request, before anything of it is accepted.
     fn process(&self, batch: &mut Batch) -> Result<(), Rejection>;
+    /// The batch was taken: count what `process` recorded in `batch.charges`.
+    fn commit(&self, _batch: &Batch) {}
+    /// The batch was refused after `process` ran: give back what it charged.
+    fn refund(&self, _batch: &Batch) {}
     /// Whether `process` may hold the CPU for long on this tenant's batches
     /// (a Wasm call, up to its deadline): the chain then runs on its workers.
     fn blocks(&self, _tenant: usize) -> bool {
@@ -61,6 +66,12 @@ impl<S: Stage> Stage for Arc<S> {
     }
     fn process(&self, batch: &mut Batch) -> Result<(), Rejection> {
         (**self).process(batch)
+    }
+    fn commit(&self, batch: &Batch) {
+        (**self).commit(batch)
+    }
+    fn refund(&self, batch: &Batch) {
+        (**self).refund(batch)
     }
     fn blocks(&self, tenant: usize) -> bool {
         (**self).blocks(tenant)
@@ -128,15 +139,53 @@ impl Chain {
     }
 
     /// Runs every stage, then tees the batch to archive and backend. Either all
-    /// of the batch is taken or none of it (a Rejection).
+    /// of the batch is taken or none of it (a Rejection), and a refused batch
+    /// costs its tenant nothing: room in the archive and backend queues is taken
+    /// before any stage charges a rate limit or a quota (so a full queue refuses
+    /// first), and what the stages charged is given back if the batch is refused
+    /// after all (it grew past the room taken, or the proxy is shutting down).
     pub fn run(&self, mut batch: Batch) -> Result<Dispatched, Rejection> {
-        for stage in &self.stages {
-            stage.process(&mut batch)?;
+        let out = &self.outputs[batch.meta.tenant.index];
+        // One route for the whole batch (a config reload may swap it meanwhile):
+        // the reservation belongs to the route that gets the chunk.
+        let route = out.route.read().unwrap().clone();
+        // The events as NDJSON take about what the request's JSON took.
+        let estimate = batch.meta.body_bytes.max(batch.events.len() * 64);
+        let archive_res = match &out.archive {
+            Some(a) => Some(
+                a.reserve(estimate)
+                    .ok_or_else(|| busy("archive_backpressure", "the archive is behind"))?,
+            ),
+            None => None,
+        };
+        let route_res = route
+            .reserve(estimate)
+            .ok_or_else(|| busy("backend_backpressure", "the backend is behind"))?;
+        for (i, stage) in self.stages.iter().enumerate() {
+            if let Err(r) = stage.process(&mut batch) {
+                self.stages[..i].iter().for_each(|s| s.refund(&batch));
+                return Err(r);
+            }
         }
-        self.dispatch(batch)
+        match self.dispatch(&batch, &route, archive_res, route_res) {
+            Ok(d) => {
+                self.stages.iter().for_each(|s| s.commit(&batch));
+                Ok(d)
+            }
+            Err(r) => {
+                self.stages.iter().for_each(|s| s.refund(&batch));
+                Err(r)
+            }
+        }
     }
 
-    fn dispatch(&self, batch: Batch) -> Result<Dispatched, Rejection> {
+    fn dispatch(
+        &self,
+        batch: &Batch,
+        route: &crate::sink::RouteHandle,
+        mut archive_res: Option<Reservation>,
+        mut route_res: Reservation,
+    ) -> Result<Dispatched, Rejection> {
         let out = &self.outputs[batch.meta.tenant.index];
         // Serialize each event once; the archive and the backend share the bytes.
         let mut buf = Vec::with_capacity(batch.meta.body_bytes + batch.events.len() * 64);
@@ -159,43 +208,37 @@ impl Chain {
         let archived = if out.archive.is_some() { kept } else { 0 };
         let indexed = indexed_ranges.len();
 
-        // Reserve everything first, so a refusal takes nothing.
-        let archive_res = match &out.archive {
-            Some(a) if archived > 0 => Some(
-                a.reserve(lines.len())
-                    .ok_or_else(|| busy("archive_backpressure", "the archive is behind"))?,
-            ),
-            _ => None,
-        };
-        // One route for the whole batch (a config reload may swap it meanwhile):
-        // the reservation belongs to the route that gets the chunk.
-        let route = out.route.read().unwrap().clone();
-        let route_res = if indexed > 0 {
-            Some(
-                route
-                    .reserve(lines.len())
-                    .ok_or_else(|| busy("backend_backpressure", "the backend is behind"))?,
-            )
-        } else {
-            None
-        };
+        // Make the room taken earlier what the lines need: give back the excess,
+        // or take more if there is; a refusal here still takes nothing.
+        if let (Some(a), Some(res)) = (&out.archive, archive_res.as_mut()) {
+            let need = if archived > 0 { lines.len() } else { 0 };
+            if !a.resize(res, need) {
+                return Err(busy("archive_backpressure", "the archive is behind"));
+            }
+        }
+        let need = if indexed > 0 { lines.len() } else { 0 };
+        if !route.resize(&mut route_res, need) {
+            return Err(busy("backend_backpressure", "the backend is behind"));
+        }
 
         if let (Some(a), Some(res)) = (&out.archive, archive_res) {
-            // The archive takes every kept event: all lines, in order.
-            a.send(ArchiveChunk {
-                lines: lines.clone(),
-                events: archived,
-                received_at_ms: batch.meta.received_at_ms,
-                reservation: res,
-            })
-            .map_err(|_| busy("shutting_down", "the proxy is shutting down"))?;
+            if archived > 0 {
+                // The archive takes every kept event: all lines, in order.
+                a.send(ArchiveChunk {
+                    lines: lines.clone(),
+                    events: archived,
+                    received_at_ms: batch.meta.received_at_ms,
+                    reservation: res,
+                })
+                .map_err(|_| busy("shutting_down", "the proxy is shutting down"))?;
+            }
         }
-        if let Some(res) = route_res {
+        if indexed > 0 {
             route
                 .send(ForwardChunk {
                     lines,
                     ranges: indexed_ranges,
-                    reservation: res,
+                    reservation: route_res,
                 })
                 .map_err(|_| busy("shutting_down", "the proxy is shutting down"))?;
         }

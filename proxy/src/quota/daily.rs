@@ -277,6 +277,43 @@ impl Stage for DailyQuotas {
         "daily_quota"
     }
 
+    fn commit(&self, batch: &Batch) {
+        if let Some((over, action)) = batch.charges.over_quota {
+            METRICS
+                .over_quota_events
+                .with_label_values(&[&batch.meta.tenant.name, action])
+                .inc_by(over);
+        }
+    }
+
+    /// Takes back the usage `process` added, unless the quota day turned since.
+    fn refund(&self, batch: &Batch) {
+        if batch.charges.quota.is_empty() {
+            return;
+        }
+        let Some(q) = self
+            .tenants
+            .get(batch.meta.tenant.index)
+            .and_then(OnceLock::get)
+        else {
+            return;
+        };
+        let s = q.settings.read().unwrap();
+        let mut st = q.state.lock().unwrap();
+        if st.window_start_ms != batch.charges.quota_window_ms {
+            return;
+        }
+        for (key, events, bytes) in &batch.charges.quota {
+            if let Some(u) = st.usage.get_mut(key) {
+                u.events = u.events.saturating_sub(*events);
+                u.bytes = u.bytes.saturating_sub(*bytes);
+                let u = *u;
+                st.dirty = true;
+                q.publish(&s, key, u);
+            }
+        }
+    }
+
     fn process(&self, batch: &mut Batch) -> Result<(), Rejection> {
         let Some(q) = self
             .tenants
@@ -347,11 +384,11 @@ impl Stage for DailyQuotas {
             QuotaAction::Reject => "reject",
         };
         if over > 0 {
-            METRICS
-                .over_quota_events
-                .with_label_values(&[&q.name, action])
-                .inc_by(over);
             if s.action == QuotaAction::Reject {
+                METRICS
+                    .over_quota_events
+                    .with_label_values(&[&q.name, action])
+                    .inc_by(over);
                 let wait = ((current + DAY_MS - now) / 1000).max(1) as u64;
                 return Err(Rejection::new(
                     StatusCode::TOO_MANY_REQUESTS,
@@ -363,11 +400,15 @@ impl Stage for DailyQuotas {
                 )
                 .retry_after(wait));
             }
+            // Counted once the batch is taken (commit).
+            batch.charges.over_quota = Some((over, action));
         }
         for (key, d) in delta {
             if d.events == 0 {
                 continue;
             }
+            batch.charges.quota.push((key.clone(), d.events, d.bytes));
+            batch.charges.quota_window_ms = st.window_start_ms;
             let u = st.usage.entry(key.clone()).or_default();
             u.events += d.events;
             u.bytes += d.bytes;
@@ -478,6 +519,33 @@ mod tests {
         let mut b = batch(&["a"; 5]);
         q.process(&mut b).unwrap();
         assert_eq!(indexed(&b), 5);
+    }
+
+    #[test]
+    fn a_refused_batch_gets_its_usage_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::at(T0);
+        let q = DailyQuotas::new(
+            &["acme".into()],
+            &[Some(cfg(5, QuotaAction::ArchiveOnly))],
+            clock.clone(),
+            dir.path(),
+        );
+        let mut refused = batch(&["a"; 4]);
+        q.process(&mut refused).unwrap();
+        assert_eq!(refused.charges.quota, vec![(String::new(), 4, 0)]);
+        q.refund(&refused);
+        assert_eq!(q.views()[0].usage[""].events, 0);
+        // All five fit again.
+        let mut taken = batch(&["a"; 5]);
+        q.process(&mut taken).unwrap();
+        assert_eq!(indexed(&taken), 5);
+        // A refund after the quota day turned takes nothing from the new day.
+        clock.set(T0 + 4 * HOUR_MS);
+        let mut fresh = batch(&["a"; 2]);
+        q.process(&mut fresh).unwrap();
+        q.refund(&taken);
+        assert_eq!(q.views()[0].usage[""].events, 2);
     }
 
     #[test]

@@ -186,26 +186,36 @@ impl Stage for ExclusionRules {
                 }
             }
         }
-        let tenant = batch.meta.tenant.name.as_str();
+        // Counted once the batch is taken (commit): a refused request counts nothing.
         for (rule, (matched, excluded)) in set.global.iter().chain(tenant_rules.iter()).zip(counts)
         {
             if matched > 0 {
-                let labels = [tenant, rule.config.name.as_str()];
-                METRICS
-                    .rule_matched
-                    .with_label_values(&labels)
-                    .inc_by(matched);
-                METRICS
-                    .rule_excluded
-                    .with_label_values(&labels)
-                    .inc_by(excluded);
-                METRICS
-                    .rule_kept
-                    .with_label_values(&labels)
-                    .inc_by(matched - excluded);
+                batch
+                    .charges
+                    .rules
+                    .push((rule.config.name.clone(), matched, excluded));
             }
         }
         Ok(())
+    }
+
+    fn commit(&self, batch: &Batch) {
+        let tenant = batch.meta.tenant.name.as_str();
+        for (rule, matched, excluded) in &batch.charges.rules {
+            let labels = [tenant, rule.as_str()];
+            METRICS
+                .rule_matched
+                .with_label_values(&labels)
+                .inc_by(*matched);
+            METRICS
+                .rule_excluded
+                .with_label_values(&labels)
+                .inc_by(*excluded);
+            METRICS
+                .rule_kept
+                .with_label_values(&labels)
+                .inc_by(matched - excluded);
+        }
     }
 }
 
