@@ -1,10 +1,11 @@
-//! Connection limits: slow headers (slowloris) and idle connections are cut.
+//! Connection limits: slow headers (slowloris) and idle connections are cut,
+//! each by its own timer (each test fails if the other timer did the cutting).
 use crate::harness::*;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-fn short_timeouts(cfg: String) -> String {
-    cfg + "limits:\n  header_read_timeout: 1s\n  idle_timeout: 2s\n"
+fn timeouts(cfg: String, header: &str, idle: &str) -> String {
+    cfg + &format!("limits:\n  header_read_timeout: {header}\n  idle_timeout: {idle}\n")
 }
 
 /// Reads until the server closes the connection; returns what it sent and how long it took.
@@ -19,7 +20,8 @@ fn read_until_closed(mut s: std::net::TcpStream) -> (Vec<u8>, Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_headers_are_cut_off() {
     let (_dd, addr) = FakeDatadog::start().await;
-    let weir = Weir::start(&short_timeouts(config(&addr.to_string(), "", ""))).await;
+    // The idle timeout is far off: only the header timer can cut this one early.
+    let weir = Weir::start(&timeouts(config(&addr.to_string(), "", ""), "1s", "60s")).await;
     let port = weir.intake;
     let (answer, took) = tokio::task::spawn_blocking(move || {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -30,9 +32,9 @@ async fn slow_headers_are_cut_off() {
     })
     .await
     .unwrap();
-    // Closed by the proxy (with or without a 408), not by our 30 s read timeout.
+    // Closed by the header timer (1 s), long before the idle one (60 s) or our 30 s read timeout.
     assert!(
-        took < Duration::from_secs(25),
+        took < Duration::from_secs(20),
         "connection left open for {took:?}"
     );
     let text = String::from_utf8_lossy(&answer);
@@ -43,22 +45,36 @@ async fn slow_headers_are_cut_off() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_keepalive_connections_are_closed() {
+async fn idle_keepalive_connections_are_closed_by_the_idle_timer_not_the_header_one() {
     let (_dd, addr) = FakeDatadog::start().await;
-    let weir = Weir::start(&short_timeouts(config(&addr.to_string(), "", ""))).await;
+    let weir = Weir::start(&timeouts(config(&addr.to_string(), "", ""), "1s", "4s")).await;
     let port = weir.intake;
-    let (answer, took) = tokio::task::spawn_blocking(move || {
+    let (answer, open_after_2s, took) = tokio::task::spawn_blocking(move || {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         let body = "[{\"message\":\"one\"}]";
         let req = format!("POST /api/v2/logs HTTP/1.1\r\nHost: x\r\nDD-API-KEY: agent-key\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
         s.write_all(req.as_bytes()).unwrap();
-        // The answer arrives, then the connection idles until the proxy closes it.
-        read_until_closed(s)
+        let mut answer = vec![0u8; 4096];
+        let n = s.read(&mut answer).unwrap();
+        answer.truncate(n);
+        let idle_from = Instant::now();
+        // Past the header timeout (1 s), short of the idle one (4 s): still open.
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let open_after_2s = matches!(
+            s.read(&mut [0u8; 16]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut
+        );
+        let (_, _) = read_until_closed(s);
+        (answer, open_after_2s, idle_from.elapsed())
     })
     .await
     .unwrap();
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 202"), "{text}");
+    assert!(
+        open_after_2s,
+        "closed between requests before the idle timeout"
+    );
     assert!(
         took < Duration::from_secs(25),
         "idle connection left open for {took:?}"
@@ -68,4 +84,36 @@ async fn idle_keepalive_connections_are_closed() {
         metric(&m, "weir_open_connections{listener=\"intake\"}"),
         0.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_pings_do_not_keep_an_idle_connection_open() {
+    let (_dd, addr) = FakeDatadog::start().await;
+    let weir = Weir::start(&timeouts(config(&addr.to_string(), "", ""), "1s", "2s")).await;
+    // h2c with prior knowledge, a client that PINGs every 200 ms and sends no request.
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", weir.intake))
+        .await
+        .unwrap();
+    let (_send, mut conn) = h2::client::handshake(tcp).await.unwrap();
+    let mut pings = conn.ping_pong().expect("ping_pong");
+    let driver = tokio::spawn(async move { conn.await });
+    let start = Instant::now();
+    let mut answered = 0;
+    let closed = loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        match pings.ping(h2::Ping::opaque()).await {
+            Ok(_pong) => answered += 1,
+            Err(_) => break start.elapsed(),
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "an idle HTTP/2 connection is kept open by pings ({answered} answered)"
+        );
+    };
+    assert!(
+        answered >= 3,
+        "the server answered pings until it closed: {answered}"
+    );
+    assert!(closed >= Duration::from_secs(2), "{closed:?}");
+    let _ = driver.await;
 }

@@ -12,7 +12,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
-use idle::IdleTimeout;
+use idle::{Activity, ConnTimers};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,13 +64,15 @@ impl Listener {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout.0)
+            // Its timer also runs between keep-alive requests; ConnTimers has ours.
+            .header_read_timeout(None)
             .keep_alive(true);
         builder
             .http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(limits.max_concurrent_streams)
-            .keep_alive_interval(Some(Duration::from_secs(30)))
+            // Pings find dead peers; they do not keep a connection from being idle.
+            .keep_alive_interval(Some(Duration::from_secs(30).min(limits.idle_timeout.0 / 2)))
             .keep_alive_timeout(Duration::from_secs(20));
         let graceful = GracefulShutdown::new();
         let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -98,13 +100,24 @@ impl Listener {
                 listener: self.name.as_str().into(),
                 peer,
             };
-            let svc = service_fn(move |req| intake.clone().handle(req, origin.clone()));
+            let activity = Activity::new();
+            let requests = activity.clone();
+            let svc = service_fn(move |req| {
+                let in_flight = requests.begin();
+                let answer = intake.clone().handle(req, origin.clone());
+                async move {
+                    let r = answer.await;
+                    drop(in_flight);
+                    r
+                }
+            });
+            let (idle, header) = (limits.idle_timeout.0, limits.header_read_timeout.0);
             let open = open.clone();
             let name = self.name.clone();
             open.inc();
             match &self.tls {
                 None => {
-                    let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout.0));
+                    let io = TokioIo::new(ConnTimers::new(stream, activity, idle, header));
                     let conn = graceful.watch(builder.serve_connection(io, svc).into_owned());
                     tokio::spawn(async move {
                         if let Err(e) = conn.await {
@@ -121,11 +134,11 @@ impl Listener {
                     let builder = builder.clone();
                     let watcher = graceful.watcher();
                     let handshake_timeout = limits.header_read_timeout.0;
-                    let idle = limits.idle_timeout.0;
+
                     tokio::spawn(async move {
                         match handshake(acceptor, stream, handshake_timeout).await {
                             Ok(tls) => {
-                                let io = TokioIo::new(IdleTimeout::new(tls, idle));
+                                let io = TokioIo::new(ConnTimers::new(tls, activity, idle, header));
                                 let conn =
                                     watcher.watch(builder.serve_connection(io, svc).into_owned());
                                 if let Err(e) = conn.await {
