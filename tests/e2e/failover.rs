@@ -269,7 +269,7 @@ async fn a_region_pinned_tenant_crosses_only_into_regions_it_allows() {
             + &backend("us1", "http", us.port, "")),
         "  - name: eu\n    tiers: [[eu1]]\n  - name: us\n    tiers: [[us1]]\n",
         "  - {name: eu-only, api_keys: [agent-key], region: eu}\n  - {name: eu-flex, api_keys: [flex-key], region: eu, failover_regions: [us]}\n",
-    ) + "limits: {max_body_bytes: 64KiB, max_decompressed_bytes: 64KiB}\n";
+    ) + "limits: {max_body_bytes: 64KiB, max_decompressed_bytes: 64KiB}\nshutdown_timeout: 2s\n";
     let weir = Weir::start(&config).await;
     let url = weir.url("/api/v2/logs");
     // eu-flex fails over to the US.
@@ -305,14 +305,17 @@ async fn a_region_pinned_tenant_crosses_only_into_regions_it_allows() {
         assert_eq!(resp.status, 202);
     }
     assert!(refused, "the pinned tenant is backpressured");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = backends_report(&weir).await;
+    assert_eq!(report["us1"]["state"], "up", "{report:?}");
+    assert_ne!(report["eu1"]["state"], "up", "{report:?}");
+    // Once the proxy has stopped (its pinned batches given up at the shutdown
+    // timeout), nothing of eu-only ever reached the US.
+    let mut weir = weir;
+    let _ = weir.terminate();
     assert!(
         !us.received().iter().any(|m| m.starts_with("pinned")),
         "an EU-pinned event reached the US backend"
     );
-    let report = backends_report(&weir).await;
-    assert_eq!(report["us1"]["state"], "up", "{report:?}");
-    assert_ne!(report["eu1"]["state"], "up", "{report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
