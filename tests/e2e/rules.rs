@@ -377,6 +377,7 @@ async fn rules_and_quotas_change_at_run_time_and_survive_a_restart() {
         "usage survived the restart: no fresh quota"
     );
     // Over quota: archive only (nothing new indexed).
+    let indexed_before = dd.count();
     assert_eq!(
         post(&again.url("/api/v2/logs"), &[KEY], logs("over", 3, "info"))
             .await
@@ -391,6 +392,16 @@ async fn rules_and_quotas_change_at_run_time_and_survive_a_restart() {
         ),
         3.0
     );
+    // Once drained: the backend got nothing new, the archive has all three.
+    let mut again = again;
+    assert!(again.terminate().success());
+    assert_eq!(dd.count(), indexed_before, "over-quota events were indexed");
+    let (archived, _) = read_archive(&again.archive_root());
+    let over = archived
+        .iter()
+        .filter(|e| e["message"].as_str().unwrap().starts_with("over"))
+        .count();
+    assert_eq!(over, 3, "over-quota events are archived");
 }
 
 #[test]
