@@ -117,3 +117,80 @@ async fn http2_pings_do_not_keep_an_idle_connection_open() {
     assert!(closed >= Duration::from_secs(2), "{closed:?}");
     let _ = driver.await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_slower_than_body_read_timeout_gets_408() {
+    let (_dd, addr) = FakeDatadog::start().await;
+    let weir =
+        Weir::start(&(config(&addr.to_string(), "", "") + "limits:\n  body_read_timeout: 1s\n"))
+            .await;
+    let port = weir.intake;
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        // Headers promise 100 bytes; 10 arrive, then nothing.
+        s.write_all(b"POST /api/v2/logs HTTP/1.1\r\nHost: x\r\nDD-API-KEY: agent-key\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n[{\"message\"")
+            .unwrap();
+        read_until_closed(s).0
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("request body not received in time"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_max_connections_wait_their_turn() {
+    let (dd, addr) = FakeDatadog::start().await;
+    let weir =
+        Weir::start(&(config(&addr.to_string(), "", "") + "limits:\n  max_connections: 1\n")).await;
+    // The one slot, held by an open connection that sends nothing yet.
+    let holder = std::net::TcpStream::connect(("127.0.0.1", weir.intake)).unwrap();
+    let url = weir.url("/api/v2/logs");
+    let waiting = tokio::spawn(async move {
+        post(
+            &url,
+            &[
+                ("DD-API-KEY", "agent-key"),
+                ("Content-Type", "application/json"),
+            ],
+            r#"[{"message":"second"}]"#,
+        )
+        .await
+        .status
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "served past max_connections");
+    assert_eq!(dd.count(), 0);
+    let m = weir.metrics().await;
+    assert_eq!(
+        metric(&m, "weir_open_connections{listener=\"intake\"}"),
+        1.0
+    );
+    drop(holder);
+    assert_eq!(waiting.await.unwrap(), 202, "served once the slot is free");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_with_prior_knowledge_is_served_on_a_plain_listener() {
+    let (dd, addr) = FakeDatadog::start().await;
+    let weir = Weir::start(&config(&addr.to_string(), "", "")).await;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let req = http::Request::post(weir.url("/api/v2/logs"))
+        .header("DD-API-KEY", "agent-key")
+        .header("Content-Type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            br#"[{"message":"over h2c"}]"#,
+        )))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), 202);
+    eventually(Duration::from_secs(10), "the event", || {
+        (dd.count() == 1).then_some(())
+    })
+    .await;
+}

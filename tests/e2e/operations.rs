@@ -75,7 +75,10 @@ fn check_refuses_an_admin_address_on_a_listener_port_and_zero_timeouts() {
     let (code, _, err) = weir_cmd(&["check", "--config", &cfg], &[]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("field `admin.address`"), "{err}");
-    assert!(err.contains("weir.yaml:7:"), "names the line: {err}");
+    assert!(
+        err.contains("weir.yaml:7:3:"),
+        "names line and column: {err}"
+    );
 
     let cfg = write_config(
         dir.path(),
@@ -336,5 +339,44 @@ async fn refused_requests_are_logged_with_peer_listener_tenant_and_reason() {
     assert!(
         log.contains("is ready") && log.contains("intake:  http://127.0.0.1:"),
         "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_usage_is_saved_while_running_and_survives_a_kill() {
+    let (_fake, addr) = FakeDatadog::start().await;
+    let text = config(
+        &addr.to_string(),
+        "",
+        "    daily_quota: {max_events: 1000}\n",
+    );
+    let weir = Weir::start(&text).await;
+    let r = post(
+        &weir.url("/api/v2/logs"),
+        &[
+            ("DD-API-KEY", "agent-key"),
+            ("Content-Type", "application/json"),
+        ],
+        r#"[{"message":"a"},{"message":"b"},{"message":"c"}]"#,
+    )
+    .await;
+    assert_eq!(r.status, 202);
+    // Saved every second, not only at shutdown: a kill -9 keeps it.
+    let saved = weir.dir.path().join("data/quota/acme.json");
+    eventually(Duration::from_secs(10), "the periodic save", || {
+        std::fs::read_to_string(&saved)
+            .ok()
+            .filter(|t| t.contains("\"events\":3"))
+    })
+    .await;
+    let dir = weir.into_dir(); // SIGKILL
+    let weir = Weir::start_in(dir, &text).await;
+    let m = weir.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "weir_quota_usage_events{partition=\"\",tenant=\"acme\"}"
+        ),
+        3.0
     );
 }

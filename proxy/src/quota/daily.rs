@@ -606,12 +606,15 @@ mod tests {
         );
 
         let mut c = cfg(1000, QuotaAction::ArchiveOnly);
-        let one = event_bytes(&batch(&["x"]).events[0]);
+        // An event's size is its JSON line as indexed, newline included; written
+        // out here rather than computed by the function under test.
+        let one = r#"{"message":"hello","timestamp":0,"service":"x"}"#.len() as u64 + 1;
         c.max_bytes = Some(ByteSize(one * 2));
         let q = DailyQuotas::new(&["acme".into()], &[Some(c)], clock, &dir.path().join("b"));
         let mut b = batch(&["x", "x", "x"]);
         q.process(&mut b).unwrap();
         assert_eq!(indexed(&b), 2);
+        assert_eq!(q.views()[0].usage[""].bytes, one * 2);
     }
 
     #[test]
