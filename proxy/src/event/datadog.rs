@@ -161,47 +161,22 @@ impl<'de> Visitor<'de> for EntrySeed {
             timestamp: self.limits.received_at_ms,
             ..Default::default()
         };
+        // Marked once the whole object is read, so a `weir` attribute in it cannot replace the mark.
         let mut bad_timestamp = None;
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            match key.as_ref() {
-                "message" => match map.next_value::<Value>()? {
-                    Value::String(s) => ev.message = s,
-                    Value::Null => {}
-                    // Datadog indexes a structured message as its JSON text.
-                    other => ev.message = other.to_string(),
-                },
-                "status" => ev.status = string_field(map.next_value::<Value>()?),
-                "hostname" => ev.host = string_field(map.next_value::<Value>()?),
-                "service" => ev.service = string_field(map.next_value::<Value>()?),
-                "ddsource" => ev.source = string_field(map.next_value::<Value>()?),
-                "ddtags" => match map.next_value::<Value>()? {
-                    Value::String(s) => ev.tags.extend(split_tags(&s)),
-                    Value::Array(items) => {
-                        for item in items {
-                            if let Some(s) = string_field(item) {
-                                ev.tags.extend(split_tags(&s));
-                            }
-                        }
-                    }
-                    Value::Null => {}
-                    other => {
-                        return Err(de::Error::custom(format!(
-                            "ddtags must be a string of comma-separated tags, got {other}"
-                        )))
-                    }
-                },
-                "timestamp" => {
-                    let v = map.next_value::<Value>()?;
-                    match parse_timestamp(&v) {
-                        Some(ms) => ev.timestamp = ms,
-                        None if v.is_null() => {}
-                        None => bad_timestamp = Some(v),
-                    }
+            if key == "timestamp" {
+                let v = map.next_value::<Value>()?;
+                match parse_timestamp(&v) {
+                    Some(ms) => ev.timestamp = ms,
+                    None if v.is_null() => {}
+                    None => bad_timestamp = Some(v),
                 }
-                _ => {
-                    let v = map.next_value::<Value>()?;
-                    ev.attributes.insert(key.into_owned(), v);
-                }
+            } else if is_reserved(&key) {
+                let v = map.next_value::<Value>()?;
+                set_reserved(&mut ev, &key, v).map_err(de::Error::custom)?;
+            } else {
+                let v = map.next_value::<Value>()?;
+                ev.attributes.insert(key.into_owned(), v);
             }
         }
         if let Some(v) = bad_timestamp {
@@ -210,6 +185,62 @@ impl<'de> Visitor<'de> for EntrySeed {
         ev.limit_message(self.limits.max_log_bytes);
         Ok(ev)
     }
+}
+
+/// Datadog's reserved attributes, which are event fields rather than attributes.
+pub const RESERVED: [&str; 7] = [
+    "message",
+    "status",
+    "hostname",
+    "service",
+    "ddsource",
+    "ddtags",
+    "timestamp",
+];
+
+pub fn is_reserved(key: &str) -> bool {
+    RESERVED.contains(&key)
+}
+
+/// Sets the field a reserved attribute names, as Datadog's intake reads it.
+/// A timestamp that does not parse is kept under `weir.invalid_timestamp`;
+/// `ddtags` that are neither a string nor a list are an error.
+pub fn set_reserved(ev: &mut Event, key: &str, v: Value) -> Result<(), String> {
+    match key {
+        "message" => match v {
+            Value::String(s) => ev.message = s,
+            Value::Null => {}
+            // Datadog indexes a structured message as its JSON text.
+            other => ev.message = other.to_string(),
+        },
+        "status" => ev.status = string_field(v),
+        "hostname" => ev.host = string_field(v),
+        "service" => ev.service = string_field(v),
+        "ddsource" => ev.source = string_field(v),
+        "ddtags" => match v {
+            Value::String(s) => ev.tags.extend(split_tags(&s)),
+            Value::Array(items) => {
+                for item in items {
+                    if let Some(s) = string_field(item) {
+                        ev.tags.extend(split_tags(&s));
+                    }
+                }
+            }
+            Value::Null => {}
+            other => {
+                return Err(format!(
+                    "ddtags must be a string of comma-separated tags, got {other}"
+                ))
+            }
+        },
+        "timestamp" => match parse_timestamp(&v) {
+            Some(ms) => ev.timestamp = ms,
+            None if v.is_null() => {}
+            None => ev.mark("invalid_timestamp", v),
+        },
+        other => unreachable!("{other} is not a reserved attribute"),
+    }
+    Ok(())
 }
 
 /// serde_json appends " at line L column C" to its messages; the outer error

@@ -76,6 +76,29 @@ impl Event {
     }
 
     /// Appends the Datadog-shaped JSON of the event to `out`.
+    /// Moves attributes named like a reserved field (`message`, `service`,
+    /// `ddtags`, ...; a plugin such as json-parse may set them) onto the field,
+    /// as Datadog's intake would read them: the parsed value replaces the field.
+    /// `ddtags` of another type than a string or list is kept under
+    /// `weir.invalid_ddtags`. Afterwards the event's JSON has each key once and
+    /// decodes back to the same event.
+    pub fn adopt_reserved_attributes(&mut self) {
+        if !self.attributes.keys().any(|k| datadog::is_reserved(k)) {
+            return;
+        }
+        for key in datadog::RESERVED {
+            if let Some(v) = self.attributes.remove(key) {
+                if key == "ddtags" {
+                    // A plugin's tags replace the event's.
+                    self.tags.clear();
+                }
+                if let Err(_e) = datadog::set_reserved(self, key, v.clone()) {
+                    self.mark("invalid_ddtags", v);
+                }
+            }
+        }
+    }
+
     pub fn write_json(&self, out: &mut Vec<u8>) {
         serde_json::to_writer(out, self).expect("serializing to memory cannot fail");
     }
@@ -179,8 +202,66 @@ impl Serialize for Event {
             m.serialize_entry("ddtags", &self.tags.join(","))?;
         }
         for (k, v) in &self.attributes {
-            m.serialize_entry(k, v)?;
+            // Never a key twice: a reserved name is the field's (see adopt_reserved_attributes).
+            if !datadog::is_reserved(k) {
+                m.serialize_entry(k, v)?;
+            }
         }
         m.end()
+    }
+}
+
+#[cfg(test)]
+mod reserved_tests {
+    use super::*;
+
+    #[test]
+    fn reserved_attributes_become_fields_and_the_json_decodes_back() {
+        let mut ev = Event::from_message("{\"ddtags\":5}".into(), 7);
+        ev.tags.push("env:prod".into());
+        for (k, v) in [
+            ("message", Value::from("parsed message")),
+            ("service", Value::from("checkout")),
+            ("ddtags", Value::from(5)),
+            ("timestamp", Value::from("2024-01-02T03:04:05Z")),
+            ("status", Value::from(404)),
+            ("user", Value::from("ann")),
+        ] {
+            ev.attributes.insert(k.into(), v);
+        }
+        ev.adopt_reserved_attributes();
+        assert_eq!(ev.message, "parsed message");
+        assert_eq!(ev.service.as_deref(), Some("checkout"));
+        assert_eq!(ev.status.as_deref(), Some("404"));
+        assert_eq!(ev.timestamp, 1704164645000);
+        assert!(
+            ev.tags.is_empty(),
+            "the plugin's ddtags replace the event's"
+        );
+        assert_eq!(ev.attributes["weir"]["invalid_ddtags"], 5);
+        assert_eq!(ev.attributes["user"], "ann");
+        let mut line = Vec::new();
+        ev.write_json(&mut line);
+        let text = String::from_utf8(line.clone()).unwrap();
+        assert_eq!(text.matches("\"message\"").count(), 1, "{text}");
+        assert_eq!(text.matches("\"service\"").count(), 1, "{text}");
+        let limits = PayloadLimits {
+            max_events: 1,
+            max_log_bytes: usize::MAX,
+            received_at_ms: 0,
+        };
+        let back = decode_entry(&line, limits).unwrap();
+        assert_eq!(back, ev);
+    }
+
+    #[test]
+    fn a_reserved_name_left_in_attributes_is_never_written_twice() {
+        let mut ev = Event::from_message("field".into(), 1);
+        ev.attributes
+            .insert("message".into(), Value::from("attribute"));
+        let mut line = Vec::new();
+        ev.write_json(&mut line);
+        let text = String::from_utf8(line).unwrap();
+        assert_eq!(text, r#"{"message":"field","timestamp":1}"#);
     }
 }
