@@ -141,12 +141,10 @@ async fn looping_plugin_on_one_tenant_does_not_stop_another() {
     );
 
     // beta: per request of 4, events 0 and 3 indexed as "redacted", 1 dropped, 2 archived only.
-    let got = eventually(Duration::from_secs(10), "beta's indexed events", || {
-        let n = dd.count();
-        (n >= 40).then_some(())
+    eventually(Duration::from_secs(10), "beta's indexed events", || {
+        (dd.count() >= 40).then_some(())
     })
     .await;
-    let _ = got;
     let mut weir = weir;
     assert!(weir.terminate().success(), "{}", weir.log());
     let indexed = dd.take();
@@ -591,5 +589,54 @@ async fn the_real_redact_plugin_masks_cards_emails_and_ips_before_index_and_arch
             json!({"contact": "[REDACTED:email]", "last_ip": "[REDACTED:ipv4]", "cards": ["[REDACTED:credit_card]"]}),
             "{place}: {e4}"
         );
+    }
+}
+
+/// A plugin refusing its config stops `weir check` with the YAML line and the plugin's own field.
+#[test]
+fn check_locates_the_plugin_config_field_a_plugin_refuses() {
+    let wasm = redact_wasm();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let path = dir.path().join("w.yaml");
+    let head = format!("listeners: [{{name: i, address: \"127.0.0.1:1\", protocol: http}}]\narchive: {{store: {{type: local, root: {d}/a}}}}\nbackends: [{{name: b, type: file, path: {d}/o}}]\ntenants:\n  - name: t\n    api_keys: [k]\n    backend: b\n    plugins:\n      - name: redact\n        path: {}\n", wasm.display());
+    for (config, line, column, field, says) in [
+        // A typo: the line of the misspelt key.
+        (
+            "        config:\n          fields: [password]\n          stlye: full\n",
+            13,
+            11,
+            "tenants[0].plugins[0].config.stlye",
+            "unknown field `stlye`",
+        ),
+        // A value of the wrong type: the line of its key.
+        (
+            "        config:\n          fields: password\n",
+            12,
+            11,
+            "tenants[0].plugins[0].config.fields",
+            "invalid type: string \"password\", expected a sequence",
+        ),
+        // Refused by the plugin's own checks (not serde's): the plugin's `config`.
+        (
+            "        config: {style: hash}\n",
+            11,
+            9,
+            "tenants[0].plugins[0].config",
+            "needs a non-empty `hash_key`",
+        ),
+    ] {
+        std::fs::write(&path, format!("{head}{config}")).unwrap();
+        let (code, _, err) = weir_cli(&["check", "--config", path.to_str().unwrap()]);
+        assert_eq!(code, 1, "{err}");
+        let prefix = format!(
+            "error: {}:{line}:{column}: field `{field}`: plugin \"redact\"",
+            path.display()
+        );
+        assert!(
+            err.starts_with(&prefix),
+            "{err}\nshould start with {prefix}"
+        );
+        assert!(err.contains(says), "{err}");
     }
 }

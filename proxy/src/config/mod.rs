@@ -1,6 +1,6 @@
 //! The YAML configuration: one struct per section, defaults that suit an edge
 //! proxy, and errors that name the file, line, column and field to fix.
-mod locate;
+pub(crate) mod locate;
 pub mod units;
 
 use locate::Locations;

@@ -18,6 +18,7 @@
 //! on an async worker: a slow plugin (up to its deadline) holds up no other
 //! request. Each plugin keeps as many warm instances as there are threads.
 pub mod cache;
+pub mod located;
 pub mod wire;
 
 use crate::config::{PluginConfig, PluginOnError};
@@ -25,6 +26,7 @@ use crate::event::{Batch, Disposition, Event};
 use crate::pipeline::{Rejection, Stage};
 use crate::telemetry::METRICS;
 use cache::ModuleCache;
+pub use located::config_error;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex, RwLock, Weak};
@@ -654,7 +656,8 @@ impl Plugin {
             .map_err(|e| format!("weir_init failed: {e}"))?
         {
             return Err(format!(
-                "weir_init refused the config: {}",
+                "{}{}",
+                located::INIT_REFUSED,
                 String::from_utf8_lossy(&msg)
             ));
         }
@@ -1007,7 +1010,9 @@ pub struct Plugins {
 impl Plugins {
     /// Compiles (once per distinct file, through the compile cache under
     /// `data_dir/plugin-cache`), links and initializes every tenant's plugins.
-    /// The error names the config field, e.g. `tenants[0].plugins[1]`.
+    /// The error names the config field, e.g. `tenants[0].plugins[1]`, or the
+    /// field under its `config` that its `weir_init` refused
+    /// (`tenants[0].plugins[1].config.team`); [`config_error`] locates it in the YAML.
     pub fn load(config: &crate::config::Config) -> Result<Plugins, (String, String)> {
         Plugins::load_with(
             config,
@@ -1043,10 +1048,8 @@ impl Plugins {
                     &cache,
                 )
                 .map_err(|e| {
-                    (
-                        at.clone(),
-                        format!("plugin {:?} ({}): {e}", p.name, p.path.display()),
-                    )
+                    let message = format!("plugin {:?} ({}): {e}", p.name, p.path.display());
+                    (located::refine_field(&at, &message), message)
                 })?;
                 tracing::info!(tenant = %t.name, plugin = %p.name, path = %p.path.display(), "plugin loaded");
                 list.push(slot);
