@@ -592,6 +592,67 @@ async fn the_real_redact_plugin_masks_cards_emails_and_ips_before_index_and_arch
     }
 }
 
+/// Verdicts of the WAT plugin (keep-modified, drop, archive_only by index) and a failing plugin's events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_verdicts_are_counted_per_tenant_and_plugin() {
+    let (dd, addr) = FakeDatadog::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.wat"),
+        plugin_wat(1, "", "(i64.const 0)", ""),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("trap.wat"),
+        plugin_wat(1, "", "(i64.const 0)", "(unreachable)"),
+    )
+    .unwrap();
+    let extra = "    plugins:\n      - {name: by_index, path: \"{DIR}/p.wat\"}\n  - name: beta\n    api_keys: [beta-key]\n    backend: dd\n    upstream_api_key: up2\n    plugins:\n      - {name: trap, path: \"{DIR}/trap.wat\", on_error: pass}\n";
+    let weir = Weir::start_in(dir, &config(&addr.to_string(), "", extra)).await;
+    for (key, n) in [("agent-key", 7), ("agent-key", 5), ("beta-key", 3)] {
+        let resp = post(
+            &weir.url("/api/v2/logs"),
+            &[("DD-API-KEY", key)],
+            logs("v", n),
+        )
+        .await;
+        assert_eq!(resp.status, 202, "{}", resp.text());
+    }
+    // acme: 7 events (indexes 0..7) and 5 (0..5): i % 3 == 0 modified, 1 dropped, 2 archive_only.
+    // beta: its plugin traps; the 3 events take on_error (pass) and are indexed.
+    eventually(Duration::from_secs(10), "indexed events", || {
+        (dd.count() >= 5 + 3).then_some(())
+    })
+    .await;
+    let m = weir.metrics().await;
+    let count = |tenant: &str, plugin: &str, v: &str| {
+        find_metric(
+            &m,
+            "weir_plugin_events_total",
+            &[
+                &format!("tenant=\"{tenant}\""),
+                &format!("plugin=\"{plugin}\""),
+                &format!("verdict=\"{v}\""),
+            ],
+        )
+    };
+    assert_eq!(
+        [
+            count("acme", "by_index", "modified"),
+            count("acme", "by_index", "dropped"),
+            count("acme", "by_index", "archive_only"),
+            count("acme", "by_index", "kept"),
+            count("acme", "by_index", "on_error"),
+        ],
+        [3.0 + 2.0, 2.0 + 2.0, 2.0 + 1.0, 0.0, 0.0],
+        "{m}"
+    );
+    assert_eq!(count("beta", "trap", "on_error"), 3.0, "{m}");
+    assert_eq!(count("beta", "trap", "kept"), 0.0, "{m}");
+    let mut weir = weir;
+    assert!(weir.terminate().success(), "{}", weir.log());
+}
+
 /// A plugin refusing its config stops `weir check` with the YAML line and the plugin's own field.
 #[test]
 fn check_locates_the_plugin_config_field_a_plugin_refuses() {

@@ -145,6 +145,56 @@ impl std::fmt::Display for CallError {
     }
 }
 
+/// What a plugin did with an event, as `weir_plugin_events_total` labels it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerdictLabel {
+    /// `keep`, unchanged.
+    Kept,
+    /// `keep` with a changed event.
+    Modified,
+    Dropped,
+    ArchiveOnly,
+    /// The batch failed (or the plugin was quarantined): the event took `on_error`.
+    OnError,
+}
+
+impl VerdictLabel {
+    pub const ALL: [VerdictLabel; 5] = [
+        VerdictLabel::Kept,
+        VerdictLabel::Modified,
+        VerdictLabel::Dropped,
+        VerdictLabel::ArchiveOnly,
+        VerdictLabel::OnError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerdictLabel::Kept => "kept",
+            VerdictLabel::Modified => "modified",
+            VerdictLabel::Dropped => "dropped",
+            VerdictLabel::ArchiveOnly => "archive_only",
+            VerdictLabel::OnError => "on_error",
+        }
+    }
+}
+
+/// One plugin's `weir_plugin_events_total` counters, looked up once, indexed by `VerdictLabel as usize`.
+struct VerdictCounters([prometheus::IntCounter; 5]);
+
+impl VerdictCounters {
+    fn new(tenant: &str, plugin: &str) -> VerdictCounters {
+        VerdictCounters(VerdictLabel::ALL.map(|v| {
+            crate::telemetry::PLUGIN_EVENTS.with_label_values(&[tenant, plugin, v.as_str()])
+        }))
+    }
+
+    fn add(&self, verdict: VerdictLabel, n: usize) {
+        if n > 0 {
+            self.0[verdict as usize].inc_by(n as u64);
+        }
+    }
+}
+
 /// Per-plugin state the host functions and the log streams share.
 struct Shared {
     tenant: String,
@@ -499,6 +549,7 @@ pub struct Plugin {
     fields: wire::Fields,
     pool: Mutex<Vec<Inst>>,
     health: Mutex<Health>,
+    verdicts: VerdictCounters,
 }
 
 impl Plugin {
@@ -543,6 +594,7 @@ impl Plugin {
                 next_backoff: settings.quarantine_base,
                 probation: false,
             }),
+            verdicts: VerdictCounters::new(&settings.tenant, &settings.name),
             shared,
             pre,
             settings,
@@ -769,23 +821,34 @@ impl Plugin {
         match result {
             Ok(outcomes) => {
                 self.record(None);
+                let mut counts = [0usize; 5];
                 for ((verdict, replacement), (ev, disp)) in outcomes
                     .into_iter()
                     .zip(batch.events.iter_mut().zip(batch.dispositions.iter_mut()))
                 {
-                    match verdict {
-                        Verdict::Keep => {
-                            if let Some(r) = replacement {
+                    let label = match verdict {
+                        Verdict::Keep => match replacement {
+                            Some(r) => {
                                 *ev = r;
+                                VerdictLabel::Modified
                             }
+                            None => VerdictLabel::Kept,
+                        },
+                        Verdict::Drop => {
+                            *disp = Disposition::Drop;
+                            VerdictLabel::Dropped
                         }
-                        Verdict::Drop => *disp = Disposition::Drop,
                         Verdict::ArchiveOnly => {
                             if *disp == Disposition::Index {
                                 *disp = Disposition::ArchiveOnly;
                             }
+                            VerdictLabel::ArchiveOnly
                         }
-                    }
+                    };
+                    counts[label as usize] += 1;
+                }
+                for (label, n) in VerdictLabel::ALL.into_iter().zip(counts) {
+                    self.verdicts.add(label, n);
                 }
             }
             Err(e) => {
@@ -802,6 +865,8 @@ impl Plugin {
     }
 
     fn on_error(&self, batch: &mut Batch) {
+        self.verdicts
+            .add(VerdictLabel::OnError, batch.dispositions.len());
         for d in batch.dispositions.iter_mut() {
             match self.settings.on_error {
                 PluginOnError::Pass => {}
