@@ -236,7 +236,7 @@ impl<'de> Deserialize<'de> for Verdict {
 pub trait Plugin: Sized {
     /// The plugin's `config:` from the proxy's YAML. Without one (nil), the config is what the type makes of nil
     /// (`()`, `Option`), else of an empty map: a struct's `#[serde(default)]` fields take their defaults and a
-    /// required field is reported missing (`invalid plugin config: missing field `team``).
+    /// required field is reported missing (``invalid plugin config: missing field `team` ``).
     type Config: serde::de::DeserializeOwned;
 
     /// Set to `false` for a plugin that never modifies events: the SDK then skips the copy-and-compare it does to
@@ -352,8 +352,8 @@ pub fn init_plugin<P: Plugin>(config: &[u8]) -> Result<P, String> {
     P::new(cfg)
 }
 
-/// Decodes a plugin config; the error names the field it is about: `invalid plugin config at `limits.max`:
-/// invalid value: ...` (serde's own message names the key for unknown and missing fields). The proxy reads that
+/// Decodes a plugin config; the error names the field it is about: ``invalid plugin config at `limits.max`:
+/// invalid value: ...`` (serde's own message names the key for unknown and missing fields). The proxy reads that
 /// path to point at the YAML line.
 pub fn decode_config<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     let mut de = rmp_serde::Deserializer::from_read_ref(bytes);

@@ -3,7 +3,7 @@
 //!
 //! [`Plugins::load`](super::Plugins::load) and [`Plugins::check`](super::Plugins::check) report the config field of
 //! the plugin that failed (`tenants[0].plugins[1]`), refined by [`refine_field`]: when its `weir_init` refused the
-//! config and the message says where, in the form the SDK writes (`invalid plugin config at `limits.max`: ...`),
+//! config and the message says where, in the form the SDK writes (``invalid plugin config at `limits.max`: ...``),
 //! the field is that path under the plugin's `config` (`tenants[0].plugins[1].config.limits.max`); any other
 //! refusal points at the `config` itself. [`config_error`] then finds the line of that field, or of the nearest
 //! enclosing one that the YAML has.
