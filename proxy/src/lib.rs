@@ -106,10 +106,9 @@ pub async fn run(config: Config, path: Option<std::path::PathBuf>) -> anyhow::Re
     // weir_init) stops the start, naming the config field. Later versions of their files
     // are hot reloaded (the watcher, or POST /admin/reload); a version that cannot load
     // is refused and the running one kept.
-    let plugins = Arc::new(
-        plugin::Plugins::load(&config)
-            .map_err(|(field, msg)| anyhow::anyhow!("field `{field}`: {msg}"))?,
-    );
+    let plugins = Arc::new(plugin::Plugins::load(&config).map_err(|(field, msg)| {
+        anyhow::anyhow!("{}", plugin::config_error(path.as_deref(), field, msg))
+    })?);
     plugins.watch(plugin::WATCH_EVERY);
     let control = Arc::new(
         admin::control::Control::new(

@@ -238,15 +238,8 @@ fn main() -> ExitCode {
                 // Compile, link and initialize every plugin too, so a bad one shows up here.
                 weir::plugin::Plugins::check(&c)
                     .map(|_| c)
-                    .map_err(|(field, message)| weir::config::ConfigError {
-                        file: config
-                            .as_ref()
-                            .map(|p| p.display().to_string())
-                            .unwrap_or_else(|| "<embedded config/weir.yaml>".into()),
-                        line: None,
-                        column: None,
-                        field: Some(field),
-                        message,
+                    .map_err(|(field, message)| {
+                        weir::plugin::config_error(config.as_deref(), field, message)
                     })
             }) {
             Ok(c) => {

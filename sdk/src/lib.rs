@@ -14,6 +14,7 @@
 //! use weir_sdk::{Event, Plugin, Verdict};
 //!
 //! #[derive(serde::Deserialize, Default)]
+//! #[serde(default, deny_unknown_fields)]
 //! struct Config { drop_debug: bool }
 //!
 //! struct DropDebug(Config);
@@ -233,8 +234,10 @@ impl<'de> Deserialize<'de> for Verdict {
 
 /// The trait a plugin implements. One instance lives per wasm instance; the host calls it with batches.
 pub trait Plugin: Sized {
-    /// The plugin's `config:` from the proxy's YAML. A missing (nil) config gives `Config::default()`.
-    type Config: serde::de::DeserializeOwned + Default;
+    /// The plugin's `config:` from the proxy's YAML. Without one (nil), the config is what the type makes of nil
+    /// (`()`, `Option`), else of an empty map: a struct's `#[serde(default)]` fields take their defaults and a
+    /// required field is reported missing (``invalid plugin config: missing field `team` ``).
+    type Config: serde::de::DeserializeOwned;
 
     /// Set to `false` for a plugin that never modifies events: the SDK then skips the copy-and-compare it does to
     /// tell modified events from unchanged ones, and always answers "unchanged" (changes made anyway are lost).
@@ -338,14 +341,30 @@ pub const fn unpack(packed: i64) -> (u32, u32) {
 // The logic behind the exports, generic over the plugin so it can be tested natively.
 // ---------------------------------------------------------------------------------------------------------------
 
-/// Runs `weir_init`'s logic on the config bytes: an empty buffer or MessagePack nil gives `Config::default()`.
+/// Runs `weir_init`'s logic on the config bytes. An empty buffer or MessagePack nil (no `config:`) is decoded
+/// as nil, and when the type refuses nil, as an empty map (see [`Plugin::Config`]).
 pub fn init_plugin<P: Plugin>(config: &[u8]) -> Result<P, String> {
     let cfg = if config.is_empty() || config == [0xc0] {
-        P::Config::default()
+        decode_config::<P::Config>(&[0xc0]).or_else(|_| decode_config::<P::Config>(&[0x80]))?
     } else {
-        decode::<P::Config>(config).map_err(|e| format!("invalid plugin config: {e}"))?
+        decode_config::<P::Config>(config)?
     };
     P::new(cfg)
+}
+
+/// Decodes a plugin config; the error names the field it is about: ``invalid plugin config at `limits.max`:
+/// invalid value: ...`` (serde's own message names the key for unknown and missing fields). The proxy reads that
+/// path to point at the YAML line.
+pub fn decode_config<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        if path.is_empty() || path == "." {
+            format!("invalid plugin config: {}", e.into_inner())
+        } else {
+            format!("invalid plugin config at `{path}`: {}", e.into_inner())
+        }
+    })
 }
 
 /// Runs `weir_process`'s logic on one encoded batch and returns the encoded result.
@@ -509,8 +528,8 @@ pub mod __export {
         }
     }
 
-    /// `weir_process`: the encoded result. Before a successful `weir_init`, the plugin is built from the
-    /// default config (an error there is logged and answered with an empty, hence failed, result).
+    /// `weir_process`: the encoded result. Before a successful `weir_init`, the plugin is built as from no
+    /// config (an error there is logged and answered with an empty, hence failed, result).
     pub fn process<P: Plugin>(slot: &Slot<P>, input: &[u8]) -> (*mut u8, usize) {
         let mut guard = slot.0.borrow_mut();
         if guard.is_none() {

@@ -444,3 +444,71 @@ fn a_plugin_sees_and_changes_only_the_fields_it_asks_for() {
         ev
     );
 }
+
+/// A config as the guide shows it: unknown keys refused, `team` required, the rest optional.
+#[derive(serde::Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct StrictConfig {
+    team: String,
+    #[serde(default)]
+    limits: StrictLimits,
+}
+
+#[derive(serde::Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields, default)]
+struct StrictLimits {
+    max: u32,
+}
+
+struct Strict(StrictConfig);
+
+impl Plugin for Strict {
+    type Config = StrictConfig;
+    fn new(c: StrictConfig) -> Result<Self, String> {
+        Ok(Strict(c))
+    }
+    fn process(&mut self, event: &mut Event) -> Verdict {
+        event.tags.push(format!("team:{}", self.0.team));
+        Verdict::Keep
+    }
+}
+
+#[test]
+fn a_required_field_is_required_even_without_any_config() {
+    let p: Strict = testing::init(json!({"team": "payments"})).unwrap();
+    assert_eq!((p.0.team.as_str(), p.0.limits.max), ("payments", 0));
+    // No `config:` at all is an empty map to a struct: the required field is missing, not defaulted.
+    for absent in [serde_json::Value::Null, json!({})] {
+        let err = testing::init::<Strict>(absent).err().unwrap();
+        assert_eq!(err, "invalid plugin config: missing field `team`");
+    }
+    assert_eq!(
+        init_plugin::<Strict>(&[]).err().unwrap(),
+        "invalid plugin config: missing field `team`"
+    );
+    // Config types that make something of nothing still do: (), Option, structs whose fields all default.
+    assert!(init_plugin::<MessageOnly>(&[]).is_ok());
+    let p: TestPlugin = init_plugin(&[0xc0]).unwrap();
+    assert!(p.cfg.drop_word.is_none() && !p.cfg.fail);
+}
+
+#[test]
+fn config_errors_name_the_field() {
+    let err = |config| testing::init::<Strict>(config).err().unwrap();
+    assert_eq!(
+        err(json!({"team": "a", "tema": "b"})),
+        "invalid plugin config at `tema`: unknown field `tema`, expected `team` or `limits`"
+    );
+    assert_eq!(
+        err(json!({"team": 5})),
+        "invalid plugin config at `team`: invalid type: integer `5`, expected a string"
+    );
+    assert_eq!(
+        err(json!({"team": "a", "limits": {"mxa": 1}})),
+        "invalid plugin config at `limits.mxa`: unknown field `mxa`, expected `max`"
+    );
+    assert_eq!(
+        err(json!({"team": "a", "limits": {"max": -1}})),
+        "invalid plugin config at `limits.max`: invalid value: integer `-1`, expected u32"
+    );
+}

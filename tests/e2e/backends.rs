@@ -391,3 +391,136 @@ async fn otlp_partial_success_rejections_are_counted_as_dropped() {
     );
     assert!(weir.log().contains("record 2: body too large"));
 }
+
+/// json-parse copies a line's keys into attributes; keys named like Datadog's
+/// reserved fields (`message`, `service`, `ddtags: 5`) must become the fields,
+/// reach every backend type once, decodable, and the archive with each key once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_setting_reserved_fields_reaches_every_backend_type_and_the_archive() {
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
+    let created = |_: usize, seen: &Seen| {
+        let docs = seen
+            .body
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count()
+            / 2;
+        let items: Vec<Value> = (0..docs)
+            .map(|_| json!({"create": {"status": 201, "result": "created"}}))
+            .collect();
+        (
+            200,
+            serde_json::to_vec(&json!({"errors": false, "items": items})).unwrap(),
+        )
+    };
+    let doubles: Vec<(&str, Answer)> = vec![
+        ("datadog", Arc::new(|_, _| (202, b"{}".to_vec()))),
+        ("http", Arc::new(|_, _| (200, b"{}".to_vec()))),
+        ("elasticsearch", Arc::new(created)),
+        (
+            "splunk_hec",
+            Arc::new(|_, _| (200, br#"{"text":"Success","code":0}"#.to_vec())),
+        ),
+        (
+            "otlp",
+            Arc::new(|_, _| (200, ExportLogsServiceResponse::default().encode_to_vec())),
+        ),
+        ("loki", Arc::new(|_, _| (204, Vec::new()))),
+    ];
+    let plugin = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../plugins/target/wasm32-wasip1/release/json_parse.wasm"
+    );
+    let mut backends = String::new();
+    let mut tenants = String::new();
+    let mut started = Vec::new();
+    for (kind, answer) in doubles {
+        let (d, addr) = Double::start(answer).await;
+        let extra = match kind {
+            "http" => format!("url: \"http://{addr}/ingest\""),
+            "splunk_hec" => format!("endpoint: \"http://{addr}\", token: hec-token"),
+            _ => format!("endpoint: \"http://{addr}\""),
+        };
+        backends +=
+            &format!("  - {{name: {kind}, type: {kind}, {extra}, batch: {{max_wait: 100ms}}}}\n");
+        started.push((kind, d));
+    }
+    backends +=
+        "  - {name: file, type: file, path: \"{DIR}/sink.ndjson\", batch: {max_wait: 100ms}}\n";
+    for kind in [
+        "datadog",
+        "http",
+        "elasticsearch",
+        "splunk_hec",
+        "otlp",
+        "loki",
+        "file",
+    ] {
+        tenants += &format!(
+            "  - {{name: t-{kind}, api_keys: [key-{kind}], backend: {kind}, upstream_api_key: up, plugins: [{{name: json, path: \"{plugin}\"}}]}}\n"
+        );
+    }
+    let mut weir = Weir::start(&routed_config(&backends, "", &tenants)).await;
+    let line = json!([{"message": r#"{"message":"parsed","service":"svc","ddtags":5,"level":"warn"}"#, "service": "agent"}]);
+    for kind in [
+        "datadog",
+        "http",
+        "elasticsearch",
+        "splunk_hec",
+        "otlp",
+        "loki",
+        "file",
+    ] {
+        let key = format!("key-{kind}");
+        let r = post(
+            &weir.url("/api/v2/logs"),
+            &[("DD-API-KEY", key.as_str())],
+            serde_json::to_vec(&line).unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, 202, "{kind}: {}", r.text());
+    }
+    for (kind, d) in &started {
+        eventually(Duration::from_secs(20), kind, || {
+            (!d.requests().is_empty()).then_some(())
+        })
+        .await;
+    }
+    assert!(weir.terminate().success(), "{}", weir.log());
+    assert!(!weir.log().contains("panicked"), "{}", weir.log());
+    for (kind, d) in &started {
+        let reqs = d.requests();
+        assert_eq!(reqs.len(), 1, "{kind}: delivered once");
+        let body = String::from_utf8_lossy(&reqs[0].body).into_owned();
+        match *kind {
+            // Protobuf: the body and service are there, as text.
+            "otlp" => assert!(
+                body.contains("parsed") && body.contains("svc"),
+                "{kind}: {body}"
+            ),
+            _ => {
+                assert!(body.contains("parsed"), "{kind}: {body}");
+                assert!(
+                    !body.contains("\"agent\""),
+                    "{kind}: the plugin's service wins: {body}"
+                );
+            }
+        }
+    }
+    let sink = std::fs::read_to_string(weir.dir.path().join("sink.ndjson")).unwrap();
+    let ev: Value = serde_json::from_str(sink.lines().next().unwrap()).unwrap();
+    assert_eq!(ev["message"], "parsed");
+    assert_eq!(ev["service"], "svc");
+    assert_eq!(ev["level"], "warn");
+    assert_eq!(ev["weir"]["invalid_ddtags"], 5);
+    assert_eq!(
+        sink.lines().next().unwrap().matches("\"service\"").count(),
+        1
+    );
+    let (archived, _) = read_archive(&weir.archive_root());
+    assert_eq!(archived.len(), 7);
+    for e in &archived {
+        assert_eq!(e["message"], "parsed");
+        assert_eq!(e["service"], "svc");
+    }
+}

@@ -141,12 +141,10 @@ async fn looping_plugin_on_one_tenant_does_not_stop_another() {
     );
 
     // beta: per request of 4, events 0 and 3 indexed as "redacted", 1 dropped, 2 archived only.
-    let got = eventually(Duration::from_secs(10), "beta's indexed events", || {
-        let n = dd.count();
-        (n >= 40).then_some(())
+    eventually(Duration::from_secs(10), "beta's indexed events", || {
+        (dd.count() >= 40).then_some(())
     })
     .await;
-    let _ = got;
     let mut weir = weir;
     assert!(weir.terminate().success(), "{}", weir.log());
     let indexed = dd.take();
@@ -592,4 +590,376 @@ async fn the_real_redact_plugin_masks_cards_emails_and_ips_before_index_and_arch
             "{place}: {e4}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// README.md's Plugins section, run as written: its YAML example and its `weir plugin test` session are read from
+// the README itself, so the guide cannot drift from what the proxy does.
+// ---------------------------------------------------------------------------------------------------------------
+
+fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// The `## Plugins` section of README.md.
+fn readme_plugins_section() -> String {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let start = readme
+        .find("\n## Plugins\n")
+        .expect("README.md has a `## Plugins` section");
+    let rest = &readme[start + 1..];
+    let end = rest[3..].find("\n## ").map_or(rest.len(), |e| e + 4);
+    rest[..end].to_string()
+}
+
+/// The fenced code blocks of `section` in the given language, in order.
+fn code_blocks(section: &str, lang: &str) -> Vec<String> {
+    let fence = format!("```{lang}\n");
+    let mut out = Vec::new();
+    let mut rest = section;
+    while let Some(at) = rest.find(&fence) {
+        let body = &rest[at + fence.len()..];
+        let end = body.find("```").expect("closed code block");
+        out.push(body[..end].to_string());
+        rest = &body[end + 3..];
+    }
+    out
+}
+
+/// The Plugins section's YAML example, a `tenants:` fragment whose `# ...` stands for the tenant's other keys.
+fn readme_yaml_example() -> String {
+    let blocks = code_blocks(&readme_plugins_section(), "yaml");
+    let yaml = blocks
+        .iter()
+        .find(|b| b.starts_with("tenants:") && b.contains("plugins:"))
+        .expect("the Plugins section has a YAML example with tenants and plugins")
+        .clone();
+    assert!(
+        yaml.contains("path: plugins/target/wasm32-wasip1/release/redact.wasm"),
+        "{yaml}"
+    );
+    yaml
+}
+
+/// The example's `plugins:` list, as lines for the harness config's tenant, the module path made absolute.
+fn readme_plugins_list() -> String {
+    let yaml = readme_yaml_example();
+    let at = yaml.find("    plugins:\n").expect("a plugins: key");
+    yaml[at..].replace(
+        "path: plugins/",
+        &format!("path: {}/plugins/", repo_root().display()),
+    )
+}
+
+#[test]
+fn readme_yaml_example_passes_weir_check_with_the_real_plugin() {
+    redact_wasm();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let example =
+        readme_yaml_example().replace("    # ...\n", "    api_keys: [k]\n    backend: b\n");
+    let text = format!(
+        "listeners: [{{name: i, address: \"127.0.0.1:1\", protocol: http}}]\narchive: {{store: {{type: local, root: {d}/a}}}}\nbackends: [{{name: b, type: file, path: {d}/o}}]\n{example}"
+    );
+    let path = dir.path().join("weir.yaml");
+    std::fs::write(&path, &text).unwrap();
+    // From the repository root, where the example's relative module path points.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["check", "--config", path.to_str().unwrap()])
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}\n{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+}
+
+/// One `$ cat FILE` or `$ weir ...` step of the README's shell session, with the lines under it.
+struct Step {
+    command: String,
+    lines: Vec<String>,
+}
+
+fn readme_plugin_test_session() -> Vec<Step> {
+    let blocks = code_blocks(&readme_plugins_section(), "sh");
+    let session = blocks
+        .iter()
+        .find(|b| b.contains("$ weir plugin test "))
+        .expect("the Plugins section shows a `$ weir plugin test` session");
+    let mut steps: Vec<Step> = Vec::new();
+    for line in session.lines() {
+        if let Some(command) = line.strip_prefix("$ ") {
+            // A trailing `# comment` is not part of the command.
+            let command = command.split("  #").next().unwrap().trim().to_string();
+            steps.push(Step {
+                command,
+                lines: Vec::new(),
+            });
+        } else if !line.starts_with('#') && !line.trim().is_empty() {
+            steps
+                .last_mut()
+                .expect("output follows a command")
+                .lines
+                .push(line.to_string());
+        }
+    }
+    steps
+}
+
+#[test]
+fn readme_plugin_test_session_runs_as_written() {
+    let steps = readme_plugin_test_session();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(redact_wasm(), dir.path().join("redact.wasm")).unwrap();
+    let mut ran = false;
+    for step in &steps {
+        if let Some(file) = step.command.strip_prefix("cat ") {
+            std::fs::write(dir.path().join(file), step.lines.join("\n") + "\n").unwrap();
+            continue;
+        }
+        assert_eq!(
+            step.command, "weir plugin test redact.wasm --config redact.yaml --input sample.ndjson",
+            "the README's command"
+        );
+        let args: Vec<&str> = step.command.split_whitespace().skip(1).collect();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(&args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.status.success(), "{stderr}");
+        let got: Vec<Value> = stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let shown: Vec<Value> = step
+            .lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("README line {l}: {e}")))
+            .collect();
+        assert_eq!(got, shown, "the README shows what the command prints");
+        assert!(
+            stderr.contains(&format!("{} events; load", shown.len())),
+            "{stderr}"
+        );
+        ran = true;
+    }
+    assert!(ran, "the session runs `weir plugin test`");
+    // The session's input holds a password the output never shows.
+    let sample = std::fs::read_to_string(dir.path().join("sample.ndjson")).unwrap();
+    assert!(sample.contains("\"password\""), "{sample}");
+}
+
+/// The README's plugin config, through the real proxy: a `password` (and a `card`) attribute reaches neither the
+/// backend nor the archive, at the top or nested; the verdicts are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_redact_config_keeps_passwords_out_of_index_and_archive() {
+    redact_wasm();
+    let (dd, addr) = FakeDatadog::start().await;
+    let list = readme_plugins_list();
+    assert!(
+        list.contains("config: {fields: [password, card]}"),
+        "{list}"
+    );
+    let weir = Weir::start(&config(&addr.to_string(), "", &list)).await;
+    const PASSWORD: &str = "hunter2-Zx9";
+    const CARD: &str = "cardholder-77";
+    let body = json!([
+        {"message": "login ok", "service": "web", "id": "p1", "password": PASSWORD, "card": CARD},
+        {"message": "signup", "service": "web", "id": "p2", "user": {"name": "jane", "password": PASSWORD}},
+        {"message": "retry", "service": "web", "id": "p3", "attempts": [{"password": PASSWORD}]},
+        {"message": "nothing to hide", "service": "web", "id": "p4"},
+    ]);
+    let resp = post(
+        &weir.url("/api/v2/logs"),
+        &[("DD-API-KEY", "agent-key")],
+        serde_json::to_vec(&body).unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status, 202, "{}", resp.text());
+    eventually(
+        Duration::from_secs(10),
+        "the 4 events at the double",
+        || (dd.count() >= 4).then_some(()),
+    )
+    .await;
+    let m = weir.metrics().await;
+    let verdict = |v: &str| {
+        find_metric(
+            &m,
+            "weir_plugin_events_total",
+            &[
+                "tenant=\"acme\"",
+                "plugin=\"redact\"",
+                &format!("verdict=\"{v}\""),
+            ],
+        )
+    };
+    assert_eq!(
+        (verdict("modified"), verdict("kept"), verdict("dropped")),
+        (3.0, 1.0, 0.0),
+        "{m}"
+    );
+    let mut weir = weir;
+    assert!(weir.terminate().success(), "{}", weir.log());
+    let indexed = dd.take();
+    let (archived, _) = read_archive(&weir.archive_root());
+    assert_eq!((indexed.len(), archived.len()), (4, 4));
+    for (place, events) in [("datadog", &indexed), ("archive", &archived)] {
+        let text = serde_json::to_string(events).unwrap();
+        for secret in [PASSWORD, CARD] {
+            assert!(!text.contains(secret), "{place} has {secret:?}: {text}");
+        }
+        let by_id = |id: &str| events.iter().find(|e| e["id"] == id).unwrap().clone();
+        assert_eq!(by_id("p1")["password"], "[REDACTED:fields]", "{place}");
+        assert_eq!(by_id("p1")["card"], "[REDACTED:fields]", "{place}");
+        assert_eq!(
+            by_id("p2")["user"],
+            json!({"name": "jane", "password": "[REDACTED:fields]"}),
+            "{place}"
+        );
+        assert_eq!(
+            by_id("p3")["attempts"],
+            json!([{"password": "[REDACTED:fields]"}]),
+            "{place}"
+        );
+    }
+}
+
+/// Verdicts of the WAT plugin (keep-modified, drop, archive_only by index) and a failing plugin's events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_verdicts_are_counted_per_tenant_and_plugin() {
+    let (dd, addr) = FakeDatadog::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.wat"),
+        plugin_wat(1, "", "(i64.const 0)", ""),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("trap.wat"),
+        plugin_wat(1, "", "(i64.const 0)", "(unreachable)"),
+    )
+    .unwrap();
+    let extra = "    plugins:\n      - {name: by_index, path: \"{DIR}/p.wat\"}\n  - name: beta\n    api_keys: [beta-key]\n    backend: dd\n    upstream_api_key: up2\n    plugins:\n      - {name: trap, path: \"{DIR}/trap.wat\", on_error: pass}\n";
+    let weir = Weir::start_in(dir, &config(&addr.to_string(), "", extra)).await;
+    for (key, n) in [("agent-key", 7), ("agent-key", 5), ("beta-key", 3)] {
+        let resp = post(
+            &weir.url("/api/v2/logs"),
+            &[("DD-API-KEY", key)],
+            logs("v", n),
+        )
+        .await;
+        assert_eq!(resp.status, 202, "{}", resp.text());
+    }
+    // acme: 7 events (indexes 0..7) and 5 (0..5): i % 3 == 0 modified, 1 dropped, 2 archive_only.
+    // beta: its plugin traps; the 3 events take on_error (pass) and are indexed.
+    eventually(Duration::from_secs(10), "indexed events", || {
+        (dd.count() >= 5 + 3).then_some(())
+    })
+    .await;
+    let m = weir.metrics().await;
+    let count = |tenant: &str, plugin: &str, v: &str| {
+        find_metric(
+            &m,
+            "weir_plugin_events_total",
+            &[
+                &format!("tenant=\"{tenant}\""),
+                &format!("plugin=\"{plugin}\""),
+                &format!("verdict=\"{v}\""),
+            ],
+        )
+    };
+    assert_eq!(
+        [
+            count("acme", "by_index", "modified"),
+            count("acme", "by_index", "dropped"),
+            count("acme", "by_index", "archive_only"),
+            count("acme", "by_index", "kept"),
+            count("acme", "by_index", "on_error"),
+        ],
+        [3.0 + 2.0, 2.0 + 2.0, 2.0 + 1.0, 0.0, 0.0],
+        "{m}"
+    );
+    assert_eq!(count("beta", "trap", "on_error"), 3.0, "{m}");
+    assert_eq!(count("beta", "trap", "kept"), 0.0, "{m}");
+    let mut weir = weir;
+    assert!(weir.terminate().success(), "{}", weir.log());
+}
+
+/// A plugin refusing its config stops `weir check` with the YAML line and the plugin's own field.
+#[test]
+fn check_locates_the_plugin_config_field_a_plugin_refuses() {
+    let wasm = redact_wasm();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let path = dir.path().join("w.yaml");
+    let head = format!("listeners: [{{name: i, address: \"127.0.0.1:1\", protocol: http}}]\narchive: {{store: {{type: local, root: {d}/a}}}}\nbackends: [{{name: b, type: file, path: {d}/o}}]\ntenants:\n  - name: t\n    api_keys: [k]\n    backend: b\n    plugins:\n      - name: redact\n        path: {}\n", wasm.display());
+    for (config, line, column, field, says) in [
+        // A typo: the line of the misspelt key.
+        (
+            "        config:\n          fields: [password]\n          stlye: full\n",
+            13,
+            11,
+            "tenants[0].plugins[0].config.stlye",
+            "unknown field `stlye`",
+        ),
+        // A value of the wrong type: the line of its key.
+        (
+            "        config:\n          fields: password\n",
+            12,
+            11,
+            "tenants[0].plugins[0].config.fields",
+            "invalid type: string \"password\", expected a sequence",
+        ),
+        // Refused by the plugin's own checks (not serde's): the plugin's `config`.
+        (
+            "        config: {style: hash}\n",
+            11,
+            9,
+            "tenants[0].plugins[0].config",
+            "needs a non-empty `hash_key`",
+        ),
+    ] {
+        std::fs::write(&path, format!("{head}{config}")).unwrap();
+        let (code, _, err) = weir_cli(&["check", "--config", path.to_str().unwrap()]);
+        assert_eq!(code, 1, "{err}");
+        let prefix = format!(
+            "error: {}:{line}:{column}: field `{field}`: plugin \"redact\"",
+            path.display()
+        );
+        assert!(
+            err.starts_with(&prefix),
+            "{err}\nshould start with {prefix}"
+        );
+        assert!(err.contains(says), "{err}");
+    }
+}
+
+/// `weir run` refuses to start on the same mistake, naming the field under the plugin's `config`.
+#[test]
+fn run_refuses_a_plugin_config_naming_the_plugins_field() {
+    let wasm = redact_wasm();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let path = dir.path().join("w.yaml");
+    std::fs::write(&path, format!("data_dir: {d}/data\nlisteners: [{{name: i, address: \"127.0.0.1:0\", protocol: http}}]\narchive: {{store: {{type: local, root: {d}/a}}}}\nbackends: [{{name: b, type: file, path: {d}/o}}]\ntenants:\n  - name: t\n    api_keys: [k]\n    backend: b\n    plugins:\n      - name: redact\n        path: {}\n        config: {{fields: [password], stlye: full}}\n", wasm.display())).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("field `tenants[0].plugins[0].config.stlye`")
+            && err.contains("unknown field `stlye`"),
+        "{err}"
+    );
 }

@@ -1,5 +1,5 @@
 //! `redact`: masks sensitive data in the message and in string attributes (recursively, in nested maps and
-//! arrays; keys are left alone). Every event is kept.
+//! arrays; keys are left alone), and masks named attributes whole. Every event is kept.
 //!
 //! Built-in detectors (names as used in the config and in `[REDACTED:<name>]`):
 //!
@@ -24,14 +24,19 @@
 //!   - name: ssn
 //!     pattern: '\b\d{3}-\d{2}-\d{4}\b'
 //!     style: last4                  # optional; a named group `secret` limits masking to that group
-//! attributes: true                  # also redact string attributes (default true)
+//! attributes: true                  # also run the detectors on string attributes (default true)
+//! fields: [card, user.ssn]          # attributes masked whole, whatever they hold (see FieldNames)
+//! default_fields: true              # also mask DEFAULT_FIELDS: password, token, authorization, ...
 //! ```
 //!
 //! Styles: `full` → `[REDACTED:email]`; `last4` → every character but the last four becomes `*`
 //! (`**** **** **** 1111`); `hash` → `[REDACTED:email:<first 16 hex chars of HMAC-SHA256(hash_key, value)>]`,
 //! where card numbers are hashed without their separators so one card always gives one hash.
 //!
-//! Counters: `redacted_<name>`, per match.
+//! A named field's value is masked by the rule `fields` (`[REDACTED:fields]`, its style set by `style` or
+//! `styles: {fields: ...}`); a value that is not a string is masked as its JSON text; null stays null.
+//!
+//! Counters: `redacted_<name>`, per match (`redacted_fields` per masked field).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -73,6 +78,10 @@ pub struct Config {
     pub styles: BTreeMap<String, Style>,
     pub custom: Vec<CustomRule>,
     pub attributes: bool,
+    /// Attribute names (`password`) or paths (`user.password`) whose whole value is masked.
+    pub fields: Vec<String>,
+    /// Whether [`DEFAULT_FIELDS`] are masked too (in addition to `fields`).
+    pub default_fields: bool,
 }
 
 impl Default for Config {
@@ -84,7 +93,100 @@ impl Default for Config {
             styles: BTreeMap::new(),
             custom: Vec::new(),
             attributes: true,
+            fields: Vec::new(),
+            default_fields: true,
         }
+    }
+}
+
+/// Attribute names masked unless `default_fields: false`: names that hold a credential whatever its
+/// shape, so no detector would recognize the value. Compared as attribute names are (see [`FieldNames`]).
+pub const DEFAULT_FIELDS: [&str; 17] = [
+    "password",
+    "passwd",
+    "pwd",
+    "secret",
+    "client_secret",
+    "token",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "auth_token",
+    "api_key",
+    "apikey",
+    "x_api_key",
+    "private_key",
+    "authorization",
+    "cookie",
+    "set_cookie",
+];
+
+/// The name of the rule that masks named fields: in `styles`, in the mask and in the counter.
+pub const FIELDS_RULE: &str = "fields";
+
+/// Whether `key` equals `name` (already normalized: ASCII lower case, `_` for `-`), ignoring ASCII case
+/// and taking `-` for `_`.
+fn name_eq(key: &str, name: &str) -> bool {
+    key.len() == name.len()
+        && key.bytes().zip(name.bytes()).all(|(k, n)| {
+            let k = k.to_ascii_lowercase();
+            k == n || (k == b'-' && n == b'_')
+        })
+}
+
+fn normalize(name: &str) -> String {
+    name.to_ascii_lowercase().replace('-', "_")
+}
+
+/// The attribute names and paths whose values are masked whole.
+///
+/// A name without a dot matches a key of that name at any depth (`password` matches `password`,
+/// `user.password` and `a.b[3].password`); a dotted path matches from the top of the attributes only
+/// (`user.password` matches `{"user": {"password": …}}`, and the flattened key `"user.password"`).
+/// Arrays are walked through: `users.password` reaches the `password` of every element of `users`.
+/// Keys compare ignoring ASCII case, with `-` equal to `_` (`Api-Key` matches `api_key`).
+#[derive(Debug, Default)]
+pub struct FieldNames {
+    anywhere: Vec<String>,
+    paths: Vec<Vec<String>>,
+}
+
+impl FieldNames {
+    pub fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<FieldNames, String> {
+        let mut f = FieldNames::default();
+        for name in names {
+            if name.is_empty() || name.split('.').any(str::is_empty) {
+                return Err(format!(
+                    "redact: `fields` entry {name:?} must be an attribute name or a dotted path (`user.password`)"
+                ));
+            }
+            let norm = normalize(name);
+            if norm.contains('.') {
+                let path: Vec<String> = norm.split('.').map(String::from).collect();
+                if !f.paths.contains(&path) {
+                    f.paths.push(path);
+                }
+            } else if !f.anywhere.contains(&norm) {
+                f.anywhere.push(norm);
+            }
+        }
+        Ok(f)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.anywhere.is_empty() && self.paths.is_empty()
+    }
+
+    /// Whether the attribute at `path` (its keys from the top, each split at its dots) is masked.
+    fn matches(&self, path: &[&str]) -> bool {
+        let Some(last) = path.last() else {
+            return false;
+        };
+        self.anywhere.iter().any(|n| name_eq(last, n))
+            || self
+                .paths
+                .iter()
+                .any(|p| p.len() == path.len() && path.iter().zip(p).all(|(k, n)| name_eq(k, n)))
     }
 }
 
@@ -100,6 +202,8 @@ pub const BUILTINS: [&str; 7] = [
 ];
 
 enum Matcher {
+    /// Named attributes, masked whole; finds nothing in text.
+    Fields,
     CreditCard(Regex),
     Ipv4,
     Ipv6,
@@ -129,10 +233,15 @@ struct Span {
 }
 
 pub struct Redact {
+    /// The text rules (detectors and custom patterns), run on every string.
     rules: Vec<Rule>,
     hmac: Option<Hmac<Sha256>>,
     attributes: bool,
     counts: Vec<i64>,
+    field_names: FieldNames,
+    /// How named fields are masked (its matcher is [`Matcher::Fields`]).
+    field_rule: Rule,
+    field_count: i64,
 }
 
 fn finders(needles: &[&'static str]) -> Vec<memmem::Finder<'static>> {
@@ -377,6 +486,7 @@ fn find_ipv6(s: &str, rule: usize, out: &mut Vec<Span>) {
 impl Rule {
     fn find(&self, s: &str, rule: usize, out: &mut Vec<Span>) {
         match &self.matcher {
+            Matcher::Fields => {}
             Matcher::CreditCard(r) => find_cards(r, s, rule, out),
             Matcher::Ipv4 => find_ipv4(s, rule, out),
             Matcher::Ipv6 => find_ipv6(s, rule, out),
@@ -526,7 +636,7 @@ impl Redact {
         Cow::Owned(out)
     }
 
-    /// Redacts a value in place; whether anything changed.
+    /// Redacts a value in place (the text rules, on every string in it); whether anything changed.
     fn redact_value(&mut self, v: &mut Value) -> bool {
         match v {
             Value::String(s) => match self.redact_str(s) {
@@ -547,6 +657,59 @@ impl Redact {
         }
     }
 
+    /// Masks the whole of a named field's value (kept as is when null: there is nothing to hide).
+    fn mask_field(&mut self, v: &mut Value) -> bool {
+        let text = match &mut *v {
+            Value::Null => return false,
+            Value::String(s) => std::mem::take(s),
+            other => other.to_string(),
+        };
+        let mut out = String::with_capacity(text.len().max(24));
+        self.mask(&self.field_rule, &text, &mut out);
+        *v = Value::String(out);
+        self.field_count += 1;
+        true
+    }
+
+    /// Redacts the attributes under `path` (the keys above them, split at their dots): named fields are
+    /// masked whole, and the text rules run on the other strings when `scan`.
+    fn redact_attributes<'a>(
+        &mut self,
+        entries: impl Iterator<Item = (&'a String, &'a mut Value)>,
+        path: &mut Vec<&'a str>,
+        scan: bool,
+    ) -> bool {
+        let mut changed = false;
+        for (key, v) in entries {
+            let depth = path.len();
+            path.extend(key.split('.'));
+            changed |= if self.field_names.matches(path) {
+                self.mask_field(v)
+            } else {
+                self.redact_attribute(v, path, scan)
+            };
+            path.truncate(depth);
+        }
+        changed
+    }
+
+    fn redact_attribute<'a>(
+        &mut self,
+        v: &'a mut Value,
+        path: &mut Vec<&'a str>,
+        scan: bool,
+    ) -> bool {
+        match v {
+            Value::Object(map) => self.redact_attributes(map.iter_mut(), path, scan),
+            // Arrays are transparent to field paths; every element is visited.
+            Value::Array(items) => items
+                .iter_mut()
+                .fold(false, |c, i| self.redact_attribute(i, path, scan) | c),
+            other if scan => self.redact_value(other),
+            _ => false,
+        }
+    }
+
     /// Redacts an event in place; whether anything changed.
     pub fn redact_event(&mut self, event: &mut Event) -> bool {
         let mut changed = false;
@@ -554,10 +717,15 @@ impl Redact {
             event.message = new;
             changed = true;
         }
-        if self.attributes {
-            for v in event.attributes.values_mut() {
-                changed |= self.redact_value(v);
+        if self.field_names.is_empty() {
+            if self.attributes {
+                for v in event.attributes.values_mut() {
+                    changed |= self.redact_value(v);
+                }
             }
+        } else {
+            let scan = self.attributes;
+            changed |= self.redact_attributes(event.attributes.iter_mut(), &mut Vec::new(), scan);
         }
         changed
     }
@@ -568,6 +736,10 @@ impl Redact {
                 weir_sdk::counter_add(&rule.counter, *count);
                 *count = 0;
             }
+        }
+        if self.field_count > 0 {
+            weir_sdk::counter_add(&self.field_rule.counter, self.field_count);
+            self.field_count = 0;
         }
     }
 }
@@ -613,6 +785,11 @@ impl Plugin for Redact {
             if rules.iter().any(|r| r.name == c.name) {
                 return Err(format!("redact: duplicate rule name `{}`", c.name));
             }
+            if c.name == FIELDS_RULE {
+                return Err(format!(
+                    "redact: custom rule name `{FIELDS_RULE}` is taken (it names the `fields` masking in `styles`)"
+                ));
+            }
             let regex = Regex::new(&c.pattern)
                 .map_err(|e| format!("redact: custom rule `{}`: {e}", c.name))?;
             let group = regex.capture_names().position(|n| n == Some("secret"));
@@ -632,9 +809,28 @@ impl Plugin for Redact {
                 },
             });
         }
+        let defaults = config.default_fields.then_some(DEFAULT_FIELDS.as_slice());
+        let field_names = FieldNames::new(
+            defaults
+                .into_iter()
+                .flatten()
+                .copied()
+                .chain(config.fields.iter().map(String::as_str)),
+        )?;
+        let field_rule = Rule {
+            name: FIELDS_RULE.into(),
+            counter: format!("redacted_{FIELDS_RULE}"),
+            style: config
+                .styles
+                .get(FIELDS_RULE)
+                .copied()
+                .unwrap_or(config.style),
+            matcher: Matcher::Fields,
+        };
         for key in config.styles.keys() {
-            if !rules.iter().any(|r| &r.name == key) {
-                return Err(format!("redact: `styles` names `{key}`, which is not an enabled detector or custom rule"));
+            let fields = key == FIELDS_RULE && !field_names.is_empty();
+            if !fields && !rules.iter().any(|r| &r.name == key) {
+                return Err(format!("redact: `styles` names `{key}`, which is not an enabled detector, custom rule or `fields`"));
             }
         }
         let hmac = match config.hash_key.as_deref() {
@@ -643,7 +839,8 @@ impl Plugin for Redact {
             }
             _ => None,
         };
-        if hmac.is_none() && rules.iter().any(|r| r.style == Style::Hash) {
+        let field_hash = !field_names.is_empty() && field_rule.style == Style::Hash;
+        if hmac.is_none() && (field_hash || rules.iter().any(|r| r.style == Style::Hash)) {
             return Err("redact: style `hash` needs a non-empty `hash_key`".into());
         }
         let counts = vec![0; rules.len()];
@@ -652,6 +849,9 @@ impl Plugin for Redact {
             hmac,
             attributes: config.attributes,
             counts,
+            field_names,
+            field_rule,
+            field_count: 0,
         })
     }
 
@@ -998,5 +1198,158 @@ mod tests {
         let mut ev = Event::with_message("x");
         ev.attributes.insert("ip".into(), json!("10.1.2.3"));
         assert_eq!(testing::run_one(&mut p, ev.clone()).1, ev);
+    }
+}
+
+#[cfg(test)]
+mod field_tests {
+    use super::*;
+    use serde_json::json;
+    use weir_sdk::testing;
+
+    fn event(attributes: Value) -> Event {
+        let mut ev = Event::with_message("login ok");
+        ev.attributes = serde_json::from_value(attributes).unwrap();
+        ev
+    }
+
+    fn run(config: Value, attributes: Value) -> Value {
+        let mut p: Redact = testing::init(config).unwrap();
+        let (v, out) = testing::run_one(&mut p, event(attributes));
+        assert_eq!(v, Verdict::Keep);
+        serde_json::to_value(&out.attributes).unwrap()
+    }
+
+    /// The README's example (`config: {fields: [password, card]}`) loads and masks both fields, whatever
+    /// their values hold (a number is masked too: no detector would have recognized it as secret).
+    #[test]
+    fn readme_example_masks_password_and_card() {
+        let out = run(
+            json!({"fields": ["password", "card"]}),
+            json!({"user": "jane", "password": "hunter2", "card": 4111111111111111u64, "amount": 12}),
+        );
+        assert_eq!(
+            out,
+            json!({"user": "jane", "password": "[REDACTED:fields]", "card": "[REDACTED:fields]", "amount": 12})
+        );
+        assert_eq!(testing::counters()["redacted_fields"], 2);
+    }
+
+    /// Without any config, commonly sensitive names are masked: a `password` attribute never passes.
+    #[test]
+    fn sensitive_names_are_masked_by_default() {
+        let out = run(
+            Value::Null,
+            json!({"password": "hunter2", "Authorization": "Basic dXNlcjpwYXNz", "api-key": "k-123",
+                   "db": {"passwd": "p", "port": 5432}, "token": ["a", "b"], "secret": {"x": 1},
+                   "tokens_used": 17, "user": "jane"}),
+        );
+        assert_eq!(
+            out,
+            json!({"password": "[REDACTED:fields]", "Authorization": "[REDACTED:fields]",
+                   "api-key": "[REDACTED:fields]", "db": {"passwd": "[REDACTED:fields]", "port": 5432},
+                   "token": "[REDACTED:fields]", "secret": "[REDACTED:fields]",
+                   "tokens_used": 17, "user": "jane"})
+        );
+        // The configured names add to the defaults; `default_fields: false` leaves only them.
+        let out = run(
+            json!({"fields": ["card"]}),
+            json!({"password": "x", "card": "y"}),
+        );
+        assert_eq!(
+            out,
+            json!({"password": "[REDACTED:fields]", "card": "[REDACTED:fields]"})
+        );
+        let out = run(
+            json!({"fields": ["card"], "default_fields": false}),
+            json!({"password": "x", "card": "y"}),
+        );
+        assert_eq!(out, json!({"password": "x", "card": "[REDACTED:fields]"}));
+    }
+
+    /// A bare name matches at any depth (through arrays too); a dotted path only from the top, nested or as
+    /// a flattened key.
+    #[test]
+    fn nested_paths() {
+        let config = json!({"default_fields": false, "fields": ["pin", "user.ssn"]});
+        let out = run(
+            config.clone(),
+            json!({"pin": 1, "a": {"b": [{"pin": "2"}, {"c": 3}]},
+                   "user": {"ssn": "078-05-1120", "name": "x"}, "user.ssn": "flat",
+                   "other": {"user": {"ssn": "not anchored"}}, "ssn": "top"}),
+        );
+        assert_eq!(
+            out,
+            json!({"pin": "[REDACTED:fields]", "a": {"b": [{"pin": "[REDACTED:fields]"}, {"c": 3}]},
+                   "user": {"ssn": "[REDACTED:fields]", "name": "x"}, "user.ssn": "[REDACTED:fields]",
+                   "other": {"user": {"ssn": "not anchored"}}, "ssn": "top"})
+        );
+        // Paths through arrays: `users.password` reaches every element.
+        let out = run(
+            json!({"default_fields": false, "fields": ["users.pw"]}),
+            json!({"users": [{"pw": "a"}, {"pw": "b", "n": 1}]}),
+        );
+        assert_eq!(
+            out,
+            json!({"users": [{"pw": "[REDACTED:fields]"}, {"pw": "[REDACTED:fields]", "n": 1}]})
+        );
+    }
+
+    #[test]
+    fn styles_apply_to_fields_and_null_stays_null() {
+        let out = run(
+            json!({"styles": {"fields": "last4"}, "fields": ["card"]}),
+            json!({"card": "4111111111111111", "password": null, "pin": 1234567}),
+        );
+        assert_eq!(
+            out,
+            json!({"card": "************1111", "password": null, "pin": 1234567})
+        );
+        let mut p: Redact =
+            testing::init(json!({"styles": {"fields": "hash"}, "hash_key": "k"})).unwrap();
+        let (_, a) = testing::run_one(&mut p, event(json!({"token": "abc"})));
+        let (_, b) = testing::run_one(&mut p, event(json!({"token": "abc"})));
+        let (_, c) = testing::run_one(&mut p, event(json!({"token": "abd"})));
+        let masked = a.attributes["token"].as_str().unwrap().to_string();
+        assert!(
+            masked.starts_with("[REDACTED:fields:") && masked.len() == 34,
+            "{masked}"
+        );
+        assert_eq!(a.attributes["token"], b.attributes["token"]);
+        assert_ne!(a.attributes["token"], c.attributes["token"]);
+    }
+
+    /// Named fields are masked even where detectors do not look (`attributes: false`), and the masked value
+    /// is not scanned again; an event whose only change is a field is reported as modified.
+    #[test]
+    fn fields_with_detectors() {
+        let mut p: Redact = testing::init(json!({"attributes": false})).unwrap();
+        let mut ev = event(json!({"password": "a@b.io", "ip": "10.0.0.1"}));
+        ev.message = "from a@b.io".into();
+        let result = testing::run_raw(&mut p, &[ev]);
+        let out = result.results[0].event.as_ref().expect("modified");
+        assert_eq!(out.message, "from [REDACTED:email]");
+        assert_eq!(
+            serde_json::to_value(&out.attributes).unwrap(),
+            json!({"password": "[REDACTED:fields]", "ip": "10.0.0.1"})
+        );
+    }
+
+    #[test]
+    fn field_config_errors() {
+        for bad in [
+            json!({"fields": [""]}),
+            json!({"fields": ["a..b"]}),
+            json!({"fields": ["a."]}),
+            json!({"fields": "password"}),
+            json!({"custom": [{"name": "fields", "pattern": "x"}]}),
+        ] {
+            assert!(testing::init::<Redact>(bad.clone()).is_err(), "{bad}");
+        }
+        // With no names at all, `styles: {fields: ...}` names nothing that runs.
+        assert!(testing::init::<Redact>(
+            json!({"default_fields": false, "styles": {"fields": "last4"}})
+        )
+        .is_err());
     }
 }

@@ -1,7 +1,7 @@
 //! The YAML configuration: one struct per section, defaults that suit an edge
 //! proxy, and errors that name the file, line, column and field to fix.
 mod env;
-mod locate;
+pub(crate) mod locate;
 pub mod units;
 
 use locate::Locations;

@@ -18,6 +18,7 @@
 //! on an async worker: a slow plugin (up to its deadline) holds up no other
 //! request. Each plugin keeps as many warm instances as there are threads.
 pub mod cache;
+pub mod located;
 pub mod wire;
 
 use crate::config::{PluginConfig, PluginOnError};
@@ -25,6 +26,7 @@ use crate::event::{Batch, Disposition, Event};
 use crate::pipeline::{Rejection, Stage};
 use crate::telemetry::METRICS;
 use cache::ModuleCache;
+pub use located::config_error;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex, RwLock, Weak};
@@ -139,6 +141,56 @@ impl std::fmt::Display for CallError {
             CallError::Trap(m) => write!(f, "trap: {m}"),
             CallError::BadResult(m) => write!(f, "bad result: {m}"),
             CallError::Instantiate(m) => write!(f, "cannot instantiate: {m}"),
+        }
+    }
+}
+
+/// What a plugin did with an event, as `weir_plugin_events_total` labels it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerdictLabel {
+    /// `keep`, unchanged.
+    Kept,
+    /// `keep` with a changed event.
+    Modified,
+    Dropped,
+    ArchiveOnly,
+    /// The batch failed (or the plugin was quarantined): the event took `on_error`.
+    OnError,
+}
+
+impl VerdictLabel {
+    pub const ALL: [VerdictLabel; 5] = [
+        VerdictLabel::Kept,
+        VerdictLabel::Modified,
+        VerdictLabel::Dropped,
+        VerdictLabel::ArchiveOnly,
+        VerdictLabel::OnError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerdictLabel::Kept => "kept",
+            VerdictLabel::Modified => "modified",
+            VerdictLabel::Dropped => "dropped",
+            VerdictLabel::ArchiveOnly => "archive_only",
+            VerdictLabel::OnError => "on_error",
+        }
+    }
+}
+
+/// One plugin's `weir_plugin_events_total` counters, looked up once, indexed by `VerdictLabel as usize`.
+struct VerdictCounters([prometheus::IntCounter; 5]);
+
+impl VerdictCounters {
+    fn new(tenant: &str, plugin: &str) -> VerdictCounters {
+        VerdictCounters(VerdictLabel::ALL.map(|v| {
+            crate::telemetry::PLUGIN_EVENTS.with_label_values(&[tenant, plugin, v.as_str()])
+        }))
+    }
+
+    fn add(&self, verdict: VerdictLabel, n: usize) {
+        if n > 0 {
+            self.0[verdict as usize].inc_by(n as u64);
         }
     }
 }
@@ -497,6 +549,7 @@ pub struct Plugin {
     fields: wire::Fields,
     pool: Mutex<Vec<Inst>>,
     health: Mutex<Health>,
+    verdicts: VerdictCounters,
 }
 
 impl Plugin {
@@ -541,6 +594,7 @@ impl Plugin {
                 next_backoff: settings.quarantine_base,
                 probation: false,
             }),
+            verdicts: VerdictCounters::new(&settings.tenant, &settings.name),
             shared,
             pre,
             settings,
@@ -654,7 +708,8 @@ impl Plugin {
             .map_err(|e| format!("weir_init failed: {e}"))?
         {
             return Err(format!(
-                "weir_init refused the config: {}",
+                "{}{}",
+                located::INIT_REFUSED,
                 String::from_utf8_lossy(&msg)
             ));
         }
@@ -766,23 +821,34 @@ impl Plugin {
         match result {
             Ok(outcomes) => {
                 self.record(None);
+                let mut counts = [0usize; 5];
                 for ((verdict, replacement), (ev, disp)) in outcomes
                     .into_iter()
                     .zip(batch.events.iter_mut().zip(batch.dispositions.iter_mut()))
                 {
-                    match verdict {
-                        Verdict::Keep => {
-                            if let Some(r) = replacement {
+                    let label = match verdict {
+                        Verdict::Keep => match replacement {
+                            Some(r) => {
                                 *ev = r;
+                                VerdictLabel::Modified
                             }
+                            None => VerdictLabel::Kept,
+                        },
+                        Verdict::Drop => {
+                            *disp = Disposition::Drop;
+                            VerdictLabel::Dropped
                         }
-                        Verdict::Drop => *disp = Disposition::Drop,
                         Verdict::ArchiveOnly => {
                             if *disp == Disposition::Index {
                                 *disp = Disposition::ArchiveOnly;
                             }
+                            VerdictLabel::ArchiveOnly
                         }
-                    }
+                    };
+                    counts[label as usize] += 1;
+                }
+                for (label, n) in VerdictLabel::ALL.into_iter().zip(counts) {
+                    self.verdicts.add(label, n);
                 }
             }
             Err(e) => {
@@ -799,6 +865,8 @@ impl Plugin {
     }
 
     fn on_error(&self, batch: &mut Batch) {
+        self.verdicts
+            .add(VerdictLabel::OnError, batch.dispositions.len());
         for d in batch.dispositions.iter_mut() {
             match self.settings.on_error {
                 PluginOnError::Pass => {}
@@ -1007,7 +1075,9 @@ pub struct Plugins {
 impl Plugins {
     /// Compiles (once per distinct file, through the compile cache under
     /// `data_dir/plugin-cache`), links and initializes every tenant's plugins.
-    /// The error names the config field, e.g. `tenants[0].plugins[1]`.
+    /// The error names the config field, e.g. `tenants[0].plugins[1]`, or the
+    /// field under its `config` that its `weir_init` refused
+    /// (`tenants[0].plugins[1].config.team`); [`config_error`] locates it in the YAML.
     pub fn load(config: &crate::config::Config) -> Result<Plugins, (String, String)> {
         Plugins::load_with(
             config,
@@ -1043,10 +1113,8 @@ impl Plugins {
                     &cache,
                 )
                 .map_err(|e| {
-                    (
-                        at.clone(),
-                        format!("plugin {:?} ({}): {e}", p.name, p.path.display()),
-                    )
+                    let message = format!("plugin {:?} ({}): {e}", p.name, p.path.display());
+                    (located::refine_field(&at, &message), message)
                 })?;
                 tracing::info!(tenant = %t.name, plugin = %p.name, path = %p.path.display(), "plugin loaded");
                 list.push(slot);

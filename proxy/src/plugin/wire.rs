@@ -237,7 +237,12 @@ pub fn decode_result(
         .zip(input)
         .map(|(entry, orig)| {
             let ev = match (entry.verdict, entry.event) {
-                (Verdict::Keep, Some(e)) => Some(e.merge(orig, fields)),
+                (Verdict::Keep, Some(e)) => {
+                    let mut ev = e.merge(orig, fields);
+                    // An attribute named like a field (json-parse copies parsed keys) sets the field.
+                    ev.adopt_reserved_attributes();
+                    Some(ev)
+                }
                 _ => None,
             };
             (entry.verdict, ev)

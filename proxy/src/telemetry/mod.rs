@@ -303,6 +303,22 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     }
 });
 
+// ---- Plugin verdicts (counted in plugin/, by `plugin::VerdictLabel`) ----
+
+/// `weir_plugin_events_total{tenant, plugin, verdict}`: the events each plugin returned, by what it said of
+/// them: `kept` (unchanged), `modified` (kept, changed), `dropped`, `archive_only`, or `on_error` (events of a
+/// batch the plugin failed, or skipped while quarantined, which took the plugin's `on_error` policy).
+pub static PLUGIN_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        &METRICS.registry,
+        "weir_plugin_events_total",
+        "Events through each plugin, by verdict: kept, modified, dropped, archive_only, on_error",
+        &["tenant", "plugin", "verdict"],
+    )
+});
+
+// ---- end of plugin verdicts ----
+
 /// The Prometheus text exposition of every metric.
 pub fn render() -> Vec<u8> {
     let mut out = Vec::new();
