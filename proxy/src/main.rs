@@ -10,7 +10,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Weir: an edge ingestion proxy for logs.
 #[derive(Parser)]
-#[command(name = "weir", version, about)]
+#[command(name = "weir", version = cli::VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

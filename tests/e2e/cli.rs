@@ -1,4 +1,4 @@
-//! The command line: `weir check` locates config errors; `--version`.
+//! The command line: `weir check` locates config errors; `--version` names the commit.
 use std::process::Command;
 
 fn weir(args: &[&str]) -> (i32, String, String) {
@@ -13,11 +13,32 @@ fn weir(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `git ARGS` in the repository, when git and the checkout are there.
+fn git(args: &[&str]) -> Option<String> {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .output()
+        .ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    (out.status.success() && !text.trim().is_empty()).then(|| text.trim().to_string())
+}
+
 #[test]
-fn version() {
+fn version_names_the_git_commit_and_its_date() {
     let (code, out, _) = weir(&["--version"]);
     assert_eq!(code, 0);
-    assert_eq!(out.trim(), format!("weir {}", env!("CARGO_PKG_VERSION")));
+    let version = env!("CARGO_PKG_VERSION");
+    match (
+        git(&["rev-parse", "--short", "HEAD"]),
+        git(&["log", "-1", "--format=%cd", "--date=short", "HEAD"]),
+    ) {
+        (Some(hash), Some(date)) => {
+            assert_eq!(out.trim(), format!("weir {version} ({hash} {date})"));
+        }
+        // Built from a tarball: no commit to name.
+        _ => assert_eq!(out.trim(), format!("weir {version}")),
+    }
 }
 
 #[test]

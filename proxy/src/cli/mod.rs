@@ -9,6 +9,10 @@ pub mod plugin_test;
 pub mod query;
 pub mod run;
 
+/// What `weir --version` prints after `weir `: the package version, then the git commit and
+/// its date when built from a checkout (`0.1.0 (abc1234 2026-12-02)`; see build.rs).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), env!("WEIR_BUILD_COMMIT"));
+
 /// How errors and `weir check` name the embedded default config.
 pub const EMBEDDED_NAME: &str = "<embedded config/weir.yaml>";
 
