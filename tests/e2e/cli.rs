@@ -1,4 +1,6 @@
-//! The command line: `weir check` locates config errors; `--version` names the commit.
+//! The command line: `weir check` locates config errors; `--version` names the commit;
+//! `weir query` takes a negated query as written.
+use serde_json::Value;
 use std::process::Command;
 
 fn weir(args: &[&str]) -> (i32, String, String) {
@@ -114,4 +116,65 @@ fn check_names_file_line_column_and_field() {
     let (code, _, err) = weir(&["check", "--config", "/nonexistent/weir.yaml"]);
     assert_eq!(code, 1);
     assert!(err.contains("/nonexistent/weir.yaml: cannot read"), "{err}");
+}
+
+/// NDJSON sample logs for `weir query`: two `info`, one `error`, one `warn`.
+fn sample_logs(dir: &std::path::Path) -> String {
+    let path = dir.join("sample.ndjson");
+    std::fs::write(
+        &path,
+        concat!(
+            "{\"message\":\"started\",\"status\":\"info\",\"service\":\"web\"}\n",
+            "{\"message\":\"disk full\",\"status\":\"error\",\"service\":\"db\"}\n",
+            "{\"message\":\"healthy\",\"status\":\"info\",\"service\":\"db\"}\n",
+            "{\"message\":\"slow request\",\"status\":\"warn\",\"service\":\"web\"}\n",
+        ),
+    )
+    .unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn messages(ndjson: &str, pointer: &str) -> Vec<String> {
+    ndjson
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            v.pointer(pointer)
+                .and_then(Value::as_str)
+                .unwrap_or_else(|| panic!("no {pointer} in {l}"))
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn query_takes_a_leading_hyphen_as_negation_not_as_a_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = sample_logs(dir.path());
+    // As the issue wrote it: the query first, starting with `-`.
+    let (code, out, err) = weir(&["query", "-status:info", "--input", &input]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(messages(&out, "/message"), ["disk full", "slow request"]);
+    // After the flags, with a short flag, and after `--`.
+    for args in [
+        ["query", "--input", &input, "--count", "-status:info"].as_slice(),
+        &["query", "-status:info", "-i", &input, "--count"],
+        &["query", "--count", "--input", &input, "--", "-status:info"],
+    ] {
+        let (code, out, err) = weir(args);
+        assert_eq!((code, out.trim()), (0, "2"), "{args:?}: {err}");
+    }
+    let (code, out, err) = weir(&["query", "-service:web -status:info", "-i", &input]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(messages(&out, "/message"), ["disk full"]);
+    // Flags that do not exist are still refused, and a bad query is named.
+    let (code, _, err) = weir(&["query", "status:info", "-i", &input, "--bogus"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--bogus"), "{err}");
+    let (code, _, err) = weir(&["query", "-status:(info OR", "-i", &input]);
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("error: query \"-status:(info OR\""),
+        "{err}"
+    );
 }

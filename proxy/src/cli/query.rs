@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Datadog log search syntax, e.g. 'service:web status:(error OR warn) @http.status_code:>=500'
+    /// Datadog log search syntax, e.g. 'service:web status:(error OR warn) @http.status_code:>=500'.
+    /// It may start with `-` (negation), as in `weir query '-status:info' --input FILE`.
+    #[arg(allow_hyphen_values = true)]
     query: String,
     /// NDJSON or a JSON array of logs in the Datadog intake format (`-` for stdin).
     #[arg(long, short)]
