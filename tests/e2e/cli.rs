@@ -1,5 +1,6 @@
 //! The command line: `weir check` locates config errors; `--version` names the commit;
-//! `weir query` takes a negated query as written.
+//! `weir query` takes a negated query as written; `weir plugin test` reads raw text that
+//! looks like JSON.
 use serde_json::Value;
 use std::process::Command;
 
@@ -177,4 +178,96 @@ fn query_takes_a_leading_hyphen_as_negation_not_as_a_flag() {
         err.starts_with("error: query \"-status:(info OR\""),
         "{err}"
     );
+}
+
+/// The test plugin of tests/fixtures: event i is kept with message "redacted" when
+/// i % 3 == 0, dropped when 1, archive_only when 2 (others unchanged). At most 15 events.
+fn fixture_plugin(dir: &std::path::Path) -> String {
+    let path = dir.join("abi_v1.wat");
+    let wat = include_str!("../fixtures/abi_v1_plugin.wat")
+        .replace("@version@", "1")
+        .replace("@extra_imports@", "")
+        .replace("@init_body@", "(i64.const 0)")
+        .replace("@hook@", "");
+    std::fs::write(&path, wat).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+const LOGHUB_APACHE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/data/loghub/Apache_2k.log"
+);
+
+#[test]
+fn plugin_test_reads_raw_text_that_starts_like_json_as_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = fixture_plugin(dir.path());
+    // Real Apache error log lines: `[Sun Dec 04 04:47:44 2005] [notice] ...`.
+    let apache = std::fs::read_to_string(LOGHUB_APACHE)
+        .unwrap_or_else(|e| panic!("{LOGHUB_APACHE}: {e} (the loghub samples)"));
+    let lines: Vec<&str> = apache.lines().take(6).collect();
+    assert!(lines.iter().all(|l| l.starts_with("[Sun Dec 04")));
+    let input = dir.path().join("apache_error.log");
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let input = input.to_str().unwrap();
+    let test = |extra: &[&str]| {
+        let mut args = vec!["plugin", "test", plugin.as_str(), "--input", input];
+        args.extend_from_slice(extra);
+        weir(&args)
+    };
+
+    // Automatic: not JSON, so raw lines, and stderr says so.
+    let (code, out, err) = test(&[]);
+    assert_eq!(code, 0, "{err}");
+    let verdicts = messages(&out, "/verdict");
+    assert_eq!(
+        verdicts,
+        [
+            "keep",
+            "drop",
+            "archive_only",
+            "keep",
+            "drop",
+            "archive_only"
+        ]
+    );
+    let got = messages(&out, "/event/message");
+    for i in [1, 2, 4, 5] {
+        assert_eq!(got[i], lines[i], "event {i} is the line as it was");
+    }
+    assert!(
+        err.contains(&format!("note: {input} is not a JSON array or NDJSON"))
+            && err.contains("raw text, one message per line")
+            && err.contains("6 events"),
+        "{err}"
+    );
+    // Explicitly lines: the same, without the note.
+    let (code, lines_out, err) = test(&["--format", "lines"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(messages(&lines_out, "/event/message"), got);
+    assert!(!err.contains("note:"), "{err}");
+    // Explicitly JSON: an error naming the input and where the JSON breaks.
+    let (code, out, err) = test(&["--format", "json"]);
+    assert_eq!(code, 1);
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.starts_with(&format!("error: {input}: invalid JSON")),
+        "{err}"
+    );
+    let (code, _, err) = test(&["--format", "ndjson"]);
+    assert_eq!(code, 1);
+    assert!(err.contains(&format!("{input}: line 1")), "{err}");
+    let (code, _, err) = test(&["--format", "yaml"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("auto, json, ndjson, lines"), "{err}");
+
+    // Automatic on real NDJSON still reads JSON: the message field, not the line.
+    let ndjson = sample_logs(dir.path());
+    let (code, out, err) = weir(&["plugin", "test", &plugin, "--input", &ndjson]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        messages(&out, "/event/message"),
+        ["redacted", "disk full", "healthy", "redacted"]
+    );
+    assert!(!err.contains("note:"), "{err}");
 }
