@@ -1,8 +1,10 @@
 //! The command line: `weir check` locates config errors; `--version` names the commit;
 //! `weir query` takes a negated query as written; `weir plugin test` reads raw text that
-//! looks like JSON.
+//! looks like JSON; `weir backends` lines up its table and says why it cannot connect.
+use crate::harness::*;
 use serde_json::Value;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 fn weir(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_weir"))
@@ -270,4 +272,140 @@ fn plugin_test_reads_raw_text_that_starts_like_json_as_lines() {
         ["redacted", "disk full", "healthy", "redacted"]
     );
     assert!(!err.contains("note:"), "{err}");
+}
+
+/// `weir backends`'s columns; numbers are aligned on the right.
+const COLUMNS: [(&str, bool); 8] = [
+    ("BACKEND", false),
+    ("STATE", false),
+    ("EJECTED", true),
+    ("FAILURES", true),
+    ("EJECTIONS", true),
+    ("FAILOVERS", true),
+    ("LAST CHANGE", false),
+    ("LAST ERROR", false),
+];
+
+/// The rows of a `weir backends` table, cell by cell, after checking that every
+/// column starts (or, aligned on the right, ends) where its header does.
+fn cells(table: &str) -> Vec<Vec<String>> {
+    let mut lines = table.lines();
+    let header = lines.next().expect("a header line");
+    let mut rows = Vec::new();
+    for line in lines {
+        let b = line.as_bytes();
+        for (name, right) in COLUMNS {
+            let start = header
+                .find(name)
+                .unwrap_or_else(|| panic!("no {name} in {header}"));
+            let end = start + name.len();
+            let aligned = if right {
+                b.get(end - 1).is_some_and(|c| *c != b' ') && b.get(end).is_none_or(|c| *c == b' ')
+            } else {
+                b.get(start).is_some_and(|c| *c != b' ') && (start == 0 || b[start - 1] == b' ')
+            };
+            assert!(aligned, "column {name} is out of line in\n{table}");
+        }
+        // Cells are separated by two spaces or more; the last one is the rest.
+        let mut cells = Vec::new();
+        let mut rest = line;
+        while cells.len() < COLUMNS.len() - 1 {
+            let Some(i) = rest.find("  ") else { break };
+            cells.push(rest[..i].to_string());
+            rest = rest[i..].trim_start();
+        }
+        cells.push(rest.trim().to_string());
+        assert_eq!(cells.len(), COLUMNS.len(), "{line}");
+        rows.push(cells);
+    }
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_table_lines_up_and_connection_errors_say_why() {
+    let long = "eu-west-1-primary-datadog-intake-behind-the-corporate-proxy";
+    let closed = free_port();
+    let config = routed_config(
+        &format!(
+            "  - name: {long}\n    type: http\n    url: http://127.0.0.1:{closed}/ingest\n    request_timeout: 1s\n    batch: {{max_wait: 50ms}}\n    retry: {{initial_backoff: 20ms, max_backoff: 200ms}}\n    passive: {{max_failures: 1, ejection: 1s}}\n  - name: b\n    type: file\n    path: \"{{DIR}}/out.ndjson\"\n"
+        ),
+        "",
+        &format!(
+            "  - {{name: acme, api_keys: [agent-key], backend: {long}}}\n  - {{name: beta, api_keys: [beta-key], backend: b}}\n"
+        ),
+    );
+    let w = Weir::start(&config).await;
+    let resp = post(
+        &w.url("/api/v2/logs"),
+        &[("DD-API-KEY", "agent-key")],
+        r#"[{"message":"hello"}]"#,
+    )
+    .await;
+    assert_eq!(resp.status, 202);
+    let start = Instant::now();
+    loop {
+        let r = get(&format!("http://127.0.0.1:{}/backends", w.admin))
+            .await
+            .unwrap()
+            .json();
+        if r["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["backend"] == long && b["last_error"].is_string())
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no failure recorded: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // HOST:PORT, as `admin.address` is written, and the URL form too.
+    for admin in [
+        format!("127.0.0.1:{}", w.admin),
+        format!("http://127.0.0.1:{}/", w.admin),
+    ] {
+        let (code, table, err) = weir(&["backends", "--admin", &admin]);
+        assert_eq!(code, 0, "--admin {admin}: {err}");
+        let rows = cells(&table);
+        assert_eq!(rows.len(), 2, "{table}");
+        let failing = rows.iter().find(|r| r[0] == long).expect("the long row");
+        let ok = rows.iter().find(|r| r[0] == "b").expect("the row of b");
+        assert_eq!(ok[1], "up", "{table}");
+        assert_eq!(ok[7], "-", "{table}");
+        assert_ne!(failing[7], "-", "{table}");
+        for row in [failing, ok] {
+            // `2026-12-02T04:47:24Z (3s ago)`: UTC to the second, and how long ago.
+            let (stamp, ago) = row[6]
+                .split_once(' ')
+                .unwrap_or_else(|| panic!("{:?} in\n{table}", row[6]));
+            assert!(
+                stamp.len() == 20 && stamp.ends_with('Z'),
+                "{stamp} in\n{table}"
+            );
+            let t = chrono::DateTime::parse_from_rfc3339(stamp).unwrap();
+            let age = chrono::Utc::now().signed_duration_since(t);
+            assert!((0..120).contains(&age.num_seconds()), "{stamp} is now-ish");
+            assert!(
+                ago.starts_with('(') && ago.ends_with(" ago)"),
+                "{ago} in\n{table}"
+            );
+        }
+    }
+
+    // Nothing listening: exit 1, and the cause, not just "client error (Connect)".
+    let nobody = free_port();
+    let (code, _, err) = weir(&["backends", "--admin", &format!("127.0.0.1:{nobody}")]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("127.0.0.1:{nobody}"))
+            && err.to_lowercase().contains("connection refused"),
+        "{err}"
+    );
+    let (code, _, err) = weir(&["backends", "--admin", "https://127.0.0.1:8089"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("plain http"), "{err}");
 }
