@@ -409,3 +409,46 @@ async fn backends_table_lines_up_and_connection_errors_say_why() {
     assert_eq!(code, 1);
     assert!(err.contains("plain http"), "{err}");
 }
+
+/// The README's first command, `cargo run --release -- run`, must find one binary to run at
+/// the workspace root, where the workspace has three (weir, weir-loadgen, weir-blackhole):
+/// the binaries of the default members are what `cargo run` chooses from.
+#[test]
+fn cargo_run_at_the_workspace_root_runs_weir() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "metadata",
+            "--no-deps",
+            "--offline",
+            "--format-version",
+            "1",
+        ])
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let default_members: Vec<&Value> = meta["workspace_default_members"]
+        .as_array()
+        .expect("workspace_default_members (cargo 1.71 and later)")
+        .iter()
+        .collect();
+    let bins: Vec<&str> = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| default_members.contains(&&p["id"]))
+        .flat_map(|p| p["targets"].as_array().unwrap())
+        .filter(|t| t["kind"].as_array().unwrap().iter().any(|k| k == "bin"))
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(bins, ["weir"], "the binaries `cargo run` chooses from");
+    // The other binaries are still members: `cargo build -p weir-loadgen --bins` builds them.
+    let members = meta["workspace_members"].as_array().unwrap();
+    assert_eq!(members.len(), 2, "{members:?}");
+}
