@@ -5,12 +5,9 @@ use crate::config::{BackendType, Config, ListenerProtocol};
 use std::net::SocketAddr;
 use std::path::Path;
 
-/// The version and commit the binary was built from.
+/// The version and the commit the binary was built from (see build.rs).
 pub fn version() -> String {
-    match option_env!("WEIR_GIT_COMMIT") {
-        Some(c) if !c.is_empty() => format!("{} ({c})", env!("CARGO_PKG_VERSION")),
-        _ => env!("CARGO_PKG_VERSION").to_string(),
-    }
+    concat!(env!("CARGO_PKG_VERSION"), env!("WEIR_BUILD_COMMIT")).to_string()
 }
 
 /// The lines of the start-up summary.

@@ -1,0 +1,38 @@
+//! `weir check`: validates a config, plugins included, the way `weir run` would load it,
+//! and says what run-time changes saved in the data directory override in it.
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// YAML config; without it, the embedded local default (config/weir.yaml).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> Result<(), String> {
+    let path = args.config.as_deref();
+    // RUST_LOG overrides `log.level` at start, so it is checked too.
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        if !filter.trim().is_empty() {
+            weir::config::check_log_filter(&filter).map_err(|e| format!("RUST_LOG: {e}"))?;
+        }
+    }
+    let config = super::load_config(path).map_err(|e| e.to_string())?;
+    // Compile, link and initialize every plugin too, so a bad one shows up here.
+    weir::plugin::Plugins::check(&config)
+        .map_err(|(field, message)| weir::plugin::config_error(path, field, message).to_string())?;
+    println!("{}: ok", super::config_name(path));
+    // Changes made at run time win over the YAML on start: say which.
+    let yaml = weir::admin::control::Overrides::from_config(&config);
+    if let Some(saved) =
+        weir::admin::control::Overrides::load(&config.data_dir).map_err(|e| e.to_string())?
+    {
+        for d in saved.differences(&yaml) {
+            println!(
+                "note: {} overrides the YAML: {d}",
+                config.data_dir.join("runtime.json").display()
+            );
+        }
+    }
+    Ok(())
+}

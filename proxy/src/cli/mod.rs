@@ -1,0 +1,54 @@
+//! The `weir` subcommands, one file each (its arguments and its body). Each body returns
+//! `Err(message)` for `main` to print as `error: message` with exit status 1.
+use std::path::Path;
+use weir::config::{Config, ConfigError, EMBEDDED_DEFAULT};
+
+pub mod backends;
+pub mod check;
+pub mod plugin_test;
+pub mod query;
+pub mod run;
+
+/// What `weir --version` prints after `weir `: the package version, then the git commit and
+/// its date when built from a checkout (`0.1.0 (abc1234 2026-12-02)`; see build.rs).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), env!("WEIR_BUILD_COMMIT"));
+
+/// How errors and `weir check` name the embedded default config.
+pub const EMBEDDED_NAME: &str = "<embedded config/weir.yaml>";
+
+/// The config at `path`, or the embedded local default.
+pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
+    match path {
+        Some(p) => Config::load(p),
+        None => Config::parse(EMBEDDED_DEFAULT, EMBEDDED_NAME),
+    }
+}
+
+/// How messages name a config: its path, or the embedded default.
+pub fn config_name(path: Option<&Path>) -> String {
+    path.map(|p| p.display().to_string())
+        .unwrap_or_else(|| EMBEDDED_NAME.into())
+}
+
+/// The bytes of `input`, or of stdin for `-`.
+pub fn read_input(input: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    if input.as_os_str() == "-" {
+        let mut text = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut text)
+            .map_err(|e| format!("stdin: {e}"))?;
+        Ok(text)
+    } else {
+        std::fs::read(input).map_err(|e| format!("{}: {e}", input.display()))
+    }
+}
+
+/// How messages name an input: its path, or `stdin`.
+pub fn input_name(input: &Path) -> String {
+    if input.as_os_str() == "-" {
+        "stdin".into()
+    } else {
+        input.display().to_string()
+    }
+}
