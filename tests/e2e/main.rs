@@ -8,6 +8,7 @@ mod delivery;
 mod failover;
 mod intake;
 mod limits;
+mod metrics;
 mod plugins;
 mod rules;
 mod tls;

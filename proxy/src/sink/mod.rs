@@ -358,7 +358,6 @@ async fn deliver(s: &RouteSettings, ndjson: Vec<u8>, mut events: usize) {
             }
             Err(e) => {
                 m.health.record_failure(&e.message);
-                METRICS.backend_retries.with_label_values(&[name]).inc();
                 if s.retry.max_retries.is_some_and(|max| attempt >= max) {
                     METRICS
                         .backend_dropped_events
@@ -367,6 +366,8 @@ async fn deliver(s: &RouteSettings, ndjson: Vec<u8>, mut events: usize) {
                     tracing::error!(tenant = %s.tenant, backend = name, events, attempts = attempt + 1, error = %e.message, "giving up on a batch after its last retry");
                     return;
                 }
+                // Only now is it a retry: the batch will be sent again.
+                METRICS.backend_retries.with_label_values(&[name]).inc();
                 tracing::warn!(tenant = %s.tenant, backend = name, attempt, error = %e.message, "backend send failed; trying the next backend or again");
                 round_retry_after = round_retry_after.max(e.retry_after);
                 tried.push((ti, mi));
