@@ -39,7 +39,7 @@ impl Intake {
     pub fn new(tenants: Tenants, chain: Arc<Chain>, limits: Limits) -> Arc<Intake> {
         let request_budget = Budget::new(
             limits.max_inflight_request_bytes.as_usize(),
-            METRICS.queued_bytes.with_label_values(&["intake_requests"]),
+            crate::telemetry::queued_bytes(crate::telemetry::QueueKind::Intake),
         );
         Arc::new(Intake {
             tenants,
@@ -78,7 +78,15 @@ impl Intake {
                 .insert(ALLOW, HeaderValue::from_static("POST"));
             return Ok(resp);
         }
-        match self.clone().accept(protocol, req).await {
+        // weir_intake_request_duration_seconds (telemetry): from here to the answer.
+        let started = std::time::Instant::now();
+        let result = self.clone().accept(protocol, req).await;
+        let outcome = match result {
+            Ok(()) => crate::telemetry::IntakeOutcome::Accepted,
+            Err(_) => crate::telemetry::IntakeOutcome::Refused,
+        };
+        crate::telemetry::observe_intake(protocol.as_str(), outcome, started);
+        match result {
             Ok(()) => Ok(json_response(
                 StatusCode::ACCEPTED,
                 Bytes::from_static(b"{}"),
@@ -234,6 +242,10 @@ impl Intake {
             events,
         );
         self.chain.run(batch)?;
+        METRICS
+            .accepted_requests
+            .with_label_values(&[&tenant.name, protocol.as_str()])
+            .inc();
         METRICS
             .received_events
             .with_label_values(&[&tenant.name, protocol.as_str()])
