@@ -1,6 +1,7 @@
 //! What `/metrics` tells an on-call, against the real binary: series that
 //! exist from the start, gauges that follow the state they describe, counts
-//! that mean what their help says, and `promtool check metrics` clean.
+//! that mean what their help says, `promtool check metrics` clean, and a
+//! shutdown that times out saying what it did not deliver.
 use crate::harness::*;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -379,5 +380,58 @@ async fn promtool_check_metrics_is_clean() {
     assert!(
         out.status.success() && said.trim().is_empty(),
         "promtool check metrics: {said}"
+    );
+}
+
+// Issue 10 item 5 and issue 11 item 5: a shutdown that times out with a stuck backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_timing_out_counts_undelivered_events_and_exits_non_zero() {
+    let closed = free_port();
+    let mut weir = Weir::start(&config(
+        &format!("127.0.0.1:{closed}"),
+        "",
+        "shutdown_timeout: 1s\n",
+    ))
+    .await;
+    let r = post(&weir.url("/api/v2/logs"), &[KEY], events("s", 5)).await;
+    assert_eq!(r.status, 202);
+    // The route holds them, trying the backend that is not there.
+    let mut m = String::new();
+    for _ in 0..200 {
+        m = weir.metrics().await;
+        if series(
+            &m,
+            "weir_backend_requests_total{backend=\"dd\",outcome=\"retryable_error\"}",
+        )
+        .is_some_and(|n| n >= 1.0)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = weir.terminate();
+    assert!(
+        !status.success(),
+        "undelivered events: a non-zero exit ({status})"
+    );
+    let log = weir.log();
+    let root = weir.archive_root();
+    let line = log
+        .lines()
+        .find(|l| l.contains("not delivered") && l.contains("acme") && l.contains("events=5"))
+        .unwrap_or_else(|| panic!("no count per tenant and backend:\n{log}"));
+    assert!(line.contains("dd"), "{line}");
+    assert!(
+        line.contains(&format!("{}/acme/", root.display())),
+        "says where they still are: {line}"
+    );
+    // And they are there.
+    let (archived, _) = read_archive(&root);
+    assert_eq!(archived.len(), 5, "{log}");
+    // While it ran, the same count was a metric.
+    assert_eq!(
+        series(&m, "weir_pending_events{backend=\"dd\",tenant=\"acme\"}"),
+        Some(5.0),
+        "{m}"
     );
 }

@@ -14,6 +14,7 @@ pub mod format;
 pub mod health;
 pub mod retry;
 pub mod router;
+pub mod shutdown;
 
 use crate::archive::DeadLetters;
 use crate::config::{BackendConfig, RetryConfig};
