@@ -247,6 +247,7 @@ async fn known_series_exist_from_start_with_zero() {
         "weir_plugin_errors_total{plugin=\"tagger\",reason=\"timeout\",tenant=\"acme\"}",
         "weir_archived_events_total{tenant=\"beta\"}",
         "weir_pending_events{backend=\"dd-a\",tenant=\"acme\"}",
+        "weir_intake_request_duration_seconds_count{intake=\"generic\",outcome=\"refused\"}",
     ] {
         assert_eq!(series(&m, s), Some(0.0), "{s} missing or not 0 at start:\n{m}");
     }

@@ -83,6 +83,8 @@ pub enum IntakeOutcome {
 }
 
 impl IntakeOutcome {
+    pub const ALL: [IntakeOutcome; 2] = [Self::Accepted, Self::Refused];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Accepted => "accepted",

@@ -4,7 +4,7 @@
 //! errors would not fire an alert. Every label set the config names is
 //! created here; label values only known when they happen (an HTTP status,
 //! a refusal reason, a plugin's own counter names) appear at first use.
-use super::labels::{DropReason, SendOutcome, PLUGIN_ERROR_REASONS};
+use super::labels::{DropReason, IntakeOutcome, SendOutcome, PLUGIN_ERROR_REASONS};
 use super::METRICS;
 use crate::config::Config;
 use crate::event::Intake;
@@ -24,6 +24,12 @@ pub fn seed(config: &Config) {
         }
         m.backend_retries.with_label_values(&[name]);
         m.inflight_batches.with_label_values(&[name]);
+    }
+    for intake in [Intake::Datadog, Intake::Generic] {
+        for outcome in IntakeOutcome::ALL {
+            m.intake_latency
+                .with_label_values(&[intake.as_str(), outcome.as_str()]);
+        }
     }
     for l in config.listeners.iter().filter(|l| l.tls.is_some()) {
         m.tls_handshake_failures.with_label_values(&[&l.name]);
