@@ -200,20 +200,30 @@ pub async fn run(config: Config, path: Option<std::path::PathBuf>) -> anyhow::Re
         let _ = s.await;
     }
     drain.cancel();
-    // Every route, old generations still sending included.
-    workers.extend(router.tasks());
-    if tokio::time::timeout_at(deadline, futures::future::join_all(workers))
+    // The archive writers (`workers`) and every route, old generations still
+    // sending included, share the deadline. Whether the archives finished
+    // tells where events no backend got still are.
+    let archives_done = tokio::time::timeout_at(deadline, futures::future::join_all(workers))
         .await
-        .is_err()
-    {
-        tracing::error!(timeout = ?config.shutdown_timeout.0, "shutdown timed out before every batch was delivered; undelivered events are lost");
-    }
+        .is_ok();
+    let routes_done = tokio::time::timeout_at(deadline, futures::future::join_all(router.tasks()))
+        .await
+        .is_ok();
+    let lost = (!archives_done || !routes_done)
+        .then(|| sink::shutdown::report(&config, archives_done))
+        .flatten();
     let _ = saver.await;
     quotas.save();
     admin_stop.cancel();
     let _ = admin_task.await;
-    tracing::info!("stopped");
-    Ok(())
+    match lost {
+        // main.rs logs it and exits non-zero.
+        Some(e) => Err(e),
+        None => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
 }
 
 async fn shutdown_signal() {

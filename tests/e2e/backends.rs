@@ -363,7 +363,7 @@ async fn otlp_partial_success_rejections_are_counted_as_dropped() {
     .await;
     send(&weir, logs(3)).await;
     let dropped =
-        "weir_backend_dropped_events_total{backend=\"out\",status=\"partial_success\",tenant=\"acme\"}";
+        "weir_backend_dropped_events_total{backend=\"out\",reason=\"partial_success\",tenant=\"acme\"}";
     eventually(Duration::from_secs(10), "the rejection counted", || {
         (!otlp.requests().is_empty()).then_some(())
     })

@@ -9,6 +9,7 @@ mod delivery;
 mod failover;
 mod intake;
 mod limits;
+mod metrics;
 mod operations;
 mod plugins;
 mod readme;

@@ -29,7 +29,7 @@ pub struct Health {
 impl Health {
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
-        telemetry::METRICS.up.set(ready as i64);
+        telemetry::METRICS.ready.set(ready as i64);
     }
 }
 

@@ -79,9 +79,7 @@ pub fn spawn_writer(
 ) -> (ArchiveHandle, JoinHandle<()>) {
     let budget = Budget::new(
         cfg.max_queued_bytes.as_usize(),
-        METRICS
-            .queued_bytes
-            .with_label_values(&[&format!("archive:{tenant}")]),
+        crate::telemetry::queued_bytes(crate::telemetry::QueueKind::Archive { tenant }),
     );
     let (queue, rx) = Queue::new(budget);
     let writer = Writer {

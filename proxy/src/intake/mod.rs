@@ -43,7 +43,7 @@ impl Intake {
     pub fn new(tenants: Tenants, chain: Arc<Chain>, limits: Limits) -> Arc<Intake> {
         let request_budget = Budget::new(
             limits.max_inflight_request_bytes.as_usize(),
-            METRICS.queued_bytes.with_label_values(&["intake_requests"]),
+            crate::telemetry::queued_bytes(crate::telemetry::QueueKind::Intake),
         );
         Arc::new(Intake {
             tenants,
@@ -87,8 +87,16 @@ impl Intake {
                 .insert(ALLOW, HeaderValue::from_static("POST"));
             return Ok(resp);
         }
+        // weir_intake_request_duration_seconds (telemetry): from here to the answer.
+        let started = std::time::Instant::now();
         let mut tenant = None;
-        match self.clone().accept(protocol, req, &mut tenant).await {
+        let result = self.clone().accept(protocol, req, &mut tenant).await;
+        let outcome = match result {
+            Ok(()) => crate::telemetry::IntakeOutcome::Accepted,
+            Err(_) => crate::telemetry::IntakeOutcome::Refused,
+        };
+        crate::telemetry::observe_intake(protocol.as_str(), outcome, started);
+        match result {
             Ok(()) => Ok(json_response(
                 StatusCode::ACCEPTED,
                 Bytes::from_static(b"{}"),
@@ -287,6 +295,10 @@ impl Intake {
             events,
         );
         self.chain.run(batch)?;
+        METRICS
+            .accepted_requests
+            .with_label_values(&[&tenant.name, protocol.as_str()])
+            .inc();
         METRICS
             .received_events
             .with_label_values(&[&tenant.name, protocol.as_str()])

@@ -260,15 +260,29 @@ impl TenantQuota {
             .quota_usage_bytes
             .with_label_values(&labels)
             .set(u.bytes as i64);
+        // No limit, no series: a sentinel value would read as a limit to
+        // `usage / limit` and to an alert comparing the two.
         let (e, b) = Self::limit_for(s, key);
-        METRICS
-            .quota_limit_events
-            .with_label_values(&labels)
-            .set(e.map(|v| v as i64).unwrap_or(-1));
-        METRICS
-            .quota_limit_bytes
-            .with_label_values(&labels)
-            .set(b.map(|v| v as i64).unwrap_or(-1));
+        for (gauge, limit) in [
+            (&METRICS.quota_limit_events, e),
+            (&METRICS.quota_limit_bytes, b),
+        ] {
+            match limit {
+                Some(v) => gauge.with_label_values(&labels).set(v as i64),
+                None => {
+                    let _ = gauge.remove_label_values(&labels);
+                }
+            }
+        }
+    }
+}
+
+/// The `action` label of `weir_over_quota_events_total`.
+pub fn action_label(action: QuotaAction) -> &'static str {
+    match action {
+        QuotaAction::ArchiveOnly => "archive_only",
+        QuotaAction::Drop => "drop",
+        QuotaAction::Reject => "reject",
     }
 }
 
@@ -378,11 +392,7 @@ impl Stage for DailyQuotas {
                 d.bytes += size;
             }
         }
-        let action = match s.action {
-            QuotaAction::ArchiveOnly => "archive_only",
-            QuotaAction::Drop => "drop",
-            QuotaAction::Reject => "reject",
-        };
+        let action = action_label(s.action);
         if over > 0 {
             if s.action == QuotaAction::Reject {
                 METRICS

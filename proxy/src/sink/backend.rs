@@ -29,7 +29,7 @@ pub struct SendError {
 }
 
 pub enum Backend {
-    Http(HttpBackend),
+    Http(Box<HttpBackend>),
     File(FileBackend),
 }
 
@@ -186,7 +186,7 @@ impl Backend {
                     value.set_sensitive(true);
                     headers.insert(name, value);
                 }
-                Ok(Backend::Http(HttpBackend {
+                Ok(Backend::Http(Box::new(HttpBackend {
                     name: cfg.name.clone(),
                     client: http_client(cfg.ca_file.as_deref())?,
                     uri,
@@ -195,7 +195,7 @@ impl Backend {
                     level: cfg.compression_level,
                     protocol,
                     timeout: cfg.request_timeout.0,
-                }))
+                })))
             }
         }
     }

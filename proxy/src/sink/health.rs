@@ -10,8 +10,11 @@
 //! `healthy_threshold` passes in a row bring it back. A backend is used when
 //! it is neither ejected nor down: the thresholds and the growing ejection are
 //! the hysteresis that keeps traffic from flapping back to a sick backend.
+//!
+//! `weir_backend_up` and `GET /backends` read the same state at the time they
+//! are asked (`Router` sets the gauge's source), so an ejection that ran out
+//! while no batch came by shows as up in both.
 use crate::config::{HealthCheckConfig, PassiveHealthConfig};
-use crate::telemetry::METRICS;
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -38,6 +41,25 @@ struct State {
     failovers_away: u64,
 }
 
+impl State {
+    /// `up`, `ejected` or `down` at `now`, and the ejection time left. An
+    /// ejection that ran out is over here even before a send ends it.
+    fn phase(&self, now: Instant) -> (&'static str, Option<Duration>) {
+        let left = self
+            .ejected_until
+            .and_then(|u| u.checked_duration_since(now))
+            .filter(|d| !d.is_zero());
+        let state = if self.check_down {
+            "down"
+        } else if left.is_some() {
+            "ejected"
+        } else {
+            "up"
+        };
+        (state, left)
+    }
+}
+
 /// What `GET /backends` shows of one backend.
 #[derive(Debug, Clone, Serialize)]
 pub struct HealthReport {
@@ -58,7 +80,6 @@ pub struct HealthReport {
 
 impl BackendHealth {
     pub fn new(name: &str, passive: PassiveHealthConfig) -> Arc<BackendHealth> {
-        METRICS.backend_up.with_label_values(&[name]).set(1);
         Arc::new(BackendHealth {
             name: name.to_string(),
             state: Mutex::new(State {
@@ -88,7 +109,6 @@ impl BackendHealth {
             s.probation = true;
             s.last_change = SystemTime::now();
             tracing::info!(backend = %self.name, "backend ejection over; trying it again");
-            self.publish(&s);
         }
         !s.check_down
     }
@@ -124,7 +144,6 @@ impl BackendHealth {
             s.ejections += 1;
             s.last_change = SystemTime::now();
             tracing::error!(backend = %self.name, ejected_for = ?d, error, "backend ejected after failed sends; its traffic fails over");
-            self.publish(&s);
         }
     }
 
@@ -160,32 +179,21 @@ impl BackendHealth {
             } else {
                 tracing::error!(backend = %self.name, error = s.last_error.as_deref().unwrap_or(""), "backend health check failing; its traffic fails over");
             }
-            self.publish(&s);
         }
     }
 
-    fn publish(&self, s: &State) {
-        let up = !s.check_down && s.ejected_until.is_none();
-        METRICS
-            .backend_up
-            .with_label_values(&[&self.name])
-            .set(up as i64);
+    /// Up (neither down nor ejected) now; what `weir_backend_up` shows.
+    pub fn is_up(&self) -> bool {
+        let s = self.state.lock().unwrap();
+        s.phase(Instant::now()).0 == "up"
     }
 
     pub fn report(&self) -> HealthReport {
         let s = self.state.lock().unwrap();
-        let left = s
-            .ejected_until
-            .and_then(|u| u.checked_duration_since(Instant::now()));
+        let (state, left) = s.phase(Instant::now());
         HealthReport {
             backend: self.name.clone(),
-            state: if s.check_down {
-                "down"
-            } else if left.is_some() {
-                "ejected"
-            } else {
-                "up"
-            },
+            state,
             ejected_for_s: left.map(|d| d.as_secs_f64().ceil() as u64),
             consecutive_failures: s.consecutive_failures,
             ejections: s.ejections,
@@ -258,6 +266,17 @@ mod tests {
         h.record_failure("one");
         assert!(h.available(), "after a success it takes max_failures again");
         assert_eq!(h.report().ejections, 2);
+    }
+
+    #[test]
+    fn an_ejection_that_ran_out_reads_up_without_a_send() {
+        let h = BackendHealth::new("t-expiry", passive(1, 30));
+        h.record_failure("boom");
+        assert!(!h.is_up());
+        std::thread::sleep(Duration::from_millis(40));
+        // No `available()` call (no batch came by): the state is still read as up.
+        assert!(h.is_up());
+        assert_eq!(h.report().state, "up");
     }
 
     #[test]

@@ -14,11 +14,12 @@ pub mod format;
 pub mod health;
 pub mod retry;
 pub mod router;
+pub mod shutdown;
 
 use crate::archive::DeadLetters;
 use crate::config::{BackendConfig, RetryConfig};
 use crate::pipeline::budget::{Budget, Queue, Reservation};
-use crate::telemetry::METRICS;
+use crate::telemetry::{queued_bytes, DropReason, QueueKind, SendOutcome, METRICS};
 use backend::Backend;
 use bytes::Bytes;
 use health::BackendHealth;
@@ -54,6 +55,8 @@ pub struct Member {
 
 struct RouteSettings {
     tenant: String,
+    /// The route's first backend: events not yet tried anywhere count as pending there.
+    preferred: String,
     upstream_key: Option<String>,
     /// In order of preference.
     tiers: Vec<Vec<Member>>,
@@ -81,13 +84,15 @@ pub fn spawn_route(
 ) -> (RouteHandle, JoinHandle<()>) {
     let budget = Budget::new(
         cfg.max_queued_bytes.as_usize(),
-        METRICS
-            .queued_bytes
-            .with_label_values(&[&format!("backend:{}:{tenant}", cfg.name)]),
+        queued_bytes(QueueKind::Backend {
+            tenant,
+            backend: &cfg.name,
+        }),
     );
     let (queue, rx) = Queue::new(budget);
     let settings = Arc::new(RouteSettings {
         tenant: tenant.to_string(),
+        preferred: cfg.name.clone(),
         upstream_key,
         tiers,
         max_events: batch_limits.0,
@@ -136,6 +141,11 @@ async fn run_route(
             }
         };
         let Some(chunk) = chunk else { break };
+        // Pending from here until delivered or given up on (PendingEvents).
+        METRICS
+            .pending_events
+            .with_label_values(&[&s.tenant, &s.preferred])
+            .add(chunk.ranges.len() as i64);
         let hold = Arc::new(chunk.reservation);
         for r in chunk.ranges {
             let line = &chunk.lines[r.start as usize..r.end as usize];
@@ -175,7 +185,8 @@ async fn run_route(
 fn dispatch(s: &Arc<RouteSettings>, p: Pending) -> JoinHandle<()> {
     let s = s.clone();
     tokio::spawn(async move {
-        deliver(&s, p.body, p.events).await;
+        let pending = PendingEvents::adopt(&s.tenant, &s.preferred, p.events);
+        deliver(&s, p.body, p.events, pending).await;
         drop(p.holds);
     })
 }
@@ -206,145 +217,107 @@ impl RouteSettings {
     }
 }
 
+/// The events of one batch in `weir_pending_events`, by the backend last
+/// tried; they stop being pending when this is dropped (delivered, dead-lettered or dropped).
+struct PendingEvents {
+    tenant: String,
+    backend: String,
+    gauge: prometheus::IntGauge,
+    events: usize,
+}
+
+impl PendingEvents {
+    /// Takes over `events` the route already counted as pending on `backend`.
+    fn adopt(tenant: &str, backend: &str, events: usize) -> PendingEvents {
+        PendingEvents {
+            tenant: tenant.to_string(),
+            backend: backend.to_string(),
+            gauge: METRICS.pending_events.with_label_values(&[tenant, backend]),
+            events,
+        }
+    }
+
+    fn attribute_to(&mut self, backend: &str) {
+        if backend != self.backend {
+            self.gauge.sub(self.events as i64);
+            self.backend = backend.to_string();
+            self.gauge = METRICS
+                .pending_events
+                .with_label_values(&[&self.tenant, backend]);
+            self.gauge.add(self.events as i64);
+        }
+    }
+
+    /// Fewer events are left (the others were settled).
+    fn set(&mut self, events: usize) {
+        self.gauge.sub(self.events as i64 - events as i64);
+        self.events = events;
+    }
+}
+
+impl Drop for PendingEvents {
+    fn drop(&mut self) {
+        self.gauge.sub(self.events as i64);
+    }
+}
+
+/// One batch being delivered, across its attempts.
+struct Attempts {
+    ndjson: Arc<Vec<u8>>,
+    raw_len: usize,
+    events: usize,
+    attempt: u32,
+    /// Backends tried in this round, as (tier, member).
+    tried: Vec<(usize, usize)>,
+    /// The backend the last attempt failed on.
+    failed_on: Option<Arc<BackendHealth>>,
+    /// The longest Retry-After a backend answered in this round.
+    round_retry_after: Option<Duration>,
+    /// Bodies already framed and compressed, by backend (a retry on the same backend reuses it).
+    encoded: Vec<((usize, usize), Bytes)>,
+    pending: PendingEvents,
+}
+
 /// Delivers one NDJSON batch: to the preferred available backend, failing over
 /// on retryable errors, backing off when every backend has failed, waiting
 /// while none is available. Gives up only on `retry.max_retries`.
-async fn deliver(s: &RouteSettings, ndjson: Vec<u8>, mut events: usize) {
-    let mut raw_len = ndjson.len();
-    let mut ndjson = Arc::new(ndjson);
-    let mut attempt = 0u32;
-    let mut tried: Vec<(usize, usize)> = Vec::new();
-    let mut failed_on: Option<Arc<BackendHealth>> = None;
-    // The longest Retry-After a backend answered in this round.
-    let mut round_retry_after: Option<Duration> = None;
-    // Bodies already framed and compressed, by backend (a retry on the same backend reuses it).
-    let mut encoded: Vec<((usize, usize), Bytes)> = Vec::new();
+async fn deliver(s: &RouteSettings, ndjson: Vec<u8>, events: usize, pending: PendingEvents) {
+    let mut b = Attempts {
+        raw_len: ndjson.len(),
+        ndjson: Arc::new(ndjson),
+        events,
+        attempt: 0,
+        tried: Vec::new(),
+        failed_on: None,
+        round_retry_after: None,
+        encoded: Vec::new(),
+        pending,
+    };
     loop {
-        // Ejected and down backends are skipped while another one is left to
-        // try; with none left they are tried too, before backing off: health
-        // decides where batches go first, never whether they are delivered.
-        let Some((ti, mi)) = s.pick(&tried, false).or_else(|| s.pick(&tried, true)) else {
+        let Some((ti, mi)) = choose(s, &mut b) else {
             // Every backend failed this round: back off, then start over from the preferred tier.
             let wait = retry::backoff(
-                attempt,
+                b.attempt,
                 s.retry.initial_backoff.0,
                 s.retry.max_backoff.0,
-                round_retry_after.take(),
+                b.round_retry_after.take(),
             );
             tokio::time::sleep(wait).await;
-            tried.clear();
+            b.tried.clear();
             continue;
         };
         let m = &s.tiers[ti][mi];
         let name = m.backend.name();
-        if let Some(from) = failed_on.take() {
-            if from.name != name {
-                from.record_failover();
-                METRICS
-                    .backend_failovers
-                    .with_label_values(&[&s.tenant, &from.name, name])
-                    .inc();
-                tracing::warn!(tenant = %s.tenant, from = %from.name, to = name, events, "batch failing over to another backend");
-            }
-        }
-        let body = match encoded.iter().find(|(k, _)| *k == (ti, mi)) {
-            Some((_, b)) => b.clone(),
-            None => {
-                let (backend, raw, tenant) = (m.backend.clone(), ndjson.clone(), s.tenant.clone());
-                // The wire format and compression are CPU work: off the async workers.
-                let b = tokio::task::spawn_blocking(move || {
-                    backend.encode(backend.body(raw.to_vec(), &tenant))
-                })
-                .await
-                .expect("compression does not panic");
-                encoded.push(((ti, mi), b.clone()));
-                b
-            }
-        };
-        let permit = s
-            .in_flight
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore never closed");
-        let gauge = METRICS.inflight_batches.with_label_values(&[name]);
-        gauge.inc();
-        let started = std::time::Instant::now();
-        let result = m.backend.send(body, s.upstream_key.as_deref()).await;
-        gauge.dec();
-        drop(permit);
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(e) if e.retryable => "retryable_error",
-            Err(_) => "rejected",
-        };
-        METRICS
-            .backend_latency
-            .with_label_values(&[name, outcome])
-            .observe(started.elapsed().as_secs_f64());
-        METRICS
-            .backend_requests
-            .with_label_values(&[name, outcome])
-            .inc();
-        match result {
-            Ok(mut sent) => {
+        b.pending.attribute_to(name);
+        let body = encode(s, &mut b, (ti, mi)).await;
+        match send(s, m, body).await {
+            Ok(sent) => {
                 m.health.record_success();
-                // Only items that name a line of this batch, once, in order.
-                sent.retry.retain(|&i| i < events);
-                sent.retry.dedup();
-                sent.rejected
-                    .retain(|(i, ..)| *i < events && !sent.retry.contains(i));
-                sent.rejected.dedup_by_key(|(i, ..)| *i);
-                // Refused without naming which: nothing to dead-letter or retry, so counted as dropped.
-                let unnamed = sent.unnamed_rejected.as_ref().map_or(0, |(n, _)| {
-                    (*n as usize).min(events - sent.retry.len() - sent.rejected.len())
-                });
-                if let Some((_, why)) = &sent.unnamed_rejected {
-                    METRICS
-                        .backend_dropped_events
-                        .with_label_values(&[&s.tenant, name, "partial_success"])
-                        .inc_by(unnamed as u64);
-                    tracing::error!(tenant = %s.tenant, backend = name, rejected = unnamed, error = %why, "the backend accepted a batch but rejected some of its records without naming them; counted as dropped");
-                }
-                let done = events - sent.retry.len() - sent.rejected.len() - unnamed;
-                METRICS
-                    .forwarded_events
-                    .with_label_values(&[&s.tenant, name])
-                    .inc_by(done as u64);
-                METRICS
-                    .forwarded_bytes
-                    .with_label_values(&[&s.tenant, name])
-                    .inc_by(raw_len as u64);
-                // Lines refused one by one: dead letters, grouped by status.
-                let mut by_status: BTreeMap<u16, (Vec<usize>, String)> = BTreeMap::new();
-                for (i, status, why) in sent.rejected {
-                    let e = by_status.entry(status).or_insert_with(|| (Vec::new(), why));
-                    e.0.push(i);
-                }
-                for (status, (lines, why)) in by_status {
-                    dead_letter(
-                        s,
-                        name,
-                        &status.to_string(),
-                        &select_lines(&ndjson, &lines),
-                        lines.len(),
-                        &why,
-                    )
-                    .await;
-                }
-                if sent.retry.is_empty() {
+                if !settle(s, &mut b, name, sent).await {
                     return;
                 }
-                // Lines to send again: they become the batch, retried like a failed one.
-                tracing::warn!(tenant = %s.tenant, backend = name, lines = sent.retry.len(), "backend asked for part of a batch again");
-                ndjson = Arc::new(select_lines(&ndjson, &sent.retry));
-                events = sent.retry.len();
-                raw_len = ndjson.len();
-                encoded.clear();
+                // Lines the backend asked for again: they are the batch now, retried like a failed one.
                 METRICS.backend_retries.with_label_values(&[name]).inc();
-                tried.push((ti, mi));
-                failed_on = Some(m.health.clone());
-                attempt += 1;
             }
             Err(e) if !e.retryable => {
                 // The backend is up; it refused this batch's content.
@@ -353,28 +326,170 @@ async fn deliver(s: &RouteSettings, ndjson: Vec<u8>, mut events: usize) {
                     .status
                     .map(|c| c.as_u16().to_string())
                     .unwrap_or_else(|| "none".into());
-                dead_letter(s, name, &status, &ndjson, events, &e.message).await;
+                dead_letter(s, name, &status, &b.ndjson, b.events, &e.message).await;
                 return;
             }
             Err(e) => {
                 m.health.record_failure(&e.message);
-                METRICS.backend_retries.with_label_values(&[name]).inc();
-                if s.retry.max_retries.is_some_and(|max| attempt >= max) {
+                if s.retry.max_retries.is_some_and(|max| b.attempt >= max) {
                     METRICS
                         .backend_dropped_events
-                        .with_label_values(&[&s.tenant, name, "retries_exhausted"])
-                        .inc_by(events as u64);
-                    tracing::error!(tenant = %s.tenant, backend = name, events, attempts = attempt + 1, error = %e.message, "giving up on a batch after its last retry");
+                        .with_label_values(&[
+                            &s.tenant,
+                            name,
+                            DropReason::RetriesExhausted.as_str(),
+                        ])
+                        .inc_by(b.events as u64);
+                    tracing::error!(tenant = %s.tenant, backend = name, events = b.events, attempts = b.attempt + 1, error = %e.message, "giving up on a batch after its last retry");
                     return;
                 }
-                tracing::warn!(tenant = %s.tenant, backend = name, attempt, error = %e.message, "backend send failed; trying the next backend or again");
-                round_retry_after = round_retry_after.max(e.retry_after);
-                tried.push((ti, mi));
-                failed_on = Some(m.health.clone());
-                attempt += 1;
+                // Only now is it a retry: the batch will be sent again.
+                METRICS.backend_retries.with_label_values(&[name]).inc();
+                tracing::warn!(tenant = %s.tenant, backend = name, attempt = b.attempt, error = %e.message, "backend send failed; trying the next backend or again");
+                b.round_retry_after = b.round_retry_after.max(e.retry_after);
             }
         }
+        b.tried.push((ti, mi));
+        b.failed_on = Some(m.health.clone());
+        b.attempt += 1;
     }
+}
+
+/// The backend for the next attempt, or none when every one was tried this
+/// round. The batch is meant for a backend by preference and weight among
+/// those not yet tried; an ejected or down one is passed over for an
+/// available one while any is left. Leaving the backend the last attempt
+/// failed on, or passing over the one the batch was meant for, is a failover.
+fn choose(s: &RouteSettings, b: &mut Attempts) -> Option<(usize, usize)> {
+    let meant = s.pick(&b.tried, true)?;
+    let health = |(ti, mi): (usize, usize)| &s.tiers[ti][mi].health;
+    let chosen = if health(meant).available() {
+        meant
+    } else {
+        // None available: health decides where batches go first, never whether they are delivered.
+        s.pick(&b.tried, false).unwrap_or(meant)
+    };
+    let to = s.tiers[chosen.0][chosen.1].backend.name();
+    let failed_on = b.failed_on.take();
+    let failed_there = failed_on.is_some();
+    let from = failed_on.or_else(|| (chosen != meant).then(|| health(meant).clone()));
+    if let Some(from) = from.filter(|f| f.name != to) {
+        from.record_failover();
+        METRICS
+            .backend_failovers
+            .with_label_values(&[&s.tenant, &from.name, to])
+            .inc();
+        if failed_there {
+            tracing::warn!(tenant = %s.tenant, from = %from.name, to, events = b.events, "batch failing over to another backend");
+        } else {
+            tracing::debug!(tenant = %s.tenant, from = %from.name, to, events = b.events, "batch sent past a backend that is ejected or down");
+        }
+    }
+    Some(chosen)
+}
+
+/// The batch framed and compressed for the backend at `at` (cached per backend).
+async fn encode(s: &RouteSettings, b: &mut Attempts, at: (usize, usize)) -> Bytes {
+    if let Some((_, body)) = b.encoded.iter().find(|(k, _)| *k == at) {
+        return body.clone();
+    }
+    let backend = s.tiers[at.0][at.1].backend.clone();
+    let (raw, tenant) = (b.ndjson.clone(), s.tenant.clone());
+    // The wire format and compression are CPU work: off the async workers.
+    let body =
+        tokio::task::spawn_blocking(move || backend.encode(backend.body(raw.to_vec(), &tenant)))
+            .await
+            .expect("compression does not panic");
+    b.encoded.push((at, body.clone()));
+    body
+}
+
+/// One request to `m`, within the route's in-flight limit, counted by outcome.
+async fn send(
+    s: &RouteSettings,
+    m: &Member,
+    body: Bytes,
+) -> Result<backend::Sent, backend::SendError> {
+    let name = m.backend.name();
+    let permit = s
+        .in_flight
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("semaphore never closed");
+    let gauge = METRICS.inflight_batches.with_label_values(&[name]);
+    gauge.inc();
+    let started = std::time::Instant::now();
+    let result = m.backend.send(body, s.upstream_key.as_deref()).await;
+    gauge.dec();
+    drop(permit);
+    let outcome = match &result {
+        Ok(_) => SendOutcome::Ok,
+        Err(e) if e.retryable => SendOutcome::RetryableError,
+        Err(_) => SendOutcome::Rejected,
+    }
+    .as_str();
+    METRICS
+        .backend_latency
+        .with_label_values(&[name, outcome])
+        .observe(started.elapsed().as_secs_f64());
+    METRICS
+        .backend_requests
+        .with_label_values(&[name, outcome])
+        .inc();
+    result
+}
+
+/// Counts what a backend took, dead-letters what it refused line by line, and
+/// makes the lines it asked for again the batch. True when lines are left to retry.
+async fn settle(s: &RouteSettings, b: &mut Attempts, name: &str, mut sent: backend::Sent) -> bool {
+    let events = b.events;
+    // Only items that name a line of this batch, once, in order.
+    sent.retry.retain(|&i| i < events);
+    sent.retry.dedup();
+    sent.rejected
+        .retain(|(i, ..)| *i < events && !sent.retry.contains(i));
+    sent.rejected.dedup_by_key(|(i, ..)| *i);
+    // Refused without naming which: nothing to dead-letter or retry, so counted as dropped.
+    let unnamed = sent.unnamed_rejected.as_ref().map_or(0, |(n, _)| {
+        (*n as usize).min(events - sent.retry.len() - sent.rejected.len())
+    });
+    if let Some((_, why)) = &sent.unnamed_rejected {
+        METRICS
+            .backend_dropped_events
+            .with_label_values(&[&s.tenant, name, DropReason::PartialSuccess.as_str()])
+            .inc_by(unnamed as u64);
+        tracing::error!(tenant = %s.tenant, backend = name, rejected = unnamed, error = %why, "the backend accepted a batch but rejected some of its records without naming them; counted as dropped");
+    }
+    let done = events - sent.retry.len() - sent.rejected.len() - unnamed;
+    METRICS
+        .forwarded_events
+        .with_label_values(&[&s.tenant, name])
+        .inc_by(done as u64);
+    METRICS
+        .forwarded_bytes
+        .with_label_values(&[&s.tenant, name])
+        .inc_by(b.raw_len as u64);
+    // Lines refused one by one: dead letters, grouped by status.
+    let mut by_status: BTreeMap<u16, (Vec<usize>, String)> = BTreeMap::new();
+    for (i, status, why) in sent.rejected {
+        let e = by_status.entry(status).or_insert_with(|| (Vec::new(), why));
+        e.0.push(i);
+    }
+    for (status, (lines, why)) in by_status {
+        let ndjson = select_lines(&b.ndjson, &lines);
+        dead_letter(s, name, &status.to_string(), &ndjson, lines.len(), &why).await;
+    }
+    if sent.retry.is_empty() {
+        return false;
+    }
+    tracing::warn!(tenant = %s.tenant, backend = name, lines = sent.retry.len(), "backend asked for part of a batch again");
+    b.ndjson = Arc::new(select_lines(&b.ndjson, &sent.retry));
+    b.events = sent.retry.len();
+    b.raw_len = b.ndjson.len();
+    b.pending.set(b.events);
+    b.encoded.clear();
+    true
 }
 
 /// The lines of an NDJSON batch at `indices` (ascending), as NDJSON.
@@ -403,7 +518,7 @@ async fn dead_letter(
     let Some(dl) = &s.dead_letters else {
         METRICS
             .backend_dropped_events
-            .with_label_values(&[&s.tenant, backend, status])
+            .with_label_values(&[&s.tenant, backend, DropReason::Rejected.as_str()])
             .inc_by(events as u64);
         tracing::error!(tenant = %s.tenant, backend, status, events, error = %why, "backend refused a batch; no archive to dead-letter it to, dropped");
         return;
@@ -428,7 +543,7 @@ async fn dead_letter(
     }
     METRICS
         .backend_dropped_events
-        .with_label_values(&[&s.tenant, backend, status])
+        .with_label_values(&[&s.tenant, backend, DropReason::DeadLetterFailed.as_str()])
         .inc_by(events as u64);
     tracing::error!(tenant = %s.tenant, backend, status, events, "backend refused a batch and the dead-letter write failed; dropped");
 }

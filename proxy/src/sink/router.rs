@@ -167,7 +167,8 @@ impl Router {
         drain: CancellationToken,
     ) -> anyhow::Result<Arc<Router>> {
         let g = generation(config, &[], &dead_letters, &drain)?;
-        Ok(Arc::new(Router {
+        crate::telemetry::seed(config);
+        let router = Arc::new(Router {
             routes: g
                 .routes
                 .into_iter()
@@ -181,7 +182,20 @@ impl Router {
                 checks: g.checks,
                 tasks: g.tasks,
             }),
-        }))
+        });
+        // weir_backend_up reads the current generation's health at each scrape.
+        let weak = Arc::downgrade(&router);
+        crate::telemetry::METRICS
+            .backend_up
+            .set_source(Box::new(move || {
+                weak.upgrade().map_or_else(Vec::new, |r| {
+                    r.healths()
+                        .iter()
+                        .map(|h| (vec![h.name.clone()], h.is_up() as i64))
+                        .collect()
+                })
+            }));
+        Ok(router)
     }
 
     /// Where the tenant's current route is found (the archive tee reads it per batch).
@@ -214,15 +228,9 @@ impl Router {
         }
         state.checks.cancel();
         state.checks = g.checks;
-        // Backends the new config dropped stop being reported.
-        for (old, _) in &state.healths {
-            if !g.healths.iter().any(|(new, _)| new.name == old.name) {
-                let _ = crate::telemetry::METRICS
-                    .backend_up
-                    .remove_label_values(&[&old.name]);
-            }
-        }
+        // Backends the new config dropped stop being reported (weir_backend_up reads these).
         state.healths = g.healths;
+        crate::telemetry::seed(config);
         state.tasks.retain(|t| !t.is_finished());
         state.tasks.extend(g.tasks);
         Ok(Reloaded {

@@ -1,16 +1,31 @@
 //! Prometheus metrics (all `weir_`-prefixed, tenant-labelled where it applies;
 //! never a key or credential) and structured logging.
+//!
+//! Every series whose label values the config names (tenants, intakes,
+//! backends, rules, plugins, listeners) exists from the start with 0
+//! (seed.rs), so `increase()` and `rate()` see the first burst. Gauges that
+//! describe a state are read from it at scrape time (computed.rs), so they
+//! cannot go stale.
+pub mod computed;
+pub mod labels;
+pub mod seed;
+
 use crate::config::{LogConfig, LogFormat};
+use computed::ComputedGauge;
+pub use labels::{DropReason, IntakeOutcome, QueueKind, SendOutcome};
 use prometheus::{
     exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+pub use seed::seed;
 use std::sync::LazyLock;
 
 pub struct Metrics {
     pub registry: Registry,
     pub received_events: IntCounterVec,
     pub received_bytes: IntCounterVec,
+    pub accepted_requests: IntCounterVec,
+    pub intake_latency: HistogramVec,
     pub truncated_events: IntCounterVec,
     pub rejected_requests: IntCounterVec,
     pub forwarded_events: IntCounterVec,
@@ -19,9 +34,10 @@ pub struct Metrics {
     pub backend_latency: HistogramVec,
     pub backend_retries: IntCounterVec,
     pub backend_dropped_events: IntCounterVec,
-    pub backend_up: IntGaugeVec,
+    pub backend_up: ComputedGauge,
     pub backend_failovers: IntCounterVec,
     pub dead_lettered_events: IntCounterVec,
+    pub pending_events: IntGaugeVec,
     pub inflight_batches: IntGaugeVec,
     pub archived_events: IntCounterVec,
     pub archived_bytes: IntCounterVec,
@@ -45,7 +61,7 @@ pub struct Metrics {
     pub plugin_duration: HistogramVec,
     pub plugin_quarantined: IntGaugeVec,
     pub plugin_counter: IntCounterVec,
-    pub up: IntGauge,
+    pub ready: IntGauge,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -89,8 +105,29 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     )
     .unwrap();
     r.register(Box::new(plugin_duration.clone())).unwrap();
-    let up = IntGauge::new("weir_up", "1 while the proxy serves traffic").unwrap();
-    r.register(Box::new(up.clone())).unwrap();
+    let intake_latency = HistogramVec::new(
+        HistogramOpts::new(
+            "weir_intake_request_duration_seconds",
+            "Time from a request's arrival at an intake to its answer (accepted or refused), reading and decoding the body and the stage chain included",
+        )
+        .buckets(exponential_buckets(0.0005, 2.0, 16).unwrap()),
+        &["intake", "outcome"],
+    )
+    .unwrap();
+    r.register(Box::new(intake_latency.clone())).unwrap();
+    let ready = IntGauge::new(
+        "weir_ready",
+        "1 while the proxy takes traffic (/readyz answers 200); 0 while starting and while draining at shutdown",
+    )
+    .unwrap();
+    r.register(Box::new(ready.clone())).unwrap();
+    build_info(&r);
+    let backend_up = ComputedGauge::new(
+        "weir_backend_up",
+        "1 while a backend takes traffic, 0 while it is ejected (failed sends) or down (health check); read from its health at each scrape",
+        &["backend"],
+    );
+    r.register(Box::new(backend_up.clone())).unwrap();
     Metrics {
         received_events: counter(
             &r,
@@ -104,6 +141,13 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Decompressed request bytes accepted at intake",
             &["tenant", "intake"],
         ),
+        accepted_requests: counter(
+            &r,
+            "weir_accepted_requests_total",
+            "Requests accepted at intake (answered 202)",
+            &["tenant", "intake"],
+        ),
+        intake_latency,
         truncated_events: counter(
             &r,
             "weir_truncated_events_total",
@@ -138,25 +182,20 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         backend_retries: counter(
             &r,
             "weir_backend_retries_total",
-            "Batches sent again after a retryable failure",
+            "Batches (or the part of one a backend asked for again) sent once more after a retryable failure on this backend; a last attempt given up on is not one",
             &["backend"],
         ),
         backend_dropped_events: counter(
             &r,
             "weir_backend_dropped_events_total",
-            "Events lost: refused for good with no archive to dead-letter to, retries exhausted, or rejected unnamed (OTLP partial_success)",
-            &["tenant", "backend", "status"],
+            "Events lost, by reason: rejected (refused for good, no archive to dead-letter to), dead_letter_failed, retries_exhausted, partial_success (rejected without naming which)",
+            &["tenant", "backend", "reason"],
         ),
-        backend_up: gauge(
-            &r,
-            "weir_backend_up",
-            "1 while a backend takes traffic, 0 while it is ejected (failed sends) or down (health check)",
-            &["backend"],
-        ),
+        backend_up,
         backend_failovers: counter(
             &r,
             "weir_backend_failovers_total",
-            "Batches that failed on one backend and were sent to another",
+            "Batches sent to another backend than the one they were meant for: after failing on it, or because it was ejected or its health check had it down",
             &["tenant", "from", "to"],
         ),
         dead_lettered_events: counter(
@@ -164,6 +203,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "weir_dead_lettered_events_total",
             "Events of batches a backend refused as malformed, written to the archive's dead-letter prefix",
             &["tenant", "backend", "status"],
+        ),
+        pending_events: gauge(
+            &r,
+            "weir_pending_events",
+            "Events a tenant's route holds and has not yet delivered or given up on, by the backend last tried (before any try: the route's preferred backend)",
+            &["tenant", "backend"],
         ),
         inflight_batches: gauge(
             &r,
@@ -198,8 +243,8 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         queued_bytes: gauge(
             &r,
             "weir_queued_bytes",
-            "Bytes held in memory waiting for a backend or the archive",
-            &["queue"],
+            "Bytes held in memory: queue=intake (request bodies being decoded), archive (per tenant) or backend (per tenant route, named by its preferred backend)",
+            &["queue", "tenant", "backend"],
         ),
         open_connections: gauge(
             &r,
@@ -252,13 +297,13 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         quota_limit_events: gauge(
             &r,
             "weir_quota_limit_events",
-            "Daily event quota",
+            "Daily event quota; no series while the partition has no event limit",
             &["tenant", "partition"],
         ),
         quota_limit_bytes: gauge(
             &r,
             "weir_quota_limit_bytes",
-            "Daily byte quota",
+            "Daily byte quota; no series while the partition has no byte limit",
             &["tenant", "partition"],
         ),
         quota_warning: gauge(
@@ -294,11 +339,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ),
         plugin_counter: counter(
             &r,
-            "weir_plugin_counter_total",
-            "Counters a plugin adds to through weir.counter_add",
+            "weir_plugin_custom_total",
+            "A plugin's own counters, by the name it adds to through weir.counter_add",
             &["tenant", "plugin", "name"],
         ),
-        up,
+        ready,
         registry: r,
     }
 });
@@ -318,6 +363,41 @@ pub static PLUGIN_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 });
 
 // ---- end of plugin verdicts ----
+
+/// `weir_build_info{version, commit}`, always 1: joins a series to the build that exported it.
+fn build_info(r: &Registry) {
+    let g = IntGaugeVec::new(
+        Opts::new(
+            "weir_build_info",
+            "Always 1; the labels name the version and the git commit of the running build",
+        ),
+        &["version", "commit"],
+    )
+    .unwrap();
+    g.with_label_values(&[env!("CARGO_PKG_VERSION"), build_commit()])
+        .set(1);
+    r.register(Box::new(g)).unwrap();
+}
+
+/// The short commit hash proxy/build.rs puts in `WEIR_BUILD_COMMIT` (` (abc1234 2026-12-02)`), or `unknown`.
+fn build_commit() -> &'static str {
+    option_env!("WEIR_BUILD_COMMIT")
+        .and_then(|s| s.trim().trim_start_matches('(').split_whitespace().next())
+        .unwrap_or("unknown")
+}
+
+/// The gauge of `weir_queued_bytes` for one queue.
+pub fn queued_bytes(kind: QueueKind) -> IntGauge {
+    METRICS.queued_bytes.with_label_values(&kind.labels())
+}
+
+/// Counts one answered intake request in `weir_intake_request_duration_seconds`.
+pub fn observe_intake(intake: &str, outcome: IntakeOutcome, started: std::time::Instant) {
+    METRICS
+        .intake_latency
+        .with_label_values(&[intake, outcome.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+}
 
 /// The Prometheus text exposition of every metric.
 pub fn render() -> Vec<u8> {

@@ -1,0 +1,92 @@
+//! What a shutdown that ran out of time leaves undelivered, and where those
+//! events still are: every event a route forwards was also handed to the
+//! tenant's archive (when it has one), so once the archive writers have
+//! finished, what no backend got is in the archive, to be rehydrated.
+use crate::config::{Config, StoreConfig};
+use crate::telemetry::METRICS;
+
+/// Events that routes hold and have not delivered or given up on, as
+/// (tenant, backend last tried, events), read from `weir_pending_events`.
+pub fn undelivered() -> Vec<(String, String, u64)> {
+    use prometheus::core::Collector;
+    let mut out = Vec::new();
+    for family in METRICS.pending_events.collect() {
+        for m in family.get_metric() {
+            let label = |name: &str| {
+                m.get_label()
+                    .iter()
+                    .find(|l| l.name() == name)
+                    .map_or_else(String::new, |l| l.value().to_string())
+            };
+            let events = m.get_gauge().value() as u64;
+            if events > 0 {
+                out.push((label("tenant"), label("backend"), events));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Where a tenant's archive objects are written.
+pub fn archive_location(config: &Config, tenant: &str) -> Option<String> {
+    let t = config.tenants.iter().find(|t| t.name == tenant)?;
+    let archive = t.archive.as_ref().unwrap_or(&config.archive);
+    if !archive.enabled {
+        return None;
+    }
+    let under = |prefix: &str| {
+        [prefix, tenant]
+            .iter()
+            .filter(|p| !p.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    Some(match &archive.store {
+        StoreConfig::Local { root } => format!("{}/{tenant}/", root.display()),
+        StoreConfig::S3 { bucket, prefix, .. } => format!("s3://{bucket}/{}/", under(prefix)),
+        StoreConfig::Gcs { bucket, prefix, .. } => format!("gs://{bucket}/{}/", under(prefix)),
+        StoreConfig::Azure {
+            account,
+            container,
+            prefix,
+            ..
+        } => format!("azure://{account}/{container}/{}/", under(prefix)),
+    })
+}
+
+/// Logs, per tenant and backend, the events the routes did not deliver
+/// before the shutdown timeout and where they still are; `archives_done`:
+/// every archive writer wrote out what it held. The error is what `run`
+/// returns (the exit status is non-zero); none when nothing is left.
+pub fn report(config: &Config, archives_done: bool) -> Option<anyhow::Error> {
+    let left = undelivered();
+    let timeout = config.shutdown_timeout.0;
+    if !archives_done {
+        tracing::error!(?timeout, "shutdown timed out before the archive writers wrote out what they held; those events are lost");
+    }
+    let total: u64 = left.iter().map(|(_, _, n)| n).sum();
+    let mut archived = 0;
+    for (tenant, backend, events) in &left {
+        match archive_location(config, tenant) {
+            Some(archive) if archives_done => {
+                archived += events;
+                tracing::error!(tenant, backend, events, archive, "shutdown timed out: events not delivered to the backend; they are in the tenant's archive (rehydrate them from there)");
+            }
+            Some(archive) => {
+                tracing::error!(tenant, backend, events, archive, "shutdown timed out: events not delivered to the backend, and the archive writer had not finished: they may not be archived");
+            }
+            None => {
+                tracing::error!(tenant, backend, events, "shutdown timed out: events not delivered to the backend; the tenant has no archive: they are lost");
+            }
+        }
+    }
+    if total == 0 && archives_done {
+        return None;
+    }
+    Some(anyhow::anyhow!(
+        "shutdown timed out after {timeout:?}: {total} events not delivered to their backends ({archived} of them in archives){}",
+        if archives_done { "" } else { "; archive writers had not finished" }
+    ))
+}
