@@ -683,7 +683,7 @@ pub fn now_ms() -> i64 {
     }
 }
 
-/// Adds `delta` to the proxy's `weir_plugin_counter_total{plugin, name}`. Natively: recorded per thread, see
+/// Adds `delta` to the proxy's `weir_plugin_custom_total{tenant, plugin, name}`. Natively: recorded per thread, see
 /// [`testing::counters`].
 pub fn counter_add(name: &str, delta: i64) {
     #[cfg(target_arch = "wasm32")]
