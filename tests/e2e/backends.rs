@@ -524,3 +524,45 @@ async fn a_plugin_setting_reserved_fields_reaches_every_backend_type_and_the_arc
         assert_eq!(e["service"], "svc");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_bulk_answer_is_a_failed_send_not_a_delivery() {
+    // First answer: 200 with a body that is not a _bulk answer (a proxy's error page);
+    // then a proper one.
+    let answer: Answer = Arc::new(|n, seen: &Seen| {
+        if n == 0 {
+            return (200, b"<html>gateway hiccup</html>".to_vec());
+        }
+        let docs = seen
+            .body
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count()
+            / 2;
+        let items: Vec<Value> = (0..docs)
+            .map(|_| json!({"create": {"status": 201, "result": "created"}}))
+            .collect();
+        (
+            200,
+            serde_json::to_vec(&json!({"errors": false, "items": items})).unwrap(),
+        )
+    });
+    let (es, addr) = Double::start(answer).await;
+    let mut weir = Weir::start(&weir_for(&format!(
+        "    type: elasticsearch\n    endpoint: http://{addr}\n"
+    )))
+    .await;
+    send(&weir, logs(3)).await;
+    eventually(Duration::from_secs(20), "the batch sent again", || {
+        (es.requests().len() >= 2).then_some(())
+    })
+    .await;
+    assert!(weir.terminate().success());
+    assert_eq!(es.requests().len(), 2, "sent again once, then delivered");
+    assert_eq!(es.requests()[0].body, es.requests()[1].body);
+    let log = weir.log();
+    assert!(
+        log.contains("could not be read") || log.contains("unreadable _bulk answer"),
+        "{log}"
+    );
+}

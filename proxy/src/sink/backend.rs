@@ -397,15 +397,22 @@ impl HttpBackend {
                 .and_then(|v| v.to_str().ok())
                 .and_then(super::retry::parse_retry_after);
             // Read the body so the connection returns to the pool; keep a little for the log.
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
+            let body = resp.into_body().collect().await.map(|b| b.to_bytes());
             if status.is_success() {
-                return Ok(self.per_line(&body));
+                // A success is only as good as the answer that says what succeeded:
+                // an unreadable one is a failed send (sent again: at least once, never lost).
+                let body = body.map_err(|e| SendError {
+                    retryable: true,
+                    status: Some(status),
+                    retry_after,
+                    message: format!(
+                        "backend answered {status} but its answer could not be read: {}",
+                        error_chain(&e)
+                    ),
+                })?;
+                return self.per_line(status, &body);
             }
+            let body = body.unwrap_or_default();
             let retryable = status.is_server_error()
                 || status == StatusCode::REQUEST_TIMEOUT
                 || status == StatusCode::TOO_MANY_REQUESTS;
@@ -433,8 +440,8 @@ impl HttpBackend {
     /// What a successful answer says about single lines: `_bulk` items that
     /// failed (429 and 5xx to send again, the rest refused). An OTLP partial
     /// success cannot name its rejected records: they are only counted.
-    fn per_line(&self, answer: &[u8]) -> Sent {
-        match &self.protocol {
+    fn per_line(&self, status: StatusCode, answer: &[u8]) -> Result<Sent, SendError> {
+        Ok(match &self.protocol {
             Protocol::Elasticsearch { .. } => match super::format::elasticsearch_failures(answer) {
                 Ok(failures) => {
                     let mut sent = Sent::default();
@@ -447,9 +454,14 @@ impl HttpBackend {
                     }
                     sent
                 }
+                // Which items failed is unknown: the whole batch is sent again.
                 Err(e) => {
-                    tracing::warn!(backend = %self.name, error = %e, "cannot read the _bulk answer; taking the batch as delivered");
-                    Sent::default()
+                    return Err(SendError {
+                        retryable: true,
+                        status: Some(status),
+                        retry_after: None,
+                        message: format!("backend answered {status} with {e}"),
+                    })
                 }
             },
             Protocol::Otlp => Sent {
@@ -457,7 +469,7 @@ impl HttpBackend {
                 ..Sent::default()
             },
             _ => Sent::default(),
-        }
+        })
     }
 }
 
