@@ -203,12 +203,16 @@ pub async fn run(config: Config, path: Option<std::path::PathBuf>) -> anyhow::Re
     // The archive writers (`workers`) and every route, old generations still
     // sending included, share the deadline. Whether the archives finished
     // tells where events no backend got still are.
-    let archives_done = tokio::time::timeout_at(deadline, futures::future::join_all(workers))
-        .await
-        .is_ok();
-    let routes_done = tokio::time::timeout_at(deadline, futures::future::join_all(router.tasks()))
-        .await
-        .is_ok();
+    let archives = tokio::time::timeout_at(deadline, futures::future::join_all(workers)).await;
+    let archives_done = archives.is_ok();
+    for r in archives.into_iter().flatten() {
+        telemetry::faults::check_join(telemetry::faults::Task::ArchiveWriter, "archive", r);
+    }
+    let routes = tokio::time::timeout_at(deadline, futures::future::join_all(router.tasks())).await;
+    let routes_done = routes.is_ok();
+    for r in routes.into_iter().flatten() {
+        telemetry::faults::check_join(telemetry::faults::Task::Route, "route", r);
+    }
     let lost = (!archives_done || !routes_done)
         .then(|| sink::shutdown::report(&config, archives_done))
         .flatten();

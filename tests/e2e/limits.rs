@@ -96,7 +96,7 @@ async fn http2_pings_do_not_keep_an_idle_connection_open() {
         .unwrap();
     let (_send, mut conn) = h2::client::handshake(tcp).await.unwrap();
     let mut pings = conn.ping_pong().expect("ping_pong");
-    let driver = tokio::spawn(async move { conn.await });
+    let driver = tokio::spawn(conn);
     let start = Instant::now();
     let mut answered = 0;
     let closed = loop {

@@ -97,10 +97,19 @@ async fn handle(
         // are listed but leave it ready: their batches take `on_error`.
         "/readyz" => {
             let ready = health.ready.load(Ordering::SeqCst);
+            // A task that died lost the work it held: out of the load balancer until restarted.
+            let (failures, last) = telemetry::faults::failures();
             let body = serde_json::json!({
-                "status": if ready { "ready" } else { "not ready" },
+                "status": match (ready, failures) {
+                    (false, _) => "not ready",
+                    (true, 0) => "ready",
+                    (true, _) => "degraded",
+                },
+                "task_failures": failures,
+                "last_task_failure": last,
                 "plugins": control.plugin_health(),
             });
+            let ready = ready && failures == 0;
             let status = if ready {
                 StatusCode::OK
             } else {

@@ -108,16 +108,10 @@ impl Walker {
 impl MarkedEventReceiver for Walker {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         match ev {
-            Event::Scalar(text, ..) => {
-                if !self.enter_node(Some(&text), mark) {
-                    self.value_done();
-                }
-            }
-            Event::Alias(_) => {
-                if !self.enter_node(None, mark) {
-                    self.value_done();
-                }
-            }
+            // A scalar or an alias that is not a mapping key is a whole value.
+            Event::Scalar(text, ..) if !self.enter_node(Some(&text), mark) => self.value_done(),
+            Event::Alias(_) if !self.enter_node(None, mark) => self.value_done(),
+            Event::Scalar(..) | Event::Alias(_) => {}
             Event::MappingStart(..) => {
                 self.enter_node(None, mark);
                 self.stack.push(Frame::Map {

@@ -39,10 +39,15 @@ impl<T> Queue<T> {
     }
 
     /// Fails only once the worker has stopped taking items (shutdown).
-    pub fn send(&self, item: T) -> Result<(), ()> {
-        self.tx.send(item).map_err(|_| ())
+    pub fn send(&self, item: T) -> Result<(), WorkerStopped> {
+        self.tx.send(item).map_err(|_| WorkerStopped)
     }
 }
+
+/// The worker behind a queue has stopped (the proxy is shutting down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the worker has stopped taking items")]
+pub struct WorkerStopped;
 
 #[derive(Clone)]
 pub struct Budget {

@@ -127,6 +127,11 @@ impl Chain {
         match &self.workers {
             Some(w) if self.stages.iter().any(|s| s.blocks(tenant)) => {
                 w.run(tenant, f).await.unwrap_or_else(|| {
+                    crate::telemetry::faults::task_failed(
+                        crate::telemetry::faults::Task::Stage,
+                        &format!("tenant index {tenant}"),
+                        &"a stage panicked on a request's batch (nothing of it was taken)",
+                    );
                     Err(Rejection::new(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "internal_error",

@@ -14,7 +14,10 @@ use prost::Message;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
-/// The events of an NDJSON batch (lines the proxy wrote itself, so they decode).
+/// The events of an NDJSON batch. The proxy wrote the lines itself, and an
+/// event's JSON decodes back to it (Event::adopt_reserved_attributes); should a
+/// line not, it travels as the message of an event marked
+/// `weir.undecodable_line`, so that delivery never panics and nothing is lost.
 pub fn events(ndjson: &[u8]) -> Vec<Event> {
     let limits = PayloadLimits {
         max_events: usize::MAX,
@@ -24,7 +27,14 @@ pub fn events(ndjson: &[u8]) -> Vec<Event> {
     ndjson
         .split(|&b| b == b'\n')
         .filter(|l| !l.is_empty())
-        .map(|l| decode_entry(l, limits).expect("the proxy's own NDJSON decodes"))
+        .map(|l| {
+            decode_entry(l, limits).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "an event's own JSON did not decode; sent as text");
+                let mut ev = Event::from_message(String::from_utf8_lossy(l).into_owned(), 0);
+                ev.mark("undecodable_line", Value::Bool(true));
+                ev
+            })
+        })
         .collect()
 }
 
@@ -286,6 +296,15 @@ mod tests {
             .insert("http".into(), json!({"status_code": 200, "ok": true}));
         let b = Event::from_message("later".into(), 1_700_000_000_000);
         vec![a, b]
+    }
+
+    #[test]
+    fn a_line_that_does_not_decode_travels_as_text_instead_of_panicking() {
+        let evs = events(b"{\"message\":\"ok\"}\n{\"ddtags\":5}\n");
+        assert_eq!(evs.len(), 2);
+        assert_eq!(evs[0].message, "ok");
+        assert_eq!(evs[1].message, "{\"ddtags\":5}");
+        assert_eq!(evs[1].attributes["weir"]["undecodable_line"], true);
     }
 
     #[test]

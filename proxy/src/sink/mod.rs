@@ -19,6 +19,7 @@ pub mod shutdown;
 use crate::archive::DeadLetters;
 use crate::config::{BackendConfig, RetryConfig};
 use crate::pipeline::budget::{Budget, Queue, Reservation};
+use crate::telemetry::faults::{self, Task};
 use crate::telemetry::{queued_bytes, DropReason, QueueKind, SendOutcome, METRICS};
 use backend::Backend;
 use bytes::Bytes;
@@ -171,13 +172,28 @@ async fn run_route(
                 p.holds.push(hold.clone());
             }
         }
-        sends.retain(|h| !h.is_finished());
+        reap(&s.tenant, &mut sends);
     }
     if let Some(p) = pending.take() {
         sends.push(dispatch(&s, p));
     }
     for h in sends {
-        let _ = h.await;
+        faults::check_join(Task::RouteSend, &s.tenant, h.await);
+    }
+}
+
+/// Takes the finished sends out of `sends`; one that panicked is reported, never dropped silently.
+fn reap(tenant: &str, sends: &mut Vec<JoinHandle<()>>) {
+    let mut i = 0;
+    while i < sends.len() {
+        if !sends[i].is_finished() {
+            i += 1;
+            continue;
+        }
+        let h = sends.swap_remove(i);
+        if let Some(r) = futures::FutureExt::now_or_never(h) {
+            faults::check_join(Task::RouteSend, tenant, r);
+        }
     }
 }
 
@@ -546,4 +562,35 @@ async fn dead_letter(
         .with_label_values(&[&s.tenant, backend, DropReason::DeadLetterFailed.as_str()])
         .inc_by(events as u64);
     tracing::error!(tenant = %s.tenant, backend, status, events, "backend refused a batch and the dead-letter write failed; dropped");
+}
+
+#[cfg(test)]
+mod reap_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_send_that_panicked_is_reported_not_dropped() {
+        let count = || {
+            METRICS
+                .task_failures
+                .with_label_values(&["route_send"])
+                .get()
+        };
+        let before = count();
+        let mut sends = vec![
+            tokio::spawn(async { panic!("a send panicked") }),
+            tokio::spawn(std::future::pending::<()>()),
+        ];
+        while !sends[0].is_finished() {
+            tokio::task::yield_now().await;
+        }
+        reap("acme", &mut sends);
+        assert_eq!(
+            sends.len(),
+            1,
+            "the finished one is taken out, the running one kept"
+        );
+        assert_eq!(count(), before + 1);
+        sends[0].abort();
+    }
 }

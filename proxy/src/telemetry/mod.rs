@@ -7,6 +7,7 @@
 //! describe a state are read from it at scrape time (computed.rs), so they
 //! cannot go stale.
 pub mod computed;
+pub mod faults;
 pub mod labels;
 pub mod seed;
 
@@ -62,6 +63,7 @@ pub struct Metrics {
     pub plugin_quarantined: IntGaugeVec,
     pub plugin_counter: IntCounterVec,
     pub ready: IntGauge,
+    pub task_failures: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -344,6 +346,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["tenant", "plugin", "name"],
         ),
         ready,
+        task_failures: counter(
+            &r,
+            "weir_task_failures_total",
+            "Tasks that failed (panicked), by task: route_send, route, archive_writer, stage; /readyz answers 503 after one",
+            &["task"],
+        ),
         registry: r,
     }
 });

@@ -14,6 +14,9 @@ use crate::quota::daily::action_label;
 /// listeners (existing ones keep their values). Run at start and at each reload.
 pub fn seed(config: &Config) {
     let m = &*METRICS;
+    for task in super::faults::Task::ALL {
+        m.task_failures.with_label_values(&[task.as_str()]);
+    }
     for b in &config.backends {
         let name = b.name.as_str();
         for outcome in SendOutcome::ALL {
