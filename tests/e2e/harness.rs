@@ -167,13 +167,27 @@ impl Drop for Weir {
     }
 }
 
-/// The value of a metric line `name{labels}` (labels as printed), or 0.
+/// The value of a metric line `name{labels}` (labels as printed, sorted by name).
+/// A series that is not there fails the test: a misspelt name or label must not
+/// read as 0 (every series the config names exists from start; see telemetry/seed.rs).
 pub fn metric(text: &str, name_and_labels: &str) -> f64 {
+    metric_opt(text, name_and_labels).unwrap_or_else(|| {
+        let name = name_and_labels.split('{').next().unwrap();
+        let known: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .take(20)
+            .collect();
+        panic!("no series {name_and_labels}; series of {name}: {known:#?}")
+    })
+}
+
+/// The value of a series, or None when it is not exported (e.g. a quota limit that is not set).
+pub fn metric_opt(text: &str, name_and_labels: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 pub struct Reply {

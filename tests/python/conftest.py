@@ -350,7 +350,9 @@ tenants:
         return http_get(f"{self.admin_url}/metrics")[1].decode()
 
     def metric(self, name: str, **labels: str) -> float:
-        """The value of the Prometheus sample ``name{labels}`` (label order free), or 0."""
+        """The value of the Prometheus sample ``name{labels}`` (label order free). A series
+        that is not there fails the test: a misspelt name must not read as 0."""
+        seen = []
         for line in self.metrics().splitlines():
             m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$", line)
             if not m or m[1] != name:
@@ -358,7 +360,8 @@ tenants:
             found = dict(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', m[2] or ""))
             if found == labels:
                 return float(m[3])
-        return 0.0
+            seen.append(found)
+        raise AssertionError(f"no series {name}{labels}; its series: {seen[:20]}")
 
     def archive_objects(self) -> list[Path]:
         """Every file under the archive root but the dead letters, sorted."""
