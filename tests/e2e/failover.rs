@@ -473,3 +473,80 @@ async fn a_batch_fits_the_smallest_batch_limit_of_the_backends_it_may_fail_over_
     let got: HashSet<String> = small.received().into_iter().collect();
     assert_eq!(got.len(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tier_shares_batches_by_weight() {
+    let dir = tempfile::tempdir().unwrap();
+    let heavy = Blackhole::start(0, &dir.path().join("heavy.txt"), None).await;
+    let light = Blackhole::start(0, &dir.path().join("light.txt"), None).await;
+    let config = routed_config(
+        &(backend("heavy", "http", heavy.port, "    weight: 3\n")
+            + &backend("light", "http", light.port, "    weight: 1\n"))
+            .replace("max_events: 100", "max_events: 10"),
+        "  - name: eu\n    tiers: [[heavy, light]]\n",
+        "  - {name: acme, api_keys: [agent-key], region: eu}\n",
+    );
+    let mut weir = Weir::start(&config).await;
+    // 4,000 events in batches of 10: 400 choices by weight.
+    for r in 0..40 {
+        let resp = post(
+            &weir.url("/api/v2/logs"),
+            &[KEY],
+            batch(&format!("w{r}"), 100),
+        )
+        .await;
+        assert_eq!(resp.status, 202);
+    }
+    assert!(weir.terminate().success());
+    let (h, l) = (heavy.received().len(), light.received().len());
+    assert_eq!(h + l, 4000, "every event once");
+    // 3:1 by weight; the draw is random (binomial, n = 400 batches): 3 sigma is about 2.2 to 4.6.
+    let ratio = h as f64 / l.max(1) as f64;
+    assert!(
+        (2.0..5.0).contains(&ratio),
+        "heavy {h}, light {l}: ratio {ratio:.2}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_health_check_marks_a_dead_backend_down_and_a_revived_one_up_without_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("b.txt");
+    let mut b = Blackhole::start(0, &record, None).await;
+    let port = b.port;
+    let config = routed_config(
+        &backend(
+            "b",
+            "http",
+            port,
+            "    health_check: {type: http, path: /stats, interval: 100ms, timeout: 500ms, healthy_threshold: 2, unhealthy_threshold: 2}\n",
+        ),
+        "",
+        "  - {name: acme, api_keys: [agent-key], backend: b}\n",
+    );
+    let weir = Weir::start(&config).await;
+    let state = |r: HashMap<String, Value>| r["b"]["state"].as_str().unwrap().to_string();
+    assert_eq!(state(backends_report(&weir).await), "up");
+    // Killed for real: the probes fail and it goes down, with no traffic at all.
+    b.kill9();
+    let start = std::time::Instant::now();
+    while state(backends_report(&weir).await) != "down" {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "never marked down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Back on the same port: two good probes and it is up again.
+    let _b = Blackhole::start(port, &record, None).await;
+    let start = std::time::Instant::now();
+    while state(backends_report(&weir).await) != "up" {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "never marked up again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let m = weir.metrics().await;
+    assert_eq!(metric(&m, "weir_backend_up{backend=\"b\"}"), 1.0);
+}
