@@ -706,3 +706,33 @@ fn a_plugin_gets_and_changes_only_the_fields_it_exports_in_weir_fields() {
     }
     assert_eq!(b.dispositions[1], Disposition::Drop);
 }
+
+/// Writes "flooding stdout\n" (at 224, from OPEN_FILE's data) to stdout 200 times per call.
+const FLOOD_STDOUT: &str = r#"(local.set $k (i32.const 0))
+    (i32.store (i32.const 208) (i32.const 224))
+    (i32.store (i32.const 212) (i32.const 13))
+    (loop $more
+      (drop (call $fd_write (i32.const 1) (i32.const 208) (i32.const 1) (i32.const 216)))
+      (local.set $k (i32.add (local.get $k) (i32.const 1)))
+      (br_if $more (i32.lt_u (local.get $k) (i32.const 200))))"#;
+
+#[test]
+fn a_plugin_flooding_stdout_gets_its_log_lines_rate_limited() {
+    let p = load(
+        &plugin_wat(1, WASI_IMPORTS, "(i64.const 0)", FLOOD_STDOUT),
+        settings("chatty", PluginOnError::Drop),
+    );
+    let mut b = batch(3);
+    off_runtime(|| p.apply(&mut b));
+    assert_verdicts_applied(&b);
+    let budget = p.shared.log.lock().unwrap();
+    assert_eq!(
+        budget.lines, LOG_LINES_PER_WINDOW,
+        "lines logged in the window"
+    );
+    assert!(
+        budget.suppressed >= 200 - LOG_LINES_PER_WINDOW as u64,
+        "the rest counted, not logged: {}",
+        budget.suppressed
+    );
+}
