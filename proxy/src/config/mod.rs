@@ -586,6 +586,17 @@ pub enum PluginOnError {
     ArchiveOnly,
 }
 
+impl PluginOnError {
+    /// As written in the YAML (for logs).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PluginOnError::Pass => "pass",
+            PluginOnError::Drop => "drop",
+            PluginOnError::ArchiveOnly => "archive_only",
+        }
+    }
+}
+
 #[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {

@@ -779,7 +779,7 @@ impl Plugin {
                 .plugin_quarantined
                 .with_label_values(&[&self.settings.tenant, &self.settings.name])
                 .set(1);
-            tracing::error!(tenant = %self.settings.tenant, plugin = %self.settings.name, quarantine = ?d, on_error = ?self.settings.on_error,
+            tracing::error!(tenant = %self.settings.tenant, plugin = %self.settings.name, quarantine = ?d, on_error = self.settings.on_error.as_str(),
                 "plugin keeps failing: quarantined; its batches take on_error without calling it");
         }
     }
@@ -856,7 +856,7 @@ impl Plugin {
                     .plugin_errors
                     .with_label_values(&[labels[0], labels[1], e.reason()])
                     .inc();
-                tracing::warn!(tenant = %labels[0], plugin = %labels[1], reason = e.reason(), on_error = ?self.settings.on_error, events = batch.events.len(),
+                tracing::warn!(tenant = %labels[0], plugin = %labels[1], reason = e.reason(), on_error = self.settings.on_error.as_str(), events = batch.events.len(),
                     "plugin call failed: {e}");
                 self.record(Some(&e));
                 self.on_error(batch);
