@@ -8,7 +8,10 @@
 #   weir CPU%   utime+stime delta from /proc/<pid>/stat over the window (2 cores = 200%)
 #   peak RSS    VmHWM from /proc/<pid>/status at the end of the load
 #   503s        requests weir refused for backpressure (loadgen pauses per Retry-After)
-#   lost        events weir accepted (202) but the blackhole never got, after weir's drain
+#   lost, dup   per request (each request's events carry a weir_req:N tag): events of accepted (202)
+#               requests the blackhole never got, and events it got more than once, after weir's
+#               drain; the same for the archive when it is on. Any loss, any duplicate, or weir
+#               exiting non-zero fails the benchmark (exit 1), after the table is printed.
 #   other CPU%  machine-wide busy time not used by the three benchmark processes (noise)
 #
 # Usage: tests/loadgen/bench.sh
@@ -22,6 +25,7 @@
 #                             e.g. "none:gzip:on empty:gzip:on:::empty redact:gzip:on:::redact" for ratios from one run)
 #   EXTRA="..."              more scenarios, appended to the default ones
 #   BUILD=0                  skip the cargo build
+#   WEIR=path                the weir binary to measure (default: the release build), for A/B runs
 #   RULES=1                  configure 20 exclusion rules, a daily quota and a rate limit (the full path)
 #   PLUGIN=path.wasm         run this Wasm plugin on every batch (e.g. plugins/target/wasm32-wasip1/release/redact.wasm)
 #   KEEP=1                   keep the temp dir (configs, logs, archive objects)
@@ -101,6 +105,21 @@ free_port() {
 ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
 # Sum of a Prometheus metric across its labels (an integer unless a printf format is given).
+# Per request tag: events of accepted requests missing ("lost"), events beyond a request's
+# batch ("dup"), and events of requests the load generator never saw accepted ("stray": a
+# timed-out request the proxy took anyway, which is neither lost nor duplicated).
+tag_check() {
+    local accepted_ids=$1 got=$2 batch=$3
+    awk -v b="$batch" '
+        FNR == NR { acc[$1] = 1; next }
+        { got[$1] = $2 }
+        END {
+            for (id in acc) { g = got[id] + 0; if (g < b) lost += b - g; if (g > b) dup += g - b }
+            for (id in got) if (!(id in acc)) stray += got[id]
+            printf "{\"lost\":%d,\"dup\":%d,\"stray\":%d}\n", lost, dup, stray
+        }' "$accepted_ids" "$got"
+}
+
 metric() { curl -sf "http://127.0.0.1:$ADMIN/metrics" | awk -v m="$1" -v f="${2:-%.0f}" '$1 == m || index($1, m "{") == 1 { s += $2 } END { printf f "\n", s }'; }
 
 bh_stat() { curl -sf "http://$BH_ADDR/stats" | jq -r ".$1"; }
@@ -119,7 +138,7 @@ run_scenario() {
     mkdir -p "$dir"
     echo "== $name: backend $codec${in_flight:+ (max_in_flight $in_flight)}, archive $archive, $conns connections, ${DURATION}s (window ${WINDOW}s)" >&2
 
-    "$BIN/weir-blackhole" --addr 127.0.0.1:0 >"$dir/blackhole.out" 2>"$dir/blackhole.err" &
+    "$BIN/weir-blackhole" --addr 127.0.0.1:0 --count-request-tags >"$dir/blackhole.out" 2>"$dir/blackhole.err" &
     local bh=$!
     PIDS+=("$bh")
     for _ in $(seq 50); do [[ -s "$dir/blackhole.out" ]] && break; sleep 0.1; done
@@ -164,7 +183,7 @@ EOF
     if [[ -n $plugin ]]; then
         printf '    plugins:\n      - {name: bench-plugin, path: %s}\n' "$plugin" >>"$dir/weir.yaml"
     fi
-    "$BIN/weir" run --config "$dir/weir.yaml" >"$dir/weir.log" 2>&1 &
+    "${WEIR:-$BIN/weir}" run --config "$dir/weir.yaml" >"$dir/weir.log" 2>&1 &
     local weir=$!
     PIDS+=("$weir")
     local ready=0
@@ -178,7 +197,7 @@ EOF
     local gz=()
     [[ $LG_GZIP == 1 ]] && gz=(--gzip)
     "$BIN/weir-loadgen" --url "http://127.0.0.1:$port" --api-key bench-agent-key --connections "$conns" \
-        --duration "$DURATION" "${gz[@]}" >"$dir/loadgen.json" 2>"$dir/loadgen.err" &
+        --duration "$DURATION" --accepted-ids "$dir/accepted.ids" "${gz[@]}" >"$dir/loadgen.json" 2>"$dir/loadgen.err" &
     local lg=$!
     PIDS+=("$lg")
 
@@ -199,15 +218,29 @@ EOF
     # Mean time of one backend request (whole run): with max_in_flight it bounds what a route can carry.
     backend_ms=$(awk -v s="$(metric weir_backend_request_duration_seconds_sum %.6f)" -v c="$(metric weir_backend_request_duration_seconds_count)" 'BEGIN { printf "%.2f\n", c ? s / c * 1000 : 0 }')
 
-    # Drain: SIGTERM makes weir send what it holds; then compare what came out with what was accepted.
+    # Drain: SIGTERM makes weir send what it holds; then compare what came out with what was accepted,
+    # request by request: losses and duplicates are counted apart.
+    # Events the rules kept from the index on purpose (RULES=1): missing at the backend, not lost.
+    local excluded
+    excluded=$(metric weir_rule_excluded_events_total)
     kill -TERM "$weir"
-    wait "$weir" || true
-    local delivered accepted
+    local weir_exit=0
+    wait "$weir" || weir_exit=$?
+    local delivered accepted batch
     delivered=$(bh_stat events)
     accepted=$(jq -r .events_sent_accepted "$dir/loadgen.json")
+    batch=$(( accepted / $(jq -r '.accepted | if . == 0 then 1 else . end' "$dir/loadgen.json") ))
+    curl -sf "http://$BH_ADDR/request-tags" >"$dir/backend.tags"
+    local backend_check archive_check='{"lost":0,"dup":0,"stray":0}'
+    backend_check=$(tag_check "$dir/accepted.ids" "$dir/backend.tags" "$batch")
     kill "$bh" 2>/dev/null || true
     wait "$bh" 2>/dev/null || true
-    [[ -d "$dir/archive" ]] && archive_mb=$(du -sm "$dir/archive" | cut -f1)
+    if [[ -d "$dir/archive" ]]; then
+        archive_mb=$(du -sm "$dir/archive" | cut -f1)
+        find "$dir/archive" -name '*.ndjson.gz' -print0 | xargs -0 -r zcat | grep -o 'weir_req:[0-9]*' \
+            | cut -d: -f2 | sort | uniq -c | awk '{ print $2, $1 }' >"$dir/archive.tags"
+        archive_check=$(tag_check "$dir/accepted.ids" "$dir/archive.tags" "$batch")
+    fi
     local warnings
     warnings=$(grep -cE ' (WARN|ERROR) ' "$dir/weir.log" || true)
 
@@ -218,12 +251,16 @@ EOF
         --argjson wt "$((w1 - w0))" --argjson lt "$((l1 - l0))" --argjson bt "$((b1 - b0))" --argjson ot "$((m1 - m0 - (w1 - w0) - (l1 - l0) - (b1 - b0)))" --argjson hz "$HZ" \
         --argjson hwm "$hwm" --argjson delivered "$delivered" --argjson accepted "$accepted" \
         --argjson retries "$backend_retries" --argjson backend_ms "$backend_ms" --argjson archive_mb "$archive_mb" --argjson warnings "$warnings" \
+        --argjson weir_exit "$weir_exit" --argjson bcheck "$backend_check" --argjson acheck "$archive_check" --argjson excluded "$excluded" \
         --arg rejected "$rejected" --slurpfile lg "$dir/loadgen.json" \
         '{name: $name, codec: $codec, archive: $archive, connections: $conns, window_s: $dt,
           events_per_s: ($ev / $dt), intake_events_per_s: ($iev / $dt), mb_per_s_in: ($rb / $dt / 1e6),
           weir_cpu_pct: ($wt / $hz / $dt * 100), loadgen_cpu_pct: ($lt / $hz / $dt * 100), blackhole_cpu_pct: ($bt / $hz / $dt * 100), other_cpu_pct: ($ot / $hz / $dt * 100),
           weir_peak_rss_mb: ($hwm / 1024), loadgen: $lg[0], weir_rejections: $rejected, backend_retries: $retries, backend_request_ms: $backend_ms,
-          accepted_events: $accepted, delivered_events: $delivered, lost_events: ($accepted - $delivered),
+          accepted_events: $accepted, delivered_events: $delivered, weir_exit: $weir_exit,
+          excluded_events: $excluded, lost_events: ($bcheck.lost - $excluded), duplicate_events: $bcheck.dup, unacknowledged_events: $bcheck.stray,
+          archive_lost_events: (if $archive == "on" then $acheck.lost else null end),
+          archive_duplicate_events: (if $archive == "on" then $acheck.dup else null end),
           archive_disk_mb: $archive_mb, weir_warnings: $warnings}' >>"$RESULTS"
     tail -1 "$RESULTS" >&2
     PIDS=()
@@ -238,12 +275,22 @@ done
 echo
 echo "weir end to end on $(nproc) cores, loadgen gzip=$LG_GZIP, ${DURATION}s runs, measured over the last ${WINDOW}s; load average now: $(cut -d' ' -f1-3 /proc/loadavg)"
 jq -rs '
-  (["scenario", "conns", "events/s", "MB/s in", "weir CPU%", "peak RSS MB", "503s", "of reqs", "p99 ms", "backend ms", "lost", "loadgen CPU%", "blackhole CPU%", "other CPU%"] | @tsv),
+  (["scenario", "conns", "events/s", "MB/s in", "weir CPU%", "peak RSS MB", "503s", "of reqs", "p99 ms", "backend ms", "lost", "dup", "archive lost", "archive dup", "exit", "loadgen CPU%", "blackhole CPU%", "other CPU%"] | @tsv),
   (.[] | [.name, .connections, (.events_per_s | round), (.mb_per_s_in * 10 | round / 10), (.weir_cpu_pct | round), (.weir_peak_rss_mb | round),
-          .loadgen.rejected_503, .loadgen.requests, .loadgen.latency_p99_ms, .backend_request_ms, .lost_events, (.loadgen_cpu_pct | round), (.blackhole_cpu_pct | round), (.other_cpu_pct | round)] | @tsv)
+          .loadgen.rejected_503, .loadgen.requests, .loadgen.latency_p99_ms, .backend_request_ms, .lost_events, .duplicate_events,
+          (.archive_lost_events // "-"), (.archive_duplicate_events // "-"), .weir_exit, (.loadgen_cpu_pct | round), (.blackhole_cpu_pct | round), (.other_cpu_pct | round)] | @tsv)
 ' "$RESULTS" | column -t -s $'\t'
 echo
 echo "weir refusals by reason (whole run):"
 jq -r '"  \(.name): \(if .weir_rejections == "" then "none" else .weir_rejections end)  backend retries: \(.backend_retries)  weir warnings logged: \(.weir_warnings)"' "$RESULTS"
 cp "$RESULTS" "${RESULTS_OUT:-/tmp/weir-bench-results.jsonl}"
 echo "raw results: ${RESULTS_OUT:-/tmp/weir-bench-results.jsonl}"
+# Loudly: a benchmark that lost or duplicated anything, or whose weir did not exit cleanly, failed.
+bad=$(jq -rs '[.[] | select(.lost_events != 0 or .duplicate_events > 0 or .weir_exit != 0
+                             or (.archive_lost_events // 0) > 0 or (.archive_duplicate_events // 0) > 0)
+               | "\(.name): lost \(.lost_events), duplicated \(.duplicate_events), archive lost \(.archive_lost_events // "-"), archive duplicated \(.archive_duplicate_events // "-"), weir exit \(.weir_exit)"] | .[]' "$RESULTS")
+if [[ -n $bad ]]; then
+    echo "FAILED:" >&2
+    echo "$bad" >&2
+    exit 1
+fi

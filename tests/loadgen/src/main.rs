@@ -60,6 +60,12 @@ struct Args {
     /// Seed for the event content.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Tag each request's events `weir_req:N` (`?ddtags=`, N unique per request) and write
+    /// the N of every accepted request to this file at the end, one per line, so that
+    /// what comes out (weir-blackhole --count-request-tags, the archive) can be checked
+    /// for losses and duplicates request by request.
+    #[arg(long)]
+    accepted_ids: Option<std::path::PathBuf>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -95,6 +101,8 @@ struct Target {
     path: Uri,
     api_key: String,
     gzip: bool,
+    /// Tag each request's events `weir_req:N` (--accepted-ids).
+    tag_requests: bool,
 }
 
 #[derive(Default)]
@@ -111,6 +119,10 @@ struct Stats {
     /// Connect failures, broken connections, timeouts.
     io_errors: AtomicU64,
     latency: Histogram,
+    /// Request tags handed out so far (with --accepted-ids).
+    next_tag: AtomicU64,
+    /// The tags of accepted requests (with --accepted-ids).
+    accepted_tags: std::sync::Mutex<Vec<u64>>,
 }
 
 /// Request latency in power-of-two microsecond buckets: lock-free and good
@@ -176,6 +188,7 @@ fn main() -> anyhow::Result<()> {
         path: format!("{base}/api/v2/logs").parse()?,
         api_key: args.api_key.clone(),
         gzip: args.gzip,
+        tag_requests: args.accepted_ids.is_some(),
     });
 
     let pool = Arc::new(build_pool(&args));
@@ -205,6 +218,16 @@ fn main() -> anyhow::Result<()> {
     let stats = Arc::new(Stats::default());
     let elapsed = runtime.block_on(run(&args, target, pool, stats.clone()));
 
+    if let Some(path) = &args.accepted_ids {
+        let ids: String = stats
+            .accepted_tags
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|n| format!("{n}\n"))
+            .collect();
+        std::fs::write(path, ids)?;
+    }
     let secs = elapsed.as_secs_f64();
     let s = |a: &AtomicU64| a.load(Relaxed);
     let summary = serde_json::json!({
@@ -348,7 +371,16 @@ async fn connection(
         }
         let payload = &pool[next % pool.len()];
         next += 1;
-        let mut req = Request::post(target.path.clone())
+        let tag = target
+            .tag_requests
+            .then(|| stats.next_tag.fetch_add(1, Relaxed));
+        let uri = match tag {
+            Some(n) => format!("{}?ddtags=weir_req:{n}", target.path)
+                .parse()
+                .expect("a valid URI"),
+            None => target.path.clone(),
+        };
+        let mut req = Request::post(uri)
             .header(HOST, &target.host)
             .header("dd-api-key", &target.api_key)
             .header(CONTENT_TYPE, "application/json");
@@ -385,6 +417,9 @@ async fn connection(
             Ok(Ok((status, retry_after))) => {
                 stats.latency.record(sent.elapsed());
                 if status.is_success() {
+                    if let Some(n) = tag {
+                        stats.accepted_tags.lock().unwrap().push(n);
+                    }
                     stats.accepted.fetch_add(1, Relaxed);
                     stats.events_accepted.fetch_add(batch, Relaxed);
                     stats.raw_bytes_accepted.fetch_add(payload.raw_len, Relaxed);

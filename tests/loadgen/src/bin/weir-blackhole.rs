@@ -8,6 +8,10 @@
 //! appends every accepted event's `message` to FILE before answering (so what
 //! it acknowledged survives a SIGKILL), and `--answer 400` or `--answer hang`
 //! makes it refuse every batch or never answer.
+//!
+//! For benchmarks that must tell losses from duplicates, `--count-request-tags`
+//! counts events by the `weir_req:N` tag weir-loadgen puts on each request's
+//! events (`?ddtags=`), served as `N count` lines at GET /request-tags.
 use bytes::Bytes;
 use clap::Parser;
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
@@ -42,6 +46,9 @@ struct Args {
     /// Answer every POST with this status (e.g. 400 or 503), or `hang` to never answer.
     #[arg(long)]
     answer: Option<String>,
+    /// Count events per `weir_req:N` tag (GET /request-tags).
+    #[arg(long)]
+    count_request_tags: bool,
 }
 
 /// How POSTs are answered.
@@ -49,6 +56,8 @@ struct Args {
 struct Behaviour {
     record: Option<Arc<std::sync::Mutex<std::fs::File>>>,
     answer: Option<String>,
+    /// Events seen per weir-loadgen request tag, when counted.
+    request_tags: Option<Arc<std::sync::Mutex<std::collections::HashMap<u64, u64>>>>,
 }
 
 #[derive(Default)]
@@ -99,6 +108,7 @@ fn main() -> anyhow::Result<()> {
     let behaviour = Behaviour {
         record,
         answer: args.answer.clone(),
+        request_tags: args.count_request_tags.then(Arc::default),
     };
     runtime.block_on(serve(args.addr, behaviour))
 }
@@ -161,6 +171,15 @@ async fn handle(
     if req.method() == Method::GET && req.uri().path() == "/stats" {
         return Ok(reply(StatusCode::OK, c.json().to_string()));
     }
+    if req.method() == Method::GET && req.uri().path() == "/request-tags" {
+        let mut out = String::new();
+        if let Some(tags) = &b.request_tags {
+            for (id, n) in tags.lock().unwrap().iter() {
+                out.push_str(&format!("{id} {n}\n"));
+            }
+        }
+        return Ok(reply(StatusCode::OK, out));
+    }
     if req.method() != Method::POST {
         return Ok(reply(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -204,7 +223,24 @@ async fn handle(
         }
         None => {}
     }
-    match count(&body, encoding.as_deref(), ndjson) {
+    let plain = match decompress(&body, encoding.as_deref()) {
+        Ok(p) => p,
+        Err(e) => {
+            c.bad_requests.fetch_add(1, Relaxed);
+            return Ok(reply(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({ "errors": [e] }).to_string(),
+            ));
+        }
+    };
+    if let Some(tags) = &b.request_tags {
+        let found = request_tags(&plain);
+        let mut t = tags.lock().unwrap();
+        for id in found {
+            *t.entry(id).or_default() += 1;
+        }
+    }
+    match count_plain(&plain, ndjson) {
         Ok((events, plain)) => {
             if let Some(file) = &b.record {
                 let lines = messages(&body, encoding.as_deref(), ndjson);
@@ -278,24 +314,28 @@ fn decompress(body: &[u8], encoding: Option<&str>) -> Result<Vec<u8>, String> {
     })
 }
 
+/// The `weir_req:N` tags in a decompressed body, one per event that carries one.
+fn request_tags(plain: &[u8]) -> Vec<u64> {
+    let text = String::from_utf8_lossy(plain);
+    text.match_indices("weir_req:")
+        .filter_map(|(i, m)| {
+            let digits: String = text[i + m.len()..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse().ok()
+        })
+        .collect()
+}
+
 /// Decompresses and parses a body; returns (events, decompressed bytes).
+#[cfg(test)]
 fn count(body: &[u8], encoding: Option<&str>, ndjson: bool) -> Result<(u64, u64), String> {
-    let plain: std::borrow::Cow<[u8]> = match encoding {
-        None | Some("") | Some("identity") => body.into(),
-        Some("gzip") | Some("x-gzip") => {
-            read_all(flate2::read::MultiGzDecoder::new(body), body.len(), "gzip")?.into()
-        }
-        Some("zstd") => read_all(
-            zstd::stream::read::Decoder::new(body).map_err(|e| format!("zstd: {e}"))?,
-            body.len(),
-            "zstd",
-        )?
-        .into(),
-        Some("deflate") => {
-            read_all(flate2::read::ZlibDecoder::new(body), body.len(), "deflate")?.into()
-        }
-        Some(other) => return Err(format!("unsupported Content-Encoding {other:?}")),
-    };
+    count_plain(&decompress(body, encoding)?, ndjson)
+}
+
+/// Parses a decompressed body; returns (events, bytes).
+fn count_plain(plain: &[u8], ndjson: bool) -> Result<(u64, u64), String> {
     let events = if ndjson {
         let mut n = 0;
         for line in plain
@@ -309,10 +349,10 @@ fn count(body: &[u8], encoding: Option<&str>, ndjson: bool) -> Result<(u64, u64)
         n
     } else if plain.trim_ascii_start().first() == Some(&b'{') {
         // A single log object is one event.
-        serde_json::from_slice::<IgnoredAny>(&plain).map_err(|e| format!("invalid JSON: {e}"))?;
+        serde_json::from_slice::<IgnoredAny>(plain).map_err(|e| format!("invalid JSON: {e}"))?;
         1
     } else {
-        serde_json::from_slice::<Vec<IgnoredAny>>(&plain)
+        serde_json::from_slice::<Vec<IgnoredAny>>(plain)
             .map_err(|e| format!("invalid JSON array: {e}"))?
             .len() as u64
     };
@@ -330,6 +370,12 @@ fn read_all(mut r: impl Read, hint: usize, what: &str) -> Result<Vec<u8>, String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_tags_are_found_once_per_event() {
+        let body = br#"[{"message":"a","ddtags":"env:prod,weir_req:17"},{"message":"b","ddtags":"weir_req:17,x:y"},{"message":"c","ddtags":"weir_req:4"},{"message":"none"}]"#;
+        assert_eq!(request_tags(body), vec![17, 17, 4]);
+    }
 
     #[test]
     fn counts_every_shape_and_encoding() {
