@@ -336,8 +336,14 @@ async fn refused_requests_are_logged_with_peer_listener_tenant_and_reason() {
         "no keys in logs"
     );
     // Values as an operator writes them, not Rust's debug formatting.
-    assert!(log.contains("protocol=\"http\"") || log.contains("protocol=http"), "{log}");
-    assert!(!log.contains("Some(") && !log.contains("Http,") && !log.contains("protocol=Http"), "{log}");
+    assert!(
+        log.contains("protocol=\"http\"") || log.contains("protocol=http"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("Some(") && !log.contains("Http,") && !log.contains("protocol=Http"),
+        "{log}"
+    );
     // The start-up summary says where things are.
     assert!(
         log.contains("is ready") && log.contains("intake:  http://127.0.0.1:"),
