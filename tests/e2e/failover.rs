@@ -25,19 +25,6 @@ fn backend(name: &str, kind: &str, port: u16, extra: &str) -> String {
     )
 }
 
-async fn backends_report(weir: &Weir) -> HashMap<String, Value> {
-    let r = get(&format!("http://127.0.0.1:{}/backends", weir.admin))
-        .await
-        .unwrap()
-        .json();
-    r["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| (b["backend"].as_str().unwrap().to_string(), b.clone()))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_killed_under_load_fails_over_and_traffic_returns() {
     let dir = tempfile::tempdir().unwrap();
@@ -173,7 +160,7 @@ async fn primary_killed_under_load_fails_over_and_traffic_returns() {
         .count();
     assert_eq!(back_on_primary, 50, "traffic is back on the primary");
     assert!(secondary.received().len() >= secondary_before);
-    assert_eq!(report_state(&weir, "primary").await, "up");
+    assert_eq!(backend_state(&weir, "primary").await, "up");
     // Counted again once the proxy drained: a late resend would show here. The only
     // duplicates are of batches in flight at the kill; nothing sent after it twice.
     let mut weir = weir;
@@ -192,13 +179,6 @@ async fn primary_killed_under_load_fails_over_and_traffic_returns() {
     assert!(late.is_empty(), "sent twice after the failover: {late:?}");
     let duplicates: usize = seen.values().map(|n| n - 1).sum();
     assert!(duplicates <= 8 * 100, "duplicates: {duplicates}");
-}
-
-async fn report_state(weir: &Weir, backend: &str) -> String {
-    backends_report(weir).await[backend]["state"]
-        .as_str()
-        .unwrap()
-        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

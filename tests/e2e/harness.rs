@@ -561,3 +561,25 @@ pub async fn admin(
     .await
     .unwrap()
 }
+
+/// `GET /backends` of a running proxy, by backend name.
+pub async fn backends_report(weir: &Weir) -> std::collections::HashMap<String, Value> {
+    let r = get(&format!("http://127.0.0.1:{}/backends", weir.admin))
+        .await
+        .unwrap()
+        .json();
+    r["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["backend"].as_str().unwrap().to_string(), b.clone()))
+        .collect()
+}
+
+/// One backend's state (`up`, `ejected`, `down`) from `GET /backends`.
+pub async fn backend_state(weir: &Weir, backend: &str) -> String {
+    backends_report(weir).await[backend]["state"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}

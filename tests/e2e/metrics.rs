@@ -24,20 +24,6 @@ fn events(prefix: &str, n: usize) -> Vec<u8> {
     serde_json::to_vec(&v).unwrap()
 }
 
-async fn backend_state(weir: &Weir, name: &str) -> String {
-    let r = get(&format!("http://127.0.0.1:{}/backends", weir.admin))
-        .await
-        .unwrap()
-        .json();
-    r["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["backend"] == name)
-        .map(|b| b["state"].as_str().unwrap().to_string())
-        .unwrap()
-}
-
 /// Polls the metrics until `name_and_labels` reads `want`.
 async fn metric_reaches(weir: &Weir, name_and_labels: &str, want: f64) -> String {
     for _ in 0..300 {

@@ -287,3 +287,17 @@ def test_ddtags_query_parameter_tags_every_log(weir, datadog_backend, logs_api):
     got = datadog_backend.wait_for_logs(2, diagnostics=weir.log)
     for event in got:
         assert set(event["ddtags"].split(",")) == {"own:tag", "team:core", "env:qa"}, event
+
+
+def test_the_largest_request_the_api_documents_is_accepted_whole(weir, datadog_backend, logs_api):
+    """Datadog's logs API takes up to 1,000 entries and 5 MB uncompressed per request; the
+    client library sends what it is given in one request. All of it is taken and delivered."""
+    api = logs_api(weir.intake_url, AGENT_API_KEY)
+    run = uuid.uuid4().hex
+    filler = "x" * 4_800
+    logs = [{"message": f"big {i} {filler}", "service": "bulk", "ddsource": "python", "run_id": run, "seq": i}
+            for i in range(1000)]
+    assert submit(api, logs, ContentEncoding.GZIP)[1] == 202
+    got = datadog_backend.wait_for_logs(1000, diagnostics=weir.log)
+    assert weir.stop() == 0, weir.log()
+    assert sorted(by_seq(got, run)) == list(range(1000))
