@@ -1,6 +1,8 @@
-//! The README's first-run example, run as written: `weir run` on the embedded
-//! default, then the README's own shell lines (curl, tail, find | zcat), taken
-//! from README.md itself so that the docs cannot drift from the binary.
+//! The README's examples, taken from README.md itself so that the docs cannot
+//! drift from the binary: the first run (`weir run` on the embedded default, then
+//! the README's curl, tail, metrics and find | zcat lines), the regions YAML
+//! (`weir check`), the rules YAML (run) and the admin API's curl line. The
+//! Plugins section's examples are run by tests/e2e/plugins.rs (`readme_*`).
 use crate::harness::*;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -87,4 +89,101 @@ async fn the_first_run_example_works_as_written() {
         ok && out.contains("hello from curl") && out.contains("\"ddsource\":\"curl\""),
         "{out}"
     );
+}
+
+/// Every ```yaml block of the README after `heading`, in order.
+fn readme_yaml_after(heading: &str) -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let after = &readme[readme
+        .find(heading)
+        .unwrap_or_else(|| panic!("{heading:?} not in README"))..];
+    let start = after.find("```yaml\n").unwrap() + 8;
+    let end = start + after[start..].find("```").unwrap();
+    after[start..end].to_string()
+}
+
+/// A README config fragment completed into a whole config: a listener, an admin
+/// listener and a local archive, and a local file backend for each name it uses
+/// but does not define. Placeholders (`[...]`, `...`) become distinct values.
+fn complete(fragment: &str, dir: &std::path::Path, admin_extra: &str) -> String {
+    let mut n = 0;
+    let mut text = String::new();
+    for line in fragment.lines() {
+        let mut line = line.to_string();
+        while line.contains("[...]") {
+            n += 1;
+            line = line.replacen("[...]", &format!("[readme-key-{n}]"), 1);
+        }
+        text += &line.replace(": ...,", ": readme-upstream,");
+        text.push('\n');
+    }
+    let mut out = format!(
+        "listeners: [{{name: intake, address: \"127.0.0.1:{}\", protocol: http}}]\nadmin:\n  address: 127.0.0.1:{{ADMIN}}\n{admin_extra}archive: {{store: {{type: local, root: \"{}/archive\"}}}}\ndata_dir: \"{}/data\"\n",
+        free_port(),
+        dir.display(),
+        dir.display()
+    );
+    if !text.contains("\nbackends:") && !text.starts_with("backends:") {
+        // The backends the fragment's tenants name.
+        out += "backends:\n";
+        for name in text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("backend: "))
+        {
+            out += &format!(
+                "  - {{name: {name}, type: file, path: \"{}/{name}.ndjson\"}}\n",
+                dir.display()
+            );
+        }
+    }
+    out + &text
+}
+
+#[test]
+fn the_regions_example_passes_weir_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = complete(
+        &readme_yaml_after("### Regions and failover"),
+        dir.path(),
+        "",
+    )
+    .replace("{ADMIN}", &free_port().to_string());
+    let path = dir.path().join("regions.yaml");
+    std::fs::write(&path, &text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["check", "--config", path.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rules_example_runs_and_its_admin_call_works_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    std::env::set_var("PAYMENTS_AGENT_KEY", "readme-agent-key");
+    std::env::set_var("PAYMENTS_DD_API_KEY", "readme-dd-key");
+    std::env::set_var("WEIR_ADMIN_TOKEN", "readme-admin-token");
+    let text = complete(
+        &readme_yaml_after("## Index what matters"),
+        dir.path(),
+        "  token: \"${WEIR_ADMIN_TOKEN}\"\n",
+    );
+    let weir = Weir::start_in(dir, &text).await;
+    // The README's curl line, as written but for the admin port the test chose.
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("curl -H \"Authorization: Bearer $WEIR_ADMIN_TOKEN\""))
+        .unwrap()
+        .replace("localhost:8089", &format!("localhost:{}", weir.admin));
+    let (ok, out) = sh(weir.dir.path(), &format!("{line} -s -w ' %{{http_code}}'"));
+    assert!(ok && out.trim_end().ends_with(" 200"), "{out}");
+    assert!(out.contains("\"sample_rate\":0.99"), "{out}");
 }
