@@ -384,39 +384,7 @@ impl Control {
                     json!({ "overrides": saved.differences(&self.yaml) }),
                 ))
             }
-            ("POST", ["rules", scope]) => {
-                let rule: ExclusionRuleConfig = parse_body(body)?;
-                // The first matching rule decides, so where a rule goes matters.
-                let position = match query_value(query, "position") {
-                    None => None,
-                    Some(p) => Some(p.parse::<usize>().map_err(|_| {
-                        err(
-                            StatusCode::BAD_REQUEST,
-                            format!("position must be a number (0 = first), got {p:?}"),
-                        )
-                    })?),
-                };
-                self.change_rules(scope, |rules| {
-                    if rules.iter().any(|r| r.name == rule.name) {
-                        return Err(err(
-                            StatusCode::CONFLICT,
-                            format!("a rule named {:?} already exists here", rule.name),
-                        ));
-                    }
-                    match position {
-                        Some(p) if p > rules.len() => {
-                            return Err(err(
-                                StatusCode::BAD_REQUEST,
-                                format!("position {p} is past the end ({} rules)", rules.len()),
-                            ))
-                        }
-                        Some(p) => rules.insert(p, rule.clone()),
-                        None => rules.push(rule.clone()),
-                    }
-                    Ok(())
-                })?;
-                Ok((StatusCode::CREATED, json!({ "rule": rule })))
-            }
+            ("POST", ["rules", scope]) => self.add_rule(scope, query, body),
             ("PATCH", ["rules", scope, name]) => {
                 let patch: RulePatch = parse_body(body)?;
                 let mut updated = None;
@@ -458,45 +426,88 @@ impl Control {
                 })?;
                 Ok((StatusCode::OK, json!({ "deleted": name })))
             }
-            ("PATCH", ["quotas", tenant]) => {
-                let change: QuotaChange = parse_body(body)?;
-                let _guard = self.lock.lock().unwrap();
-                let old = self
-                    .quotas
-                    .views()
-                    .into_iter()
-                    .find(|v| v.tenant == *tenant)
-                    .map(|v| (v.max_events, v.max_bytes));
-                if !self
-                    .quotas
-                    .set_limits(tenant, change.max_events, change.max_bytes)
-                {
-                    return Err(err(StatusCode::NOT_FOUND, format!("no tenant {tenant:?}")));
-                }
-                let mut saved = self.load_overrides();
-                saved.quotas.insert(tenant.to_string(), change.clone());
-                self.save_overrides(&saved)?;
-                let (old_events, old_bytes) = old.unwrap_or((None, None));
-                tracing::info!(
-                    target: "weir::audit",
-                    change = "quota",
-                    %tenant,
-                    old_max_events = %limit(old_events),
-                    old_max_bytes = %limit(old_bytes),
-                    new_max_events = %limit(change.max_events),
-                    new_max_bytes = %limit(change.max_bytes),
-                    "daily quota changed at run time"
-                );
-                Ok((
-                    StatusCode::OK,
-                    json!({ "tenant": tenant, "max_events": change.max_events, "max_bytes": change.max_bytes }),
-                ))
-            }
+            ("PATCH", ["quotas", tenant]) => self.change_quota(tenant, body),
             _ => Err(err(
                 StatusCode::NOT_FOUND,
                 format!("no control endpoint {method} /admin/{path}"),
             )),
         }
+    }
+
+    /// `POST /admin/rules/{scope}[?position=N]`: a new rule, last or at a position.
+    fn add_rule(
+        &self,
+        scope: &str,
+        query: Option<&str>,
+        body: &[u8],
+    ) -> Result<(StatusCode, Value), Rejection> {
+        let rule: ExclusionRuleConfig = parse_body(body)?;
+        // The first matching rule decides, so where a rule goes matters.
+        let position = match query_value(query, "position") {
+            None => None,
+            Some(p) => Some(p.parse::<usize>().map_err(|_| {
+                err(
+                    StatusCode::BAD_REQUEST,
+                    format!("position must be a number (0 = first), got {p:?}"),
+                )
+            })?),
+        };
+        self.change_rules(scope, |rules| {
+            if rules.iter().any(|r| r.name == rule.name) {
+                return Err(err(
+                    StatusCode::CONFLICT,
+                    format!("a rule named {:?} already exists here", rule.name),
+                ));
+            }
+            match position {
+                Some(p) if p > rules.len() => {
+                    return Err(err(
+                        StatusCode::BAD_REQUEST,
+                        format!("position {p} is past the end ({} rules)", rules.len()),
+                    ))
+                }
+                Some(p) => rules.insert(p, rule.clone()),
+                None => rules.push(rule.clone()),
+            }
+            Ok(())
+        })?;
+        Ok((StatusCode::CREATED, json!({ "rule": rule })))
+    }
+
+    /// `PATCH /admin/quotas/{tenant}`: new limits (a tenant without a quota gets one).
+    fn change_quota(&self, tenant: &str, body: &[u8]) -> Result<(StatusCode, Value), Rejection> {
+        let change: QuotaChange = parse_body(body)?;
+        let _guard = self.lock.lock().unwrap();
+        let old = self
+            .quotas
+            .views()
+            .into_iter()
+            .find(|v| v.tenant == tenant)
+            .map(|v| (v.max_events, v.max_bytes));
+        if !self
+            .quotas
+            .set_limits(tenant, change.max_events, change.max_bytes)
+        {
+            return Err(err(StatusCode::NOT_FOUND, format!("no tenant {tenant:?}")));
+        }
+        let mut saved = self.load_overrides();
+        saved.quotas.insert(tenant.to_string(), change.clone());
+        self.save_overrides(&saved)?;
+        let (old_events, old_bytes) = old.unwrap_or((None, None));
+        tracing::info!(
+            target: "weir::audit",
+            change = "quota",
+            %tenant,
+            old_max_events = %limit(old_events),
+            old_max_bytes = %limit(old_bytes),
+            new_max_events = %limit(change.max_events),
+            new_max_bytes = %limit(change.max_bytes),
+            "daily quota changed at run time"
+        );
+        Ok((
+            StatusCode::OK,
+            json!({ "tenant": tenant, "max_events": change.max_events, "max_bytes": change.max_bytes }),
+        ))
     }
 
     /// Edits one scope's rule list: validate every rule, swap, save.
