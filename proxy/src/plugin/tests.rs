@@ -398,9 +398,13 @@ fn batch_marker(b: &Batch) -> String {
 #[test]
 fn hot_swap_under_concurrent_calls_keeps_each_batch_on_one_version() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    // A generous deadline: this is about swapping, and on a loaded machine (four callers
+    // and a compile on two cores) a 50 ms call deadline would turn a slow call into on_error.
+    let mut swap_settings = settings("swap", PluginOnError::Drop);
+    swap_settings.timeout = Duration::from_secs(10);
     let stage = Arc::new(Plugins::from_slots(vec![vec![PluginSlot::fixed(load(
         &marker_wat("versionA"),
-        settings("swap", PluginOnError::Drop),
+        swap_settings,
     ))]]));
     let (a, b) = (marker_wat("versionA"), marker_wat("versionB"));
     const CALLERS: usize = 4;
