@@ -11,12 +11,13 @@ rustup target add wasm32-wasip1
 python3 -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 # Test peers from Debian: promtool (package prometheus) checks the /metrics exposition.
 if ! command -v promtool >/dev/null; then
-    if [ "$(id -u)" = 0 ]; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-    elif command -v sudo >/dev/null; then
-        sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-    else
-        echo "promtool missing and no root to install Debian's prometheus: its metrics test will fail" >&2
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    if ! { $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
+        || ! command -v promtool >/dev/null; then
+        echo "WARNING: could not install Debian's prometheus (promtool): the promtool metrics test is SKIPPED" >&2
+        export WEIR_SKIP_PROMTOOL=1
     fi
 fi
 
