@@ -71,7 +71,7 @@ pub async fn run(config: Config, path: Option<std::path::PathBuf>) -> anyhow::Re
         .collect();
     let reloader = reload::ConfigReloader::new(path.clone(), &config, router.clone());
     reloader.watch(drain.clone());
-    // The stage chain, in data-flow order (DESIGN.md): rate limit, plugins, archive tee
+    // The stage chain, in data-flow order: rate limit, plugins, archive tee
     // marks, exclusion rules, daily quota. Rules and quotas are shared with the admin API.
     let names: Vec<String> = config.tenants.iter().map(|t| t.name.clone()).collect();
     let rate = quota::rate::RateLimits::new(

@@ -1,7 +1,9 @@
 //! The stage chain. A request's events travel as one `Batch` through an
-//! ordered list of stages (later: rate limits, Wasm plugins, exclusion rules,
-//! daily quotas), each of which may change events, set their disposition, or
-//! refuse the request. The dispatcher at the end is the archive tee: every
+//! ordered list of stages (rate limit, Wasm plugins, exclusion rules, daily
+//! quota), each of which may change events, set their disposition, or refuse
+//! the request. Room in the archive and backend queues is taken before the
+//! stages run, and what they charged is committed only when the batch is taken
+//! (given back otherwise). The dispatcher at the end is the archive tee: every
 //! event not dropped goes to the tenant's archive, every event still marked
 //! `Index` to the tenant's backend route.
 pub mod budget;
