@@ -6,18 +6,6 @@ use serde_json::Value;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn weir(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// `git ARGS` in the repository, when git and the checkout are there.
 fn git(args: &[&str]) -> Option<String> {
     let out = Command::new("git")
@@ -31,7 +19,7 @@ fn git(args: &[&str]) -> Option<String> {
 
 #[test]
 fn version_names_the_git_commit_and_its_date() {
-    let (code, out, _) = weir(&["--version"]);
+    let (code, out, _) = weir_cli(&["--version"]);
     assert_eq!(code, 0);
     let version = env!("CARGO_PKG_VERSION");
     match (
@@ -49,10 +37,10 @@ fn version_names_the_git_commit_and_its_date() {
 #[test]
 fn check_accepts_the_shipped_configs() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let (code, out, err) = weir(&["check", "--config", &format!("{root}/config/weir.yaml")]);
+    let (code, out, err) = weir_cli(&["check", "--config", &format!("{root}/config/weir.yaml")]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("ok"));
-    let (code, _, err) = weir(&["check"]);
+    let (code, _, err) = weir_cli(&["check"]);
     assert_eq!(code, 0, "embedded default: {err}");
     let out = Command::new(env!("CARGO_BIN_EXE_weir"))
         .args([
@@ -92,7 +80,7 @@ fn check_names_file_line_column_and_field() {
     ];
     for (text, line, field, what) in cases {
         std::fs::write(&path, text).unwrap();
-        let (code, _, err) = weir(&["check", "--config", path.to_str().unwrap()]);
+        let (code, _, err) = weir_cli(&["check", "--config", path.to_str().unwrap()]);
         assert_eq!(code, 1, "{err}");
         let expected_prefix = format!("error: {}:{line}:", path.display());
         assert!(
@@ -108,7 +96,7 @@ fn check_names_file_line_column_and_field() {
         "listeners: [{name: i, address: \"127.0.0.1:1\", protocol: http}]\narchive: {store: {type: local, root: /tmp/a}}\nbackends: [{name: b, type: file, path: /tmp/o}]\ntenants:\n  - name: t\n    api_keys: [k]\n    backend: b\n    exclusion_rules:\n      - {name: r, query: \"status:(error OR\"}\n",
     )
     .unwrap();
-    let (code, _, err) = weir(&["check", "--config", path.to_str().unwrap()]);
+    let (code, _, err) = weir_cli(&["check", "--config", path.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(
         err.contains(":9:")
@@ -116,7 +104,7 @@ fn check_names_file_line_column_and_field() {
             && err.contains("position"),
         "{err}"
     );
-    let (code, _, err) = weir(&["check", "--config", "/nonexistent/weir.yaml"]);
+    let (code, _, err) = weir_cli(&["check", "--config", "/nonexistent/weir.yaml"]);
     assert_eq!(code, 1);
     assert!(err.contains("/nonexistent/weir.yaml: cannot read"), "{err}");
 }
@@ -155,7 +143,7 @@ fn query_takes_a_leading_hyphen_as_negation_not_as_a_flag() {
     let dir = tempfile::tempdir().unwrap();
     let input = sample_logs(dir.path());
     // As the issue wrote it: the query first, starting with `-`.
-    let (code, out, err) = weir(&["query", "-status:info", "--input", &input]);
+    let (code, out, err) = weir_cli(&["query", "-status:info", "--input", &input]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(messages(&out, "/message"), ["disk full", "slow request"]);
     // After the flags, with a short flag, and after `--`.
@@ -164,17 +152,17 @@ fn query_takes_a_leading_hyphen_as_negation_not_as_a_flag() {
         &["query", "-status:info", "-i", &input, "--count"],
         &["query", "--count", "--input", &input, "--", "-status:info"],
     ] {
-        let (code, out, err) = weir(args);
+        let (code, out, err) = weir_cli(args);
         assert_eq!((code, out.trim()), (0, "2"), "{args:?}: {err}");
     }
-    let (code, out, err) = weir(&["query", "-service:web -status:info", "-i", &input]);
+    let (code, out, err) = weir_cli(&["query", "-service:web -status:info", "-i", &input]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(messages(&out, "/message"), ["disk full"]);
     // Flags that do not exist are still refused, and a bad query is named.
-    let (code, _, err) = weir(&["query", "status:info", "-i", &input, "--bogus"]);
+    let (code, _, err) = weir_cli(&["query", "status:info", "-i", &input, "--bogus"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--bogus"), "{err}");
-    let (code, _, err) = weir(&["query", "-status:(info OR", "-i", &input]);
+    let (code, _, err) = weir_cli(&["query", "-status:(info OR", "-i", &input]);
     assert_eq!(code, 1);
     assert!(
         err.starts_with("error: query \"-status:(info OR\""),
@@ -215,7 +203,7 @@ fn plugin_test_reads_raw_text_that_starts_like_json_as_lines() {
     let test = |extra: &[&str]| {
         let mut args = vec!["plugin", "test", plugin.as_str(), "--input", input];
         args.extend_from_slice(extra);
-        weir(&args)
+        weir_cli(&args)
     };
 
     // Automatic: not JSON, so raw lines, and stderr says so.
@@ -265,7 +253,7 @@ fn plugin_test_reads_raw_text_that_starts_like_json_as_lines() {
 
     // Automatic on real NDJSON still reads JSON: the message field, not the line.
     let ndjson = sample_logs(dir.path());
-    let (code, out, err) = weir(&["plugin", "test", &plugin, "--input", &ndjson]);
+    let (code, out, err) = weir_cli(&["plugin", "test", &plugin, "--input", &ndjson]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         messages(&out, "/event/message"),
@@ -368,7 +356,7 @@ async fn backends_table_lines_up_and_connection_errors_say_why() {
         format!("127.0.0.1:{}", w.admin),
         format!("http://127.0.0.1:{}/", w.admin),
     ] {
-        let (code, table, err) = weir(&["backends", "--admin", &admin]);
+        let (code, table, err) = weir_cli(&["backends", "--admin", &admin]);
         assert_eq!(code, 0, "--admin {admin}: {err}");
         let rows = cells(&table);
         assert_eq!(rows.len(), 2, "{table}");
@@ -398,14 +386,14 @@ async fn backends_table_lines_up_and_connection_errors_say_why() {
 
     // Nothing listening: exit 1, and the cause, not just "client error (Connect)".
     let nobody = free_port();
-    let (code, _, err) = weir(&["backends", "--admin", &format!("127.0.0.1:{nobody}")]);
+    let (code, _, err) = weir_cli(&["backends", "--admin", &format!("127.0.0.1:{nobody}")]);
     assert_eq!(code, 1);
     assert!(
         err.contains(&format!("127.0.0.1:{nobody}"))
             && err.to_lowercase().contains("connection refused"),
         "{err}"
     );
-    let (code, _, err) = weir(&["backends", "--admin", "https://127.0.0.1:8089"]);
+    let (code, _, err) = weir_cli(&["backends", "--admin", "https://127.0.0.1:8089"]);
     assert_eq!(code, 1);
     assert!(err.contains("plain http"), "{err}");
 }

@@ -1,7 +1,7 @@
-//! What the end-to-end tests share: the real `weir` binary as a process, a
-//! test double of the Datadog logs intake (the real wire protocol: gzip or
-//! zstd JSON arrays on POST /api/v2/logs), and a plain HTTP client.
-#![allow(dead_code)]
+//! What the end-to-end tests share: the real `weir` binary as a process (and
+//! its CLI), a test double of the Datadog logs intake (the real wire protocol:
+//! gzip or zstd JSON arrays on POST /api/v2/logs), weir-blackhole processes to
+//! kill, config builders, admin and metric readers, and a plain HTTP client.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -582,4 +582,24 @@ pub async fn backend_state(weir: &Weir, backend: &str) -> String {
         .as_str()
         .unwrap()
         .to_string()
+}
+
+/// Runs the `weir` binary with `args` (RUST_LOG removed): exit code, stdout, stderr.
+pub fn weir_cli(args: &[&str]) -> (i32, String, String) {
+    weir_cli_env(args, &[])
+}
+
+/// [`weir_cli`] with these environment variables set too.
+pub fn weir_cli_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+    cmd.args(args).env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

@@ -8,20 +8,6 @@ use std::time::Duration;
 
 const TOKEN: &str = "ops-admin-token";
 
-fn weir_cmd(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
-    cmd.args(args).env_remove("RUST_LOG");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn write_config(dir: &std::path::Path, text: &str) -> String {
     let path = dir.join("weir.yaml");
     let text = text
@@ -39,24 +25,24 @@ fn a_log_filter_that_would_silence_everything_is_refused_at_check_and_start() {
         dir.path(),
         &config("127.0.0.1:9", "", "log:\n  level: verbose\n"),
     );
-    let (code, _, err) = weir_cmd(&["check", "--config", &cfg], &[]);
+    let (code, _, err) = weir_cli_env(&["check", "--config", &cfg], &[]);
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("field `log.level`") && err.contains("\"verbose\" is not a log level"),
         "{err}"
     );
-    let (code, _, err) = weir_cmd(&["run", "--config", &cfg], &[]);
+    let (code, _, err) = weir_cli_env(&["run", "--config", &cfg], &[]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("log.level"), "{err}");
     // RUST_LOG overrides the config: a bad one is refused, not silently obeyed.
     let cfg = write_config(dir.path(), &config("127.0.0.1:9", "", ""));
-    let (code, _, err) = weir_cmd(&["check", "--config", &cfg], &[("RUST_LOG", "infox")]);
+    let (code, _, err) = weir_cli_env(&["check", "--config", &cfg], &[("RUST_LOG", "infox")]);
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("RUST_LOG") && err.contains("\"infox\""),
         "{err}"
     );
-    let (code, _, err) = weir_cmd(&["run", "--config", &cfg], &[("RUST_LOG", "infox")]);
+    let (code, _, err) = weir_cli_env(&["run", "--config", &cfg], &[("RUST_LOG", "infox")]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("RUST_LOG"), "{err}");
 }
@@ -72,7 +58,7 @@ fn check_refuses_an_admin_address_on_a_listener_port_and_zero_timeouts() {
     let port = free_port().to_string();
     let text = text.replace("{INTAKE}", &port);
     let cfg = write_config(dir.path(), &text);
-    let (code, _, err) = weir_cmd(&["check", "--config", &cfg], &[]);
+    let (code, _, err) = weir_cli_env(&["check", "--config", &cfg], &[]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("field `admin.address`"), "{err}");
     assert!(
@@ -84,7 +70,7 @@ fn check_refuses_an_admin_address_on_a_listener_port_and_zero_timeouts() {
         dir.path(),
         &config("127.0.0.1:9", "    request_timeout: 0s", ""),
     );
-    let (code, _, err) = weir_cmd(&["check", "--config", &cfg], &[]);
+    let (code, _, err) = weir_cli_env(&["check", "--config", &cfg], &[]);
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("backends[0].request_timeout") && err.contains("greater than zero"),
@@ -177,7 +163,7 @@ async fn run_time_changes_say_what_they_override_are_audited_and_can_be_discarde
     // `weir check` says what the saved state overrides; so does a restart.
     let config_path = weir.config_path.to_str().unwrap().to_string();
     let dir = weir.into_dir();
-    let (code, out, err) = weir_cmd(&["check", "--config", &config_path], &[]);
+    let (code, out, err) = weir_cli_env(&["check", "--config", &config_path], &[]);
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("runtime.json overrides the YAML: exclusion rules of acme: [\"debug\"] from the YAML are replaced by [\"health\", \"debug\"]"),
@@ -221,7 +207,7 @@ async fn run_time_changes_say_what_they_override_are_audited_and_can_be_discarde
     let dir = weir.into_dir();
     let saved = dir.path().join("data/runtime.json");
     assert!(saved.exists());
-    let (code, out, err) = weir_cmd(&["check", "--config", &config_path], &[]);
+    let (code, out, err) = weir_cli_env(&["check", "--config", &config_path], &[]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("exclusion rules of acme"), "{out}");
     let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))

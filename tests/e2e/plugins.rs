@@ -184,18 +184,6 @@ async fn looping_plugin_on_one_tenant_does_not_stop_another() {
     assert!(!log.contains("panicked"), "{log}");
 }
 
-fn weir_cli(args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn check_refuses_a_plugin_of_another_abi_version_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
