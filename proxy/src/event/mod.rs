@@ -181,6 +181,28 @@ impl Batch {
     }
 }
 
+#[cfg(test)]
+impl Batch {
+    /// A batch for unit tests: tenant `name` at `index`, arrived at 0 through the
+    /// Datadog intake with a body of `body_bytes`.
+    pub fn for_test(name: &str, index: usize, body_bytes: usize, events: Vec<Event>) -> Batch {
+        let tenant = Arc::new(crate::tenant::Tenant {
+            name: name.to_string(),
+            index,
+            upstream_api_key: None,
+        });
+        Batch::new(
+            BatchMeta {
+                tenant,
+                intake: Intake::Datadog,
+                received_at_ms: 0,
+                body_bytes,
+            },
+            events,
+        )
+    }
+}
+
 impl Serialize for Event {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut m = s.serialize_map(None)?;

@@ -8,7 +8,6 @@
 //! the start of `weir_process` makes it misbehave on a chosen batch size.
 use super::*;
 use crate::config::Config;
-use crate::event::{BatchMeta, Intake};
 use cache::ModuleCache;
 
 pub(crate) fn plugin_wat(version: i32, extra_imports: &str, init_body: &str, hook: &str) -> String {
@@ -50,15 +49,6 @@ fn load(wat: &str, s: PluginSettings) -> Plugin {
 }
 
 fn batch(n: usize) -> Batch {
-    let text = "listeners: [{name: i, address: \"127.0.0.1:0\", protocol: http}]\narchive: {store: {type: local, root: /tmp/x}}\nbackends: [{name: b, type: file, path: /tmp/x.ndjson}]\ntenants: [{name: t, api_keys: [k], backend: b}]\n";
-    let config = Config::parse(text, "t.yaml").unwrap();
-    let tenants = crate::tenant::Tenants::from_config(&config);
-    let meta = BatchMeta {
-        tenant: tenants.all()[0].clone(),
-        intake: Intake::Generic,
-        received_at_ms: 1,
-        body_bytes: 10,
-    };
     let events = (0..n)
         .map(|i| {
             let mut e = Event::from_message(format!("secret {i}"), 1_700_000_000_000 + i as i64);
@@ -66,7 +56,7 @@ fn batch(n: usize) -> Batch {
             e
         })
         .collect();
-    Batch::new(meta, events)
+    Batch::for_test("t", 0, 10, events)
 }
 
 fn errors(name: &str, reason: &str) -> u64 {

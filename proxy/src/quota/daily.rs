@@ -445,7 +445,6 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::config::ByteSize;
-    use crate::event::{BatchMeta, Intake};
     use crate::tenant::Tenant;
 
     // 2024-01-02 10:00 UTC
@@ -464,11 +463,6 @@ mod tests {
     }
 
     fn batch(services: &[&str]) -> Batch {
-        let t = Arc::new(Tenant {
-            name: "acme".into(),
-            index: 0,
-            upstream_api_key: None,
-        });
         let events = services
             .iter()
             .map(|s| Event {
@@ -477,15 +471,7 @@ mod tests {
                 ..Default::default()
             })
             .collect();
-        Batch::new(
-            BatchMeta {
-                tenant: t,
-                intake: Intake::Datadog,
-                received_at_ms: 0,
-                body_bytes: 10,
-            },
-            events,
-        )
+        Batch::for_test("acme", 0, 10, events)
     }
 
     fn indexed(b: &Batch) -> usize {

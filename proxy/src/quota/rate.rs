@@ -214,17 +214,9 @@ where
 mod tests {
     use super::*;
     use crate::config::ByteSize;
-    use crate::event::{BatchMeta, Intake};
-    use crate::tenant::Tenant;
     use governor::clock::FakeRelativeClock;
-    use std::sync::Arc;
 
     fn batch(tenant: usize, services: &[&str], bytes: usize) -> Batch {
-        let t = Arc::new(Tenant {
-            name: format!("t{tenant}"),
-            index: tenant,
-            upstream_api_key: None,
-        });
         let events = services
             .iter()
             .map(|s| Event {
@@ -233,15 +225,7 @@ mod tests {
                 ..Default::default()
             })
             .collect();
-        Batch::new(
-            BatchMeta {
-                tenant: t,
-                intake: Intake::Datadog,
-                received_at_ms: 0,
-                body_bytes: bytes,
-            },
-            events,
-        )
+        Batch::for_test(&format!("t{tenant}"), tenant, bytes, events)
     }
 
     fn limits(events: u32, burst: u32, partition: Option<&str>) -> RateLimitConfig {

@@ -222,8 +222,6 @@ impl Stage for ExclusionRules {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{BatchMeta, Intake};
-    use crate::tenant::Tenant;
 
     fn rule(name: &str, query: &str, rate: f64, action: ExclusionAction) -> ExclusionRuleConfig {
         ExclusionRuleConfig {
@@ -236,11 +234,6 @@ mod tests {
     }
 
     fn batch(n: usize, status: &str, tenant: usize) -> Batch {
-        let t = Arc::new(Tenant {
-            name: format!("t{tenant}"),
-            index: tenant,
-            upstream_api_key: None,
-        });
         let events = (0..n)
             .map(|i| Event {
                 message: format!("event {i}"),
@@ -250,15 +243,7 @@ mod tests {
                 ..Default::default()
             })
             .collect();
-        Batch::new(
-            BatchMeta {
-                tenant: t,
-                intake: Intake::Datadog,
-                received_at_ms: 0,
-                body_bytes: 0,
-            },
-            events,
-        )
+        Batch::for_test(&format!("t{tenant}"), tenant, 0, events)
     }
 
     fn count(b: &Batch, d: Disposition) -> usize {
