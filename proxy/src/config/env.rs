@@ -145,7 +145,9 @@ fn insert(
             ))
         }
         Quote::Single => out.push_str(&value.replace('\'', "''")),
-        Quote::None if is_plain_word(value) => out.push_str(value),
+        Quote::None if is_plain_word(value) && (!whole || reads_as_itself(value)) => {
+            out.push_str(value)
+        }
         Quote::None if whole => {
             out.push_str(&serde_json::to_string(value).expect("a string serializes"))
         }
@@ -156,6 +158,32 @@ fn insert(
         }
     }
     Ok(())
+}
+
+/// A bare word YAML reads as the same text, or as an integer written the same
+/// way: not `true`, `null`, `0123` or `1.50`, which would change on the way.
+fn reads_as_itself(v: &str) -> bool {
+    const SPECIAL: [&str; 10] = [
+        "true", "false", "null", "yes", "no", "on", "off", "y", "n", "~",
+    ];
+    if SPECIAL.iter().any(|w| w.eq_ignore_ascii_case(v)) {
+        return false;
+    }
+    let digits = v.strip_prefix('-').unwrap_or(v);
+    let numeric = digits
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_digit() || c == '.')
+        && digits
+            .chars()
+            .all(|c| c.is_ascii_digit() || "._eE+-".contains(c));
+    if !numeric {
+        return true;
+    }
+    // Only a plain integer keeps its text: no leading zero, no fraction, fits in 64 bits.
+    digits.chars().all(|c| c.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'))
+        && digits.len() <= 18
 }
 
 /// A value that reads as itself when written bare in YAML.
@@ -181,6 +209,9 @@ mod tests {
             "KEY" => Some("s3cr3t".into()),
             "HASHY" => Some("a#b: c'd\"e".into()),
             "EMPTY" => Some(String::new()),
+            "ZEROS" => Some("00123".into()),
+            "TRUE" => Some("true".into()),
+            "FRACTION" => Some("1.50".into()),
             _ => None,
         }
     }
@@ -210,6 +241,12 @@ mod tests {
         assert_eq!(x("k: v # ${MISSING}\n").unwrap(), "k: v # ${MISSING}\n");
         // Flow mappings: a plain word goes in as is.
         assert_eq!(x("{a: ${KEY}, b: 1}\n").unwrap(), "{a: s3cr3t, b: 1}\n");
+        // A whole value YAML would read as something else is quoted; an integer stays one.
+        assert_eq!(x("k: ${ZEROS}\n").unwrap(), "k: \"00123\"\n");
+        assert_eq!(x("k: ${TRUE}\n").unwrap(), "k: \"true\"\n");
+        assert_eq!(x("k: ${FRACTION}\n").unwrap(), "k: \"1.50\"\n");
+        assert_eq!(x("port: ${PORT}\n").unwrap(), "port: 8088\n");
+        assert_eq!(x("k: key-${ZEROS}\n").unwrap(), "k: key-00123\n");
     }
 
     #[test]

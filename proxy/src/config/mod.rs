@@ -1560,6 +1560,19 @@ mod tests {
     }
 
     #[test]
+    fn a_key_of_digits_is_a_key_quoted_or_not() {
+        std::env::set_var("WEIR_TEST_DIGIT_KEY", "00123");
+        std::env::set_var("WEIR_TEST_DIGIT_KEY_2", "00456");
+        let text = base().replace(
+            "[k]",
+            "[123456, \"${WEIR_TEST_DIGIT_KEY}\", ${WEIR_TEST_DIGIT_KEY_2}]",
+        );
+        let c = Config::parse(&text, "w.yaml").unwrap_or_else(|e| panic!("{e}"));
+        let keys: Vec<&str> = c.tenants[0].api_keys.iter().map(|k| k.expose()).collect();
+        assert_eq!(keys, ["123456", "00123", "00456"]);
+    }
+
+    #[test]
     fn duplicate_keys_refused() {
         let text = base() + "  - name: u\n    api_keys: [k]\n    backend: out\n";
         let e = Config::parse(&text, "w.yaml").unwrap_err();

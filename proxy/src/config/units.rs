@@ -107,8 +107,26 @@ impl fmt::Debug for Secret {
 
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // `${ENV}` was expanded with the rest of the file (config/env.rs).
-        let value = String::deserialize(d)?;
+        // `${ENV}` was expanded with the rest of the file (config/env.rs). A key of
+        // digits written bare (`api_keys: [123456]`, or `${KEY}` holding digits) is
+        // read by YAML as a number: taken as its text.
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = String;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+                Ok(v.to_string())
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
+                Ok(v.to_string())
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
+                Ok(v.to_string())
+            }
+        }
+        let value = d.deserialize_any(V)?;
         if value.is_empty() {
             return Err(de::Error::custom("secret is empty"));
         }
