@@ -42,20 +42,15 @@ fn check_accepts_the_shipped_configs() {
     assert!(out.contains("ok"));
     let (code, _, err) = weir_cli(&["check"]);
     assert_eq!(code, 0, "embedded default: {err}");
-    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args([
+    let (code, _, err) = weir_cli_env(
+        &[
             "check",
             "--config",
             &format!("{root}/config/examples/quotas-and-rules.yaml"),
-        ])
-        .env("WEIR_ADMIN_TOKEN", "example")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        &[("WEIR_ADMIN_TOKEN", "example")],
     );
+    assert_eq!(code, 0, "{err}");
 }
 
 #[test]

@@ -224,16 +224,8 @@ async fn a_backend_that_never_answers_is_treated_as_dead_without_stalling_intake
     assert!(err.contains("no answer within 1s"), "{report:?}");
     // The operator's view of the same: `weir backends`.
     let admin = format!("http://127.0.0.1:{}", weir.admin);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["backends", "--admin", &admin])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let table = String::from_utf8(out.stdout).unwrap();
+    let (code, table, err) = weir_cli(&["backends", "--admin", &admin]);
+    assert_eq!(code, 0, "{err}");
     assert!(table.starts_with("BACKEND"), "{table}");
     let hung_row = table
         .lines()
@@ -246,14 +238,8 @@ async fn a_backend_that_never_answers_is_treated_as_dead_without_stalling_intake
             .any(|l| l.starts_with("good ") && l.contains(" up ")),
         "{table}"
     );
-    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["backends", "--admin", "http://127.0.0.1:1"])
-        .output()
-        .unwrap();
-    assert!(
-        !refused.status.success(),
-        "no admin listener there: exit 1 with the reason"
-    );
+    let (code, _, _) = weir_cli(&["backends", "--admin", "http://127.0.0.1:1"]);
+    assert_eq!(code, 1, "no admin listener there: exit 1 with the reason");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -934,12 +934,8 @@ fn run_refuses_a_plugin_config_naming_the_plugins_field() {
     let d = dir.path().display();
     let path = dir.path().join("w.yaml");
     std::fs::write(&path, format!("data_dir: {d}/data\nlisteners: [{{name: i, address: \"127.0.0.1:0\", protocol: http}}]\narchive: {{store: {{type: local, root: {d}/a}}}}\nbackends: [{{name: b, type: file, path: {d}/o}}]\ntenants:\n  - name: t\n    api_keys: [k]\n    backend: b\n    plugins:\n      - name: redact\n        path: {}\n        config: {{fields: [password], stlye: full}}\n", wasm.display())).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["run", "--config", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, _, err) = weir_cli(&["run", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("field `tenants[0].plugins[0].config.stlye`")
             && err.contains("unknown field `stlye`"),
