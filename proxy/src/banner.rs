@@ -83,20 +83,20 @@ pub fn lines(
 mod tests {
     use super::*;
 
+    /// The summary of the embedded default, as started from `path` (none: the embedded one).
+    fn summary(path: Option<&Path>) -> String {
+        let c = Config::parse(crate::config::EMBEDDED_DEFAULT, "weir.yaml").unwrap();
+        let intake = (
+            "intake".into(),
+            ListenerProtocol::Http,
+            "127.0.0.1:8088".parse().unwrap(),
+        );
+        lines(&c, path, &[intake], "127.0.0.1:8089".parse().unwrap()).join("\n")
+    }
+
     #[test]
     fn the_embedded_default_shows_where_to_send_and_where_it_lands() {
-        let c = Config::parse(crate::config::EMBEDDED_DEFAULT, "weir.yaml").unwrap();
-        let text = lines(
-            &c,
-            None,
-            &[(
-                "intake".into(),
-                ListenerProtocol::Http,
-                "127.0.0.1:8088".parse().unwrap(),
-            )],
-            "127.0.0.1:8089".parse().unwrap(),
-        )
-        .join("\n");
+        let text = summary(None);
         for want in [
             "http://127.0.0.1:8088",
             "http://127.0.0.1:8089/metrics",
@@ -108,17 +108,7 @@ mod tests {
             assert!(text.contains(want), "{want} missing from:\n{text}");
         }
         // A config of one's own never has its keys printed.
-        let text = lines(
-            &c,
-            Some(Path::new("weir.yaml")),
-            &[(
-                "intake".into(),
-                ListenerProtocol::Http,
-                "127.0.0.1:8088".parse().unwrap(),
-            )],
-            "127.0.0.1:8089".parse().unwrap(),
-        )
-        .join("\n");
+        let text = summary(Some(Path::new("weir.yaml")));
         assert!(!text.contains("weir-demo-key"), "{text}");
     }
 }

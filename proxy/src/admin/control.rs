@@ -100,7 +100,7 @@ impl Overrides {
             let from_yaml = yaml.rules.get(scope).unwrap_or(&none);
             let names =
                 |rs: &[ExclusionRuleConfig]| rs.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
-            if serde_json::to_value(saved).ok() != serde_json::to_value(from_yaml).ok() {
+            if saved != from_yaml {
                 out.push(format!(
                     "exclusion rules of {scope}: {:?} from the YAML are replaced by {:?} saved at run time",
                     names(from_yaml),

@@ -670,7 +670,18 @@ pub enum QuotaAction {
     Reject,
 }
 
-#[derive(Debug, Deserialize, Clone, serde::Serialize)]
+impl QuotaAction {
+    /// As written in the YAML (metric labels, logs).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuotaAction::ArchiveOnly => "archive_only",
+            QuotaAction::Drop => "drop",
+            QuotaAction::Reject => "reject",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Clone, PartialEq, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExclusionRuleConfig {
     pub name: String,

@@ -164,19 +164,21 @@ impl<'de> Visitor<'de> for EntrySeed {
         // Marked once the whole object is read, so a `weir` attribute in it cannot replace the mark.
         let mut bad_timestamp = None;
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            if key == "timestamp" {
-                let v = map.next_value::<Value>()?;
-                match parse_timestamp(&v) {
+            let v = map.next_value::<Value>()?;
+            match Reserved::of(&key) {
+                None => {
+                    ev.attributes.insert(key.into_owned(), v);
+                }
+                Some(Reserved::Timestamp) => match parse_timestamp(&v) {
                     Some(ms) => ev.timestamp = ms,
                     None if v.is_null() => {}
                     None => bad_timestamp = Some(v),
-                }
-            } else if is_reserved(&key) {
-                let v = map.next_value::<Value>()?;
-                set_reserved(&mut ev, &key, v).map_err(de::Error::custom)?;
-            } else {
-                let v = map.next_value::<Value>()?;
-                ev.attributes.insert(key.into_owned(), v);
+                },
+                Some(field) => set_reserved(&mut ev, field, v).map_err(|bad| {
+                    de::Error::custom(format!(
+                        "ddtags must be a string of comma-separated tags, got {bad}"
+                    ))
+                })?,
             }
         }
         if let Some(v) = bad_timestamp {
@@ -187,37 +189,73 @@ impl<'de> Visitor<'de> for EntrySeed {
     }
 }
 
-/// Datadog's reserved attributes, which are event fields rather than attributes.
-pub const RESERVED: [&str; 7] = [
-    "message",
-    "status",
-    "hostname",
-    "service",
-    "ddsource",
-    "ddtags",
-    "timestamp",
-];
+/// Datadog's reserved attributes: event fields rather than attributes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reserved {
+    Message,
+    Status,
+    Hostname,
+    Service,
+    Source,
+    Tags,
+    Timestamp,
+}
 
-pub fn is_reserved(key: &str) -> bool {
-    RESERVED.contains(&key)
+impl Reserved {
+    pub const ALL: [Reserved; 7] = [
+        Reserved::Message,
+        Reserved::Status,
+        Reserved::Hostname,
+        Reserved::Service,
+        Reserved::Source,
+        Reserved::Tags,
+        Reserved::Timestamp,
+    ];
+
+    /// The reserved attribute `key` names, if any (one `match`: this runs for every key decoded).
+    pub fn of(key: &str) -> Option<Reserved> {
+        Some(match key {
+            "message" => Reserved::Message,
+            "status" => Reserved::Status,
+            "hostname" => Reserved::Hostname,
+            "service" => Reserved::Service,
+            "ddsource" => Reserved::Source,
+            "ddtags" => Reserved::Tags,
+            "timestamp" => Reserved::Timestamp,
+            _ => return None,
+        })
+    }
+
+    /// The attribute's name in Datadog's JSON.
+    pub fn key(self) -> &'static str {
+        match self {
+            Reserved::Message => "message",
+            Reserved::Status => "status",
+            Reserved::Hostname => "hostname",
+            Reserved::Service => "service",
+            Reserved::Source => "ddsource",
+            Reserved::Tags => "ddtags",
+            Reserved::Timestamp => "timestamp",
+        }
+    }
 }
 
 /// Sets the field a reserved attribute names, as Datadog's intake reads it.
 /// A timestamp that does not parse is kept under `weir.invalid_timestamp`;
-/// `ddtags` that are neither a string nor a list are an error.
-pub fn set_reserved(ev: &mut Event, key: &str, v: Value) -> Result<(), String> {
-    match key {
-        "message" => match v {
+/// `ddtags` that are neither a string nor a list are handed back.
+pub fn set_reserved(ev: &mut Event, field: Reserved, v: Value) -> Result<(), Value> {
+    match field {
+        Reserved::Message => match v {
             Value::String(s) => ev.message = s,
             Value::Null => {}
             // Datadog indexes a structured message as its JSON text.
             other => ev.message = other.to_string(),
         },
-        "status" => ev.status = string_field(v),
-        "hostname" => ev.host = string_field(v),
-        "service" => ev.service = string_field(v),
-        "ddsource" => ev.source = string_field(v),
-        "ddtags" => match v {
+        Reserved::Status => ev.status = string_field(v),
+        Reserved::Hostname => ev.host = string_field(v),
+        Reserved::Service => ev.service = string_field(v),
+        Reserved::Source => ev.source = string_field(v),
+        Reserved::Tags => match v {
             Value::String(s) => ev.tags.extend(split_tags(&s)),
             Value::Array(items) => {
                 for item in items {
@@ -227,18 +265,13 @@ pub fn set_reserved(ev: &mut Event, key: &str, v: Value) -> Result<(), String> {
                 }
             }
             Value::Null => {}
-            other => {
-                return Err(format!(
-                    "ddtags must be a string of comma-separated tags, got {other}"
-                ))
-            }
+            other => return Err(other),
         },
-        "timestamp" => match parse_timestamp(&v) {
+        Reserved::Timestamp => match parse_timestamp(&v) {
             Some(ms) => ev.timestamp = ms,
             None if v.is_null() => {}
             None => ev.mark("invalid_timestamp", v),
         },
-        other => unreachable!("{other} is not a reserved attribute"),
     }
     Ok(())
 }

@@ -2,7 +2,9 @@
 //! (what the Datadog intake receives, what backends and the archive get).
 mod datadog;
 
-pub use datadog::{decode_entry, decode_sample, DatadogPayload, DecodeStop, PayloadLimits};
+pub use datadog::{
+    decode_entry, decode_sample, DatadogPayload, DecodeStop, PayloadLimits, Reserved,
+};
 pub(crate) use datadog::{split_tags, strip_position};
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
@@ -75,7 +77,6 @@ impl Event {
             .is_some_and(|t| t == &Value::Bool(true))
     }
 
-    /// Appends the Datadog-shaped JSON of the event to `out`.
     /// Moves attributes named like a reserved field (`message`, `service`,
     /// `ddtags`, ...; a plugin such as json-parse may set them) onto the field,
     /// as Datadog's intake would read them: the parsed value replaces the field.
@@ -83,22 +84,23 @@ impl Event {
     /// `weir.invalid_ddtags`. Afterwards the event's JSON has each key once and
     /// decodes back to the same event.
     pub fn adopt_reserved_attributes(&mut self) {
-        if !self.attributes.keys().any(|k| datadog::is_reserved(k)) {
+        if !self.attributes.keys().any(|k| Reserved::of(k).is_some()) {
             return;
         }
-        for key in datadog::RESERVED {
-            if let Some(v) = self.attributes.remove(key) {
-                if key == "ddtags" {
+        for field in Reserved::ALL {
+            if let Some(v) = self.attributes.remove(field.key()) {
+                if field == Reserved::Tags {
                     // A plugin's tags replace the event's.
                     self.tags.clear();
                 }
-                if let Err(_e) = datadog::set_reserved(self, key, v.clone()) {
-                    self.mark("invalid_ddtags", v);
+                if let Err(bad) = datadog::set_reserved(self, field, v) {
+                    self.mark("invalid_ddtags", bad);
                 }
             }
         }
     }
 
+    /// Appends the Datadog-shaped JSON of the event to `out`.
     pub fn write_json(&self, out: &mut Vec<u8>) {
         serde_json::to_writer(out, self).expect("serializing to memory cannot fail");
     }
@@ -225,7 +227,7 @@ impl Serialize for Event {
         }
         for (k, v) in &self.attributes {
             // Never a key twice: a reserved name is the field's (see adopt_reserved_attributes).
-            if !datadog::is_reserved(k) {
+            if Reserved::of(k).is_none() {
                 m.serialize_entry(k, v)?;
             }
         }

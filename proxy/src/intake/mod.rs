@@ -101,7 +101,12 @@ impl Intake {
                 StatusCode::ACCEPTED,
                 Bytes::from_static(b"{}"),
             )),
-            Err(r) => Ok(self.refuse(&origin, protocol.as_str(), tenant.as_deref(), r)),
+            Err(r) => Ok(self.refuse(
+                &origin,
+                protocol.as_str(),
+                tenant.as_ref().map(|t| t.name.as_str()),
+                r,
+            )),
         }
     }
 
@@ -155,11 +160,11 @@ impl Intake {
         self: Arc<Self>,
         protocol: Protocol,
         req: Request<Incoming>,
-        tenant_name: &mut Option<String>,
+        known_tenant: &mut Option<Arc<crate::tenant::Tenant>>,
     ) -> Result<(), Rejection> {
         let (parts, body) = req.into_parts();
         let tenant = self.authenticate(&parts.headers, parts.uri.query())?;
-        *tenant_name = Some(tenant.name.clone());
+        *known_tenant = Some(tenant.clone());
         let encoding = Encoding::parse(
             parts
                 .headers
@@ -266,7 +271,7 @@ impl Intake {
                     format!(
                         "more than {} log entries: as events they would take more memory than \
                          limits.max_inflight_request_bytes ({} bytes) allows; send fewer per request",
-                        charge.held.len() * CHARGE_EVERY,
+                        charge.covered,
                         self.request_budget.capacity()
                     ),
                 ))
@@ -321,14 +326,18 @@ impl Intake {
 /// attribute map). Requests are not limited by an entry count that agents do not
 /// know about (Fluent Bit sends whole chunks of thousands), but a body of many tiny
 /// entries must not multiply into gigabytes: each event is charged to the request
-/// budget as it is decoded, and a request that finds no room is refused with 503.
+/// budget as it is decoded. A request that finds no room now is refused with 503;
+/// one whose events could never fit, with 413.
 const EVENT_OVERHEAD: usize = std::mem::size_of::<Event>() + 64;
-/// Events charged per reservation, so the budget is not touched per event.
+/// Events charged at a time, so the budget is not touched per event.
 const CHARGE_EVERY: usize = 256;
 
+/// The memory a request's decoded events hold: one reservation, grown a block at a time.
 struct EventCharge<'a> {
     budget: &'a Budget,
-    held: Vec<Reservation>,
+    held: Option<Reservation>,
+    /// Events the reservation covers.
+    covered: usize,
     /// The request's events would not fit even in the whole budget: a retry cannot help.
     never_fits: bool,
 }
@@ -337,29 +346,36 @@ impl<'a> EventCharge<'a> {
     fn new(budget: &'a Budget) -> Self {
         EventCharge {
             budget,
-            held: Vec::new(),
+            held: None,
+            covered: 0,
             never_fits: false,
         }
     }
 
-    /// Admits entry `index`, reserving memory for the next CHARGE_EVERY entries when it starts a block.
+    /// Admits entry `index`, growing the reservation by a block when it reaches its end.
     fn admit(&mut self, index: usize) -> bool {
-        if !index.is_multiple_of(CHARGE_EVERY) {
+        if index < self.covered {
             return true;
         }
-        let block = CHARGE_EVERY * EVENT_OVERHEAD;
+        let covered = self.covered + CHARGE_EVERY;
+        let bytes = covered * EVENT_OVERHEAD;
         // The body itself holds a reservation too, hence the half.
-        if (self.held.len() + 1) * block > self.budget.capacity() / 2 {
+        if bytes > self.budget.capacity() / 2 {
             self.never_fits = true;
             return false;
         }
-        match self.budget.try_reserve(block) {
-            Some(r) => {
-                self.held.push(r);
-                true
-            }
-            None => false,
+        let grown = match self.held.as_mut() {
+            Some(r) => self.budget.resize(r, bytes),
+            None => self
+                .budget
+                .try_reserve(bytes)
+                .map(|r| self.held = Some(r))
+                .is_some(),
+        };
+        if grown {
+            self.covered = covered;
         }
+        grown
     }
 }
 
@@ -431,7 +447,8 @@ fn decode_datadog_json(
     admit: &mut dyn FnMut(usize) -> bool,
 ) -> Result<Vec<Event>, Rejection> {
     let stop = Cell::new(None);
-    let mut events = Vec::with_capacity(limits.max_events.min(body.len() / 64 + 1));
+    // About one event per 256 bytes, as agents send them; the vector grows past that if needed.
+    let mut events = Vec::with_capacity(limits.max_events.min(body.len() / 256 + 1).min(4096));
     let mut de = serde_json::Deserializer::from_slice(body);
     let result = DatadogPayload {
         limits,

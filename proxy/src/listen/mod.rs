@@ -77,6 +77,7 @@ impl Listener {
         let graceful = GracefulShutdown::new();
         let slots = Arc::new(Semaphore::new(limits.max_connections));
         let open = METRICS.open_connections.with_label_values(&[&self.name]);
+        let listener_name: Arc<str> = self.name.as_str().into();
         loop {
             let permit = tokio::select! {
                 p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
@@ -97,7 +98,7 @@ impl Listener {
             let _ = stream.set_nodelay(true);
             let intake = intake.clone();
             let origin = crate::intake::refusals::Origin {
-                listener: self.name.as_str().into(),
+                listener: listener_name.clone(),
                 peer,
             };
             let activity = Activity::new();

@@ -277,15 +277,6 @@ impl TenantQuota {
     }
 }
 
-/// The `action` label of `weir_over_quota_events_total`.
-pub fn action_label(action: QuotaAction) -> &'static str {
-    match action {
-        QuotaAction::ArchiveOnly => "archive_only",
-        QuotaAction::Drop => "drop",
-        QuotaAction::Reject => "reject",
-    }
-}
-
 impl Stage for DailyQuotas {
     fn name(&self) -> &'static str {
         "daily_quota"
@@ -392,7 +383,7 @@ impl Stage for DailyQuotas {
                 d.bytes += size;
             }
         }
-        let action = action_label(s.action);
+        let action = s.action.as_str();
         if over > 0 {
             if s.action == QuotaAction::Reject {
                 METRICS

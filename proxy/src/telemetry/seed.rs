@@ -8,7 +8,6 @@ use super::labels::{DropReason, IntakeOutcome, SendOutcome, PLUGIN_ERROR_REASONS
 use super::METRICS;
 use crate::config::Config;
 use crate::event::Intake;
-use crate::quota::daily::action_label;
 
 /// Creates the series of `config`'s tenants, backends, rules, plugins and
 /// listeners (existing ones keep their values). Run at start and at each reload.
@@ -89,7 +88,7 @@ fn seed_tenant(config: &Config, t: &crate::config::TenantConfig) {
         use crate::config::QuotaAction::*;
         for action in [ArchiveOnly, Drop, Reject] {
             m.over_quota_events
-                .with_label_values(&[tenant, action_label(action)]);
+                .with_label_values(&[tenant, action.as_str()]);
         }
     }
     for p in &t.plugins {
