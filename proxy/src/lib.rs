@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod archive;
 pub mod banner;
+pub mod budget;
 pub mod clock;
 pub mod config;
 pub mod durable;

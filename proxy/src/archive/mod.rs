@@ -7,8 +7,8 @@
 //! changes, and on shutdown.
 mod store;
 
+use crate::budget::{Budget, Queue, Reservation};
 use crate::config::{ArchiveConfig, StoreConfig};
-use crate::pipeline::budget::{Budget, Queue, Reservation};
 use crate::telemetry::METRICS;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};

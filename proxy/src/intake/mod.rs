@@ -5,12 +5,12 @@
 pub mod body;
 pub mod refusals;
 
+use crate::budget::{Budget, Reservation};
 use crate::config::Limits;
 use crate::event::{
     decode_entry, split_tags, strip_position, Batch, BatchMeta, DatadogPayload, DecodeStop, Event,
     Intake as Protocol, PayloadLimits,
 };
-use crate::pipeline::budget::{Budget, Reservation};
 use crate::pipeline::{Chain, Rejection};
 use crate::telemetry::METRICS;
 use crate::tenant::{AuthError, Tenants};

@@ -6,13 +6,13 @@
 //! (given back otherwise). The dispatcher at the end is the archive tee: every
 //! event not dropped goes to the tenant's archive, every event still marked
 //! `Index` to the tenant's backend route.
-pub mod budget;
+
 pub mod workers;
 
 use crate::archive::{ArchiveChunk, ArchiveHandle};
+use crate::budget::Reservation;
 use crate::event::{Batch, Disposition};
 use crate::sink::{ForwardChunk, RouteSlot};
-use budget::Reservation;
 use bytes::Bytes;
 use http::StatusCode;
 use std::sync::Arc;

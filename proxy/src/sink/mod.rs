@@ -17,8 +17,8 @@ pub mod router;
 pub mod shutdown;
 
 use crate::archive::DeadLetters;
+use crate::budget::{Budget, Queue, Reservation};
 use crate::config::{BackendConfig, RetryConfig};
-use crate::pipeline::budget::{Budget, Queue, Reservation};
 use crate::telemetry::faults::{self, Task};
 use crate::telemetry::{queued_bytes, DropReason, QueueKind, SendOutcome, METRICS};
 use backend::Backend;

@@ -1,0 +1,100 @@
+//! Archives: where every accepted event is kept, whatever is indexed.
+use super::units::{ByteSize, Dur, Secret};
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    pub store: StoreConfig,
+    /// An object is written once it holds this many uncompressed bytes...
+    #[serde(default = "default_object_bytes")]
+    pub max_object_bytes: ByteSize,
+    /// ...or once its oldest event is this old.
+    #[serde(default = "default_object_age")]
+    pub max_object_age: Dur,
+    /// gzip level, 0-9.
+    #[serde(default = "default_archive_level")]
+    pub compression_level: u32,
+    /// Memory events may wait in before being compressed into an object; past it, intake answers 503.
+    #[serde(default = "default_archive_queue")]
+    pub max_queued_bytes: ByteSize,
+}
+
+pub(super) fn yes() -> bool {
+    true
+}
+fn default_object_bytes() -> ByteSize {
+    ByteSize::mib(64)
+}
+fn default_object_age() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+fn default_archive_level() -> u32 {
+    1
+}
+fn default_archive_queue() -> ByteSize {
+    ByteSize::mib(16)
+}
+
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StoreConfig {
+    /// A directory on local disk (written through object_store's LocalFileSystem).
+    Local { root: PathBuf },
+    /// Amazon S3 or any S3-compatible store (MinIO, Ceph, moto, ...).
+    /// Credentials not given here come from the environment (AWS_*), as the AWS SDKs do.
+    S3 {
+        bucket: String,
+        /// Key prefix inside the bucket (no leading or trailing slash).
+        #[serde(default)]
+        prefix: String,
+        region: Option<String>,
+        /// For S3-compatible stores: their base URL.
+        endpoint: Option<String>,
+        /// Path-style URLs (`endpoint/bucket/key`), which most S3-compatible stores need.
+        #[serde(default)]
+        path_style: bool,
+        /// Allow a plain-http endpoint (local test stores only).
+        #[serde(default)]
+        allow_http: bool,
+        access_key_id: Option<Secret>,
+        secret_access_key: Option<Secret>,
+        session_token: Option<Secret>,
+    },
+    /// Google Cloud Storage. Credentials: `service_account_path`, or the environment
+    /// (GOOGLE_APPLICATION_CREDENTIALS / GOOGLE_SERVICE_ACCOUNT).
+    Gcs {
+        bucket: String,
+        #[serde(default)]
+        prefix: String,
+        service_account_path: Option<PathBuf>,
+    },
+    /// Azure Blob Storage. Credentials: `access_key`, or the environment (AZURE_STORAGE_*).
+    Azure {
+        account: String,
+        container: String,
+        #[serde(default)]
+        prefix: String,
+        access_key: Option<Secret>,
+    },
+}
+
+pub(super) fn validate_archive(a: &ArchiveConfig, at: &str) -> Result<(), (String, String)> {
+    if a.compression_level > 9 {
+        return Err((
+            format!("{at}.compression_level"),
+            "gzip level must be 0-9".into(),
+        ));
+    }
+    if a.max_object_bytes.0 == 0 {
+        return Err((
+            format!("{at}.max_object_bytes"),
+            "must be at least 1".into(),
+        ));
+    }
+    Ok(())
+}

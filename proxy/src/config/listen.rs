@@ -1,0 +1,255 @@
+//! Listeners, input limits, the admin listener and logging: how Weir meets its
+//! clients and its operators.
+use super::units::{ByteSize, Dur, Secret};
+use super::Config;
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub address: SocketAddr,
+    pub protocol: ListenerProtocol,
+    /// Required when `protocol: https`.
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    Http,
+    Https,
+}
+
+impl ListenerProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerProtocol::Http => "http",
+            ListenerProtocol::Https => "https",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Limits on every input; the defaults follow Datadog's intake limits.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Time allowed for a client to send its request headers (and the TLS handshake).
+    pub header_read_timeout: Dur,
+    /// A connection with no bytes in either direction for this long is closed.
+    pub idle_timeout: Dur,
+    /// Time allowed to receive a whole request body.
+    pub body_read_timeout: Dur,
+    /// Connections served at once per listener; further ones wait in the accept backlog.
+    pub max_connections: usize,
+    /// Largest request body as sent (compressed).
+    pub max_body_bytes: ByteSize,
+    /// Largest request body once decompressed (zip bombs stop here).
+    pub max_decompressed_bytes: ByteSize,
+    /// Most log entries in one request; none by default: requests are bounded by
+    /// their bytes and by the memory their events take (see intake).
+    pub max_events_per_request: Option<usize>,
+    /// Largest single log; longer messages are truncated and marked.
+    pub max_log_bytes: ByteSize,
+    /// Memory all requests being read and decoded may hold at once; past it, 503.
+    pub max_inflight_request_bytes: ByteSize,
+    /// HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// Threads running the batches of tenants with plugins (at most this many
+    /// plugin calls at once, and warm instances per plugin); 0: one per core.
+    pub plugin_threads: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Dur(Duration::from_secs(10)),
+            idle_timeout: Dur(Duration::from_secs(60)),
+            body_read_timeout: Dur(Duration::from_secs(30)),
+            max_connections: 10_000,
+            max_body_bytes: ByteSize::mib(5),
+            max_decompressed_bytes: ByteSize::mib(5),
+            max_events_per_request: None,
+            max_log_bytes: ByteSize::mib(1),
+            max_inflight_request_bytes: ByteSize::mib(48),
+            max_concurrent_streams: 100,
+            plugin_threads: 0,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Serves /metrics, /healthz and /readyz. Keep it on loopback or a private network.
+    pub address: SocketAddr,
+    /// Bearer token the run-time control API (/admin/...) requires; without it that API is off.
+    pub token: Option<Secret>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            address: "127.0.0.1:8089".parse().unwrap(),
+            token: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// tracing filter, e.g. `info` or `weir=debug`; RUST_LOG overrides it.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Checks a tracing filter (`log.level`, `RUST_LOG`). tracing reads a bare word
+/// that is not a level (`verbose`, `infox`) as a module name, which silences every
+/// log line: refused here, with the levels there are.
+pub fn check_log_filter(filter: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = match directive.rsplit_once('=') {
+            Some((_, level)) => level,
+            None if directive.contains('[') => continue,
+            None => directive,
+        };
+        if !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level)) {
+            return Err(format!(
+                "{level:?} is not a log level: use one of trace, debug, info, warn, error, off, \
+                 or `module=level` directives separated by commas (e.g. `weir=debug,info`)"
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(filter)
+        .map(|_| ())
+        .map_err(|e| format!("invalid log filter {filter:?}: {e}"))
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Config {
+    /// Listener names, TLS, the log filter and input limits.
+    pub(super) fn validate_listeners(&self) -> Result<(), (String, String)> {
+        if self.listeners.is_empty() {
+            return Err((
+                "listeners".into(),
+                "at least one listener is required".into(),
+            ));
+        }
+        let mut names = HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            if !names.insert(&l.name) {
+                return Err((
+                    format!("listeners[{i}].name"),
+                    format!("duplicate listener name {:?}", l.name),
+                ));
+            }
+            match (l.protocol, &l.tls) {
+                (ListenerProtocol::Https, None) => {
+                    return Err((
+                        format!("listeners[{i}].tls"),
+                        "protocol https needs a tls section with cert and key".into(),
+                    ))
+                }
+                (ListenerProtocol::Http, Some(_)) => {
+                    return Err((
+                        format!("listeners[{i}].tls"),
+                        "tls is set but protocol is http; use protocol: https".into(),
+                    ))
+                }
+                (ListenerProtocol::Https, Some(tls)) => {
+                    for (field, p) in [("cert", &tls.cert), ("key", &tls.key)] {
+                        if !p.is_file() {
+                            return Err((
+                                format!("listeners[{i}].tls.{field}"),
+                                format!("file {} does not exist", p.display()),
+                            ));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        check_log_filter(&self.log.level).map_err(|e| ("log.level".to_string(), e))?;
+        let lim = &self.limits;
+        if lim.max_connections == 0 {
+            return Err(("limits.max_connections".into(), "must be at least 1".into()));
+        }
+        if lim.max_events_per_request == Some(0) {
+            return Err((
+                "limits.max_events_per_request".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if lim.max_inflight_request_bytes < lim.max_body_bytes {
+            return Err((
+                "limits.max_inflight_request_bytes".into(),
+                "must be at least limits.max_body_bytes".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Two sockets cannot share a port on overlapping addresses: caught here rather
+    /// than as a bind error at start that blames whichever binds second.
+    pub(super) fn validate_addresses(&self) -> Result<(), (String, String)> {
+        let overlap = |a: &SocketAddr, b: &SocketAddr| {
+            a.port() == b.port()
+                && a.port() != 0
+                && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+        };
+        for (i, l) in self.listeners.iter().enumerate() {
+            if overlap(&self.admin.address, &l.address) {
+                return Err((
+                    "admin.address".into(),
+                    format!(
+                        "{} is also listener {:?}'s address ({}); give the admin listener its own port",
+                        self.admin.address, l.name, l.address
+                    ),
+                ));
+            }
+            if let Some(j) = self.listeners[..i]
+                .iter()
+                .position(|o| overlap(&o.address, &l.address))
+            {
+                return Err((
+                    format!("listeners[{i}].address"),
+                    format!(
+                        "{} overlaps listener {:?}'s address ({})",
+                        l.address, self.listeners[j].name, self.listeners[j].address
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
