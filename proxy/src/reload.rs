@@ -8,6 +8,7 @@
 //! nothing: the running config keeps going.
 use crate::config::Config;
 use crate::sink::router::Router;
+use crate::telemetry::ReloadOutcome;
 use crate::telemetry::METRICS;
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -149,7 +150,9 @@ impl ConfigReloader {
         let result = self.try_reload();
         match &result {
             Ok(v) => {
-                RELOADS.with_label_values(&["reloaded"]).inc();
+                RELOADS
+                    .with_label_values(&[ReloadOutcome::Reloaded.as_str()])
+                    .inc();
                 let needs_restart: Vec<&str> = v["needs_restart"]
                     .as_array()
                     .map(|a| a.iter().filter_map(Value::as_str).collect())
@@ -157,7 +160,9 @@ impl ConfigReloader {
                 tracing::info!(trigger = why, needs_restart = %needs_restart.join(", "), "config reloaded: new routing in use");
             }
             Err(e) => {
-                RELOADS.with_label_values(&["refused"]).inc();
+                RELOADS
+                    .with_label_values(&[ReloadOutcome::Refused.as_str()])
+                    .inc();
                 tracing::error!(
                     trigger = why,
                     "config reload refused, the running config stays: {e}"

@@ -74,7 +74,7 @@ pub fn run(args: Args) -> Result<(), String> {
         format!(
             "{}: the batch failed ({}): {e}",
             plugin.display(),
-            e.reason()
+            e.reason().as_str()
         )
     })?;
     let took = start.elapsed();

@@ -395,7 +395,7 @@ fn validate_plugins(plugins: &[PluginConfig], at: &str) -> Result<(), (String, S
         }
         // Cheap: validation only (no compilation); `weir check` and start-up compile and instantiate too.
         if let Err(e) = crate::plugin::validate_file(&p.path) {
-            return Err((format!("{at}[{i}].path"), e));
+            return Err((format!("{at}[{i}].path"), e.to_string()));
         }
     }
     Ok(())

@@ -24,7 +24,7 @@
 //! Anything that does not check out (missing checksum, mismatch, wasmtime
 //! refusing it) is ignored: the module is compiled from source and the cache
 //! entry rewritten.
-use super::engine;
+use super::{engine, LoadError};
 use crate::durable::write_atomic;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -68,8 +68,8 @@ pub fn cache_key(bytes: &[u8]) -> String {
 }
 
 /// Compiles without a cache (binary wasm or wat text).
-pub fn compile(bytes: &[u8]) -> Result<Module, String> {
-    Module::new(engine(), bytes).map_err(|e| format!("cannot compile: {e:#}"))
+pub fn compile(bytes: &[u8]) -> Result<Module, LoadError> {
+    Module::new(engine(), bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))
 }
 
 impl ModuleCache {
@@ -96,7 +96,7 @@ impl ModuleCache {
     }
 
     /// The module for `bytes`: from the cache when a verified entry exists, else compiled (and cached).
-    pub fn module(&self, bytes: &[u8]) -> Result<Module, String> {
+    pub fn module(&self, bytes: &[u8]) -> Result<Module, LoadError> {
         let Some(dir) = &self.dir else {
             self.misses.fetch_add(1, Ordering::Relaxed);
             return compile(bytes);

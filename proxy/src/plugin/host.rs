@@ -36,12 +36,20 @@ pub fn engine() -> &'static Engine {
 }
 
 /// Reads a plugin file (binary wasm, or wat text) and checks it is valid wasm, without compiling it.
-pub fn validate_file(path: &Path) -> Result<(), String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let wasm = wat::parse_bytes(&bytes)
-        .map_err(|e| format!("{} is neither wasm nor wat: {e}", path.display()))?;
-    Module::validate(engine(), &wasm)
-        .map_err(|e| format!("{} is not a valid module: {e:#}", path.display()))
+pub fn validate_file(path: &Path) -> Result<(), LoadError> {
+    let shown = || path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|error| LoadError::Read {
+        path: shown(),
+        error,
+    })?;
+    let wasm = wat::parse_bytes(&bytes).map_err(|e| LoadError::NotWasm {
+        path: shown(),
+        error: e.to_string(),
+    })?;
+    Module::validate(engine(), &wasm).map_err(|e| LoadError::Invalid {
+        path: shown(),
+        error: format!("{e:#}"),
+    })
 }
 
 /// Per-plugin state the host functions and the log streams share.

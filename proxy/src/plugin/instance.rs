@@ -7,51 +7,6 @@ pub const QUARANTINE_AFTER: u32 = 5;
 /// The first quarantine's length; it doubles on each further one, up to [`QUARANTINE_MAX`].
 pub const QUARANTINE_BASE: Duration = Duration::from_secs(30);
 pub const QUARANTINE_MAX: Duration = Duration::from_secs(600);
-/// What a plugin's call failed on; `reason()` is the metric label.
-#[derive(Debug)]
-pub enum CallError {
-    Timeout,
-    Memory(String),
-    Trap(String),
-    BadResult(String),
-    Instantiate(String),
-}
-
-impl CallError {
-    pub fn reason(&self) -> &'static str {
-        match self {
-            CallError::Timeout => "timeout",
-            CallError::Memory(_) => "memory",
-            CallError::Trap(_) => "trap",
-            CallError::BadResult(_) => "bad_result",
-            CallError::Instantiate(_) => "instantiate",
-        }
-    }
-
-    pub(super) fn from_wasm(e: wasmtime::Error) -> CallError {
-        let text = format!("{e:#}");
-        if text.contains("forcing trap when growing memory") {
-            return CallError::Memory(text);
-        }
-        match e.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => CallError::Timeout,
-            _ => CallError::Trap(text),
-        }
-    }
-}
-
-impl std::fmt::Display for CallError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CallError::Timeout => write!(f, "the call ran past its deadline"),
-            CallError::Memory(m) => write!(f, "memory limit: {m}"),
-            CallError::Trap(m) => write!(f, "trap: {m}"),
-            CallError::BadResult(m) => write!(f, "bad result: {m}"),
-            CallError::Instantiate(m) => write!(f, "cannot instantiate: {m}"),
-        }
-    }
-}
-
 /// What a plugin did with an event, as `weir_plugin_events_total` labels it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VerdictLabel {
@@ -235,7 +190,7 @@ impl Plugin {
         wasm: &[u8],
         config: Option<&serde_yaml::Value>,
         settings: PluginSettings,
-    ) -> Result<Plugin, String> {
+    ) -> Result<Plugin, LoadError> {
         let module = cache::compile(wasm)?;
         Plugin::from_module(&module, config, settings)
     }
@@ -244,9 +199,11 @@ impl Plugin {
         module: &Module,
         config: Option<&serde_yaml::Value>,
         settings: PluginSettings,
-    ) -> Result<Plugin, String> {
-        let linker = linker().map_err(|e| format!("linking: {e:#}"))?;
-        let pre = linker.instantiate_pre(module).map_err(|e| format!("cannot link (only `weir` and `wasi_snapshot_preview1` imports are provided): {e:#}"))?;
+    ) -> Result<Plugin, LoadError> {
+        let linker = linker().map_err(|e| LoadError::Linker(format!("{e:#}")))?;
+        let pre = linker
+            .instantiate_pre(module)
+            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
         let shared = Arc::new(Shared {
             tenant: settings.tenant.clone(),
             name: settings.name.clone(),
@@ -290,7 +247,7 @@ impl Plugin {
     }
 
     /// A new instance, with its ABI version checked and `weir_init` run.
-    pub(super) fn instantiate(&self) -> Result<Inst, String> {
+    pub(super) fn instantiate(&self) -> Result<Inst, LoadError> {
         let stdout = LogStreamFactory {
             shared: self.shared.clone(),
             stream: "stdout",
@@ -324,28 +281,28 @@ impl Plugin {
         let instance = self
             .pre
             .instantiate(&mut store)
-            .map_err(|e| format!("cannot instantiate: {}", CallError::from_wasm(e)))?;
+            .map_err(|e| LoadError::Instantiate(CallError::from_wasm(e)))?;
         let memory = instance
             .get_memory(&mut store, "memory")
-            .ok_or("the module exports no `memory`")?;
-        let func = |store: &mut Store<Host>, name: &str| -> Result<wasmtime::Func, String> {
+            .ok_or(LoadError::NoMemory)?;
+        let func = |store: &mut Store<Host>, name: &'static str| {
             instance
                 .get_func(&mut *store, name)
-                .ok_or_else(|| format!("the module does not export `{name}` (ABI v1, sdk/ABI.md)"))
+                .ok_or(LoadError::MissingExport(name))
         };
-        let sig = |e: wasmtime::Error, name: &str| {
-            format!("export `{name}` has the wrong signature: {e}")
+        let sig = |e: wasmtime::Error, export: &'static str| LoadError::Signature {
+            export,
+            error: e.to_string(),
         };
         let version = func(&mut store, "weir_abi_version")?
             .typed::<(), i32>(&store)
             .map_err(|e| sig(e, "weir_abi_version"))?;
-        let version = version
-            .call(&mut store, ())
-            .map_err(|e| format!("weir_abi_version: {}", CallError::from_wasm(e)))?;
+        let version = version.call(&mut store, ()).map_err(|e| LoadError::Call {
+            export: "weir_abi_version",
+            error: CallError::from_wasm(e),
+        })?;
         if version != 1 {
-            return Err(format!(
-                "the plugin speaks ABI version {version}; this Weir supports version 1 only"
-            ));
+            return Err(LoadError::AbiVersion(version));
         }
         let alloc = func(&mut store, "weir_alloc")?
             .typed::<i32, i32>(&store)
@@ -365,7 +322,10 @@ impl Plugin {
                 f.typed::<(), i32>(&store)
                     .map_err(|e| sig(e, "weir_fields"))?
                     .call(&mut store, ())
-                    .map_err(|e| format!("weir_fields: {}", CallError::from_wasm(e)))?,
+                    .map_err(|e| LoadError::Call {
+                        export: "weir_fields",
+                        error: CallError::from_wasm(e),
+                    })?,
             ),
         };
         let mut inst = Inst {
@@ -378,15 +338,10 @@ impl Plugin {
         };
         let packed = inst
             .call_with(&init, &self.config)
-            .map_err(|e| format!("weir_init failed: {e}"))?;
-        if let Some(msg) = inst
-            .take_output(packed)
-            .map_err(|e| format!("weir_init failed: {e}"))?
-        {
-            return Err(format!(
-                "{}{}",
-                located::INIT_REFUSED,
-                String::from_utf8_lossy(&msg)
+            .map_err(LoadError::InitFailed)?;
+        if let Some(msg) = inst.take_output(packed).map_err(LoadError::InitFailed)? {
+            return Err(LoadError::InitRefused(
+                String::from_utf8_lossy(&msg).into_owned(),
             ));
         }
         Ok(inst)
@@ -399,7 +354,9 @@ impl Plugin {
         let pooled = self.pool.lock().unwrap().pop();
         let mut inst = match pooled {
             Some(i) => i,
-            None => self.instantiate().map_err(CallError::Instantiate)?,
+            None => self
+                .instantiate()
+                .map_err(|e| CallError::Instantiate(e.to_string()))?,
         };
         inst.store.set_epoch_deadline(self.deadline_ticks);
         let process = inst.process.clone();
@@ -443,7 +400,7 @@ impl Plugin {
             h.next_backoff = self.settings.quarantine_base;
             return;
         };
-        h.last_error = Some(truncate(&format!("{}: {e}", e.reason()), 512).to_string());
+        h.last_error = Some(truncate(&format!("{}: {e}", e.reason().as_str()), 512).to_string());
         h.consecutive += 1;
         if h.probation || h.consecutive >= self.settings.quarantine_after {
             let d = h.next_backoff;
@@ -482,7 +439,11 @@ impl Plugin {
         if self.quarantined() {
             METRICS
                 .plugin_errors
-                .with_label_values(&[labels[0], labels[1], "quarantined"])
+                .with_label_values(&[
+                    labels[0],
+                    labels[1],
+                    PluginErrorReason::Quarantined.as_str(),
+                ])
                 .inc();
             self.on_error(batch);
             return;
@@ -530,9 +491,9 @@ impl Plugin {
             Err(e) => {
                 METRICS
                     .plugin_errors
-                    .with_label_values(&[labels[0], labels[1], e.reason()])
+                    .with_label_values(&[labels[0], labels[1], e.reason().as_str()])
                     .inc();
-                tracing::warn!(tenant = %labels[0], plugin = %labels[1], reason = e.reason(), on_error = self.settings.on_error.as_str(), events = batch.events.len(),
+                tracing::warn!(tenant = %labels[0], plugin = %labels[1], reason = e.reason().as_str(), on_error = self.settings.on_error.as_str(), events = batch.events.len(),
                     "plugin call failed: {e}");
                 self.record(Some(&e));
                 self.on_error(batch);

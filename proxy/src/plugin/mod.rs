@@ -24,14 +24,16 @@
 //! (the MessagePack ABI), located.rs (config errors with their YAML line);
 //! this file: the stage over every tenant's plugins.
 pub mod cache;
+pub mod error;
 pub mod located;
 pub mod wire;
 
 use crate::config::{PluginConfig, PluginOnError};
 use crate::event::{Batch, Disposition, Event};
 use crate::pipeline::{Rejection, Stage};
-use crate::telemetry::METRICS;
+use crate::telemetry::{PluginErrorReason, ReloadOutcome, METRICS};
 use cache::ModuleCache;
+pub use error::{CallError, LoadError};
 pub use located::config_error;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -39,7 +41,7 @@ use std::sync::{Arc, LazyLock, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 use wasmtime::{
     Caller, Engine, Extern, InstancePre, Linker, Memory, Module, Store, StoreLimits,
-    StoreLimitsBuilder, Trap, TypedFunc,
+    StoreLimitsBuilder, TypedFunc,
 };
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::WasiCtxBuilder;

@@ -73,7 +73,7 @@ impl PluginSlot {
         config: Option<&serde_yaml::Value>,
         settings: PluginSettings,
         cache: &ModuleCache,
-    ) -> Result<PluginSlot, String> {
+    ) -> Result<PluginSlot, LoadError> {
         let module = cache.module(bytes)?;
         let first = off_runtime(|| Plugin::from_module(&module, config, settings.clone()))?;
         Ok(PluginSlot {
@@ -114,7 +114,7 @@ impl PluginSlot {
     /// Compiles, instantiates and runs `weir_init` on a new version from
     /// `bytes`, all before touching the running one; only then swaps it in.
     /// On error the old version keeps running. Counted in `weir_plugin_reloads_total`.
-    pub fn replace(&self, bytes: &[u8], cache: &ModuleCache) -> Result<(), String> {
+    pub fn replace(&self, bytes: &[u8], cache: &ModuleCache) -> Result<(), LoadError> {
         let labels = [self.settings.tenant.as_str(), self.settings.name.as_str()];
         let loaded = cache.module(bytes).and_then(|m| {
             off_runtime(|| Plugin::from_module(&m, self.config.as_ref(), self.settings.clone()))
@@ -124,14 +124,14 @@ impl PluginSlot {
                 let old = std::mem::replace(&mut *self.current.write().unwrap(), Arc::new(new));
                 drop(old);
                 RELOADS
-                    .with_label_values(&[labels[0], labels[1], "reloaded"])
+                    .with_label_values(&[labels[0], labels[1], ReloadOutcome::Reloaded.as_str()])
                     .inc();
                 tracing::info!(tenant = %labels[0], plugin = %labels[1], path = %self.path.display(), "plugin reloaded; new batches run on the new version");
                 Ok(())
             }
             Err(e) => {
                 RELOADS
-                    .with_label_values(&[labels[0], labels[1], "refused"])
+                    .with_label_values(&[labels[0], labels[1], ReloadOutcome::Refused.as_str()])
                     .inc();
                 tracing::error!(tenant = %labels[0], plugin = %labels[1], path = %self.path.display(), "plugin reload refused, the old version keeps running: {e}");
                 Err(e)
@@ -162,7 +162,11 @@ impl PluginSlot {
             Err(e) => {
                 let e = format!("cannot read {}: {e}", self.path.display());
                 RELOADS
-                    .with_label_values(&[&self.settings.tenant, &self.settings.name, "refused"])
+                    .with_label_values(&[
+                        &self.settings.tenant,
+                        &self.settings.name,
+                        ReloadOutcome::Refused.as_str(),
+                    ])
                     .inc();
                 tracing::error!(tenant = %self.settings.tenant, plugin = %self.settings.name, "plugin reload refused, the old version keeps running: {e}");
                 return Some(report(Some(e)));
@@ -177,7 +181,7 @@ impl PluginSlot {
                 seen.hash = hash;
                 Some(report(None))
             }
-            Err(e) => Some(report(Some(e))),
+            Err(e) => Some(report(Some(e.to_string()))),
         }
     }
 }

@@ -198,7 +198,8 @@ fn wrong_abi_version_is_refused() {
         settings("v2", PluginOnError::Pass),
     )
     .err()
-    .unwrap();
+    .unwrap()
+    .to_string();
     assert!(
         e.contains("ABI version 2") && e.contains("version 1"),
         "{e}"
@@ -213,7 +214,8 @@ fn missing_export_and_unknown_import_are_refused() {
         settings("empty", PluginOnError::Pass),
     )
     .err()
-    .unwrap();
+    .unwrap()
+    .to_string();
     assert!(e.contains("weir_abi_version"), "{e}");
     let wat = plugin_wat(
         1,
@@ -227,7 +229,8 @@ fn missing_export_and_unknown_import_are_refused() {
         settings("imports", PluginOnError::Pass),
     )
     .err()
-    .unwrap();
+    .unwrap()
+    .to_string();
     assert!(e.contains("cannot link"), "{e}");
 }
 
@@ -238,7 +241,8 @@ fn init_gets_the_config_and_may_refuse_it() {
     let wat = plugin_wat(1, "", &init, "");
     let e = Plugin::load(wat.as_bytes(), None, settings("picky", PluginOnError::Pass))
         .err()
-        .unwrap();
+        .unwrap()
+        .to_string();
     assert!(
         e.contains("weir_init refused the config: bad config"),
         "{e}"
@@ -475,13 +479,20 @@ fn refused_reload_keeps_the_old_version() {
     ));
     let cache = ModuleCache::default();
     let refusing = plugin_wat(1, "", REFUSE, "").replace("redacted", "versionB");
-    let e = slot.replace(refusing.as_bytes(), &cache).unwrap_err();
+    let e = slot
+        .replace(refusing.as_bytes(), &cache)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("bad config"), "{e}");
-    let e = slot.replace(b"(module not wasm", &cache).unwrap_err();
+    let e = slot
+        .replace(b"(module not wasm", &cache)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("cannot compile"), "{e}");
     let e = slot
         .replace(plugin_wat(2, "", "(i64.const 0)", "").as_bytes(), &cache)
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("ABI version 2"), "{e}");
     assert_eq!(
         RELOADS

@@ -122,9 +122,10 @@ fn write_value(out: &mut Vec<u8>, v: &Value) {
 }
 
 /// A plugin's config value as MessagePack (nil when absent).
-pub fn encode_config(config: Option<&serde_yaml::Value>) -> Result<Vec<u8>, String> {
-    rmp_serde::to_vec_named(&config)
-        .map_err(|e| format!("config cannot be encoded as MessagePack: {e}"))
+pub fn encode_config(
+    config: Option<&serde_yaml::Value>,
+) -> Result<Vec<u8>, super::error::LoadError> {
+    rmp_serde::to_vec_named(&config).map_err(|e| super::error::LoadError::Config(e.to_string()))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

@@ -93,12 +93,53 @@ impl IntakeOutcome {
     }
 }
 
-/// The `reason` of `weir_plugin_errors_total` (spelt by the plugin host).
-pub const PLUGIN_ERROR_REASONS: [&str; 6] = [
-    "timeout",
-    "memory",
-    "trap",
-    "bad_result",
-    "instantiate",
-    "quarantined",
-];
+/// The `reason` of `weir_plugin_errors_total`: what a plugin call failed on,
+/// or that the plugin was quarantined and not called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PluginErrorReason {
+    Timeout,
+    Memory,
+    Trap,
+    BadResult,
+    Instantiate,
+    Quarantined,
+}
+
+impl PluginErrorReason {
+    pub const ALL: [PluginErrorReason; 6] = [
+        Self::Timeout,
+        Self::Memory,
+        Self::Trap,
+        Self::BadResult,
+        Self::Instantiate,
+        Self::Quarantined,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Memory => "memory",
+            Self::Trap => "trap",
+            Self::BadResult => "bad_result",
+            Self::Instantiate => "instantiate",
+            Self::Quarantined => "quarantined",
+        }
+    }
+}
+
+/// The `outcome` of `weir_plugin_reloads_total` and `weir_config_reloads_total`:
+/// the new version runs, or it was refused and the running one stays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    Reloaded,
+    Refused,
+}
+
+impl ReloadOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reloaded => "reloaded",
+            Self::Refused => "refused",
+        }
+    }
+}

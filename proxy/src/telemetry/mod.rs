@@ -13,7 +13,9 @@ pub mod seed;
 
 use crate::config::{LogConfig, LogFormat};
 use computed::ComputedGauge;
-pub use labels::{DropReason, IntakeOutcome, QueueKind, SendOutcome};
+pub use labels::{
+    DropReason, IntakeOutcome, PluginErrorReason, QueueKind, ReloadOutcome, SendOutcome,
+};
 use prometheus::{
     exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,

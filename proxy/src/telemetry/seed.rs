@@ -4,7 +4,7 @@
 //! errors would not fire an alert. Every label set the config names is
 //! created here; label values only known when they happen (an HTTP status,
 //! a refusal reason, a plugin's own counter names) appear at first use.
-use super::labels::{DropReason, IntakeOutcome, SendOutcome, PLUGIN_ERROR_REASONS};
+use super::labels::{DropReason, IntakeOutcome, PluginErrorReason, SendOutcome};
 use super::METRICS;
 use crate::config::Config;
 use crate::event::Intake;
@@ -95,9 +95,9 @@ fn seed_tenant(config: &Config, t: &crate::config::TenantConfig) {
         let labels = [tenant, p.name.as_str()];
         m.plugin_calls.with_label_values(&labels);
         m.plugin_duration.with_label_values(&labels);
-        for reason in PLUGIN_ERROR_REASONS {
+        for reason in PluginErrorReason::ALL {
             m.plugin_errors
-                .with_label_values(&[tenant, &p.name, reason]);
+                .with_label_values(&[tenant, &p.name, reason.as_str()]);
         }
     }
 }
