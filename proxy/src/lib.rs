@@ -22,6 +22,7 @@ pub mod rules;
 pub mod sink;
 pub mod telemetry;
 pub mod tenant;
+pub mod watch;
 
 use anyhow::Context;
 use config::Config;
@@ -71,7 +72,7 @@ pub async fn run(config: Config, path: Option<std::path::PathBuf>) -> anyhow::Re
         })
         .collect();
     let reloader = reload::ConfigReloader::new(path.clone(), &config, router.clone());
-    reloader.watch(drain.clone());
+    reloader.reload_on_sighup(drain.clone());
     // The stage chain, in data-flow order: rate limit, plugins, archive tee
     // marks, exclusion rules, daily quota. Rules and quotas are shared with the admin API.
     let names: Vec<String> = config.tenants.iter().map(|t| t.name.clone()).collect();
@@ -110,7 +111,12 @@ pub async fn run(config: Config, path: Option<std::path::PathBuf>) -> anyhow::Re
     let plugins = Arc::new(plugin::Plugins::load(&config).map_err(|(field, msg)| {
         anyhow::anyhow!("{}", plugin::config_error(path.as_deref(), field, msg))
     })?);
-    plugins.watch(plugin::WATCH_EVERY);
+    // One poller reloads the config file and the plugin modules when they change.
+    let watched: Vec<std::sync::Weak<dyn watch::Watched>> = vec![
+        Arc::downgrade(&reloader) as _,
+        Arc::downgrade(&plugins) as _,
+    ];
+    watch::spawn(watched, watch::WATCH_EVERY, drain.clone());
     let control = Arc::new(
         admin::control::Control::new(
             config.admin.token.clone(),

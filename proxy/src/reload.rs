@@ -1,5 +1,5 @@
-//! Config reload: on SIGHUP, when the config file changes (checked every
-//! [`WATCH_EVERY`]), or on `POST /admin/config/reload`. The file is read and
+//! Config reload: on SIGHUP, when the config file changes (polled by
+//! crate::watch), or on `POST /admin/config/reload`. The file is read and
 //! validated like at start (errors name file, line and field); if it is
 //! valid, its routing (backends, regions, each tenant's backend, region,
 //! failover regions and upstream key) is swapped in without dropping batches
@@ -8,16 +8,12 @@
 //! nothing: the running config keeps going.
 use crate::config::Config;
 use crate::sink::router::Router;
-use crate::telemetry::ReloadOutcome;
-use crate::telemetry::METRICS;
+use crate::telemetry::{ReloadOutcome, METRICS};
+use crate::watch::FileStamp;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::{Arc, LazyLock, Mutex};
-use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
-
-/// How often the config file is checked for a change.
-pub const WATCH_EVERY: Duration = Duration::from_secs(2);
 
 /// `weir_config_reloads_total{outcome}`: `reloaded` or `refused`.
 static RELOADS: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
@@ -39,8 +35,10 @@ pub struct ConfigReloader {
     router: Arc<Router>,
     /// The config as written at start: what a reload does not apply keeps running as it.
     running: serde_yaml::Value,
-    /// The file's modification time and size when last looked at.
-    seen: Mutex<Option<(Option<SystemTime>, u64)>>,
+    /// The file as last looked at.
+    seen: Mutex<Option<FileStamp>>,
+    /// Route tasks a reload starts run on this runtime, whichever thread reloads.
+    runtime: tokio::runtime::Handle,
 }
 
 /// Top-level sections a reload applies (routing); everything else needs a restart.
@@ -129,15 +127,11 @@ fn diff(old: &serde_yaml::Value, new: &serde_yaml::Value, path: String, out: &mu
     }
 }
 
-fn stamp(path: &PathBuf) -> Option<(Option<SystemTime>, u64)> {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok(), m.len()))
-}
-
 impl ConfigReloader {
     pub fn new(path: Option<PathBuf>, config: &Config, router: Arc<Router>) -> Arc<ConfigReloader> {
         Arc::new(ConfigReloader {
-            seen: Mutex::new(path.as_ref().and_then(stamp)),
+            seen: Mutex::new(path.as_deref().and_then(FileStamp::of)),
+            runtime: tokio::runtime::Handle::current(),
             path,
             router,
             running: config.raw.clone(),
@@ -176,7 +170,7 @@ impl ConfigReloader {
         let Some(path) = &self.path else {
             return Err("weir runs on its embedded default config: there is no file to reload (start it with --config FILE)".into());
         };
-        *self.seen.lock().unwrap() = stamp(path);
+        *self.seen.lock().unwrap() = FileStamp::of(path);
         let config = Config::load(path).map_err(|e| e.to_string())?;
         let reloaded = self.router.reload(&config)?;
         // What a reload does not apply still runs as it was at start.
@@ -193,32 +187,36 @@ impl ConfigReloader {
         Ok(out)
     }
 
-    /// Reloads on SIGHUP and when the file changes, until `stop`.
-    pub fn watch(self: &Arc<Self>, stop: CancellationToken) {
+    /// Reloads on SIGHUP, until `stop`.
+    pub fn reload_on_sighup(self: &Arc<Self>, stop: CancellationToken) {
         let me = self.clone();
         tokio::spawn(async move {
             use tokio::signal::unix::{signal, SignalKind};
             let mut hup = signal(SignalKind::hangup()).expect("installing a SIGHUP handler");
-            let mut tick = tokio::time::interval(WATCH_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                let why = tokio::select! {
+                tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = hup.recv() => "SIGHUP",
-                    _ = tick.tick() => {
-                        let Some(path) = &me.path else { continue };
-                        let now = stamp(path);
-                        if now.is_none() || now == *me.seen.lock().unwrap() {
-                            continue;
-                        }
-                        "file change"
-                    }
+                    _ = hup.recv() => {}
                 };
                 let r = me.clone();
                 // Building clients reads CA files: off the async workers.
-                let _ = tokio::task::spawn_blocking(move || r.reload(why)).await;
+                let _ = tokio::task::spawn_blocking(move || r.reload("SIGHUP")).await;
             }
         });
+    }
+}
+
+/// The file watcher reloads the config when its file changed.
+impl crate::watch::Watched for ConfigReloader {
+    fn poll(&self) {
+        let Some(path) = &self.path else { return };
+        let now = FileStamp::of(path);
+        if now.is_none() || now == *self.seen.lock().unwrap() {
+            return;
+        }
+        let _runtime = self.runtime.enter();
+        // reload() logs and counts its outcome.
+        let _ = self.reload("file change");
     }
 }
 

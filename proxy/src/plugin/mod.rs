@@ -32,13 +32,14 @@ use crate::config::{PluginConfig, PluginOnError};
 use crate::event::{Batch, Disposition, Event};
 use crate::pipeline::{Rejection, Stage};
 use crate::telemetry::{PluginErrorReason, ReloadOutcome, METRICS};
+use crate::watch::FileStamp;
 use cache::ModuleCache;
 pub use error::{CallError, LoadError};
 pub use located::config_error;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock, Mutex, RwLock, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, LazyLock, Mutex, RwLock};
+use std::time::{Duration, Instant};
 use wasmtime::{
     Caller, Engine, Extern, InstancePre, Linker, Memory, Module, Store, StoreLimits,
     StoreLimitsBuilder, TypedFunc,
@@ -170,24 +171,12 @@ impl Plugins {
             .filter_map(|s| s.reload_file(&self.cache, force))
             .collect()
     }
+}
 
-    /// Polls the plugin files every `every` on a background thread, reloading
-    /// those that changed. The thread ends when the stage is dropped.
-    pub fn watch(self: &Arc<Self>, every: Duration) {
-        if self.is_empty() {
-            return;
-        }
-        let weak: Weak<Plugins> = Arc::downgrade(self);
-        std::thread::Builder::new()
-            .name("weir-plugin-watch".into())
-            .spawn(move || loop {
-                std::thread::sleep(every);
-                let Some(plugins) = weak.upgrade() else {
-                    return;
-                };
-                plugins.reload(false);
-            })
-            .expect("spawning the plugin watcher");
+/// The file watcher reloads plugins whose file changed.
+impl crate::watch::Watched for Plugins {
+    fn poll(&self) {
+        self.reload(false);
     }
 }
 

@@ -12,25 +12,8 @@ pub(super) static RELOADS: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|
     c
 });
 
-/// How often the plugin files are checked for a new version.
-pub const WATCH_EVERY: Duration = Duration::from_secs(1);
-
-/// The identity of a plugin file as last seen: modification time and size
-/// (cheap to poll), and the SHA-256 of the bytes the running version came from.
-#[derive(Clone, PartialEq)]
-pub(super) struct FileStamp {
-    pub(super) modified: Option<SystemTime>,
-    pub(super) len: u64,
-}
-
-pub(super) fn stamp(path: &Path) -> Option<FileStamp> {
-    let m = std::fs::metadata(path).ok()?;
-    Some(FileStamp {
-        modified: m.modified().ok(),
-        len: m.len(),
-    })
-}
-
+/// The plugin file as last seen (polled by crate::watch), and the SHA-256 of
+/// the bytes the running version came from.
 pub(super) struct Seen {
     pub(super) stamp: Option<FileStamp>,
     pub(super) hash: [u8; 32],
@@ -81,7 +64,7 @@ impl PluginSlot {
             config: config.cloned(),
             current: RwLock::new(Arc::new(first)),
             seen: Mutex::new(Seen {
-                stamp: stamp(path),
+                stamp: FileStamp::of(path),
                 hash: sha256(bytes),
             }),
             settings,
@@ -151,7 +134,7 @@ impl PluginSlot {
             path: self.path.clone(),
             error,
         };
-        let now = stamp(&self.path);
+        let now = FileStamp::of(&self.path);
         let mut seen = self.seen.lock().unwrap();
         if !force && now == seen.stamp {
             return None;

@@ -601,7 +601,9 @@ fn the_watcher_thread_picks_up_a_new_file() {
         cache,
         reloading: Mutex::new(()),
     });
-    stage.watch(Duration::from_millis(50));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let weak = Arc::downgrade(&stage) as std::sync::Weak<dyn crate::watch::Watched>;
+    let _watcher = crate::watch::spawn(vec![weak], Duration::from_millis(50), stop.clone());
     replace_file(&path, &marker_wat("versionB"));
     let start = Instant::now();
     loop {
