@@ -8,10 +8,10 @@ use std::time::Duration;
 const KEY: (&str, &str) = ("DD-API-KEY", "agent-key");
 
 fn events(prefix: &str, n: usize) -> Vec<u8> {
-    let v: Vec<Value> = (0..n)
-        .map(|i| json!({"message": format!("{prefix} {i}"), "id": format!("{prefix}-{i}")}))
-        .collect();
-    serde_json::to_vec(&v).unwrap()
+    json_logs(
+        n,
+        |i| json!({"message": format!("{prefix} {i}"), "id": format!("{prefix}-{i}")}),
+    )
 }
 
 fn ids(got: &[Value]) -> HashSet<String> {

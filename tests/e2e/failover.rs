@@ -8,10 +8,7 @@ use std::time::{Duration, Instant};
 const KEY: (&str, &str) = ("DD-API-KEY", "agent-key");
 
 fn batch(prefix: &str, n: usize) -> Vec<u8> {
-    let v: Vec<Value> = (0..n)
-        .map(|i| json!({"message": format!("{prefix}-{i}")}))
-        .collect();
-    serde_json::to_vec(&v).unwrap()
+    json_logs(n, |i| json!({"message": format!("{prefix}-{i}")}))
 }
 
 /// A backend entry for a blackhole: `http` NDJSON or `datadog` (JSON array), with quick detection.

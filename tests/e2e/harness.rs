@@ -26,6 +26,11 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A Datadog intake body: a JSON array of `n` entries, entry `i` made by `entry(i)`.
+pub fn json_logs(n: usize, entry: impl Fn(usize) -> Value) -> Vec<u8> {
+    serde_json::to_vec(&(0..n).map(entry).collect::<Vec<_>>()).unwrap()
+}
+
 /// Polls `f` until it returns Some, or panics with `what` after `limit`.
 pub async fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();

@@ -1,6 +1,6 @@
 //! The Datadog and generic intakes: encodings, shapes, limits, error answers.
 use crate::harness::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::io::Write;
 use std::time::Duration;
 
@@ -8,21 +8,18 @@ const KEY: (&str, &str) = ("DD-API-KEY", "agent-key");
 const JSON: (&str, &str) = ("Content-Type", "application/json");
 
 fn batch(tag: &str, n: usize) -> Vec<u8> {
-    let items: Vec<Value> = (0..n)
-        .map(|i| {
-            json!({
-                "message": format!("{tag} event {i}"),
-                "status": "error",
-                "hostname": "web-1",
-                "service": "checkout",
-                "ddsource": "nginx",
-                "ddtags": "env:prod,team:payments",
-                "http": {"status_code": 502, "url": "/pay"},
-                "id": format!("{tag}-{i}"),
-            })
+    json_logs(n, |i| {
+        json!({
+            "message": format!("{tag} event {i}"),
+            "status": "error",
+            "hostname": "web-1",
+            "service": "checkout",
+            "ddsource": "nginx",
+            "ddtags": "env:prod,team:payments",
+            "http": {"status_code": 502, "url": "/pay"},
+            "id": format!("{tag}-{i}"),
         })
-        .collect();
-    serde_json::to_vec(&items).unwrap()
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

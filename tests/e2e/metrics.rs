@@ -3,7 +3,7 @@
 //! that mean what their help says, `promtool check metrics` clean, and a
 //! shutdown that times out saying what it did not deliver.
 use crate::harness::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::Duration;
 
 const KEY: (&str, &str) = ("DD-API-KEY", "agent-key");
@@ -18,10 +18,10 @@ fn series(text: &str, name_and_labels: &str) -> Option<f64> {
 }
 
 fn events(prefix: &str, n: usize) -> Vec<u8> {
-    let v: Vec<Value> = (0..n)
-        .map(|i| json!({"message": format!("{prefix}-{i}"), "service": "web", "status": "info"}))
-        .collect();
-    serde_json::to_vec(&v).unwrap()
+    json_logs(
+        n,
+        |i| json!({"message": format!("{prefix}-{i}"), "service": "web", "status": "info"}),
+    )
 }
 
 /// Polls the metrics until `name_and_labels` reads `want`.

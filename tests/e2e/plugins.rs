@@ -25,8 +25,10 @@ fn find_metric(text: &str, name: &str, labels: &[&str]) -> f64 {
 }
 
 fn logs(prefix: &str, n: usize) -> Vec<u8> {
-    let v: Vec<Value> = (0..n).map(|i| json!({"message": format!("{prefix} secret {i}"), "service": "web", "id": format!("{prefix}-{i}")})).collect();
-    serde_json::to_vec(&v).unwrap()
+    json_logs(
+        n,
+        |i| json!({"message": format!("{prefix} secret {i}"), "service": "web", "id": format!("{prefix}-{i}")}),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

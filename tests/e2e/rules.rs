@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 const KEY: (&str, &str) = ("DD-API-KEY", "agent-key");
 
 fn logs(prefix: &str, n: usize, status: &str) -> Vec<u8> {
-    let v: Vec<Value> = (0..n).map(|i| json!({"message": format!("{prefix} {i}"), "status": status, "service": "web", "id": format!("{prefix}-{i}")})).collect();
-    serde_json::to_vec(&v).unwrap()
+    json_logs(
+        n,
+        |i| json!({"message": format!("{prefix} {i}"), "status": status, "service": "web", "id": format!("{prefix}-{i}")}),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
