@@ -15,6 +15,7 @@ pub mod event;
 pub mod intake;
 pub mod listen;
 pub mod pipeline;
+pub mod plan;
 pub mod plugin;
 pub mod quota;
 pub mod reload;
@@ -24,17 +25,19 @@ pub mod telemetry;
 pub mod tenant;
 
 use anyhow::Context;
-use config::Config;
 use pipeline::{Chain, TenantOutputs};
+use plan::Plan;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// Runs the proxy until SIGTERM or SIGINT, then drains: stops accepting,
 /// finishes open requests, sends queued batches and writes archive objects.
 ///
-/// `path` is the file `config` came from (none: the embedded default); its
+/// `path` is the file `plan` came from (none: the embedded default); its
 /// routing is reloaded on SIGHUP, on change, and on `POST /admin/config/reload`.
-pub async fn run(config: Config, path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+pub async fn run(plan: Plan, path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    let plan = Arc::new(plan);
+    let config = &plan.config;
     let _ = std::fs::create_dir_all(&config.data_dir);
     let tenants = tenant::Tenants::from_config(&config);
     let drain = CancellationToken::new();
@@ -43,8 +46,8 @@ pub async fn run(config: Config, path: Option<std::path::PathBuf>) -> anyhow::Re
     let mut stores = archive::Stores::default();
     let mut archives = Vec::new();
     let mut all_dead_letters = Vec::new();
-    for t in &config.tenants {
-        let archive_cfg = t.archive.as_ref().unwrap_or(&config.archive);
+    for t in &plan.tenants {
+        let archive_cfg = &t.archive;
         let archive = if archive_cfg.enabled {
             let store = stores
                 .get_or_open(&archive_cfg.store)
@@ -61,7 +64,7 @@ pub async fn run(config: Config, path: Option<std::path::PathBuf>) -> anyhow::Re
         all_dead_letters.push(dead_letters);
     }
     // Backends and one route per tenant: a generation a config reload replaces.
-    let router = sink::router::Router::start(&config, all_dead_letters, drain.clone())?;
+    let router = sink::router::Router::start(&plan, all_dead_letters, drain.clone())?;
     let outputs: Vec<TenantOutputs> = archives
         .into_iter()
         .enumerate()
@@ -70,7 +73,7 @@ pub async fn run(config: Config, path: Option<std::path::PathBuf>) -> anyhow::Re
             route: router.slot(i),
         })
         .collect();
-    let reloader = reload::ConfigReloader::new(path.clone(), &config, router.clone());
+    let reloader = reload::ConfigReloader::new(path.clone(), plan.clone(), router.clone());
     reloader.watch(drain.clone());
     // The stage chain, in data-flow order: rate limit, plugins, archive tee
     // marks, exclusion rules, daily quota. Rules and quotas are shared with the admin API.
@@ -107,9 +110,7 @@ pub async fn run(config: Config, path: Option<std::path::PathBuf>) -> anyhow::Re
     // weir_init) stops the start, naming the config field. Later versions of their files
     // are hot reloaded (the watcher, or POST /admin/reload); a version that cannot load
     // is refused and the running one kept.
-    let plugins = Arc::new(plugin::Plugins::load(&config).map_err(|(field, msg)| {
-        anyhow::anyhow!("{}", plugin::config_error(path.as_deref(), field, msg))
-    })?);
+    let plugins = Arc::new(plugin::Plugins::load(config)?);
     plugins.watch(plugin::WATCH_EVERY);
     let control = Arc::new(
         admin::control::Control::new(

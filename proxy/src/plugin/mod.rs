@@ -21,18 +21,17 @@
 //! Files: host.rs (the engine, host imports, guest output to the log),
 //! instance.rs (a loaded plugin: pool, call, on_error, quarantine), slot.rs
 //! (hot reload of one plugin), cache.rs (compiled modules on disk), wire.rs
-//! (the MessagePack ABI), located.rs (config errors with their YAML line);
+//! (the MessagePack ABI), located.rs (which config field a load error is about);
 //! this file: the stage over every tenant's plugins.
 pub mod cache;
 pub mod located;
 pub mod wire;
 
-use crate::config::{PluginConfig, PluginOnError};
+use crate::config::{invalid, Config, ConfigError, Invalid, PluginConfig, PluginOnError};
 use crate::event::{Batch, Disposition, Event};
 use crate::pipeline::{Rejection, Stage};
 use crate::telemetry::METRICS;
 use cache::ModuleCache;
-pub use located::config_error;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex, RwLock, Weak};
@@ -81,30 +80,27 @@ impl Plugins {
     /// `data_dir/plugin-cache`), links and initializes every tenant's plugins.
     /// The error names the config field, e.g. `tenants[0].plugins[1]`, or the
     /// field under its `config` that its `weir_init` refused
-    /// (`tenants[0].plugins[1].config.team`); [`config_error`] locates it in the YAML.
-    pub fn load(config: &crate::config::Config) -> Result<Plugins, (String, String)> {
-        Plugins::load_with(
-            config,
-            ModuleCache::new(Some(config.data_dir.join("plugin-cache"))),
-        )
+    /// (`tenants[0].plugins[1].config.team`), located in the YAML.
+    pub fn load(config: &Config) -> Result<Plugins, ConfigError> {
+        let cache = ModuleCache::new(Some(config.data_dir.join("plugin-cache")));
+        Plugins::load_with(config, cache).map_err(|e| config.origin.locate(e))
     }
 
     /// What `weir check` runs: the same loading, without writing a cache into the data directory.
-    pub fn check(config: &crate::config::Config) -> Result<(), (String, String)> {
-        Plugins::load_with(config, ModuleCache::new(None)).map(|_| ())
+    pub fn check(config: &Config) -> Result<(), ConfigError> {
+        Plugins::load_with(config, ModuleCache::new(None))
+            .map(|_| ())
+            .map_err(|e| config.origin.locate(e))
     }
 
-    pub(super) fn load_with(
-        config: &crate::config::Config,
-        cache: ModuleCache,
-    ) -> Result<Plugins, (String, String)> {
+    pub(super) fn load_with(config: &Config, cache: ModuleCache) -> Result<Plugins, Invalid> {
         let mut per_tenant = Vec::new();
         for (i, t) in config.tenants.iter().enumerate() {
             let mut list = Vec::new();
             for (j, p) in t.plugins.iter().enumerate() {
                 let at = format!("tenants[{i}].plugins[{j}]");
                 let bytes = std::fs::read(&p.path).map_err(|e| {
-                    (
+                    invalid(
                         format!("{at}.path"),
                         format!("cannot read {}: {e}", p.path.display()),
                     )
@@ -118,7 +114,7 @@ impl Plugins {
                 )
                 .map_err(|e| {
                     let message = format!("plugin {:?} ({}): {e}", p.name, p.path.display());
-                    (located::refine_field(&at, &message), message)
+                    invalid(located::refine_field(&at, &message), message)
                 })?;
                 tracing::info!(tenant = %t.name, plugin = %p.name, path = %p.path.display(), "plugin loaded");
                 list.push(slot);
@@ -190,7 +186,7 @@ impl Plugins {
 }
 
 /// `limits.plugin_threads`, with 0 meaning one per core.
-pub fn plugin_threads(config: &crate::config::Config) -> usize {
+pub fn plugin_threads(config: &Config) -> usize {
     match config.limits.plugin_threads {
         0 => crate::pipeline::workers::Workers::default_threads(),
         n => n,

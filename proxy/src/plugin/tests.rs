@@ -7,7 +7,6 @@
 //! replaced by "redacted", `1` drop, `2` archive_only. A `hook` inserted at
 //! the start of `weir_process` makes it misbehave on a chosen batch size.
 use super::*;
-use crate::config::Config;
 use cache::ModuleCache;
 
 pub(crate) fn plugin_wat(version: i32, extra_imports: &str, init_body: &str, hook: &str) -> String {
@@ -660,14 +659,14 @@ fn the_stage_loads_through_the_cache_in_the_data_dir() {
     let d = dir.path().display();
     std::fs::write(dir.path().join("p.wat"), good_wat("")).unwrap();
     let text = format!("data_dir: {d}/data\nlisteners: [{{name: i, address: \"127.0.0.1:0\", protocol: http}}]\narchive: {{store: {{type: local, root: {d}/a}}}}\nbackends: [{{name: b, type: file, path: {d}/o}}]\ntenants:\n  - name: t\n    api_keys: [k]\n    backend: b\n    plugins:\n      - {{name: one, path: {d}/p.wat}}\n      - {{name: two, path: {d}/p.wat}}\n");
-    let config = Config::parse(&text, "t.yaml").unwrap();
-    let first = Plugins::load(&config).unwrap();
+    let plan = crate::plan::Plan::parse(&text, "t.yaml").unwrap();
+    let first = Plugins::load(&plan.config).unwrap();
     assert_eq!(
         (first.cache().hits(), first.cache().misses()),
         (1, 1),
         "the second plugin of the same file hits"
     );
-    let again = Plugins::load(&config).unwrap();
+    let again = Plugins::load(&plan.config).unwrap();
     assert_eq!((again.cache().hits(), again.cache().misses()), (2, 0));
     assert_eq!(
         again.cache().dir().unwrap(),

@@ -12,6 +12,7 @@ use crate::telemetry::METRICS;
 use std::hash::Hasher;
 use std::sync::{Arc, RwLock};
 
+#[derive(Debug)]
 pub struct Rule {
     pub config: ExclusionRuleConfig,
     query: Query,
@@ -37,6 +38,13 @@ impl Rule {
 
     fn excludes(&self, ev: &Event) -> bool {
         self.threshold == u64::MAX || (self.threshold > 0 && content_hash(ev) < self.threshold)
+    }
+}
+
+/// Rules are the same when they are configured the same (the query compiles one way).
+impl PartialEq for Rule {
+    fn eq(&self, other: &Rule) -> bool {
+        self.config == other.config
     }
 }
 

@@ -11,7 +11,8 @@
 use super::health::{spawn_check, BackendHealth};
 use super::{spawn_route, Member, RouteHandle, RouteSlot};
 use crate::archive::DeadLetters;
-use crate::config::{BackendConfig, BackendType, Config, PassiveHealthConfig};
+use crate::config::{BackendConfig, BackendType, PassiveHealthConfig};
+use crate::plan::Plan;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -67,12 +68,13 @@ impl Target {
 }
 
 fn generation(
-    config: &Config,
+    plan: &Plan,
     previous: &[(Target, Arc<BackendHealth>)],
     dead_letters: &[Option<DeadLetters>],
     drain: &CancellationToken,
 ) -> anyhow::Result<Generation> {
     // One client and one health state per backend, shared by every route using it.
+    let config = &plan.config;
     let checks = drain.child_token();
     let mut backends = HashMap::new();
     let mut healths = Vec::new();
@@ -91,12 +93,13 @@ fn generation(
     }
     let mut routes = Vec::new();
     let mut tasks = Vec::new();
-    for (i, t) in config.tenants.iter().enumerate() {
-        let route_tiers = config.route_tiers(t);
-        let tiers: Vec<Vec<Member>> = route_tiers
+    for (i, t) in plan.tenants.iter().enumerate() {
+        let tiers: Vec<Vec<Member>> = t
+            .route
             .iter()
-            .map(|(_, tier)| {
-                tier.iter()
+            .map(|tier| {
+                tier.backends
+                    .iter()
                     .map(|name| {
                         let (backend, health, weight, _) = &backends[name];
                         Member {
@@ -109,12 +112,13 @@ fn generation(
             })
             .collect();
         let preferred = config
-            .backend(&route_tiers[0].1[0])
-            .expect("validated: routes name defined backends");
+            .backend(t.preferred_backend())
+            .expect("resolved: routes name defined backends");
         // The smallest batch limits of the route: a batch must fit every backend it may fail over to.
-        let configs: Vec<&BackendConfig> = route_tiers
+        let configs: Vec<&BackendConfig> = t
+            .route
             .iter()
-            .flat_map(|(_, tier)| tier.iter())
+            .flat_map(|tier| tier.backends.iter())
             .map(|name| config.backend(name).expect("validated"))
             .collect();
         let batch_limits = (
@@ -162,19 +166,19 @@ pub struct Reloaded {
 impl Router {
     /// The first generation; `dead_letters` is per tenant index.
     pub fn start(
-        config: &Config,
+        plan: &Plan,
         dead_letters: Vec<Option<DeadLetters>>,
         drain: CancellationToken,
     ) -> anyhow::Result<Arc<Router>> {
-        let g = generation(config, &[], &dead_letters, &drain)?;
-        crate::telemetry::seed(config);
+        let g = generation(plan, &[], &dead_letters, &drain)?;
+        crate::telemetry::seed(&plan.config);
         let router = Arc::new(Router {
             routes: g
                 .routes
                 .into_iter()
                 .map(|r| Arc::new(RwLock::new(r)))
                 .collect(),
-            tenants: config.tenants.iter().map(|t| t.name.clone()).collect(),
+            tenants: plan.tenants.iter().map(|t| t.name.clone()).collect(),
             dead_letters,
             drain,
             state: Mutex::new(State {
@@ -208,11 +212,11 @@ impl Router {
         state.healths.iter().map(|(_, h)| h.clone()).collect()
     }
 
-    /// Swaps in the routing of `config` (already validated). Its tenants must
-    /// be the running ones, in the same order: adding or removing tenants
-    /// takes a restart.
-    pub fn reload(&self, config: &Config) -> Result<Reloaded, String> {
-        let names: Vec<String> = config.tenants.iter().map(|t| t.name.clone()).collect();
+    /// Swaps in the routing of `plan`. Its tenants must be the running ones,
+    /// in the same order: adding or removing tenants takes a restart.
+    pub fn reload(&self, plan: &Plan) -> Result<Reloaded, String> {
+        let config = &plan.config;
+        let names: Vec<String> = plan.tenants.iter().map(|t| t.name.clone()).collect();
         if names != self.tenants {
             return Err(format!(
                 "the tenants changed (running {:?}, new file {names:?}); a reload changes routing only: restart weir to add, remove or rename tenants",
@@ -220,7 +224,7 @@ impl Router {
             ));
         }
         let mut state = self.state.lock().unwrap();
-        let g = generation(config, &state.healths, &self.dead_letters, &self.drain)
+        let g = generation(plan, &state.healths, &self.dead_letters, &self.drain)
             .map_err(|e| format!("{e:#}"))?;
         for (slot, route) in self.routes.iter().zip(g.routes) {
             // The old handle drops here: its route sends what it holds, then ends.
@@ -249,7 +253,7 @@ impl Router {
 mod tests {
     use super::*;
 
-    fn config(a_port: u16) -> Config {
+    fn config(a_port: u16) -> Plan {
         let text = format!(
             "listeners: [{{name: i, address: \"127.0.0.1:0\", protocol: http}}]
 archive: {{store: {{type: local, root: /nonexistent}}}}
@@ -260,7 +264,7 @@ regions: [{{name: eu, tiers: [[a], [b]]}}]
 tenants: [{{name: t, api_keys: [k], region: eu}}]
 "
         );
-        Config::parse(&text, "weir.yaml").unwrap()
+        Plan::parse(&text, "weir.yaml").unwrap()
     }
 
     fn health(router: &Router, name: &str) -> Arc<BackendHealth> {
