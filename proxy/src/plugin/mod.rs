@@ -22,7 +22,7 @@
 //! instance.rs (a loaded plugin: pool, call, on_error, quarantine), slot.rs
 //! (hot reload of one plugin), cache.rs (compiled modules on disk), wire.rs
 //! (the MessagePack ABI), located.rs (which config field a load error is about);
-//! this file: the stage over every tenant's plugins.
+//! this file: every tenant's plugins, and one tenant's stage.
 pub mod cache;
 pub mod located;
 pub mod wire;
@@ -67,74 +67,85 @@ pub(super) fn off_runtime<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     }
 }
 
-/// The plugin stage: each tenant's plugins, in order.
+/// Every tenant's plugins: what the file watcher, `POST /admin/reload` and
+/// `/readyz` see. Each tenant's stage ([`TenantPlugins`]) shares its list.
 pub struct Plugins {
-    pub(super) per_tenant: Vec<Vec<PluginSlot>>,
+    pub(super) per_tenant: Vec<Arc<Vec<PluginSlot>>>,
     pub(super) cache: ModuleCache,
     /// Serializes reloads (the file watcher and `POST /admin/reload`).
     pub(super) reloading: Mutex<()>,
 }
 
+/// The plugin stage of one tenant: its plugins, in order.
+pub struct TenantPlugins {
+    slots: Arc<Vec<PluginSlot>>,
+}
+
 impl Plugins {
-    /// Compiles (once per distinct file, through the compile cache under
-    /// `data_dir/plugin-cache`), links and initializes every tenant's plugins.
-    /// The error names the config field, e.g. `tenants[0].plugins[1]`, or the
-    /// field under its `config` that its `weir_init` refused
-    /// (`tenants[0].plugins[1].config.team`), located in the YAML.
-    pub fn load(config: &Config) -> Result<Plugins, ConfigError> {
-        let cache = ModuleCache::new(Some(config.data_dir.join("plugin-cache")));
-        Plugins::load_with(config, cache).map_err(|e| config.origin.locate(e))
-    }
-
-    /// What `weir check` runs: the same loading, without writing a cache into the data directory.
-    pub fn check(config: &Config) -> Result<(), ConfigError> {
-        Plugins::load_with(config, ModuleCache::new(None))
-            .map(|_| ())
-            .map_err(|e| config.origin.locate(e))
-    }
-
-    pub(super) fn load_with(config: &Config, cache: ModuleCache) -> Result<Plugins, Invalid> {
-        let mut per_tenant = Vec::new();
-        for (i, t) in config.tenants.iter().enumerate() {
-            let mut list = Vec::new();
-            for (j, p) in t.plugins.iter().enumerate() {
-                let at = format!("tenants[{i}].plugins[{j}]");
-                let bytes = std::fs::read(&p.path).map_err(|e| {
-                    invalid(
-                        format!("{at}.path"),
-                        format!("cannot read {}: {e}", p.path.display()),
-                    )
-                })?;
-                let slot = PluginSlot::load(
-                    &p.path,
-                    &bytes,
-                    p.config.as_ref(),
-                    PluginSettings::from_config(&t.name, p, plugin_threads(config)),
-                    &cache,
-                )
-                .map_err(|e| {
-                    let message = format!("plugin {:?} ({}): {e}", p.name, p.path.display());
-                    invalid(located::refine_field(&at, &message), message)
-                })?;
-                tracing::info!(tenant = %t.name, plugin = %p.name, path = %p.path.display(), "plugin loaded");
-                list.push(slot);
-            }
-            per_tenant.push(list);
-        }
-        Ok(Plugins {
-            per_tenant,
-            cache,
-            reloading: Mutex::new(()),
-        })
-    }
-
-    /// A stage of already loaded plugins, one list per tenant index (no files, no cache).
-    pub fn from_slots(per_tenant: Vec<Vec<PluginSlot>>) -> Plugins {
+    /// No plugin yet. Compiled modules are cached under `data_dir/plugin-cache`
+    /// (none: `weir check`, which writes nothing into the data directory).
+    pub fn new(data_dir: Option<&Path>) -> Plugins {
         Plugins {
-            per_tenant,
-            cache: ModuleCache::default(),
+            per_tenant: Vec::new(),
+            cache: ModuleCache::new(data_dir.map(|d| d.join("plugin-cache"))),
             reloading: Mutex::new(()),
         }
+    }
+
+    /// Compiles (once per distinct file, through the compile cache), links and
+    /// initializes one tenant's `plugins` (`at`: their field, `tenants[0].plugins`)
+    /// and returns its stage, none when it has no plugin. The error names the
+    /// plugin's field, e.g. `tenants[0].plugins[1]`, or the field under its
+    /// `config` that its `weir_init` refused (`tenants[0].plugins[1].config.team`).
+    pub fn add(
+        &mut self,
+        tenant: &str,
+        at: &str,
+        plugins: &[PluginConfig],
+        threads: usize,
+    ) -> Result<Option<TenantPlugins>, Invalid> {
+        let mut list = Vec::new();
+        for (j, p) in plugins.iter().enumerate() {
+            let at = format!("{at}[{j}]");
+            let bytes = std::fs::read(&p.path).map_err(|e| {
+                invalid(
+                    format!("{at}.path"),
+                    format!("cannot read {}: {e}", p.path.display()),
+                )
+            })?;
+            let slot = PluginSlot::load(
+                &p.path,
+                &bytes,
+                p.config.as_ref(),
+                PluginSettings::from_config(tenant, p, threads),
+                &self.cache,
+            )
+            .map_err(|e| {
+                let message = format!("plugin {:?} ({}): {e}", p.name, p.path.display());
+                invalid(located::refine_field(&at, &message), message)
+            })?;
+            tracing::info!(tenant = %tenant, plugin = %p.name, path = %p.path.display(), "plugin loaded");
+            list.push(slot);
+        }
+        if list.is_empty() {
+            return Ok(None);
+        }
+        let slots = Arc::new(list);
+        self.per_tenant.push(slots.clone());
+        Ok(Some(TenantPlugins { slots }))
+    }
+
+    /// What `weir check` runs: every tenant's plugins loaded as `weir run`
+    /// would, without writing a cache into the data directory.
+    pub fn check(config: &Config) -> Result<(), ConfigError> {
+        let mut plugins = Plugins::new(None);
+        for (i, t) in config.tenants.iter().enumerate() {
+            let at = format!("tenants[{i}].plugins");
+            plugins
+                .add(&t.name, &at, &t.plugins, plugin_threads(config))
+                .map_err(|e| config.origin.locate(e))?;
+        }
+        Ok(())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -145,7 +156,7 @@ impl Plugins {
     pub fn states(&self) -> Vec<PluginState> {
         self.per_tenant
             .iter()
-            .flatten()
+            .flat_map(|l| l.iter())
             .map(|s| s.current().state())
             .collect()
     }
@@ -160,13 +171,13 @@ impl Plugins {
         let _one_at_a_time = self.reloading.lock().unwrap();
         self.per_tenant
             .iter()
-            .flatten()
+            .flat_map(|l| l.iter())
             .filter_map(|s| s.reload_file(&self.cache, force))
             .collect()
     }
 
     /// Polls the plugin files every `every` on a background thread, reloading
-    /// those that changed. The thread ends when the stage is dropped.
+    /// those that changed. The thread ends when the plugins are dropped.
     pub fn watch(self: &Arc<Self>, every: Duration) {
         if self.is_empty() {
             return;
@@ -193,24 +204,21 @@ pub fn plugin_threads(config: &Config) -> usize {
     }
 }
 
-impl Stage for Plugins {
+impl Stage for TenantPlugins {
     fn name(&self) -> &'static str {
         "plugins"
     }
 
-    fn blocks(&self, tenant: usize) -> bool {
-        self.per_tenant.get(tenant).is_some_and(|l| !l.is_empty())
+    fn blocks(&self) -> bool {
+        !self.slots.is_empty()
     }
 
     fn process(&self, batch: &mut Batch) -> Result<(), Rejection> {
-        let Some(list) = self.per_tenant.get(batch.meta.tenant.index) else {
-            return Ok(());
-        };
-        if list.is_empty() || batch.events.is_empty() {
+        if batch.events.is_empty() {
             return Ok(());
         }
         off_runtime(|| {
-            for slot in list {
+            for slot in self.slots.iter() {
                 // One version for the whole batch, even if a reload swaps it meanwhile.
                 let version = slot.current();
                 version.apply(batch);

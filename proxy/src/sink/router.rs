@@ -20,10 +20,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub struct Router {
-    /// The current route of each tenant, by tenant index.
+    /// The current route of each tenant, in the plan's order.
     routes: Vec<RouteSlot>,
+    /// The tenants' names, in the same order.
     tenants: Vec<String>,
-    dead_letters: Vec<Option<DeadLetters>>,
+    /// Where each tenant's undeliverable events go, by tenant name (none: no archive).
+    dead_letters: HashMap<String, DeadLetters>,
     drain: CancellationToken,
     state: Mutex<State>,
 }
@@ -70,7 +72,7 @@ impl Target {
 fn generation(
     plan: &Plan,
     previous: &[(Target, Arc<BackendHealth>)],
-    dead_letters: &[Option<DeadLetters>],
+    dead_letters: &HashMap<String, DeadLetters>,
     drain: &CancellationToken,
 ) -> anyhow::Result<Generation> {
     // One client and one health state per backend, shared by every route using it.
@@ -93,7 +95,7 @@ fn generation(
     }
     let mut routes = Vec::new();
     let mut tasks = Vec::new();
-    for (i, t) in plan.tenants.iter().enumerate() {
+    for t in &plan.tenants {
         let tiers: Vec<Vec<Member>> = t
             .route
             .iter()
@@ -136,7 +138,7 @@ fn generation(
             tiers,
             preferred,
             batch_limits,
-            dead_letters[i].clone(),
+            dead_letters.get(&t.name).cloned(),
             drain.clone(),
         );
         routes.push(route);
@@ -164,10 +166,10 @@ pub struct Reloaded {
 }
 
 impl Router {
-    /// The first generation; `dead_letters` is per tenant index.
+    /// The first generation; `dead_letters` by tenant name.
     pub fn start(
         plan: &Plan,
-        dead_letters: Vec<Option<DeadLetters>>,
+        dead_letters: HashMap<String, DeadLetters>,
         drain: CancellationToken,
     ) -> anyhow::Result<Arc<Router>> {
         let g = generation(plan, &[], &dead_letters, &drain)?;
@@ -202,9 +204,10 @@ impl Router {
         Ok(router)
     }
 
-    /// Where the tenant's current route is found (the archive tee reads it per batch).
-    pub fn slot(&self, tenant: usize) -> RouteSlot {
-        self.routes[tenant].clone()
+    /// Where tenant `name`'s current route is found (the archive tee reads it per batch).
+    pub fn slot(&self, name: &str) -> Option<RouteSlot> {
+        let i = self.tenants.iter().position(|t| t == name)?;
+        Some(self.routes[i].clone())
     }
 
     pub fn healths(&self) -> Vec<Arc<BackendHealth>> {
@@ -277,7 +280,7 @@ tenants: [{{name: t, api_keys: [k], region: eu}}]
 
     #[tokio::test]
     async fn a_reload_keeps_the_health_of_backends_it_leaves_alone() {
-        let router = Router::start(&config(1), vec![None], CancellationToken::new()).unwrap();
+        let router = Router::start(&config(1), HashMap::new(), CancellationToken::new()).unwrap();
         let a = health(&router, "a");
         a.record_failure("connection refused");
         assert_eq!(a.report().state, "ejected");
