@@ -2,8 +2,9 @@
 //!
 //! listen (TCP, TLS, HTTP) → intake (decode, auth, limits) → pipeline (the stage
 //! chain and the archive tee) → archive (object storage) and sink (batching,
-//! compression, retries to backends). config, tenant, telemetry and admin
-//! serve them all.
+//! compression, retries to backends). config (the YAML as written), plan
+//! (the config resolved once: one plan per tenant), tenant (each carries its
+//! own stage chain), telemetry and admin serve them all.
 pub mod admin;
 pub mod archive;
 pub mod banner;
