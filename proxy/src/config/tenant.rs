@@ -353,6 +353,7 @@ impl Config {
     }
 }
 
+/// Rule names and sample rates; the plan compiles the queries.
 fn validate_rules(rules: &[ExclusionRuleConfig], at: &str) -> Result<(), Invalid> {
     let mut names = HashSet::new();
     for (i, r) in rules.iter().enumerate() {
@@ -372,6 +373,8 @@ fn validate_rules(rules: &[ExclusionRuleConfig], at: &str) -> Result<(), Invalid
     Ok(())
 }
 
+/// Plugin names, files, deadlines and memory; the plan checks each file is a
+/// WebAssembly module.
 fn validate_plugins(plugins: &[PluginConfig], at: &str) -> Result<(), Invalid> {
     let mut names = HashSet::new();
     for (i, p) in plugins.iter().enumerate() {

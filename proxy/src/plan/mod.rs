@@ -6,8 +6,8 @@
 //! nothing else; the plan adds what needs the rest of Weir (exclusion-rule
 //! queries compiled, plugin files validated) and gathers each tenant's
 //! settings into one [`TenantPlan`], its route resolved from regions and
-//! backends by name. Two plans compare by value, secrets included (in
-//! constant time, never printed): [`changes`] tells a reload what differs.
+//! backends by name. Two plans compare by value (`Secret`s in constant time,
+//! never printed); [`changes`] names, for a reload, each field that differs.
 mod diff;
 mod tenant;
 

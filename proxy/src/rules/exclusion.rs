@@ -69,19 +69,19 @@ pub fn content_hash(ev: &Event) -> u64 {
     h.finish()
 }
 
-/// Which list a rule belongs to.
+/// Which list a rule belongs to ([`ExclusionRules::scope`] makes one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
     Global,
-    /// The tenant's place in [`ExclusionRules::tenant_names`].
-    Tenant(usize),
+    /// A tenant of the rules, by name.
+    Tenant(String),
 }
 
 /// A view of every rule at one moment (the admin API lists it).
 pub struct RuleSet {
     pub global: Vec<Arc<Rule>>,
-    /// In the order of [`ExclusionRules::tenant_names`].
-    pub tenants: Vec<Vec<Arc<Rule>>>,
+    /// Each tenant's name and rules, in the config's order.
+    pub tenants: Vec<(String, Vec<Arc<Rule>>)>,
 }
 
 /// One scope's rules: an immutable list, swapped whole.
@@ -156,19 +156,29 @@ impl ExclusionRules {
             tenants: self
                 .tenants
                 .iter()
-                .map(|(_, l)| l.current().to_vec())
+                .map(|(n, l)| (n.clone(), l.current().to_vec()))
                 .collect(),
         }
     }
 
-    pub fn tenant_names(&self) -> Vec<String> {
-        self.tenants.iter().map(|(n, _)| n.clone()).collect()
+    /// The scope `name` names: `global`, or one of the tenants.
+    pub fn scope(&self, name: &str) -> Option<Scope> {
+        if name == "global" {
+            return Some(Scope::Global);
+        }
+        self.tenants
+            .iter()
+            .any(|(n, _)| n == name)
+            .then(|| Scope::Tenant(name.to_string()))
     }
 
-    fn list(&self, scope: &Scope) -> &RuleList {
+    fn list(&self, scope: &Scope) -> &Arc<RuleList> {
         match scope {
             Scope::Global => &self.global,
-            Scope::Tenant(i) => &self.tenants[*i].1,
+            Scope::Tenant(name) => {
+                let found = self.tenants.iter().find(|(n, _)| n == name);
+                &found.expect("scopes name tenants of these rules").1
+            }
         }
     }
 
@@ -294,14 +304,12 @@ mod tests {
 
         /// Runs `batch` through its tenant's stage.
         fn process(&self, batch: &mut Batch) -> Result<(), Rejection> {
-            let i = self
-                .tenant_names()
-                .iter()
-                .position(|n| **n == *batch.meta.tenant);
-            let own = self.tenants[i.expect("a tenant of these rules")].1.clone();
+            let scope = self
+                .scope(&batch.meta.tenant)
+                .expect("a tenant of these rules");
             let stage = TenantRules {
                 global: self.global.clone(),
-                own,
+                own: self.list(&scope).clone(),
             };
             stage.process(batch)
         }
@@ -377,7 +385,7 @@ mod tests {
     #[test]
     fn replace_swaps_atomically_and_refuses_bad_queries() {
         let rules = ExclusionRules::new(&[], &[("t0".into(), vec![])]).unwrap();
-        let scope = Scope::Tenant(0);
+        let scope = rules.scope("t0").unwrap();
         rules
             .replace(
                 &scope,

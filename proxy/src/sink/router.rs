@@ -20,10 +20,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub struct Router {
-    /// The current route of each tenant, in the plan's order.
-    routes: Vec<RouteSlot>,
-    /// The tenants' names, in the same order.
-    tenants: Vec<String>,
+    /// Each tenant's name and current route, in the plan's order.
+    routes: Vec<(String, RouteSlot)>,
     /// Where each tenant's undeliverable events go, by tenant name (none: no archive).
     dead_letters: HashMap<String, DeadLetters>,
     drain: CancellationToken,
@@ -39,7 +37,8 @@ struct State {
 }
 
 struct Generation {
-    routes: Vec<RouteHandle>,
+    /// Each tenant's name and new route, in the plan's order.
+    routes: Vec<(String, RouteHandle)>,
     tasks: Vec<JoinHandle<()>>,
     healths: Vec<(Target, Arc<BackendHealth>)>,
     checks: CancellationToken,
@@ -141,7 +140,7 @@ fn generation(
             dead_letters.get(&t.name).cloned(),
             drain.clone(),
         );
-        routes.push(route);
+        routes.push((t.name.clone(), route));
         tasks.push(task);
     }
     // Checks only once everything is built (an error above leaves none running).
@@ -178,9 +177,8 @@ impl Router {
             routes: g
                 .routes
                 .into_iter()
-                .map(|r| Arc::new(RwLock::new(r)))
+                .map(|(name, r)| (name, Arc::new(RwLock::new(r))))
                 .collect(),
-            tenants: plan.tenants.iter().map(|t| t.name.clone()).collect(),
             dead_letters,
             drain,
             state: Mutex::new(State {
@@ -206,8 +204,8 @@ impl Router {
 
     /// Where tenant `name`'s current route is found (the archive tee reads it per batch).
     pub fn slot(&self, name: &str) -> Option<RouteSlot> {
-        let i = self.tenants.iter().position(|t| t == name)?;
-        Some(self.routes[i].clone())
+        let (_, slot) = self.routes.iter().find(|(t, _)| t == name)?;
+        Some(slot.clone())
     }
 
     pub fn healths(&self) -> Vec<Arc<BackendHealth>> {
@@ -219,17 +217,18 @@ impl Router {
     /// in the same order: adding or removing tenants takes a restart.
     pub fn reload(&self, plan: &Plan) -> Result<Reloaded, String> {
         let config = &plan.config;
-        let names: Vec<String> = plan.tenants.iter().map(|t| t.name.clone()).collect();
-        if names != self.tenants {
+        let names: Vec<&str> = plan.tenants.iter().map(|t| t.name.as_str()).collect();
+        let running: Vec<&str> = self.routes.iter().map(|(n, _)| n.as_str()).collect();
+        if names != running {
             return Err(format!(
-                "the tenants changed (running {:?}, new file {names:?}); a reload changes routing only: restart weir to add, remove or rename tenants",
-                self.tenants
+                "the tenants changed (running {running:?}, new file {names:?}); a reload changes routing only: restart weir to add, remove or rename tenants"
             ));
         }
         let mut state = self.state.lock().unwrap();
         let g = generation(plan, &state.healths, &self.dead_letters, &self.drain)
             .map_err(|e| format!("{e:#}"))?;
-        for (slot, route) in self.routes.iter().zip(g.routes) {
+        for (name, route) in g.routes {
+            let slot = self.slot(&name).expect("the same tenants, checked above");
             // The old handle drops here: its route sends what it holds, then ends.
             *slot.write().unwrap() = route;
         }
