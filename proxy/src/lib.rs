@@ -2,8 +2,9 @@
 //!
 //! listen (TCP, TLS, HTTP) → intake (decode, auth, limits) → pipeline (the stage
 //! chain and the archive tee) → archive (object storage) and sink (batching,
-//! compression, retries to backends). config, tenant, telemetry and admin
-//! serve them all.
+//! compression, retries to backends). config (the YAML as written), plan
+//! (the config resolved once: one plan per tenant), tenant (each carries its
+//! own stage chain), telemetry and admin serve them all.
 pub mod admin;
 pub mod archive;
 pub mod banner;
@@ -15,6 +16,7 @@ pub mod event;
 pub mod intake;
 pub mod listen;
 pub mod pipeline;
+pub mod plan;
 pub mod plugin;
 pub mod quota;
 pub mod reload;
@@ -25,92 +27,50 @@ pub mod tenant;
 pub mod watch;
 
 use anyhow::Context;
-use config::Config;
-use pipeline::{Chain, TenantOutputs};
+use archive::{ArchiveHandle, DeadLetters};
+use pipeline::{Chain, Stage, TenantOutputs};
+use plan::{Plan, TenantPlan};
+use std::collections::HashMap;
 use std::sync::Arc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Runs the proxy until SIGTERM or SIGINT, then drains: stops accepting,
 /// finishes open requests, sends queued batches and writes archive objects.
 ///
-/// `path` is the file `config` came from (none: the embedded default); its
+/// `path` is the file `plan` came from (none: the embedded default); its
 /// routing is reloaded on SIGHUP, on change, and on `POST /admin/config/reload`.
-pub async fn run(config: Config, path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+pub async fn run(plan: Plan, path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    let plan = Arc::new(plan);
+    let config = &plan.config;
     let _ = std::fs::create_dir_all(&config.data_dir);
-    let tenants = tenant::Tenants::from_config(&config);
     let drain = CancellationToken::new();
-    let mut workers = Vec::new();
-
-    let mut stores = archive::Stores::default();
-    let mut archives = Vec::new();
-    let mut all_dead_letters = Vec::new();
-    for t in &config.tenants {
-        let archive_cfg = t.archive.as_ref().unwrap_or(&config.archive);
-        let archive = if archive_cfg.enabled {
-            let store = stores
-                .get_or_open(&archive_cfg.store)
-                .with_context(|| format!("tenant {}", t.name))?;
-            let dead_letters = archive::DeadLetters::new(&t.name, archive_cfg, store.clone());
-            let (handle, task) = archive::spawn_writer(&t.name, archive_cfg, store, drain.clone());
-            workers.push(task);
-            Some((handle, dead_letters))
-        } else {
-            None
-        };
-        let (archive, dead_letters) = archive.unzip();
-        archives.push(archive);
-        all_dead_letters.push(dead_letters);
-    }
+    let (mut archives, writers) = open_archives(&plan, &drain)?;
     // Backends and one route per tenant: a generation a config reload replaces.
-    let router = sink::router::Router::start(&config, all_dead_letters, drain.clone())?;
-    let outputs: Vec<TenantOutputs> = archives
-        .into_iter()
-        .enumerate()
-        .map(|(i, archive)| TenantOutputs {
-            archive,
-            route: router.slot(i),
-        })
+    let dead_letters = archives
+        .iter()
+        .map(|(name, (_, dl))| (name.clone(), dl.clone()))
         .collect();
-    let reloader = reload::ConfigReloader::new(path.clone(), &config, router.clone());
+    let router = sink::router::Router::start(&plan, dead_letters, drain.clone())?;
+    let reloader = reload::ConfigReloader::new(path.clone(), plan.clone(), router.clone());
     reloader.reload_on_sighup(drain.clone());
-    // The stage chain, in data-flow order: rate limit, plugins, archive tee
-    // marks, exclusion rules, daily quota. Rules and quotas are shared with the admin API.
-    let names: Vec<String> = config.tenants.iter().map(|t| t.name.clone()).collect();
-    let rate = quota::rate::RateLimits::new(
-        &config
-            .tenants
-            .iter()
-            .map(|t| t.rate_limit.clone())
-            .collect::<Vec<_>>(),
-    );
-    let tenant_rules: Vec<(String, Vec<config::ExclusionRuleConfig>)> = config
-        .tenants
-        .iter()
-        .map(|t| (t.name.clone(), t.exclusion_rules.clone()))
-        .collect();
-    let rules = Arc::new(
-        rules::exclusion::ExclusionRules::new(&config.exclusion_rules, &tenant_rules)
-            .map_err(|e| anyhow::anyhow!("rule {:?}: {}", e.rule, e.error))?,
-    );
-    let quota_cfgs: Vec<_> = config
-        .tenants
-        .iter()
-        .map(|t| t.daily_quota.clone())
-        .collect();
-    let quotas = Arc::new(quota::daily::DailyQuotas::new(
-        &names,
-        &quota_cfgs,
-        clock::system(),
-        &config.data_dir.join("quota"),
-    ));
-    // Plugins run after the rate limit and before the exclusion rules, so what they redact
-    // never reaches the archive tee. One that cannot load (compile, link, ABI version,
-    // weir_init) stops the start, naming the config field. Later versions of their files
-    // are hot reloaded (the watcher, or POST /admin/reload); a version that cannot load
-    // is refused and the running one kept.
-    let plugins = Arc::new(plugin::Plugins::load(&config).map_err(|(field, msg)| {
-        anyhow::anyhow!("{}", plugin::config_error(path.as_deref(), field, msg))
-    })?);
+    let mut shared = Shared::new(&plan);
+    let mut tenants = tenant::Tenants::default();
+    for t in &plan.tenants {
+        let archive = archives.remove(&t.name).map(|(handle, _)| handle);
+        let route = router.slot(&t.name).expect("the router has every tenant");
+        let tenant = shared
+            .tenant(t, TenantOutputs { archive, route })
+            .map_err(|e| anyhow::anyhow!("{}", config.origin.locate(e)))?;
+        tenants.add(&t.api_keys, tenant);
+    }
+    let Shared {
+        rules,
+        quotas,
+        plugins,
+        ..
+    } = shared;
+    let (quotas, plugins) = (Arc::new(quotas), Arc::new(plugins));
     // One poller reloads the config file and the plugin modules when they change.
     let watched: Vec<std::sync::Weak<dyn watch::Watched>> = vec![
         Arc::downgrade(&reloader) as _,
@@ -120,8 +80,8 @@ pub async fn run(config: Config, path: Option<std::path::PathBuf>) -> anyhow::Re
     let control = Arc::new(
         admin::control::Control::new(
             config.admin.token.clone(),
-            admin::control::Overrides::from_config(&config),
-            rules.clone(),
+            admin::control::Overrides::from_config(config),
+            Arc::new(rules),
             quotas.clone(),
             config.data_dir.clone(),
         )?
@@ -129,44 +89,151 @@ pub async fn run(config: Config, path: Option<std::path::PathBuf>) -> anyhow::Re
         .with_router(router.clone())
         .with_reloader(reloader.clone()),
     );
-    let mut stages: Vec<Box<dyn pipeline::Stage>> = vec![Box::new(rate)];
-    if !plugins.is_empty() {
-        stages.push(Box::new(plugins.clone()));
-    }
-    stages.push(Box::new(rules));
-    stages.push(Box::new(quotas.clone()));
-    let stage_workers = (!plugins.is_empty())
-        .then(|| pipeline::workers::Workers::new(plugin::plugin_threads(&config)));
-    let chain = Chain::with_workers(stages, outputs, stage_workers);
-    let saver = {
-        let quotas = quotas.clone();
-        let stop = drain.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = stop.cancelled() => break,
-                }
-                let q = quotas.clone();
-                let _ = tokio::task::spawn_blocking(move || q.save()).await;
-            }
-        })
-    };
-    let intake = intake::Intake::new(tenants, chain, config.limits.clone());
+    let saver = save_quotas_every_second(quotas.clone(), drain.clone());
+    let intake = intake::Intake::new(tenants, config.limits.clone());
+    let mut serving = serve(&plan, path.as_deref(), intake, control).await?;
 
+    shutdown_signal().await;
+    let lost = serving.drain(config, writers, &router, drain).await;
+    let _ = saver.await;
+    quotas.save();
+    serving.stop_admin().await;
+    match lost {
+        // main.rs logs it and exits non-zero.
+        Some(e) => Err(e),
+        None => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
+}
+
+/// Every tenant's archive writer, by tenant name, with where its
+/// undeliverable events go; and the writer tasks to wait for at shutdown.
+type Archives = HashMap<String, (ArchiveHandle, DeadLetters)>;
+
+fn open_archives(
+    plan: &Plan,
+    drain: &CancellationToken,
+) -> anyhow::Result<(Archives, Vec<JoinHandle<()>>)> {
+    let mut stores = archive::Stores::default();
+    let mut archives = HashMap::new();
+    let mut writers = Vec::new();
+    for t in plan.tenants.iter().filter(|t| t.archive.enabled) {
+        let store = stores
+            .get_or_open(&t.archive.store)
+            .with_context(|| format!("tenant {}", t.name))?;
+        let dead_letters = archive::DeadLetters::new(&t.name, &t.archive, store.clone());
+        let (handle, task) = archive::spawn_writer(&t.name, &t.archive, store, drain.clone());
+        writers.push(task);
+        archives.insert(t.name.clone(), (handle, dead_letters));
+    }
+    Ok((archives, writers))
+}
+
+/// What the tenants' stages share, filled in one tenant at a time: the rule
+/// lists and quotas (which the admin API changes at run time), the plugins
+/// (which the file watcher reloads) and the threads plugin calls run on.
+struct Shared {
+    rules: rules::exclusion::ExclusionRules,
+    quotas: quota::daily::DailyQuotas,
+    plugins: plugin::Plugins,
+    workers: Option<Arc<pipeline::workers::Workers>>,
+    threads: usize,
+}
+
+impl Shared {
+    fn new(plan: &Plan) -> Shared {
+        let config = &plan.config;
+        let threads = plugin::plugin_threads(config);
+        let any_plugin = plan.tenants.iter().any(|t| !t.plugins.is_empty());
+        Shared {
+            rules: rules::exclusion::ExclusionRules::with_global(plan.global_rules.clone()),
+            quotas: quota::daily::DailyQuotas::new(clock::system(), &config.data_dir.join("quota")),
+            plugins: plugin::Plugins::new(Some(&config.data_dir)),
+            workers: any_plugin.then(|| pipeline::workers::Workers::new(threads)),
+            threads,
+        }
+    }
+
+    /// Tenant `t`'s stage chain, in data-flow order: rate limit, plugins,
+    /// exclusion rules, daily quota, then the archive tee to `outputs`.
+    /// Plugins run after the rate limit and before the exclusion rules, so
+    /// what they redact never reaches the archive tee. One that cannot load
+    /// (compile, link, ABI version, weir_init) stops the start, naming its
+    /// config field; later versions of their files are hot reloaded (the
+    /// watcher, or POST /admin/reload), a version that cannot load refused.
+    fn tenant(
+        &mut self,
+        t: &TenantPlan,
+        outputs: TenantOutputs,
+    ) -> Result<Arc<tenant::Tenant>, config::Invalid> {
+        let mut stages: Vec<Box<dyn Stage>> = Vec::new();
+        if let Some(limit) = &t.rate_limit {
+            stages.push(Box::new(quota::rate::RateLimit::new(Some(limit))));
+        }
+        let at = format!("{}.plugins", t.at);
+        if let Some(p) = self.plugins.add(&t.name, &at, &t.plugins, self.threads)? {
+            stages.push(Box::new(p));
+        }
+        // Every tenant has these two: the admin API may give it rules or a quota at run time.
+        stages.push(Box::new(self.rules.add(&t.name, t.exclusion_rules.clone())));
+        stages.push(Box::new(self.quotas.add(&t.name, t.daily_quota.as_ref())));
+        Ok(Arc::new(tenant::Tenant {
+            name: t.name.as_str().into(),
+            chain: Chain::with_workers(stages, outputs, self.workers.clone()),
+        }))
+    }
+}
+
+/// Writes the daily quotas' usage every second until `stop`.
+fn save_quotas_every_second(
+    quotas: Arc<quota::daily::DailyQuotas>,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => break,
+            }
+            let q = quotas.clone();
+            let _ = tokio::task::spawn_blocking(move || q.save()).await;
+        }
+    })
+}
+
+/// The listeners and the admin endpoint, serving.
+struct Serving {
+    listeners: Vec<JoinHandle<()>>,
+    /// Stops the listeners from accepting.
+    stop: CancellationToken,
+    health: Arc<admin::Health>,
+    admin: JoinHandle<()>,
+    admin_stop: CancellationToken,
+}
+
+/// Binds the admin endpoint and every listener, then says Weir is ready.
+async fn serve(
+    plan: &Plan,
+    path: Option<&std::path::Path>,
+    intake: Arc<intake::Intake>,
+    control: Arc<admin::control::Control>,
+) -> anyhow::Result<Serving> {
+    let config = &plan.config;
     let health = Arc::new(admin::Health::default());
     let admin_listener = tokio::net::TcpListener::bind(config.admin.address)
         .await
         .with_context(|| format!("admin: cannot bind {}", config.admin.address))?;
     let stop = CancellationToken::new();
-    let mut serving = Vec::new();
+    let mut listeners = Vec::new();
     let mut bound = Vec::new();
     for l in &config.listeners {
         let listener = listen::Listener::bind(l).await?;
         bound.push((l.name.clone(), l.protocol, listener.local_addr()));
         tracing::info!(listener = %l.name, address = %listener.local_addr(), protocol = l.protocol.as_str(), "listening");
-        serving.push(tokio::spawn(listener.serve(
+        listeners.push(tokio::spawn(listener.serve(
             intake.clone(),
             config.limits.clone(),
             stop.clone(),
@@ -176,17 +243,16 @@ pub async fn run(config: Config, path: Option<std::path::PathBuf>) -> anyhow::Re
     let admin_addr = admin_listener.local_addr()?;
     tracing::info!(address = %admin_addr, "admin listening (/metrics, /healthz, /readyz)");
     let admin_stop = CancellationToken::new();
-    let admin_task = tokio::spawn(admin::serve(
+    let admin = tokio::spawn(admin::serve(
         admin_listener,
         health.clone(),
         control,
         admin_stop.clone(),
     ));
-    drop(intake);
     health.set_ready(true);
     tracing::info!(
         version = %banner::version(),
-        tenants = config.tenants.len(),
+        tenants = plan.tenants.len(),
         backends = config.backends.len(),
         "weir is ready"
     );
@@ -194,46 +260,60 @@ pub async fn run(config: Config, path: Option<std::path::PathBuf>) -> anyhow::Re
     if config.log.format == config::LogFormat::Text {
         eprintln!(
             "{}",
-            banner::lines(&config, path.as_deref(), &bound, admin_addr).join("\n")
+            banner::lines(config, path, &bound, admin_addr).join("\n")
         );
     }
+    Ok(Serving {
+        listeners,
+        stop,
+        health,
+        admin,
+        admin_stop,
+    })
+}
 
-    shutdown_signal().await;
-    tracing::info!("shutting down: draining connections, batches and archive objects");
-    health.set_ready(false);
-    stop.cancel();
-    let deadline = tokio::time::Instant::now() + config.shutdown_timeout.0;
-    for s in serving {
-        let _ = s.await;
-    }
-    drain.cancel();
-    // The archive writers (`workers`) and every route, old generations still
-    // sending included, share the deadline. Whether the archives finished
-    // tells where events no backend got still are.
-    let archives = tokio::time::timeout_at(deadline, futures::future::join_all(workers)).await;
-    let archives_done = archives.is_ok();
-    for r in archives.into_iter().flatten() {
-        telemetry::faults::check_join(telemetry::faults::Task::ArchiveWriter, "archive", r);
-    }
-    let routes = tokio::time::timeout_at(deadline, futures::future::join_all(router.tasks())).await;
-    let routes_done = routes.is_ok();
-    for r in routes.into_iter().flatten() {
-        telemetry::faults::check_join(telemetry::faults::Task::Route, "route", r);
-    }
-    let lost = (!archives_done || !routes_done)
-        .then(|| sink::shutdown::report(&config, archives_done))
-        .flatten();
-    let _ = saver.await;
-    quotas.save();
-    admin_stop.cancel();
-    let _ = admin_task.await;
-    match lost {
-        // main.rs logs it and exits non-zero.
-        Some(e) => Err(e),
-        None => {
-            tracing::info!("stopped");
-            Ok(())
+impl Serving {
+    /// Stops accepting, finishes open requests, then lets the archive writers
+    /// and every route (old generations still sending included) finish within
+    /// the shutdown timeout. `Some`: where events no backend got still are.
+    async fn drain(
+        &mut self,
+        config: &config::Config,
+        writers: Vec<JoinHandle<()>>,
+        router: &sink::router::Router,
+        drain: CancellationToken,
+    ) -> Option<anyhow::Error> {
+        use telemetry::faults::{check_join, Task};
+        tracing::info!("shutting down: draining connections, batches and archive objects");
+        self.health.set_ready(false);
+        self.stop.cancel();
+        let deadline = tokio::time::Instant::now() + config.shutdown_timeout.0;
+        for s in std::mem::take(&mut self.listeners) {
+            let _ = s.await;
         }
+        drain.cancel();
+        // The archive writers and every route, old generations still sending
+        // included, share the deadline. Whether the archives finished tells
+        // where events no backend got still are.
+        let archives = tokio::time::timeout_at(deadline, futures::future::join_all(writers)).await;
+        let archives_done = archives.is_ok();
+        for r in archives.into_iter().flatten() {
+            check_join(Task::ArchiveWriter, "archive", r);
+        }
+        let routes =
+            tokio::time::timeout_at(deadline, futures::future::join_all(router.tasks())).await;
+        let routes_done = routes.is_ok();
+        for r in routes.into_iter().flatten() {
+            check_join(Task::Route, "route", r);
+        }
+        (!archives_done || !routes_done)
+            .then(|| sink::shutdown::report(config, archives_done))
+            .flatten()
+    }
+
+    async fn stop_admin(self) {
+        self.admin_stop.cancel();
+        let _ = self.admin.await;
     }
 }
 

@@ -1,12 +1,14 @@
 //! Config reload: on SIGHUP, when the config file changes (polled by
-//! crate::watch), or on `POST /admin/config/reload`. The file is read and
-//! validated like at start (errors name file, line and field); if it is
+//! crate::watch), or on `POST /admin/config/reload`. The file is resolved
+//! into a plan like at start (errors name file, line and field); if it is
 //! valid, its routing (backends, regions, each tenant's backend, region,
 //! failover regions and upstream key) is swapped in without dropping batches
-//! in flight or client connections. Anything else that differs from the
-//! running config is reported as needing a restart. An invalid file changes
-//! nothing: the running config keeps going.
-use crate::config::Config;
+//! in flight or client connections. The new plan is compared with the running
+//! ones by value (crate::plan::changes): the routing fields that changed are
+//! reported as applied (a changed credential among them, by name only), and
+//! anything else that differs from the plan at start as needing a restart.
+//! An invalid file changes nothing: the running config keeps going.
+use crate::plan::{changes, Plan};
 use crate::sink::router::Router;
 use crate::telemetry::{ReloadOutcome, METRICS};
 use crate::watch::FileStamp;
@@ -33,108 +35,25 @@ pub struct ConfigReloader {
     /// None: the embedded default, which has no file to reload.
     path: Option<PathBuf>,
     router: Arc<Router>,
-    /// The config as written at start: what a reload does not apply keeps running as it.
-    running: serde_yaml::Value,
+    /// The plan at start: what a reload does not apply keeps running as it.
+    started: Arc<Plan>,
+    /// The plan whose routing is in use (the last one reloaded).
+    routing: Mutex<Arc<Plan>>,
     /// The file as last looked at.
     seen: Mutex<Option<FileStamp>>,
     /// Route tasks a reload starts run on this runtime, whichever thread reloads.
     runtime: tokio::runtime::Handle,
 }
 
-/// Top-level sections a reload applies (routing); everything else needs a restart.
-const APPLIED_SECTIONS: [&str; 2] = ["backends", "regions"];
-/// Tenant fields a reload applies (its routing).
-const APPLIED_TENANT_FIELDS: [&str; 4] =
-    ["backend", "region", "failover_regions", "upstream_api_key"];
-
-/// The field paths (`limits.max_body_bytes`, `tenants[0].archive.store.secret_access_key`)
-/// whose values differ between two configs as written, outside what a reload applies.
-/// Values are compared, never printed: secrets stay out of logs and answers.
-pub fn changed_fields(old: &serde_yaml::Value, new: &serde_yaml::Value) -> Vec<String> {
-    let mut out = Vec::new();
-    diff(old, new, String::new(), &mut out);
-    out.retain(|path| {
-        let top = path.split(['.', '[']).next().unwrap_or("");
-        if APPLIED_SECTIONS.contains(&top) {
-            return false;
-        }
-        // tenants[i].field...
-        if let Some(rest) = path.strip_prefix("tenants[") {
-            if let Some((_, field)) = rest.split_once("].") {
-                let field = field.split(['.', '[']).next().unwrap_or("");
-                return !APPLIED_TENANT_FIELDS.contains(&field);
-            }
-        }
-        true
-    });
-    out
-}
-
-fn diff(old: &serde_yaml::Value, new: &serde_yaml::Value, path: String, out: &mut Vec<String>) {
-    use serde_yaml::Value as Y;
-    let join = |key: &str| {
-        if path.is_empty() {
-            key.to_string()
-        } else {
-            format!("{path}.{key}")
-        }
-    };
-    let empty = Y::Mapping(Default::default());
-    // A section added or removed whole: name its fields, not just the section.
-    let (old, new) = match (old, new) {
-        (Y::Null, b @ Y::Mapping(_)) => (&empty, b),
-        (a @ Y::Mapping(_), Y::Null) => (a, &empty),
-        other => other,
-    };
-    match (old, new) {
-        (Y::Mapping(a), Y::Mapping(b)) => {
-            let mut keys: Vec<String> = a
-                .keys()
-                .chain(b.keys())
-                .map(|k| match k {
-                    Y::String(s) => s.clone(),
-                    other => serde_yaml::to_string(other)
-                        .unwrap_or_default()
-                        .trim()
-                        .to_string(),
-                })
-                .collect();
-            keys.sort();
-            keys.dedup();
-            for k in keys {
-                let key = Y::String(k.clone());
-                let null = Y::Null;
-                diff(
-                    a.get(&key).unwrap_or(&null),
-                    b.get(&key).unwrap_or(&null),
-                    join(&k),
-                    out,
-                );
-            }
-        }
-        (Y::Sequence(a), Y::Sequence(b)) if a.len() == b.len() => {
-            for (i, (x, y)) in a.iter().zip(b).enumerate() {
-                diff(x, y, format!("{path}[{i}]"), out);
-            }
-        }
-        (Y::Tagged(a), Y::Tagged(b)) if a.tag == b.tag => diff(&a.value, &b.value, path, out),
-        (a, b) if a == b => {}
-        _ => out.push(if path.is_empty() {
-            "(whole file)".into()
-        } else {
-            path
-        }),
-    }
-}
-
 impl ConfigReloader {
-    pub fn new(path: Option<PathBuf>, config: &Config, router: Arc<Router>) -> Arc<ConfigReloader> {
+    pub fn new(path: Option<PathBuf>, plan: Arc<Plan>, router: Arc<Router>) -> Arc<ConfigReloader> {
         Arc::new(ConfigReloader {
             seen: Mutex::new(path.as_deref().and_then(FileStamp::of)),
             runtime: tokio::runtime::Handle::current(),
             path,
             router,
-            running: config.raw.clone(),
+            routing: Mutex::new(plan.clone()),
+            started: plan,
         })
     }
 
@@ -151,7 +70,11 @@ impl ConfigReloader {
                     .as_array()
                     .map(|a| a.iter().filter_map(Value::as_str).collect())
                     .unwrap_or_default();
-                tracing::info!(trigger = why, needs_restart = %needs_restart.join(", "), "config reloaded: new routing in use");
+                let applied: Vec<&str> = v["applied"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                tracing::info!(trigger = why, applied = %applied.join(", "), needs_restart = %needs_restart.join(", "), "config reloaded: new routing in use");
             }
             Err(e) => {
                 RELOADS
@@ -171,14 +94,21 @@ impl ConfigReloader {
             return Err("weir runs on its embedded default config: there is no file to reload (start it with --config FILE)".into());
         };
         *self.seen.lock().unwrap() = FileStamp::of(path);
-        let config = Config::load(path).map_err(|e| e.to_string())?;
-        let reloaded = self.router.reload(&config)?;
+        let plan = Arc::new(Plan::load(Some(path)).map_err(|e| e.to_string())?);
+        let reloaded = self.router.reload(&plan)?;
         // What a reload does not apply still runs as it was at start.
-        let needs_restart = changed_fields(&self.running, &config.raw);
+        let needs_restart = changes(&self.started, &plan).needs_restart;
+        let applied = {
+            let mut routing = self.routing.lock().unwrap();
+            let applied = changes(&routing, &plan).applied;
+            *routing = plan;
+            applied
+        };
         let out = json!({
             "reloaded": true,
             "backends": reloaded.backends,
             "regions": reloaded.regions,
+            "applied": applied,
             "needs_restart": needs_restart,
         });
         if !needs_restart.is_empty() {
@@ -217,29 +147,5 @@ impl crate::watch::Watched for ConfigReloader {
         let _runtime = self.runtime.enter();
         // reload() logs and counts its outcome.
         let _ = self.reload("file change");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::changed_fields;
-
-    fn y(s: &str) -> serde_yaml::Value {
-        serde_yaml::from_str(s).unwrap()
-    }
-
-    #[test]
-    fn needs_restart_names_each_changed_field_and_skips_routing() {
-        let old = y("archive: {store: {type: s3, bucket: b, secret_access_key: one}}\nbackends: [{name: a, url: x}]\nlimits: {max_body_bytes: 5MiB}\ntenants:\n  - {name: t, backend: a, exclusion_rules: [{name: r, query: q, sample_rate: 0.5}]}\n");
-        let new = y("archive: {store: {type: s3, bucket: b, secret_access_key: two}}\nbackends: [{name: a, url: y}]\nlimits: {max_body_bytes: 5MiB, idle_timeout: 5s}\ntenants:\n  - {name: t, backend: b, exclusion_rules: [{name: r, query: q, sample_rate: 0.9}]}\n");
-        assert_eq!(
-            changed_fields(&old, &new),
-            vec![
-                "archive.store.secret_access_key",
-                "limits.idle_timeout",
-                "tenants[0].exclusion_rules[0].sample_rate",
-            ]
-        );
-        assert!(changed_fields(&old, &old).is_empty());
     }
 }

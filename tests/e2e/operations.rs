@@ -273,6 +273,39 @@ async fn a_reload_names_each_field_that_needs_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_reports_a_changed_secret() {
+    let (_fake, addr) = FakeDatadog::start().await;
+    let text = config(&addr.to_string(), "", "").replace(
+        "admin:\n  address: 127.0.0.1:{ADMIN}\n",
+        &format!("admin:\n  address: 127.0.0.1:{{ADMIN}}\n  token: {TOKEN}\n"),
+    );
+    let weir = Weir::start(&text).await;
+    let running = std::fs::read_to_string(&weir.config_path).unwrap();
+    let changed = running.replace(
+        "upstream_api_key: upstream-secret",
+        "upstream_api_key: upstream-rotated",
+    );
+    std::fs::write(&weir.config_path, changed).unwrap();
+    let r = admin(
+        &weir,
+        "POST",
+        "/admin/config/reload",
+        Some(TOKEN),
+        json!(null),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["applied"], json!(["tenants[0].upstream_api_key"]));
+    assert_eq!(r.json()["needs_restart"], json!([]));
+    assert!(!r.text().contains("upstream-rotated"), "{}", r.text());
+    let log = weir.log();
+    assert!(
+        log.contains("tenants[0].upstream_api_key") && !log.contains("upstream-rotated"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_requests_are_logged_with_peer_listener_tenant_and_reason() {
     let (_fake, addr) = FakeDatadog::start().await;
     let weir = Weir::start(&config(

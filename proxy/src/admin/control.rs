@@ -339,26 +339,18 @@ impl Control {
     }
 
     fn scope(&self, name: &str) -> Result<Scope, Rejection> {
-        if name == "global" {
-            return Ok(Scope::Global);
-        }
-        self.rules
-            .tenant_names()
-            .iter()
-            .position(|t| t == name)
-            .map(Scope::Tenant)
-            .ok_or_else(|| {
-                err(
-                    StatusCode::NOT_FOUND,
-                    format!("no tenant {name:?} (use \"global\" for the global rules)"),
-                )
-            })
+        self.rules.scope(name).ok_or_else(|| {
+            err(
+                StatusCode::NOT_FOUND,
+                format!("no tenant {name:?} (use \"global\" for the global rules)"),
+            )
+        })
     }
 
     fn scope_name(&self, scope: &Scope) -> String {
         match scope {
             Scope::Global => "global".into(),
-            Scope::Tenant(i) => self.rules.tenant_names()[*i].clone(),
+            Scope::Tenant(name) => name.clone(),
         }
     }
 
@@ -572,7 +564,6 @@ impl Control {
 
     fn list_rules(&self) -> Value {
         let set = self.rules.snapshot();
-        let names = self.rules.tenant_names();
         let view = |rule: &ExclusionRuleConfig, tenants: &[&String]| {
             let mut counts = [0u64; 3];
             for t in tenants {
@@ -587,18 +578,13 @@ impl Control {
                 "matched": counts[0], "excluded": counts[1], "kept": counts[2],
             })
         };
-        let all: Vec<&String> = names.iter().collect();
+        let all: Vec<&String> = set.tenants.iter().map(|(n, _)| n).collect();
         let global: Vec<Value> = set.global.iter().map(|r| view(&r.config, &all)).collect();
         let mut tenants = serde_json::Map::new();
-        for (i, name) in names.iter().enumerate() {
+        for (name, rules) in &set.tenants {
             tenants.insert(
                 name.clone(),
-                Value::Array(
-                    set.tenants[i]
-                        .iter()
-                        .map(|r| view(&r.config, &[name]))
-                        .collect(),
-                ),
+                Value::Array(rules.iter().map(|r| view(&r.config, &[name])).collect()),
             );
         }
         json!({ "global": global, "tenants": tenants })

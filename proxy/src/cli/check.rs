@@ -17,13 +17,14 @@ pub fn run(args: Args) -> Result<(), String> {
             weir::config::check_log_filter(&filter).map_err(|e| format!("RUST_LOG: {e}"))?;
         }
     }
-    let config = super::load_config(path).map_err(|e| e.to_string())?;
-    // Compile, link and initialize every plugin too, so a bad one shows up here.
-    weir::plugin::Plugins::check(&config)
-        .map_err(|(field, message)| weir::plugin::config_error(path, field, message).to_string())?;
+    // The same resolution as `weir run` and a reload...
+    let plan = weir::plan::Plan::load(path).map_err(|e| e.to_string())?;
+    // ...and every plugin compiled, linked and initialized too, so a bad one shows up here.
+    weir::plugin::Plugins::check(&plan.config).map_err(|e| e.to_string())?;
+    let config = &plan.config;
     println!("{}: ok", super::config_name(path));
     // Changes made at run time win over the YAML on start: say which.
-    let yaml = weir::admin::control::Overrides::from_config(&config);
+    let yaml = weir::admin::control::Overrides::from_config(config);
     if let Some(saved) =
         weir::admin::control::Overrides::load(&config.data_dir).map_err(|e| e.to_string())?
     {

@@ -1,7 +1,7 @@
 //! The `weir` subcommands, one file each (its arguments and its body). Each body returns
 //! `Err(message)` for `main` to print as `error: message` with exit status 1.
 use std::path::Path;
-use weir::config::{Config, ConfigError, EMBEDDED_DEFAULT};
+pub use weir::config::EMBEDDED_NAME;
 
 pub mod backends;
 pub mod check;
@@ -12,17 +12,6 @@ pub mod run;
 /// What `weir --version` prints after `weir `: the package version, then the git commit and
 /// its date when built from a checkout (`0.1.0 (abc1234 2026-12-02)`; see build.rs).
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), env!("WEIR_BUILD_COMMIT"));
-
-/// How errors and `weir check` name the embedded default config.
-pub const EMBEDDED_NAME: &str = "<embedded config/weir.yaml>";
-
-/// The config at `path`, or the embedded local default.
-pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
-    match path {
-        Some(p) => Config::load(p),
-        None => Config::parse(EMBEDDED_DEFAULT, EMBEDDED_NAME),
-    }
-}
 
 /// How messages name a config: its path, or the embedded default.
 pub fn config_name(path: Option<&Path>) -> String {

@@ -13,21 +13,19 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<(), String> {
-    let config = super::load_config(args.config.as_deref()).map_err(|e| e.to_string())?;
+    let plan = weir::plan::Plan::load(args.config.as_deref()).map_err(|e| e.to_string())?;
     if args.discard_runtime_changes {
-        set_aside_runtime_changes(&config.data_dir)?;
+        set_aside_runtime_changes(&plan.config.data_dir)?;
     }
-    weir::telemetry::init_logging(&config.log)?;
+    weir::telemetry::init_logging(&plan.config.log)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("building the tokio runtime: {e}"))?;
-    runtime
-        .block_on(weir::run(config, args.config))
-        .map_err(|e| {
-            tracing::error!("{e:#}");
-            format!("{e:#}")
-        })
+    runtime.block_on(weir::run(plan, args.config)).map_err(|e| {
+        tracing::error!("{e:#}");
+        format!("{e:#}")
+    })
 }
 
 /// Renames `runtime.json` aside (kept, not deleted), so the YAML applies.

@@ -1,10 +1,11 @@
 //! Archives: where every accepted event is kept, whatever is indexed.
 use super::units::{ByteSize, Dur, Secret};
+use super::{invalid, Invalid};
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
 
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ArchiveConfig {
     #[serde(default = "yes")]
@@ -83,15 +84,15 @@ pub enum StoreConfig {
     },
 }
 
-pub(super) fn validate_archive(a: &ArchiveConfig, at: &str) -> Result<(), (String, String)> {
+pub(super) fn validate_archive(a: &ArchiveConfig, at: &str) -> Result<(), Invalid> {
     if a.compression_level > 9 {
-        return Err((
+        return Err(invalid(
             format!("{at}.compression_level"),
             "gzip level must be 0-9".into(),
         ));
     }
     if a.max_object_bytes.0 == 0 {
-        return Err((
+        return Err(invalid(
             format!("{at}.max_object_bytes"),
             "must be at least 1".into(),
         ));

@@ -1,7 +1,7 @@
 //! Listeners, input limits, the admin listener and logging: how Weir meets its
 //! clients and its operators.
 use super::units::{ByteSize, Dur, Secret};
-use super::Config;
+use super::{invalid, Config, Invalid};
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -158,9 +158,9 @@ pub enum LogFormat {
 
 impl Config {
     /// Listener names, TLS, the log filter and input limits.
-    pub(super) fn validate_listeners(&self) -> Result<(), (String, String)> {
+    pub(super) fn validate_listeners(&self) -> Result<(), Invalid> {
         if self.listeners.is_empty() {
-            return Err((
+            return Err(invalid(
                 "listeners".into(),
                 "at least one listener is required".into(),
             ));
@@ -168,20 +168,20 @@ impl Config {
         let mut names = HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
             if !names.insert(&l.name) {
-                return Err((
+                return Err(invalid(
                     format!("listeners[{i}].name"),
                     format!("duplicate listener name {:?}", l.name),
                 ));
             }
             match (l.protocol, &l.tls) {
                 (ListenerProtocol::Https, None) => {
-                    return Err((
+                    return Err(invalid(
                         format!("listeners[{i}].tls"),
                         "protocol https needs a tls section with cert and key".into(),
                     ))
                 }
                 (ListenerProtocol::Http, Some(_)) => {
-                    return Err((
+                    return Err(invalid(
                         format!("listeners[{i}].tls"),
                         "tls is set but protocol is http; use protocol: https".into(),
                     ))
@@ -189,7 +189,7 @@ impl Config {
                 (ListenerProtocol::Https, Some(tls)) => {
                     for (field, p) in [("cert", &tls.cert), ("key", &tls.key)] {
                         if !p.is_file() {
-                            return Err((
+                            return Err(invalid(
                                 format!("listeners[{i}].tls.{field}"),
                                 format!("file {} does not exist", p.display()),
                             ));
@@ -199,19 +199,22 @@ impl Config {
                 _ => {}
             }
         }
-        check_log_filter(&self.log.level).map_err(|e| ("log.level".to_string(), e))?;
+        check_log_filter(&self.log.level).map_err(|e| invalid("log.level".to_string(), e))?;
         let lim = &self.limits;
         if lim.max_connections == 0 {
-            return Err(("limits.max_connections".into(), "must be at least 1".into()));
+            return Err(invalid(
+                "limits.max_connections".into(),
+                "must be at least 1".into(),
+            ));
         }
         if lim.max_events_per_request == Some(0) {
-            return Err((
+            return Err(invalid(
                 "limits.max_events_per_request".into(),
                 "must be at least 1".into(),
             ));
         }
         if lim.max_inflight_request_bytes < lim.max_body_bytes {
-            return Err((
+            return Err(invalid(
                 "limits.max_inflight_request_bytes".into(),
                 "must be at least limits.max_body_bytes".into(),
             ));
@@ -221,7 +224,7 @@ impl Config {
 
     /// Two sockets cannot share a port on overlapping addresses: caught here rather
     /// than as a bind error at start that blames whichever binds second.
-    pub(super) fn validate_addresses(&self) -> Result<(), (String, String)> {
+    pub(super) fn validate_addresses(&self) -> Result<(), Invalid> {
         let overlap = |a: &SocketAddr, b: &SocketAddr| {
             a.port() == b.port()
                 && a.port() != 0
@@ -229,7 +232,7 @@ impl Config {
         };
         for (i, l) in self.listeners.iter().enumerate() {
             if overlap(&self.admin.address, &l.address) {
-                return Err((
+                return Err(invalid(
                     "admin.address".into(),
                     format!(
                         "{} is also listener {:?}'s address ({}); give the admin listener its own port",
@@ -241,7 +244,7 @@ impl Config {
                 .iter()
                 .position(|o| overlap(&o.address, &l.address))
             {
-                return Err((
+                return Err(invalid(
                     format!("listeners[{i}].address"),
                     format!(
                         "{} overlaps listener {:?}'s address ({})",

@@ -1,5 +1,11 @@
-//! The YAML configuration: one struct per section, defaults that suit an edge
-//! proxy, and errors that name the file, line, column and field to fix.
+//! The YAML configuration as written: one serde struct per section, defaults
+//! that suit an edge proxy, and the checks that need nothing but the config
+//! itself (references between sections, uniqueness, ranges, files that must
+//! exist). Errors name the file, line, column and field to fix.
+//!
+//! This module depends on nothing above it: what needs the rest of Weir to
+//! check (exclusion-rule queries, plugin modules) is checked where the config
+//! is resolved into the runtime plan (the `plan` module).
 mod archive;
 mod backend;
 mod env;
@@ -22,6 +28,8 @@ use std::time::Duration;
 
 /// The local default that `weir run` uses when no `--config` is given.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../../config/weir.yaml");
+/// How errors and `weir check` name the embedded default config.
+pub const EMBEDDED_NAME: &str = "<embedded config/weir.yaml>";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,6 +60,65 @@ pub struct Config {
     /// The YAML as written (environment expanded), for reload's field-by-field comparison.
     #[serde(skip)]
     pub raw: serde_yaml::Value,
+    /// The file and its text, to locate errors found after parsing (the plan's).
+    #[serde(skip)]
+    pub origin: Origin,
+}
+
+/// Where a config came from: the name errors give it and its text as written
+/// (before `${ENV}` expansion, so no secret from the environment is in it).
+#[derive(Default, Clone)]
+pub struct Origin {
+    pub file: String,
+    text: String,
+}
+
+impl fmt::Debug for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Origin({:?})", self.file)
+    }
+}
+
+impl Origin {
+    pub fn new(file: &str, text: &str) -> Origin {
+        Origin {
+            file: file.to_string(),
+            text: text.to_string(),
+        }
+    }
+
+    /// `e` as an error of this file, at the line and column of its field (or
+    /// of the nearest enclosing field the YAML has).
+    pub fn locate(&self, e: Invalid) -> ConfigError {
+        let pos = Locations::index(&self.text).find(&e.field);
+        ConfigError {
+            file: self.file.clone(),
+            line: pos.map(|p| p.0),
+            column: pos.map(|p| p.1),
+            field: Some(e.field),
+            message: e.reason,
+        }
+    }
+}
+
+/// A value the config refuses: the field path (`tenants[0].rate_limit`) and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("field `{field}`: {reason}")]
+pub struct Invalid {
+    pub field: String,
+    pub reason: String,
+}
+
+/// An [`Invalid`] at `field`.
+pub fn invalid(field: String, reason: String) -> Invalid {
+    Invalid { field, reason }
+}
+
+/// The `(field, reason)` pairs that backend checks still return.
+impl From<(String, String)> for Invalid {
+    fn from((field, reason): (String, String)) -> Invalid {
+        Invalid { field, reason }
+    }
 }
 
 fn default_data_dir() -> PathBuf {
@@ -62,7 +129,7 @@ fn default_shutdown_timeout() -> Dur {
 }
 
 /// A config error, located in its file.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub struct ConfigError {
     pub file: String,
     pub line: Option<usize>,
@@ -84,8 +151,6 @@ impl fmt::Display for ConfigError {
         write!(f, "{}", self.message)
     }
 }
-
-impl std::error::Error for ConfigError {}
 
 impl Config {
     /// Reads and validates a config file.
@@ -139,29 +204,20 @@ impl Config {
             }
         })?;
         config.raw = serde_yaml::from_str(text).unwrap_or_default();
-        if let Err((field, message)) = config.validate() {
-            let locations = Locations::index(original);
-            let pos = locations.find(&field);
-            return Err(ConfigError {
-                file: file.to_string(),
-                line: pos.map(|p| p.0),
-                column: pos.map(|p| p.1),
-                field: Some(field),
-                message,
-            });
-        }
+        config.origin = Origin::new(file, original);
+        config.validate().map_err(|e| config.origin.locate(e))?;
         Ok(config)
     }
 
     /// Checks what types alone cannot: references, uniqueness, ranges, files.
-    fn validate(&self) -> Result<(), (String, String)> {
+    fn validate(&self) -> Result<(), Invalid> {
         self.validate_listeners()?;
         validate_archive(&self.archive, "archive")?;
         self.validate_addresses()?;
         self.validate_durations()?;
-        self.validate_backends()?;
+        self.validate_backends().map_err(Invalid::from)?;
         self.validate_tenants()?;
-        self.validate_regions()?;
+        self.validate_regions().map_err(Invalid::from)?;
         self.validate_tenant_stages()
     }
 }
@@ -169,7 +225,7 @@ impl Config {
 impl Config {
     /// Durations that cannot be zero: a zero timeout fails every request, a zero
     /// wait or back-off spins.
-    fn validate_durations(&self) -> Result<(), (String, String)> {
+    fn validate_durations(&self) -> Result<(), Invalid> {
         let l = &self.limits;
         let mut checks: Vec<(String, Dur)> = vec![
             ("limits.header_read_timeout".into(), l.header_read_timeout),
@@ -201,7 +257,10 @@ impl Config {
             ]);
         }
         match checks.into_iter().find(|(_, d)| d.0.is_zero()) {
-            Some((field, _)) => Err((field, "must be greater than zero (e.g. 500ms, 10s)".into())),
+            Some((field, _)) => Err(invalid(
+                field,
+                "must be greater than zero (e.g. 500ms, 10s)".into(),
+            )),
             None => Ok(()),
         }
     }
@@ -421,42 +480,6 @@ mod tests {
         let e = Config::parse(&text, "w.yaml").unwrap_err();
         assert_eq!(e.field.as_deref(), Some("tenants[1].api_keys[0]"));
         assert_eq!(e.line, Some(16));
-    }
-
-    #[test]
-    fn plugin_files_are_checked_at_parse_time() {
-        let dir = tempfile::tempdir().unwrap();
-        let missing = base() + "    plugins:\n      - {name: p, path: /nonexistent/p.wasm, on_error: drop, timeout: 20ms}\n";
-        let e = Config::parse(&missing, "w.yaml").unwrap_err();
-        assert_eq!(
-            e.field.as_deref(),
-            Some("tenants[0].plugins[0].path"),
-            "{e}"
-        );
-        let junk = dir.path().join("junk.wasm");
-        std::fs::write(&junk, b"\0asm\x01\0\0\0\x99").unwrap();
-        let e = Config::parse(
-            &missing.replace("/nonexistent/p.wasm", junk.to_str().unwrap()),
-            "w.yaml",
-        )
-        .unwrap_err();
-        assert_eq!(
-            e.field.as_deref(),
-            Some("tenants[0].plugins[0].path"),
-            "{e}"
-        );
-        let ok = dir.path().join("ok.wat");
-        std::fs::write(&ok, "(module)").unwrap();
-        let c = Config::parse(
-            &missing.replace("/nonexistent/p.wasm", ok.to_str().unwrap()),
-            "w.yaml",
-        )
-        .unwrap();
-        let p = &c.tenants[0].plugins[0];
-        assert_eq!(
-            (p.on_error, p.timeout.0, p.memory_limit.0),
-            (PluginOnError::Drop, Duration::from_millis(20), 64 << 20)
-        );
     }
 
     #[test]

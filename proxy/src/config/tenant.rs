@@ -2,7 +2,7 @@
 //! (rate limit, plugins, exclusion rules, daily quota).
 use super::archive::{validate_archive, yes, ArchiveConfig};
 use super::units::{ByteSize, Dur, Secret};
-use super::{BackendType, Config};
+use super::{invalid, BackendType, Config, Invalid};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -38,7 +38,7 @@ pub struct TenantConfig {
     pub plugins: Vec<PluginConfig>,
 }
 
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
     /// Names the plugin in logs and metrics; unique within the tenant.
@@ -89,7 +89,7 @@ impl PluginOnError {
     }
 }
 
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
     pub events_per_second: Option<u32>,
@@ -102,7 +102,7 @@ pub struct RateLimitConfig {
     pub partition_by: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DailyQuotaConfig {
     pub max_events: Option<u64>,
@@ -144,7 +144,7 @@ fn default_warning_threshold() -> f64 {
     0.8
 }
 
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaLimit {
     pub max_events: Option<u64>,
@@ -204,7 +204,7 @@ pub enum ExclusionAction {
 
 impl Config {
     /// Names, keys, routes and archives of the tenants.
-    pub(super) fn validate_tenants(&self) -> Result<(), (String, String)> {
+    pub(super) fn validate_tenants(&self) -> Result<(), Invalid> {
         let mut tenants = HashSet::new();
         let mut keys = HashSet::new();
         for (i, t) in self.tenants.iter().enumerate() {
@@ -214,23 +214,23 @@ impl Config {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             {
-                return Err((format!("tenants[{i}].name"), format!("{:?}: tenant names use letters, digits, - and _ (they name archive folders)", t.name)));
+                return Err(invalid(format!("tenants[{i}].name"), format!("{:?}: tenant names use letters, digits, - and _ (they name archive folders)", t.name)));
             }
             if !tenants.insert(t.name.as_str()) {
-                return Err((
+                return Err(invalid(
                     format!("tenants[{i}].name"),
                     format!("duplicate tenant name {:?}", t.name),
                 ));
             }
             if t.api_keys.is_empty() {
-                return Err((
+                return Err(invalid(
                     format!("tenants[{i}].api_keys"),
                     "at least one API key is required".into(),
                 ));
             }
             for (k, key) in t.api_keys.iter().enumerate() {
                 if !keys.insert(key.expose()) {
-                    return Err((
+                    return Err(invalid(
                         format!("tenants[{i}].api_keys[{k}]"),
                         "this API key is already used (keys must map to exactly one tenant)".into(),
                     ));
@@ -242,13 +242,16 @@ impl Config {
             }
         }
         if self.tenants.is_empty() {
-            return Err(("tenants".into(), "at least one tenant is required".into()));
+            return Err(invalid(
+                "tenants".into(),
+                "at least one tenant is required".into(),
+            ));
         }
         Ok(())
     }
 
     /// Exclusion rules, plugins, rate limits and daily quotas.
-    pub(super) fn validate_tenant_stages(&self) -> Result<(), (String, String)> {
+    pub(super) fn validate_tenant_stages(&self) -> Result<(), Invalid> {
         validate_rules(&self.exclusion_rules, "exclusion_rules")?;
         for (i, t) in self.tenants.iter().enumerate() {
             validate_rules(&t.exclusion_rules, &format!("tenants[{i}].exclusion_rules"))?;
@@ -256,37 +259,46 @@ impl Config {
             if let Some(r) = &t.rate_limit {
                 let at = format!("tenants[{i}].rate_limit");
                 if r.events_per_second.is_none() && r.bytes_per_second.is_none() {
-                    return Err((at, "set events_per_second, bytes_per_second or both".into()));
+                    return Err(invalid(
+                        at,
+                        "set events_per_second, bytes_per_second or both".into(),
+                    ));
                 }
                 if r.events_per_second == Some(0)
                     || r.bytes_per_second.is_some_and(|b| b.0 == 0)
                     || r.events_burst == Some(0)
                     || r.bytes_burst.is_some_and(|b| b.0 == 0)
                 {
-                    return Err((at, "rates and bursts must be at least 1".into()));
+                    return Err(invalid(at, "rates and bursts must be at least 1".into()));
                 }
                 if r.bytes_per_second.is_some_and(|b| b.0 > u32::MAX as u64)
                     || r.bytes_burst.is_some_and(|b| b.0 > u32::MAX as u64)
                 {
-                    return Err((at, "byte rates and bursts are limited to 4 GiB".into()));
+                    return Err(invalid(
+                        at,
+                        "byte rates and bursts are limited to 4 GiB".into(),
+                    ));
                 }
             }
             if let Some(q) = &t.daily_quota {
                 let at = format!("tenants[{i}].daily_quota");
                 if q.max_events.is_none() && q.max_bytes.is_none() && q.overrides.is_empty() {
-                    return Err((at, "set max_events, max_bytes or overrides".into()));
+                    return Err(invalid(at, "set max_events, max_bytes or overrides".into()));
                 }
                 if q.reset_hour_utc > 23 {
-                    return Err((format!("{at}.reset_hour_utc"), "must be 0-23".into()));
+                    return Err(invalid(
+                        format!("{at}.reset_hour_utc"),
+                        "must be 0-23".into(),
+                    ));
                 }
                 if !(q.warning_threshold > 0.0 && q.warning_threshold <= 1.0) {
-                    return Err((
+                    return Err(invalid(
                         format!("{at}.warning_threshold"),
                         "must be in (0, 1]".into(),
                     ));
                 }
                 if !q.overrides.is_empty() && q.partition_by.is_empty() {
-                    return Err((
+                    return Err(invalid(
                         format!("{at}.overrides"),
                         "overrides name partition values, so partition_by must be set".into(),
                     ));
@@ -296,35 +308,35 @@ impl Config {
         Ok(())
     }
 
-    fn validate_tenant_route(&self, i: usize, t: &TenantConfig) -> Result<(), (String, String)> {
+    fn validate_tenant_route(&self, i: usize, t: &TenantConfig) -> Result<(), Invalid> {
         let at = format!("tenants[{i}]");
         let regions: Vec<_> = self.regions.iter().map(|r| r.name.as_str()).collect();
         match (&t.backend, &t.region) {
             (Some(_), Some(_)) => {
-                return Err((format!("{at}.region"), "set either backend (one backend, no failover) or region (its tiers, with failover), not both".into()))
+                return Err(invalid(format!("{at}.region"), "set either backend (one backend, no failover) or region (its tiers, with failover), not both".into()))
             }
             (None, None) => {
-                return Err((format!("{at}.backend"), format!("set backend (one backend) or region (one of {regions:?}) to say where the tenant's events go")))
+                return Err(invalid(format!("{at}.backend"), format!("set backend (one backend) or region (one of {regions:?}) to say where the tenant's events go")))
             }
             (Some(b), None) => {
                 if !t.failover_regions.is_empty() {
-                    return Err((format!("{at}.failover_regions"), "failover regions need the tenant pinned to a region (region:), not a single backend".into()));
+                    return Err(invalid(format!("{at}.failover_regions"), "failover regions need the tenant pinned to a region (region:), not a single backend".into()));
                 }
                 if self.backend(b).is_none() {
                     let known: Vec<_> = self.backends.iter().map(|b| b.name.as_str()).collect();
-                    return Err((format!("{at}.backend"), format!("no backend named {b:?}; defined backends: {known:?}")));
+                    return Err(invalid(format!("{at}.backend"), format!("no backend named {b:?}; defined backends: {known:?}")));
                 }
             }
             (None, Some(r)) => {
                 if self.region(r).is_none() {
-                    return Err((format!("{at}.region"), format!("no region named {r:?}; defined regions: {regions:?}")));
+                    return Err(invalid(format!("{at}.region"), format!("no region named {r:?}; defined regions: {regions:?}")));
                 }
                 for (k, f) in t.failover_regions.iter().enumerate() {
                     if self.region(f).is_none() {
-                        return Err((format!("{at}.failover_regions[{k}]"), format!("no region named {f:?}; defined regions: {regions:?}")));
+                        return Err(invalid(format!("{at}.failover_regions[{k}]"), format!("no region named {f:?}; defined regions: {regions:?}")));
                     }
                     if f == r || t.failover_regions[..k].contains(f) {
-                        return Err((format!("{at}.failover_regions[{k}]"), format!("region {f:?} is already in the tenant's route")));
+                        return Err(invalid(format!("{at}.failover_regions[{k}]"), format!("region {f:?} is already in the tenant's route")));
                     }
                 }
             }
@@ -333,7 +345,7 @@ impl Config {
             for b in tier {
                 let kind = self.backend(&b).map(|c| c.kind);
                 if kind == Some(BackendType::Datadog) && t.upstream_api_key.is_none() {
-                    return Err((format!("{at}.upstream_api_key"), format!("backend {b:?} is of type datadog, which needs the tenant's upstream_api_key")));
+                    return Err(invalid(format!("{at}.upstream_api_key"), format!("backend {b:?} is of type datadog, which needs the tenant's upstream_api_key")));
                 }
             }
         }
@@ -341,23 +353,18 @@ impl Config {
     }
 }
 
-fn validate_rules(rules: &[ExclusionRuleConfig], at: &str) -> Result<(), (String, String)> {
+/// Rule names and sample rates; the plan compiles the queries.
+fn validate_rules(rules: &[ExclusionRuleConfig], at: &str) -> Result<(), Invalid> {
     let mut names = HashSet::new();
     for (i, r) in rules.iter().enumerate() {
         if !names.insert(r.name.as_str()) {
-            return Err((
+            return Err(invalid(
                 format!("{at}[{i}].name"),
                 format!("duplicate rule name {:?}", r.name),
             ));
         }
-        if let Err(e) = crate::rules::query::Query::parse(&r.query) {
-            return Err((
-                format!("{at}[{i}].query"),
-                format!("invalid query {:?}: {e}", r.query),
-            ));
-        }
         if !(0.0..=1.0).contains(&r.sample_rate) {
-            return Err((
+            return Err(invalid(
                 format!("{at}[{i}].sample_rate"),
                 "must be between 0 and 1 (the share of matching events excluded)".into(),
             ));
@@ -366,11 +373,13 @@ fn validate_rules(rules: &[ExclusionRuleConfig], at: &str) -> Result<(), (String
     Ok(())
 }
 
-fn validate_plugins(plugins: &[PluginConfig], at: &str) -> Result<(), (String, String)> {
+/// Plugin names, files, deadlines and memory; the plan checks each file is a
+/// WebAssembly module.
+fn validate_plugins(plugins: &[PluginConfig], at: &str) -> Result<(), Invalid> {
     let mut names = HashSet::new();
     for (i, p) in plugins.iter().enumerate() {
         if p.name.is_empty() || !names.insert(p.name.as_str()) {
-            return Err((
+            return Err(invalid(
                 format!("{at}[{i}].name"),
                 format!(
                     "{:?}: plugin names must be non-empty and unique within the tenant",
@@ -379,23 +388,22 @@ fn validate_plugins(plugins: &[PluginConfig], at: &str) -> Result<(), (String, S
             ));
         }
         if !p.path.is_file() {
-            return Err((
+            return Err(invalid(
                 format!("{at}[{i}].path"),
                 format!("file {} does not exist", p.path.display()),
             ));
         }
         if p.timeout.0.is_zero() {
-            return Err((format!("{at}[{i}].timeout"), "must be more than 0".into()));
+            return Err(invalid(
+                format!("{at}[{i}].timeout"),
+                "must be more than 0".into(),
+            ));
         }
         if p.memory_limit.0 < 65536 || p.memory_limit.0 > 4 << 30 {
-            return Err((
+            return Err(invalid(
                 format!("{at}[{i}].memory_limit"),
                 "must be between 64KiB (one wasm page) and 4GiB".into(),
             ));
-        }
-        // Cheap: validation only (no compilation); `weir check` and start-up compile and instantiate too.
-        if let Err(e) = crate::plugin::validate_file(&p.path) {
-            return Err((format!("{at}[{i}].path"), e.to_string()));
         }
     }
     Ok(())

@@ -90,8 +90,18 @@ impl<'de> Deserialize<'de> for ByteSize {
 
 /// A secret: an API key or credential. Written literally or as `${ENV_VAR}`
 /// (expanded when the config loads). Never printed: Debug shows `<redacted>`.
-#[derive(Clone, PartialEq, Eq)]
+/// Compared by value in constant time (reload tells a changed credential).
+#[derive(Clone)]
 pub struct Secret(String);
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Secret) -> bool {
+        use subtle::ConstantTimeEq;
+        bool::from(self.0.as_bytes().ct_eq(other.0.as_bytes()))
+    }
+}
+
+impl Eq for Secret {}
 
 impl Secret {
     pub fn expose(&self) -> &str {

@@ -137,7 +137,9 @@ pub enum Disposition {
 /// Facts about a request that no stage may change.
 #[derive(Debug, Clone)]
 pub struct BatchMeta {
-    pub tenant: Arc<crate::tenant::Tenant>,
+    /// The tenant's name (metric labels, logs). Its stages and outputs are the
+    /// chain the batch runs through, which the tenant carries.
+    pub tenant: Arc<str>,
     pub intake: Intake,
     /// Milliseconds since the Unix epoch.
     pub received_at_ms: i64,
@@ -185,17 +187,12 @@ impl Batch {
 
 #[cfg(test)]
 impl Batch {
-    /// A batch for unit tests: tenant `name` at `index`, arrived at 0 through the
+    /// A batch for unit tests: of tenant `name`, arrived at 0 through the
     /// Datadog intake with a body of `body_bytes`.
-    pub fn for_test(name: &str, index: usize, body_bytes: usize, events: Vec<Event>) -> Batch {
-        let tenant = Arc::new(crate::tenant::Tenant {
-            name: name.to_string(),
-            index,
-            upstream_api_key: None,
-        });
+    pub fn for_test(name: &str, body_bytes: usize, events: Vec<Event>) -> Batch {
         Batch::new(
             BatchMeta {
-                tenant,
+                tenant: name.into(),
                 intake: Intake::Datadog,
                 received_at_ms: 0,
                 body_bytes,

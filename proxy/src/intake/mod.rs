@@ -11,7 +11,7 @@ use crate::event::{
     decode_entry, split_tags, strip_position, Batch, BatchMeta, DatadogPayload, DecodeStop, Event,
     Intake as Protocol, PayloadLimits,
 };
-use crate::pipeline::{Chain, Rejection};
+use crate::pipeline::Rejection;
 use crate::telemetry::METRICS;
 use crate::tenant::{AuthError, Tenants};
 use body::{decompress, Encoding};
@@ -31,8 +31,8 @@ pub const GENERIC_PATH: &str = "/v1/input";
 pub const DATADOG_VALIDATE_PATH: &str = "/api/v1/validate";
 
 pub struct Intake {
+    /// Each carries its stage chain.
     tenants: Tenants,
-    chain: Arc<Chain>,
     limits: Limits,
     /// Memory held by request bodies being read and decoded, across all connections.
     request_budget: Budget,
@@ -40,14 +40,13 @@ pub struct Intake {
 }
 
 impl Intake {
-    pub fn new(tenants: Tenants, chain: Arc<Chain>, limits: Limits) -> Arc<Intake> {
+    pub fn new(tenants: Tenants, limits: Limits) -> Arc<Intake> {
         let request_budget = Budget::new(
             limits.max_inflight_request_bytes.as_usize(),
             crate::telemetry::queued_bytes(crate::telemetry::QueueKind::Intake),
         );
         Arc::new(Intake {
             tenants,
-            chain,
             limits,
             request_budget,
             refusals: RefusalLog::default(),
@@ -104,7 +103,7 @@ impl Intake {
             Err(r) => Ok(self.refuse(
                 &origin,
                 protocol.as_str(),
-                tenant.as_ref().map(|t| t.name.as_str()),
+                tenant.as_ref().map(|t| &*t.name),
                 r,
             )),
         }
@@ -218,10 +217,9 @@ impl Intake {
         // Decoding and the stages run where the tenant's batches belong: on the
         // stage workers when a plugin may hold the CPU, so events are also
         // allocated and freed on one thread; else right here.
-        let chain = self.chain.clone();
-        let index = tenant.index;
+        let chain = tenant.chain.clone();
         chain
-            .place(index, move || {
+            .place(move || {
                 let _body_res = _body_res;
                 self.take(protocol, tenant, raw, encoding, text, query.as_deref())
             })
@@ -292,30 +290,30 @@ impl Intake {
         let truncated = events.iter().filter(|e| e.is_truncated()).count();
         let batch = Batch::new(
             BatchMeta {
-                tenant: tenant.clone(),
+                tenant: tenant.name.clone(),
                 intake: protocol,
                 received_at_ms,
                 body_bytes: plain.len(),
             },
             events,
         );
-        self.chain.run(batch)?;
+        tenant.chain.run(batch)?;
         METRICS
             .accepted_requests
-            .with_label_values(&[&tenant.name, protocol.as_str()])
+            .with_label_values(&[&*tenant.name, protocol.as_str()])
             .inc();
         METRICS
             .received_events
-            .with_label_values(&[&tenant.name, protocol.as_str()])
+            .with_label_values(&[&*tenant.name, protocol.as_str()])
             .inc_by(n as u64);
         METRICS
             .received_bytes
-            .with_label_values(&[&tenant.name, protocol.as_str()])
+            .with_label_values(&[&*tenant.name, protocol.as_str()])
             .inc_by(plain.len() as u64);
         if truncated > 0 {
             METRICS
                 .truncated_events
-                .with_label_values(&[&tenant.name])
+                .with_label_values(&[&*tenant.name])
                 .inc_by(truncated as u64);
         }
         Ok(())

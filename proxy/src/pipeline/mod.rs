@@ -1,11 +1,15 @@
-//! The stage chain. A request's events travel as one `Batch` through an
-//! ordered list of stages (rate limit, Wasm plugins, exclusion rules, daily
-//! quota), each of which may change events, set their disposition, or refuse
-//! the request. Room in the archive and backend queues is taken before the
-//! stages run, and what they charged is committed only when the batch is taken
-//! (given back otherwise). The dispatcher at the end is the archive tee: every
-//! event not dropped goes to the tenant's archive, every event still marked
-//! `Index` to the tenant's backend route.
+//! The stage chain of one tenant. A request's events travel as one `Batch`
+//! through the tenant's ordered list of stages (rate limit, Wasm plugins,
+//! exclusion rules, daily quota), each holding that tenant's state, each of
+//! which may change events, set their disposition, or refuse the request.
+//! Every tenant has its own chain, which the authenticated tenant carries, so
+//! no stage looks its tenant up per batch.
+//!
+//! Room in the archive and backend queues is taken before the stages run, and
+//! what they charged is committed only when the batch is taken (given back
+//! otherwise). The dispatcher at the end is the archive tee: every event not
+//! dropped goes to the tenant's archive, every event still marked `Index` to
+//! the tenant's backend route.
 
 pub mod workers;
 
@@ -16,7 +20,7 @@ use crate::sink::{ForwardChunk, RouteSlot};
 use bytes::Bytes;
 use http::StatusCode;
 use std::sync::Arc;
-use workers::Workers;
+use workers::{Lane, Workers};
 
 /// A request refused by a stage: the HTTP answer and the metric reason.
 #[derive(Debug, Clone)]
@@ -54,9 +58,9 @@ pub trait Stage: Send + Sync {
     fn commit(&self, _batch: &Batch) {}
     /// The batch was refused after `process` ran: give back what it charged.
     fn refund(&self, _batch: &Batch) {}
-    /// Whether `process` may hold the CPU for long on this tenant's batches
-    /// (a Wasm call, up to its deadline): the chain then runs on its workers.
-    fn blocks(&self, _tenant: usize) -> bool {
+    /// Whether `process` may hold the CPU for long (a Wasm call, up to its
+    /// deadline): the chain then runs on its workers.
+    fn blocks(&self) -> bool {
         false
     }
 }
@@ -75,22 +79,24 @@ impl<S: Stage> Stage for Arc<S> {
     fn refund(&self, batch: &Batch) {
         (**self).refund(batch)
     }
-    fn blocks(&self, tenant: usize) -> bool {
-        (**self).blocks(tenant)
+    fn blocks(&self) -> bool {
+        (**self).blocks()
     }
 }
 
-/// Where each tenant's events go after the stages: indexed by `Tenant::index`.
+/// Where a tenant's events go after the stages.
 pub struct TenantOutputs {
     pub archive: Option<ArchiveHandle>,
     pub route: RouteSlot,
 }
 
+/// One tenant's stages and outputs.
 pub struct Chain {
     stages: Vec<Box<dyn Stage>>,
-    outputs: Vec<TenantOutputs>,
-    /// Where batches of tenants with a blocking stage run (none: no such stage).
-    workers: Option<Arc<Workers>>,
+    outputs: TenantOutputs,
+    /// Where the batches run when a stage blocks (none: none does), and the
+    /// tenant's queue there.
+    workers: Option<(Arc<Workers>, Lane)>,
 }
 
 /// How many events of a batch went where.
@@ -101,16 +107,23 @@ pub struct Dispatched {
 }
 
 impl Chain {
-    pub fn new(stages: Vec<Box<dyn Stage>>, outputs: Vec<TenantOutputs>) -> Arc<Chain> {
+    pub fn new(stages: Vec<Box<dyn Stage>>, outputs: TenantOutputs) -> Arc<Chain> {
         Chain::with_workers(stages, outputs, None)
     }
 
-    /// A chain whose blocking stages run on `workers`.
+    /// A chain whose batches run on `workers` when one of its stages blocks
+    /// (each chain gets a queue of its own there).
     pub fn with_workers(
         stages: Vec<Box<dyn Stage>>,
-        outputs: Vec<TenantOutputs>,
+        outputs: TenantOutputs,
         workers: Option<Arc<Workers>>,
     ) -> Arc<Chain> {
+        let workers = workers
+            .filter(|_| stages.iter().any(|s| s.blocks()))
+            .map(|w| {
+                let lane = w.lane();
+                (w, lane)
+            });
         Arc::new(Chain {
             stages,
             outputs,
@@ -118,29 +131,26 @@ impl Chain {
         })
     }
 
-    /// Runs `f` (a request's decoding and [`Chain::run`]) where `tenant`'s
+    /// Runs `f` (a request's decoding and [`Chain::run`]) where the tenant's
     /// batches belong: on a worker thread when a stage blocks on them, else
     /// right here (the common case needs no thread hop).
     pub async fn place<R: Send + 'static>(
         &self,
-        tenant: usize,
         f: impl FnOnce() -> Result<R, Rejection> + Send + 'static,
     ) -> Result<R, Rejection> {
         match &self.workers {
-            Some(w) if self.stages.iter().any(|s| s.blocks(tenant)) => {
-                w.run(tenant, f).await.unwrap_or_else(|| {
-                    crate::telemetry::faults::task_failed(
-                        crate::telemetry::faults::Task::Stage,
-                        &format!("tenant index {tenant}"),
-                        &"a stage panicked on a request's batch (nothing of it was taken)",
-                    );
-                    Err(Rejection::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal_error",
-                        "a pipeline stage failed unexpectedly; retry later",
-                    ))
-                })
-            }
+            Some((w, lane)) => w.run(*lane, f).await.unwrap_or_else(|| {
+                crate::telemetry::faults::task_failed(
+                    crate::telemetry::faults::Task::Stage,
+                    "a tenant's stage worker",
+                    &"a stage panicked on a request's batch (nothing of it was taken)",
+                );
+                Err(Rejection::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    "a pipeline stage failed unexpectedly; retry later",
+                ))
+            }),
             _ => f(),
         }
     }
@@ -152,7 +162,7 @@ impl Chain {
     /// first), and what the stages charged is given back if the batch is refused
     /// after all (it grew past the room taken, or the proxy is shutting down).
     pub fn run(&self, mut batch: Batch) -> Result<Dispatched, Rejection> {
-        let out = &self.outputs[batch.meta.tenant.index];
+        let out = &self.outputs;
         // One route for the whole batch (a config reload may swap it meanwhile):
         // the reservation belongs to the route that gets the chunk.
         let route = out.route.read().unwrap().clone();
@@ -193,7 +203,7 @@ impl Chain {
         mut archive_res: Option<Reservation>,
         mut route_res: Reservation,
     ) -> Result<Dispatched, Rejection> {
-        let out = &self.outputs[batch.meta.tenant.index];
+        let out = &self.outputs;
         // Serialize each event once; the archive and the backend share the bytes.
         let mut buf = Vec::with_capacity(batch.meta.body_bytes + batch.events.len() * 64);
         let mut kept = 0usize;
@@ -267,7 +277,6 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::event::{BatchMeta, Event, Intake};
-    use crate::tenant::Tenants;
     use tokio_util::sync::CancellationToken;
 
     /// A stage like the exclusion rules will be: drops, archives only, or keeps by message.
@@ -303,7 +312,6 @@ mod tests {
             "listeners: [{{name: i, address: \"127.0.0.1:0\", protocol: http}}]\narchive: {{store: {{type: local, root: {d}/archive}}}}\nbackends: [{{name: b, type: file, path: {d}/sink.ndjson, batch: {{max_wait: 1h}}}}]\ntenants: [{{name: t, api_keys: [k], backend: b}}]\n"
         );
         let config = Config::parse(&text, "t.yaml").unwrap();
-        let tenants = Tenants::from_config(&config);
         let drain = CancellationToken::new();
         let store = crate::archive::open_store(&config.archive.store).unwrap();
         let (archive, a_task) =
@@ -326,13 +334,13 @@ mod tests {
         );
         let chain = Chain::new(
             vec![Box::new(ByMessage)],
-            vec![TenantOutputs {
+            TenantOutputs {
                 archive: Some(archive),
                 route: Arc::new(std::sync::RwLock::new(route)),
-            }],
+            },
         );
         let meta = BatchMeta {
-            tenant: tenants.all()[0].clone(),
+            tenant: "t".into(),
             intake: Intake::Generic,
             received_at_ms: 1_700_000_000_000,
             body_bytes: 100,

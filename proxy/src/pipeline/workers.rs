@@ -6,12 +6,17 @@
 //! its allocator caches (`block_in_place` instead spawned replacement runtime
 //! threads under load, each with heaps of its own: RSS grew past 500 MB).
 //!
-//! Jobs wait in one queue per tenant and the threads take the tenants in
-//! turn, so a tenant flooding the threads with slow batches delays another
+//! Jobs wait in one queue per lane (each tenant's chain has one) and the
+//! threads take the lanes in turn, so a tenant flooding the threads with slow batches delays another
 //! tenant's batch by at most the jobs already running, not by its backlog.
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+
+/// A queue of the workers: one tenant's chain queues its jobs in its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lane(usize);
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -21,11 +26,13 @@ pub struct Workers {
     /// channel is the hand-off the threads had before the per-tenant queues).
     tokens: crossbeam_channel::Sender<()>,
     threads: usize,
+    /// Lanes handed out so far.
+    lanes: AtomicUsize,
 }
 
 #[derive(Default)]
 struct Queues {
-    /// Waiting jobs, by tenant index.
+    /// Waiting jobs, by lane.
     by_tenant: Vec<VecDeque<Job>>,
     /// The tenants with waiting jobs (each once), in the order they get a thread.
     turns: VecDeque<usize>,
@@ -79,7 +86,13 @@ impl Workers {
             queues,
             tokens,
             threads,
+            lanes: AtomicUsize::new(0),
         })
+    }
+
+    /// A new queue, for one tenant's chain.
+    pub fn lane(&self) -> Lane {
+        Lane(self.lanes.fetch_add(1, Ordering::Relaxed))
     }
 
     /// Threads to use when the config leaves it to us: one per core.
@@ -91,7 +104,7 @@ impl Workers {
         self.threads
     }
 
-    /// Runs `f` for `tenant` (its index) on a worker thread and waits for it
+    /// Runs `f` in `lane` on a worker thread and waits for it
     /// without blocking the async runtime. `None` if `f` panicked (the thread
     /// survives).
     ///
@@ -99,14 +112,14 @@ impl Workers {
     /// bounded by the in-flight request budget and the connection limit.
     pub async fn run<R: Send + 'static>(
         &self,
-        tenant: usize,
+        lane: Lane,
         f: impl FnOnce() -> R + Send + 'static,
     ) -> Option<R> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
             let _ = tx.send(catch_unwind(AssertUnwindSafe(f)).ok());
         });
-        self.queues.lock().unwrap().push(tenant, job);
+        self.queues.lock().unwrap().push(lane.0, job);
         self.tokens.send(()).ok()?;
         rx.await.ok().flatten()
     }
@@ -120,7 +133,7 @@ mod tests {
     async fn runs_jobs_off_the_runtime_and_survives_a_panic() {
         let w = Workers::new(2);
         let on = w
-            .run(0, || {
+            .run(w.lane(), || {
                 (
                     tokio::runtime::Handle::try_current().is_err(),
                     std::thread::current().name().map(str::to_string),
@@ -130,11 +143,13 @@ mod tests {
             .unwrap();
         assert!(on.0, "a job must not run inside the async runtime");
         assert!(on.1.unwrap().starts_with("weir-stage-"));
-        assert_eq!(w.run(0, || -> u8 { panic!("boom") }).await, None);
+        let lanes = [w.lane(), w.lane(), w.lane()];
+        assert_eq!(w.run(lanes[0], || -> u8 { panic!("boom") }).await, None);
         // Both threads are still there and take work.
-        let all =
-            futures::future::join_all((0..8u32).map(|i| w.run(i as usize % 3, move || i * 2)))
-                .await;
+        let all = futures::future::join_all(
+            (0..8u32).map(|i| w.run(lanes[i as usize % 3], move || i * 2)),
+        )
+        .await;
         assert_eq!(all, (0..8u32).map(|i| Some(i * 2)).collect::<Vec<_>>());
     }
 
@@ -144,14 +159,15 @@ mod tests {
         let order = Arc::new(Mutex::new(Vec::new()));
         let (release, hold) = std::sync::mpsc::channel::<()>();
         // The one thread is busy with tenant 0; ten more of its jobs wait, then one of tenant 1.
-        let busy = w.run(0, move || hold.recv().unwrap());
+        let (a, b) = (w.lane(), w.lane());
+        let busy = w.run(a, move || hold.recv().unwrap());
         let backlog = futures::future::join_all((0..10).map(|i| {
             let order = order.clone();
-            w.run(0, move || order.lock().unwrap().push(format!("a{i}")))
+            w.run(a, move || order.lock().unwrap().push(format!("a{i}")))
         }));
         let other = {
             let order = order.clone();
-            w.run(1, move || order.lock().unwrap().push("b".to_string()))
+            w.run(b, move || order.lock().unwrap().push("b".to_string()))
         };
         let all = async { futures::join!(busy, backlog, other) };
         tokio::pin!(all);

@@ -1,21 +1,15 @@
-//! Plugin load errors as config errors: located in the YAML (file, line, column) and naming the plugin's own
-//! config field when the plugin said which one it refused.
+//! Which config field a plugin load error is about, naming the plugin's own config field when the plugin said
+//! which one it refused.
 //!
 //! [`Plugins::load`](super::Plugins::load) and [`Plugins::check`](super::Plugins::check) report the config field of
 //! the plugin that failed (`tenants[0].plugins[1]`), refined by [`refine_field`]: when its `weir_init` refused the
 //! config and the message says where, in the form the SDK writes (``invalid plugin config at `limits.max`: ...``),
 //! the field is that path under the plugin's `config` (`tenants[0].plugins[1].config.limits.max`); any other
-//! refusal points at the `config` itself. [`config_error`] then finds the line of that field, or of the nearest
-//! enclosing one that the YAML has.
-use crate::config::locate::Locations;
-use crate::config::{ConfigError, EMBEDDED_DEFAULT};
-use std::path::Path;
+//! refusal points at the `config` itself. The config's [`Origin`](crate::config::Origin) then finds the line of
+//! that field, or of the nearest enclosing one that the YAML has.
 
 /// What [`Plugin`](super::Plugin) puts before the message of a `weir_init` that refused its config.
 pub(crate) const INIT_REFUSED: &str = "weir_init refused the config: ";
-
-/// The name `weir check` and `weir run` give the embedded default config.
-pub const EMBEDDED_NAME: &str = "<embedded config/weir.yaml>";
 
 /// The field a plugin load error is about (`field`: the plugin's, `tenants[0].plugins[1]`): under the plugin's
 /// `config` when `weir_init` refused it.
@@ -38,40 +32,19 @@ pub fn refine_field(field: &str, message: &str) -> String {
     }
 }
 
-/// A plugin load error (`(field, message)` from `Plugins::load` or `Plugins::check`) as a config error in the
-/// file `config` (`None`: the embedded default), with the line and column of its field (or of the nearest
-/// enclosing field the YAML has).
-pub fn config_error(config: Option<&Path>, field: String, message: String) -> ConfigError {
-    let (file, text) = match config {
-        Some(p) => (p.display().to_string(), std::fs::read_to_string(p).ok()),
-        None => (
-            EMBEDDED_NAME.to_string(),
-            Some(EMBEDDED_DEFAULT.to_string()),
-        ),
-    };
-    config_error_in(&file, text.as_deref(), field, message)
-}
-
-/// [`config_error`] on YAML text already read (`None`: unknown, no position).
-pub fn config_error_in(
-    file: &str,
-    text: Option<&str>,
-    field: String,
-    message: String,
-) -> ConfigError {
-    let pos = text.and_then(|t| Locations::index(t).find(&field));
-    ConfigError {
-        file: file.to_string(),
-        line: pos.map(|p| p.0),
-        column: pos.map(|p| p.1),
-        field: Some(field),
-        message,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{invalid, ConfigError, Origin};
+
+    fn config_error_in(
+        file: &str,
+        text: Option<&str>,
+        field: String,
+        message: String,
+    ) -> ConfigError {
+        Origin::new(file, text.unwrap_or("")).locate(invalid(field, message))
+    }
 
     const YAML: &str = "tenants:
   - name: a

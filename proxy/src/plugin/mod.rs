@@ -21,21 +21,20 @@
 //! Files: host.rs (the engine, host imports, guest output to the log),
 //! instance.rs (a loaded plugin: pool, call, on_error, quarantine), slot.rs
 //! (hot reload of one plugin), cache.rs (compiled modules on disk), wire.rs
-//! (the MessagePack ABI), located.rs (config errors with their YAML line);
-//! this file: the stage over every tenant's plugins.
+//! (the MessagePack ABI), located.rs (which config field a load error is about);
+//! this file: every tenant's plugins, and one tenant's stage.
 pub mod cache;
 pub mod error;
 pub mod located;
 pub mod wire;
 
-use crate::config::{PluginConfig, PluginOnError};
+use crate::config::{invalid, Config, ConfigError, Invalid, PluginConfig, PluginOnError};
 use crate::event::{Batch, Disposition, Event};
 use crate::pipeline::{Rejection, Stage};
 use crate::telemetry::{PluginErrorReason, ReloadOutcome, METRICS};
 use crate::watch::FileStamp;
 use cache::ModuleCache;
 pub use error::{CallError, LoadError};
-pub use located::config_error;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex, RwLock};
@@ -71,77 +70,85 @@ pub(super) fn off_runtime<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     }
 }
 
-/// The plugin stage: each tenant's plugins, in order.
+/// Every tenant's plugins: what the file watcher, `POST /admin/reload` and
+/// `/readyz` see. Each tenant's stage ([`TenantPlugins`]) shares its list.
 pub struct Plugins {
-    pub(super) per_tenant: Vec<Vec<PluginSlot>>,
+    pub(super) per_tenant: Vec<Arc<Vec<PluginSlot>>>,
     pub(super) cache: ModuleCache,
     /// Serializes reloads (the file watcher and `POST /admin/reload`).
     pub(super) reloading: Mutex<()>,
 }
 
+/// The plugin stage of one tenant: its plugins, in order.
+pub struct TenantPlugins {
+    slots: Arc<Vec<PluginSlot>>,
+}
+
 impl Plugins {
-    /// Compiles (once per distinct file, through the compile cache under
-    /// `data_dir/plugin-cache`), links and initializes every tenant's plugins.
-    /// The error names the config field, e.g. `tenants[0].plugins[1]`, or the
-    /// field under its `config` that its `weir_init` refused
-    /// (`tenants[0].plugins[1].config.team`); [`config_error`] locates it in the YAML.
-    pub fn load(config: &crate::config::Config) -> Result<Plugins, (String, String)> {
-        Plugins::load_with(
-            config,
-            ModuleCache::new(Some(config.data_dir.join("plugin-cache"))),
-        )
-    }
-
-    /// What `weir check` runs: the same loading, without writing a cache into the data directory.
-    pub fn check(config: &crate::config::Config) -> Result<(), (String, String)> {
-        Plugins::load_with(config, ModuleCache::new(None)).map(|_| ())
-    }
-
-    pub(super) fn load_with(
-        config: &crate::config::Config,
-        cache: ModuleCache,
-    ) -> Result<Plugins, (String, String)> {
-        let mut per_tenant = Vec::new();
-        for (i, t) in config.tenants.iter().enumerate() {
-            let mut list = Vec::new();
-            for (j, p) in t.plugins.iter().enumerate() {
-                let at = format!("tenants[{i}].plugins[{j}]");
-                let bytes = std::fs::read(&p.path).map_err(|e| {
-                    (
-                        format!("{at}.path"),
-                        format!("cannot read {}: {e}", p.path.display()),
-                    )
-                })?;
-                let slot = PluginSlot::load(
-                    &p.path,
-                    &bytes,
-                    p.config.as_ref(),
-                    PluginSettings::from_config(&t.name, p, plugin_threads(config)),
-                    &cache,
-                )
-                .map_err(|e| {
-                    let message = format!("plugin {:?} ({}): {e}", p.name, p.path.display());
-                    (located::refine_field(&at, &message), message)
-                })?;
-                tracing::info!(tenant = %t.name, plugin = %p.name, path = %p.path.display(), "plugin loaded");
-                list.push(slot);
-            }
-            per_tenant.push(list);
-        }
-        Ok(Plugins {
-            per_tenant,
-            cache,
-            reloading: Mutex::new(()),
-        })
-    }
-
-    /// A stage of already loaded plugins, one list per tenant index (no files, no cache).
-    pub fn from_slots(per_tenant: Vec<Vec<PluginSlot>>) -> Plugins {
+    /// No plugin yet. Compiled modules are cached under `data_dir/plugin-cache`
+    /// (none: `weir check`, which writes nothing into the data directory).
+    pub fn new(data_dir: Option<&Path>) -> Plugins {
         Plugins {
-            per_tenant,
-            cache: ModuleCache::default(),
+            per_tenant: Vec::new(),
+            cache: ModuleCache::new(data_dir.map(|d| d.join("plugin-cache"))),
             reloading: Mutex::new(()),
         }
+    }
+
+    /// Compiles (once per distinct file, through the compile cache), links and
+    /// initializes one tenant's `plugins` (`at`: their field, `tenants[0].plugins`)
+    /// and returns its stage, none when it has no plugin. The error names the
+    /// plugin's field, e.g. `tenants[0].plugins[1]`, or the field under its
+    /// `config` that its `weir_init` refused (`tenants[0].plugins[1].config.team`).
+    pub fn add(
+        &mut self,
+        tenant: &str,
+        at: &str,
+        plugins: &[PluginConfig],
+        threads: usize,
+    ) -> Result<Option<TenantPlugins>, Invalid> {
+        let mut list = Vec::new();
+        for (j, p) in plugins.iter().enumerate() {
+            let at = format!("{at}[{j}]");
+            let bytes = std::fs::read(&p.path).map_err(|e| {
+                invalid(
+                    format!("{at}.path"),
+                    format!("cannot read {}: {e}", p.path.display()),
+                )
+            })?;
+            let slot = PluginSlot::load(
+                &p.path,
+                &bytes,
+                p.config.as_ref(),
+                PluginSettings::from_config(tenant, p, threads),
+                &self.cache,
+            )
+            .map_err(|e| {
+                let message = format!("plugin {:?} ({}): {e}", p.name, p.path.display());
+                invalid(located::refine_field(&at, &message), message)
+            })?;
+            tracing::info!(tenant = %tenant, plugin = %p.name, path = %p.path.display(), "plugin loaded");
+            list.push(slot);
+        }
+        if list.is_empty() {
+            return Ok(None);
+        }
+        let slots = Arc::new(list);
+        self.per_tenant.push(slots.clone());
+        Ok(Some(TenantPlugins { slots }))
+    }
+
+    /// What `weir check` runs: every tenant's plugins loaded as `weir run`
+    /// would, without writing a cache into the data directory.
+    pub fn check(config: &Config) -> Result<(), ConfigError> {
+        let mut plugins = Plugins::new(None);
+        for (i, t) in config.tenants.iter().enumerate() {
+            let at = format!("tenants[{i}].plugins");
+            plugins
+                .add(&t.name, &at, &t.plugins, plugin_threads(config))
+                .map_err(|e| config.origin.locate(e))?;
+        }
+        Ok(())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -152,7 +159,7 @@ impl Plugins {
     pub fn states(&self) -> Vec<PluginState> {
         self.per_tenant
             .iter()
-            .flatten()
+            .flat_map(|l| l.iter())
             .map(|s| s.current().state())
             .collect()
     }
@@ -167,7 +174,7 @@ impl Plugins {
         let _one_at_a_time = self.reloading.lock().unwrap();
         self.per_tenant
             .iter()
-            .flatten()
+            .flat_map(|l| l.iter())
             .filter_map(|s| s.reload_file(&self.cache, force))
             .collect()
     }
@@ -181,31 +188,28 @@ impl crate::watch::Watched for Plugins {
 }
 
 /// `limits.plugin_threads`, with 0 meaning one per core.
-pub fn plugin_threads(config: &crate::config::Config) -> usize {
+pub fn plugin_threads(config: &Config) -> usize {
     match config.limits.plugin_threads {
         0 => crate::pipeline::workers::Workers::default_threads(),
         n => n,
     }
 }
 
-impl Stage for Plugins {
+impl Stage for TenantPlugins {
     fn name(&self) -> &'static str {
         "plugins"
     }
 
-    fn blocks(&self, tenant: usize) -> bool {
-        self.per_tenant.get(tenant).is_some_and(|l| !l.is_empty())
+    fn blocks(&self) -> bool {
+        !self.slots.is_empty()
     }
 
     fn process(&self, batch: &mut Batch) -> Result<(), Rejection> {
-        let Some(list) = self.per_tenant.get(batch.meta.tenant.index) else {
-            return Ok(());
-        };
-        if list.is_empty() || batch.events.is_empty() {
+        if batch.events.is_empty() {
             return Ok(());
         }
         off_runtime(|| {
-            for slot in list {
+            for slot in self.slots.iter() {
                 // One version for the whole batch, even if a reload swaps it meanwhile.
                 let version = slot.current();
                 version.apply(batch);

@@ -7,7 +7,6 @@
 //! replaced by "redacted", `1` drop, `2` archive_only. A `hook` inserted at
 //! the start of `weir_process` makes it misbehave on a chosen batch size.
 use super::*;
-use crate::config::Config;
 use cache::ModuleCache;
 
 pub(crate) fn plugin_wat(version: i32, extra_imports: &str, init_body: &str, hook: &str) -> String {
@@ -56,7 +55,7 @@ fn batch(n: usize) -> Batch {
             e
         })
         .collect();
-    Batch::for_test("t", 0, 10, events)
+    Batch::for_test("t", 10, events)
 }
 
 fn errors(name: &str, reason: &str) -> u64 {
@@ -533,7 +532,7 @@ fn changed_files_are_reloaded_and_unchanged_ones_are_not() {
     )
     .unwrap();
     let stage = Plugins {
-        per_tenant: vec![vec![slot]],
+        per_tenant: vec![Arc::new(vec![slot])],
         cache,
         reloading: Mutex::new(()),
     };
@@ -597,7 +596,7 @@ fn the_watcher_thread_picks_up_a_new_file() {
     )
     .unwrap();
     let stage = Arc::new(Plugins {
-        per_tenant: vec![vec![slot]],
+        per_tenant: vec![Arc::new(vec![slot])],
         cache,
         reloading: Mutex::new(()),
     });
@@ -673,14 +672,14 @@ fn the_stage_loads_through_the_cache_in_the_data_dir() {
     let d = dir.path().display();
     std::fs::write(dir.path().join("p.wat"), good_wat("")).unwrap();
     let text = format!("data_dir: {d}/data\nlisteners: [{{name: i, address: \"127.0.0.1:0\", protocol: http}}]\narchive: {{store: {{type: local, root: {d}/a}}}}\nbackends: [{{name: b, type: file, path: {d}/o}}]\ntenants:\n  - name: t\n    api_keys: [k]\n    backend: b\n    plugins:\n      - {{name: one, path: {d}/p.wat}}\n      - {{name: two, path: {d}/p.wat}}\n");
-    let config = Config::parse(&text, "t.yaml").unwrap();
-    let first = Plugins::load(&config).unwrap();
+    let plan = crate::plan::Plan::parse(&text, "t.yaml").unwrap();
+    let first = load_plan(&plan);
     assert_eq!(
         (first.cache().hits(), first.cache().misses()),
         (1, 1),
         "the second plugin of the same file hits"
     );
-    let again = Plugins::load(&config).unwrap();
+    let again = load_plan(&plan);
     assert_eq!((again.cache().hits(), again.cache().misses()), (2, 0));
     assert_eq!(
         again.cache().dir().unwrap(),
@@ -742,4 +741,33 @@ fn a_plugin_flooding_stdout_gets_its_log_lines_rate_limited() {
         "the rest counted, not logged: {}",
         budget.suppressed
     );
+}
+
+/// Every tenant's plugins of `plan`, loaded as `weir run` does.
+fn load_plan(plan: &crate::plan::Plan) -> Plugins {
+    let mut plugins = Plugins::new(Some(&plan.config.data_dir));
+    for t in &plan.tenants {
+        let at = format!("{}.plugins", t.at);
+        plugins.add(&t.name, &at, &t.plugins, 2).unwrap();
+    }
+    plugins
+}
+
+impl Plugins {
+    /// Plugins already loaded, one list per tenant (no files, no cache).
+    fn from_slots(per_tenant: Vec<Vec<PluginSlot>>) -> Plugins {
+        Plugins {
+            per_tenant: per_tenant.into_iter().map(Arc::new).collect(),
+            cache: ModuleCache::default(),
+            reloading: Mutex::new(()),
+        }
+    }
+
+    /// Runs `batch` through the first tenant's stage.
+    fn process(&self, batch: &mut Batch) -> Result<(), crate::pipeline::Rejection> {
+        let stage = TenantPlugins {
+            slots: self.per_tenant[0].clone(),
+        };
+        stage.process(batch)
+    }
 }

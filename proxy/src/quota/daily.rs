@@ -3,6 +3,10 @@
 //! `archive_only` (the default: still archived), `drop`ped, or the request is
 //! `reject`ed with 429. Usage is saved under the data directory every second
 //! and at shutdown, so a restart never hands a tenant a fresh quota.
+//!
+//! Each tenant's stage ([`DailyQuota`]) holds its own quota cell; the
+//! registry ([`DailyQuotas`]) holds every cell too, for the admin API (which
+//! changes limits at run time, by tenant name) and for saving usage.
 use crate::clock::Clock;
 use crate::config::{DailyQuotaConfig, QuotaAction, QuotaLimit};
 use crate::event::{Batch, Disposition, Event};
@@ -62,12 +66,28 @@ pub struct QuotaView {
     pub usage: BTreeMap<String, Usage>,
 }
 
+/// Every tenant's quota cell, for the admin API and saving.
 pub struct DailyQuotas {
-    /// By tenant index; a tenant without a quota in the YAML may get one at run time.
-    tenants: Vec<OnceLock<TenantQuota>>,
-    names: Vec<String>,
+    tenants: Vec<Arc<QuotaCell>>,
+    shared: Arc<Shared>,
+}
+
+/// One tenant's quota: empty until it has one (from the YAML or set at run time).
+pub struct QuotaCell {
+    name: String,
+    quota: OnceLock<TenantQuota>,
+}
+
+/// What every tenant's quota reads: the time and where usage is saved.
+struct Shared {
     clock: Arc<dyn Clock>,
     dir: PathBuf,
+}
+
+/// The daily-quota stage of one tenant.
+pub struct DailyQuota {
+    cell: Arc<QuotaCell>,
+    shared: Arc<Shared>,
 }
 
 /// Counts bytes written without keeping them.
@@ -89,31 +109,39 @@ fn event_bytes(ev: &Event) -> u64 {
 }
 
 impl DailyQuotas {
-    /// `configs[i]` is tenant i's quota; saved usage is read from `dir`.
-    pub fn new(
-        names: &[String],
-        configs: &[Option<DailyQuotaConfig>],
-        clock: Arc<dyn Clock>,
-        dir: &Path,
-    ) -> DailyQuotas {
-        let quotas = DailyQuotas {
-            tenants: names.iter().map(|_| OnceLock::new()).collect(),
-            names: names.to_vec(),
-            clock,
-            dir: dir.to_path_buf(),
-        };
-        for (i, cfg) in configs.iter().enumerate() {
-            if let Some(cfg) = cfg {
-                quotas.install(i, cfg.clone());
-            }
+    /// No tenant yet; saved usage is read from `dir`.
+    pub fn new(clock: Arc<dyn Clock>, dir: &Path) -> DailyQuotas {
+        DailyQuotas {
+            tenants: Vec::new(),
+            shared: Arc::new(Shared {
+                clock,
+                dir: dir.to_path_buf(),
+            }),
         }
-        quotas
     }
 
-    /// Starts tenant `i`'s quota, with the usage saved earlier in the same quota day.
-    fn install(&self, i: usize, cfg: DailyQuotaConfig) -> &TenantQuota {
-        let name = &self.names[i];
-        self.tenants[i].get_or_init(|| {
+    /// Adds tenant `name`, with its quota if it has one, and returns its stage.
+    pub fn add(&mut self, name: &str, config: Option<&DailyQuotaConfig>) -> DailyQuota {
+        let cell = Arc::new(QuotaCell {
+            name: name.to_string(),
+            quota: OnceLock::new(),
+        });
+        if let Some(cfg) = config {
+            self.shared.install(&cell, cfg.clone());
+        }
+        self.tenants.push(cell.clone());
+        DailyQuota {
+            cell,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Shared {
+    /// Starts the tenant's quota, with the usage saved earlier in the same quota day.
+    fn install<'a>(&self, cell: &'a QuotaCell, cfg: DailyQuotaConfig) -> &'a TenantQuota {
+        let name = &cell.name;
+        cell.quota.get_or_init(|| {
             let current = window_start(self.clock.now_ms(), cfg.reset_hour_utc);
             let saved: Option<Saved> = std::fs::read(self.dir.join(format!("{name}.json")))
                 .ok()
@@ -139,9 +167,11 @@ impl DailyQuotas {
             q
         })
     }
+}
 
+impl DailyQuotas {
     fn active(&self) -> impl Iterator<Item = &TenantQuota> {
-        self.tenants.iter().filter_map(OnceLock::get)
+        self.tenants.iter().filter_map(|c| c.quota.get())
     }
 
     /// Writes every changed tenant's usage (atomically: temp file, then rename).
@@ -159,7 +189,7 @@ impl DailyQuotas {
                 }
             };
             if let Err(e) = crate::durable::write_atomic(
-                &self.dir,
+                &self.shared.dir,
                 &format!("{}.json", q.name),
                 &serde_json::to_vec(&saved).unwrap(),
             ) {
@@ -196,13 +226,13 @@ impl DailyQuotas {
         max_events: Option<u64>,
         max_bytes: Option<u64>,
     ) -> bool {
-        let Some(i) = self.names.iter().position(|n| n == tenant) else {
+        let Some(cell) = self.tenants.iter().find(|c| c.name == tenant) else {
             return false;
         };
-        let q = match self.tenants[i].get() {
+        let q = match cell.quota.get() {
             Some(q) => q,
-            None => self.install(
-                i,
+            None => self.shared.install(
+                cell,
                 DailyQuotaConfig {
                     max_events,
                     max_bytes: max_bytes.map(crate::config::ByteSize),
@@ -277,7 +307,7 @@ impl TenantQuota {
     }
 }
 
-impl Stage for DailyQuotas {
+impl Stage for DailyQuota {
     fn name(&self) -> &'static str {
         "daily_quota"
     }
@@ -286,7 +316,7 @@ impl Stage for DailyQuotas {
         if let Some((over, action)) = batch.charges.over_quota {
             METRICS
                 .over_quota_events
-                .with_label_values(&[&batch.meta.tenant.name, action])
+                .with_label_values(&[&*batch.meta.tenant, action])
                 .inc_by(over);
         }
     }
@@ -296,11 +326,7 @@ impl Stage for DailyQuotas {
         if batch.charges.quota.is_empty() {
             return;
         }
-        let Some(q) = self
-            .tenants
-            .get(batch.meta.tenant.index)
-            .and_then(OnceLock::get)
-        else {
+        let Some(q) = self.cell.quota.get() else {
             return;
         };
         let s = q.settings.read().unwrap();
@@ -320,15 +346,11 @@ impl Stage for DailyQuotas {
     }
 
     fn process(&self, batch: &mut Batch) -> Result<(), Rejection> {
-        let Some(q) = self
-            .tenants
-            .get(batch.meta.tenant.index)
-            .and_then(OnceLock::get)
-        else {
+        let Some(q) = self.cell.quota.get() else {
             return Ok(());
         };
         let s = q.settings.read().unwrap();
-        let now = self.clock.now_ms();
+        let now = self.shared.clock.now_ms();
         let current = window_start(now, s.reset_hour_utc);
         let count_bytes =
             s.max_bytes.is_some() || s.overrides.values().any(|o| o.max_bytes.is_some());
@@ -436,7 +458,6 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::config::ByteSize;
-    use crate::tenant::Tenant;
 
     // 2024-01-02 10:00 UTC
     const T0: i64 = 1_704_189_600_000;
@@ -462,7 +483,23 @@ mod tests {
                 ..Default::default()
             })
             .collect();
-        Batch::for_test("acme", 0, 10, events)
+        Batch::for_test("acme", 10, events)
+    }
+
+    /// The registry of `names` and the first one's stage.
+    fn quotas(
+        names: &[String],
+        configs: &[Option<DailyQuotaConfig>],
+        clock: Arc<dyn Clock>,
+        dir: &Path,
+    ) -> (DailyQuotas, DailyQuota) {
+        let mut q = DailyQuotas::new(clock, dir);
+        let mut stages: Vec<DailyQuota> = names
+            .iter()
+            .zip(configs)
+            .map(|(n, c)| q.add(n, c.as_ref()))
+            .collect();
+        (q, stages.remove(0))
     }
 
     fn indexed(b: &Batch) -> usize {
@@ -483,28 +520,28 @@ mod tests {
     fn over_quota_is_archive_only_and_resets_at_the_hour() {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::at(T0);
-        let q = DailyQuotas::new(
+        let (_q, s) = quotas(
             &["acme".into()],
             &[Some(cfg(5, QuotaAction::ArchiveOnly))],
             clock.clone(),
             dir.path(),
         );
         let mut b = batch(&["a"; 3]);
-        q.process(&mut b).unwrap();
+        s.process(&mut b).unwrap();
         assert_eq!(indexed(&b), 3);
         let mut b = batch(&["a"; 3]);
-        q.process(&mut b).unwrap();
+        s.process(&mut b).unwrap();
         assert_eq!(indexed(&b), 2);
         assert_eq!(b.dispositions[2], Disposition::ArchiveOnly);
         // 13:59:59: still the same day.
         clock.set(T0 + 4 * HOUR_MS - 1000);
         let mut b = batch(&["a"]);
-        q.process(&mut b).unwrap();
+        s.process(&mut b).unwrap();
         assert_eq!(indexed(&b), 0);
         // 14:00: a fresh quota.
         clock.set(T0 + 4 * HOUR_MS);
         let mut b = batch(&["a"; 5]);
-        q.process(&mut b).unwrap();
+        s.process(&mut b).unwrap();
         assert_eq!(indexed(&b), 5);
     }
 
@@ -512,26 +549,26 @@ mod tests {
     fn a_refused_batch_gets_its_usage_back() {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::at(T0);
-        let q = DailyQuotas::new(
+        let (q, s) = quotas(
             &["acme".into()],
             &[Some(cfg(5, QuotaAction::ArchiveOnly))],
             clock.clone(),
             dir.path(),
         );
         let mut refused = batch(&["a"; 4]);
-        q.process(&mut refused).unwrap();
+        s.process(&mut refused).unwrap();
         assert_eq!(refused.charges.quota, vec![(String::new(), 4, 0)]);
-        q.refund(&refused);
+        s.refund(&refused);
         assert_eq!(q.views()[0].usage[""].events, 0);
         // All five fit again.
         let mut taken = batch(&["a"; 5]);
-        q.process(&mut taken).unwrap();
+        s.process(&mut taken).unwrap();
         assert_eq!(indexed(&taken), 5);
         // A refund after the quota day turned takes nothing from the new day.
         clock.set(T0 + 4 * HOUR_MS);
         let mut fresh = batch(&["a"; 2]);
-        q.process(&mut fresh).unwrap();
-        q.refund(&taken);
+        s.process(&mut fresh).unwrap();
+        s.refund(&taken);
         assert_eq!(q.views()[0].usage[""].events, 2);
     }
 
@@ -539,29 +576,29 @@ mod tests {
     fn drop_and_reject_actions() {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::at(T0);
-        let q = DailyQuotas::new(
+        let (_q, s) = quotas(
             &["acme".into()],
             &[Some(cfg(2, QuotaAction::Drop))],
             clock.clone(),
             dir.path(),
         );
         let mut b = batch(&["a"; 3]);
-        q.process(&mut b).unwrap();
+        s.process(&mut b).unwrap();
         assert_eq!(b.dispositions[2], Disposition::Drop);
 
-        let q = DailyQuotas::new(
+        let (_q, s) = quotas(
             &["acme".into()],
             &[Some(cfg(2, QuotaAction::Reject))],
             clock.clone(),
             &dir.path().join("r"),
         );
         let mut b = batch(&["a"; 3]);
-        let r = q.process(&mut b).unwrap_err();
+        let r = s.process(&mut b).unwrap_err();
         assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.retry_after, Some(4 * 3600), "until 14:00");
         // The refused request counted nothing: two still fit.
         let mut b = batch(&["a"; 2]);
-        q.process(&mut b).unwrap();
+        s.process(&mut b).unwrap();
         assert_eq!(indexed(&b), 2);
     }
 
@@ -578,9 +615,9 @@ mod tests {
                 max_bytes: None,
             },
         );
-        let q = DailyQuotas::new(&["acme".into()], &[Some(c)], clock.clone(), dir.path());
+        let (_q, s) = quotas(&["acme".into()], &[Some(c)], clock.clone(), dir.path());
         let mut b = batch(&["web", "web", "web", "db", "big", "big", "big", "big", "big"]);
-        q.process(&mut b).unwrap();
+        s.process(&mut b).unwrap();
         let d = &b.dispositions;
         assert_eq!(
             (d[2], d[3], d[7], d[8]),
@@ -597,9 +634,9 @@ mod tests {
         // out here rather than computed by the function under test.
         let one = r#"{"message":"hello","timestamp":0,"service":"x"}"#.len() as u64 + 1;
         c.max_bytes = Some(ByteSize(one * 2));
-        let q = DailyQuotas::new(&["acme".into()], &[Some(c)], clock, &dir.path().join("b"));
+        let (q, s) = quotas(&["acme".into()], &[Some(c)], clock, &dir.path().join("b"));
         let mut b = batch(&["x", "x", "x"]);
-        q.process(&mut b).unwrap();
+        s.process(&mut b).unwrap();
         assert_eq!(indexed(&b), 2);
         assert_eq!(q.views()[0].usage[""].bytes, one * 2);
     }
@@ -611,27 +648,24 @@ mod tests {
         let mut c = cfg(10, QuotaAction::ArchiveOnly);
         c.warning_threshold = 0.5;
         let name = "warn-tenant".to_string();
-        let q = DailyQuotas::new(std::slice::from_ref(&name), &[Some(c)], clock, dir.path());
+        let (q, s) = quotas(std::slice::from_ref(&name), &[Some(c)], clock, dir.path());
         let mut b = batch(&["a"; 4]);
-        b.meta.tenant = Arc::new(Tenant {
-            name: name.clone(),
-            index: 0,
-            upstream_api_key: None,
-        });
-        q.process(&mut b).unwrap();
+        b.meta.tenant = name.as_str().into();
+        s.process(&mut b).unwrap();
         assert_eq!(
             METRICS.quota_warning.with_label_values(&[&name, ""]).get(),
             0
         );
         let mut b2 = batch(&["a"]);
         b2.meta.tenant = b.meta.tenant.clone();
-        q.process(&mut b2).unwrap();
+        s.process(&mut b2).unwrap();
         assert_eq!(
             METRICS.quota_warning.with_label_values(&[&name, ""]).get(),
             1
         );
         assert_eq!(
             q.tenants[0]
+                .quota
                 .get()
                 .unwrap()
                 .state
@@ -647,38 +681,38 @@ mod tests {
     fn usage_survives_a_restart_within_the_day_only() {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::at(T0);
-        let q = DailyQuotas::new(
+        let (q, s) = quotas(
             &["acme".into()],
             &[Some(cfg(5, QuotaAction::ArchiveOnly))],
             clock.clone(),
             dir.path(),
         );
-        q.process(&mut batch(&["a"; 4])).unwrap();
+        s.process(&mut batch(&["a"; 4])).unwrap();
         q.save();
         drop(q);
         // Restarted later the same quota day: 4 of 5 are used.
         clock.advance_ms(HOUR_MS);
-        let q = DailyQuotas::new(
+        let (q, s) = quotas(
             &["acme".into()],
             &[Some(cfg(5, QuotaAction::ArchiveOnly))],
             clock.clone(),
             dir.path(),
         );
         let mut b = batch(&["a"; 3]);
-        q.process(&mut b).unwrap();
+        s.process(&mut b).unwrap();
         assert_eq!(indexed(&b), 1);
         q.save();
         drop(q);
         // Restarted after the reset: a fresh day.
         clock.advance_ms(4 * HOUR_MS);
-        let q = DailyQuotas::new(
+        let (_q, s) = quotas(
             &["acme".into()],
             &[Some(cfg(5, QuotaAction::ArchiveOnly))],
             clock,
             dir.path(),
         );
         let mut b = batch(&["a"; 5]);
-        q.process(&mut b).unwrap();
+        s.process(&mut b).unwrap();
         assert_eq!(indexed(&b), 5);
     }
 }

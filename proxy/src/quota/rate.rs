@@ -30,9 +30,9 @@ struct TenantLimits<C: GovernorClock> {
     checks: AtomicU64,
 }
 
-/// The rate-limit stage: one entry per tenant (by `Tenant::index`).
-pub struct RateLimits<C: GovernorClock = DefaultClock> {
-    tenants: Vec<Option<TenantLimits<C>>>,
+/// The rate-limit stage of one tenant (none configured: every batch passes).
+pub struct RateLimit<C: GovernorClock = DefaultClock> {
+    limits: Option<TenantLimits<C>>,
     clock: C,
 }
 
@@ -43,38 +43,33 @@ fn quota(per_second: u64, burst: Option<u64>) -> Quota {
     Quota::per_second(rate).allow_burst(burst)
 }
 
-impl RateLimits<DefaultClock> {
-    pub fn new(configs: &[Option<RateLimitConfig>]) -> RateLimits<DefaultClock> {
-        RateLimits::with_clock(configs, DefaultClock::default())
+impl RateLimit<DefaultClock> {
+    pub fn new(config: Option<&RateLimitConfig>) -> RateLimit<DefaultClock> {
+        RateLimit::with_clock(config, DefaultClock::default())
     }
 }
 
-impl<C: GovernorClock + Clone> RateLimits<C> {
-    pub fn with_clock(configs: &[Option<RateLimitConfig>], clock: C) -> RateLimits<C> {
-        let tenants = configs
-            .iter()
-            .map(|c| {
-                c.as_ref().map(|c| TenantLimits {
-                    events: c.events_per_second.map(|r| {
-                        RateLimiter::new(
-                            quota(r as u64, c.events_burst.map(u64::from)),
-                            DefaultKeyedStateStore::default(),
-                            clock.clone(),
-                        )
-                    }),
-                    bytes: c.bytes_per_second.map(|r| {
-                        RateLimiter::new(
-                            quota(r.0, c.bytes_burst.map(|b| b.0)),
-                            DefaultKeyedStateStore::default(),
-                            clock.clone(),
-                        )
-                    }),
-                    partition_by: c.partition_by.clone(),
-                    checks: AtomicU64::new(0),
-                })
-            })
-            .collect();
-        RateLimits { tenants, clock }
+impl<C: GovernorClock + Clone> RateLimit<C> {
+    pub fn with_clock(config: Option<&RateLimitConfig>, clock: C) -> RateLimit<C> {
+        let limits = config.map(|c| TenantLimits {
+            events: c.events_per_second.map(|r| {
+                RateLimiter::new(
+                    quota(r as u64, c.events_burst.map(u64::from)),
+                    DefaultKeyedStateStore::default(),
+                    clock.clone(),
+                )
+            }),
+            bytes: c.bytes_per_second.map(|r| {
+                RateLimiter::new(
+                    quota(r.0, c.bytes_burst.map(|b| b.0)),
+                    DefaultKeyedStateStore::default(),
+                    clock.clone(),
+                )
+            }),
+            partition_by: c.partition_by.clone(),
+            checks: AtomicU64::new(0),
+        });
+        RateLimit { limits, clock }
     }
 
     /// Takes `n` from `limiter` for `key`, or says how long to wait.
@@ -124,7 +119,7 @@ pub fn field_value<'a>(ev: &'a Event, field: &str) -> Option<std::borrow::Cow<'a
     }
 }
 
-impl<C: GovernorClock + Clone + Send + Sync> Stage for RateLimits<C>
+impl<C: GovernorClock + Clone + Send + Sync> Stage for RateLimit<C>
 where
     C::Instant: Send + Sync,
 {
@@ -133,7 +128,7 @@ where
     }
 
     fn process(&self, batch: &mut Batch) -> Result<(), Rejection> {
-        let Some(Some(limits)) = self.tenants.get(batch.meta.tenant.index) else {
+        let Some(limits) = &self.limits else {
             return Ok(());
         };
         // Count (events, bytes) per partition; bytes are shared out by message size.
@@ -193,7 +188,7 @@ where
         if wait > Duration::ZERO {
             METRICS
                 .rate_limited_requests
-                .with_label_values(&[&batch.meta.tenant.name])
+                .with_label_values(&[&*batch.meta.tenant])
                 .inc();
             let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
             return Err(Rejection::new(
@@ -201,7 +196,7 @@ where
                 "rate_limited",
                 format!(
                     "tenant {} is over its rate limit; retry in {secs}s",
-                    batch.meta.tenant.name
+                    batch.meta.tenant
                 ),
             )
             .retry_after(secs));
@@ -225,7 +220,7 @@ mod tests {
                 ..Default::default()
             })
             .collect();
-        Batch::for_test(&format!("t{tenant}"), tenant, bytes, events)
+        Batch::for_test(&format!("t{tenant}"), bytes, events)
     }
 
     fn limits(events: u32, burst: u32, partition: Option<&str>) -> RateLimitConfig {
@@ -241,14 +236,15 @@ mod tests {
     #[test]
     fn over_the_rate_is_429_with_retry_after_and_refills() {
         let clock = FakeRelativeClock::default();
-        let rl = RateLimits::with_clock(&[Some(limits(10, 10, None)), None], clock.clone());
+        let rl = RateLimit::with_clock(Some(&limits(10, 10, None)), clock.clone());
+        let other = RateLimit::with_clock(None, clock.clone());
         assert!(rl.process(&mut batch(0, &["a"; 6], 10)).is_ok());
         let r = rl.process(&mut batch(0, &["a"; 6], 10)).unwrap_err();
         assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.retry_after, Some(1));
         // The other tenant has no limit.
         for _ in 0..100 {
-            assert!(rl.process(&mut batch(1, &["a"; 50], 10)).is_ok());
+            assert!(other.process(&mut batch(1, &["a"; 50], 10)).is_ok());
         }
         clock.advance(Duration::from_millis(200)); // 2 more tokens: 4 + 2 = 6
         assert!(rl.process(&mut batch(0, &["a"; 6], 10)).is_ok());
@@ -258,7 +254,7 @@ mod tests {
     #[test]
     fn partitions_have_their_own_budget() {
         let clock = FakeRelativeClock::default();
-        let rl = RateLimits::with_clock(&[Some(limits(5, 5, Some("service")))], clock.clone());
+        let rl = RateLimit::with_clock(Some(&limits(5, 5, Some("service"))), clock.clone());
         assert!(rl.process(&mut batch(0, &["web"; 5], 10)).is_ok());
         assert!(rl.process(&mut batch(0, &["web"], 10)).is_err());
         assert!(rl.process(&mut batch(0, &["db"; 5], 10)).is_ok());
@@ -274,7 +270,7 @@ mod tests {
             bytes_burst: None,
             partition_by: None,
         };
-        let rl = RateLimits::with_clock(&[Some(cfg)], clock.clone());
+        let rl = RateLimit::with_clock(Some(&cfg), clock.clone());
         assert!(rl.process(&mut batch(0, &["a"], 600)).is_ok());
         assert!(rl.process(&mut batch(0, &["a"], 600)).is_err());
         clock.advance(Duration::from_secs(2));

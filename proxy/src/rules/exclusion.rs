@@ -3,7 +3,10 @@
 //! `sample_rate` the event is kept from the index (`archive_only`, the
 //! default) or dropped (`drop`); otherwise it is indexed. Sampling hashes the
 //! event's content, so replicas agree and replays repeat. Rules change at run
-//! time (admin API) by swapping an immutable rule set.
+//! time (admin API) by swapping one scope's immutable list.
+//!
+//! Each tenant's stage ([`TenantRules`]) holds the global list and its own;
+//! the registry ([`ExclusionRules`]) holds every list too, for the admin API.
 use super::query::{Query, QueryError};
 use crate::config::{ExclusionAction, ExclusionRuleConfig};
 use crate::event::{Batch, Disposition, Event};
@@ -12,6 +15,7 @@ use crate::telemetry::METRICS;
 use std::hash::Hasher;
 use std::sync::{Arc, RwLock};
 
+#[derive(Debug)]
 pub struct Rule {
     pub config: ExclusionRuleConfig,
     query: Query,
@@ -40,6 +44,13 @@ impl Rule {
     }
 }
 
+/// Rules are the same when they are configured the same (the query compiles one way).
+impl PartialEq for Rule {
+    fn eq(&self, other: &Rule) -> bool {
+        self.config == other.config
+    }
+}
+
 /// A stable hash of what makes an event itself (same input, same verdict, on every replica).
 pub fn content_hash(ev: &Event) -> u64 {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
@@ -58,23 +69,45 @@ pub fn content_hash(ev: &Event) -> u64 {
     h.finish()
 }
 
-/// Which list a rule belongs to.
+/// Which list a rule belongs to ([`ExclusionRules::scope`] makes one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
     Global,
-    Tenant(usize),
+    /// A tenant of the rules, by name.
+    Tenant(String),
 }
 
-/// One immutable generation of every rule.
+/// A view of every rule at one moment (the admin API lists it).
 pub struct RuleSet {
     pub global: Vec<Arc<Rule>>,
-    /// By `Tenant::index`.
-    pub tenants: Vec<Vec<Arc<Rule>>>,
+    /// Each tenant's name and rules, in the config's order.
+    pub tenants: Vec<(String, Vec<Arc<Rule>>)>,
 }
 
+/// One scope's rules: an immutable list, swapped whole.
+#[derive(Default)]
+pub struct RuleList(RwLock<Arc<Vec<Arc<Rule>>>>);
+
+impl RuleList {
+    fn new(rules: Vec<Arc<Rule>>) -> Arc<RuleList> {
+        Arc::new(RuleList(RwLock::new(Arc::new(rules))))
+    }
+
+    fn current(&self) -> Arc<Vec<Arc<Rule>>> {
+        self.0.read().unwrap().clone()
+    }
+}
+
+/// Every scope's rules, for the admin API.
 pub struct ExclusionRules {
-    current: RwLock<Arc<RuleSet>>,
-    tenant_names: Vec<String>,
+    global: Arc<RuleList>,
+    tenants: Vec<(String, Arc<RuleList>)>,
+}
+
+/// The exclusion-rule stage of one tenant: the global rules, then its own.
+pub struct TenantRules {
+    global: Arc<RuleList>,
+    own: Arc<RuleList>,
 }
 
 /// A rule that did not compile: where it is and why.
@@ -99,78 +132,89 @@ fn compile_all(configs: &[ExclusionRuleConfig]) -> Result<Vec<Arc<Rule>>, RuleEr
 }
 
 impl ExclusionRules {
-    pub fn new(
-        global: &[ExclusionRuleConfig],
-        tenants: &[(String, Vec<ExclusionRuleConfig>)],
-    ) -> Result<ExclusionRules, RuleError> {
-        let set = RuleSet {
-            global: compile_all(global)?,
-            tenants: tenants
+    /// The global rules (compiled), and no tenant yet.
+    pub fn with_global(global: Vec<Arc<Rule>>) -> ExclusionRules {
+        ExclusionRules {
+            global: RuleList::new(global),
+            tenants: Vec::new(),
+        }
+    }
+
+    /// Adds tenant `name` with its rules (compiled) and returns its stage.
+    pub fn add(&mut self, name: &str, rules: Vec<Arc<Rule>>) -> TenantRules {
+        let own = RuleList::new(rules);
+        self.tenants.push((name.to_string(), own.clone()));
+        TenantRules {
+            global: self.global.clone(),
+            own,
+        }
+    }
+
+    pub fn snapshot(&self) -> RuleSet {
+        RuleSet {
+            global: self.global.current().to_vec(),
+            tenants: self
+                .tenants
                 .iter()
-                .map(|(_, r)| compile_all(r))
-                .collect::<Result<_, _>>()?,
-        };
-        Ok(ExclusionRules {
-            current: RwLock::new(Arc::new(set)),
-            tenant_names: tenants.iter().map(|(n, _)| n.clone()).collect(),
-        })
+                .map(|(n, l)| (n.clone(), l.current().to_vec()))
+                .collect(),
+        }
     }
 
-    pub fn snapshot(&self) -> Arc<RuleSet> {
-        self.current.read().unwrap().clone()
+    /// The scope `name` names: `global`, or one of the tenants.
+    pub fn scope(&self, name: &str) -> Option<Scope> {
+        if name == "global" {
+            return Some(Scope::Global);
+        }
+        self.tenants
+            .iter()
+            .any(|(n, _)| n == name)
+            .then(|| Scope::Tenant(name.to_string()))
     }
 
-    pub fn tenant_names(&self) -> &[String] {
-        &self.tenant_names
+    fn list(&self, scope: &Scope) -> &Arc<RuleList> {
+        match scope {
+            Scope::Global => &self.global,
+            Scope::Tenant(name) => {
+                let found = self.tenants.iter().find(|(n, _)| n == name);
+                &found.expect("scopes name tenants of these rules").1
+            }
+        }
     }
 
     /// The rule configs of one scope, as they are now.
     pub fn configs(&self, scope: &Scope) -> Vec<ExclusionRuleConfig> {
-        let set = self.snapshot();
-        let rules = match scope {
-            Scope::Global => &set.global,
-            Scope::Tenant(i) => &set.tenants[*i],
-        };
+        let rules = self.list(scope).current();
         rules.iter().map(|r| r.config.clone()).collect()
     }
 
     /// Replaces one scope's rules after compiling all of them; on error nothing changes.
     pub fn replace(&self, scope: &Scope, configs: &[ExclusionRuleConfig]) -> Result<(), RuleError> {
         let compiled = compile_all(configs)?;
-        let mut cur = self.current.write().unwrap();
-        let mut next = RuleSet {
-            global: cur.global.clone(),
-            tenants: cur.tenants.clone(),
-        };
-        match scope {
-            Scope::Global => next.global = compiled,
-            Scope::Tenant(i) => next.tenants[*i] = compiled,
-        }
-        *cur = Arc::new(next);
+        *self.list(scope).0.write().unwrap() = Arc::new(compiled);
         Ok(())
     }
 }
 
-impl Stage for ExclusionRules {
+impl Stage for TenantRules {
     fn name(&self) -> &'static str {
         "exclusion_rules"
     }
 
     fn process(&self, batch: &mut Batch) -> Result<(), Rejection> {
-        let set = self.snapshot();
-        let tenant_rules = &set.tenants[batch.meta.tenant.index];
-        if set.global.is_empty() && tenant_rules.is_empty() {
+        let global = self.global.current();
+        let tenant_rules = self.own.current();
+        if global.is_empty() && tenant_rules.is_empty() {
             return Ok(());
         }
         // Per rule: (matched, excluded); metrics are updated once per batch.
-        let n_rules = set.global.len() + tenant_rules.len();
+        let n_rules = global.len() + tenant_rules.len();
         let mut counts = vec![(0u64, 0u64); n_rules];
         for (ev, disp) in batch.events.iter().zip(batch.dispositions.iter_mut()) {
             if *disp != Disposition::Index {
                 continue;
             }
-            let first = set
-                .global
+            let first = global
                 .iter()
                 .chain(tenant_rules.iter())
                 .enumerate()
@@ -187,8 +231,7 @@ impl Stage for ExclusionRules {
             }
         }
         // Counted once the batch is taken (commit): a refused request counts nothing.
-        for (rule, (matched, excluded)) in set.global.iter().chain(tenant_rules.iter()).zip(counts)
-        {
+        for (rule, (matched, excluded)) in global.iter().chain(tenant_rules.iter()).zip(counts) {
             if matched > 0 {
                 batch
                     .charges
@@ -200,7 +243,7 @@ impl Stage for ExclusionRules {
     }
 
     fn commit(&self, batch: &Batch) {
-        let tenant = batch.meta.tenant.name.as_str();
+        let tenant: &str = &batch.meta.tenant;
         for (rule, matched, excluded) in &batch.charges.rules {
             let labels = [tenant, rule.as_str()];
             METRICS
@@ -243,7 +286,33 @@ mod tests {
                 ..Default::default()
             })
             .collect();
-        Batch::for_test(&format!("t{tenant}"), tenant, 0, events)
+        Batch::for_test(&format!("t{tenant}"), 0, events)
+    }
+
+    /// Rules of `global` and of each tenant (`t0`, `t1`...), as the YAML gives them.
+    impl ExclusionRules {
+        fn new(
+            global: &[ExclusionRuleConfig],
+            tenants: &[(String, Vec<ExclusionRuleConfig>)],
+        ) -> Result<ExclusionRules, RuleError> {
+            let mut rules = ExclusionRules::with_global(compile_all(global)?);
+            for (name, configs) in tenants {
+                rules.add(name, compile_all(configs)?);
+            }
+            Ok(rules)
+        }
+
+        /// Runs `batch` through its tenant's stage.
+        fn process(&self, batch: &mut Batch) -> Result<(), Rejection> {
+            let scope = self
+                .scope(&batch.meta.tenant)
+                .expect("a tenant of these rules");
+            let stage = TenantRules {
+                global: self.global.clone(),
+                own: self.list(&scope).clone(),
+            };
+            stage.process(batch)
+        }
     }
 
     fn count(b: &Batch, d: Disposition) -> usize {
@@ -316,7 +385,7 @@ mod tests {
     #[test]
     fn replace_swaps_atomically_and_refuses_bad_queries() {
         let rules = ExclusionRules::new(&[], &[("t0".into(), vec![])]).unwrap();
-        let scope = Scope::Tenant(0);
+        let scope = rules.scope("t0").unwrap();
         rules
             .replace(
                 &scope,

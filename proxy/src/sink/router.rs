@@ -11,7 +11,8 @@
 use super::health::{spawn_check, BackendHealth};
 use super::{spawn_route, Member, RouteHandle, RouteSlot};
 use crate::archive::DeadLetters;
-use crate::config::{BackendConfig, BackendType, Config, PassiveHealthConfig};
+use crate::config::{BackendConfig, BackendType, PassiveHealthConfig};
+use crate::plan::Plan;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -19,10 +20,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub struct Router {
-    /// The current route of each tenant, by tenant index.
-    routes: Vec<RouteSlot>,
-    tenants: Vec<String>,
-    dead_letters: Vec<Option<DeadLetters>>,
+    /// Each tenant's name and current route, in the plan's order.
+    routes: Vec<(String, RouteSlot)>,
+    /// Where each tenant's undeliverable events go, by tenant name (none: no archive).
+    dead_letters: HashMap<String, DeadLetters>,
     drain: CancellationToken,
     state: Mutex<State>,
 }
@@ -36,7 +37,8 @@ struct State {
 }
 
 struct Generation {
-    routes: Vec<RouteHandle>,
+    /// Each tenant's name and new route, in the plan's order.
+    routes: Vec<(String, RouteHandle)>,
     tasks: Vec<JoinHandle<()>>,
     healths: Vec<(Target, Arc<BackendHealth>)>,
     checks: CancellationToken,
@@ -67,12 +69,13 @@ impl Target {
 }
 
 fn generation(
-    config: &Config,
+    plan: &Plan,
     previous: &[(Target, Arc<BackendHealth>)],
-    dead_letters: &[Option<DeadLetters>],
+    dead_letters: &HashMap<String, DeadLetters>,
     drain: &CancellationToken,
 ) -> anyhow::Result<Generation> {
     // One client and one health state per backend, shared by every route using it.
+    let config = &plan.config;
     let checks = drain.child_token();
     let mut backends = HashMap::new();
     let mut healths = Vec::new();
@@ -91,12 +94,13 @@ fn generation(
     }
     let mut routes = Vec::new();
     let mut tasks = Vec::new();
-    for (i, t) in config.tenants.iter().enumerate() {
-        let route_tiers = config.route_tiers(t);
-        let tiers: Vec<Vec<Member>> = route_tiers
+    for t in &plan.tenants {
+        let tiers: Vec<Vec<Member>> = t
+            .route
             .iter()
-            .map(|(_, tier)| {
-                tier.iter()
+            .map(|tier| {
+                tier.backends
+                    .iter()
                     .map(|name| {
                         let (backend, health, weight, _) = &backends[name];
                         Member {
@@ -109,12 +113,13 @@ fn generation(
             })
             .collect();
         let preferred = config
-            .backend(&route_tiers[0].1[0])
-            .expect("validated: routes name defined backends");
+            .backend(t.preferred_backend())
+            .expect("resolved: routes name defined backends");
         // The smallest batch limits of the route: a batch must fit every backend it may fail over to.
-        let configs: Vec<&BackendConfig> = route_tiers
+        let configs: Vec<&BackendConfig> = t
+            .route
             .iter()
-            .flat_map(|(_, tier)| tier.iter())
+            .flat_map(|tier| tier.backends.iter())
             .map(|name| config.backend(name).expect("validated"))
             .collect();
         let batch_limits = (
@@ -132,10 +137,10 @@ fn generation(
             tiers,
             preferred,
             batch_limits,
-            dead_letters[i].clone(),
+            dead_letters.get(&t.name).cloned(),
             drain.clone(),
         );
-        routes.push(route);
+        routes.push((t.name.clone(), route));
         tasks.push(task);
     }
     // Checks only once everything is built (an error above leaves none running).
@@ -160,21 +165,20 @@ pub struct Reloaded {
 }
 
 impl Router {
-    /// The first generation; `dead_letters` is per tenant index.
+    /// The first generation; `dead_letters` by tenant name.
     pub fn start(
-        config: &Config,
-        dead_letters: Vec<Option<DeadLetters>>,
+        plan: &Plan,
+        dead_letters: HashMap<String, DeadLetters>,
         drain: CancellationToken,
     ) -> anyhow::Result<Arc<Router>> {
-        let g = generation(config, &[], &dead_letters, &drain)?;
-        crate::telemetry::seed(config);
+        let g = generation(plan, &[], &dead_letters, &drain)?;
+        crate::telemetry::seed(&plan.config);
         let router = Arc::new(Router {
             routes: g
                 .routes
                 .into_iter()
-                .map(|r| Arc::new(RwLock::new(r)))
+                .map(|(name, r)| (name, Arc::new(RwLock::new(r))))
                 .collect(),
-            tenants: config.tenants.iter().map(|t| t.name.clone()).collect(),
             dead_letters,
             drain,
             state: Mutex::new(State {
@@ -198,9 +202,10 @@ impl Router {
         Ok(router)
     }
 
-    /// Where the tenant's current route is found (the archive tee reads it per batch).
-    pub fn slot(&self, tenant: usize) -> RouteSlot {
-        self.routes[tenant].clone()
+    /// Where tenant `name`'s current route is found (the archive tee reads it per batch).
+    pub fn slot(&self, name: &str) -> Option<RouteSlot> {
+        let (_, slot) = self.routes.iter().find(|(t, _)| t == name)?;
+        Some(slot.clone())
     }
 
     pub fn healths(&self) -> Vec<Arc<BackendHealth>> {
@@ -208,21 +213,22 @@ impl Router {
         state.healths.iter().map(|(_, h)| h.clone()).collect()
     }
 
-    /// Swaps in the routing of `config` (already validated). Its tenants must
-    /// be the running ones, in the same order: adding or removing tenants
-    /// takes a restart.
-    pub fn reload(&self, config: &Config) -> Result<Reloaded, String> {
-        let names: Vec<String> = config.tenants.iter().map(|t| t.name.clone()).collect();
-        if names != self.tenants {
+    /// Swaps in the routing of `plan`. Its tenants must be the running ones,
+    /// in the same order: adding or removing tenants takes a restart.
+    pub fn reload(&self, plan: &Plan) -> Result<Reloaded, String> {
+        let config = &plan.config;
+        let names: Vec<&str> = plan.tenants.iter().map(|t| t.name.as_str()).collect();
+        let running: Vec<&str> = self.routes.iter().map(|(n, _)| n.as_str()).collect();
+        if names != running {
             return Err(format!(
-                "the tenants changed (running {:?}, new file {names:?}); a reload changes routing only: restart weir to add, remove or rename tenants",
-                self.tenants
+                "the tenants changed (running {running:?}, new file {names:?}); a reload changes routing only: restart weir to add, remove or rename tenants"
             ));
         }
         let mut state = self.state.lock().unwrap();
-        let g = generation(config, &state.healths, &self.dead_letters, &self.drain)
+        let g = generation(plan, &state.healths, &self.dead_letters, &self.drain)
             .map_err(|e| format!("{e:#}"))?;
-        for (slot, route) in self.routes.iter().zip(g.routes) {
+        for (name, route) in g.routes {
+            let slot = self.slot(&name).expect("the same tenants, checked above");
             // The old handle drops here: its route sends what it holds, then ends.
             *slot.write().unwrap() = route;
         }
@@ -249,7 +255,7 @@ impl Router {
 mod tests {
     use super::*;
 
-    fn config(a_port: u16) -> Config {
+    fn config(a_port: u16) -> Plan {
         let text = format!(
             "listeners: [{{name: i, address: \"127.0.0.1:0\", protocol: http}}]
 archive: {{store: {{type: local, root: /nonexistent}}}}
@@ -260,7 +266,7 @@ regions: [{{name: eu, tiers: [[a], [b]]}}]
 tenants: [{{name: t, api_keys: [k], region: eu}}]
 "
         );
-        Config::parse(&text, "weir.yaml").unwrap()
+        Plan::parse(&text, "weir.yaml").unwrap()
     }
 
     fn health(router: &Router, name: &str) -> Arc<BackendHealth> {
@@ -273,7 +279,7 @@ tenants: [{{name: t, api_keys: [k], region: eu}}]
 
     #[tokio::test]
     async fn a_reload_keeps_the_health_of_backends_it_leaves_alone() {
-        let router = Router::start(&config(1), vec![None], CancellationToken::new()).unwrap();
+        let router = Router::start(&config(1), HashMap::new(), CancellationToken::new()).unwrap();
         let a = health(&router, "a");
         a.record_failure("connection refused");
         assert_eq!(a.report().state, "ejected");

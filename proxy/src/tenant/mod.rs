@@ -2,23 +2,32 @@
 //! SHA-256 digest and then compared in constant time, so neither the lookup
 //! nor the comparison leaks how much of a guessed key was right. Keys are
 //! never logged, never exported in metrics; only tenant names are.
-use crate::config::{Config, Secret};
+//!
+//! The tenant a key authenticates to carries its stage chain (its stages'
+//! state and its outputs), so a request finds everything about its tenant
+//! in one lookup.
+use crate::config::Secret;
+use crate::pipeline::Chain;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
-#[derive(Debug)]
 pub struct Tenant {
-    pub name: String,
-    /// Index into the configured tenants (and the routes built from them).
-    pub index: usize,
-    pub upstream_api_key: Option<Secret>,
+    pub name: Arc<str>,
+    /// Its stages and outputs.
+    pub chain: Arc<Chain>,
 }
 
+impl std::fmt::Debug for Tenant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tenant({:?})", self.name)
+    }
+}
+
+#[derive(Default)]
 pub struct Tenants {
     by_digest: HashMap<[u8; 32], (Secret, Arc<Tenant>)>,
-    all: Vec<Arc<Tenant>>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -30,25 +39,12 @@ pub enum AuthError {
 }
 
 impl Tenants {
-    pub fn from_config(config: &Config) -> Tenants {
-        let mut by_digest = HashMap::new();
-        let mut all = Vec::new();
-        for (index, t) in config.tenants.iter().enumerate() {
-            let tenant = Arc::new(Tenant {
-                name: t.name.clone(),
-                index,
-                upstream_api_key: t.upstream_api_key.clone(),
-            });
-            for key in &t.api_keys {
-                by_digest.insert(digest(key.expose()), (key.clone(), tenant.clone()));
-            }
-            all.push(tenant);
+    /// Adds `tenant`, which `keys` authenticate to (the plan made them unique).
+    pub fn add(&mut self, keys: &[Secret], tenant: Arc<Tenant>) {
+        for key in keys {
+            self.by_digest
+                .insert(digest(key.expose()), (key.clone(), tenant.clone()));
         }
-        Tenants { by_digest, all }
-    }
-
-    pub fn all(&self) -> &[Arc<Tenant>] {
-        &self.all
     }
 
     /// The tenant owning `key`, if any.
@@ -75,24 +71,54 @@ fn digest(key: &str) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::budget::{Budget, Queue};
+    use crate::pipeline::TenantOutputs;
 
-    fn tenants() -> Tenants {
-        let text = "listeners: [{name: i, address: \"127.0.0.1:0\", protocol: http}]\narchive: {store: {type: local, root: /tmp/a}}\nbackends: [{name: b, type: file, path: /tmp/o}]\ntenants:\n  - {name: alpha, api_keys: [key-a1, key-a2], backend: b}\n  - {name: beta, api_keys: [key-b], backend: b}\n";
-        Tenants::from_config(&Config::parse(text, "t.yaml").unwrap())
+    /// A chain with no stage and a route nobody reads.
+    fn chain() -> Arc<Chain> {
+        let gauge = prometheus::IntGauge::new("test_route_bytes", "test").unwrap();
+        let (route, _) = Queue::new(Budget::new(1 << 20, gauge));
+        Chain::new(
+            vec![],
+            TenantOutputs {
+                archive: None,
+                route: Arc::new(std::sync::RwLock::new(route)),
+            },
+        )
+    }
+
+    /// alpha (two keys) and beta (one), and beta's chain.
+    fn tenants() -> (Tenants, Arc<Chain>) {
+        let mut tenants = Tenants::default();
+        let key = |k: &str| -> Secret { serde_yaml::from_str(k).unwrap() };
+        let alpha = Arc::new(Tenant {
+            name: "alpha".into(),
+            chain: chain(),
+        });
+        tenants.add(&[key("key-a1"), key("key-a2")], alpha);
+        let beta_chain = chain();
+        let beta = Arc::new(Tenant {
+            name: "beta".into(),
+            chain: beta_chain.clone(),
+        });
+        tenants.add(&[key("key-b")], beta);
+        (tenants, beta_chain)
     }
 
     #[test]
     fn keys_map_to_tenants() {
-        let t = tenants();
-        assert_eq!(t.authenticate(Some("key-a1")).unwrap().name, "alpha");
-        assert_eq!(t.authenticate(Some("key-a2")).unwrap().name, "alpha");
-        assert_eq!(t.authenticate(Some("key-b")).unwrap().name, "beta");
-        assert_eq!(t.authenticate(Some("key-b")).unwrap().index, 1);
+        let (t, beta_chain) = tenants();
+        assert_eq!(&*t.authenticate(Some("key-a1")).unwrap().name, "alpha");
+        assert_eq!(&*t.authenticate(Some("key-a2")).unwrap().name, "alpha");
+        assert_eq!(&*t.authenticate(Some("key-b")).unwrap().name, "beta");
+        // The tenant a key finds carries its own chain.
+        let beta = t.authenticate(Some("key-b")).unwrap();
+        assert!(Arc::ptr_eq(&beta.chain, &beta_chain));
     }
 
     #[test]
     fn missing_and_unknown_keys() {
-        let t = tenants();
+        let (t, _) = tenants();
         assert_eq!(t.authenticate(None).unwrap_err(), AuthError::Missing);
         assert_eq!(t.authenticate(Some("  ")).unwrap_err(), AuthError::Missing);
         assert_eq!(

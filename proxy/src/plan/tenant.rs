@@ -1,0 +1,118 @@
+//! One tenant resolved: everything Weir needs to run it, checked, in one value.
+use crate::config::{
+    invalid, ArchiveConfig, Config, DailyQuotaConfig, ExclusionRuleConfig, Invalid, PluginConfig,
+    RateLimitConfig, Secret, TenantConfig,
+};
+use crate::rules::exclusion::Rule;
+use std::sync::Arc;
+
+/// A tenant as it runs: its keys, its stages' settings (exclusion rules
+/// compiled), its archive (its own or the top-level one) and its route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantPlan {
+    pub name: String,
+    /// Where the tenant is in the YAML (`tenants[2]`), for messages naming its fields.
+    pub at: String,
+    /// Keys agents send; at least one, none shared with another tenant.
+    pub api_keys: Vec<Secret>,
+    /// Key sent to a `datadog` backend on this tenant's behalf.
+    pub upstream_api_key: Option<Secret>,
+    /// The archive the tenant writes to: its own, or the top-level one.
+    pub archive: ArchiveConfig,
+    pub rate_limit: Option<RateLimitConfig>,
+    pub daily_quota: Option<DailyQuotaConfig>,
+    /// The tenant's own exclusion rules, compiled (the global ones are the plan's).
+    pub exclusion_rules: Vec<Arc<Rule>>,
+    /// Its plugins, in order; each file checked to be a WebAssembly module.
+    pub plugins: Vec<PluginConfig>,
+    /// Where its indexed events go, in order of preference; never empty.
+    pub route: Vec<Tier>,
+}
+
+/// One tier of a route: backends of one region, chosen among by weight, each a
+/// backend the config defines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tier {
+    /// The region the tier belongs to; empty for a tenant with one `backend`.
+    pub region: String,
+    /// Names of backends in `Config::backends`.
+    pub backends: Vec<String>,
+}
+
+impl TenantPlan {
+    /// Resolves `t`, the tenant at `tenants[index]` of `config` (already validated).
+    pub fn resolve(config: &Config, index: usize, t: &TenantConfig) -> Result<TenantPlan, Invalid> {
+        let at = format!("tenants[{index}]");
+        let route: Vec<Tier> = config
+            .route_tiers(t)
+            .into_iter()
+            .map(|(region, backends)| Tier { region, backends })
+            .collect();
+        let field = if t.region.is_some() {
+            "region"
+        } else {
+            "backend"
+        };
+        if route.is_empty() || route.iter().any(|tier| tier.backends.is_empty()) {
+            return Err(invalid(
+                format!("{at}.{field}"),
+                "the route has an empty tier".into(),
+            ));
+        }
+        if let Some(b) = route
+            .iter()
+            .flat_map(|tier| &tier.backends)
+            .find(|b| config.backend(b).is_none())
+        {
+            return Err(invalid(
+                format!("{at}.{field}"),
+                format!("no backend named {b:?}"),
+            ));
+        }
+        check_plugins(&t.plugins, &format!("{at}.plugins"))?;
+        Ok(TenantPlan {
+            name: t.name.clone(),
+            api_keys: t.api_keys.clone(),
+            upstream_api_key: t.upstream_api_key.clone(),
+            archive: t.archive.clone().unwrap_or_else(|| config.archive.clone()),
+            rate_limit: t.rate_limit.clone(),
+            daily_quota: t.daily_quota.clone(),
+            exclusion_rules: compile_rules(&t.exclusion_rules, &format!("{at}.exclusion_rules"))?,
+            plugins: t.plugins.clone(),
+            route,
+            at,
+        })
+    }
+
+    /// The first backend of its route: the one its batch limits and format start from.
+    pub fn preferred_backend(&self) -> &str {
+        &self.route[0].backends[0]
+    }
+}
+
+/// Compiles exclusion rules (`at`: their field, `exclusion_rules` or
+/// `tenants[0].exclusion_rules`); names and sample rates the config checked.
+pub fn compile_rules(rules: &[ExclusionRuleConfig], at: &str) -> Result<Vec<Arc<Rule>>, Invalid> {
+    rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            Rule::compile(r.clone()).map(Arc::new).map_err(|e| {
+                invalid(
+                    format!("{at}[{i}].query"),
+                    format!("invalid query {:?}: {e}", r.query),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Checks each plugin file is a WebAssembly module (validation only, no
+/// compilation; `weir check` and start-up compile and instantiate too).
+fn check_plugins(plugins: &[PluginConfig], at: &str) -> Result<(), Invalid> {
+    for (i, p) in plugins.iter().enumerate() {
+        crate::plugin::validate_file(&p.path)
+            .map_err(|e| invalid(format!("{at}[{i}].path"), e.to_string()))?;
+    }
+    Ok(())
+}
