@@ -344,3 +344,60 @@ async fn retries_end_at_max_retries_and_the_batch_is_counted_dropped() {
         .get();
     assert_eq!(dropped, 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_tier_shares_batches_by_weight() {
+    let mut heavy = FakeBackend::new("wt-heavy", passive(3, 10), vec![ok()]);
+    heavy.member.weight = 3;
+    let light = FakeBackend::new("wt-light", passive(3, 10), vec![ok()]);
+    let s = route("wt-t", &[&[&heavy, &light]], None);
+    for _ in 0..400 {
+        send_batch(&s, &["{\"message\":\"m\"}"]).await;
+    }
+    let (h, l) = (heavy.calls().len(), light.calls().len());
+    assert_eq!(h + l, 400);
+    assert!(
+        (240..=360).contains(&h),
+        "about 3 in 4 to the heavier: {h} / {l}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn records_refused_without_being_named_are_counted_dropped() {
+    // An OTLP `partial_success`, read by the OTLP protocol.
+    use opentelemetry_proto::tonic::collector::logs::v1::{
+        ExportLogsPartialSuccess, ExportLogsServiceResponse,
+    };
+    use prost::Message;
+    let answer = ExportLogsServiceResponse {
+        partial_success: Some(ExportLogsPartialSuccess {
+            rejected_log_records: 1,
+            error_message: "too old".into(),
+        }),
+    }
+    .encode_to_vec();
+    let otlp = super::otlp::Otlp::new(&crate::config::OtlpConfig {
+        endpoint: "http://otel".into(),
+        headers: Default::default(),
+    });
+    let partial = Mutex::new(Some(otlp.read_answer(StatusCode::OK, &answer).unwrap()));
+    let first: Answer = Box::new(move || Ok(partial.lock().unwrap().take().unwrap_or_default()));
+    let a = FakeBackend::new("up-a", passive(3, 10), vec![first]);
+    let s = route("up-t", &[&[&a]], None);
+    send_batch(&s, &["{\"message\":\"0\"}", "{\"message\":\"1\"}"]).await;
+    assert_eq!(
+        a.calls().len(),
+        1,
+        "nothing to send again: it did not say which"
+    );
+    let counter =
+        |m: &prometheus::IntCounterVec, labels: &[&str]| m.with_label_values(labels).get();
+    assert_eq!(
+        counter(
+            &METRICS.backend_dropped_events,
+            &["up-t", "up-a", "partial_success"]
+        ),
+        1
+    );
+    assert_eq!(counter(&METRICS.forwarded_events, &["up-t", "up-a"]), 1);
+}
