@@ -443,7 +443,7 @@ impl Config {
 mod tests {
     use super::*;
 
-    /// A config whose one backend is `backend` (flow YAML), at line 3.
+    /// A config whose one backend is `backend` (flow YAML), on line 4.
     fn parse(backend: &str) -> Result<Config, crate::config::ConfigError> {
         let text = format!(
             "listeners: [{{name: i, address: \"127.0.0.1:0\", protocol: http}}]\narchive: {{store: {{type: local, root: /tmp/x}}}}\nbackends:\n  - {backend}\ntenants: [{{name: t, api_keys: [k], backend: b, upstream_api_key: u}}]\n"

@@ -181,7 +181,7 @@ impl OwnFields {
         }
     }
 
-    /// The first field no type took, in the order the old flat checks named them.
+    /// The first field the type did not take (one is named at a time).
     fn left_over(&self) -> Option<&'static str> {
         [
             ("path", self.path.is_some()),
