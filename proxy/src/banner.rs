@@ -1,7 +1,7 @@
 //! What `weir run` prints once it is ready: what a newcomer needs to try it and
 //! an on-call needs to know where things are. Never a key from a real config:
 //! the demo key is shown only for the embedded local default, which ships it.
-use crate::config::{BackendType, Config, ListenerProtocol};
+use crate::config::{BackendKind, Config, ListenerProtocol};
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -54,8 +54,8 @@ pub fn lines(
             .into_iter()
             .flat_map(|(_, tier)| tier)
             .filter_map(|b| config.backend(&b))
-            .map(|b| match (b.kind, &b.path) {
-                (BackendType::File, Some(p)) => format!("{} (file {})", b.name, p.display()),
+            .map(|b| match &b.kind {
+                BackendKind::File(f) => format!("{} (file {})", b.name, f.path.display()),
                 _ => b.name.clone(),
             })
             .collect();

@@ -1,71 +1,116 @@
 //! Backends (where indexed events go) and regions (ordered tiers of backends a
-//! pinned tenant fails over between).
+//! pinned tenant fails over between): the settings every backend takes and
+//! their checks; each type's own settings are in kinds.rs.
+mod kinds;
+
+pub use kinds::*;
+
 use super::units::{ByteSize, Dur, Secret};
-use super::{Config, TenantConfig};
+use super::{Config, Limits, TenantConfig};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One backend: its name, its type with the settings only that type takes,
+/// and the settings every backend takes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "RawBackend")]
 pub struct BackendConfig {
     pub name: String,
-    #[serde(rename = "type")]
-    pub kind: BackendType,
-    /// The service's base URL (`datadog`, `elasticsearch`, `splunk_hec`, `otlp`, `loki`).
-    pub endpoint: Option<String>,
-    /// `elasticsearch`: the index (default `weir-logs`; `%Y`, `%m`, `%d` take the event's UTC date);
-    /// `splunk_hec`: the index (default: the token's).
-    pub index: Option<String>,
-    /// `splunk_hec`: the HEC token (`${ENV}` works; never logged).
-    pub token: Option<Secret>,
-    /// `splunk_hec`: the sourcetype (default `_json`).
-    pub sourcetype: Option<String>,
-    /// `loki`: event fields that become stream labels, besides `tenant`.
-    #[serde(default = "default_loki_labels")]
-    pub labels: Vec<String>,
-    /// `http`: the full URL events are POSTed to.
-    pub url: Option<String>,
-    /// `file`: where NDJSON lines are appended (`-` for stdout).
-    pub path: Option<PathBuf>,
-    /// `http`: body shape.
-    #[serde(default)]
-    pub format: HttpFormat,
-    #[serde(default = "default_codec")]
+    pub kind: BackendKind,
     pub compression: Codec,
     /// gzip 0-9, zstd 1-22; omitted: the codec's fast default (1).
     pub compression_level: Option<i32>,
-    /// `http`: extra request headers (values may be `${ENV_VAR}`; never logged).
-    #[serde(default)]
-    pub headers: BTreeMap<String, Secret>,
     /// Extra PEM CA certificates to trust besides the public roots.
     pub ca_file: Option<PathBuf>,
-    #[serde(default)]
     pub batch: BatchConfig,
-    #[serde(default)]
     pub retry: RetryConfig,
     /// Requests (batches) in flight at once, per tenant route.
-    #[serde(default = "default_in_flight")]
     pub max_in_flight: usize,
     /// Time allowed for one request to the backend.
-    #[serde(default = "default_request_timeout")]
     pub request_timeout: Dur,
     /// Memory waiting batches may hold per tenant route; past it, intake answers 503.
-    #[serde(default = "default_backend_queue")]
     pub max_queued_bytes: ByteSize,
     /// Share of its tier's traffic, relative to the other backends of the tier.
-    #[serde(default = "default_weight")]
     pub weight: u32,
     /// Active health check; without one, only failed sends (passive) take the backend out.
     pub health_check: Option<HealthCheckConfig>,
     /// Passive health: failed sends that eject the backend, and for how long.
-    #[serde(default)]
     pub passive: PassiveHealthConfig,
 }
 
-fn default_loki_labels() -> Vec<String> {
-    vec!["service".into(), "source".into()]
+/// A backend as written: every field read with its type and position (a
+/// derived struct keeps serde_path_to_error's field paths, which an
+/// internally tagged enum or `flatten` would lose), then sorted by type into
+/// `BackendConfig`, refusing the fields of other types.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    name: String,
+    #[serde(rename = "type")]
+    kind: BackendType,
+    endpoint: Option<String>,
+    index: Option<String>,
+    token: Option<Secret>,
+    sourcetype: Option<String>,
+    labels: Option<Vec<String>>,
+    url: Option<String>,
+    path: Option<PathBuf>,
+    format: Option<HttpFormat>,
+    headers: Option<BTreeMap<String, Secret>>,
+    #[serde(default = "default_codec")]
+    compression: Codec,
+    compression_level: Option<i32>,
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    batch: BatchConfig,
+    #[serde(default)]
+    retry: RetryConfig,
+    #[serde(default = "default_in_flight")]
+    max_in_flight: usize,
+    #[serde(default = "default_request_timeout")]
+    request_timeout: Dur,
+    #[serde(default = "default_backend_queue")]
+    max_queued_bytes: ByteSize,
+    #[serde(default = "default_weight")]
+    weight: u32,
+    health_check: Option<HealthCheckConfig>,
+    #[serde(default)]
+    passive: PassiveHealthConfig,
+}
+
+impl TryFrom<RawBackend> for BackendConfig {
+    type Error = Refusal;
+
+    fn try_from(r: RawBackend) -> Result<BackendConfig, Refusal> {
+        let own = OwnFields {
+            endpoint: r.endpoint,
+            index: r.index,
+            token: r.token,
+            sourcetype: r.sourcetype,
+            labels: r.labels,
+            url: r.url,
+            path: r.path,
+            format: r.format,
+            headers: r.headers,
+        };
+        Ok(BackendConfig {
+            name: r.name,
+            kind: own.into_kind(r.kind)?,
+            compression: r.compression,
+            compression_level: r.compression_level,
+            ca_file: r.ca_file,
+            batch: r.batch,
+            retry: r.retry,
+            max_in_flight: r.max_in_flight,
+            request_timeout: r.request_timeout,
+            max_queued_bytes: r.max_queued_bytes,
+            weight: r.weight,
+            health_check: r.health_check,
+            passive: r.passive,
+        })
+    }
 }
 
 fn default_weight() -> u32 {
@@ -186,14 +231,6 @@ pub enum BackendType {
     File,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum HttpFormat {
-    #[default]
-    JsonArray,
-    Ndjson,
-}
-
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Codec {
@@ -241,8 +278,89 @@ impl Default for RetryConfig {
     }
 }
 
+impl BackendConfig {
+    /// The backend's type (`type:` in the file).
+    pub fn backend_type(&self) -> BackendType {
+        self.kind.backend_type()
+    }
+
+    /// Its type's own checks, then the shared settings': (field under the backend, why).
+    fn validate(&self, limits: &Limits) -> Result<(), (&'static str, String)> {
+        self.kind.validate()?;
+        let level_ok = match (self.compression, self.compression_level) {
+            (_, None) => true,
+            (Codec::Gzip, Some(l)) => (0..=9).contains(&l),
+            (Codec::Zstd, Some(l)) => (1..=22).contains(&l),
+            (Codec::None, Some(_)) => false,
+        };
+        if !level_ok {
+            return Err((
+                "compression_level",
+                "out of range: gzip takes 0-9, zstd 1-22, none takes no level".into(),
+            ));
+        }
+        if let Some(ca) = &self.ca_file {
+            if !ca.is_file() {
+                return Err(("ca_file", format!("file {} does not exist", ca.display())));
+            }
+        }
+        if self.batch.max_events == 0 || self.batch.max_bytes.0 == 0 {
+            return Err((
+                "batch",
+                "max_events and max_bytes must be at least 1".into(),
+            ));
+        }
+        if self.max_in_flight == 0 {
+            return Err(("max_in_flight", "must be at least 1".into()));
+        }
+        if self.max_queued_bytes < limits.max_decompressed_bytes {
+            return Err((
+                "max_queued_bytes",
+                "must be at least limits.max_decompressed_bytes, or no request could ever fit"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Weight and health settings (checked with the regions, as routing reads them).
+    fn validate_health(&self) -> Result<(), (&'static str, String)> {
+        if self.weight == 0 {
+            return Err(("weight", "must be at least 1".into()));
+        }
+        if self.passive.max_failures == 0 {
+            return Err(("passive.max_failures", "must be at least 1".into()));
+        }
+        let Some(h) = &self.health_check else {
+            return Ok(());
+        };
+        if h.healthy_threshold == 0 || h.unhealthy_threshold == 0 {
+            return Err(("health_check", "thresholds must be at least 1".into()));
+        }
+        if h.interval.0.is_zero() || h.timeout.0.is_zero() {
+            return Err((
+                "health_check",
+                "interval and timeout must be above 0".into(),
+            ));
+        }
+        if http::Method::from_bytes(h.method.as_bytes()).is_err() {
+            return Err((
+                "health_check.method",
+                format!("{:?} is not an HTTP method", h.method),
+            ));
+        }
+        if h.kind == HealthCheckType::Http && !h.path.starts_with('/') {
+            return Err(("health_check.path", "must start with /".into()));
+        }
+        if let BackendKind::File(_) = self.kind {
+            return Err(("health_check", "a file backend has nothing to check".into()));
+        }
+        Ok(())
+    }
+}
+
 impl Config {
-    /// Names, URLs and the fields each backend type takes.
+    /// Unique names, then each backend's own checks.
     pub(super) fn validate_backends(&self) -> Result<(), (String, String)> {
         let mut backends = HashSet::new();
         for (i, b) in self.backends.iter().enumerate() {
@@ -252,121 +370,8 @@ impl Config {
                     format!("duplicate backend name {:?}", b.name),
                 ));
             }
-            let (field, url) = match b.kind {
-                BackendType::Http => ("url", &b.url),
-                BackendType::File => ("path", &None),
-                _ => ("endpoint", &b.endpoint),
-            };
-            let wrong = |f: &str| {
-                Err((
-                    format!("backends[{i}].{f}"),
-                    format!("does not apply to a backend of type {:?}", b.kind),
-                ))
-            };
-            if b.kind == BackendType::File {
-                if b.path.is_none() {
-                    return Err((
-                        format!("backends[{i}].path"),
-                        "a file backend needs a path (`-` for stdout)".into(),
-                    ));
-                }
-            } else {
-                let Some(url) = url else {
-                    return Err((
-                        format!("backends[{i}].{field}"),
-                        format!("a {:?} backend needs `{field}`", b.kind),
-                    ));
-                };
-                match url.parse::<http::Uri>() {
-                    Ok(u)
-                        if matches!(u.scheme_str(), Some("http") | Some("https"))
-                            && u.host().is_some() => {}
-                    _ => {
-                        return Err((
-                            format!("backends[{i}].{field}"),
-                            format!("{url:?} is not an http:// or https:// URL"),
-                        ))
-                    }
-                }
-                if b.path.is_some() {
-                    return wrong("path");
-                }
-            }
-            if matches!(b.kind, BackendType::Http | BackendType::File) && b.endpoint.is_some() {
-                return wrong("endpoint");
-            }
-            if b.kind != BackendType::Http && b.url.is_some() {
-                return wrong("url");
-            }
-            if matches!(b.kind, BackendType::Datadog | BackendType::File) && !b.headers.is_empty() {
-                return wrong("headers");
-            }
-            if !matches!(b.kind, BackendType::Elasticsearch | BackendType::SplunkHec)
-                && b.index.is_some()
-            {
-                return wrong("index");
-            }
-            if b.kind != BackendType::SplunkHec && (b.token.is_some() || b.sourcetype.is_some()) {
-                return wrong(if b.token.is_some() {
-                    "token"
-                } else {
-                    "sourcetype"
-                });
-            }
-            if b.kind == BackendType::SplunkHec && b.token.is_none() {
-                return Err((
-                    format!("backends[{i}].token"),
-                    "a splunk_hec backend needs its HEC token".into(),
-                ));
-            }
-            if b.kind == BackendType::Loki {
-                if let Some(l) = b
-                    .labels
-                    .iter()
-                    .find(|l| !["service", "source", "host", "status"].contains(&l.as_str()))
-                {
-                    return Err((format!("backends[{i}].labels"), format!("{l:?}: labels can be service, source, host and status (tenant is always one)")));
-                }
-            }
-            let level_ok = match (b.compression, b.compression_level) {
-                (_, None) => true,
-                (Codec::Gzip, Some(l)) => (0..=9).contains(&l),
-                (Codec::Zstd, Some(l)) => (1..=22).contains(&l),
-                (Codec::None, Some(_)) => false,
-            };
-            if !level_ok {
-                return Err((
-                    format!("backends[{i}].compression_level"),
-                    "out of range: gzip takes 0-9, zstd 1-22, none takes no level".into(),
-                ));
-            }
-            if let Some(ca) = &b.ca_file {
-                if !ca.is_file() {
-                    return Err((
-                        format!("backends[{i}].ca_file"),
-                        format!("file {} does not exist", ca.display()),
-                    ));
-                }
-            }
-            if b.batch.max_events == 0 || b.batch.max_bytes.0 == 0 {
-                return Err((
-                    format!("backends[{i}].batch"),
-                    "max_events and max_bytes must be at least 1".into(),
-                ));
-            }
-            if b.max_in_flight == 0 {
-                return Err((
-                    format!("backends[{i}].max_in_flight"),
-                    "must be at least 1".into(),
-                ));
-            }
-            if b.max_queued_bytes < self.limits.max_decompressed_bytes {
-                return Err((
-                    format!("backends[{i}].max_queued_bytes"),
-                    "must be at least limits.max_decompressed_bytes, or no request could ever fit"
-                        .into(),
-                ));
-            }
+            b.validate(&self.limits)
+                .map_err(|(field, why)| (format!("backends[{i}].{field}"), why))?;
         }
         Ok(())
     }
@@ -427,49 +432,78 @@ impl Config {
             }
         }
         for (i, b) in self.backends.iter().enumerate() {
-            let at = format!("backends[{i}]");
-            if b.weight == 0 {
-                return Err((format!("{at}.weight"), "must be at least 1".into()));
-            }
-            if b.passive.max_failures == 0 {
-                return Err((
-                    format!("{at}.passive.max_failures"),
-                    "must be at least 1".into(),
-                ));
-            }
-            if let Some(h) = &b.health_check {
-                if h.healthy_threshold == 0 || h.unhealthy_threshold == 0 {
-                    return Err((
-                        format!("{at}.health_check"),
-                        "thresholds must be at least 1".into(),
-                    ));
-                }
-                if h.interval.0.is_zero() || h.timeout.0.is_zero() {
-                    return Err((
-                        format!("{at}.health_check"),
-                        "interval and timeout must be above 0".into(),
-                    ));
-                }
-                if http::Method::from_bytes(h.method.as_bytes()).is_err() {
-                    return Err((
-                        format!("{at}.health_check.method"),
-                        format!("{:?} is not an HTTP method", h.method),
-                    ));
-                }
-                if h.kind == HealthCheckType::Http && !h.path.starts_with('/') {
-                    return Err((
-                        format!("{at}.health_check.path"),
-                        "must start with /".into(),
-                    ));
-                }
-                if b.kind == BackendType::File {
-                    return Err((
-                        format!("{at}.health_check"),
-                        "a file backend has nothing to check".into(),
-                    ));
-                }
-            }
+            b.validate_health()
+                .map_err(|(field, why)| (format!("backends[{i}].{field}"), why))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config whose one backend is `backend` (flow YAML), on line 4.
+    fn parse(backend: &str) -> Result<Config, crate::config::ConfigError> {
+        let text = format!(
+            "listeners: [{{name: i, address: \"127.0.0.1:0\", protocol: http}}]\narchive: {{store: {{type: local, root: /tmp/x}}}}\nbackends:\n  - {backend}\ntenants: [{{name: t, api_keys: [k], backend: b, upstream_api_key: u}}]\n"
+        );
+        Config::parse(&text, "b.yaml")
+    }
+
+    #[test]
+    fn each_type_reads_into_its_own_settings() {
+        let c =
+            parse("{name: b, type: splunk_hec, endpoint: \"https://hec\", token: tok}").unwrap();
+        let BackendKind::SplunkHec(hec) = &c.backends[0].kind else {
+            panic!("{:?}", c.backends[0].kind)
+        };
+        assert_eq!(
+            (hec.token.expose(), hec.sourcetype.as_str()),
+            ("tok", "_json")
+        );
+        let c = parse("{name: b, type: loki, endpoint: \"http://loki\"}").unwrap();
+        assert_eq!(c.backends[0].backend_type(), BackendType::Loki);
+        assert_eq!(c.backends[0].kind.address(), "http://loki");
+    }
+
+    #[test]
+    fn another_types_field_is_refused_at_its_line() {
+        let e =
+            parse("{name: b, type: datadog, endpoint: \"https://dd\",\n     url: \"http://x\"}")
+                .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("backends[0].url"), "{e}");
+        assert_eq!(e.line, Some(5), "{e}");
+        assert!(
+            e.to_string()
+                .contains("does not apply to a backend of type Datadog"),
+            "{e}"
+        );
+        let e = parse("{name: b, type: file, path: /tmp/o, headers: {a: b}}").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("backends[0].headers"), "{e}");
+        let e = parse("{name: b, type: http, url: \"http://x\", bogus: 1}").unwrap_err();
+        assert!(e.message.contains("unknown field `bogus`"), "{e}");
+        assert_eq!(e.line, Some(4), "{e}");
+    }
+
+    #[test]
+    fn a_missing_or_wrong_value_names_its_field() {
+        let e = parse("{name: b, type: http}").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("backends[0].url"), "{e}");
+        assert!(e.message.contains("needs `url`"), "{e}");
+        assert_eq!(e.line, Some(4), "{e}");
+        let e = parse("{name: b, type: http, url: \"http://x\",\n     weight: lots}").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("backends[0].weight"), "{e}");
+        assert_eq!(e.line, Some(5), "{e}");
+        let e = parse("{name: b, type: http, url: \"ftp://x\"}").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("backends[0].url"), "{e}");
+        assert!(
+            e.message.contains("is not an http:// or https:// URL"),
+            "{e}"
+        );
+        let e = parse("{name: b, type: loki, endpoint: \"http://l\", labels: [pod]}").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("backends[0].labels"), "{e}");
+        let e = parse("{name: b, type: file, path: /tmp/o, health_check: {path: /}}").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("backends[0].health_check"), "{e}");
     }
 }

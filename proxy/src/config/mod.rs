@@ -195,10 +195,23 @@ impl Config {
                     message = rest.to_string();
                 }
             }
+            let mut pos = loc.as_ref().map(|l| (l.line(), l.column()));
+            // A struct checked once read (a backend, against its type) names the field in the message.
+            let (path, message) = match message
+                .strip_prefix("field `")
+                .and_then(|m| m.split_once("`: "))
+            {
+                Some((field, why)) => {
+                    let path = format!("{path}.{field}");
+                    pos = Locations::index(original).find(&path).or(pos);
+                    (path, why.to_string())
+                }
+                None => (path, message),
+            };
             ConfigError {
                 file: file.to_string(),
-                line: loc.as_ref().map(|l| l.line()),
-                column: loc.as_ref().map(|l| l.column()),
+                line: pos.map(|p| p.0),
+                column: pos.map(|p| p.1),
                 field: (path != "." && !path.is_empty()).then_some(path),
                 message,
             }

@@ -343,7 +343,7 @@ impl Config {
         }
         for (_, tier) in self.route_tiers(t) {
             for b in tier {
-                let kind = self.backend(&b).map(|c| c.kind);
+                let kind = self.backend(&b).map(|c| c.backend_type());
                 if kind == Some(BackendType::Datadog) && t.upstream_api_key.is_none() {
                     return Err(invalid(format!("{at}.upstream_api_key"), format!("backend {b:?} is of type datadog, which needs the tenant's upstream_api_key")));
                 }

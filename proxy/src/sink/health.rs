@@ -17,7 +17,9 @@
 use crate::config::{HealthCheckConfig, PassiveHealthConfig};
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+// tokio's clock (std's outside a runtime): delivery tests pause it to see ejections end.
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub struct BackendHealth {
@@ -41,20 +43,47 @@ struct State {
     failovers_away: u64,
 }
 
+/// Whether a backend takes traffic, as `GET /backends` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthState {
+    Up,
+    /// Taken out by failed sends (passive), for a while.
+    Ejected,
+    /// Taken out by the active check.
+    Down,
+}
+
+impl HealthState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthState::Up => "up",
+            HealthState::Ejected => "ejected",
+            HealthState::Down => "down",
+        }
+    }
+}
+
+impl PartialEq<&str> for HealthState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 impl State {
-    /// `up`, `ejected` or `down` at `now`, and the ejection time left. An
-    /// ejection that ran out is over here even before a send ends it.
-    fn phase(&self, now: Instant) -> (&'static str, Option<Duration>) {
+    /// The state at `now`, and the ejection time left. An ejection that ran
+    /// out is over here even before a send ends it.
+    fn phase(&self, now: Instant) -> (HealthState, Option<Duration>) {
         let left = self
             .ejected_until
             .and_then(|u| u.checked_duration_since(now))
             .filter(|d| !d.is_zero());
         let state = if self.check_down {
-            "down"
+            HealthState::Down
         } else if left.is_some() {
-            "ejected"
+            HealthState::Ejected
         } else {
-            "up"
+            HealthState::Up
         };
         (state, left)
     }
@@ -65,7 +94,7 @@ impl State {
 pub struct HealthReport {
     pub backend: String,
     /// `up`, `ejected` (passive, with the seconds left) or `down` (active check).
-    pub state: &'static str,
+    pub state: HealthState,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ejected_for_s: Option<u64>,
     pub consecutive_failures: u32,
@@ -185,7 +214,7 @@ impl BackendHealth {
     /// Up (neither down nor ejected) now; what `weir_backend_up` shows.
     pub fn is_up(&self) -> bool {
         let s = self.state.lock().unwrap();
-        s.phase(Instant::now()).0 == "up"
+        s.phase(Instant::now()).0 == HealthState::Up
     }
 
     pub fn report(&self) -> HealthReport {
@@ -222,8 +251,8 @@ pub fn spawn_check(
             let result = tokio::time::timeout(cfg.timeout.0, backend.probe(&cfg)).await;
             let error = match result {
                 Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e),
-                Err(_) => Some(format!("health check timed out after {:?}", cfg.timeout.0)),
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(super::backend::ProbeError::TimedOut(cfg.timeout.0).to_string()),
             };
             health.record_check(error.is_none(), &cfg, error);
         }

@@ -14,7 +14,6 @@ use crate::archive::DeadLetters;
 use crate::config::{BackendConfig, BackendType, PassiveHealthConfig};
 use crate::plan::Plan;
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -49,9 +48,8 @@ struct Generation {
 struct Target {
     name: String,
     kind: BackendType,
-    endpoint: Option<String>,
-    url: Option<String>,
-    path: Option<PathBuf>,
+    /// Its endpoint, URL or path.
+    address: String,
     passive: PassiveHealthConfig,
 }
 
@@ -59,10 +57,8 @@ impl Target {
     fn of(b: &BackendConfig) -> Target {
         Target {
             name: b.name.clone(),
-            kind: b.kind,
-            endpoint: b.endpoint.clone(),
-            url: b.url.clone(),
-            path: b.path.clone(),
+            kind: b.backend_type(),
+            address: b.kind.address(),
             passive: b.passive.clone(),
         }
     }
