@@ -307,6 +307,90 @@ impl TenantQuota {
     }
 }
 
+impl TenantQuota {
+    /// What the batch's indexed events add to each partition, and how many
+    /// are over the limit (their disposition already set by the action).
+    fn decide(
+        s: &DailyQuotaConfig,
+        st: &State,
+        batch: &mut Batch,
+    ) -> (HashMap<String, Usage>, u64) {
+        let count_bytes =
+            s.max_bytes.is_some() || s.overrides.values().any(|o| o.max_bytes.is_some());
+        let mut delta: HashMap<String, Usage> = HashMap::new();
+        let mut over = 0u64;
+        // The partition key is built in one reused buffer; a String is allocated once per partition.
+        let mut key = String::new();
+        for (ev, disp) in batch.events.iter().zip(batch.dispositions.iter_mut()) {
+            if *disp != Disposition::Index {
+                continue;
+            }
+            key.clear();
+            for (i, f) in s.partition_by.iter().enumerate() {
+                if i > 0 {
+                    key.push(',');
+                }
+                key.push_str(field_value(ev, f).as_deref().unwrap_or(""));
+            }
+            let size = if count_bytes { event_bytes(ev) } else { 0 };
+            let (max_e, max_b) = TenantQuota::limit_for(s, &key);
+            let used = st.usage.get(&key).copied().unwrap_or_default();
+            if !delta.contains_key(&key) {
+                delta.insert(key.clone(), Usage::default());
+            }
+            let d = delta.get_mut(&key).expect("inserted above");
+            let is_over = max_e.is_some_and(|m| used.events + d.events + 1 > m)
+                || max_b.is_some_and(|m| used.bytes + d.bytes + size > m);
+            if is_over {
+                over += 1;
+                match s.action {
+                    QuotaAction::ArchiveOnly => *disp = Disposition::ArchiveOnly,
+                    QuotaAction::Drop => *disp = Disposition::Drop,
+                    QuotaAction::Reject => {}
+                }
+            } else {
+                d.events += 1;
+                d.bytes += size;
+            }
+        }
+        (delta, over)
+    }
+
+    /// Adds `delta` to the usage (and to the batch's charges, for a refund),
+    /// raising the warning where a partition crosses its threshold.
+    fn record(
+        &self,
+        s: &DailyQuotaConfig,
+        st: &mut State,
+        batch: &mut Batch,
+        delta: HashMap<String, Usage>,
+    ) {
+        for (key, d) in delta {
+            if d.events == 0 {
+                continue;
+            }
+            batch.charges.quota.push((key.clone(), d.events, d.bytes));
+            batch.charges.quota_window_ms = st.window_start_ms;
+            let u = st.usage.entry(key.clone()).or_default();
+            u.events += d.events;
+            u.bytes += d.bytes;
+            let u = *u;
+            st.dirty = true;
+            self.publish(s, &key, u);
+            let (max_e, max_b) = TenantQuota::limit_for(s, &key);
+            let crossed = max_e.is_some_and(|m| u.events as f64 >= m as f64 * s.warning_threshold)
+                || max_b.is_some_and(|m| u.bytes as f64 >= m as f64 * s.warning_threshold);
+            if crossed && st.warned.insert(key.clone()) {
+                METRICS
+                    .quota_warning
+                    .with_label_values(&[&self.name, &key])
+                    .set(1);
+                tracing::warn!(tenant = %self.name, partition = %key, events = u.events, bytes = u.bytes, "daily quota warning threshold crossed");
+            }
+        }
+    }
+}
+
 impl Stage for DailyQuota {
     fn name(&self) -> &'static str {
         "daily_quota"
@@ -352,8 +436,6 @@ impl Stage for DailyQuota {
         let s = q.settings.read().unwrap();
         let now = self.shared.clock.now_ms();
         let current = window_start(now, s.reset_hour_utc);
-        let count_bytes =
-            s.max_bytes.is_some() || s.overrides.values().any(|o| o.max_bytes.is_some());
 
         let mut st = q.state.lock().unwrap();
         if st.window_start_ms != current {
@@ -369,42 +451,7 @@ impl Stage for DailyQuota {
         }
 
         // Decide first, commit after: a rejected request counts nothing.
-        let mut delta: HashMap<String, Usage> = HashMap::new();
-        let mut over = 0u64;
-        // The partition key is built in one reused buffer; a String is allocated once per partition.
-        let mut key = String::new();
-        for (ev, disp) in batch.events.iter().zip(batch.dispositions.iter_mut()) {
-            if *disp != Disposition::Index {
-                continue;
-            }
-            key.clear();
-            for (i, f) in s.partition_by.iter().enumerate() {
-                if i > 0 {
-                    key.push(',');
-                }
-                key.push_str(field_value(ev, f).as_deref().unwrap_or(""));
-            }
-            let size = if count_bytes { event_bytes(ev) } else { 0 };
-            let (max_e, max_b) = TenantQuota::limit_for(&s, &key);
-            let used = st.usage.get(&key).copied().unwrap_or_default();
-            if !delta.contains_key(&key) {
-                delta.insert(key.clone(), Usage::default());
-            }
-            let d = delta.get_mut(&key).expect("inserted above");
-            let is_over = max_e.is_some_and(|m| used.events + d.events + 1 > m)
-                || max_b.is_some_and(|m| used.bytes + d.bytes + size > m);
-            if is_over {
-                over += 1;
-                match s.action {
-                    QuotaAction::ArchiveOnly => *disp = Disposition::ArchiveOnly,
-                    QuotaAction::Drop => *disp = Disposition::Drop,
-                    QuotaAction::Reject => {}
-                }
-            } else {
-                d.events += 1;
-                d.bytes += size;
-            }
-        }
+        let (delta, over) = TenantQuota::decide(&s, &st, batch);
         let action = s.action.as_str();
         if over > 0 {
             if s.action == QuotaAction::Reject {
@@ -426,29 +473,7 @@ impl Stage for DailyQuota {
             // Counted once the batch is taken (commit).
             batch.charges.over_quota = Some((over, action));
         }
-        for (key, d) in delta {
-            if d.events == 0 {
-                continue;
-            }
-            batch.charges.quota.push((key.clone(), d.events, d.bytes));
-            batch.charges.quota_window_ms = st.window_start_ms;
-            let u = st.usage.entry(key.clone()).or_default();
-            u.events += d.events;
-            u.bytes += d.bytes;
-            let u = *u;
-            st.dirty = true;
-            q.publish(&s, &key, u);
-            let (max_e, max_b) = TenantQuota::limit_for(&s, &key);
-            let crossed = max_e.is_some_and(|m| u.events as f64 >= m as f64 * s.warning_threshold)
-                || max_b.is_some_and(|m| u.bytes as f64 >= m as f64 * s.warning_threshold);
-            if crossed && st.warned.insert(key.clone()) {
-                METRICS
-                    .quota_warning
-                    .with_label_values(&[&q.name, &key])
-                    .set(1);
-                tracing::warn!(tenant = %q.name, partition = %key, events = u.events, bytes = u.bytes, "daily quota warning threshold crossed");
-            }
-        }
+        q.record(&s, &mut st, batch, delta);
         Ok(())
     }
 }
