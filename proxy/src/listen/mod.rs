@@ -1,7 +1,10 @@
 //! Listeners: accept TCP connections (at most `max_connections` at once),
 //! terminate TLS when configured, and serve HTTP/1.1 and HTTP/2 with hyper,
-//! guarded by header-read and idle timeouts. Shutdown stops accepting and lets
-//! open requests finish.
+//! guarded by header-read and idle timeouts, handing each request to
+//! [`Intake::handle`]. Shutdown stops accepting and lets open requests finish.
+//! A listener of a stream protocol (syslog, Fluent forward) would share the
+//! accept loop, connection limit and TLS here and hand the connection, not
+//! hyper, to that protocol's task over the intake core (see `intake`).
 mod idle;
 pub mod tls;
 
