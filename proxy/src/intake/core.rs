@@ -283,3 +283,85 @@ impl<'a> EventCharge<'a> {
         grown
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// A decoder as a stream protocol would have: one event per byte, no HTTP anywhere.
+    struct PerByte;
+    impl Decode for PerByte {
+        fn decode(
+            self,
+            payload: &[u8],
+            limits: PayloadLimits,
+            admit: &mut dyn FnMut(usize) -> bool,
+        ) -> Result<Vec<Event>, Refusal> {
+            let mut out = Vec::new();
+            for (i, b) in payload.iter().enumerate() {
+                if !admit(i) {
+                    return Err(Refusal::Busy);
+                }
+                out.push(Event::from_message(
+                    (*b as char).to_string(),
+                    limits.received_at_ms,
+                ));
+            }
+            Ok(out)
+        }
+    }
+
+    /// A core whose budget holds `budget` bytes, for refusals decided before the chain.
+    fn core(budget: &str) -> Arc<Core> {
+        let text = format!(
+            "listeners: [{{name: i, address: \"127.0.0.1:0\", protocol: http}}]\n\
+             limits: {{max_body_bytes: 1KiB, max_inflight_request_bytes: {budget}}}\n\
+             archive: {{enabled: false, store: {{type: local, root: /nonexistent}}}}\n\
+             backends: [{{name: b, type: file, path: /dev/null}}]\n\
+             tenants: [{{name: t, api_keys: [k], backend: b}}]\n"
+        );
+        let config = Config::parse(&text, "t.yaml").unwrap();
+        let tenants = Tenants::from_config(&config);
+        Core::new(tenants, Chain::new(vec![], vec![]), config.limits.clone())
+    }
+
+    #[tokio::test]
+    async fn refusals_before_the_chain_need_no_transport() {
+        let core = core("64KiB");
+        assert!(matches!(
+            core.authenticate(None, "in the handshake"),
+            Err(Refusal::MissingKey {
+                hint: "in the handshake"
+            })
+        ));
+        assert!(matches!(
+            core.authenticate(Some("nope"), ""),
+            Err(Refusal::UnknownKey)
+        ));
+        let tenant = core.authenticate(Some("k"), "").unwrap();
+        assert!(matches!(
+            core.reserve_payload(Some(2048)),
+            Err(Refusal::BodyTooLarge { max: 1024 })
+        ));
+        // A frame of 1,000 one-byte events would take more than half the budget as events.
+        let payload = Payload {
+            bytes: Bytes::from(vec![b'x'; 1000]),
+            encoding: Encoding::Identity,
+            reservation: core.reserve_payload(Some(1000)).unwrap(),
+        };
+        let r = core
+            .take(Intake::Generic, tenant.clone(), payload, PerByte)
+            .await
+            .unwrap_err();
+        assert!(matches!(r, Refusal::EventsNeverFit { .. }), "{r}");
+        // Everything it held was given back: the whole budget can be reserved again.
+        assert!(core.budget.try_reserve(core.budget.capacity()).is_some());
+        let held = core.reserve_payload(None).unwrap();
+        let all = core
+            .budget
+            .try_reserve(core.budget.capacity() - held.bytes());
+        assert!(all.is_some());
+        assert!(matches!(core.reserve_payload(Some(10)), Err(Refusal::Busy)));
+    }
+}
