@@ -1,9 +1,9 @@
-//! Reading request bodies within limits: the size as sent, the time to send
-//! it, and the size once decompressed. Decompression streams and stops at the
-//! limit, so a zip bomb costs at most `max_decompressed_bytes` of memory.
-use crate::pipeline::Rejection;
+//! Payload encodings and decompression within a limit, for every protocol
+//! (HTTP's Content-Encoding today; a TCP protocol's compressed chunks the same
+//! way). Decompression streams and stops at the limit, so a zip bomb costs at
+//! most `max_decompressed_bytes` of memory.
+use super::Refusal;
 use bytes::Bytes;
-use http::StatusCode;
 use std::io::Read;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,7 +16,7 @@ pub enum Encoding {
 
 impl Encoding {
     /// From a Content-Encoding header value (absent means identity).
-    pub fn parse(header: Option<&str>) -> Result<Encoding, Rejection> {
+    pub fn parse(header: Option<&str>) -> Result<Encoding, Refusal> {
         let Some(v) = header.map(|v| v.trim().to_ascii_lowercase()) else {
             return Ok(Encoding::Identity);
         };
@@ -25,19 +25,13 @@ impl Encoding {
             "gzip" | "x-gzip" => Ok(Encoding::Gzip),
             "deflate" => Ok(Encoding::Deflate),
             "zstd" => Ok(Encoding::Zstd),
-            other => Err(Rejection::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_encoding",
-                format!(
-                    "unsupported Content-Encoding {other:?}; use gzip, deflate, zstd or identity"
-                ),
-            )),
+            other => Err(Refusal::UnsupportedEncoding(other.to_string())),
         }
     }
 }
 
 /// Decompresses `body`, refusing with 413 once the output passes `limit` bytes.
-pub fn decompress(body: Bytes, encoding: Encoding, limit: usize) -> Result<Bytes, Rejection> {
+pub fn decompress(body: Bytes, encoding: Encoding, limit: usize) -> Result<Bytes, Refusal> {
     let body = match encoding {
         Encoding::Identity if body.len() > limit => return Err(too_large(limit)),
         Encoding::Identity => return Ok(body),
@@ -84,8 +78,8 @@ fn read_limited(
     reader: impl Read,
     compressed_len: usize,
     limit: usize,
-    what: &str,
-) -> Result<Bytes, Rejection> {
+    what: &'static str,
+) -> Result<Bytes, Refusal> {
     // Logs compress about 5-10x: start near the likely size instead of doubling up to it.
     let mut out = Vec::with_capacity(compressed_len.saturating_mul(8).min(limit + 1));
     // One byte past the limit tells "exactly at the limit" from "over it".
@@ -99,25 +93,21 @@ fn read_limited(
     Ok(Bytes::from(out))
 }
 
-pub fn too_large(limit: usize) -> Rejection {
-    Rejection::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "decompressed_too_large",
-        format!("payload is larger than {limit} bytes once decompressed"),
-    )
+fn too_large(max: usize) -> Refusal {
+    Refusal::DecompressedTooLarge { max }
 }
 
-fn corrupt(what: &str, e: impl std::fmt::Display) -> Rejection {
-    Rejection::new(
-        StatusCode::BAD_REQUEST,
-        "bad_encoding",
-        format!("body is not valid {what}: {e}"),
-    )
+fn corrupt(codec: &'static str, e: impl std::fmt::Display) -> Refusal {
+    Refusal::BadEncoding {
+        codec,
+        error: e.to_string(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::StatusCode;
     use std::io::Write;
 
     fn gzip(data: &[u8]) -> Vec<u8> {
@@ -172,14 +162,14 @@ mod tests {
         let data = vec![b'a'; 1000];
         assert!(decompress(gzip(&data).into(), Encoding::Gzip, 1000).is_ok());
         let e = decompress(gzip(&data).into(), Encoding::Gzip, 999).unwrap_err();
-        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
         let e = decompress(
             zstd::bulk::compress(&data, 1).unwrap().into(),
             Encoding::Zstd,
             999,
         )
         .unwrap_err();
-        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
     }
 
     #[test]
@@ -190,11 +180,11 @@ mod tests {
             100,
         )
         .unwrap_err();
-        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
         let e = decompress(Bytes::from_static(b"nor zstd"), Encoding::Zstd, 100).unwrap_err();
-        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
         assert_eq!(
-            Encoding::parse(Some("br")).unwrap_err().status,
+            Encoding::parse(Some("br")).unwrap_err().status(),
             StatusCode::UNSUPPORTED_MEDIA_TYPE
         );
     }

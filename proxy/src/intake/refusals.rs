@@ -2,13 +2,35 @@
 //! (when the key was known) and reason, so an on-call sees why an agent's data
 //! is not arriving. A flood of refusals must not flood the log: at most
 //! [`PER_SECOND`] lines a second, and the next line says how many were left out.
-use crate::pipeline::Rejection;
+use super::Refusal;
+use crate::event::Intake;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Refusal lines logged per second at most.
 pub const PER_SECOND: u64 = 10;
+
+/// The `intake` label of `weir_rejected_requests_total` and of the refusal
+/// log: the protocol that refused, or the kind of request that was no submission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusedAt {
+    Protocol(Intake),
+    /// A key check (`GET /api/v1/validate`).
+    KeyCheck,
+    /// A request no protocol serves.
+    NoIntake,
+}
+
+impl RefusedAt {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusedAt::Protocol(p) => p.as_str(),
+            RefusedAt::KeyCheck => "validate",
+            RefusedAt::NoIntake => "none",
+        }
+    }
+}
 
 /// Where a request came from: its listener and the client's address.
 #[derive(Clone)]
@@ -26,7 +48,7 @@ pub struct RefusalLog {
 }
 
 impl RefusalLog {
-    pub fn record(&self, origin: &Origin, intake: &str, tenant: Option<&str>, r: &Rejection) {
+    pub fn record(&self, origin: &Origin, at: RefusedAt, tenant: Option<&str>, r: &Refusal) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -42,13 +64,12 @@ impl RefusalLog {
         tracing::info!(
             peer = %origin.peer,
             listener = %origin.listener,
-            intake,
+            intake = at.as_str(),
             tenant = tenant.unwrap_or("-"),
-            status = r.status.as_u16(),
-            reason = r.reason,
+            status = r.status().as_u16(),
+            reason = r.reason().as_str(),
             suppressed_since_last = suppressed,
-            "request refused: {}",
-            r.message
+            "request refused: {r}"
         );
     }
 }
@@ -64,9 +85,9 @@ mod tests {
             listener: "intake".into(),
             peer: "127.0.0.1:1".parse().unwrap(),
         };
-        let r = Rejection::new(http::StatusCode::FORBIDDEN, "unknown_api_key", "no");
+        let r = Refusal::UnknownKey;
         for _ in 0..100 {
-            log.record(&origin, "datadog", None, &r);
+            log.record(&origin, RefusedAt::Protocol(Intake::Datadog), None, &r);
         }
         // Unless the second turned over mid-loop, 90 were left out.
         let suppressed = log.suppressed.load(Ordering::Relaxed);

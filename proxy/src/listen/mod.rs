@@ -1,7 +1,10 @@
 //! Listeners: accept TCP connections (at most `max_connections` at once),
 //! terminate TLS when configured, and serve HTTP/1.1 and HTTP/2 with hyper,
-//! guarded by header-read and idle timeouts. Shutdown stops accepting and lets
-//! open requests finish.
+//! guarded by header-read and idle timeouts, handing each request to
+//! [`Intake::handle`]. Shutdown stops accepting and lets open requests finish.
+//! A listener of a stream protocol (syslog, Fluent forward) would share the
+//! accept loop, connection limit and TLS here and hand the connection, not
+//! hyper, to that protocol's task over the intake core (see `intake`).
 mod idle;
 pub mod tls;
 
@@ -21,6 +24,23 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+/// Why a listener could not start or a connection could not begin.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("listener {name}: cannot bind {address}: {error}")]
+    Bind {
+        name: String,
+        address: SocketAddr,
+        error: std::io::Error,
+    },
+    #[error("listener {name}: {error}")]
+    Tls { name: String, error: tls::TlsError },
+    #[error("handshake not completed within {0:?}")]
+    HandshakeTimeout(Duration),
+    #[error(transparent)]
+    Handshake(#[from] std::io::Error),
+}
+
 pub struct Listener {
     name: String,
     tcp: TcpListener,
@@ -29,16 +49,21 @@ pub struct Listener {
 
 impl Listener {
     /// Binds now, so a port conflict is reported before the proxy says it is up.
-    pub async fn bind(cfg: &ListenerConfig) -> anyhow::Result<Listener> {
-        let tcp = TcpListener::bind(cfg.address).await.map_err(|e| {
-            anyhow::anyhow!("listener {}: cannot bind {}: {e}", cfg.name, cfg.address)
-        })?;
+    pub async fn bind(cfg: &ListenerConfig) -> Result<Listener, ListenError> {
+        let tcp = TcpListener::bind(cfg.address)
+            .await
+            .map_err(|error| ListenError::Bind {
+                name: cfg.name.clone(),
+                address: cfg.address,
+                error,
+            })?;
         let tls = match (cfg.protocol, &cfg.tls) {
-            (ListenerProtocol::Https, Some(t)) => {
-                Some(TlsAcceptor::from(tls::server_config(t).map_err(|e| {
-                    anyhow::anyhow!("listener {}: {e}", cfg.name)
-                })?))
-            }
+            (ListenerProtocol::Https, Some(t)) => Some(TlsAcceptor::from(
+                tls::server_config(t).map_err(|error| ListenError::Tls {
+                    name: cfg.name.clone(),
+                    error,
+                })?,
+            )),
             _ => None,
         };
         Ok(Listener {
@@ -174,9 +199,9 @@ async fn handshake(
     acceptor: TlsAcceptor,
     stream: TcpStream,
     timeout: Duration,
-) -> anyhow::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+) -> Result<tokio_rustls::server::TlsStream<TcpStream>, ListenError> {
     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
         Ok(r) => Ok(r?),
-        Err(_) => anyhow::bail!("handshake not completed within {timeout:?}"),
+        Err(_) => Err(ListenError::HandshakeTimeout(timeout)),
     }
 }

@@ -273,6 +273,22 @@ fn busy(reason: &'static str, what: &str) -> Rejection {
 }
 
 #[cfg(test)]
+impl Chain {
+    /// A chain with no stage and a route nobody reads.
+    pub fn for_test() -> Arc<Chain> {
+        let gauge = prometheus::IntGauge::new("test_route_bytes", "test").unwrap();
+        let (route, _) = crate::budget::Queue::new(crate::budget::Budget::new(1 << 20, gauge));
+        Chain::new(
+            vec![],
+            TenantOutputs {
+                archive: None,
+                route: Arc::new(std::sync::RwLock::new(route)),
+            },
+        )
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Config;

@@ -71,20 +71,9 @@ fn digest(key: &str) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::budget::{Budget, Queue};
-    use crate::pipeline::TenantOutputs;
 
-    /// A chain with no stage and a route nobody reads.
     fn chain() -> Arc<Chain> {
-        let gauge = prometheus::IntGauge::new("test_route_bytes", "test").unwrap();
-        let (route, _) = Queue::new(Budget::new(1 << 20, gauge));
-        Chain::new(
-            vec![],
-            TenantOutputs {
-                archive: None,
-                route: Arc::new(std::sync::RwLock::new(route)),
-            },
-        )
+        Chain::for_test()
     }
 
     /// alpha (two keys) and beta (one), and beta's chain.

@@ -1,0 +1,369 @@
+//! The transport-independent half of intake, shared by every protocol: a
+//! credential to a tenant, the memory budget of payloads in flight (bodies,
+//! their decompressed form, and the events decoded from them), decoding a
+//! payload into a `Batch` with the protocol's [`Decode`], submitting it to the
+//! stage chain, and counting and logging what was accepted or refused. It
+//! knows no hyper types, so a protocol framed over a TCP stream calls it the
+//! way the HTTP adapter does (see the module docs of `intake`).
+//!
+//! This is the one place intake uses `Tenants` and `Chain`.
+use super::body::{decompress, Encoding};
+use super::refusals::{Origin, RefusalLog, RefusedAt};
+use super::Refusal;
+use crate::budget::{Budget, Reservation};
+use crate::config::Limits;
+use crate::event::{Batch, BatchMeta, Event, Intake, PayloadLimits};
+use crate::telemetry::{IntakeOutcome, METRICS};
+use crate::tenant::{AuthError, Tenant, Tenants};
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A protocol's decoder for one payload. Generic where it is used, so the
+/// per-event path costs what the decoder itself costs.
+pub trait Decode: Send + 'static {
+    /// Decodes a whole (decompressed) payload. `admit(i)` must be asked before
+    /// entry `i` is kept: false means no memory for it now, refused with
+    /// [`Refusal::Busy`] (the core tells a request that could never fit apart).
+    fn decode(
+        self,
+        payload: &[u8],
+        limits: PayloadLimits,
+        admit: &mut dyn FnMut(usize) -> bool,
+    ) -> Result<Vec<Event>, Refusal>;
+}
+
+/// A payload as received, with the memory it holds reserved.
+pub struct Payload {
+    pub bytes: Bytes,
+    pub encoding: Encoding,
+    /// From [`Core::reserve_payload`], held until the batch is in the stages' queues.
+    pub reservation: Reservation,
+}
+
+pub struct Core {
+    /// Each carries its stage chain.
+    tenants: Tenants,
+    limits: Limits,
+    /// Memory held by payloads being read and decoded, across all connections.
+    budget: Budget,
+    refusals: RefusalLog,
+}
+
+impl Core {
+    pub fn new(tenants: Tenants, limits: Limits) -> Arc<Core> {
+        let budget = Budget::new(
+            limits.max_inflight_request_bytes.as_usize(),
+            crate::telemetry::queued_bytes(crate::telemetry::QueueKind::Intake),
+        );
+        Arc::new(Core {
+            tenants,
+            limits,
+            budget,
+            refusals: RefusalLog::default(),
+        })
+    }
+
+    /// The tenant owning `key`; `hint` (where the protocol looks for a key)
+    /// completes the refusal of a request without one.
+    pub fn authenticate(
+        &self,
+        key: Option<&str>,
+        hint: &'static str,
+    ) -> Result<Arc<Tenant>, Refusal> {
+        self.tenants.authenticate(key).map_err(|e| match e {
+            AuthError::Missing => Refusal::MissingKey { hint },
+            AuthError::Unknown => Refusal::UnknownKey,
+        })
+    }
+
+    /// The largest payload taken, as sent (before decompression).
+    pub fn max_payload(&self) -> usize {
+        self.limits.max_body_bytes.as_usize()
+    }
+
+    /// How long a sender may take to send one payload.
+    pub fn read_timeout(&self) -> Duration {
+        self.limits.body_read_timeout.0
+    }
+
+    /// Reserves the memory of a payload before a byte of it is read, so
+    /// overload refuses it whole: `declared` bytes, or the largest allowed
+    /// when the sender did not say.
+    pub fn reserve_payload(&self, declared: Option<usize>) -> Result<Reservation, Refusal> {
+        let max = self.max_payload();
+        if declared.is_some_and(|n| n > max) {
+            return Err(Refusal::BodyTooLarge { max });
+        }
+        self.budget
+            .try_reserve(declared.unwrap_or(max))
+            .ok_or(Refusal::Busy)
+    }
+
+    /// Decodes `payload` and runs its batch through the chain. Decoding and the
+    /// stages run where the tenant's batches belong: on the stage workers when
+    /// a plugin may hold the CPU, so events are also allocated and freed on one
+    /// thread; else right here.
+    pub async fn take<D: Decode>(
+        self: &Arc<Self>,
+        intake: Intake,
+        tenant: Arc<Tenant>,
+        payload: Payload,
+        decoder: D,
+    ) -> Result<(), Refusal> {
+        let core = self.clone();
+        let chain = tenant.chain.clone();
+        chain
+            .place(move || Ok(core.decode_and_submit(intake, tenant, payload, decoder)))
+            .await?
+    }
+
+    fn decode_and_submit<D: Decode>(
+        &self,
+        intake: Intake,
+        tenant: Arc<Tenant>,
+        payload: Payload,
+        decoder: D,
+    ) -> Result<(), Refusal> {
+        let _payload_res = payload.reservation;
+        let received_at_ms = chrono::Utc::now().timestamp_millis();
+        let max_plain = self.limits.max_decompressed_bytes.as_usize();
+        let plain = decompress(payload.bytes, payload.encoding, max_plain)?;
+        let _plain_res = match payload.encoding {
+            Encoding::Identity => None,
+            _ => Some(self.budget.try_reserve(plain.len()).ok_or(Refusal::Busy)?),
+        };
+        let limits = PayloadLimits {
+            max_events: self.limits.max_events_per_request.unwrap_or(usize::MAX),
+            max_log_bytes: self.limits.max_log_bytes.as_usize(),
+            received_at_ms,
+        };
+        // Held until the batch is in the stages' queues, which charge it again.
+        let mut charge = EventCharge::new(&self.budget);
+        let events = match decoder.decode(&plain, limits, &mut |i| charge.admit(i)) {
+            Err(_) if charge.never_fits => {
+                return Err(Refusal::EventsNeverFit {
+                    covered: charge.covered,
+                    capacity: self.budget.capacity(),
+                })
+            }
+            other => other?,
+        };
+        self.submit(intake, &tenant, events, plain.len(), received_at_ms)
+    }
+
+    /// Runs a decoded batch through the chain and counts it.
+    fn submit(
+        &self,
+        intake: Intake,
+        tenant: &Arc<Tenant>,
+        events: Vec<Event>,
+        body_bytes: usize,
+        received_at_ms: i64,
+    ) -> Result<(), Refusal> {
+        let n = events.len();
+        let truncated = events.iter().filter(|e| e.is_truncated()).count();
+        let batch = Batch::new(
+            BatchMeta {
+                tenant: tenant.name.clone(),
+                intake,
+                received_at_ms,
+                body_bytes,
+            },
+            events,
+        );
+        tenant.chain.run(batch)?;
+        let labels = [&*tenant.name, intake.as_str()];
+        METRICS.accepted_requests.with_label_values(&labels).inc();
+        METRICS
+            .received_events
+            .with_label_values(&labels)
+            .inc_by(n as u64);
+        METRICS
+            .received_bytes
+            .with_label_values(&labels)
+            .inc_by(body_bytes as u64);
+        if truncated > 0 {
+            METRICS
+                .truncated_events
+                .with_label_values(&[&tenant.name])
+                .inc_by(truncated as u64);
+        }
+        Ok(())
+    }
+
+    /// Counts a submission's outcome (`weir_intake_request_duration_seconds`,
+    /// from `started` to now) and records its refusal, if it was refused.
+    pub fn finish(
+        &self,
+        origin: &Origin,
+        intake: Intake,
+        tenant: Option<&Tenant>,
+        started: Instant,
+        result: &Result<(), Refusal>,
+    ) {
+        let outcome = match result {
+            Ok(()) => IntakeOutcome::Accepted,
+            Err(_) => IntakeOutcome::Refused,
+        };
+        crate::telemetry::observe_intake(intake.as_str(), outcome, started);
+        if let Err(r) = result {
+            self.refused(origin, RefusedAt::Protocol(intake), tenant, r);
+        }
+    }
+
+    /// Counts a refusal in `weir_rejected_requests_total` and logs it (rate-limited).
+    pub fn refused(&self, origin: &Origin, at: RefusedAt, tenant: Option<&Tenant>, r: &Refusal) {
+        METRICS
+            .rejected_requests
+            .with_label_values(&[at.as_str(), r.reason().as_str()])
+            .inc();
+        self.refusals
+            .record(origin, at, tenant.map(|t| &*t.name), r);
+    }
+}
+
+/// Memory a decoded event holds besides its text (the struct, its tag vector and
+/// attribute map). Requests are not limited by an entry count that agents do not
+/// know about (Fluent Bit sends whole chunks of thousands), but a body of many tiny
+/// entries must not multiply into gigabytes: each event is charged to the request
+/// budget as it is decoded. A request that finds no room now is refused with 503;
+/// one whose events could never fit, with 413.
+const EVENT_OVERHEAD: usize = std::mem::size_of::<Event>() + 64;
+/// Events charged at a time, so the budget is not touched per event.
+const CHARGE_EVERY: usize = 256;
+
+/// The memory a request's decoded events hold: one reservation, grown a block at a time.
+struct EventCharge<'a> {
+    budget: &'a Budget,
+    held: Option<Reservation>,
+    /// Events the reservation covers.
+    covered: usize,
+    /// The request's events would not fit even in the whole budget: a retry cannot help.
+    never_fits: bool,
+}
+
+impl<'a> EventCharge<'a> {
+    fn new(budget: &'a Budget) -> Self {
+        EventCharge {
+            budget,
+            held: None,
+            covered: 0,
+            never_fits: false,
+        }
+    }
+
+    /// Admits entry `index`, growing the reservation by a block when it reaches its end.
+    fn admit(&mut self, index: usize) -> bool {
+        if index < self.covered {
+            return true;
+        }
+        let covered = self.covered + CHARGE_EVERY;
+        let bytes = covered * EVENT_OVERHEAD;
+        // The body itself holds a reservation too, hence the half.
+        if bytes > self.budget.capacity() / 2 {
+            self.never_fits = true;
+            return false;
+        }
+        let grown = match self.held.as_mut() {
+            Some(r) => self.budget.resize(r, bytes),
+            None => self
+                .budget
+                .try_reserve(bytes)
+                .map(|r| self.held = Some(r))
+                .is_some(),
+        };
+        if grown {
+            self.covered = covered;
+        }
+        grown
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::pipeline::Chain;
+
+    /// A decoder as a stream protocol would have: one event per byte, no HTTP anywhere.
+    struct PerByte;
+    impl Decode for PerByte {
+        fn decode(
+            self,
+            payload: &[u8],
+            limits: PayloadLimits,
+            admit: &mut dyn FnMut(usize) -> bool,
+        ) -> Result<Vec<Event>, Refusal> {
+            let mut out = Vec::new();
+            for (i, b) in payload.iter().enumerate() {
+                if !admit(i) {
+                    return Err(Refusal::Busy);
+                }
+                out.push(Event::from_message(
+                    (*b as char).to_string(),
+                    limits.received_at_ms,
+                ));
+            }
+            Ok(out)
+        }
+    }
+
+    /// A core whose budget holds `budget` bytes, for refusals decided before the chain.
+    fn core(budget: &str) -> Arc<Core> {
+        let text = format!(
+            "listeners: [{{name: i, address: \"127.0.0.1:0\", protocol: http}}]\n\
+             limits: {{max_body_bytes: 1KiB, max_inflight_request_bytes: {budget}}}\n\
+             archive: {{enabled: false, store: {{type: local, root: /nonexistent}}}}\n\
+             backends: [{{name: b, type: file, path: /dev/null}}]\n\
+             tenants: [{{name: t, api_keys: [k], backend: b}}]\n"
+        );
+        let config = Config::parse(&text, "t.yaml").unwrap();
+        let mut tenants = Tenants::default();
+        let tenant = Arc::new(Tenant {
+            name: "t".into(),
+            chain: Chain::for_test(),
+        });
+        tenants.add(&config.tenants[0].api_keys, tenant);
+        Core::new(tenants, config.limits.clone())
+    }
+
+    #[tokio::test]
+    async fn refusals_before_the_chain_need_no_transport() {
+        let core = core("64KiB");
+        assert!(matches!(
+            core.authenticate(None, "in the handshake"),
+            Err(Refusal::MissingKey {
+                hint: "in the handshake"
+            })
+        ));
+        assert!(matches!(
+            core.authenticate(Some("nope"), ""),
+            Err(Refusal::UnknownKey)
+        ));
+        let tenant = core.authenticate(Some("k"), "").unwrap();
+        assert!(matches!(
+            core.reserve_payload(Some(2048)),
+            Err(Refusal::BodyTooLarge { max: 1024 })
+        ));
+        // A frame of 1,000 one-byte events would take more than half the budget as events.
+        let payload = Payload {
+            bytes: Bytes::from(vec![b'x'; 1000]),
+            encoding: Encoding::Identity,
+            reservation: core.reserve_payload(Some(1000)).unwrap(),
+        };
+        let r = core
+            .take(Intake::Generic, tenant.clone(), payload, PerByte)
+            .await
+            .unwrap_err();
+        assert!(matches!(r, Refusal::EventsNeverFit { .. }), "{r}");
+        // Everything it held was given back: the whole budget can be reserved again.
+        assert!(core.budget.try_reserve(core.budget.capacity()).is_some());
+        let held = core.reserve_payload(None).unwrap();
+        let all = core
+            .budget
+            .try_reserve(core.budget.capacity() - held.bytes());
+        assert!(all.is_some());
+        assert!(matches!(core.reserve_payload(Some(10)), Err(Refusal::Busy)));
+    }
+}

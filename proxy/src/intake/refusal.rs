@@ -1,0 +1,180 @@
+//! Why intake refused a request or chunk, as one typed error. Each variant
+//! knows its metric reason (`weir_rejected_requests_total{reason}`), its HTTP
+//! status and whether the agent should retry; its text is the message agents
+//! and the refusal log get. A protocol turns it into its own answer form (the
+//! Datadog `{"errors":[...]}` body, later HEC's `{"text":..,"code":..}`, or a
+//! withheld ack on a TCP stream). Refusals of the stage chain (rate limit,
+//! quota, backpressure) arrive as [`Refusal::Stage`], unchanged.
+use crate::pipeline::Rejection;
+use http::StatusCode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// No protocol serves the path; `expected` lists what does.
+    #[error("no intake at {path}; use {expected}")]
+    NotFound {
+        path: String,
+        expected: &'static str,
+    },
+    /// The path is served, with another method.
+    #[error("{path} takes {allow}")]
+    MethodNotAllowed { path: String, allow: &'static str },
+    /// No credential; `hint` says where the protocol looks for one.
+    #[error("API key missing: {hint}")]
+    MissingKey { hint: &'static str },
+    #[error("API key is not valid")]
+    UnknownKey,
+    #[error("unsupported Content-Encoding {0:?}; use gzip, deflate, zstd or identity")]
+    UnsupportedEncoding(String),
+    #[error("request body is larger than {max} bytes")]
+    BodyTooLarge { max: usize },
+    #[error("request body not received in time")]
+    BodyTimeout,
+    #[error("could not read the request body: {0}")]
+    BodyRead(String),
+    #[error("payload is larger than {max} bytes once decompressed")]
+    DecompressedTooLarge { max: usize },
+    /// The body is not valid `codec` (gzip, deflate, zstd).
+    #[error("body is not valid {codec}: {error}")]
+    BadEncoding { codec: &'static str, error: String },
+    /// serde_json's error, its position given as a byte offset too.
+    #[error("invalid JSON near byte offset {offset} (line {line}, column {column}): {reason}")]
+    InvalidJson {
+        offset: usize,
+        line: usize,
+        column: usize,
+        reason: String,
+    },
+    #[error("more than {max} log entries in one request")]
+    TooManyEvents { max: usize },
+    /// The request's events would not fit in the whole memory budget: a retry cannot help.
+    #[error(
+        "more than {covered} log entries: as events they would take more memory than \
+         limits.max_inflight_request_bytes ({capacity} bytes) allows; send fewer per request"
+    )]
+    EventsNeverFit { covered: usize, capacity: usize },
+    /// The memory budget of bodies in flight is used up for now.
+    #[error("too many request bodies in memory; retry later")]
+    Busy,
+    /// Refused by a stage of the chain.
+    #[error("{}", .0.message)]
+    Stage(Rejection),
+}
+
+/// The `reason` label value of each kind of refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    NotFound,
+    MethodNotAllowed,
+    MissingApiKey,
+    UnknownApiKey,
+    UnsupportedEncoding,
+    BodyTooLarge,
+    BodyTimeout,
+    BodyReadError,
+    DecompressedTooLarge,
+    BadEncoding,
+    InvalidJson,
+    TooManyEvents,
+    IntakeBusy,
+    /// A stage's own reason.
+    Stage(&'static str),
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::NotFound => "not_found",
+            Reason::MethodNotAllowed => "method_not_allowed",
+            Reason::MissingApiKey => "missing_api_key",
+            Reason::UnknownApiKey => "unknown_api_key",
+            Reason::UnsupportedEncoding => "unsupported_encoding",
+            Reason::BodyTooLarge => "body_too_large",
+            Reason::BodyTimeout => "body_timeout",
+            Reason::BodyReadError => "body_read_error",
+            Reason::DecompressedTooLarge => "decompressed_too_large",
+            Reason::BadEncoding => "bad_encoding",
+            Reason::InvalidJson => "invalid_json",
+            Reason::TooManyEvents => "too_many_events",
+            Reason::IntakeBusy => "intake_busy",
+            Reason::Stage(r) => r,
+        }
+    }
+}
+
+impl Refusal {
+    pub fn reason(&self) -> Reason {
+        match self {
+            Refusal::NotFound { .. } => Reason::NotFound,
+            Refusal::MethodNotAllowed { .. } => Reason::MethodNotAllowed,
+            Refusal::MissingKey { .. } => Reason::MissingApiKey,
+            Refusal::UnknownKey => Reason::UnknownApiKey,
+            Refusal::UnsupportedEncoding(_) => Reason::UnsupportedEncoding,
+            Refusal::BodyTooLarge { .. } => Reason::BodyTooLarge,
+            Refusal::BodyTimeout => Reason::BodyTimeout,
+            Refusal::BodyRead(_) => Reason::BodyReadError,
+            Refusal::DecompressedTooLarge { .. } => Reason::DecompressedTooLarge,
+            Refusal::BadEncoding { .. } => Reason::BadEncoding,
+            Refusal::InvalidJson { .. } => Reason::InvalidJson,
+            Refusal::TooManyEvents { .. } | Refusal::EventsNeverFit { .. } => Reason::TooManyEvents,
+            Refusal::Busy => Reason::IntakeBusy,
+            Refusal::Stage(r) => Reason::Stage(r.reason),
+        }
+    }
+
+    /// The HTTP status of the refusal; TCP protocols read it as a class
+    /// (4xx: the sender must change something, 429/503: retry later).
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refusal::NotFound { .. } => StatusCode::NOT_FOUND,
+            Refusal::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Refusal::MissingKey { .. } => StatusCode::UNAUTHORIZED,
+            Refusal::UnknownKey => StatusCode::FORBIDDEN,
+            Refusal::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Refusal::BodyTooLarge { .. }
+            | Refusal::DecompressedTooLarge { .. }
+            | Refusal::TooManyEvents { .. }
+            | Refusal::EventsNeverFit { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Refusal::BodyRead(_) | Refusal::BadEncoding { .. } | Refusal::InvalidJson { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            Refusal::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Stage(r) => r.status,
+        }
+    }
+
+    /// Seconds the sender should wait before retrying, when it should.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Refusal::Busy => Some(1),
+            Refusal::Stage(r) => r.retry_after,
+            _ => None,
+        }
+    }
+}
+
+impl From<Rejection> for Refusal {
+    fn from(r: Rejection) -> Refusal {
+        Refusal::Stage(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stage_refusal_keeps_its_answer() {
+        let r = Refusal::from(
+            Rejection::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "slow down")
+                .retry_after(3),
+        );
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.reason().as_str(), "rate_limited");
+        assert_eq!(r.retry_after(), Some(3));
+        assert_eq!(r.to_string(), "slow down");
+        assert_eq!(Refusal::Busy.retry_after(), Some(1));
+        assert_eq!(Refusal::Busy.reason().as_str(), "intake_busy");
+    }
+}
