@@ -85,20 +85,7 @@ impl Listener {
         stop: CancellationToken,
         grace: Duration,
     ) {
-        let mut builder = Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            // Its timer also runs between keep-alive requests; ConnTimers has ours.
-            .header_read_timeout(None)
-            .keep_alive(true);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(limits.max_concurrent_streams)
-            // Pings find dead peers; they do not keep a connection from being idle.
-            .keep_alive_interval(Some(Duration::from_secs(30).min(limits.idle_timeout.0 / 2)))
-            .keep_alive_timeout(Duration::from_secs(20));
+        let builder = http_builder(&limits);
         let graceful = GracefulShutdown::new();
         let slots = Arc::new(Semaphore::new(limits.max_connections));
         let open = METRICS.open_connections.with_label_values(&[&self.name]);
@@ -193,6 +180,25 @@ impl Listener {
             tracing::warn!(listener = %self.name, "connections still open after the shutdown grace period; closing them");
         }
     }
+}
+
+/// HTTP/1.1 and HTTP/2 as every listener serves them.
+fn http_builder(limits: &Limits) -> Builder<TokioExecutor> {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // Its timer also runs between keep-alive requests; ConnTimers has ours.
+        .header_read_timeout(None)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        // Pings find dead peers; they do not keep a connection from being idle.
+        .keep_alive_interval(Some(Duration::from_secs(30).min(limits.idle_timeout.0 / 2)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
 }
 
 async fn handshake(
