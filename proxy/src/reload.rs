@@ -31,6 +31,19 @@ static RELOADS: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
     c
 });
 
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("weir runs on its embedded default config: there is no file to reload (start it with --config FILE)")]
+    NoFile,
+    /// The file does not resolve into a plan (located: file, line, field).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The plan is valid but its routing cannot be swapped in.
+    #[error(transparent)]
+    Routing(#[from] crate::sink::router::RoutingError),
+}
+
 pub struct ConfigReloader {
     /// None: the embedded default, which has no file to reload.
     path: Option<PathBuf>,
@@ -59,7 +72,7 @@ impl ConfigReloader {
 
     /// Reads, validates and applies the config file. `Ok`: what was applied
     /// and what needs a restart; `Err`: why nothing changed.
-    pub fn reload(&self, why: &str) -> Result<Value, String> {
+    pub fn reload(&self, why: &str) -> Result<Value, ReloadError> {
         let result = self.try_reload();
         match &result {
             Ok(v) => {
@@ -89,12 +102,12 @@ impl ConfigReloader {
         result
     }
 
-    fn try_reload(&self) -> Result<Value, String> {
+    fn try_reload(&self) -> Result<Value, ReloadError> {
         let Some(path) = &self.path else {
-            return Err("weir runs on its embedded default config: there is no file to reload (start it with --config FILE)".into());
+            return Err(ReloadError::NoFile);
         };
         *self.seen.lock().unwrap() = FileStamp::of(path);
-        let plan = Arc::new(Plan::load(Some(path)).map_err(|e| e.to_string())?);
+        let plan = Arc::new(Plan::load(Some(path))?);
         let reloaded = self.router.reload(&plan)?;
         // What a reload does not apply still runs as it was at start.
         let needs_restart = changes(&self.started, &plan).needs_restart;

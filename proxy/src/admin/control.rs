@@ -257,7 +257,10 @@ impl Control {
         };
         match crate::plugin::blocking(|| r.reload("POST /admin/config/reload")) {
             Ok(v) => (StatusCode::OK, v),
-            Err(e) => (StatusCode::UNPROCESSABLE_ENTITY, json!({ "errors": [e] })),
+            Err(e) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({ "errors": [e.to_string()] }),
+            ),
         }
     }
 

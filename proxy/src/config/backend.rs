@@ -6,7 +6,7 @@ mod kinds;
 pub use kinds::*;
 
 use super::units::{ByteSize, Dur, Secret};
-use super::{Config, Limits, TenantConfig};
+use super::{invalid, Config, Invalid, Limits, TenantConfig};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -361,17 +361,17 @@ impl BackendConfig {
 
 impl Config {
     /// Unique names, then each backend's own checks.
-    pub(super) fn validate_backends(&self) -> Result<(), (String, String)> {
+    pub(super) fn validate_backends(&self) -> Result<(), Invalid> {
         let mut backends = HashSet::new();
         for (i, b) in self.backends.iter().enumerate() {
             if !backends.insert(b.name.as_str()) {
-                return Err((
+                return Err(invalid(
                     format!("backends[{i}].name"),
                     format!("duplicate backend name {:?}", b.name),
                 ));
             }
             b.validate(&self.limits)
-                .map_err(|(field, why)| (format!("backends[{i}].{field}"), why))?;
+                .map_err(|(field, why)| invalid(format!("backends[{i}].{field}"), why))?;
         }
         Ok(())
     }
@@ -399,18 +399,18 @@ impl Config {
             .collect()
     }
 
-    pub(super) fn validate_regions(&self) -> Result<(), (String, String)> {
+    pub(super) fn validate_regions(&self) -> Result<(), Invalid> {
         let known: Vec<_> = self.backends.iter().map(|b| b.name.as_str()).collect();
         let mut names = HashSet::new();
         for (i, r) in self.regions.iter().enumerate() {
             if !names.insert(r.name.as_str()) {
-                return Err((
+                return Err(invalid(
                     format!("regions[{i}].name"),
                     format!("duplicate region name {:?}", r.name),
                 ));
             }
             if r.tiers.is_empty() || r.tiers.iter().any(|t| t.is_empty()) {
-                return Err((
+                return Err(invalid(
                     format!("regions[{i}].tiers"),
                     "a region needs at least one tier, and each tier at least one backend".into(),
                 ));
@@ -420,20 +420,20 @@ impl Config {
                 for (k, b) in tier.iter().enumerate() {
                     let at = format!("regions[{i}].tiers[{j}][{k}]");
                     if self.backend(b).is_none() {
-                        return Err((
+                        return Err(invalid(
                             at,
                             format!("no backend named {b:?}; defined backends: {known:?}"),
                         ));
                     }
                     if !seen.insert(b.as_str()) {
-                        return Err((at, format!("backend {b:?} appears twice in region {:?}; a backend belongs to one tier", r.name)));
+                        return Err(invalid(at, format!("backend {b:?} appears twice in region {:?}; a backend belongs to one tier", r.name)));
                     }
                 }
             }
         }
         for (i, b) in self.backends.iter().enumerate() {
             b.validate_health()
-                .map_err(|(field, why)| (format!("backends[{i}].{field}"), why))?;
+                .map_err(|(field, why)| invalid(format!("backends[{i}].{field}"), why))?;
         }
         Ok(())
     }

@@ -114,13 +114,6 @@ pub fn invalid(field: String, reason: String) -> Invalid {
     Invalid { field, reason }
 }
 
-/// The `(field, reason)` pairs that backend checks still return.
-impl From<(String, String)> for Invalid {
-    fn from((field, reason): (String, String)) -> Invalid {
-        Invalid { field, reason }
-    }
-}
-
 fn default_data_dir() -> PathBuf {
     PathBuf::from("./weir-data")
 }

@@ -18,6 +18,16 @@ use std::sync::{Arc, Mutex, RwLock};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// Why a reload's routing could not be swapped in (the running one stays).
+#[derive(Debug, thiserror::Error)]
+pub enum RoutingError {
+    #[error("the tenants changed (running {running}, new file {new}); a reload changes routing only: restart weir to add, remove or rename tenants")]
+    TenantsChanged { running: String, new: String },
+    /// A backend of the new config cannot be built (e.g. an unreadable CA file).
+    #[error("{0}")]
+    Build(String),
+}
+
 pub struct Router {
     /// Each tenant's name and current route, in the plan's order.
     routes: Vec<(String, RouteSlot)>,
@@ -211,18 +221,19 @@ impl Router {
 
     /// Swaps in the routing of `plan`. Its tenants must be the running ones,
     /// in the same order: adding or removing tenants takes a restart.
-    pub fn reload(&self, plan: &Plan) -> Result<Reloaded, String> {
+    pub fn reload(&self, plan: &Plan) -> Result<Reloaded, RoutingError> {
         let config = &plan.config;
         let names: Vec<&str> = plan.tenants.iter().map(|t| t.name.as_str()).collect();
         let running: Vec<&str> = self.routes.iter().map(|(n, _)| n.as_str()).collect();
         if names != running {
-            return Err(format!(
-                "the tenants changed (running {running:?}, new file {names:?}); a reload changes routing only: restart weir to add, remove or rename tenants"
-            ));
+            return Err(RoutingError::TenantsChanged {
+                running: format!("{running:?}"),
+                new: format!("{names:?}"),
+            });
         }
         let mut state = self.state.lock().unwrap();
         let g = generation(plan, &state.healths, &self.dead_letters, &self.drain)
-            .map_err(|e| format!("{e:#}"))?;
+            .map_err(|e| RoutingError::Build(format!("{e:#}")))?;
         for (name, route) in g.routes {
             let slot = self.slot(&name).expect("the same tenants, checked above");
             // The old handle drops here: its route sends what it holds, then ends.
