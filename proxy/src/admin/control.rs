@@ -6,7 +6,7 @@
 //! hot reloads every plugin from its file.
 use crate::config::{ExclusionAction, ExclusionRuleConfig, Secret};
 use crate::durable::write_atomic;
-use crate::pipeline::Rejection;
+use crate::pipeline::{RejectReason, Rejection};
 use crate::plugin::Plugins;
 use crate::quota::daily::DailyQuotas;
 use crate::rules::exclusion::{ExclusionRules, Scope};
@@ -140,7 +140,7 @@ struct RulePatch {
 const OVERRIDES_FILE: &str = "runtime.json";
 
 fn err(status: StatusCode, msg: impl Into<String>) -> Rejection {
-    Rejection::new(status, "admin", msg)
+    Rejection::new(status, RejectReason::Admin, msg)
 }
 
 impl Control {

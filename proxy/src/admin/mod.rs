@@ -4,7 +4,7 @@
 pub mod control;
 
 use crate::intake::{error_response, json_response};
-use crate::pipeline::Rejection;
+use crate::pipeline::{RejectReason, Rejection};
 use crate::telemetry;
 use bytes::Bytes;
 use control::Control;
@@ -74,7 +74,7 @@ async fn handle(
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(error_response(&Rejection::new(
             StatusCode::METHOD_NOT_ALLOWED,
-            "method",
+            RejectReason::Admin,
             "admin endpoints take GET",
         )));
     }
@@ -119,7 +119,7 @@ async fn handle(
         }
         other => error_response(&Rejection::new(
             StatusCode::NOT_FOUND,
-            "not_found",
+            RejectReason::Admin,
             format!("no admin endpoint at {other}; try /metrics, /healthz, /readyz, /backends"),
         )),
     })
@@ -143,7 +143,7 @@ async fn control_request(
         .map_err(|_| {
             Rejection::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "admin",
+                RejectReason::Admin,
                 "control request bodies are limited to 64 KiB",
             )
         })?

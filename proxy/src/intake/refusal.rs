@@ -5,7 +5,7 @@
 //! Datadog `{"errors":[...]}` body, later HEC's `{"text":..,"code":..}`, or a
 //! withheld ack on a TCP stream). Refusals of the stage chain (rate limit,
 //! quota, backpressure) arrive as [`Refusal::Stage`], unchanged.
-use crate::pipeline::Rejection;
+use crate::pipeline::{RejectReason, Rejection};
 use http::StatusCode;
 
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +78,7 @@ pub enum Reason {
     TooManyEvents,
     IntakeBusy,
     /// A stage's own reason.
-    Stage(&'static str),
+    Stage(RejectReason),
 }
 
 impl Reason {
@@ -97,7 +97,7 @@ impl Reason {
             Reason::InvalidJson => "invalid_json",
             Reason::TooManyEvents => "too_many_events",
             Reason::IntakeBusy => "intake_busy",
-            Reason::Stage(r) => r,
+            Reason::Stage(r) => r.as_str(),
         }
     }
 }
@@ -167,8 +167,12 @@ mod tests {
     #[test]
     fn a_stage_refusal_keeps_its_answer() {
         let r = Refusal::from(
-            Rejection::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "slow down")
-                .retry_after(3),
+            Rejection::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                RejectReason::RateLimited,
+                "slow down",
+            )
+            .retry_after(3),
         );
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.reason().as_str(), "rate_limited");

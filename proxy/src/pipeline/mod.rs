@@ -22,19 +22,51 @@ use http::StatusCode;
 use std::sync::Arc;
 use workers::{Lane, Workers};
 
+/// Why a stage (or the admin API) refused a request: the `reason` label of
+/// `weir_rejected_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// The tenant's rate limit (429).
+    RateLimited,
+    /// The tenant's daily quota with `action: reject` (429).
+    DailyQuota,
+    /// No room in the tenant's archive queue (503).
+    ArchiveBackpressure,
+    /// No room in the tenant's backend route queue (503).
+    BackendBackpressure,
+    ShuttingDown,
+    /// A stage task failed (503-class 500).
+    InternalError,
+    /// An admin API answer (never counted as an intake refusal).
+    Admin,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RateLimited => "rate_limited",
+            Self::DailyQuota => "daily_quota",
+            Self::ArchiveBackpressure => "archive_backpressure",
+            Self::BackendBackpressure => "backend_backpressure",
+            Self::ShuttingDown => "shutting_down",
+            Self::InternalError => "internal_error",
+            Self::Admin => "admin",
+        }
+    }
+}
+
 /// A request refused by a stage: the HTTP answer and the metric reason.
 #[derive(Debug, Clone)]
 pub struct Rejection {
     pub status: StatusCode,
-    /// Short, stable label for `weir_rejected_requests_total{reason}`.
-    pub reason: &'static str,
+    pub reason: RejectReason,
     pub message: String,
     /// Seconds an agent should wait before retrying.
     pub retry_after: Option<u64>,
 }
 
 impl Rejection {
-    pub fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Rejection {
+    pub fn new(status: StatusCode, reason: RejectReason, message: impl Into<String>) -> Rejection {
         Rejection {
             status,
             reason,
@@ -147,7 +179,7 @@ impl Chain {
                 );
                 Err(Rejection::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal_error",
+                    RejectReason::InternalError,
                     "a pipeline stage failed unexpectedly; retry later",
                 ))
             }),
@@ -168,16 +200,16 @@ impl Chain {
         let route = out.route.read().unwrap().clone();
         // The events as NDJSON take about what the request's JSON took.
         let estimate = batch.meta.body_bytes.max(batch.events.len() * 64);
-        let archive_res = match &out.archive {
-            Some(a) => Some(
-                a.reserve(estimate)
-                    .ok_or_else(|| busy("archive_backpressure", "the archive is behind"))?,
-            ),
-            None => None,
-        };
+        let archive_res =
+            match &out.archive {
+                Some(a) => Some(a.reserve(estimate).ok_or_else(|| {
+                    busy(RejectReason::ArchiveBackpressure, "the archive is behind")
+                })?),
+                None => None,
+            };
         let route_res = route
             .reserve(estimate)
-            .ok_or_else(|| busy("backend_backpressure", "the backend is behind"))?;
+            .ok_or_else(|| busy(RejectReason::BackendBackpressure, "the backend is behind"))?;
         for (i, stage) in self.stages.iter().enumerate() {
             if let Err(r) = stage.process(&mut batch) {
                 self.stages[..i].iter().for_each(|s| s.refund(&batch));
@@ -230,12 +262,18 @@ impl Chain {
         if let (Some(a), Some(res)) = (&out.archive, archive_res.as_mut()) {
             let need = if archived > 0 { lines.len() } else { 0 };
             if !a.resize(res, need) {
-                return Err(busy("archive_backpressure", "the archive is behind"));
+                return Err(busy(
+                    RejectReason::ArchiveBackpressure,
+                    "the archive is behind",
+                ));
             }
         }
         let need = if indexed > 0 { lines.len() } else { 0 };
         if !route.resize(&mut route_res, need) {
-            return Err(busy("backend_backpressure", "the backend is behind"));
+            return Err(busy(
+                RejectReason::BackendBackpressure,
+                "the backend is behind",
+            ));
         }
 
         if let (Some(a), Some(res)) = (&out.archive, archive_res) {
@@ -247,7 +285,7 @@ impl Chain {
                     received_at_ms: batch.meta.received_at_ms,
                     reservation: res,
                 })
-                .map_err(|_| busy("shutting_down", "the proxy is shutting down"))?;
+                .map_err(|_| busy(RejectReason::ShuttingDown, "the proxy is shutting down"))?;
             }
         }
         if indexed > 0 {
@@ -257,13 +295,13 @@ impl Chain {
                     ranges: indexed_ranges,
                     reservation: route_res,
                 })
-                .map_err(|_| busy("shutting_down", "the proxy is shutting down"))?;
+                .map_err(|_| busy(RejectReason::ShuttingDown, "the proxy is shutting down"))?;
         }
         Ok(Dispatched { archived, indexed })
     }
 }
 
-fn busy(reason: &'static str, what: &str) -> Rejection {
+fn busy(reason: RejectReason, what: &str) -> Rejection {
     Rejection::new(
         StatusCode::SERVICE_UNAVAILABLE,
         reason,
@@ -309,7 +347,7 @@ mod tests {
                     "refuse" => {
                         return Err(Rejection::new(
                             StatusCode::TOO_MANY_REQUESTS,
-                            "test",
+                            RejectReason::RateLimited,
                             "refused",
                         ))
                     }

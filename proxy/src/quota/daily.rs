@@ -10,7 +10,7 @@
 use crate::clock::Clock;
 use crate::config::{DailyQuotaConfig, QuotaAction, QuotaLimit};
 use crate::event::{Batch, Disposition, Event};
-use crate::pipeline::{Rejection, Stage};
+use crate::pipeline::{RejectReason, Rejection, Stage};
 use crate::quota::rate::field_value;
 use crate::telemetry::METRICS;
 use http::StatusCode;
@@ -462,7 +462,7 @@ impl Stage for DailyQuota {
                 let wait = ((current + DAY_MS - now) / 1000).max(1) as u64;
                 return Err(Rejection::new(
                     StatusCode::TOO_MANY_REQUESTS,
-                    "daily_quota",
+                    RejectReason::DailyQuota,
                     format!(
                         "tenant {} is over its daily quota; it resets in {wait}s",
                         q.name

@@ -4,7 +4,7 @@
 //! before any of its events is taken, so the agent backs off and resends.
 use crate::config::RateLimitConfig;
 use crate::event::{Batch, Event};
-use crate::pipeline::{Rejection, Stage};
+use crate::pipeline::{RejectReason, Rejection, Stage};
 use crate::telemetry::METRICS;
 use governor::clock::{Clock as GovernorClock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
@@ -193,7 +193,7 @@ where
             let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
             return Err(Rejection::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
+                RejectReason::RateLimited,
                 format!(
                     "tenant {} is over its rate limit; retry in {secs}s",
                     batch.meta.tenant
