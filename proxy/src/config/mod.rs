@@ -221,9 +221,9 @@ impl Config {
         validate_archive(&self.archive, "archive")?;
         self.validate_addresses()?;
         self.validate_durations()?;
-        self.validate_backends().map_err(Invalid::from)?;
+        self.validate_backends()?;
         self.validate_tenants()?;
-        self.validate_regions().map_err(Invalid::from)?;
+        self.validate_regions()?;
         self.validate_tenant_stages()
     }
 }
