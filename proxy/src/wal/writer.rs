@@ -28,6 +28,9 @@ pub struct WriterStats {
     pub groups: AtomicU64,
     pub records: AtomicU64,
     pub failed_groups: AtomicU64,
+    /// Makes the next group's write short and failed (tests only).
+    #[cfg(test)]
+    pub(crate) fail_next_write: std::sync::atomic::AtomicBool,
 }
 
 /// The active segment and what of it is committed.
@@ -151,11 +154,7 @@ impl Writer {
             ranges.push(SeqRange { first: seq, end });
             seq = end;
         }
-        let written = self
-            .file
-            .write_all_at(&buf, self.committed_len)
-            .and_then(|()| self.file.sync_data());
-        if let Err(e) = written {
+        if let Err(e) = self.write_and_sync(&buf) {
             // Never sync the same bytes again after a failure (fsyncgate): cut, seal, roll.
             let _ = self.file.set_len(self.committed_len);
             self.must_roll = true;
@@ -164,6 +163,19 @@ impl Writer {
         self.committed_len += buf.len() as u64;
         self.next_seq = seq;
         Ok(ranges)
+    }
+
+    fn write_and_sync(&self, buf: &[u8]) -> std::io::Result<()> {
+        #[cfg(test)]
+        if self.stats.fail_next_write.swap(false, Ordering::Relaxed) {
+            // Half the bytes land, then the error (as a full disk does it).
+            self.file
+                .write_all_at(&buf[..buf.len() / 2], self.committed_len)?;
+            return Err(std::io::Error::other("injected write failure"));
+        }
+        self.file
+            .write_all_at(buf, self.committed_len)
+            .and_then(|()| self.file.sync_data())
     }
 
     /// Seals the active segment and starts the next one at `next_seq`.
