@@ -101,7 +101,7 @@ impl Reader {
         self.acked
     }
 
-    /// Waits until the durable end moves (after [`next`](Self::next) gave `None`).
+    /// Waits until the durable end moves (after [`read`](Self::read) gave `None`).
     pub async fn changed(&mut self) -> Result<(), WalError> {
         self.durable.changed().await.map_err(|_| WalError::Closed)
     }
@@ -109,7 +109,7 @@ impl Reader {
     /// The next record, or `None` when the reader is at the durable end.
     /// Damage is skipped: every step moves forward by at least one byte or
     /// to the next segment, so this always returns.
-    pub fn next(&mut self) -> Result<Option<Record>, WalError> {
+    pub fn read(&mut self) -> Result<Option<Record>, WalError> {
         loop {
             let durable = *self.durable.borrow_and_update();
             if self.pos.segment_base > durable.segment_base {

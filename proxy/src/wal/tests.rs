@@ -28,7 +28,7 @@ async fn append_n(wal: &Wal, from: u32, n: u32) -> Vec<SeqRange> {
 
 fn read_all(r: &mut Reader) -> Vec<Record> {
     let mut out = Vec::new();
-    while let Some(rec) = r.next().unwrap() {
+    while let Some(rec) = r.read().unwrap() {
         out.push(rec);
     }
     out

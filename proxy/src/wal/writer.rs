@@ -186,7 +186,12 @@ impl Writer {
             }
             // No record in it: the new segment takes its name.
             let path = segment_path(&self.seg_dir, self.base_seq);
-            std::fs::remove_file(&path).map_err(WalError::io("removing empty segment", &path))?;
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(WalError::io("removing empty segment", &path)(e));
+                }
+                _ => {}
+            }
         }
         self.file = create_segment(&self.seg_dir, self.next_seq)?;
         self.base_seq = self.next_seq;
