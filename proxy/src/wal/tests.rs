@@ -143,6 +143,8 @@ async fn reopen_resumes_positions_and_never_rereads_acked_records() {
     let wal = Wal::open(dir.path(), small()).unwrap();
     append_n(&wal, 10, 2).await;
     let mut a = wal.reader("archive").unwrap();
+    // The open deleted the segments both persisted positions had passed.
+    assert_eq!(segments(dir.path())[0], a.acked().segment_base);
     let got: Vec<_> = read_all(&mut a).into_iter().map(|r| r.payload).collect();
     assert_eq!(got, (6..12).map(payload).collect::<Vec<_>>());
     let mut b = wal.reader("route").unwrap();
@@ -405,4 +407,52 @@ async fn random_damage_always_terminates_and_accounts_for_every_event() {
         let delivered: u64 = got.iter().map(|r| u64::from(r.events)).sum();
         assert_eq!(delivered + r.stats().lost_events, total, "seed {seed}");
     }
+}
+
+#[tokio::test]
+async fn readers_never_read_past_the_durable_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let ranges = append_n(&wal, 0, 2).await;
+    // Bytes of a whole valid record the writer has not published as durable.
+    let active = wal.durable().borrow().segment_base;
+    let mut bytes = std::fs::read(seg_file(dir.path(), active)).unwrap();
+    RecordHeader::encode_record(ranges[1].end, 1, 0, b"in flight", &mut bytes);
+    std::fs::write(seg_file(dir.path(), active), bytes).unwrap();
+    let mut r = wal.reader("route").unwrap();
+    assert_eq!(read_all(&mut r).len(), 2);
+    assert_eq!(r.stats(), ReaderStats::default());
+}
+
+#[tokio::test]
+async fn a_missing_segment_is_skipped_and_its_events_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let wal = Wal::open(dir.path(), small()).unwrap();
+        append_n(&wal, 0, 20).await;
+        let mut r = wal.reader("route").unwrap();
+        let got = read_all(&mut r);
+        r.ack(got[0].end_seq()).unwrap();
+    }
+    let segs = segments(dir.path());
+    // The reader's own segment and the one after it disappear.
+    let lost: u64 = [segs[0], segs[1]]
+        .iter()
+        .map(|&s| {
+            records_in(&seg_file(dir.path(), s))
+                .iter()
+                .map(|(_, h)| u64::from(h.events))
+                .sum::<u64>()
+        })
+        .sum();
+    let first_events = u64::from(events(0));
+    std::fs::remove_file(seg_file(dir.path(), segs[0])).unwrap();
+    std::fs::remove_file(seg_file(dir.path(), segs[1])).unwrap();
+    let wal = Wal::open(dir.path(), small()).unwrap();
+    let mut r = wal.reader("route").unwrap();
+    let got = read_all(&mut r);
+    assert_eq!(got[0].first_seq, segs[2]);
+    assert_eq!(got[0].lost_before, lost - first_events);
+    assert_eq!(r.stats().lost_events, lost - first_events);
+    assert_eq!(r.stats().missing_segments, 1);
 }
