@@ -27,6 +27,9 @@
 //! - A sealed segment is deleted once every registered reader's persisted
 //!   position is in a later segment: positions are synced first, then the
 //!   file is unlinked, then the directory synced.
+//!
+//! Not here yet: admission and size limits, the `every N ms` fsync policy,
+//! disk-full state, metrics, and the wiring into intake and the pipeline.
 pub mod format;
 pub mod position;
 pub mod reader;

@@ -49,6 +49,9 @@ enum Opened {
     Stuck,
 }
 
+/// One named reader of the log (from [`Wal::reader`](super::Wal::reader)):
+/// [`read`](Self::read) returns records in log order, [`ack`](Self::ack)
+/// persists how far it has delivered. One per name at a time.
 pub struct Reader {
     name: String,
     shared: Arc<Shared>,
