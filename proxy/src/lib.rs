@@ -24,6 +24,7 @@ pub mod rules;
 pub mod sink;
 pub mod telemetry;
 pub mod tenant;
+pub mod wal;
 pub mod watch;
 
 use anyhow::Context;

@@ -1,0 +1,202 @@
+//! The writer thread: group commit. It takes one append off the channel,
+//! drains whatever else is waiting (up to a group's limits), encodes the
+//! group into one buffer, does one write and one `sync_data`, then answers
+//! every append with its seq range and publishes the new durable end.
+use super::format::{RecordHeader, SegmentHeader, SEGMENT_HEADER_LEN};
+use super::segment::{segment_path, sync_dir};
+use super::{Durable, SeqRange, WalError, WalOptions};
+use crossbeam_channel::Receiver;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::{oneshot, watch};
+
+/// One request's record, waiting for the writer.
+pub struct Append {
+    pub payload: Vec<u8>,
+    pub events: u32,
+    pub flags: u16,
+    pub reply: oneshot::Sender<Result<SeqRange, WalError>>,
+}
+
+/// Counters the writer keeps, for tests and (later) metrics.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Groups committed: one write and one sync each.
+    pub groups: AtomicU64,
+    pub records: AtomicU64,
+    pub failed_groups: AtomicU64,
+    /// Makes the next group's write short and failed (tests only).
+    #[cfg(test)]
+    pub(crate) fail_next_write: std::sync::atomic::AtomicBool,
+}
+
+/// The active segment and what of it is committed.
+pub struct Writer {
+    seg_dir: PathBuf,
+    options: WalOptions,
+    file: File,
+    base_seq: u64,
+    /// Bytes of the active segment that are written and synced.
+    committed_len: u64,
+    next_seq: u64,
+    /// After a failed sync, the segment is sealed and a new one started.
+    must_roll: bool,
+    durable: watch::Sender<Durable>,
+    stats: Arc<WriterStats>,
+}
+
+/// Creates `seg/<base>.wal` with its header, syncs it and the directory.
+fn create_segment(seg_dir: &Path, base_seq: u64) -> Result<File, WalError> {
+    let path = segment_path(seg_dir, base_seq);
+    let err = WalError::io("creating segment", &path);
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(&err)?;
+    file.write_all_at(&SegmentHeader { base_seq }.encode(), 0)
+        .and_then(|()| file.sync_all())
+        .map_err(&err)?;
+    sync_dir(seg_dir)?;
+    Ok(file)
+}
+
+impl Writer {
+    /// Starts a new segment at `next_seq` and publishes it as the durable end.
+    pub fn start(
+        seg_dir: &Path,
+        next_seq: u64,
+        options: WalOptions,
+        stats: Arc<WriterStats>,
+    ) -> Result<(Writer, watch::Receiver<Durable>), WalError> {
+        let file = create_segment(seg_dir, next_seq)?;
+        let durable = Durable {
+            segment_base: next_seq,
+            end_offset: SEGMENT_HEADER_LEN as u64,
+            next_seq,
+        };
+        let (tx, rx) = watch::channel(durable);
+        let writer = Writer {
+            seg_dir: seg_dir.to_path_buf(),
+            options,
+            file,
+            base_seq: next_seq,
+            committed_len: SEGMENT_HEADER_LEN as u64,
+            next_seq,
+            must_roll: false,
+            durable: tx,
+            stats,
+        };
+        Ok((writer, rx))
+    }
+
+    /// Runs until every sender is gone, then returns after the last group.
+    pub fn run(mut self, inbox: Receiver<Append>) {
+        while let Ok(first) = inbox.recv() {
+            let mut bytes = first.payload.len();
+            let mut group = vec![first];
+            while group.len() < self.options.max_group_appends
+                && bytes < self.options.max_group_bytes
+            {
+                match inbox.try_recv() {
+                    Ok(a) => {
+                        bytes += a.payload.len();
+                        group.push(a);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit(group);
+        }
+    }
+
+    /// Writes and syncs one group, then answers each append.
+    fn commit(&mut self, group: Vec<Append>) {
+        let ranges = match self.write_group(&group) {
+            Ok(ranges) => ranges,
+            Err(e) => {
+                self.stats.failed_groups.fetch_add(1, Ordering::Relaxed);
+                for a in group {
+                    let _ = a.reply.send(Err(e.clone()));
+                }
+                return;
+            }
+        };
+        self.stats.groups.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .records
+            .fetch_add(group.len() as u64, Ordering::Relaxed);
+        self.durable.send_replace(Durable {
+            segment_base: self.base_seq,
+            end_offset: self.committed_len,
+            next_seq: self.next_seq,
+        });
+        for (a, range) in group.into_iter().zip(ranges) {
+            let _ = a.reply.send(Ok(range));
+        }
+    }
+
+    /// On a write or sync error the segment is cut back to its committed
+    /// length (the group's bytes never count) and the group fails.
+    fn write_group(&mut self, group: &[Append]) -> Result<Vec<SeqRange>, WalError> {
+        if self.must_roll || self.committed_len >= self.options.segment_bytes {
+            self.roll()?;
+        }
+        let mut buf = Vec::with_capacity(group.iter().map(|a| a.payload.len() + 32).sum());
+        let mut ranges = Vec::with_capacity(group.len());
+        let mut seq = self.next_seq;
+        for a in group {
+            RecordHeader::encode_record(seq, a.events, a.flags, &a.payload, &mut buf);
+            let end = seq + u64::from(a.events);
+            ranges.push(SeqRange { first: seq, end });
+            seq = end;
+        }
+        if let Err(e) = self.write_and_sync(&buf) {
+            // Never sync the same bytes again after a failure (fsyncgate): cut, seal, roll.
+            let _ = self.file.set_len(self.committed_len);
+            self.must_roll = true;
+            return Err(WalError::Write(Arc::new(e)));
+        }
+        self.committed_len += buf.len() as u64;
+        self.next_seq = seq;
+        Ok(ranges)
+    }
+
+    fn write_and_sync(&self, buf: &[u8]) -> std::io::Result<()> {
+        #[cfg(test)]
+        if self.stats.fail_next_write.swap(false, Ordering::Relaxed) {
+            // Half the bytes land, then the error (as a full disk does it).
+            self.file
+                .write_all_at(&buf[..buf.len() / 2], self.committed_len)?;
+            return Err(std::io::Error::other("injected write failure"));
+        }
+        self.file
+            .write_all_at(buf, self.committed_len)
+            .and_then(|()| self.file.sync_data())
+    }
+
+    /// Seals the active segment and starts the next one at `next_seq`.
+    fn roll(&mut self) -> Result<(), WalError> {
+        if self.committed_len == SEGMENT_HEADER_LEN as u64 {
+            if !self.must_roll {
+                return Ok(());
+            }
+            // No record in it: the new segment takes its name.
+            let path = segment_path(&self.seg_dir, self.base_seq);
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(WalError::io("removing empty segment", &path)(e));
+                }
+                _ => {}
+            }
+        }
+        self.file = create_segment(&self.seg_dir, self.next_seq)?;
+        self.base_seq = self.next_seq;
+        self.committed_len = SEGMENT_HEADER_LEN as u64;
+        self.must_roll = false;
+        Ok(())
+    }
+}
