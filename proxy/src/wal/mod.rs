@@ -20,6 +20,9 @@
 //! # Rules
 //! - Every open starts a new segment; the previous last segment's torn tail
 //!   is cut off when no valid record follows it (otherwise readers skip it).
+//!   A record cut short (a crash mid-write, never acknowledged) is simply
+//!   gone; one written whole and damaged since keeps its seqs, so every
+//!   reader counts its events lost.
 //! - The writer publishes the durable end (a watch) after each group's
 //!   `sync_data`; readers never read past it.
 //! - Segments roll at [`WalOptions::segment_bytes`]; a new segment and its

@@ -118,6 +118,20 @@ impl SegmentFile {
         Ok(At::Record(Found { header, payload }))
     }
 
+    /// The header of the record at `off` when it was written whole (its
+    /// header checks out and all its bytes are there) even though the record
+    /// is damaged: its payload changed after the write. `None` for a record cut
+    /// short, which a crash mid-write leaves and which was never acknowledged.
+    pub fn whole_damaged_header(&self, off: u64) -> std::io::Result<Option<RecordHeader>> {
+        if off >= self.limit {
+            return Ok(None);
+        }
+        let head = self.read(off, RECORD_HEADER_LEN)?;
+        Ok(RecordHeader::decode(&head, self.max_payload)
+            .ok()
+            .filter(|h| off + h.record_len() <= self.limit))
+    }
+
     /// The offset of the first whole valid record at or after `from` whose
     /// first seq is at least `min_seq`, scanning for the record marker.
     pub fn resync(&self, from: u64, min_seq: u64) -> std::io::Result<Option<u64>> {
@@ -175,6 +189,12 @@ pub fn recover_tail(path: &Path, base_seq: u64, max_payload: u32) -> Result<Tail
             At::Damaged => match seg.resync(off + 1, 0).map_err(&err)? {
                 Some(next) => off = next,
                 None => {
+                    // A record written whole may have been acknowledged: its seqs
+                    // stay used, so the next segment starts after them and every
+                    // reader counts its events lost (the seq gap).
+                    if let Some(h) = seg.whole_damaged_header(off).map_err(&err)? {
+                        tail.end_seq = tail.end_seq.max(h.end_seq());
+                    }
                     let keep = off.max(SEGMENT_HEADER_LEN as u64).min(seg.limit);
                     tail.truncated = seg.limit - keep;
                     let file = std::fs::OpenOptions::new()

@@ -182,6 +182,32 @@ async fn torn_tail_is_cut_off_on_reopen() {
 }
 
 #[tokio::test]
+async fn a_damaged_last_record_is_cut_off_and_counted_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let end = {
+        let wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+        append_n(&wal, 0, 5).await.last().unwrap().end
+    };
+    let path = seg_file(dir.path(), 1);
+    let recs = records_in(&path);
+    // Written whole (so possibly acknowledged), then a payload byte flipped.
+    flip(&path, recs[4].0 + RECORD_HEADER_LEN + 1);
+    let wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        recs[4].0 as u64,
+        "the damaged record is cut off"
+    );
+    assert_eq!(wal.durable().borrow().next_seq, end, "its seqs stay used");
+    wal.append(payload(5), events(5), 0).await.unwrap();
+    let mut r = wal.reader("route").unwrap();
+    let got = read_all(&mut r);
+    assert_eq!(got.len(), 5, "the four before it and the one after");
+    assert_eq!(got[4].lost_before, u64::from(events(4)));
+    assert_eq!(r.stats().lost_events, u64::from(events(4)));
+}
+
+#[tokio::test]
 async fn flipped_bytes_skip_only_the_damaged_records_and_count_them() {
     let dir = tempfile::tempdir().unwrap();
     {
