@@ -1,7 +1,8 @@
 //! What `weir run` prints once it is ready: what a newcomer needs to try it and
 //! an on-call needs to know where things are. Never a key from a real config:
 //! the demo key is shown only for the embedded local default, which ships it.
-use crate::config::{BackendKind, Config, ListenerProtocol};
+use crate::config::{BackendKind, ListenerProtocol};
+use crate::plan::Plan;
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -12,11 +13,12 @@ pub fn version() -> String {
 
 /// The lines of the start-up summary.
 pub fn lines(
-    config: &Config,
+    plan: &Plan,
     path: Option<&Path>,
     listeners: &[(String, ListenerProtocol, SocketAddr)],
     admin: SocketAddr,
 ) -> Vec<String> {
+    let config = &plan.config;
     let mut out = vec![format!("weir {} is ready", version())];
     out.push(match path {
         Some(p) => format!("  config:  {}", p.display()),
@@ -33,8 +35,8 @@ pub fn lines(
         "  admin:   http://{admin}/metrics, /healthz, /readyz, /backends"
     ));
     out.push(format!("  data:    {}", config.data_dir.display()));
-    for t in &config.tenants {
-        let archive = t.archive.as_ref().unwrap_or(&config.archive);
+    for t in &plan.tenants {
+        let archive = &t.archive;
         let archive = if !archive.enabled {
             "no archive".to_string()
         } else {
@@ -49,11 +51,11 @@ pub fn lines(
                 } => format!("archive azure://{account}/{container}"),
             }
         };
-        let backends: Vec<String> = config
-            .route_tiers(t)
-            .into_iter()
-            .flat_map(|(_, tier)| tier)
-            .filter_map(|b| config.backend(&b))
+        let backends: Vec<String> = t
+            .route
+            .iter()
+            .flat_map(|tier| &tier.backends)
+            .filter_map(|b| config.backend(b))
             .map(|b| match &b.kind {
                 BackendKind::File(f) => format!("{} (file {})", b.name, f.path.display()),
                 _ => b.name.clone(),
@@ -85,7 +87,7 @@ mod tests {
 
     /// The summary of the embedded default, as started from `path` (none: the embedded one).
     fn summary(path: Option<&Path>) -> String {
-        let c = Config::parse(crate::config::EMBEDDED_DEFAULT, "weir.yaml").unwrap();
+        let c = Plan::parse(crate::config::EMBEDDED_DEFAULT, "weir.yaml").unwrap();
         let intake = (
             "intake".into(),
             ListenerProtocol::Http,

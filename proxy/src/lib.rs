@@ -95,7 +95,7 @@ pub async fn run(plan: Plan, path: Option<std::path::PathBuf>) -> anyhow::Result
     let mut serving = serve(&plan, path.as_deref(), intake, control).await?;
 
     shutdown_signal().await;
-    let lost = serving.drain(config, writers, &router, drain).await;
+    let lost = serving.drain(&plan, writers, &router, drain).await;
     let _ = saver.await;
     quotas.save();
     serving.stop_admin().await;
@@ -261,7 +261,7 @@ async fn serve(
     if config.log.format == config::LogFormat::Text {
         eprintln!(
             "{}",
-            banner::lines(config, path, &bound, admin_addr).join("\n")
+            banner::lines(plan, path, &bound, admin_addr).join("\n")
         );
     }
     Ok(Serving {
@@ -279,7 +279,7 @@ impl Serving {
     /// the shutdown timeout. `Some`: where events no backend got still are.
     async fn drain(
         &mut self,
-        config: &config::Config,
+        plan: &Plan,
         writers: Vec<JoinHandle<()>>,
         router: &sink::router::Router,
         drain: CancellationToken,
@@ -288,7 +288,7 @@ impl Serving {
         tracing::info!("shutting down: draining connections, batches and archive objects");
         self.health.set_ready(false);
         self.stop.cancel();
-        let deadline = tokio::time::Instant::now() + config.shutdown_timeout.0;
+        let deadline = tokio::time::Instant::now() + plan.config.shutdown_timeout.0;
         for s in std::mem::take(&mut self.listeners) {
             let _ = s.await;
         }
@@ -308,7 +308,7 @@ impl Serving {
             check_join(Task::Route, "route", r);
         }
         (!archives_done || !routes_done)
-            .then(|| sink::shutdown::report(config, archives_done))
+            .then(|| sink::shutdown::report(plan, archives_done))
             .flatten()
     }
 

@@ -2,7 +2,8 @@
 //! events still are: every event a route forwards was also handed to the
 //! tenant's archive (when it has one), so once the archive writers have
 //! finished, what no backend got is in the archive, to be rehydrated.
-use crate::config::{Config, StoreConfig};
+use crate::config::StoreConfig;
+use crate::plan::Plan;
 use crate::telemetry::METRICS;
 
 /// Events that routes hold and have not delivered or given up on, as
@@ -29,9 +30,8 @@ pub fn undelivered() -> Vec<(String, String, u64)> {
 }
 
 /// Where a tenant's archive objects are written.
-pub fn archive_location(config: &Config, tenant: &str) -> Option<String> {
-    let t = config.tenants.iter().find(|t| t.name == tenant)?;
-    let archive = t.archive.as_ref().unwrap_or(&config.archive);
+pub fn archive_location(plan: &Plan, tenant: &str) -> Option<String> {
+    let archive = &plan.tenant(tenant)?.archive;
     if !archive.enabled {
         return None;
     }
@@ -60,16 +60,16 @@ pub fn archive_location(config: &Config, tenant: &str) -> Option<String> {
 /// before the shutdown timeout and where they still are; `archives_done`:
 /// every archive writer wrote out what it held. The error is what `run`
 /// returns (the exit status is non-zero); none when nothing is left.
-pub fn report(config: &Config, archives_done: bool) -> Option<anyhow::Error> {
+pub fn report(plan: &Plan, archives_done: bool) -> Option<anyhow::Error> {
     let left = undelivered();
-    let timeout = config.shutdown_timeout.0;
+    let timeout = plan.config.shutdown_timeout.0;
     if !archives_done {
         tracing::error!(?timeout, "shutdown timed out before the archive writers wrote out what they held; those events are lost");
     }
     let total: u64 = left.iter().map(|(_, _, n)| n).sum();
     let mut archived = 0;
     for (tenant, backend, events) in &left {
-        match archive_location(config, tenant) {
+        match archive_location(plan, tenant) {
             Some(archive) if archives_done => {
                 archived += events;
                 tracing::error!(tenant, backend, events, archive, "shutdown timed out: events not delivered to the backend; they are in the tenant's archive (rehydrate them from there)");
