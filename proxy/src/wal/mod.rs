@@ -31,8 +31,9 @@
 //!   position is in a later segment: positions are synced first, then the
 //!   file is unlinked, then the directory synced.
 //!
-//! Not here yet: admission and size limits, the `every N ms` fsync policy,
-//! disk-full state, metrics, and the wiring into intake and the pipeline.
+//! Syncs: once per group (group commit), or once per interval
+//! ([`SyncPolicy`]). Not here yet: admission and size limits, disk-full
+//! state, metrics, and the wiring into intake and the pipeline.
 pub mod format;
 pub mod position;
 pub mod reader;
@@ -122,6 +123,19 @@ pub struct WalOptions {
     pub max_group_appends: usize,
     /// Appends waiting for the writer before [`WalError::Full`].
     pub queue: usize,
+    /// When the writer syncs.
+    pub sync: SyncPolicy,
+}
+
+/// When appends become durable (and are answered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// One sync per group: appends that arrive while a sync runs form the
+    /// next group (group commit; the lowest latency).
+    EveryGroup,
+    /// A group gathers appends for this long, then one sync: at most one
+    /// sync per interval, an answer within about the interval.
+    Interval(std::time::Duration),
 }
 
 impl Default for WalOptions {
@@ -132,6 +146,7 @@ impl Default for WalOptions {
             max_group_bytes: 4 << 20,
             max_group_appends: 1024,
             queue: 4096,
+            sync: SyncPolicy::EveryGroup,
         }
     }
 }

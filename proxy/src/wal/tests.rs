@@ -127,6 +127,29 @@ async fn group_commit_answers_every_concurrent_append() {
 }
 
 #[tokio::test]
+async fn an_interval_policy_syncs_once_for_what_arrives_within_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = WalOptions {
+        sync: SyncPolicy::Interval(std::time::Duration::from_millis(500)),
+        ..WalOptions::default()
+    };
+    let wal = Wal::open(dir.path(), options).unwrap();
+    // Submitted at once, well within the interval: one group, one sync.
+    let replies: Vec<_> = (0..20u32)
+        .map(|i| wal.submit(payload(i), events(i), 0).unwrap())
+        .collect();
+    for r in replies {
+        r.await.unwrap().unwrap();
+    }
+    let stats = wal.writer_stats();
+    assert_eq!(stats.groups.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(stats.records.load(std::sync::atomic::Ordering::Relaxed), 20);
+    // A lone append is answered once its interval is over.
+    wal.append(payload(20), 1, 0).await.unwrap();
+    assert_eq!(stats.groups.load(std::sync::atomic::Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
 async fn reopen_resumes_positions_and_never_rereads_acked_records() {
     let dir = tempfile::tempdir().unwrap();
     {

@@ -4,7 +4,7 @@
 //! every append with its seq range and publishes the new durable end.
 use super::format::{RecordHeader, SegmentHeader, SEGMENT_HEADER_LEN};
 use super::segment::{segment_path, sync_dir};
-use super::{Durable, SeqRange, WalError, WalOptions};
+use super::{Durable, SeqRange, SyncPolicy, WalError, WalOptions};
 use crossbeam_channel::Receiver;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -96,17 +96,26 @@ impl Writer {
     /// Runs until every sender is gone, then returns after the last group.
     pub fn run(mut self, inbox: Receiver<Append>) {
         while let Ok(first) = inbox.recv() {
+            // EveryGroup: what is already waiting; Interval: what arrives until the deadline.
+            let deadline = match self.options.sync {
+                SyncPolicy::EveryGroup => None,
+                SyncPolicy::Interval(every) => Some(std::time::Instant::now() + every),
+            };
             let mut bytes = first.payload.len();
             let mut group = vec![first];
             while group.len() < self.options.max_group_appends
                 && bytes < self.options.max_group_bytes
             {
-                match inbox.try_recv() {
-                    Ok(a) => {
+                let next = match deadline {
+                    None => inbox.try_recv().ok(),
+                    Some(d) => inbox.recv_deadline(d).ok(),
+                };
+                match next {
+                    Some(a) => {
                         bytes += a.payload.len();
                         group.push(a);
                     }
-                    Err(_) => break,
+                    None => break,
                 }
             }
             self.commit(group);
