@@ -122,27 +122,34 @@ fn logs(n: usize) -> Value {
     )
 }
 
+/// An Elasticsearch `_bulk` answer: `item(i)` for each of the request's documents.
+fn bulk_answer(seen: &Seen, errors: bool, item: impl Fn(usize) -> Value) -> (u16, Vec<u8>) {
+    let docs = seen
+        .body
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count()
+        / 2;
+    let items: Vec<Value> = (0..docs).map(item).collect();
+    (
+        200,
+        serde_json::to_vec(&json!({"took": 3, "errors": errors, "items": items})).unwrap(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn elasticsearch_bulk_items_failing_are_retried_or_dead_lettered_one_by_one() {
     // First _bulk: item 0 refused (400, mapping), item 1 throttled (429), the rest created.
     let answer: Answer = Arc::new(|n, seen: &Seen| {
-        let docs = seen
-            .body
-            .split(|&b| b == b'\n')
-            .filter(|l| !l.is_empty())
-            .count()
-            / 2;
-        let items: Vec<Value> = (0..docs)
-            .map(|i| match (n, i) {
-                (0, 0) => json!({"create": {"status": 400, "error": {"type": "mapper_parsing_exception", "reason": "failed to parse [http.status_code]"}}}),
-                (0, 1) => json!({"create": {"status": 429, "error": {"type": "es_rejected_execution_exception", "reason": "queue full"}}}),
-                _ => json!({"create": {"status": 201, "result": "created"}}),
-            })
-            .collect();
-        (
-            200,
-            serde_json::to_vec(&json!({"took": 3, "errors": n == 0, "items": items})).unwrap(),
-        )
+        bulk_answer(seen, n == 0, |i| match (n, i) {
+            (0, 0) => {
+                json!({"create": {"status": 400, "error": {"type": "mapper_parsing_exception", "reason": "failed to parse [http.status_code]"}}})
+            }
+            (0, 1) => {
+                json!({"create": {"status": 429, "error": {"type": "es_rejected_execution_exception", "reason": "queue full"}}})
+            }
+            _ => json!({"create": {"status": 201, "result": "created"}}),
+        })
     });
     let (es, addr) = Double::start(answer).await;
     let weir = Weir::start(&weir_for(&format!(
@@ -401,18 +408,10 @@ async fn otlp_partial_success_rejections_are_counted_as_dropped() {
 async fn a_plugin_setting_reserved_fields_reaches_every_backend_type_and_the_archive() {
     use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
     let created = |_: usize, seen: &Seen| {
-        let docs = seen
-            .body
-            .split(|&b| b == b'\n')
-            .filter(|l| !l.is_empty())
-            .count()
-            / 2;
-        let items: Vec<Value> = (0..docs)
-            .map(|_| json!({"create": {"status": 201, "result": "created"}}))
-            .collect();
-        (
-            200,
-            serde_json::to_vec(&json!({"errors": false, "items": items})).unwrap(),
+        bulk_answer(
+            seen,
+            false,
+            |_| json!({"create": {"status": 201, "result": "created"}}),
         )
     };
     let doubles: Vec<(&str, Answer)> = vec![
@@ -535,18 +534,10 @@ async fn an_unreadable_bulk_answer_is_a_failed_send_not_a_delivery() {
         if n == 0 {
             return (200, b"<html>gateway hiccup</html>".to_vec());
         }
-        let docs = seen
-            .body
-            .split(|&b| b == b'\n')
-            .filter(|l| !l.is_empty())
-            .count()
-            / 2;
-        let items: Vec<Value> = (0..docs)
-            .map(|_| json!({"create": {"status": 201, "result": "created"}}))
-            .collect();
-        (
-            200,
-            serde_json::to_vec(&json!({"errors": false, "items": items})).unwrap(),
+        bulk_answer(
+            seen,
+            false,
+            |_| json!({"create": {"status": 201, "result": "created"}}),
         )
     });
     let (es, addr) = Double::start(answer).await;

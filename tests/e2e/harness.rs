@@ -26,6 +26,14 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `config` with the admin control API turned on by `token`.
+pub fn with_admin_token(config: &str, token: &str) -> String {
+    config.replace(
+        "admin:\n  address: 127.0.0.1:{ADMIN}\n",
+        &format!("admin:\n  address: 127.0.0.1:{{ADMIN}}\n  token: {token}\n"),
+    )
+}
+
 /// A Datadog intake body: a JSON array of `n` entries, entry `i` made by `entry(i)`.
 pub fn json_logs(n: usize, entry: impl Fn(usize) -> Value) -> Vec<u8> {
     serde_json::to_vec(&(0..n).map(entry).collect::<Vec<_>>()).unwrap()

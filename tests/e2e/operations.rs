@@ -110,14 +110,13 @@ async fn environment_variables_work_in_any_value() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_time_changes_say_what_they_override_are_audited_and_can_be_discarded() {
     let (_fake, addr) = FakeDatadog::start().await;
-    let text = config(
-        &addr.to_string(),
-        "",
-        "    exclusion_rules:\n      - {name: debug, query: 'status:debug'}\n",
-    )
-    .replace(
-        "admin:\n  address: 127.0.0.1:{ADMIN}\n",
-        &format!("admin:\n  address: 127.0.0.1:{{ADMIN}}\n  token: {TOKEN}\n"),
+    let text = with_admin_token(
+        &config(
+            &addr.to_string(),
+            "",
+            "    exclusion_rules:\n      - {name: debug, query: 'status:debug'}\n",
+        ),
+        TOKEN,
     );
     let weir = Weir::start(&text).await;
     // A rule inserted first (the first match wins), and a quota, with units, for a
@@ -236,10 +235,7 @@ async fn run_time_changes_say_what_they_override_are_audited_and_can_be_discarde
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_names_each_field_that_needs_a_restart() {
     let (_fake, addr) = FakeDatadog::start().await;
-    let text = config(&addr.to_string(), "", "").replace(
-        "admin:\n  address: 127.0.0.1:{ADMIN}\n",
-        &format!("admin:\n  address: 127.0.0.1:{{ADMIN}}\n  token: {TOKEN}\n"),
-    );
+    let text = with_admin_token(&config(&addr.to_string(), "", ""), TOKEN);
     let weir = Weir::start(&text).await;
     let running = std::fs::read_to_string(&weir.config_path).unwrap();
     let changed = running
@@ -275,10 +271,7 @@ async fn a_reload_names_each_field_that_needs_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_reports_a_changed_secret() {
     let (_fake, addr) = FakeDatadog::start().await;
-    let text = config(&addr.to_string(), "", "").replace(
-        "admin:\n  address: 127.0.0.1:{ADMIN}\n",
-        &format!("admin:\n  address: 127.0.0.1:{{ADMIN}}\n  token: {TOKEN}\n"),
-    );
+    let text = with_admin_token(&config(&addr.to_string(), "", ""), TOKEN);
     let weir = Weir::start(&text).await;
     let running = std::fs::read_to_string(&weir.config_path).unwrap();
     let changed = running.replace(

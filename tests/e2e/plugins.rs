@@ -320,13 +320,6 @@ fn replace_file(path: &std::path::Path, text: &str) {
 
 const ADMIN_TOKEN: &str = "plugin-e2e-admin";
 
-fn with_admin_token(config: String) -> String {
-    config.replace(
-        "admin:\n  address: 127.0.0.1:{ADMIN}\n",
-        &format!("admin:\n  address: 127.0.0.1:{{ADMIN}}\n  token: {ADMIN_TOKEN}\n"),
-    )
-}
-
 async fn admin_reload(weir: &Weir, token: &str) -> Reply {
     let auth = format!("Bearer {token}");
     let url = format!("http://127.0.0.1:{}/admin/reload", weir.admin);
@@ -349,7 +342,11 @@ async fn plugin_file_replaced_under_load_is_hot_reloaded_between_batches() {
     let wasm = dir.path().join("marker.wasm");
     std::fs::write(&wasm, service_marker_wat("v1")).unwrap();
     let extra = "    plugins:\n      - {name: marker, path: \"{DIR}/marker.wasm\", on_error: drop, timeout: 2s}\n";
-    let weir = Weir::start_in(dir, &with_admin_token(config(&addr.to_string(), "", extra))).await;
+    let weir = Weir::start_in(
+        dir,
+        &with_admin_token(&config(&addr.to_string(), "", extra), ADMIN_TOKEN),
+    )
+    .await;
 
     // Load: requests of 1..=15 events (the module reads a fixarray header), ids in the message.
     let stop = Arc::new(AtomicBool::new(false));
