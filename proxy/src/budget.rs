@@ -33,6 +33,11 @@ impl<T> Queue<T> {
         self.budget.try_reserve(bytes)
     }
 
+    /// Waits until `bytes` (at most the whole budget) are free, then holds them.
+    pub async fn reserve_wait(&self, bytes: usize) -> Reservation {
+        self.budget.reserve_wait(bytes).await
+    }
+
     /// Makes `r` hold `bytes`; false (and `r` unchanged) when growing finds no room.
     pub fn resize(&self, r: &mut Reservation, bytes: usize) -> bool {
         self.budget.resize(r, bytes)
@@ -95,6 +100,28 @@ impl Budget {
 }
 
 impl Budget {
+    /// Waits until `bytes` (at most the capacity) are free, then holds them.
+    pub async fn reserve_wait(&self, bytes: usize) -> Reservation {
+        let bytes = bytes.min(self.capacity);
+        let permit = if bytes == 0 {
+            None
+        } else {
+            Some(
+                self.sem
+                    .clone()
+                    .acquire_many_owned(bytes as u32)
+                    .await
+                    .expect("the budget's semaphore is never closed"),
+            )
+        };
+        self.gauge.add(bytes as i64);
+        Reservation {
+            _permit: permit,
+            bytes,
+            gauge: self.gauge.clone(),
+        }
+    }
+
     /// Makes `r` (taken from this budget) hold `bytes`: gives back the excess, or
     /// takes the difference if it is free. False, with `r` unchanged, when it is not.
     pub fn resize(&self, r: &mut Reservation, bytes: usize) -> bool {

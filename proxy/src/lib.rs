@@ -9,6 +9,7 @@ pub mod admin;
 pub mod archive;
 pub mod banner;
 pub mod budget;
+pub mod buffer;
 pub mod clock;
 pub mod config;
 pub mod durable;
@@ -57,11 +58,18 @@ pub async fn run(plan: Plan, path: Option<std::path::PathBuf>) -> anyhow::Result
     reloader.reload_on_sighup(drain.clone());
     let mut shared = Shared::new(&plan);
     let mut tenants = tenant::Tenants::default();
+    let mut buffers = Buffers::new(config);
     for t in &plan.tenants {
         let archive = archives.remove(&t.name).map(|(handle, _)| handle);
         let route = router.slot(&t.name).expect("the router has every tenant");
+        let log = buffers.start(config, t, archive.clone(), route.clone())?;
+        let outputs = TenantOutputs {
+            archive,
+            route,
+            log,
+        };
         let tenant = shared
-            .tenant(t, TenantOutputs { archive, route })
+            .tenant(t, outputs)
             .map_err(|e| anyhow::anyhow!("{}", config.origin.locate(e)))?;
         tenants.add(&t.api_keys, tenant);
     }
@@ -88,14 +96,15 @@ pub async fn run(plan: Plan, path: Option<std::path::PathBuf>) -> anyhow::Result
         )?
         .with_plugins(plugins.clone())
         .with_router(router.clone())
-        .with_reloader(reloader.clone()),
+        .with_reloader(reloader.clone())
+        .with_disk(buffers.disk.clone()),
     );
     let saver = save_quotas_every_second(quotas.clone(), drain.clone());
     let intake = intake::Intake::new(tenants, config.limits.clone());
     let mut serving = serve(&plan, path.as_deref(), intake, control).await?;
 
     shutdown_signal().await;
-    let lost = serving.drain(&plan, writers, &router, drain).await;
+    let lost = serving.drain(&plan, writers, &router, buffers, drain).await;
     let _ = saver.await;
     quotas.save();
     serving.stop_admin().await;
@@ -106,6 +115,41 @@ pub async fn run(plan: Plan, path: Option<std::path::PathBuf>) -> anyhow::Result
             tracing::info!("stopped");
             Ok(())
         }
+    }
+}
+
+/// The disk buffer: every tenant's log and its feeds (none with `buffer.type: memory`).
+struct Buffers {
+    disk: Option<Arc<buffer::Disk>>,
+    feeds: Vec<buffer::feed::FeedHandle>,
+    stop: buffer::feed::FeedStop,
+}
+
+impl Buffers {
+    fn new(config: &config::Config) -> Buffers {
+        Buffers {
+            disk: (config.buffer.kind == config::BufferKind::Disk)
+                .then(|| buffer::Disk::new(&config.buffer)),
+            feeds: Vec::new(),
+            stop: Default::default(),
+        }
+    }
+
+    /// Opens tenant `t`'s log and starts its feeds to `archive` and `route`.
+    fn start(
+        &mut self,
+        config: &config::Config,
+        t: &TenantPlan,
+        archive: Option<ArchiveHandle>,
+        route: sink::RouteSlot,
+    ) -> anyhow::Result<Option<Arc<buffer::TenantLog>>> {
+        let Some(disk) = &self.disk else {
+            return Ok(None);
+        };
+        let started = buffer::start(config, t, archive, route, disk, &self.stop)
+            .with_context(|| format!("tenant {}: opening its disk buffer", t.name))?;
+        self.feeds.extend(started.feeds);
+        Ok(Some(started.log))
     }
 }
 
@@ -282,6 +326,7 @@ impl Serving {
         plan: &Plan,
         writers: Vec<JoinHandle<()>>,
         router: &sink::router::Router,
+        buffers: Buffers,
         drain: CancellationToken,
     ) -> Option<anyhow::Error> {
         use telemetry::faults::{check_join, Task};
@@ -292,6 +337,12 @@ impl Serving {
         for s in std::mem::take(&mut self.listeners) {
             let _ = s.await;
         }
+        // Intake has stopped: the feeds carry what is in the logs to the
+        // archives and routes, which then finish. What they do not finish in
+        // time stays in the logs, for the next start.
+        buffers.stop.reading.cancel();
+        let read = futures::future::join_all(buffers.feeds.iter().map(|f| f.read_all.cancelled()));
+        let _ = tokio::time::timeout_at(deadline, read).await;
         drain.cancel();
         // The archive writers and every route, old generations still sending
         // included, share the deadline. Whether the archives finished tells
@@ -306,6 +357,17 @@ impl Serving {
         let routes_done = routes.is_ok();
         for r in routes.into_iter().flatten() {
             check_join(Task::Route, "route", r);
+        }
+        // The feeds persist how far their destinations got.
+        buffers.stop.now.cancel();
+        for f in buffers.feeds {
+            let _ = f.task.await;
+        }
+        if buffers.disk.is_some() && (!archives_done || !routes_done) {
+            tracing::warn!(
+                "undelivered events are safe in the disk buffer; the next start delivers them"
+            );
+            return None;
         }
         (!archives_done || !routes_done)
             .then(|| sink::shutdown::report(plan, archives_done))

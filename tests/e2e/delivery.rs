@@ -67,7 +67,8 @@ async fn full_queue_refuses_whole_requests_and_accepted_ones_arrive() {
     let cfg = config(
         &format!("127.0.0.1:{port}"),
         "    max_queued_bytes: 64KiB",
-        "limits:\n  max_body_bytes: 64KiB\n  max_decompressed_bytes: 64KiB\n  max_inflight_request_bytes: 1MiB\n",
+        // The memory buffer: its queue is what fills (the disk buffer's limits are durability.rs's).
+        "buffer: {type: memory}\nlimits:\n  max_body_bytes: 64KiB\n  max_decompressed_bytes: 64KiB\n  max_inflight_request_bytes: 1MiB\n",
     );
     let mut weir = Weir::start(&cfg).await;
     let mut accepted = HashSet::new();
@@ -261,7 +262,7 @@ async fn a_request_refused_for_backpressure_costs_its_tenant_nothing() {
     let cfg = config(
         &format!("127.0.0.1:{port}"),
         "    max_queued_bytes: 64KiB",
-        "    daily_quota: {max_events: 1000000}\n    rate_limit: {events_per_second: 1000000}\n    exclusion_rules:\n      - {name: all, query: '*', sample_rate: 0.0}\nlimits:\n  max_body_bytes: 64KiB\n  max_decompressed_bytes: 64KiB\n  max_inflight_request_bytes: 1MiB\n",
+        "    daily_quota: {max_events: 1000000}\n    rate_limit: {events_per_second: 1000000}\n    exclusion_rules:\n      - {name: all, query: '*', sample_rate: 0.0}\nbuffer: {type: memory}\nlimits:\n  max_body_bytes: 64KiB\n  max_decompressed_bytes: 64KiB\n  max_inflight_request_bytes: 1MiB\n",
     );
     let weir = Weir::start(&cfg).await;
     let (mut accepted, mut refused) = (0u64, 0u64);

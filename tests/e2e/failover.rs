@@ -250,7 +250,7 @@ async fn a_region_pinned_tenant_crosses_only_into_regions_it_allows() {
             + &backend("us1", "http", us.port, "")),
         "  - name: eu\n    tiers: [[eu1]]\n  - name: us\n    tiers: [[us1]]\n",
         "  - {name: eu-only, api_keys: [agent-key], region: eu}\n  - {name: eu-flex, api_keys: [flex-key], region: eu, failover_regions: [us]}\n",
-    ) + "limits: {max_body_bytes: 64KiB, max_decompressed_bytes: 64KiB}\nshutdown_timeout: 2s\n";
+    ) + "limits: {max_body_bytes: 64KiB, max_decompressed_bytes: 64KiB}\nshutdown_timeout: 2s\nbuffer: {type: memory}\n";
     let weir = Weir::start(&config).await;
     let url = weir.url("/api/v2/logs");
     // eu-flex fails over to the US.

@@ -79,6 +79,8 @@ impl Weir {
         std::fs::write(&config_path, text).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_weir"))
             .args(["run", "--config", config_path.to_str().unwrap()])
+            // A config without data_dir keeps its state (the disk buffer) in the test's directory.
+            .current_dir(dir.path())
             .env("RUST_LOG", "weir=debug")
             .stdout(Stdio::null())
             .stderr(
@@ -235,6 +237,17 @@ pub async fn post(url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -
     request(http::Method::POST, url, headers, body.into())
         .await
         .unwrap()
+}
+
+/// A POST's status, or the error when there was no answer (the server was killed).
+pub async fn try_post(
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Result<u16, String> {
+    request(http::Method::POST, url, headers, body.into())
+        .await
+        .map(|r| r.status)
 }
 
 pub async fn request(

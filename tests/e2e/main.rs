@@ -6,6 +6,7 @@ mod agents;
 mod backends;
 mod cli;
 mod delivery;
+mod durability;
 mod failover;
 mod intake;
 mod limits;

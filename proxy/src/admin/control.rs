@@ -29,6 +29,8 @@ pub struct Control {
     plugins: Option<Arc<Plugins>>,
     router: Option<Arc<crate::sink::router::Router>>,
     reloader: Option<Arc<crate::reload::ConfigReloader>>,
+    /// The disk buffer (none: memory only), for `/readyz`.
+    disk: Option<Arc<crate::buffer::Disk>>,
     /// Serializes changes, so two admins never interleave read-modify-write.
     lock: Mutex<()>,
 }
@@ -161,6 +163,7 @@ impl Control {
             state_dir,
             plugins: None,
             router: None,
+            disk: None,
             reloader: None,
             lock: Mutex::new(()),
         };
@@ -236,6 +239,19 @@ impl Control {
     }
 
     /// The routing, for `GET /backends` (`weir backends`) and config reloads.
+    pub fn with_disk(mut self, disk: Option<Arc<crate::buffer::Disk>>) -> Control {
+        self.disk = disk;
+        self
+    }
+
+    /// The disk buffer for `/readyz`: (healthy, report); healthy without one.
+    pub fn buffer_health(&self) -> (bool, Value) {
+        match &self.disk {
+            Some(d) => (d.healthy(), d.report()),
+            None => (true, json!({ "status": "memory" })),
+        }
+    }
+
     pub fn with_router(mut self, router: Arc<crate::sink::router::Router>) -> Control {
         self.router = Some(router);
         self

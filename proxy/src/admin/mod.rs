@@ -99,17 +99,20 @@ async fn handle(
             let ready = health.ready.load(Ordering::SeqCst);
             // A task that died lost the work it held: out of the load balancer until restarted.
             let (failures, last) = telemetry::faults::failures();
+            // A full or failing disk buffer refuses requests: out of the load balancer until it takes writes.
+            let (disk_ok, buffer) = control.buffer_health();
             let body = serde_json::json!({
-                "status": match (ready, failures) {
-                    (false, _) => "not ready",
-                    (true, 0) => "ready",
-                    (true, _) => "degraded",
+                "status": match (ready, failures, disk_ok) {
+                    (false, ..) => "not ready",
+                    (true, 0, true) => "ready",
+                    (true, ..) => "degraded",
                 },
                 "task_failures": failures,
                 "last_task_failure": last,
                 "plugins": control.plugin_health(),
+                "buffer": buffer,
             });
-            let ready = ready && failures == 0;
+            let ready = ready && failures == 0 && disk_ok;
             let status = if ready {
                 StatusCode::OK
             } else {

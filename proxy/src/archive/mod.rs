@@ -31,6 +31,8 @@ pub struct ArchiveChunk {
     pub events: usize,
     pub received_at_ms: i64,
     pub reservation: Reservation,
+    /// The log record the lines came from (none: memory buffer), released once written.
+    pub progress: Option<Arc<crate::wal::Progress>>,
 }
 
 /// The intake side of one tenant's archive writer.
@@ -101,6 +103,8 @@ struct OpenObject {
     raw_bytes: usize,
     events: usize,
     deadline: Instant,
+    /// The log records whose lines it holds, released once it is written.
+    progress: Vec<Arc<crate::wal::Progress>>,
 }
 
 struct Writer {
@@ -212,12 +216,15 @@ impl Writer {
             raw_bytes: 0,
             events: 0,
             deadline: Instant::now() + self.max_object_age,
+            progress: Vec::new(),
         });
         open.gz
             .write_all(&chunk.lines)
             .expect("writing to memory cannot fail");
         open.raw_bytes += chunk.lines.len();
         open.events += chunk.events;
+        // The chunk's hold moves to the object.
+        open.progress.extend(chunk.progress);
         drop(chunk.reservation);
         if open.raw_bytes >= self.max_object_bytes {
             self.close_object().await;
@@ -252,6 +259,7 @@ impl Writer {
                 }
             }
         }
+        crate::wal::release_all(&open.progress);
         METRICS
             .archived_events
             .with_label_values(&[&self.tenant])
@@ -345,6 +353,7 @@ mod tests {
                 events: 1,
                 received_at_ms: t,
                 reservation: r,
+                progress: None,
             })
             .unwrap();
         }

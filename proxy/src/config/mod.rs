@@ -8,6 +8,7 @@
 //! is resolved into the runtime plan (the `plan` module).
 mod archive;
 mod backend;
+mod buffer;
 mod env;
 mod listen;
 pub(crate) mod locate;
@@ -16,6 +17,7 @@ pub mod units;
 
 pub use archive::*;
 pub use backend::*;
+pub use buffer::*;
 pub use listen::*;
 use locate::Locations;
 pub use tenant::*;
@@ -46,6 +48,9 @@ pub struct Config {
     pub log: LogConfig,
     /// The archive every tenant writes to unless it names its own.
     pub archive: ArchiveConfig,
+    /// The write-ahead log between intake and the outputs (or memory only).
+    #[serde(default)]
+    pub buffer: BufferConfig,
     pub backends: Vec<BackendConfig>,
     /// Regions: ordered tiers of backends a tenant pinned to the region fails over between.
     #[serde(default)]
@@ -219,6 +224,7 @@ impl Config {
     fn validate(&self) -> Result<(), Invalid> {
         self.validate_listeners()?;
         validate_archive(&self.archive, "archive")?;
+        buffer::validate_buffer(&self.buffer)?;
         self.validate_addresses()?;
         self.validate_durations()?;
         self.validate_backends()?;

@@ -25,6 +25,8 @@ pub struct TenantConfig {
     pub upstream_api_key: Option<Secret>,
     /// This tenant's own archive, replacing the top-level one.
     pub archive: Option<ArchiveConfig>,
+    /// When this tenant's requests are answered (`buffer.ack` unless set).
+    pub ack: Option<super::AckMode>,
     /// How fast the tenant may send; over it, 429 before any work is done.
     pub rate_limit: Option<RateLimitConfig>,
     /// What the tenant may index per day (counted after exclusion rules).
@@ -239,6 +241,14 @@ impl Config {
             self.validate_tenant_route(i, t)?;
             if let Some(a) = &t.archive {
                 validate_archive(a, &format!("tenants[{i}].archive"))?;
+            }
+            if t.ack.is_some_and(|a| a != super::AckMode::Durable)
+                && self.buffer.kind == super::BufferKind::Memory
+            {
+                return Err(invalid(
+                    format!("tenants[{i}].ack"),
+                    "ack modes need the disk buffer (buffer.type: disk)".into(),
+                ));
             }
         }
         if self.tenants.is_empty() {

@@ -13,6 +13,7 @@ use super::Refusal;
 use crate::budget::{Budget, Reservation};
 use crate::config::Limits;
 use crate::event::{Batch, BatchMeta, Event, Intake, PayloadLimits};
+use crate::pipeline::Taken;
 use crate::telemetry::{IntakeOutcome, METRICS};
 use crate::tenant::{AuthError, Tenant, Tenants};
 use bytes::Bytes;
@@ -113,9 +114,14 @@ impl Core {
     ) -> Result<(), Refusal> {
         let core = self.clone();
         let chain = tenant.chain.clone();
-        chain
-            .place(move || Ok(core.decode_and_submit(intake, tenant, payload, decoder)))
-            .await?
+        let t = tenant.clone();
+        let (taken, counts) = chain
+            .place(move || Ok(core.decode_and_submit(intake, t, payload, decoder)))
+            .await??;
+        // Answered per the tenant's ack mode (its log record synced, or delivered).
+        chain.settle(taken).await?;
+        counts.count(intake, &tenant);
+        Ok(())
     }
 
     fn decode_and_submit<D: Decode>(
@@ -124,7 +130,7 @@ impl Core {
         tenant: Arc<Tenant>,
         payload: Payload,
         decoder: D,
-    ) -> Result<(), Refusal> {
+    ) -> Result<(Taken, Counts), Refusal> {
         let _payload_res = payload.reservation;
         let received_at_ms = chrono::Utc::now().timestamp_millis();
         let max_plain = self.limits.max_decompressed_bytes.as_usize();
@@ -152,7 +158,7 @@ impl Core {
         self.submit(intake, &tenant, events, plain.len(), received_at_ms)
     }
 
-    /// Runs a decoded batch through the chain and counts it.
+    /// Runs a decoded batch through the chain.
     fn submit(
         &self,
         intake: Intake,
@@ -160,9 +166,12 @@ impl Core {
         events: Vec<Event>,
         body_bytes: usize,
         received_at_ms: i64,
-    ) -> Result<(), Refusal> {
-        let n = events.len();
-        let truncated = events.iter().filter(|e| e.is_truncated()).count();
+    ) -> Result<(Taken, Counts), Refusal> {
+        let counts = Counts {
+            events: events.len(),
+            truncated: events.iter().filter(|e| e.is_truncated()).count(),
+            body_bytes,
+        };
         let batch = Batch::new(
             BatchMeta {
                 tenant: tenant.name.clone(),
@@ -172,24 +181,7 @@ impl Core {
             },
             events,
         );
-        tenant.chain.run(batch)?;
-        let labels = [&*tenant.name, intake.as_str()];
-        METRICS.accepted_requests.with_label_values(&labels).inc();
-        METRICS
-            .received_events
-            .with_label_values(&labels)
-            .inc_by(n as u64);
-        METRICS
-            .received_bytes
-            .with_label_values(&labels)
-            .inc_by(body_bytes as u64);
-        if truncated > 0 {
-            METRICS
-                .truncated_events
-                .with_label_values(&[&tenant.name])
-                .inc_by(truncated as u64);
-        }
-        Ok(())
+        Ok((tenant.chain.run(batch)?, counts))
     }
 
     /// Counts a submission's outcome (`weir_intake_request_duration_seconds`,
@@ -220,6 +212,34 @@ impl Core {
             .inc();
         self.refusals
             .record(origin, at, tenant.map(|t| &*t.name), r);
+    }
+}
+
+/// What an accepted request is counted as, once it is answered.
+struct Counts {
+    events: usize,
+    truncated: usize,
+    body_bytes: usize,
+}
+
+impl Counts {
+    fn count(&self, intake: Intake, tenant: &Tenant) {
+        let labels = [&*tenant.name, intake.as_str()];
+        METRICS.accepted_requests.with_label_values(&labels).inc();
+        METRICS
+            .received_events
+            .with_label_values(&labels)
+            .inc_by(self.events as u64);
+        METRICS
+            .received_bytes
+            .with_label_values(&labels)
+            .inc_by(self.body_bytes as u64);
+        if self.truncated > 0 {
+            METRICS
+                .truncated_events
+                .with_label_values(&[&tenant.name])
+                .inc_by(self.truncated as u64);
+        }
     }
 }
 

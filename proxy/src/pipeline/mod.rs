@@ -15,6 +15,7 @@ pub mod workers;
 
 use crate::archive::{ArchiveChunk, ArchiveHandle};
 use crate::budget::Reservation;
+use crate::buffer::{BufferError, TenantLog, Wait};
 use crate::event::{Batch, Disposition};
 use crate::sink::{ForwardChunk, RouteSlot};
 use bytes::Bytes;
@@ -34,6 +35,12 @@ pub enum RejectReason {
     ArchiveBackpressure,
     /// No room in the tenant's backend route queue (503).
     BackendBackpressure,
+    /// The tenant's disk buffer is at its size limit (503, `when_full: block`).
+    BufferFull,
+    /// The disk buffer could not be written (503: a full or failing disk).
+    BufferFailed,
+    /// `ack: delivered` timed out; the events are safe in the log (503).
+    NotDelivered,
     ShuttingDown,
     /// A stage task failed (503-class 500).
     InternalError,
@@ -48,6 +55,9 @@ impl RejectReason {
             Self::DailyQuota => "daily_quota",
             Self::ArchiveBackpressure => "archive_backpressure",
             Self::BackendBackpressure => "backend_backpressure",
+            Self::BufferFull => "buffer_full",
+            Self::BufferFailed => "buffer_write_failed",
+            Self::NotDelivered => "not_delivered",
             Self::ShuttingDown => "shutting_down",
             Self::InternalError => "internal_error",
             Self::Admin => "admin",
@@ -120,6 +130,17 @@ impl<S: Stage> Stage for Arc<S> {
 pub struct TenantOutputs {
     pub archive: Option<ArchiveHandle>,
     pub route: RouteSlot,
+    /// The tenant's disk buffer: when set, batches go into it, and its feeds
+    /// carry them to `archive` and `route` (none: straight to their memory queues).
+    pub log: Option<Arc<TenantLog>>,
+}
+
+/// A batch the chain took. `Chain::settle` answers it: at once, or once its
+/// log record is synced (or delivered), committing what the stages charged
+/// only then.
+pub struct Taken {
+    pub dispatched: Dispatched,
+    wait: Option<(Wait, Batch)>,
 }
 
 /// One tenant's stages and outputs.
@@ -189,11 +210,96 @@ impl Chain {
 
     /// Runs every stage, then tees the batch to archive and backend. Either all
     /// of the batch is taken or none of it (a Rejection), and a refused batch
-    /// costs its tenant nothing: room in the archive and backend queues is taken
-    /// before any stage charges a rate limit or a quota (so a full queue refuses
-    /// first), and what the stages charged is given back if the batch is refused
-    /// after all (it grew past the room taken, or the proxy is shutting down).
-    pub fn run(&self, mut batch: Batch) -> Result<Dispatched, Rejection> {
+    /// costs its tenant nothing: room in the archive and backend queues (or in
+    /// the disk buffer) is checked before any stage charges a rate limit or a
+    /// quota (so a full queue refuses first), and what the stages charged is
+    /// given back if the batch is refused after all (it grew past the room
+    /// taken, its log write failed, or the proxy is shutting down).
+    pub fn run(&self, batch: Batch) -> Result<Taken, Rejection> {
+        match &self.outputs.log {
+            Some(log) => self.run_logged(batch, log),
+            None => self.run_in_memory(batch).map(|dispatched| Taken {
+                dispatched,
+                wait: None,
+            }),
+        }
+    }
+
+    /// Answers a taken batch: waits for its log record per the ack mode,
+    /// then commits what its stages charged (or gives it back and refuses).
+    pub async fn settle(&self, taken: Taken) -> Result<Dispatched, Rejection> {
+        let Some((wait, batch)) = taken.wait else {
+            return Ok(taken.dispatched);
+        };
+        match wait.done().await {
+            Ok(()) => {
+                self.stages.iter().for_each(|s| s.commit(&batch));
+                Ok(taken.dispatched)
+            }
+            Err(e) => {
+                self.stages.iter().for_each(|s| s.refund(&batch));
+                Err(buffer_refusal(&e))
+            }
+        }
+    }
+
+    fn run_stages(&self, batch: &mut Batch) -> Result<(), Rejection> {
+        for (i, stage) in self.stages.iter().enumerate() {
+            if let Err(r) = stage.process(batch) {
+                self.stages[..i].iter().for_each(|s| s.refund(batch));
+                return Err(r);
+            }
+        }
+        Ok(())
+    }
+
+    /// The disk buffer: the batch's kept lines go into the tenant's log as one
+    /// record, which the log's feeds carry to the archive and the route.
+    fn run_logged(&self, mut batch: Batch, log: &Arc<TenantLog>) -> Result<Taken, Rejection> {
+        if !log.admit().map_err(|e| buffer_refusal(&e))? {
+            // drop_newest: answered, nothing of it kept or charged.
+            log.dropped(batch.events.len());
+            return Ok(Taken {
+                dispatched: Dispatched::default(),
+                wait: None,
+            });
+        }
+        self.run_stages(&mut batch)?;
+        let (lines, indexed, kept) = serialize(&batch);
+        let dispatched = Dispatched {
+            archived: if self.outputs.archive.is_some() {
+                kept
+            } else {
+                0
+            },
+            indexed: indexed.len(),
+        };
+        if kept == 0 {
+            self.stages.iter().for_each(|s| s.commit(&batch));
+            return Ok(Taken {
+                dispatched,
+                wait: None,
+            });
+        }
+        let payload = crate::buffer::record::encode(&lines, &indexed, batch.meta.received_at_ms);
+        drop(lines);
+        let wait = match log.submit(payload, kept as u32) {
+            Ok(w) => w,
+            Err(e) => {
+                self.stages.iter().for_each(|s| s.refund(&batch));
+                return Err(buffer_refusal(&e));
+            }
+        };
+        // What commit and refund need is in the charges: the events can go now.
+        batch.events = Vec::new();
+        Ok(Taken {
+            dispatched,
+            wait: Some((wait, batch)),
+        })
+    }
+
+    /// The memory buffer: room in the archive and route queues is taken first.
+    fn run_in_memory(&self, mut batch: Batch) -> Result<Dispatched, Rejection> {
         let out = &self.outputs;
         // One route for the whole batch (a config reload may swap it meanwhile):
         // the reservation belongs to the route that gets the chunk.
@@ -210,12 +316,7 @@ impl Chain {
         let route_res = route
             .reserve(estimate)
             .ok_or_else(|| busy(RejectReason::BackendBackpressure, "the backend is behind"))?;
-        for (i, stage) in self.stages.iter().enumerate() {
-            if let Err(r) = stage.process(&mut batch) {
-                self.stages[..i].iter().for_each(|s| s.refund(&batch));
-                return Err(r);
-            }
-        }
+        self.run_stages(&mut batch)?;
         match self.dispatch(&batch, &route, archive_res, route_res) {
             Ok(d) => {
                 self.stages.iter().for_each(|s| s.commit(&batch));
@@ -236,23 +337,7 @@ impl Chain {
         mut route_res: Reservation,
     ) -> Result<Dispatched, Rejection> {
         let out = &self.outputs;
-        // Serialize each event once; the archive and the backend share the bytes.
-        let mut buf = Vec::with_capacity(batch.meta.body_bytes + batch.events.len() * 64);
-        let mut kept = 0usize;
-        let mut indexed_ranges = Vec::with_capacity(batch.events.len());
-        for (ev, disp) in batch.events.iter().zip(&batch.dispositions) {
-            if *disp == Disposition::Drop {
-                continue;
-            }
-            let start = buf.len();
-            ev.write_json(&mut buf);
-            let end = buf.len() as u32;
-            buf.push(b'\n');
-            kept += 1;
-            if *disp == Disposition::Index {
-                indexed_ranges.push(start as u32..end);
-            }
-        }
+        let (buf, indexed_ranges, kept) = serialize(batch);
         let lines = Bytes::from(buf);
         let archived = if out.archive.is_some() { kept } else { 0 };
         let indexed = indexed_ranges.len();
@@ -284,6 +369,7 @@ impl Chain {
                     events: archived,
                     received_at_ms: batch.meta.received_at_ms,
                     reservation: res,
+                    progress: None,
                 })
                 .map_err(|_| busy(RejectReason::ShuttingDown, "the proxy is shutting down"))?;
             }
@@ -294,11 +380,44 @@ impl Chain {
                     lines,
                     ranges: indexed_ranges,
                     reservation: route_res,
+                    progress: None,
                 })
                 .map_err(|_| busy(RejectReason::ShuttingDown, "the proxy is shutting down"))?;
         }
         Ok(Dispatched { archived, indexed })
     }
+}
+
+/// Each event not dropped as one NDJSON line (serialized once: the archive
+/// and the backend share the bytes), the ranges of the indexed ones, and how
+/// many were kept.
+fn serialize(batch: &Batch) -> (Vec<u8>, Vec<std::ops::Range<u32>>, usize) {
+    let mut buf = Vec::with_capacity(batch.meta.body_bytes + batch.events.len() * 64);
+    let mut kept = 0usize;
+    let mut indexed = Vec::with_capacity(batch.events.len());
+    for (ev, disp) in batch.events.iter().zip(&batch.dispositions) {
+        if *disp == Disposition::Drop {
+            continue;
+        }
+        let start = buf.len();
+        ev.write_json(&mut buf);
+        let end = buf.len() as u32;
+        buf.push(b'\n');
+        kept += 1;
+        if *disp == Disposition::Index {
+            indexed.push(start as u32..end);
+        }
+    }
+    (buf, indexed, kept)
+}
+
+fn buffer_refusal(e: &BufferError) -> Rejection {
+    let reason = match e {
+        BufferError::Full { .. } => RejectReason::BufferFull,
+        BufferError::Failed(_) => RejectReason::BufferFailed,
+        BufferError::NotDelivered(_) => RejectReason::NotDelivered,
+    };
+    busy(reason, &e.to_string())
 }
 
 fn busy(reason: RejectReason, what: &str) -> Rejection {
@@ -321,6 +440,7 @@ impl Chain {
             TenantOutputs {
                 archive: None,
                 route: Arc::new(std::sync::RwLock::new(route)),
+                log: None,
             },
         )
     }
@@ -391,6 +511,7 @@ mod tests {
             TenantOutputs {
                 archive: Some(archive),
                 route: Arc::new(std::sync::RwLock::new(route)),
+                log: None,
             },
         );
         let meta = BatchMeta {
@@ -410,7 +531,8 @@ mod tests {
 
         let done = chain
             .run(batch(&["drop me", "archive me", "index me"]))
-            .unwrap();
+            .unwrap()
+            .dispatched;
         assert_eq!(
             done,
             Dispatched {
@@ -418,7 +540,7 @@ mod tests {
                 indexed: 1
             }
         );
-        let refused = chain.run(batch(&["index me too", "refuse"])).unwrap_err();
+        let refused = chain.run(batch(&["index me too", "refuse"])).err().unwrap();
         assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
 
         drain.cancel();

@@ -19,6 +19,8 @@ pub struct TenantPlan {
     pub upstream_api_key: Option<Secret>,
     /// The archive the tenant writes to: its own, or the top-level one.
     pub archive: ArchiveConfig,
+    /// When its requests are answered (its own `ack`, or `buffer.ack`).
+    pub ack: crate::config::AckMode,
     pub rate_limit: Option<RateLimitConfig>,
     pub daily_quota: Option<DailyQuotaConfig>,
     /// The tenant's own exclusion rules, compiled (the global ones are the plan's).
@@ -75,6 +77,7 @@ impl TenantPlan {
             api_keys: t.api_keys.clone(),
             upstream_api_key: t.upstream_api_key.clone(),
             archive: t.archive.clone().unwrap_or_else(|| config.archive.clone()),
+            ack: t.ack.unwrap_or(config.buffer.ack),
             rate_limit: t.rate_limit.clone(),
             daily_quota: t.daily_quota.clone(),
             exclusion_rules: compile_rules(&t.exclusion_rules, &format!("{at}.exclusion_rules"))?,

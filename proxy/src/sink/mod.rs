@@ -52,6 +52,8 @@ pub struct ForwardChunk {
     pub lines: Bytes,
     pub ranges: Vec<Range<u32>>,
     pub reservation: Reservation,
+    /// The log record the lines came from (none: memory buffer).
+    pub progress: Option<Arc<crate::wal::Progress>>,
 }
 
 /// The intake side of one tenant's route.
@@ -127,6 +129,8 @@ struct Pending {
     events: usize,
     /// Keeps the reservations of the chunks this batch holds lines of.
     holds: Vec<Arc<Reservation>>,
+    /// The log records it holds lines of, released once it is delivered.
+    progress: Vec<Arc<crate::wal::Progress>>,
     deadline: Instant,
 }
 
@@ -176,6 +180,7 @@ async fn run_route(
                 body: Vec::with_capacity(s.max_bytes.min(96 * 1024)),
                 events: 0,
                 holds: Vec::new(),
+                progress: Vec::new(),
                 deadline: Instant::now() + s.max_wait,
             });
             // NDJSON whatever the backend: each backend frames it its own way when sent.
@@ -184,7 +189,15 @@ async fn run_route(
             p.events += 1;
             if !p.holds.last().is_some_and(|h| Arc::ptr_eq(h, &hold)) {
                 p.holds.push(hold.clone());
+                if let Some(progress) = &chunk.progress {
+                    progress.hold();
+                    p.progress.push(progress.clone());
+                }
             }
+        }
+        // Every line is in a batch now: the chunk's own hold goes.
+        if let Some(progress) = &chunk.progress {
+            progress.release();
         }
         reap(&s.tenant, &mut sends);
     }
@@ -217,6 +230,7 @@ fn dispatch(s: &Arc<RouteSettings>, p: Pending) -> JoinHandle<()> {
     tokio::spawn(async move {
         let pending = PendingEvents::adopt(&s.tenant, &s.preferred, p.events);
         deliver(&s, p.body, p.events, pending).await;
+        crate::wal::release_all(&p.progress);
         drop(p.holds);
     })
 }

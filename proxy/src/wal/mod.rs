@@ -36,6 +36,7 @@
 //! state, metrics, and the wiring into intake and the pipeline.
 pub mod format;
 pub mod position;
+pub mod progress;
 pub mod reader;
 pub mod segment;
 pub mod writer;
@@ -44,6 +45,7 @@ pub mod writer;
 mod tests;
 
 pub use position::Position;
+pub use progress::{release_all, Progress};
 pub use reader::{Reader, ReaderStats, Record};
 pub use writer::WriterStats;
 
@@ -198,6 +200,10 @@ impl Wal {
         let positions = load_positions(&readers_dir)?;
         let stats = Arc::new(WriterStats::default());
         let (writer, durable) = Writer::start(&seg_dir, next_seq, options.clone(), stats.clone())?;
+        stats.bytes.store(
+            segment::total_bytes(&seg_dir)?,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let (tx, rx) = crossbeam_channel::bounded(options.queue);
         let thread = std::thread::Builder::new()
             .name("wal-writer".into())
@@ -267,6 +273,11 @@ impl Wal {
         self.durable.clone()
     }
 
+    /// Bytes of the log's segment files on disk.
+    pub fn bytes(&self) -> u64 {
+        self.stats.bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn writer_stats(&self) -> &WriterStats {
         &self.stats
     }
@@ -320,6 +331,32 @@ impl Wal {
         position::PositionFile::open(&path, initial)
     }
 
+    /// Forgets reader `name` (a destination that is gone): it no longer
+    /// holds segments back.
+    pub fn remove_reader(&self, name: &str) -> Result<(), WalError> {
+        if self
+            .shared
+            .open_readers
+            .lock()
+            .expect("readers lock")
+            .contains(name)
+        {
+            return Err(WalError::ReaderOpen(name.to_string()));
+        }
+        let path = position::PositionFile::path(&self.shared.readers_dir, name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => segment::sync_dir(&self.shared.readers_dir)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(WalError::io("removing", &path)(e)),
+        }
+        self.shared
+            .positions
+            .lock()
+            .expect("positions lock")
+            .remove(name);
+        Ok(())
+    }
+
     /// Deletes the sealed segments every registered reader's persisted
     /// position has passed (none while no reader is registered), then
     /// syncs the directory. Returns the deleted segments' bases.
@@ -338,7 +375,11 @@ impl Wal {
                 break;
             }
             let path = segment::segment_path(&self.shared.seg_dir, base);
+            let len = std::fs::metadata(&path).map_or(0, |m| m.len());
             std::fs::remove_file(&path).map_err(WalError::io("deleting", &path))?;
+            self.stats
+                .bytes
+                .fetch_sub(len, std::sync::atomic::Ordering::Relaxed);
             deleted.push(base);
         }
         if !deleted.is_empty() {

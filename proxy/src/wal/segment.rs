@@ -40,6 +40,18 @@ pub fn list(seg_dir: &Path) -> Result<Vec<u64>, WalError> {
     Ok(bases)
 }
 
+/// Bytes of every segment file in `seg_dir`.
+pub fn total_bytes(seg_dir: &Path) -> Result<u64, WalError> {
+    let mut total = 0;
+    for base in list(seg_dir)? {
+        let path = segment_path(seg_dir, base);
+        total += std::fs::metadata(&path)
+            .map_err(WalError::io("reading the size of", &path))?
+            .len();
+    }
+    Ok(total)
+}
+
 /// Makes a directory's entries (created, renamed or removed files) durable.
 pub fn sync_dir(dir: &Path) -> Result<(), WalError> {
     File::open(dir)

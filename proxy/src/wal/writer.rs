@@ -28,6 +28,10 @@ pub struct WriterStats {
     pub groups: AtomicU64,
     pub records: AtomicU64,
     pub failed_groups: AtomicU64,
+    /// Bytes of the log's segment files on disk.
+    pub bytes: AtomicU64,
+    /// Where each group's write-and-sync time goes, when the owner set one.
+    pub sync_seconds: std::sync::OnceLock<prometheus::Histogram>,
     /// Makes the next group's write short and failed (tests only).
     #[cfg(test)]
     pub(crate) fail_next_write: std::sync::atomic::AtomicBool,
@@ -163,13 +167,21 @@ impl Writer {
             ranges.push(SeqRange { first: seq, end });
             seq = end;
         }
-        if let Err(e) = self.write_and_sync(&buf) {
+        let started = std::time::Instant::now();
+        let written = self.write_and_sync(&buf);
+        if let Some(h) = self.stats.sync_seconds.get() {
+            h.observe(started.elapsed().as_secs_f64());
+        }
+        if let Err(e) = written {
             // Never sync the same bytes again after a failure (fsyncgate): cut, seal, roll.
             let _ = self.file.set_len(self.committed_len);
             self.must_roll = true;
             return Err(WalError::Write(Arc::new(e)));
         }
         self.committed_len += buf.len() as u64;
+        self.stats
+            .bytes
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
         self.next_seq = seq;
         Ok(ranges)
     }
@@ -203,6 +215,9 @@ impl Writer {
             }
         }
         self.file = create_segment(&self.seg_dir, self.next_seq)?;
+        self.stats
+            .bytes
+            .fetch_add(SEGMENT_HEADER_LEN as u64, Ordering::Relaxed);
         self.base_seq = self.next_seq;
         self.committed_len = SEGMENT_HEADER_LEN as u64;
         self.must_roll = false;

@@ -1,0 +1,305 @@
+//! A feed: one reader of a tenant's log carrying its records, in order, to
+//! one destination (the archive writer or the route), as fast as the
+//! destination's memory queue has room (the backlog stays on disk), and
+//! acknowledging a record in the log only once the destination is done with
+//! it (written in an archive object; delivered, dead-lettered or given up on
+//! by the route). Acknowledged positions are persisted at most every
+//! [`PERSIST_EVERY`]; a crash in between reads those records again
+//! (duplicates, never loss).
+//!
+//! File reads, position syncs and segment deletions run on the async
+//! worker: they are page-cache reads and small syncs, at most one per
+//! interval.
+use super::record;
+use crate::archive::{ArchiveChunk, ArchiveHandle};
+use crate::sink::{ForwardChunk, RouteSlot};
+use crate::telemetry::buffer::BUFFER;
+use crate::wal::{Progress, Reader, Record, Wal};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// How often a feed persists its acknowledged position (and deletes passed segments).
+pub const PERSIST_EVERY: Duration = Duration::from_millis(200);
+
+/// Where a feed carries records.
+pub enum Destination {
+    Archive(ArchiveHandle),
+    Route(RouteSlot),
+}
+
+impl Destination {
+    fn name(&self) -> &'static str {
+        match self {
+            Destination::Archive(_) => "archive",
+            Destination::Route(_) => "route",
+        }
+    }
+}
+
+/// A running feed.
+pub struct FeedHandle {
+    pub task: JoinHandle<()>,
+    /// Up to which seq the destination is done (for `ack: delivered`).
+    pub done: watch::Receiver<u64>,
+    /// Cancelled once the feed reads no more (after `FeedStop::reading`).
+    pub read_all: CancellationToken,
+}
+
+/// When a feed stops.
+#[derive(Clone, Default)]
+pub struct FeedStop {
+    /// Read to the log's end, then read no more (intake has stopped).
+    pub reading: CancellationToken,
+    /// Persist what is done and end (the destinations have finished or timed out).
+    pub now: CancellationToken,
+}
+
+/// Starts the feed of `tenant`'s log to `dest`.
+pub fn spawn(
+    tenant: &str,
+    wal: Arc<Wal>,
+    dest: Destination,
+    drain_rate: Option<u64>,
+    stop: FeedStop,
+) -> Result<FeedHandle, crate::wal::WalError> {
+    let reader = wal.reader(dest.name())?;
+    let start = reader.acked().next_seq;
+    let (done_tx, done_rx) = watch::channel(start);
+    let replay_end = wal.durable().borrow().next_seq;
+    let feed = Feed {
+        tenant: tenant.to_string(),
+        wal,
+        reader,
+        dest,
+        in_flight: VecDeque::new(),
+        finished: Arc::new(Notify::new()),
+        done_tx,
+        replay_end,
+        pace: drain_rate.map(|rate| Pace {
+            rate,
+            next: Instant::now(),
+        }),
+        last_lost: 0,
+        last_damaged: 0,
+    };
+    let read_all = CancellationToken::new();
+    Ok(FeedHandle {
+        task: tokio::spawn(feed.run(stop, read_all.clone())),
+        done: done_rx,
+        read_all,
+    })
+}
+
+struct Feed {
+    tenant: String,
+    wal: Arc<Wal>,
+    reader: Reader,
+    dest: Destination,
+    /// Records handed to the destination, oldest first: (end seq, progress, received at).
+    in_flight: VecDeque<(u64, Arc<Progress>, i64)>,
+    /// Wakes the feed when a record's progress is done.
+    finished: Arc<Notify>,
+    done_tx: watch::Sender<u64>,
+    /// Records below this seq were written before this run: replayed.
+    replay_end: u64,
+    pace: Option<Pace>,
+    last_lost: u64,
+    last_damaged: u64,
+}
+
+/// At most `rate` events per second.
+struct Pace {
+    rate: u64,
+    next: Instant,
+}
+
+impl Feed {
+    async fn run(mut self, stop: FeedStop, read_all: CancellationToken) {
+        let mut persist = tokio::time::interval(PERSIST_EVERY);
+        persist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reading = true;
+        loop {
+            if reading {
+                match self.reader.read() {
+                    Ok(Some(r)) => {
+                        if !self.carry(r, &stop.reading).await {
+                            reading = false;
+                        }
+                        self.settle(false);
+                        continue;
+                    }
+                    Ok(None) if stop.reading.is_cancelled() => reading = false,
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!(tenant = %self.tenant, destination = self.dest.name(), error = %e, "reading the disk buffer failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                }
+            }
+            if !reading {
+                read_all.cancel();
+                if self.in_flight.is_empty() {
+                    break;
+                }
+            }
+            tokio::select! {
+                r = self.reader.changed(), if reading => {
+                    if r.is_err() {
+                        // The log closed: nothing more will be written.
+                        reading = false;
+                    }
+                }
+                _ = stop.reading.cancelled(), if reading => {}
+                _ = self.finished.notified() => self.settle(false),
+                _ = persist.tick() => self.settle(true),
+                _ = stop.now.cancelled() => break,
+            }
+        }
+        read_all.cancel();
+        self.settle(true);
+    }
+
+    /// Hands one record to the destination once its queue has room; false
+    /// when the feed was told to stop reading first (the record stays
+    /// unacknowledged, read again at the next start).
+    async fn carry(&mut self, r: Record, stop: &CancellationToken) -> bool {
+        self.count_damage();
+        let labels = [self.tenant.as_str(), self.dest.name()];
+        if r.first_seq < self.replay_end {
+            BUFFER
+                .replayed_events
+                .with_label_values(&labels)
+                .inc_by(u64::from(r.events));
+        }
+        if r.lost_before > 0 {
+            tracing::error!(tenant = %self.tenant, destination = self.dest.name(), events = r.lost_before, "skipped damaged or missing records in the disk buffer; their events are lost");
+        }
+        let end = r.end_seq();
+        let entry = match record::decode(r.payload) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(tenant = %self.tenant, destination = self.dest.name(), events = r.events, error = %e, "skipped a log record that does not decode; its events are lost");
+                BUFFER
+                    .lost_events
+                    .with_label_values(&labels)
+                    .inc_by(u64::from(r.events));
+                let p = Progress::new(self.finished.clone());
+                p.release();
+                self.in_flight.push_back((end, p, 0));
+                return true;
+            }
+        };
+        if let Some(pace) = &mut self.pace {
+            let wait = pace.next;
+            pace.next = wait.max(Instant::now())
+                + Duration::from_secs_f64(f64::from(r.events) / pace.rate as f64);
+            tokio::select! {
+                _ = tokio::time::sleep_until(wait) => {}
+                _ = stop.cancelled() => return false,
+            }
+        }
+        let progress = Progress::new(self.finished.clone());
+        let at = entry.received_at_ms;
+        let sent = match &self.dest {
+            Destination::Archive(archive) => {
+                let room = tokio::select! {
+                    r = archive.reserve_wait(entry.lines.len()) => r,
+                    _ = stop.cancelled() => return false,
+                };
+                archive
+                    .send(ArchiveChunk {
+                        lines: entry.lines,
+                        events: r.events as usize,
+                        received_at_ms: at,
+                        reservation: room,
+                        progress: Some(progress.clone()),
+                    })
+                    .is_ok()
+            }
+            Destination::Route(slot) if !entry.indexed.is_empty() => {
+                // The route of now (a reload may have swapped it).
+                let route = slot.read().unwrap().clone();
+                let room = tokio::select! {
+                    r = route.reserve_wait(entry.lines.len()) => r,
+                    _ = stop.cancelled() => return false,
+                };
+                route
+                    .send(ForwardChunk {
+                        lines: entry.lines,
+                        ranges: entry.indexed,
+                        reservation: room,
+                        progress: Some(progress.clone()),
+                    })
+                    .is_ok()
+            }
+            // Nothing of it is indexed: done with at once.
+            Destination::Route(_) => {
+                progress.release();
+                true
+            }
+        };
+        if !sent {
+            // The destination stopped (shutdown): read again at the next start.
+            return false;
+        }
+        self.in_flight.push_back((end, progress, at));
+        true
+    }
+
+    /// Takes the finished records off the front; `persist`: also persists
+    /// the position and deletes the segments every reader has passed.
+    fn settle(&mut self, persist: bool) {
+        let mut end = None;
+        while self.in_flight.front().is_some_and(|(_, p, _)| p.is_done()) {
+            end = self.in_flight.pop_front().map(|(e, ..)| e);
+        }
+        if let Some(end) = end {
+            self.done_tx.send_replace(end);
+        }
+        if !persist {
+            return;
+        }
+        let labels = [self.tenant.as_str(), self.dest.name()];
+        let oldest = self.in_flight.front().map_or(0, |(_, _, at)| {
+            (chrono::Utc::now().timestamp_millis() - at).max(0) / 1000
+        });
+        BUFFER
+            .oldest_undelivered
+            .with_label_values(&labels)
+            .set(oldest);
+        let done = *self.done_tx.borrow();
+        let before = self.reader.acked();
+        // Also when `done` did not move: the reader may have moved into the next segment.
+        if let Err(e) = self.reader.ack(done) {
+            tracing::error!(tenant = %self.tenant, destination = self.dest.name(), error = %e, "persisting the disk buffer position failed (records will be read again)");
+            return;
+        }
+        if self.reader.acked().segment_base == before.segment_base {
+            return;
+        }
+        if let Err(e) = self.wal.delete_passed() {
+            tracing::warn!(tenant = %self.tenant, error = %e, "deleting read log segments failed; retrying later");
+        }
+    }
+
+    fn count_damage(&mut self) {
+        let stats = self.reader.stats();
+        let labels = [self.tenant.as_str(), self.dest.name()];
+        BUFFER
+            .lost_events
+            .with_label_values(&labels)
+            .inc_by(stats.lost_events - self.last_lost);
+        BUFFER
+            .damaged
+            .with_label_values(&labels)
+            .inc_by(stats.damaged - self.last_damaged);
+        self.last_lost = stats.lost_events;
+        self.last_damaged = stats.damaged;
+    }
+}

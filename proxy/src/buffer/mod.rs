@@ -1,0 +1,343 @@
+//! The disk buffer: each tenant's accepted requests, after its stages, in a
+//! write-ahead log of its own (`wal`) under `data_dir/wal/<tenant>`, until
+//! both destinations that read it (the tenant's archive writer and its
+//! route) have finished with them. A request is answered per the tenant's
+//! ack mode: once its record is synced (`durable`), at once (`received`), or
+//! once both destinations are done with it (`delivered`).
+//!
+//! One log per tenant (not one per instance): a tenant whose backends are
+//! down fills only its own log, its limit is a directory's size, and one
+//! tenant's backlog never holds back another tenant's segments from deletion.
+//!
+//! This module owns the logs and their limits (`TenantLog`, `Disk`); `feed`
+//! owns the readers that carry records to the archive and the route; the
+//! record layout is in `record`.
+pub mod feed;
+pub mod record;
+
+use crate::config::{AckMode, BufferConfig, SyncSetting, WhenFull};
+use crate::telemetry::buffer::BUFFER;
+use crate::wal::{SeqRange, SyncPolicy, Wal, WalError, WalOptions};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+
+/// Why a request could not go into its tenant's log.
+#[derive(Debug, thiserror::Error)]
+pub enum BufferError {
+    /// The tenant's or the whole buffer's size limit (`when_full: block`).
+    #[error("the tenant's disk buffer is full ({bytes} of {max} bytes)")]
+    Full { bytes: u64, max: u64 },
+    /// The write or its sync failed (a full or failing disk).
+    #[error("the disk buffer cannot be written: {0}")]
+    Failed(WalError),
+    /// `ack: delivered` and the destinations did not finish in time (the
+    /// events are in the log and will be delivered: a retry duplicates them).
+    #[error("the events are safe in the disk buffer but not delivered within {0:?}")]
+    NotDelivered(Duration),
+}
+
+/// Every tenant's log: the global limit and what `/readyz` reports.
+pub struct Disk {
+    max_bytes: u64,
+    logs: Mutex<Vec<(Arc<str>, Arc<Wal>)>>,
+    /// The last write failed (cleared by the next one that succeeds).
+    failing: AtomicBool,
+    last_error: Mutex<Option<String>>,
+}
+
+impl Disk {
+    pub fn new(config: &BufferConfig) -> Arc<Disk> {
+        let disk = Arc::new(Disk {
+            max_bytes: config.max_bytes.0,
+            logs: Mutex::default(),
+            failing: AtomicBool::new(false),
+            last_error: Mutex::default(),
+        });
+        let weak = Arc::downgrade(&disk);
+        BUFFER.bytes.set_source(Box::new(move || {
+            weak.upgrade().map_or_else(Vec::new, |d| {
+                d.logs
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|(t, w)| (vec![t.to_string()], w.bytes() as i64))
+                    .collect()
+            })
+        }));
+        disk
+    }
+
+    /// Bytes of every tenant's log.
+    pub fn bytes(&self) -> u64 {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, w)| w.bytes())
+            .sum()
+    }
+
+    fn full(&self) -> bool {
+        self.bytes() >= self.max_bytes
+    }
+
+    /// Whether the buffer takes writes: not failing, not over its limit.
+    pub fn healthy(&self) -> bool {
+        !self.failing.load(Ordering::Relaxed) && !self.full()
+    }
+
+    /// What `/readyz` says of the buffer.
+    pub fn report(&self) -> serde_json::Value {
+        let status = if self.failing.load(Ordering::Relaxed) {
+            "failing"
+        } else if self.full() {
+            "full"
+        } else {
+            "ok"
+        };
+        serde_json::json!({
+            "status": status,
+            "bytes": self.bytes(),
+            "max_bytes": self.max_bytes,
+            "last_error": *self.last_error.lock().unwrap(),
+        })
+    }
+
+    fn wrote(&self, result: &Result<SeqRange, WalError>, tenant: &str) {
+        match result {
+            Ok(_) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(tenant, "the disk buffer takes writes again");
+                }
+            }
+            // A full writer queue is load, not a failing disk.
+            Err(WalError::Full) => {}
+            Err(e) => {
+                BUFFER.write_errors.with_label_values(&[tenant]).inc();
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::error!(tenant, error = %e, "the disk buffer cannot be written; intake answers 503 until it can");
+                }
+                *self.last_error.lock().unwrap() = Some(e.to_string());
+            }
+        }
+    }
+}
+
+/// One tenant's log, as intake writes it.
+pub struct TenantLog {
+    tenant: Arc<str>,
+    wal: Arc<Wal>,
+    ack: AckMode,
+    max_bytes: u64,
+    when_full: WhenFull,
+    disk: Arc<Disk>,
+    /// Each destination's done end (every seq below it finished), for `ack: delivered`.
+    done: Vec<watch::Receiver<u64>>,
+    delivered_timeout: Duration,
+}
+
+/// How a request that went into the log is answered.
+pub enum Wait {
+    /// `received`: at once (a failed write is still counted and reported).
+    Received(
+        oneshot::Receiver<Result<SeqRange, WalError>>,
+        Arc<TenantLog>,
+    ),
+    /// `durable`: once the writer synced its record.
+    Synced(
+        oneshot::Receiver<Result<SeqRange, WalError>>,
+        Arc<TenantLog>,
+    ),
+    /// `delivered`: once synced and both destinations are done with it.
+    Delivered(
+        oneshot::Receiver<Result<SeqRange, WalError>>,
+        Arc<TenantLog>,
+    ),
+}
+
+impl Wait {
+    pub async fn done(self) -> Result<(), BufferError> {
+        let (rx, log, delivered) = match self {
+            Wait::Received(rx, log) => {
+                tokio::spawn(async move {
+                    let written = rx.await.unwrap_or(Err(WalError::Closed));
+                    log.disk.wrote(&written, &log.tenant);
+                });
+                return Ok(());
+            }
+            Wait::Synced(rx, log) => (rx, log, false),
+            Wait::Delivered(rx, log) => (rx, log, true),
+        };
+        let written = rx.await.unwrap_or(Err(WalError::Closed));
+        log.disk.wrote(&written, &log.tenant);
+        let range = written.map_err(BufferError::Failed)?;
+        if delivered {
+            log.delivered(range.end).await?;
+        }
+        Ok(())
+    }
+}
+
+impl TenantLog {
+    /// Opens `tenant`'s log (the `Wal` its feeds read and `new` writes) under `data_dir/wal/<tenant>`.
+    pub fn open(
+        data_dir: &Path,
+        tenant: &str,
+        config: &BufferConfig,
+        disk: &Arc<Disk>,
+    ) -> Result<Arc<Wal>, WalError> {
+        let options = WalOptions {
+            segment_bytes: config.segment_bytes.0,
+            sync: match config.sync {
+                SyncSetting::EveryRequest => SyncPolicy::EveryGroup,
+                SyncSetting::Every(d) => SyncPolicy::Interval(d),
+            },
+            ..WalOptions::default()
+        };
+        let wal = Arc::new(Wal::open(&data_dir.join("wal").join(tenant), options)?);
+        let _ = wal
+            .writer_stats()
+            .sync_seconds
+            .set(BUFFER.sync_seconds.with_label_values(&[tenant]));
+        crate::telemetry::buffer::seed(tenant);
+        disk.logs.lock().unwrap().push((tenant.into(), wal.clone()));
+        Ok(wal)
+    }
+
+    /// The intake side of `wal`, once its feeds run (`done`: their done ends).
+    pub fn new(
+        tenant: &str,
+        wal: Arc<Wal>,
+        ack: AckMode,
+        config: &BufferConfig,
+        disk: Arc<Disk>,
+        done: Vec<watch::Receiver<u64>>,
+        delivered_timeout: Duration,
+    ) -> Arc<TenantLog> {
+        Arc::new(TenantLog {
+            tenant: tenant.into(),
+            wal,
+            ack,
+            max_bytes: config.max_bytes_per_tenant.0,
+            when_full: config.when_full,
+            disk,
+            done,
+            delivered_timeout,
+        })
+    }
+
+    /// Whether a request may go in: `Ok(true)` yes, `Ok(false)` its events
+    /// are to be dropped (`drop_newest`, counted by the caller), `Err` when
+    /// it must be refused (`block`, or a failing disk).
+    pub fn admit(&self) -> Result<bool, BufferError> {
+        let own = self.wal.bytes();
+        let all = self.disk.bytes();
+        let over = if own >= self.max_bytes {
+            Some((own, self.max_bytes))
+        } else if all >= self.disk.max_bytes {
+            Some((all, self.disk.max_bytes))
+        } else {
+            None
+        };
+        match (over, self.when_full) {
+            (None, _) => Ok(true),
+            (Some((bytes, max)), WhenFull::Block) => Err(BufferError::Full { bytes, max }),
+            (Some(_), WhenFull::DropNewest) => Ok(false),
+        }
+    }
+
+    /// Counts events dropped by `drop_newest`.
+    pub fn dropped(&self, events: usize) {
+        BUFFER
+            .dropped_events
+            .with_label_values(&[&self.tenant])
+            .inc_by(events as u64);
+    }
+
+    /// Queues one request's record (`events` lines); the answer waits per the ack mode.
+    pub fn submit(self: &Arc<Self>, payload: Vec<u8>, events: u32) -> Result<Wait, BufferError> {
+        let rx = self.wal.submit(payload, events, 0).map_err(|e| {
+            self.disk.wrote(&Err(e.clone()), &self.tenant);
+            BufferError::Failed(e)
+        })?;
+        BUFFER.records.with_label_values(&[&self.tenant]).inc();
+        let log = self.clone();
+        Ok(match self.ack {
+            AckMode::Received => Wait::Received(rx, log),
+            AckMode::Durable => Wait::Synced(rx, log),
+            AckMode::Delivered => Wait::Delivered(rx, log),
+        })
+    }
+
+    /// Waits until every destination is done with the seqs below `end`.
+    async fn delivered(&self, end: u64) -> Result<(), BufferError> {
+        let mut done = self.done.clone();
+        let all = async {
+            for d in &mut done {
+                // An error: the feed ended (shutdown); the record is safe in the log.
+                if d.wait_for(|&e| e >= end).await.is_err() {
+                    return false;
+                }
+            }
+            true
+        };
+        match tokio::time::timeout(self.delivered_timeout, all).await {
+            Ok(true) => Ok(()),
+            _ => Err(BufferError::NotDelivered(self.delivered_timeout)),
+        }
+    }
+}
+
+/// One tenant's log with its feeds running.
+pub struct Started {
+    pub log: Arc<TenantLog>,
+    pub feeds: Vec<feed::FeedHandle>,
+}
+
+/// Opens `tenant`'s log and starts a feed to its archive (if it has one) and
+/// one to its route. A destination the tenant no longer has (an archive
+/// since disabled) stops holding the log back.
+pub fn start(
+    config: &crate::config::Config,
+    tenant: &crate::plan::TenantPlan,
+    archive: Option<crate::archive::ArchiveHandle>,
+    route: crate::sink::RouteSlot,
+    disk: &Arc<Disk>,
+    stop: &feed::FeedStop,
+) -> Result<Started, WalError> {
+    let buffer = &config.buffer;
+    let wal = TenantLog::open(&config.data_dir, &tenant.name, buffer, disk)?;
+    let mut dests = vec![feed::Destination::Route(route)];
+    match archive {
+        Some(a) => dests.push(feed::Destination::Archive(a)),
+        None => wal.remove_reader("archive")?,
+    }
+    let mut feeds = Vec::new();
+    for dest in dests {
+        feeds.push(feed::spawn(
+            &tenant.name,
+            wal.clone(),
+            dest,
+            buffer.drain_rate,
+            stop.clone(),
+        )?);
+    }
+    let done = feeds.iter().map(|f| f.done.clone()).collect();
+    let log = TenantLog::new(
+        &tenant.name,
+        wal,
+        tenant.ack,
+        buffer,
+        disk.clone(),
+        done,
+        DELIVERED_TIMEOUT,
+    );
+    Ok(Started { log, feeds })
+}
+
+/// How long `ack: delivered` waits before answering 503 (the events stay in
+/// the log and are delivered; the agent's retry duplicates them).
+pub const DELIVERED_TIMEOUT: Duration = Duration::from_secs(30);
