@@ -186,3 +186,324 @@ async fn every_acknowledged_event_survives_ten_kill9s_and_a_backend_outage() {
     )
     .await;
 }
+
+/// Sends `requests` requests of 50 padded events (about 10 KB each), one
+/// at a time; returns the ids, in order.
+async fn send_numbered(weir: &Weir, prefix: &str, requests: usize) -> Vec<String> {
+    let pad = "x".repeat(150);
+    let mut ids = Vec::new();
+    for r in 0..requests {
+        let batch: Vec<String> = (0..50).map(|i| format!("{prefix}-{r:05}-{i:02}")).collect();
+        let body = json_logs(50, |i| json!({"message": batch[i], "pad": pad}));
+        let resp = post(&weir.url("/api/v2/logs"), &[KEY], body).await;
+        assert_eq!(resp.status, 202, "{}", resp.text());
+        ids.extend(batch);
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_segments_lose_only_their_records_and_a_replay_is_not_charged_again() {
+    let work = tempfile::tempdir().unwrap();
+    let record = work.path().join("sink.txt");
+    let port = free_port();
+    // A rule that counts what it matches: a replayed event must not be counted again.
+    let config = durable_config(port, "")
+        .replace("{name: acme, api_keys: [agent-key], backend: sink}", "{name: acme, api_keys: [agent-key], backend: sink, exclusion_rules: [{name: every, query: '*', sample_rate: 0.0}]}")
+        .replace("admin:\n", "shutdown_timeout: 2s\nadmin:\n");
+    // The backend is down: every record stays in the log.
+    let mut weir = Weir::start(&config).await;
+    let ids = send_numbered(&weir, "d", 400).await;
+    let m = weir.metrics().await;
+    let matched = "weir_rule_matched_events_total{rule=\"every\",tenant=\"acme\"}";
+    assert_eq!(metric(&m, matched), ids.len() as f64);
+    // SIGTERM with the backend down: Weir stops within the timeout, exits 0, the events stay in the log.
+    let status = weir.terminate();
+    assert!(status.success(), "{status}: {}", weir.log());
+    assert!(
+        weir.log().contains("safe in the disk buffer"),
+        "{}",
+        weir.log()
+    );
+    let dir = weir.into_dir();
+
+    // Damage: flip bytes in the middle of the first segment, cut the second mid-record.
+    let seg_dir = dir.path().join("data/wal/acme/seg");
+    let mut segs: Vec<_> = std::fs::read_dir(&seg_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segs.sort();
+    assert!(segs.len() >= 3, "several segments: {segs:?}");
+    let mut first = std::fs::read(&segs[0]).unwrap();
+    let mid = first.len() / 2;
+    for b in &mut first[mid..mid + 64] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&segs[0], first).unwrap();
+    let second = std::fs::metadata(&segs[1]).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segs[1])
+        .unwrap()
+        .set_len(second * 2 / 3 + 7)
+        .unwrap();
+
+    // Back up: Weir starts normally and delivers every intact record.
+    let _sink = Blackhole::start(port, &record, None).await;
+    let weir = Weir::start_in(dir, &config).await;
+    let lost_series = "weir_buffer_lost_events_total{destination=\"route\",tenant=\"acme\"}";
+    let (got, lost) = eventually(Duration::from_secs(60), "the log read to its end", || {
+        let got: HashSet<String> = received(&record).into_iter().collect();
+        let m = futures::executor::block_on(weir.metrics());
+        let lost = metric(&m, lost_series) as usize;
+        (lost > 0 && got.len() + lost == ids.len()).then_some((got, lost))
+    })
+    .await;
+    // Whole requests are lost (a record is one request), nothing else.
+    assert_eq!(lost % 50, 0, "{lost}");
+    let missing: Vec<&String> = ids.iter().filter(|id| !got.contains(*id)).collect();
+    assert_eq!(missing.len(), lost);
+    let m = weir.metrics().await;
+    assert!(
+        metric(
+            &m,
+            "weir_buffer_damaged_records_total{destination=\"route\",tenant=\"acme\"}"
+        ) >= 1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "weir_buffer_replayed_events_total{destination=\"route\",tenant=\"acme\"}"
+        ) as usize,
+        got.len()
+    );
+    assert_eq!(
+        metric(&m, matched),
+        0.0,
+        "rules do not run again on replayed events"
+    );
+    // The archive (up all along) wrote every record before the damage.
+    let root = weir.archive_root();
+    let all: HashSet<String> = ids.iter().cloned().collect();
+    let archived: HashSet<String> = archived_messages(&root).into_iter().collect();
+    assert_eq!(archived, all);
+    eprintln!(
+        "corruption: {} events in 400 records, {lost} lost in damaged records, {} delivered",
+        ids.len(),
+        got.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_memory_drains_in_order_and_the_log_empties() {
+    const REQUESTS: usize = 2000;
+    const PER_REQUEST: usize = 1000;
+    let work = tempfile::tempdir().unwrap();
+    let record = work.path().join("sink.txt");
+    let port = free_port();
+    // One send at a time and a small memory queue, so order is the log's order
+    // except within what the queue holds when the backend comes back.
+    let config = durable_config(port, "  max_bytes_per_tenant: 1GiB\n  max_bytes: 1GiB\n")
+        .replace(
+            "    request_timeout: 1s\n",
+            "    request_timeout: 1s\n    max_in_flight: 1\n    max_queued_bytes: 1MiB\n",
+        )
+        .replace("  max_bytes_per_tenant: 64MiB\n", "")
+        .replace(
+            "admin:\n",
+            "limits: {max_body_bytes: 1MiB, max_decompressed_bytes: 1MiB}\nadmin:\n",
+        );
+    let weir = Weir::start(&config).await;
+    // 2 million events while the only backend is down: far more than memory holds.
+    let url = weir.url("/api/v2/logs");
+    for r in 0..REQUESTS {
+        let body = json_logs(
+            PER_REQUEST,
+            |i| json!({"message": format!("{:07}", r * PER_REQUEST + i)}),
+        );
+        let resp = post(&url, &[KEY], body).await;
+        assert_eq!(resp.status, 202, "request {r}: {}", resp.text());
+    }
+    let total = REQUESTS * PER_REQUEST;
+    let rss_outage = weir.peak_rss();
+    let m = weir.metrics().await;
+    let log_bytes = metric(&m, "weir_buffer_bytes{tenant=\"acme\"}");
+    let oldest = metric(
+        &m,
+        "weir_buffer_oldest_undelivered_seconds{destination=\"route\",tenant=\"acme\"}",
+    );
+    assert!(
+        oldest >= 1.0,
+        "the outage shows in the oldest undelivered age: {oldest}"
+    );
+    // The backend comes back: the backlog drains.
+    let _sink = Blackhole::start(port, &record, None).await;
+    let forwarded = "weir_forwarded_events_total{backend=\"sink\",tenant=\"acme\"}";
+    eventually(Duration::from_secs(300), "the backlog delivered", || {
+        let m = futures::executor::block_on(weir.metrics());
+        (metric(&m, forwarded) as usize >= total).then_some(())
+    })
+    .await;
+    let got = received(&record);
+    let mut seen = HashSet::new();
+    let mut firsts = Vec::new();
+    for id in &got {
+        if seen.insert(id.as_str()) {
+            firsts.push(id.parse::<usize>().unwrap());
+        }
+    }
+    assert_eq!(seen.len(), total, "every event delivered");
+    // How far back an event arrives after a later one: bounded by the memory queue.
+    let mut newest = 0;
+    let mut late = 0;
+    for &n in &firsts {
+        newest = newest.max(n);
+        late = late.max(newest - n);
+    }
+    let window = (1 << 20) / 10 + 500; // the queue's bytes over the smallest line, plus a batch
+    assert!(
+        late <= window,
+        "out of order by {late} events (window {window})"
+    );
+    eventually(
+        Duration::from_secs(20),
+        "the log back to one segment",
+        || {
+            let segs = std::fs::read_dir(weir.dir.path().join("data/wal/acme/seg"))
+                .unwrap()
+                .count();
+            (segs == 1).then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "outage: {total} events held through the outage in a {:.0} MB log (oldest {oldest} s); peak RSS {} MB during it; delivered all after, {} duplicates, at most {late} events out of order",
+        log_bytes / 1e6,
+        rss_outage >> 20,
+        got.len() - total
+    );
+}
+
+/// Mounts a tmpfs of `mib` MiB at `at`; false when this machine does not let
+/// the test (not root).
+fn mount_tmpfs(at: &std::path::Path, mib: u32) -> bool {
+    std::fs::create_dir_all(at).unwrap();
+    std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+        .arg(at)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+struct Unmount(std::path::PathBuf);
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_answers_503_and_recovers_by_itself_when_space_frees() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    if !mount_tmpfs(&data, 6) {
+        eprintln!(
+            "SKIPPED: cannot mount a tmpfs here (needs root); the disk-full test did not run"
+        );
+        return;
+    }
+    let _unmount = Unmount(data.clone());
+    let work = tempfile::tempdir().unwrap();
+    let record = work.path().join("sink.txt");
+    let port = free_port();
+    // The log may grow to 64 MiB, but its file system holds 6: the disk fills first.
+    let config = durable_config(port, "");
+    let weir = Weir::start_in(dir, &config).await;
+    let url = weir.url("/api/v2/logs");
+    let pad = "x".repeat(150);
+    let mut acked = HashSet::new();
+    let mut full_at = None;
+    for r in 0..2000 {
+        let ids: Vec<String> = (0..50).map(|i| format!("f-{r:05}-{i:02}")).collect();
+        let body = json_logs(50, |i| json!({"message": ids[i], "pad": pad}));
+        let resp = post(&url, &[KEY], body).await;
+        match resp.status {
+            202 => acked.extend(ids),
+            503 => {
+                assert!(resp.error().contains("disk buffer"), "{}", resp.text());
+                full_at = Some(r);
+                break;
+            }
+            s => panic!("unexpected {s}: {}", resp.text()),
+        }
+    }
+    let full_at = full_at.expect("the disk filled up");
+    let ready = get(&format!("http://127.0.0.1:{}/readyz", weir.admin))
+        .await
+        .unwrap();
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    assert_eq!(
+        ready.json()["buffer"]["status"],
+        "failing",
+        "{}",
+        ready.text()
+    );
+    let m = weir.metrics().await;
+    assert!(metric(&m, "weir_buffer_write_errors_total{tenant=\"acme\"}") >= 1.0);
+    assert!(
+        metric(
+            &m,
+            "weir_rejected_requests_total{intake=\"datadog\",reason=\"buffer_write_failed\"}"
+        ) >= 1.0
+    );
+
+    // The backend comes back: the log drains, its segments go, space frees, intake takes writes again.
+    let _sink = Blackhole::start(port, &record, None).await;
+    let mut again = false;
+    for r in 0..600 {
+        let ids: Vec<String> = (0..50).map(|i| format!("g-{r:05}-{i:02}")).collect();
+        let body = json_logs(50, |i| json!({"message": ids[i], "pad": pad}));
+        if post(&url, &[KEY], body).await.status == 202 {
+            acked.extend(ids);
+            again = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(again, "intake takes requests again once space frees");
+    eventually(Duration::from_secs(10), "ready again", || {
+        let r =
+            futures::executor::block_on(get(&format!("http://127.0.0.1:{}/readyz", weir.admin)))
+                .ok()?;
+        (r.status == 200).then_some(())
+    })
+    .await;
+    let got = eventually(
+        Duration::from_secs(30),
+        "every acked event delivered",
+        || {
+            let got = received(&record);
+            let set: HashSet<&String> = got.iter().collect();
+            acked.iter().all(|id| set.contains(id)).then_some(got)
+        },
+    )
+    .await;
+    let m = weir.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "weir_buffer_lost_events_total{destination=\"route\",tenant=\"acme\"}"
+        ),
+        0.0,
+        "no record damaged by the full disk"
+    );
+    eprintln!(
+        "disk full: the 6 MiB file system filled after {full_at} requests; 503 until space freed; {} acknowledged events all delivered ({} copies)",
+        acked.len(),
+        got.len()
+    );
+}

@@ -208,9 +208,11 @@ impl Feed {
         let at = entry.received_at_ms;
         let sent = match &self.dest {
             Destination::Archive(archive) => {
-                let room = tokio::select! {
-                    r = archive.reserve_wait(entry.lines.len()) => r,
-                    _ = stop.cancelled() => return false,
+                let archive = archive.clone();
+                let n = entry.lines.len();
+                let wait = async { archive.reserve_wait(n).await };
+                let Some(room) = self.wait_for_room(wait, stop).await else {
+                    return false;
                 };
                 archive
                     .send(ArchiveChunk {
@@ -225,9 +227,10 @@ impl Feed {
             Destination::Route(slot) if !entry.indexed.is_empty() => {
                 // The route of now (a reload may have swapped it).
                 let route = slot.read().unwrap().clone();
-                let room = tokio::select! {
-                    r = route.reserve_wait(entry.lines.len()) => r,
-                    _ = stop.cancelled() => return false,
+                let n = entry.lines.len();
+                let wait = async { route.reserve_wait(n).await };
+                let Some(room) = self.wait_for_room(wait, stop).await else {
+                    return false;
                 };
                 route
                     .send(ForwardChunk {
@@ -250,6 +253,24 @@ impl Feed {
         }
         self.in_flight.push_back((end, progress, at));
         true
+    }
+
+    /// Waits for room in the destination's queue (none: told to stop first),
+    /// meanwhile settling what finishes and keeping the metrics current.
+    async fn wait_for_room(
+        &mut self,
+        room: impl std::future::Future<Output = crate::budget::Reservation>,
+        stop: &CancellationToken,
+    ) -> Option<crate::budget::Reservation> {
+        tokio::pin!(room);
+        let mut tick = tokio::time::interval(PERSIST_EVERY);
+        loop {
+            tokio::select! {
+                r = &mut room => return Some(r),
+                _ = stop.cancelled() => return None,
+                _ = tick.tick() => self.settle(true),
+            }
+        }
     }
 
     /// Takes the finished records off the front; `persist`: also persists

@@ -61,10 +61,16 @@ fn create_segment(seg_dir: &Path, base_seq: u64) -> Result<File, WalError> {
         .create_new(true)
         .open(&path)
         .map_err(&err)?;
-    file.write_all_at(&SegmentHeader { base_seq }.encode(), 0)
+    let written = file
+        .write_all_at(&SegmentHeader { base_seq }.encode(), 0)
         .and_then(|()| file.sync_all())
-        .map_err(&err)?;
-    sync_dir(seg_dir)?;
+        .map_err(&err)
+        .and_then(|()| sync_dir(seg_dir));
+    if let Err(e) = written {
+        // A full disk: no half-made segment is left to block the next try.
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
     Ok(file)
 }
 
