@@ -507,3 +507,52 @@ async fn a_full_disk_answers_503_and_recovers_by_itself_when_space_frees() {
         got.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_delivered_answers_once_the_backend_has_the_events_and_received_at_once() {
+    let work = tempfile::tempdir().unwrap();
+    let record = work.path().join("sink.txt");
+    let port = free_port();
+    let config = durable_config(port, "  delivered_timeout: 1s\n").replace(
+        "  - {name: acme, api_keys: [agent-key], backend: sink}\n",
+        "  - {name: acme, api_keys: [agent-key], backend: sink, ack: delivered}\n  - {name: fast, api_keys: [fast-key], backend: sink, ack: received}\n",
+    );
+    let weir = Weir::start(&config).await;
+    let url = weir.url("/api/v2/logs");
+    let one = |m: &str| json_logs(1, |_| json!({"message": m}));
+    // Backend down: `delivered` cannot answer 202; after the timeout, 503 (the event stays in the log).
+    let r = post(&url, &[KEY], one("waited")).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.error().contains("not delivered"), "{}", r.text());
+    // `received` answers at once, backend or not.
+    let r = post(&url, &[("DD-API-KEY", "fast-key")], one("quick")).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let _sink = Blackhole::start(port, &record, None).await;
+    // The one refused with 503 was in the log all along: delivered once the backend is back
+    // (an agent's retry would duplicate it).
+    eventually(
+        Duration::from_secs(10),
+        "the earlier events delivered",
+        || {
+            let got = received(&record);
+            ["waited", "quick"]
+                .iter()
+                .all(|m| got.contains(&m.to_string()))
+                .then_some(())
+        },
+    )
+    .await;
+    // Backend up: a 202 means the backend already has it.
+    let r = post(&url, &[KEY], one("confirmed")).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let got = received(&record);
+    assert!(got.contains(&"confirmed".to_string()), "{got:?}");
+    let m = weir.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "weir_rejected_requests_total{intake=\"datadog\",reason=\"not_delivered\"}"
+        ),
+        1.0
+    );
+}

@@ -3,7 +3,7 @@
 //! both destinations that read it (the tenant's archive writer and its
 //! route) have finished with them. A request is answered per the tenant's
 //! ack mode: once its record is synced (`durable`), at once (`received`), or
-//! once both destinations are done with it (`delivered`).
+//! once the backend accepted its events (`delivered`).
 //!
 //! One log per tenant (not one per instance): a tenant whose backends are
 //! down fills only its own log, its limit is a directory's size, and one
@@ -134,7 +134,7 @@ pub struct TenantLog {
     max_bytes: u64,
     when_full: WhenFull,
     disk: Arc<Disk>,
-    /// Each destination's done end (every seq below it finished), for `ack: delivered`.
+    /// The route's done end (every seq below it delivered), for `ack: delivered`.
     done: Vec<watch::Receiver<u64>>,
     delivered_timeout: Duration,
 }
@@ -151,7 +151,7 @@ pub enum Wait {
         oneshot::Receiver<Result<SeqRange, WalError>>,
         Arc<TenantLog>,
     ),
-    /// `delivered`: once synced and both destinations are done with it.
+    /// `delivered`: once synced and the route delivered it (the backend accepted it).
     Delivered(
         oneshot::Receiver<Result<SeqRange, WalError>>,
         Arc<TenantLog>,
@@ -272,7 +272,7 @@ impl TenantLog {
         })
     }
 
-    /// Waits until every destination is done with the seqs below `end`.
+    /// Waits until the route is done with the seqs below `end`.
     async fn delivered(&self, end: u64) -> Result<(), BufferError> {
         let mut done = self.done.clone();
         let all = async {
@@ -325,7 +325,8 @@ pub fn start(
             stop.clone(),
         )?);
     }
-    let done = feeds.iter().map(|f| f.done.clone()).collect();
+    // `ack: delivered` waits for the backend (the route); the archive has the events in the log.
+    let done = vec![feeds[0].done.clone()];
     let log = TenantLog::new(
         &tenant.name,
         wal,
@@ -333,11 +334,7 @@ pub fn start(
         buffer,
         disk.clone(),
         done,
-        DELIVERED_TIMEOUT,
+        buffer.delivered_timeout.0,
     );
     Ok(Started { log, feeds })
 }
-
-/// How long `ack: delivered` waits before answering 503 (the events stay in
-/// the log and are delivered; the agent's retry duplicates them).
-pub const DELIVERED_TIMEOUT: Duration = Duration::from_secs(30);

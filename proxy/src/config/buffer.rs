@@ -1,7 +1,7 @@
 //! The buffer between intake and the outputs: a write-ahead log on disk (the
 //! default) or memory only, when a request is answered, and what happens
 //! when the log is full.
-use super::units::ByteSize;
+use super::units::{ByteSize, Dur};
 use super::{invalid, Invalid};
 use serde::{de, Deserialize, Deserializer};
 use std::time::Duration;
@@ -35,6 +35,10 @@ pub struct BufferConfig {
     /// Segment files are this long; whole segments are deleted once read.
     #[serde(default = "default_segment_bytes")]
     pub segment_bytes: ByteSize,
+    /// `ack: delivered` answers 503 past this wait (the events stay in the
+    /// log and are delivered; the agent's retry duplicates them).
+    #[serde(default = "default_delivered_timeout")]
+    pub delivered_timeout: Dur,
 }
 
 impl Default for BufferConfig {
@@ -48,6 +52,7 @@ impl Default for BufferConfig {
             when_full: WhenFull::default(),
             drain_rate: None,
             segment_bytes: default_segment_bytes(),
+            delivered_timeout: default_delivered_timeout(),
         }
     }
 }
@@ -58,6 +63,9 @@ fn default_max_bytes() -> ByteSize {
 }
 fn default_max_tenant_bytes() -> ByteSize {
     ByteSize::mib(2 * 1024)
+}
+fn default_delivered_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
 }
 fn default_segment_bytes() -> ByteSize {
     ByteSize::mib(32)
@@ -79,7 +87,7 @@ pub enum AckMode {
     Durable,
     /// At once (events not yet synced are lost on a crash).
     Received,
-    /// Once the tenant's route delivered them and its archive wrote them.
+    /// Once the tenant's route delivered them (a backend accepted them).
     Delivered,
 }
 
@@ -144,6 +152,9 @@ pub(super) fn validate_buffer(b: &BufferConfig) -> Result<(), Invalid> {
             at("max_bytes"),
             "must be at least max_bytes_per_tenant".into(),
         ));
+    }
+    if b.delivered_timeout.0.is_zero() {
+        return Err(invalid(at("delivered_timeout"), "must be above 0".into()));
     }
     if b.drain_rate == Some(0) {
         return Err(invalid(
