@@ -556,3 +556,46 @@ async fn ack_delivered_answers_once_the_backend_has_the_events_and_received_at_o
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_log_drops_newest_when_told_to_and_a_backlog_drains_at_its_rate() {
+    let work = tempfile::tempdir().unwrap();
+    let record = work.path().join("sink.txt");
+    let port = free_port();
+    // The smallest log (two 1 MiB segments), dropping what does not fit; a backlog sent at 4,000 events/s.
+    let config = durable_config(port, "  when_full: drop_newest\n  drain_rate: 4000\n").replace(
+        "  max_bytes_per_tenant: 64MiB\n",
+        "  max_bytes_per_tenant: 2MiB\n",
+    );
+    let weir = Weir::start(&config).await;
+    let ids = send_numbered(&weir, "n", 300).await; // ~3 MB: more than the log holds, all answered 202
+    let m = weir.metrics().await;
+    let dropped = metric(&m, "weir_buffer_dropped_events_total{tenant=\"acme\"}") as usize;
+    assert!(dropped > 0, "the log filled up");
+    let kept = ids.len() - dropped;
+    // The backend comes back: the backlog goes out no faster than the drain rate.
+    let started = std::time::Instant::now();
+    let _sink = Blackhole::start(port, &record, None).await;
+    let got = eventually(Duration::from_secs(60), "the backlog delivered", || {
+        let got: HashSet<String> = received(&record).into_iter().collect();
+        (got.len() >= kept).then_some(got)
+    })
+    .await;
+    let took = started.elapsed();
+    assert_eq!(
+        got.len(),
+        kept,
+        "what was not dropped is delivered, nothing else"
+    );
+    // A lower bound only (a slow machine takes longer, never shorter): one
+    // second's burst, then 4,000 a second.
+    let floor = Duration::from_secs_f64(kept.saturating_sub(4000) as f64 / 4000.0);
+    assert!(
+        took >= floor,
+        "{kept} events in {took:?}, faster than 4,000/s"
+    );
+    // The newest were dropped: what arrived is the oldest part.
+    let newest_kept = got.iter().max().unwrap();
+    assert!(ids.iter().take(kept).any(|id| id == newest_kept));
+    eprintln!("drop_newest: {dropped} of {} events dropped at the limit; {kept} drained at 4,000/s in {took:?}", ids.len());
+}

@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// How often a feed persists its acknowledged position (and deletes passed segments).
@@ -64,7 +63,6 @@ pub fn spawn(
     tenant: &str,
     wal: Arc<Wal>,
     dest: Destination,
-    drain_rate: Option<u64>,
     stop: FeedStop,
 ) -> Result<FeedHandle, crate::wal::WalError> {
     let reader = wal.reader(dest.name())?;
@@ -80,10 +78,6 @@ pub fn spawn(
         finished: Arc::new(Notify::new()),
         done_tx,
         replay_end,
-        pace: drain_rate.map(|rate| Pace {
-            rate,
-            next: Instant::now(),
-        }),
         last_lost: 0,
         last_damaged: 0,
     };
@@ -107,15 +101,8 @@ struct Feed {
     done_tx: watch::Sender<u64>,
     /// Records below this seq were written before this run: replayed.
     replay_end: u64,
-    pace: Option<Pace>,
     last_lost: u64,
     last_damaged: u64,
-}
-
-/// At most `rate` events per second.
-struct Pace {
-    rate: u64,
-    next: Instant,
 }
 
 impl Feed {
@@ -195,15 +182,6 @@ impl Feed {
                 return true;
             }
         };
-        if let Some(pace) = &mut self.pace {
-            let wait = pace.next;
-            pace.next = wait.max(Instant::now())
-                + Duration::from_secs_f64(f64::from(r.events) / pace.rate as f64);
-            tokio::select! {
-                _ = tokio::time::sleep_until(wait) => {}
-                _ = stop.cancelled() => return false,
-            }
-        }
         let progress = Progress::new(self.finished.clone());
         let at = entry.received_at_ms;
         let sent = match &self.dest {

@@ -317,13 +317,7 @@ pub fn start(
     }
     let mut feeds = Vec::new();
     for dest in dests {
-        feeds.push(feed::spawn(
-            &tenant.name,
-            wal.clone(),
-            dest,
-            buffer.drain_rate,
-            stop.clone(),
-        )?);
+        feeds.push(feed::spawn(&tenant.name, wal.clone(), dest, stop.clone())?);
     }
     // `ack: delivered` waits for the backend (the route); the archive has the events in the log.
     let done = vec![feeds[0].done.clone()];

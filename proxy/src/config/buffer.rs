@@ -29,8 +29,10 @@ pub struct BufferConfig {
     pub max_bytes_per_tenant: ByteSize,
     #[serde(default)]
     pub when_full: WhenFull,
-    /// Events per second a tenant's backlog is sent at once its backends are
-    /// back (none: as fast as they take it).
+    /// Events per second each tenant's route sends at most, retries included,
+    /// so a backlog after an outage does not flood a recovering backend (none:
+    /// as fast as the backends take them). New events share it: set it above
+    /// the tenant's normal peak.
     pub drain_rate: Option<u64>,
     /// Segment files are this long; whole segments are deleted once read.
     #[serde(default = "default_segment_bytes")]

@@ -502,7 +502,11 @@ mod tests {
             None,
             vec![vec![member]],
             &config.backends[0],
-            (1000, 1 << 20),
+            crate::sink::RouteLimits {
+                max_events: 1000,
+                max_bytes: 1 << 20,
+                events_per_second: None,
+            },
             None,
             drain.clone(),
         );

@@ -159,7 +159,7 @@ async fn attempt(s: &RouteSettings, b: &mut Attempts, at: (usize, usize)) -> Nex
     let name = m.backend.name();
     b.pending.attribute_to(name);
     let body = encode(s, b, at).await;
-    match send(s, m, body).await {
+    match send(s, m, body, b.events).await {
         Ok(sent) => {
             m.health.record_success();
             if !settle(s, b, name, sent).await {
@@ -252,8 +252,18 @@ async fn encode(s: &RouteSettings, b: &mut Attempts, at: (usize, usize)) -> Byte
 }
 
 /// One request to `m`, within the route's in-flight limit, counted by outcome.
-async fn send(s: &RouteSettings, m: &Member, body: Bytes) -> Result<Sent, SendError> {
+async fn send(
+    s: &RouteSettings,
+    m: &Member,
+    body: Bytes,
+    events: usize,
+) -> Result<Sent, SendError> {
     let name = m.backend.name();
+    if let Some(pace) = &s.pace {
+        let n = std::num::NonZeroU32::new(events.clamp(1, u32::MAX as usize) as u32).unwrap();
+        // The burst holds a whole batch (sink::pace), so this always returns.
+        let _ = pace.until_n_ready(n).await;
+    }
     let permit = s
         .in_flight
         .clone()

@@ -142,6 +142,7 @@ fn route(
             max_retries: None,
         },
         in_flight: Arc::new(Semaphore::new(8)),
+        pace: None,
         dead_letters,
     }
 }

@@ -83,19 +83,31 @@ struct RouteSettings {
     retry: RetryConfig,
     in_flight: Arc<Semaphore>,
     dead_letters: Option<DeadLetters>,
+    /// At most this many events per second sent (`buffer.drain_rate`), retries included.
+    pace: Option<governor::DefaultDirectRateLimiter>,
+}
+
+/// What a route's batches may hold and how fast it sends.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteLimits {
+    /// The fewest events and bytes any backend of the route takes in one batch.
+    pub max_events: usize,
+    pub max_bytes: usize,
+    /// Events per second at most (none: as fast as the backends take them).
+    pub events_per_second: Option<u64>,
 }
 
 /// Starts the route carrying `tenant`'s indexed events over `tiers`. Queue
 /// size, batch wait, requests in flight and retry backoff are the settings of
 /// `cfg`, the route's preferred backend; a batch holds at most the fewest
-/// events and bytes any backend of the route takes (`batch_limits`), so it
-/// fits wherever it fails over to.
+/// events and bytes any backend of the route takes (`limits`), so it fits
+/// wherever it fails over to.
 pub fn spawn_route(
     tenant: &str,
     upstream_key: Option<String>,
     tiers: Vec<Vec<Member>>,
     cfg: &BackendConfig,
-    batch_limits: (usize, usize),
+    limits: RouteLimits,
     dead_letters: Option<DeadLetters>,
     drain: CancellationToken,
 ) -> (RouteHandle, JoinHandle<()>) {
@@ -112,15 +124,25 @@ pub fn spawn_route(
         preferred: cfg.name.clone(),
         upstream_key,
         tiers,
-        max_events: batch_limits.0,
-        max_bytes: batch_limits.1,
+        max_events: limits.max_events,
+        max_bytes: limits.max_bytes,
         max_wait: cfg.batch.max_wait.0,
         retry: cfg.retry.clone(),
         in_flight: Arc::new(Semaphore::new(cfg.max_in_flight)),
         dead_letters,
+        pace: limits
+            .events_per_second
+            .map(|rate| pace(rate, limits.max_events)),
     });
     let handle = tokio::spawn(run_route(settings, rx, drain));
     (queue, handle)
+}
+
+/// A limiter of `rate` events per second whose burst holds a whole batch.
+fn pace(rate: u64, max_events: usize) -> governor::DefaultDirectRateLimiter {
+    let clamp = |n: u64| std::num::NonZeroU32::new(n.clamp(1, u32::MAX as u64) as u32).unwrap();
+    let burst = clamp(rate.max(max_events as u64));
+    governor::RateLimiter::direct(governor::Quota::per_second(clamp(rate)).allow_burst(burst))
 }
 
 /// A batch being filled.

@@ -128,21 +128,22 @@ fn generation(
             .flat_map(|tier| tier.backends.iter())
             .map(|name| config.backend(name).expect("validated"))
             .collect();
-        let batch_limits = (
-            configs.iter().map(|b| b.batch.max_events).min().unwrap(),
-            configs
+        let limits = super::RouteLimits {
+            max_events: configs.iter().map(|b| b.batch.max_events).min().unwrap(),
+            max_bytes: configs
                 .iter()
                 .map(|b| b.batch.max_bytes.as_usize())
                 .min()
                 .unwrap(),
-        );
+            events_per_second: config.buffer.drain_rate,
+        };
         let upstream = t.upstream_api_key.as_ref().map(|k| k.expose().to_string());
         let (route, task) = spawn_route(
             &t.name,
             upstream,
             tiers,
             preferred,
-            batch_limits,
+            limits,
             dead_letters.get(&t.name).cloned(),
             drain.clone(),
         );
