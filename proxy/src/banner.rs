@@ -35,6 +35,22 @@ pub fn lines(
         "  admin:   http://{admin}/metrics, /healthz, /readyz, /backends"
     ));
     out.push(format!("  data:    {}", config.data_dir.display()));
+    let b = &config.buffer;
+    out.push(match b.kind {
+        crate::config::BufferKind::Disk => format!(
+            "  buffer:  disk, {}/wal/<tenant> (ack {}, sync {}, up to {} per tenant)",
+            config.data_dir.display(),
+            b.ack.as_str(),
+            match b.sync {
+                crate::config::SyncSetting::EveryRequest => "every request".to_string(),
+                crate::config::SyncSetting::Every(d) => format!("every {}", humantime::format_duration(d)),
+            },
+            crate::config::units::format_bytes(b.max_bytes_per_tenant.0),
+        ),
+        crate::config::BufferKind::Memory => {
+            "  buffer:  memory only (a crash loses what is queued)".to_string()
+        }
+    });
     for t in &plan.tenants {
         let archive = &t.archive;
         let archive = if !archive.enabled {

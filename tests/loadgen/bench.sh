@@ -19,14 +19,17 @@
 #   DURATION=20 WARMUP=3     load time and the part of it not measured (s)
 #   CONNECTIONS=8            default connections per scenario
 #   LG_GZIP=1                loadgen gzips bodies (as agents do); 0 sends plain JSON
-#   SCENARIOS="..."          space-separated name:backend_codec:archive(on|off)[:connections[:max_in_flight[:plugin]]]
+#   SCENARIOS="..."          space-separated name:backend_codec:archive(on|off)[:connections[:max_in_flight[:plugin[:buffer]]]]
 #                            (max_in_flight: the backend's requests in flight; empty = weir's default, 8;
 #                             plugin: a .wasm path, or a name under plugins/target/wasm32-wasip1/release,
-#                             e.g. "none:gzip:on empty:gzip:on:::empty redact:gzip:on:::redact" for ratios from one run)
+#                             e.g. "none:gzip:on empty:gzip:on:::empty redact:gzip:on:::redact" for ratios from one run;
+#                             buffer: durable (the default: disk buffer, fsync per group commit), durable-50ms (fsync
+#                             every 50 ms), received (disk buffer, answered at once) or memory (no disk buffer))
 #   EXTRA="..."              more scenarios, appended to the default ones
 #   BUILD=0                  skip the cargo build
 #   WEIR=path                the weir binary to measure (default: the release build), for A/B runs
 #   RULES=1                  configure 20 exclusion rules, a daily quota and a rate limit (the full path)
+#   BUFFER=durable           the buffer of scenarios that do not name one (see SCENARIOS)
 #   PLUGIN=path.wasm         run this Wasm plugin on every batch (e.g. plugins/target/wasm32-wasip1/release/redact.wasm)
 #   KEEP=1                   keep the temp dir (configs, logs, archive objects)
 #   RESULTS_OUT=/tmp/weir-bench-results.jsonl   where each scenario's full JSON line is copied
@@ -130,13 +133,13 @@ now() { date +%s.%N; }
 machine_busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
 
 run_scenario() {
-    local name=$1 codec=$2 archive=$3 conns=${4:-$CONNECTIONS} in_flight=${5:-} plugin=${6:-${PLUGIN:-}}
+    local name=$1 codec=$2 archive=$3 conns=${4:-$CONNECTIONS} in_flight=${5:-} plugin=${6:-${PLUGIN:-}} buffer=${7:-${BUFFER:-durable}}
     if [[ -n $plugin && $plugin != */* ]]; then
         plugin="$ROOT/plugins/target/wasm32-wasip1/release/$plugin.wasm"
     fi
     local dir="$WORK/${name//[^A-Za-z0-9+_.-]/_}"
     mkdir -p "$dir"
-    echo "== $name: backend $codec${in_flight:+ (max_in_flight $in_flight)}, archive $archive, $conns connections, ${DURATION}s (window ${WINDOW}s)" >&2
+    echo "== $name: backend $codec${in_flight:+ (max_in_flight $in_flight)}, archive $archive, buffer $buffer, $conns connections, ${DURATION}s (window ${WINDOW}s)" >&2
 
     "$BIN/weir-blackhole" --addr 127.0.0.1:0 --count-request-tags >"$dir/blackhole.out" 2>"$dir/blackhole.err" &
     local bh=$!
@@ -183,6 +186,14 @@ EOF
     if [[ -n $plugin ]]; then
         printf '    plugins:\n      - {name: bench-plugin, path: %s}\n' "$plugin" >>"$dir/weir.yaml"
     fi
+    # Top-level, after the tenant's own lines.
+    case $buffer in
+        durable) ;;
+        durable-50ms) echo "buffer: {sync: 50ms}" >>"$dir/weir.yaml" ;;
+        received) echo "buffer: {ack: received}" >>"$dir/weir.yaml" ;;
+        memory) echo "buffer: {type: memory}" >>"$dir/weir.yaml" ;;
+        *) echo "unknown buffer $buffer" >&2; exit 2 ;;
+    esac
     "${WEIR:-$BIN/weir}" run --config "$dir/weir.yaml" >"$dir/weir.log" 2>&1 &
     local weir=$!
     PIDS+=("$weir")
@@ -268,8 +279,8 @@ EOF
 }
 
 for s in $SCENARIOS; do
-    IFS=: read -r name codec archive conns in_flight plugin <<<"$s"
-    run_scenario "$name" "$codec" "$archive" "${conns:-}" "${in_flight:-}" "${plugin:-}"
+    IFS=: read -r name codec archive conns in_flight plugin buffer <<<"$s"
+    run_scenario "$name" "$codec" "$archive" "${conns:-}" "${in_flight:-}" "${plugin:-}" "${buffer:-}"
 done
 
 echo
