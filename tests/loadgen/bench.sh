@@ -234,6 +234,14 @@ EOF
     # Events the rules kept from the index on purpose (RULES=1): missing at the backend, not lost.
     local excluded
     excluded=$(metric weir_rule_excluded_events_total)
+    # With the disk buffer, what intake took ahead of the backend is in the log, not lost:
+    # let it drain (up to 2 minutes) before the stop, which would leave it there for the next start.
+    local want
+    want=$(jq -r .events_sent_accepted "$dir/loadgen.json")
+    for _ in $(seq 240); do
+        (( $(bh_stat events) >= want - excluded )) && break
+        sleep 0.5
+    done
     kill -TERM "$weir"
     local weir_exit=0
     wait "$weir" || weir_exit=$?

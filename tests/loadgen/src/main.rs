@@ -282,6 +282,9 @@ fn build_pool(args: &Args) -> Vec<Payload> {
         .collect()
 }
 
+/// Set on SIGINT: every connection stops after its request in flight.
+static STOPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 async fn run(
     args: &Args,
     target: Arc<Target>,
@@ -290,6 +293,12 @@ async fn run(
 ) -> Duration {
     let start = Instant::now();
     let deadline = start + args.duration;
+    // SIGINT ends the run early, like the deadline (the report is still written).
+    tokio::spawn(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            STOPPED.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
     // Each connection gets an equal share of the rate cap, as a fixed request
     // interval; their first ticks are staggered so requests do not come in bursts.
     let interval = args
@@ -348,7 +357,7 @@ async fn connection(
     // Connections start at different bodies so they do not send the same one at once.
     let mut next = id * 5;
     let mut sender: Option<SendRequest<Full<Bytes>>> = None;
-    while Instant::now() < deadline {
+    while Instant::now() < deadline && !STOPPED.load(std::sync::atomic::Ordering::Relaxed) {
         let s = match &mut sender {
             Some(s) => s,
             None => match tokio::time::timeout_at(deadline, connect(&target)).await {
