@@ -43,7 +43,8 @@ pub fn lines(
             b.ack.as_str(),
             match b.sync {
                 crate::config::SyncSetting::EveryRequest => "every request".to_string(),
-                crate::config::SyncSetting::Every(d) => format!("every {}", humantime::format_duration(d)),
+                crate::config::SyncSetting::Every(d) =>
+                    format!("every {}", humantime::format_duration(d)),
             },
             crate::config::units::format_bytes(b.max_bytes_per_tenant.0),
         ),

@@ -58,7 +58,7 @@ pub async fn run(plan: Plan, path: Option<std::path::PathBuf>) -> anyhow::Result
     reloader.reload_on_sighup(drain.clone());
     let mut shared = Shared::new(&plan);
     let mut tenants = tenant::Tenants::default();
-    let mut buffers = Buffers::new(config);
+    let mut buffers = Buffers::new(&plan);
     for t in &plan.tenants {
         let archive = archives.remove(&t.name).map(|(handle, _)| handle);
         let route = router.slot(&t.name).expect("the router has every tenant");
@@ -126,7 +126,12 @@ struct Buffers {
 }
 
 impl Buffers {
-    fn new(config: &config::Config) -> Buffers {
+    fn new(plan: &Plan) -> Buffers {
+        let config = &plan.config;
+        let names: Vec<&str> = plan.tenants.iter().map(|t| t.name.as_str()).collect();
+        for (tenant, bytes) in buffer::orphans(&config.data_dir, &names) {
+            tracing::warn!(tenant, bytes, "a disk buffer of a tenant no longer configured: its events are not delivered; add the tenant back to deliver them, or delete its directory under data_dir/wal");
+        }
         Buffers {
             disk: (config.buffer.kind == config::BufferKind::Disk)
                 .then(|| buffer::Disk::new(&config.buffer)),

@@ -26,6 +26,15 @@ fn durable_config(port: u16, buffer: &str) -> String {
     )
 }
 
+/// Waits until tenant acme's log is back to its one open segment (all read, acknowledged, deleted).
+async fn log_empties(weir: &Weir, limit: Duration) {
+    let seg = weir.dir.path().join("data/wal/acme/seg");
+    eventually(limit, "the log back to one segment", || {
+        (std::fs::read_dir(&seg).unwrap().count() == 1).then_some(())
+    })
+    .await;
+}
+
 /// Counts each id's copies in `got`; panics naming the first acknowledged id missing.
 fn check_delivered(what: &str, acked: &HashSet<String>, got: &[String]) -> usize {
     let mut seen: HashMap<&str, usize> = HashMap::new();
@@ -174,17 +183,7 @@ async fn every_acknowledged_event_survives_ten_kill9s_and_a_backend_outage() {
     );
     assert_eq!(lost, 0.0, "a SIGKILL tears at most an unacknowledged tail");
     // Everything read and acknowledged: the log shrinks back to its open segment.
-    eventually(
-        Duration::from_secs(10),
-        "the log back to one segment",
-        || {
-            let segs = std::fs::read_dir(weir.dir.path().join("data/wal/acme/seg"))
-                .unwrap()
-                .count();
-            (segs == 1).then_some(())
-        },
-    )
-    .await;
+    log_empties(&weir, Duration::from_secs(10)).await;
 }
 
 /// Sends `requests` requests of 50 padded events (about 10 KB each), one
@@ -366,17 +365,7 @@ async fn an_outage_longer_than_memory_drains_in_order_and_the_log_empties() {
         late <= window,
         "out of order by {late} events (window {window})"
     );
-    eventually(
-        Duration::from_secs(20),
-        "the log back to one segment",
-        || {
-            let segs = std::fs::read_dir(weir.dir.path().join("data/wal/acme/seg"))
-                .unwrap()
-                .count();
-            (segs == 1).then_some(())
-        },
-    )
-    .await;
+    log_empties(&weir, Duration::from_secs(20)).await;
     eprintln!(
         "outage: {total} events held through the outage in a {:.0} MB log (oldest {oldest} s); peak RSS {} MB during it; delivered all after, {} duplicates, at most {late} events out of order",
         log_bytes / 1e6,
@@ -598,4 +587,66 @@ async fn a_full_log_drops_newest_when_told_to_and_a_backlog_drains_at_its_rate()
     let newest_kept = got.iter().max().unwrap();
     assert!(ids.iter().take(kept).any(|id| id == newest_kept));
     eprintln!("drop_newest: {dropped} of {} events dropped at the limit; {kept} drained at 4,000/s in {took:?}", ids.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_events_keep_to_their_tenants_regions() {
+    let work = tempfile::tempdir().unwrap();
+    let us = Blackhole::start(0, &work.path().join("us.txt"), None).await;
+    let eu_port = free_port(); // every EU backend is down
+    let backend = |name: &str, port: u16| {
+        format!("  - name: {name}\n    type: http\n    url: http://127.0.0.1:{port}/ingest\n    format: ndjson\n    request_timeout: 1s\n    batch: {{max_wait: 50ms}}\n    retry: {{initial_backoff: 20ms, max_backoff: 200ms}}\n    passive: {{max_failures: 2, ejection: 1s}}\n")
+    };
+    let config = routed_config(
+        &(backend("eu1", eu_port) + &backend("us1", us.port)),
+        "  - name: eu\n    tiers: [[eu1]]\n  - name: us\n    tiers: [[us1]]\n",
+        "  - {name: eu-only, api_keys: [agent-key], region: eu}\n  - {name: eu-flex, api_keys: [flex-key], region: eu, failover_regions: [us]}\n",
+    );
+    let weir = Weir::start(&config).await;
+    let url = weir.url("/api/v2/logs");
+    let send = |key: &'static str, prefix: &'static str| {
+        let url = url.clone();
+        async move {
+            let body = json_logs(20, |i| json!({"message": format!("{prefix}-{i}")}));
+            assert_eq!(post(&url, &[("DD-API-KEY", key)], body).await.status, 202);
+        }
+    };
+    send("agent-key", "pinned").await;
+    send("flex-key", "flexible").await;
+    // Killed before anything could be delivered to the EU (there is nothing there), restarted.
+    let dir = weir.into_dir();
+    let weir = Weir::start_in(dir, &config).await;
+    eventually(
+        Duration::from_secs(20),
+        "eu-flex's events in the US",
+        || {
+            let got = us.received();
+            (0..20)
+                .all(|i| got.contains(&format!("flexible-{i}")))
+                .then_some(())
+        },
+    )
+    .await;
+    // The pinned tenant's events, read again from its log, still wait for the EU.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !us.received().iter().any(|m| m.starts_with("pinned")),
+        "a replayed event of a pinned tenant crossed into a region it does not allow"
+    );
+    let m = weir.metrics().await;
+    // They were read again from the log after the kill: the replay is what kept to the region.
+    assert_eq!(
+        metric(
+            &m,
+            "weir_buffer_replayed_events_total{destination=\"route\",tenant=\"eu-only\"}"
+        ),
+        20.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "weir_buffer_lost_events_total{destination=\"route\",tenant=\"eu-only\"}"
+        ),
+        0.0
+    );
 }

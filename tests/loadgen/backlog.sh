@@ -17,21 +17,8 @@ CONNECTIONS=${CONNECTIONS:-8}
 if [[ ${BUILD:-1} == 1 ]]; then
     (cd "$ROOT" && cargo build --release -p weir -p weir-loadgen)
 fi
-WORK=$(mktemp -d /tmp/weir-backlog.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    if [[ ${KEEP:-0} == 1 ]]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-
-free_port() {
-    local p
-    while :; do
-        p=$((RANDOM % 30000 + 20000))
-        ss -Htln "sport = :$p" | grep -q . || { echo "$p"; return; }
-    done
-}
+source "$ROOT/tests/loadgen/lib.sh"
+start_work weir-backlog
 metric() { curl -sf "http://127.0.0.1:$ADMIN/metrics" | awk -v m="$1" '$1 == m || index($1, m "{") == 1 { s += $2 } END { printf "%.0f\n", s }'; }
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f\n", b - a }'; }

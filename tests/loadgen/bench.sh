@@ -85,23 +85,9 @@ if [[ ${BUILD:-1} == 1 ]]; then
     (cd "$ROOT" && cargo build --release -p weir -p weir-loadgen)
 fi
 
-WORK=$(mktemp -d /tmp/weir-bench.XXXXXX)
+source "$ROOT/tests/loadgen/lib.sh"
+start_work weir-bench
 RESULTS="$WORK/results.jsonl"
-PIDS=()
-cleanup() {
-    # Only the processes this script started, by pid.
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    if [[ ${KEEP:-0} == 1 ]]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-
-free_port() {
-    local p
-    while :; do
-        p=$((RANDOM % 30000 + 20000))
-        ss -Htln "sport = :$p" | grep -q . || { echo "$p"; return; }
-    done
-}
 
 # utime+stime of a process, in clock ticks (fields 14 and 15 of /proc/pid/stat;
 # counted after the ")" closing the command name, which may hold spaces).

@@ -332,3 +332,45 @@ pub fn start(
     );
     Ok(Started { log, feeds })
 }
+
+/// Logs under `data_dir/wal/` of tenants the plan no longer has, with their
+/// bytes on disk: nothing reads them, so their events are not delivered.
+pub fn orphans(data_dir: &Path, tenants: &[&str]) -> Vec<(String, u64)> {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("wal")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, u64)> = entries
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|name| !tenants.contains(&name.as_str()))
+        .map(|name| {
+            let seg = data_dir.join("wal").join(&name).join("seg");
+            let bytes = crate::wal::segment::total_bytes(&seg).unwrap_or(0);
+            (name, bytes)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn logs_of_tenants_no_longer_configured_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        for t in ["kept", "gone"] {
+            std::fs::create_dir_all(dir.path().join("wal").join(t).join("seg")).unwrap();
+        }
+        std::fs::write(
+            dir.path().join("wal/gone/seg/00000000000000000001.wal"),
+            [0u8; 100],
+        )
+        .unwrap();
+        assert_eq!(
+            super::orphans(dir.path(), &["kept"]),
+            vec![("gone".to_string(), 100)]
+        );
+        assert!(super::orphans(&dir.path().join("none"), &["kept"]).is_empty());
+    }
+}

@@ -41,7 +41,7 @@ impl ByteSize {
 /// `bytes` the way a config writes them: `2GiB`, `16MiB`, `512KiB`, or a plain number.
 pub fn format_bytes(bytes: u64) -> String {
     for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-        if bytes >= size && bytes % size == 0 {
+        if bytes >= size && bytes.is_multiple_of(size) {
             return format!("{}{unit}", bytes / size);
         }
     }
