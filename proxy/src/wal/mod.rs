@@ -183,6 +183,7 @@ pub struct Wal {
     thread: Option<std::thread::JoinHandle<()>>,
     durable: watch::Receiver<Durable>,
     stats: Arc<WriterStats>,
+    deleting: Mutex<()>,
 }
 
 impl Wal {
@@ -222,6 +223,7 @@ impl Wal {
             thread: Some(thread),
             durable,
             stats,
+            deleting: Mutex::new(()),
         };
         wal.delete_passed()?;
         Ok(wal)
@@ -369,6 +371,8 @@ impl Wal {
             }
         };
         let active = self.durable.borrow().segment_base;
+        // Readers on several threads call this: one deletes at a time.
+        let _one = self.deleting.lock().expect("deleting lock");
         let mut deleted = Vec::new();
         for base in segment::list(&self.shared.seg_dir)? {
             if base >= min || base >= active {

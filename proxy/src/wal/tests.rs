@@ -505,3 +505,32 @@ async fn a_missing_segment_is_skipped_and_its_events_counted() {
     assert_eq!(r.stats().lost_events, lost - first_events);
     assert_eq!(r.stats().missing_segments, 1);
 }
+
+// Both feeds of a tenant (archive and route, on different threads) delete
+// passed segments; two deleting the same file at once failed with NotFound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_on_several_threads_delete_passed_segments_without_errors() {
+    for _ in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Arc::new(Wal::open(dir.path(), small()).unwrap());
+        append_n(&wal, 0, 200).await;
+        let mut r = wal.reader("route").unwrap();
+        let got = read_all(&mut r);
+        r.ack(got.last().unwrap().end_seq()).unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let wal = wal.clone();
+                std::thread::spawn(move || wal.delete_passed())
+            })
+            .collect();
+        let mut deleted = Vec::new();
+        for t in threads {
+            deleted.extend(t.join().unwrap().expect("no deletion error"));
+        }
+        deleted.sort();
+        let before = deleted.len();
+        deleted.dedup();
+        assert_eq!(before, deleted.len(), "each segment deleted once");
+        assert_eq!(segments(dir.path()).len(), 1);
+    }
+}
