@@ -650,3 +650,61 @@ async fn replayed_events_keep_to_their_tenants_regions() {
         0.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_waiting_for_their_sync_stay_within_the_intake_memory_budget() {
+    let work = tempfile::tempdir().unwrap();
+    let record = work.path().join("sink.txt");
+    let sink = Blackhole::start(0, &record, None).await;
+    // One sync every 2 s: every request waits for it, holding its memory meanwhile.
+    let config = durable_config(sink.port, "  sync: 2s\n").replace(
+        "admin:\n",
+        "limits: {max_body_bytes: 256KiB, max_decompressed_bytes: 256KiB, max_inflight_request_bytes: 1MiB}\nadmin:\n",
+    );
+    let weir = Weir::start(&config).await;
+    let url = weir.url("/api/v2/logs");
+    let pad = "y".repeat(1000);
+    let sends = (0..20).map(|r| {
+        let (url, pad) = (url.clone(), pad.clone());
+        async move {
+            let body = json_logs(
+                100,
+                |i| json!({"message": format!("w-{r}-{i}"), "pad": pad}),
+            );
+            (r, post(&url, &[KEY], body).await)
+        }
+    });
+    let answers = futures::future::join_all(sends).await;
+    let taken: Vec<usize> = answers
+        .iter()
+        .filter(|(_, a)| a.status == 202)
+        .map(|(r, _)| *r)
+        .collect();
+    let busy = answers.iter().filter(|(_, a)| a.status == 503).count();
+    assert_eq!(taken.len() + busy, 20, "202 or 503 only");
+    // 20 requests of ~100 KB waiting at once would hold 2 MB: the 1 MiB budget refuses some.
+    assert!(
+        busy > 0 && !taken.is_empty(),
+        "{} taken, {busy} refused",
+        taken.len()
+    );
+    let m = weir.metrics().await;
+    assert!(
+        metric(
+            &m,
+            "weir_rejected_requests_total{intake=\"datadog\",reason=\"intake_busy\"}"
+        ) >= 1.0
+    );
+    eventually(
+        Duration::from_secs(20),
+        "the taken requests delivered",
+        || {
+            let got = received(&record);
+            taken
+                .iter()
+                .all(|r| got.contains(&format!("w-{r}-99")))
+                .then_some(())
+        },
+    )
+    .await;
+}

@@ -131,11 +131,11 @@ impl Core {
         payload: Payload,
         decoder: D,
     ) -> Result<(Taken, Counts), Refusal> {
-        let _payload_res = payload.reservation;
+        let payload_res = payload.reservation;
         let received_at_ms = chrono::Utc::now().timestamp_millis();
         let max_plain = self.limits.max_decompressed_bytes.as_usize();
         let plain = decompress(payload.bytes, payload.encoding, max_plain)?;
-        let _plain_res = match payload.encoding {
+        let plain_res = match payload.encoding {
             Encoding::Identity => None,
             _ => Some(self.budget.try_reserve(plain.len()).ok_or(Refusal::Busy)?),
         };
@@ -155,7 +155,12 @@ impl Core {
             }
             other => other?,
         };
-        self.submit(intake, &tenant, events, plain.len(), received_at_ms)
+        let (taken, mut counts) =
+            self.submit(intake, &tenant, events, plain.len(), received_at_ms)?;
+        // Held until the request is answered: a record waiting for its sync is in memory too.
+        counts.held = vec![payload_res];
+        counts.held.extend(plain_res);
+        Ok((taken, counts))
     }
 
     /// Runs a decoded batch through the chain.
@@ -171,6 +176,7 @@ impl Core {
             events: events.len(),
             truncated: events.iter().filter(|e| e.is_truncated()).count(),
             body_bytes,
+            held: Vec::new(),
         };
         let batch = Batch::new(
             BatchMeta {
@@ -220,6 +226,8 @@ struct Counts {
     events: usize,
     truncated: usize,
     body_bytes: usize,
+    /// The request's memory in the intake budget, given back once it is answered.
+    held: Vec<Reservation>,
 }
 
 impl Counts {
