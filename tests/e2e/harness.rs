@@ -18,12 +18,26 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// A port nothing listens on now, never handed out before in this test run: the
+/// kernel may give a just-released port again, and two of one test's listeners (or
+/// two tests' running at once) on the same port would fail to start.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static ISSUED: Mutex<Option<std::collections::HashSet<u16>>> = Mutex::new(None);
+    loop {
+        let port = StdListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if ISSUED
+            .lock()
+            .unwrap()
+            .get_or_insert_with(Default::default)
+            .insert(port)
+        {
+            return port;
+        }
+    }
 }
 
 /// `config` with the admin control API turned on by `token`.
