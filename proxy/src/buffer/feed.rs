@@ -7,16 +7,16 @@
 //! [`PERSIST_EVERY`]; a crash in between reads those records again
 //! (duplicates, never loss).
 //!
-//! File reads, position syncs and segment deletions run on the async
-//! worker: they are page-cache reads and small syncs, at most one per
-//! interval.
+//! Position syncs and segment deletions run on the blocking pool (an fsync
+//! each, per feed and interval: with many tenants they would stall the
+//! async workers); record reads stay on the async worker (page-cache reads).
 use super::record;
 use crate::archive::{ArchiveChunk, ArchiveHandle};
 use crate::sink::{ForwardChunk, RouteSlot};
 use crate::telemetry::buffer::BUFFER;
-use crate::wal::{Progress, Reader, Record, Wal};
+use crate::wal::{Durable, Progress, Reader, Record, Wal};
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
@@ -68,11 +68,13 @@ pub fn spawn(
     let reader = wal.reader(dest.name())?;
     let start = reader.acked().next_seq;
     let (done_tx, done_rx) = watch::channel(start);
-    let replay_end = wal.durable().borrow().next_seq;
+    let durable = wal.durable();
+    let replay_end = durable.borrow().next_seq;
     let feed = Feed {
         tenant: tenant.to_string(),
         wal,
-        reader,
+        reader: Arc::new(Mutex::new(reader)),
+        durable,
         dest,
         in_flight: VecDeque::new(),
         finished: Arc::new(Notify::new()),
@@ -92,7 +94,10 @@ pub fn spawn(
 struct Feed {
     tenant: String,
     wal: Arc<Wal>,
-    reader: Reader,
+    /// Shared with the blocking pool while its position is persisted.
+    reader: Arc<Mutex<Reader>>,
+    /// Wakes the feed when the log's durable end moves.
+    durable: watch::Receiver<Durable>,
     dest: Destination,
     /// Records handed to the destination, oldest first: (end seq, progress, received at).
     in_flight: VecDeque<(u64, Arc<Progress>, i64)>,
@@ -112,12 +117,15 @@ impl Feed {
         let mut reading = true;
         loop {
             if reading {
-                match self.reader.read() {
+                // Seen before reading: a record synced meanwhile wakes the wait below.
+                self.durable.borrow_and_update();
+                let read = self.reader.lock().unwrap().read();
+                match read {
                     Ok(Some(r)) => {
                         if !self.carry(r, &stop.reading).await {
                             reading = false;
                         }
-                        self.settle(false);
+                        self.take_done();
                         continue;
                     }
                     Ok(None) if stop.reading.is_cancelled() => reading = false,
@@ -136,20 +144,20 @@ impl Feed {
                 }
             }
             tokio::select! {
-                r = self.reader.changed(), if reading => {
+                r = self.durable.changed(), if reading => {
                     if r.is_err() {
                         // The log closed: nothing more will be written.
                         reading = false;
                     }
                 }
                 _ = stop.reading.cancelled(), if reading => {}
-                _ = self.finished.notified() => self.settle(false),
-                _ = persist.tick() => self.settle(true),
+                _ = self.finished.notified() => self.take_done(),
+                _ = persist.tick() => self.persist().await,
                 _ = stop.now.cancelled() => break,
             }
         }
         read_all.cancel();
-        self.settle(true);
+        self.persist().await;
     }
 
     /// Hands one record to the destination once its queue has room; false
@@ -246,14 +254,13 @@ impl Feed {
             tokio::select! {
                 r = &mut room => return Some(r),
                 _ = stop.cancelled() => return None,
-                _ = tick.tick() => self.settle(true),
+                _ = tick.tick() => self.persist().await,
             }
         }
     }
 
-    /// Takes the finished records off the front; `persist`: also persists
-    /// the position and deletes the segments every reader has passed.
-    fn settle(&mut self, persist: bool) {
+    /// Takes the finished records off the front: the destination is done up to there.
+    fn take_done(&mut self) {
         let mut end = None;
         while self.in_flight.front().is_some_and(|(_, p, _)| p.is_done()) {
             end = self.in_flight.pop_front().map(|(e, ..)| e);
@@ -261,9 +268,12 @@ impl Feed {
         if let Some(end) = end {
             self.done_tx.send_replace(end);
         }
-        if !persist {
-            return;
-        }
+    }
+
+    /// Persists how far the destination is done and deletes the segments
+    /// every reader has passed (on the blocking pool), and updates the age gauge.
+    async fn persist(&mut self) {
+        self.take_done();
         let labels = [self.tenant.as_str(), self.dest.name()];
         let oldest = self.in_flight.front().map_or(0, |(_, _, at)| {
             (chrono::Utc::now().timestamp_millis() - at).max(0) / 1000
@@ -273,22 +283,32 @@ impl Feed {
             .with_label_values(&labels)
             .set(oldest);
         let done = *self.done_tx.borrow();
-        let before = self.reader.acked();
-        // Also when `done` did not move: the reader may have moved into the next segment.
-        if let Err(e) = self.reader.ack(done) {
-            tracing::error!(tenant = %self.tenant, destination = self.dest.name(), error = %e, "persisting the disk buffer position failed (records will be read again)");
-            return;
-        }
-        if self.reader.acked().segment_base == before.segment_base {
-            return;
-        }
-        if let Err(e) = self.wal.delete_passed() {
-            tracing::warn!(tenant = %self.tenant, error = %e, "deleting read log segments failed; retrying later");
-        }
+        let (reader, wal) = (self.reader.clone(), self.wal.clone());
+        let saved = tokio::task::spawn_blocking(move || {
+            let mut reader = reader.lock().unwrap();
+            let before = reader.acked();
+            // Also when `done` did not move: the reader may have moved into the next segment.
+            reader.ack(done)?;
+            let moved = reader.acked().segment_base != before.segment_base;
+            drop(reader);
+            if moved {
+                if let Err(e) = wal.delete_passed() {
+                    tracing::warn!(error = %e, "deleting read log segments failed; retrying later");
+                }
+            }
+            Ok::<(), crate::wal::WalError>(())
+        })
+        .await;
+        let failed = match saved {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::error!(tenant = %self.tenant, destination = self.dest.name(), error = %failed, "persisting the disk buffer position failed (records will be read again)");
     }
 
     fn count_damage(&mut self) {
-        let stats = self.reader.stats();
+        let stats = self.reader.lock().unwrap().stats();
         let labels = [self.tenant.as_str(), self.dest.name()];
         BUFFER
             .lost_events
