@@ -365,9 +365,9 @@ impl Serving {
         }
         // The feeds persist how far their destinations got.
         buffers.stop.now.cancel();
-        for f in buffers.feeds {
-            let _ = f.task.await;
-        }
+        let feeds = futures::future::join_all(buffers.feeds.into_iter().map(|f| f.task));
+        // A moment past the deadline for the last positions to be saved; then go regardless.
+        let _ = tokio::time::timeout_at(deadline + std::time::Duration::from_secs(2), feeds).await;
         if buffers.disk.is_some() && (!archives_done || !routes_done) {
             tracing::warn!(
                 "undelivered events are safe in the disk buffer; the next start delivers them"

@@ -708,3 +708,46 @@ async fn requests_waiting_for_their_sync_stay_within_the_intake_memory_budget() 
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_size_limit_counts_records_still_waiting_to_be_written() {
+    let port = free_port(); // backend down: nothing leaves the log
+                            // One sync every 2 s, so every request of the burst is still queued when the next one is admitted.
+    let config = durable_config(port, "  sync: 2s\n")
+        .replace(
+            "  max_bytes_per_tenant: 64MiB\n",
+            "  max_bytes_per_tenant: 2MiB\n",
+        )
+        .replace(
+            "admin:\n",
+            "limits: {max_body_bytes: 256KiB, max_decompressed_bytes: 256KiB}\nadmin:\n",
+        );
+    let weir = Weir::start(&config).await;
+    let url = weir.url("/api/v2/logs");
+    let pad = "z".repeat(1000);
+    let sends = (0..40).map(|r| {
+        let (url, pad) = (url.clone(), pad.clone());
+        async move {
+            let body = json_logs(
+                100,
+                |i| json!({"message": format!("q-{r}-{i}"), "pad": pad}),
+            );
+            post(&url, &[KEY], body).await
+        }
+    });
+    let answers = futures::future::join_all(sends).await;
+    let taken = answers.iter().filter(|a| a.status == 202).count();
+    let full = answers
+        .iter()
+        .filter(|a| a.status == 503 && a.error().contains("full"))
+        .count();
+    assert_eq!(taken + full, 40, "202 or 503 (full) only");
+    // 40 records of ~100 KB are 4 MB: past 2 MiB, refused, though none was written yet at admission.
+    assert!(full > 0, "{taken} taken, none refused");
+    let m = weir.metrics().await;
+    let bytes = metric(&m, "weir_buffer_bytes{tenant=\"acme\"}");
+    assert!(
+        bytes < 3.0 * 1048576.0,
+        "the log grew to {bytes} bytes past its 2 MiB limit"
+    );
+}

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// How often a feed persists its acknowledged position (and deletes passed segments).
@@ -119,7 +120,7 @@ impl Feed {
             if reading {
                 // Seen before reading: a record synced meanwhile wakes the wait below.
                 self.durable.borrow_and_update();
-                let read = self.reader.lock().unwrap().read();
+                let read = self.reader.lock().unwrap_or_else(|e| e.into_inner()).read();
                 match read {
                     Ok(Some(r)) => {
                         if !self.carry(r, &stop.reading).await {
@@ -132,8 +133,11 @@ impl Feed {
                     Ok(None) => {}
                     Err(e) => {
                         tracing::error!(tenant = %self.tenant, destination = self.dest.name(), error = %e, "reading the disk buffer failed; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                            // Shutting down: what was read and finished is still persisted.
+                            _ = stop.now.cancelled() => break,
+                        }
                     }
                 }
             }
@@ -249,9 +253,11 @@ impl Feed {
         stop: &CancellationToken,
     ) -> Option<crate::budget::Reservation> {
         tokio::pin!(room);
-        let mut tick = tokio::time::interval(PERSIST_EVERY);
+        // Room first: told to stop reading, a feed still carries what fits.
+        let mut tick = tokio::time::interval_at(Instant::now() + PERSIST_EVERY, PERSIST_EVERY);
         loop {
             tokio::select! {
+                biased;
                 r = &mut room => return Some(r),
                 _ = stop.cancelled() => return None,
                 _ = tick.tick() => self.persist().await,
@@ -285,7 +291,7 @@ impl Feed {
         let done = *self.done_tx.borrow();
         let (reader, wal) = (self.reader.clone(), self.wal.clone());
         let saved = tokio::task::spawn_blocking(move || {
-            let mut reader = reader.lock().unwrap();
+            let mut reader = reader.lock().unwrap_or_else(|e| e.into_inner());
             let before = reader.acked();
             // Also when `done` did not move: the reader may have moved into the next segment.
             reader.ack(done)?;
@@ -308,7 +314,11 @@ impl Feed {
     }
 
     fn count_damage(&mut self) {
-        let stats = self.reader.lock().unwrap().stats();
+        let stats = self
+            .reader
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stats();
         let labels = [self.tenant.as_str(), self.dest.name()];
         BUFFER
             .lost_events

@@ -70,14 +70,10 @@ impl Disk {
         disk
     }
 
-    /// Bytes of every tenant's log.
+    /// Bytes of every tenant's log, with what is on its way to disk.
     pub fn bytes(&self) -> u64 {
-        self.logs
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(_, w)| w.bytes())
-            .sum()
+        let logs = self.logs.lock().unwrap();
+        logs.iter().map(|(_, w)| w.bytes_with_queued()).sum()
     }
 
     fn full(&self) -> bool {
@@ -233,7 +229,7 @@ impl TenantLog {
     /// are to be dropped (`drop_newest`, counted by the caller), `Err` when
     /// it must be refused (`block`, or a failing disk).
     pub fn admit(&self) -> Result<bool, BufferError> {
-        let own = self.wal.bytes();
+        let own = self.wal.bytes_with_queued();
         let all = self.disk.bytes();
         let over = if own >= self.max_bytes {
             Some((own, self.max_bytes))

@@ -118,10 +118,27 @@ impl Core {
         let (taken, counts) = chain
             .place(move || Ok(core.decode_and_submit(intake, t, payload, decoder)))
             .await??;
-        // Answered per the tenant's ack mode (its log record synced, or delivered).
-        chain.settle(taken).await?;
-        counts.count(intake, &tenant);
-        Ok(())
+        if !taken.waits() {
+            chain.settle(taken).await?;
+            counts.count(intake, &tenant);
+            return Ok(());
+        }
+        // Answered per the tenant's ack mode (its log record synced, or delivered), in a
+        // task of its own: a client that goes away meanwhile does not skip what the
+        // stages charged (committed or given back) nor the request's counts.
+        tokio::spawn(async move {
+            chain.settle(taken).await?;
+            counts.count(intake, &tenant);
+            Ok::<(), Refusal>(())
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(Refusal::Stage(crate::pipeline::Rejection::new(
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                crate::pipeline::RejectReason::InternalError,
+                "answering the request failed unexpectedly; retry later",
+            )))
+        })
     }
 
     fn decode_and_submit<D: Decode>(

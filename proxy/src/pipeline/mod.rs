@@ -143,6 +143,13 @@ pub struct Taken {
     wait: Option<(Wait, Batch)>,
 }
 
+impl Taken {
+    /// Whether answering it waits (for its log record).
+    pub fn waits(&self) -> bool {
+        self.wait.is_some()
+    }
+}
+
 /// One tenant's stages and outputs.
 pub struct Chain {
     stages: Vec<Box<dyn Stage>>,
@@ -235,6 +242,11 @@ impl Chain {
             Ok(()) => {
                 self.stages.iter().for_each(|s| s.commit(&batch));
                 Ok(taken.dispatched)
+            }
+            // In the log, so delivered later: charged as taken, though answered 503.
+            Err(e @ BufferError::NotDelivered(_)) => {
+                self.stages.iter().for_each(|s| s.commit(&batch));
+                Err(buffer_refusal(&e))
             }
             Err(e) => {
                 self.stages.iter().for_each(|s| s.refund(&batch));

@@ -251,9 +251,18 @@ impl Wal {
             reply,
         };
         let inbox = self.inbox.as_ref().ok_or(WalError::Closed)?;
-        inbox.try_send(append).map_err(|e| match e {
-            TrySendError::Full(_) => WalError::Full,
-            TrySendError::Disconnected(_) => WalError::Closed,
+        let len = append.payload.len() as u64;
+        self.stats
+            .queued
+            .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+        inbox.try_send(append).map_err(|e| {
+            self.stats
+                .queued
+                .fetch_sub(len, std::sync::atomic::Ordering::Relaxed);
+            match e {
+                TrySendError::Full(_) => WalError::Full,
+                TrySendError::Disconnected(_) => WalError::Closed,
+            }
         })?;
         Ok(rx)
     }
@@ -278,6 +287,12 @@ impl Wal {
     /// Bytes of the log's segment files on disk.
     pub fn bytes(&self) -> u64 {
         self.stats.bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Bytes on disk and on their way there (submitted, not yet written):
+    /// what the log's size limits count.
+    pub fn bytes_with_queued(&self) -> u64 {
+        self.bytes() + self.stats.queued.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn writer_stats(&self) -> &WriterStats {

@@ -30,6 +30,8 @@ pub struct WriterStats {
     pub failed_groups: AtomicU64,
     /// Bytes of the log's segment files on disk.
     pub bytes: AtomicU64,
+    /// Payload bytes submitted and not yet written (or failed).
+    pub queued: AtomicU64,
     /// Where each group's write-and-sync time goes, when the owner set one.
     pub sync_seconds: std::sync::OnceLock<prometheus::Histogram>,
     /// Makes the next group's write short and failed (tests only).
@@ -134,7 +136,10 @@ impl Writer {
 
     /// Writes and syncs one group, then answers each append.
     fn commit(&mut self, group: Vec<Append>) {
-        let ranges = match self.write_group(&group) {
+        let written = self.write_group(&group);
+        let payload: u64 = group.iter().map(|a| a.payload.len() as u64).sum();
+        self.stats.queued.fetch_sub(payload, Ordering::Relaxed);
+        let ranges = match written {
             Ok(ranges) => ranges,
             Err(e) => {
                 self.stats.failed_groups.fetch_add(1, Ordering::Relaxed);
@@ -217,7 +222,12 @@ impl Writer {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     return Err(WalError::io("removing empty segment", &path)(e));
                 }
-                _ => {}
+                Ok(()) => {
+                    self.stats
+                        .bytes
+                        .fetch_sub(SEGMENT_HEADER_LEN as u64, Ordering::Relaxed);
+                }
+                Err(_) => {}
             }
         }
         self.file = create_segment(&self.seg_dir, self.next_seq)?;
