@@ -83,6 +83,8 @@ pub fn spawn(
         replay_end,
         last_lost: 0,
         last_damaged: 0,
+        unsaved: false,
+        saved_done: start,
     };
     let read_all = CancellationToken::new();
     Ok(FeedHandle {
@@ -109,6 +111,9 @@ struct Feed {
     replay_end: u64,
     last_lost: u64,
     last_damaged: u64,
+    /// Read since the position was last saved (an idle feed saves nothing).
+    unsaved: bool,
+    saved_done: u64,
 }
 
 impl Feed {
@@ -121,6 +126,8 @@ impl Feed {
                 // Seen before reading: a record synced meanwhile wakes the wait below.
                 self.durable.borrow_and_update();
                 let read = self.reader.lock().unwrap_or_else(|e| e.into_inner()).read();
+                // A read may move the reader into the next segment: a position to save.
+                self.unsaved = true;
                 match read {
                     Ok(Some(r)) => {
                         if !self.carry(r, &stop.reading).await {
@@ -289,6 +296,10 @@ impl Feed {
             .with_label_values(&labels)
             .set(oldest);
         let done = *self.done_tx.borrow();
+        if !self.unsaved && done == self.saved_done {
+            return;
+        }
+        (self.unsaved, self.saved_done) = (false, done);
         let (reader, wal) = (self.reader.clone(), self.wal.clone());
         let saved = tokio::task::spawn_blocking(move || {
             let mut reader = reader.lock().unwrap_or_else(|e| e.into_inner());
@@ -310,6 +321,7 @@ impl Feed {
             Ok(Err(e)) => e.to_string(),
             Err(e) => e.to_string(),
         };
+        self.unsaved = true; // try again at the next interval
         tracing::error!(tenant = %self.tenant, destination = self.dest.name(), error = %failed, "persisting the disk buffer position failed (records will be read again)");
     }
 
