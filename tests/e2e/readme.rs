@@ -187,3 +187,26 @@ async fn the_rules_example_runs_and_its_admin_call_works_as_written() {
     assert!(ok && out.trim_end().ends_with(" 200"), "{out}");
     assert!(out.contains("\"sample_rate\":0.99"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_buffer_example_answers_delivered_once_the_backend_has_the_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = complete(&readme_yaml_after("### `buffer`"), dir.path(), "");
+    let sink = dir.path().join("eu-logs.ndjson");
+    // complete() chose the intake listener's port.
+    let port = text.split("127.0.0.1:").nth(1).unwrap();
+    let port: String = port.chars().take_while(char::is_ascii_digit).collect();
+    let weir = Weir::start_in(dir, &text).await;
+    // `[...]` became readme-key-1 (payments) and readme-key-2 (web).
+    let body = serde_json::to_vec(&serde_json::json!([{"message": "paid"}])).unwrap();
+    let url = format!("http://127.0.0.1:{port}/api/v2/logs");
+    let r = post(&url, &[("DD-API-KEY", "readme-key-1")], body).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    // `ack: delivered`: the file backend has it by the time the 202 arrives.
+    let got = std::fs::read_to_string(&sink).unwrap_or_default();
+    assert!(got.contains("\"paid\""), "{got:?}");
+    let ready = get(&format!("http://127.0.0.1:{}/readyz", weir.admin))
+        .await
+        .unwrap();
+    assert_eq!(ready.json()["buffer"]["status"], "ok", "{}", ready.text());
+}

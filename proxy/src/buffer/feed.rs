@@ -12,6 +12,7 @@
 //! async workers); record reads stay on the async worker (page-cache reads).
 use super::record;
 use crate::archive::{ArchiveChunk, ArchiveHandle};
+use crate::budget::{Queue, Reservation};
 use crate::sink::{ForwardChunk, RouteSlot};
 use crate::telemetry::buffer::BUFFER;
 use crate::wal::{Durable, Progress, Reader, Record, Wal};
@@ -206,9 +207,7 @@ impl Feed {
         let sent = match &self.dest {
             Destination::Archive(archive) => {
                 let archive = archive.clone();
-                let n = entry.lines.len();
-                let wait = async { archive.reserve_wait(n).await };
-                let Some(room) = self.wait_for_room(wait, stop).await else {
+                let Some(room) = self.wait_for_room(&archive, entry.lines.len(), stop).await else {
                     return false;
                 };
                 archive
@@ -224,9 +223,7 @@ impl Feed {
             Destination::Route(slot) if !entry.indexed.is_empty() => {
                 // The route of now (a reload may have swapped it).
                 let route = slot.read().unwrap().clone();
-                let n = entry.lines.len();
-                let wait = async { route.reserve_wait(n).await };
-                let Some(room) = self.wait_for_room(wait, stop).await else {
+                let Some(room) = self.wait_for_room(&route, entry.lines.len(), stop).await else {
                     return false;
                 };
                 route
@@ -254,11 +251,14 @@ impl Feed {
 
     /// Waits for room in the destination's queue (none: told to stop first),
     /// meanwhile settling what finishes and keeping the metrics current.
-    async fn wait_for_room(
+    async fn wait_for_room<T>(
         &mut self,
-        room: impl std::future::Future<Output = crate::budget::Reservation>,
+        queue: &Queue<T>,
+        bytes: usize,
         stop: &CancellationToken,
-    ) -> Option<crate::budget::Reservation> {
+    ) -> Option<Reservation> {
+        let queue = queue.clone(); // the wait must not borrow the feed, which persists meanwhile
+        let room = async move { queue.reserve_wait(bytes).await };
         tokio::pin!(room);
         // Room first: told to stop reading, a feed still carries what fits.
         let mut tick = tokio::time::interval_at(Instant::now() + PERSIST_EVERY, PERSIST_EVERY);

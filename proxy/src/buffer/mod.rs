@@ -20,7 +20,7 @@ use crate::telemetry::buffer::BUFFER;
 use crate::wal::{SeqRange, SyncPolicy, Wal, WalError, WalOptions};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 
@@ -42,7 +42,8 @@ pub enum BufferError {
 /// Every tenant's log: the global limit and what `/readyz` reports.
 pub struct Disk {
     max_bytes: u64,
-    logs: Mutex<Vec<(Arc<str>, Arc<Wal>)>>,
+    /// Every tenant's log (added at start; read per request, hence a read lock).
+    logs: RwLock<Vec<(Arc<str>, Arc<Wal>)>>,
     /// The last write failed (cleared by the next one that succeeds).
     failing: AtomicBool,
     last_error: Mutex<Option<String>>,
@@ -52,7 +53,7 @@ impl Disk {
     pub fn new(config: &BufferConfig) -> Arc<Disk> {
         let disk = Arc::new(Disk {
             max_bytes: config.max_bytes.0,
-            logs: Mutex::default(),
+            logs: RwLock::default(),
             failing: AtomicBool::new(false),
             last_error: Mutex::default(),
         });
@@ -60,7 +61,7 @@ impl Disk {
         BUFFER.bytes.set_source(Box::new(move || {
             weak.upgrade().map_or_else(Vec::new, |d| {
                 d.logs
-                    .lock()
+                    .read()
                     .unwrap()
                     .iter()
                     .map(|(t, w)| (vec![t.to_string()], w.bytes() as i64))
@@ -72,7 +73,7 @@ impl Disk {
 
     /// Bytes of every tenant's log, with what is on its way to disk.
     pub fn bytes(&self) -> u64 {
-        let logs = self.logs.lock().unwrap();
+        let logs = self.logs.read().unwrap();
         logs.iter().map(|(_, w)| w.bytes_with_queued()).sum()
     }
 
@@ -131,100 +132,68 @@ pub struct TenantLog {
     when_full: WhenFull,
     disk: Arc<Disk>,
     /// The route's done end (every seq below it delivered), for `ack: delivered`.
-    done: Vec<watch::Receiver<u64>>,
+    route_done: watch::Receiver<u64>,
     delivered_timeout: Duration,
+    /// `weir_buffer_records_total` of the tenant (no label lookup per request).
+    records: prometheus::IntCounter,
 }
 
-/// How a request that went into the log is answered.
-pub enum Wait {
-    /// `received`: at once (a failed write is still counted and reported).
-    Received(
-        oneshot::Receiver<Result<SeqRange, WalError>>,
-        Arc<TenantLog>,
-    ),
-    /// `durable`: once the writer synced its record.
-    Synced(
-        oneshot::Receiver<Result<SeqRange, WalError>>,
-        Arc<TenantLog>,
-    ),
-    /// `delivered`: once synced and the route delivered it (the backend accepted it).
-    Delivered(
-        oneshot::Receiver<Result<SeqRange, WalError>>,
-        Arc<TenantLog>,
-    ),
+/// A request whose record went to the log, answered per its tenant's ack mode.
+pub struct Wait {
+    written: oneshot::Receiver<Result<SeqRange, WalError>>,
+    log: Arc<TenantLog>,
 }
 
 impl Wait {
     pub async fn done(self) -> Result<(), BufferError> {
-        let (rx, log, delivered) = match self {
-            Wait::Received(rx, log) => {
-                tokio::spawn(async move {
-                    let written = rx.await.unwrap_or(Err(WalError::Closed));
-                    log.disk.wrote(&written, &log.tenant);
-                });
-                return Ok(());
-            }
-            Wait::Synced(rx, log) => (rx, log, false),
-            Wait::Delivered(rx, log) => (rx, log, true),
-        };
-        let written = rx.await.unwrap_or(Err(WalError::Closed));
+        let Wait { written, log } = self;
+        if log.ack == AckMode::Received {
+            // Answered at once; a failed write is still counted and reported.
+            tokio::spawn(async move {
+                let written = written.await.unwrap_or(Err(WalError::Closed));
+                log.disk.wrote(&written, &log.tenant);
+            });
+            return Ok(());
+        }
+        let written = written.await.unwrap_or(Err(WalError::Closed));
         log.disk.wrote(&written, &log.tenant);
         let range = written.map_err(BufferError::Failed)?;
-        if delivered {
+        if log.ack == AckMode::Delivered {
             log.delivered(range.end).await?;
         }
         Ok(())
     }
 }
 
+/// Opens `tenant`'s log under `data_dir/wal/<tenant>` (its feeds read it, its `TenantLog` writes it).
+fn open_wal(
+    data_dir: &Path,
+    tenant: &str,
+    config: &BufferConfig,
+    disk: &Arc<Disk>,
+) -> Result<Arc<Wal>, WalError> {
+    let options = WalOptions {
+        segment_bytes: config.segment_bytes.0,
+        sync: match config.sync {
+            SyncSetting::EveryRequest => SyncPolicy::EveryGroup,
+            SyncSetting::Every(d) => SyncPolicy::Interval(d),
+        },
+        ..WalOptions::default()
+    };
+    let wal = Arc::new(Wal::open(&data_dir.join("wal").join(tenant), options)?);
+    let _ = wal
+        .writer_stats()
+        .sync_seconds
+        .set(BUFFER.sync_seconds.with_label_values(&[tenant]));
+    crate::telemetry::buffer::seed(tenant);
+    disk.logs
+        .write()
+        .unwrap()
+        .push((tenant.into(), wal.clone()));
+    Ok(wal)
+}
+
 impl TenantLog {
-    /// Opens `tenant`'s log (the `Wal` its feeds read and `new` writes) under `data_dir/wal/<tenant>`.
-    pub fn open(
-        data_dir: &Path,
-        tenant: &str,
-        config: &BufferConfig,
-        disk: &Arc<Disk>,
-    ) -> Result<Arc<Wal>, WalError> {
-        let options = WalOptions {
-            segment_bytes: config.segment_bytes.0,
-            sync: match config.sync {
-                SyncSetting::EveryRequest => SyncPolicy::EveryGroup,
-                SyncSetting::Every(d) => SyncPolicy::Interval(d),
-            },
-            ..WalOptions::default()
-        };
-        let wal = Arc::new(Wal::open(&data_dir.join("wal").join(tenant), options)?);
-        let _ = wal
-            .writer_stats()
-            .sync_seconds
-            .set(BUFFER.sync_seconds.with_label_values(&[tenant]));
-        crate::telemetry::buffer::seed(tenant);
-        disk.logs.lock().unwrap().push((tenant.into(), wal.clone()));
-        Ok(wal)
-    }
-
-    /// The intake side of `wal`, once its feeds run (`done`: their done ends).
-    pub fn new(
-        tenant: &str,
-        wal: Arc<Wal>,
-        ack: AckMode,
-        config: &BufferConfig,
-        disk: Arc<Disk>,
-        done: Vec<watch::Receiver<u64>>,
-        delivered_timeout: Duration,
-    ) -> Arc<TenantLog> {
-        Arc::new(TenantLog {
-            tenant: tenant.into(),
-            wal,
-            ack,
-            max_bytes: config.max_bytes_per_tenant.0,
-            when_full: config.when_full,
-            disk,
-            done,
-            delivered_timeout,
-        })
-    }
-
     /// Whether a request may go in: `Ok(true)` yes, `Ok(false)` its events
     /// are to be dropped (`drop_newest`, counted by the caller), `Err` when
     /// it must be refused (`block`, or a failing disk).
@@ -259,30 +228,23 @@ impl TenantLog {
             self.disk.wrote(&Err(e.clone()), &self.tenant);
             BufferError::Failed(e)
         })?;
-        BUFFER.records.with_label_values(&[&self.tenant]).inc();
-        let log = self.clone();
-        Ok(match self.ack {
-            AckMode::Received => Wait::Received(rx, log),
-            AckMode::Durable => Wait::Synced(rx, log),
-            AckMode::Delivered => Wait::Delivered(rx, log),
+        self.records.inc();
+        Ok(Wait {
+            written: rx,
+            log: self.clone(),
         })
     }
 
     /// Waits until the route is done with the seqs below `end`.
     async fn delivered(&self, end: u64) -> Result<(), BufferError> {
-        let mut done = self.done.clone();
-        let all = async {
-            for d in &mut done {
-                // An error: the feed ended (shutdown); the record is safe in the log.
-                if d.wait_for(|&e| e >= end).await.is_err() {
-                    return false;
-                }
-            }
-            true
-        };
-        match tokio::time::timeout(self.delivered_timeout, all).await {
-            Ok(true) => Ok(()),
-            _ => Err(BufferError::NotDelivered(self.delivered_timeout)),
+        let mut done = self.route_done.clone();
+        // An error: the feed ended (shutdown); the record is safe in the log.
+        let reached = tokio::time::timeout(self.delivered_timeout, done.wait_for(|&e| e >= end))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        match reached {
+            true => Ok(()),
+            false => Err(BufferError::NotDelivered(self.delivered_timeout)),
         }
     }
 }
@@ -305,7 +267,7 @@ pub fn start(
     stop: &feed::FeedStop,
 ) -> Result<Started, WalError> {
     let buffer = &config.buffer;
-    let wal = TenantLog::open(&config.data_dir, &tenant.name, buffer, disk)?;
+    let wal = open_wal(&config.data_dir, &tenant.name, buffer, disk)?;
     let mut dests = vec![feed::Destination::Route(route)];
     match archive {
         Some(a) => dests.push(feed::Destination::Archive(a)),
@@ -315,17 +277,18 @@ pub fn start(
     for dest in dests {
         feeds.push(feed::spawn(&tenant.name, wal.clone(), dest, stop.clone())?);
     }
-    // `ack: delivered` waits for the backend (the route); the archive has the events in the log.
-    let done = vec![feeds[0].done.clone()];
-    let log = TenantLog::new(
-        &tenant.name,
+    let log = Arc::new(TenantLog {
+        tenant: tenant.name.as_str().into(),
         wal,
-        tenant.ack,
-        buffer,
-        disk.clone(),
-        done,
-        buffer.delivered_timeout.0,
-    );
+        ack: tenant.ack,
+        max_bytes: buffer.max_bytes_per_tenant.0,
+        when_full: buffer.when_full,
+        disk: disk.clone(),
+        // `ack: delivered` waits for the backend (the route); the archive has the events in the log.
+        route_done: feeds[0].done.clone(),
+        delivered_timeout: buffer.delivered_timeout.0,
+        records: BUFFER.records.with_label_values(&[&tenant.name]),
+    });
     Ok(Started { log, feeds })
 }
 

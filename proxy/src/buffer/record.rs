@@ -5,14 +5,16 @@
 //! or run through a plugin again.
 //!
 //! ```text
-//! u8 version (1) | i64 received_at_ms | u32 ranges | ranges × (u32 start, u32 end) | lines
+//! u8 version (1) | i64 received_at_ms | u32 lines length | lines | u32 ranges | ranges × (u32 start, u32 end)
 //! ```
-//! All little-endian; ranges index into `lines`.
+//! All little-endian; ranges index into `lines`. The lines come first so the
+//! stages' output is serialized straight into the record, never copied.
 use bytes::Bytes;
 use std::ops::Range;
 
 const VERSION: u8 = 1;
-const FIXED: usize = 1 + 8 + 4;
+/// Where the lines start.
+const LINES_AT: usize = 1 + 8 + 4;
 
 pub struct Entry {
     pub lines: Bytes,
@@ -20,17 +22,25 @@ pub struct Entry {
     pub received_at_ms: i64,
 }
 
-pub fn encode(lines: &[u8], indexed: &[Range<u32>], received_at_ms: i64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(FIXED + indexed.len() * 8 + lines.len());
+/// A record's head, with room for `lines` bytes of lines: write them after it, then [`finish`].
+pub fn begin(received_at_ms: i64, lines: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(LINES_AT + lines + 64);
     out.push(VERSION);
     out.extend_from_slice(&received_at_ms.to_le_bytes());
-    out.extend_from_slice(&(indexed.len() as u32).to_le_bytes());
-    for r in indexed {
-        out.extend_from_slice(&r.start.to_le_bytes());
-        out.extend_from_slice(&r.end.to_le_bytes());
-    }
-    out.extend_from_slice(lines);
+    out.extend_from_slice(&0u32.to_le_bytes());
     out
+}
+
+/// Completes a record [`begin`] started, whose lines are what follows the head.
+pub fn finish(record: &mut Vec<u8>, indexed: &[Range<u32>]) {
+    let lines = (record.len() - LINES_AT) as u32;
+    record[9..LINES_AT].copy_from_slice(&lines.to_le_bytes());
+    record.reserve(4 + indexed.len() * 8);
+    record.extend_from_slice(&(indexed.len() as u32).to_le_bytes());
+    for r in indexed {
+        record.extend_from_slice(&r.start.to_le_bytes());
+        record.extend_from_slice(&r.end.to_le_bytes());
+    }
 }
 
 /// Why a record's payload (whose checksum held) is not a Weir record.
@@ -39,31 +49,35 @@ pub fn encode(lines: &[u8], indexed: &[Range<u32>], received_at_ms: i64) -> Vec<
 pub struct Malformed(&'static str);
 
 pub fn decode(payload: Vec<u8>) -> Result<Entry, Malformed> {
-    if payload.len() < FIXED {
+    let u32_at = |at: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(
+            payload.get(at..at + 4)?.try_into().unwrap(),
+        ))
+    };
+    if payload.len() < LINES_AT {
         return Err(Malformed("too short"));
     }
     if payload[0] != VERSION {
         return Err(Malformed("version"));
     }
     let received_at_ms = i64::from_le_bytes(payload[1..9].try_into().unwrap());
-    let n = u32::from_le_bytes(payload[9..13].try_into().unwrap()) as usize;
-    let lines_at = n
-        .checked_mul(8)
-        .and_then(|b| b.checked_add(FIXED))
-        .filter(|&at| at <= payload.len())
-        .ok_or(Malformed("ranges"))?;
-    let lines_len = (payload.len() - lines_at) as u32;
+    let lines_len = u32_at(9).unwrap();
+    let lines_end = LINES_AT + lines_len as usize;
+    let n = u32_at(lines_end).ok_or(Malformed("lines"))? as usize;
+    let ranges_at = lines_end + 4;
+    if n.checked_mul(8).and_then(|b| b.checked_add(ranges_at)) != Some(payload.len()) {
+        return Err(Malformed("ranges"));
+    }
     let mut indexed = Vec::with_capacity(n);
     for i in 0..n {
-        let at = FIXED + i * 8;
-        let start = u32::from_le_bytes(payload[at..at + 4].try_into().unwrap());
-        let end = u32::from_le_bytes(payload[at + 4..at + 8].try_into().unwrap());
+        let at = ranges_at + i * 8;
+        let (start, end) = (u32_at(at).unwrap(), u32_at(at + 4).unwrap());
         if start > end || end > lines_len {
             return Err(Malformed("a range outside the lines"));
         }
         indexed.push(start..end);
     }
-    let lines = Bytes::from(payload).slice(lines_at..);
+    let lines = Bytes::from(payload).slice(LINES_AT..lines_end);
     Ok(Entry {
         lines,
         indexed,
@@ -74,6 +88,13 @@ pub fn decode(payload: Vec<u8>) -> Result<Entry, Malformed> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn encode(lines: &[u8], indexed: &[Range<u32>], at: i64) -> Vec<u8> {
+        let mut r = begin(at, lines.len());
+        r.extend_from_slice(lines);
+        finish(&mut r, indexed);
+        r
+    }
 
     #[test]
     fn round_trips_and_refuses_ranges_outside_the_lines() {

@@ -15,7 +15,7 @@ pub mod workers;
 
 use crate::archive::{ArchiveChunk, ArchiveHandle};
 use crate::budget::Reservation;
-use crate::buffer::{BufferError, TenantLog, Wait};
+use crate::buffer::{record, BufferError, TenantLog, Wait};
 use crate::event::{Batch, Disposition};
 use crate::sink::{ForwardChunk, RouteSlot};
 use bytes::Bytes;
@@ -277,7 +277,9 @@ impl Chain {
             });
         }
         self.run_stages(&mut batch)?;
-        let (lines, indexed, kept) = serialize(&batch);
+        // The lines go straight into the log record.
+        let mut payload = record::begin(batch.meta.received_at_ms, lines_estimate(&batch));
+        let (indexed, kept) = serialize(&batch, &mut payload);
         let dispatched = Dispatched {
             archived: if self.outputs.archive.is_some() {
                 kept
@@ -293,8 +295,7 @@ impl Chain {
                 wait: None,
             });
         }
-        let payload = crate::buffer::record::encode(&lines, &indexed, batch.meta.received_at_ms);
-        drop(lines);
+        record::finish(&mut payload, &indexed);
         let wait = match log.submit(payload, kept as u32) {
             Ok(w) => w,
             Err(e) => {
@@ -349,7 +350,8 @@ impl Chain {
         mut route_res: Reservation,
     ) -> Result<Dispatched, Rejection> {
         let out = &self.outputs;
-        let (buf, indexed_ranges, kept) = serialize(batch);
+        let mut buf = Vec::with_capacity(lines_estimate(batch));
+        let (indexed_ranges, kept) = serialize(batch, &mut buf);
         let lines = Bytes::from(buf);
         let archived = if out.archive.is_some() { kept } else { 0 };
         let indexed = indexed_ranges.len();
@@ -401,26 +403,31 @@ impl Chain {
 }
 
 /// Each event not dropped as one NDJSON line (serialized once: the archive
-/// and the backend share the bytes), the ranges of the indexed ones, and how
-/// many were kept.
-fn serialize(batch: &Batch) -> (Vec<u8>, Vec<std::ops::Range<u32>>, usize) {
-    let mut buf = Vec::with_capacity(batch.meta.body_bytes + batch.events.len() * 64);
+/// and the backend share the bytes), appended to `out`: the ranges of the
+/// indexed ones (from where the lines start in `out`), and how many were kept.
+fn serialize(batch: &Batch, out: &mut Vec<u8>) -> (Vec<std::ops::Range<u32>>, usize) {
+    let base = out.len();
     let mut kept = 0usize;
     let mut indexed = Vec::with_capacity(batch.events.len());
     for (ev, disp) in batch.events.iter().zip(&batch.dispositions) {
         if *disp == Disposition::Drop {
             continue;
         }
-        let start = buf.len();
-        ev.write_json(&mut buf);
-        let end = buf.len() as u32;
-        buf.push(b'\n');
+        let start = (out.len() - base) as u32;
+        ev.write_json(out);
+        let end = (out.len() - base) as u32;
+        out.push(b'\n');
         kept += 1;
         if *disp == Disposition::Index {
-            indexed.push(start as u32..end);
+            indexed.push(start..end);
         }
     }
-    (buf, indexed, kept)
+    (indexed, kept)
+}
+
+/// The lines take about what the request's JSON took.
+fn lines_estimate(batch: &Batch) -> usize {
+    batch.meta.body_bytes + batch.events.len() * 64
 }
 
 fn buffer_refusal(e: &BufferError) -> Rejection {

@@ -36,7 +36,8 @@ pub struct RateLimit<C: GovernorClock = DefaultClock> {
     clock: C,
 }
 
-fn quota(per_second: u64, burst: Option<u64>) -> Quota {
+/// A GCRA quota of `per_second` (at least 1) with `burst` (default: one second's worth).
+pub(crate) fn quota(per_second: u64, burst: Option<u64>) -> Quota {
     let rate = NonZeroU32::new(per_second.clamp(1, u32::MAX as u64) as u32).unwrap();
     let burst =
         NonZeroU32::new(burst.unwrap_or(per_second).clamp(1, u32::MAX as u64) as u32).unwrap();

@@ -140,9 +140,8 @@ pub fn spawn_route(
 
 /// A limiter of `rate` events per second whose burst holds a whole batch.
 fn pace(rate: u64, max_events: usize) -> governor::DefaultDirectRateLimiter {
-    let clamp = |n: u64| std::num::NonZeroU32::new(n.clamp(1, u32::MAX as u64) as u32).unwrap();
-    let burst = clamp(rate.max(max_events as u64));
-    governor::RateLimiter::direct(governor::Quota::per_second(clamp(rate)).allow_burst(burst))
+    let burst = rate.max(max_events as u64);
+    governor::RateLimiter::direct(crate::quota::rate::quota(rate, Some(burst)))
 }
 
 /// A batch being filled.

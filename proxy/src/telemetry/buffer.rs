@@ -1,8 +1,6 @@
 //! Metrics of the disk buffer (the write-ahead log), per tenant and, where
 //! the log's readers differ, per destination (`archive`, `route`).
-use prometheus::{
-    exponential_buckets, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
-};
+use prometheus::{exponential_buckets, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec};
 use std::sync::LazyLock;
 
 pub struct BufferMetrics {
@@ -19,16 +17,9 @@ pub struct BufferMetrics {
 
 pub static BUFFER: LazyLock<BufferMetrics> = LazyLock::new(|| {
     let r = &super::METRICS.registry;
-    let counter = |name: &str, help: &str, labels: &[&str]| {
-        let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-        r.register(Box::new(c.clone())).expect("registered once");
-        c
-    };
-    let gauge = |name: &str, help: &str, labels: &[&str]| {
-        let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-        r.register(Box::new(g.clone())).expect("registered once");
-        g
-    };
+    // The registry's own builders (telemetry/mod.rs), as every other metric uses.
+    let counter = |name: &str, help: &str, labels: &[&str]| super::counter(r, name, help, labels);
+    let gauge = |name: &str, help: &str, labels: &[&str]| super::gauge(r, name, help, labels);
     let sync_seconds = HistogramVec::new(
         HistogramOpts::new(
             "weir_buffer_sync_duration_seconds",
