@@ -38,6 +38,20 @@ impl<T> Queue<T> {
         self.budget.reserve_wait(bytes).await
     }
 
+    /// Reserves `bytes`, waiting for them until `deadline` (none: no room by then).
+    pub async fn reserve_until(
+        &self,
+        bytes: usize,
+        deadline: tokio::time::Instant,
+    ) -> Option<Reservation> {
+        if let Some(r) = self.reserve(bytes) {
+            return Some(r);
+        }
+        tokio::time::timeout_at(deadline, self.reserve_wait(bytes))
+            .await
+            .ok()
+    }
+
     /// Makes `r` hold `bytes`; false (and `r` unchanged) when growing finds no room.
     pub fn resize(&self, r: &mut Reservation, bytes: usize) -> bool {
         self.budget.resize(r, bytes)

@@ -183,12 +183,15 @@ fn open_archives(
 
 /// What the tenants' stages share, filled in one tenant at a time: the rule
 /// lists and quotas (which the admin API changes at run time), the plugins
-/// (which the file watcher reloads) and the threads plugin calls run on.
+/// (which the file watcher reloads) and the intake threads the chains run on.
 struct Shared {
     rules: rules::exclusion::ExclusionRules,
     quotas: quota::daily::DailyQuotas,
     plugins: plugin::Plugins,
-    workers: Option<Arc<pipeline::workers::Workers>>,
+    /// Tenants with plugins run on these, so a slow plugin holds up no other tenant.
+    plugin_workers: Option<Arc<pipeline::workers::Workers>>,
+    /// The other tenants' requests are decoded and staged on these.
+    intake_workers: Arc<pipeline::workers::Workers>,
     threads: usize,
 }
 
@@ -201,7 +204,15 @@ impl Shared {
             rules: rules::exclusion::ExclusionRules::with_global(plan.global_rules.clone()),
             quotas: quota::daily::DailyQuotas::new(clock::system(), &config.data_dir.join("quota")),
             plugins: plugin::Plugins::new(Some(&config.data_dir)),
-            workers: any_plugin.then(|| pipeline::workers::Workers::new(threads)),
+            plugin_workers: any_plugin
+                .then(|| pipeline::workers::Workers::new("weir-stage", threads)),
+            intake_workers: pipeline::workers::Workers::new(
+                "weir-intake",
+                match config.limits.intake_threads {
+                    0 => pipeline::workers::Workers::default_threads(),
+                    n => n,
+                },
+            ),
             threads,
         }
     }
@@ -229,9 +240,13 @@ impl Shared {
         // Every tenant has these two: the admin API may give it rules or a quota at run time.
         stages.push(Box::new(self.rules.add(&t.name, t.exclusion_rules.clone())));
         stages.push(Box::new(self.quotas.add(&t.name, t.daily_quota.as_ref())));
+        let workers = match stages.iter().any(|s| s.blocks()) {
+            true => self.plugin_workers.clone(),
+            false => Some(self.intake_workers.clone()),
+        };
         Ok(Arc::new(tenant::Tenant {
             name: t.name.as_str().into(),
-            chain: Chain::with_workers(stages, outputs, self.workers.clone()),
+            chain: Chain::with_workers(stages, outputs, workers),
         }))
     }
 }

@@ -68,7 +68,8 @@ async fn full_queue_refuses_whole_requests_and_accepted_ones_arrive() {
         &format!("127.0.0.1:{port}"),
         "    max_queued_bytes: 64KiB",
         // The memory buffer: its queue is what fills (the disk buffer's limits are durability.rs's).
-        "buffer: {type: memory}\nlimits:\n  max_body_bytes: 64KiB\n  max_decompressed_bytes: 64KiB\n  max_inflight_request_bytes: 1MiB\n",
+        // Refused at once (no wait for room): the wait is the next test's.
+        "buffer: {type: memory}\nlimits:\n  max_body_bytes: 64KiB\n  max_decompressed_bytes: 64KiB\n  max_inflight_request_bytes: 1MiB\n  admission_wait: 0s\n",
     );
     let mut weir = Weir::start(&cfg).await;
     let mut accepted = HashSet::new();
@@ -111,6 +112,50 @@ async fn full_queue_refuses_whole_requests_and_accepted_ones_arrive() {
         "exactly the accepted requests arrive, no part of a refused one"
     );
     assert_eq!(got.len(), accepted.len(), "no duplicates");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_makes_requests_wait_unread_and_takes_them_once_there_is_room() {
+    let port = free_port();
+    let cfg = config(
+        &format!("127.0.0.1:{port}"),
+        "    max_queued_bytes: 64KiB",
+        "buffer: {type: memory}\nlimits:\n  max_body_bytes: 64KiB\n  max_decompressed_bytes: 64KiB\n  admission_wait: 30s\n",
+    );
+    let mut weir = Weir::start(&cfg).await;
+    // The backend is down: the queue fills after a few requests, the rest wait for room.
+    let url = weir.url("/api/v2/logs");
+    let sends: Vec<_> = (0..60)
+        .map(|r| {
+            let url = url.clone();
+            tokio::spawn(async move { post(&url, &[KEY], events(&format!("w{r}"), 100)).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let answered = sends.iter().filter(|h| h.is_finished()).count();
+    assert!(
+        answered < 60,
+        "the queue never filled: every request answered at once: {}",
+        weir.metrics().await.lines().filter(|l| l.starts_with("weir_rejected") || l.starts_with("weir_queued")).collect::<Vec<_>>().join("\n")
+    );
+    let dd = FakeDatadog::start_on(port).await;
+    for (r, h) in sends.into_iter().enumerate() {
+        let resp = h.await.unwrap();
+        assert_eq!(resp.status, 202, "request {r} waited for room: {}", resp.text());
+    }
+    eventually(Duration::from_secs(30), "every request's events delivered", || {
+        (dd.count() >= 60 * 100).then_some(())
+    })
+    .await;
+    let m = weir.metrics().await;
+    assert!(
+        !m.contains("weir_rejected_requests_total{"),
+        "nothing refused: {}",
+        m.lines().filter(|l| l.starts_with("weir_rejected")).collect::<Vec<_>>().join("\n")
+    );
+    assert!(weir.terminate().success(), "{}", weir.log());
+    let got = dd.take();
+    assert_eq!(got.len(), 60 * 100, "each event once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

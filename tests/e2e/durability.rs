@@ -720,7 +720,7 @@ async fn the_size_limit_counts_records_still_waiting_to_be_written() {
         )
         .replace(
             "admin:\n",
-            "limits: {max_body_bytes: 256KiB, max_decompressed_bytes: 256KiB}\nadmin:\n",
+            "limits: {max_body_bytes: 256KiB, max_decompressed_bytes: 256KiB, admission_wait: 1s}\nadmin:\n",
         );
     let weir = Weir::start(&config).await;
     let url = weir.url("/api/v2/logs");

@@ -31,6 +31,7 @@
 #   RULES=1                  configure 20 exclusion rules, a daily quota and a rate limit (the full path)
 #   BUFFER=durable           the buffer of scenarios that do not name one (see SCENARIOS)
 #   PLUGIN=path.wasm         run this Wasm plugin on every batch (e.g. plugins/target/wasm32-wasip1/release/redact.wasm)
+#   PLUGIN_CONFIG='{...}'    the plugin's config, YAML flow style (e.g. '{detectors: [email, credit_card]}')
 #   KEEP=1                   keep the temp dir (configs, logs, archive objects)
 #   RESULTS_OUT=/tmp/weir-bench-results.jsonl   where each scenario's full JSON line is copied
 # Needs curl, jq, ss (iproute2) and column. The three processes share the
@@ -170,7 +171,7 @@ EOF
         bench_rules >>"$dir/weir.yaml"
     fi
     if [[ -n $plugin ]]; then
-        printf '    plugins:\n      - {name: bench-plugin, path: %s}\n' "$plugin" >>"$dir/weir.yaml"
+        printf '    plugins:\n      - {name: bench-plugin, path: %s%s}\n' "$plugin" "${PLUGIN_CONFIG:+, config: $PLUGIN_CONFIG}" >>"$dir/weir.yaml"
     fi
     # Top-level, after the tenant's own lines.
     case $buffer in

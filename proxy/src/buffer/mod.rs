@@ -214,6 +214,23 @@ impl TenantLog {
         }
     }
 
+    /// With `when_full: block`, waits (until `deadline`) while the log is at
+    /// its size limit, so a request waits unread for the feeds to make room;
+    /// still full at `deadline`, the error to refuse it with. Polled: room
+    /// comes back as segments are deleted, a few times a second at most.
+    pub async fn wait_for_room(&self, deadline: tokio::time::Instant) -> Result<(), BufferError> {
+        const POLL: Duration = Duration::from_millis(50);
+        loop {
+            match self.admit() {
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => {
+                    tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + POLL)).await
+                }
+                Ok(_) => return Ok(()),
+            }
+        }
+    }
+
     /// Counts events dropped by `drop_newest`.
     pub fn dropped(&self, events: usize) {
         BUFFER

@@ -64,8 +64,18 @@ pub struct Limits {
     pub max_events_per_request: Option<usize>,
     /// Largest single log; longer messages are truncated and marked.
     pub max_log_bytes: ByteSize,
-    /// Memory all requests being read and decoded may hold at once; past it, 503.
+    /// Memory all requests being read and decoded may hold at once; past it,
+    /// a request waits (its body unread) up to `admission_wait`, then 503.
     pub max_inflight_request_bytes: ByteSize,
+    /// How long a request may wait for room (memory, its tenant's queues or
+    /// disk buffer, a thread to decode it) before it is refused with 503.
+    /// Waiting, its body is not read (or not decoded), so overload slows agents
+    /// down instead of spending the CPU on requests that are then refused.
+    /// 0: refuse at once.
+    pub admission_wait: Dur,
+    /// Threads that decode requests and run the stages of tenants without
+    /// plugins, at a lower CPU priority than delivery; 0: one per core.
+    pub intake_threads: usize,
     /// HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
     /// Threads running the batches of tenants with plugins (at most this many
@@ -85,6 +95,8 @@ impl Default for Limits {
             max_events_per_request: None,
             max_log_bytes: ByteSize::mib(1),
             max_inflight_request_bytes: ByteSize::mib(48),
+            admission_wait: Dur(Duration::from_secs(5)),
+            intake_threads: 0,
             max_concurrent_streams: 100,
             plugin_threads: 0,
         }

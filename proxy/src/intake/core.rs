@@ -13,7 +13,7 @@ use super::Refusal;
 use crate::budget::{Budget, Reservation};
 use crate::config::Limits;
 use crate::event::{Batch, BatchMeta, Event, Intake, PayloadLimits};
-use crate::pipeline::Taken;
+use crate::pipeline::{Room, Taken};
 use crate::telemetry::{IntakeOutcome, METRICS};
 use crate::tenant::{AuthError, Tenant, Tenants};
 use bytes::Bytes;
@@ -40,6 +40,21 @@ pub struct Payload {
     pub encoding: Encoding,
     /// From [`Core::reserve_payload`], held until the batch is in the stages' queues.
     pub reservation: Reservation,
+}
+
+impl Payload {
+    /// What its events may take in the tenant's queues, judged before it is
+    /// decompressed: as NDJSON lines they take up to twice the JSON they came
+    /// in (small events gain their timestamp and status), and logs compress 4
+    /// to 10 times. Only what is taken before decoding: the excess is given
+    /// back once the lines are written.
+    fn queued_estimate(&self) -> usize {
+        let plain = match self.encoding {
+            Encoding::Identity => self.bytes.len(),
+            _ => self.bytes.len().saturating_mul(4),
+        };
+        plain.saturating_mul(2)
+    }
 }
 
 pub struct Core {
@@ -88,23 +103,38 @@ impl Core {
         self.limits.body_read_timeout.0
     }
 
-    /// Reserves the memory of a payload before a byte of it is read, so
-    /// overload refuses it whole: `declared` bytes, or the largest allowed
-    /// when the sender did not say.
-    pub fn reserve_payload(&self, declared: Option<usize>) -> Result<Reservation, Refusal> {
+    /// When a request starting a wait now stops waiting and is refused
+    /// (`limits.admission_wait`; a body's read time is not part of any wait).
+    fn admission_deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.limits.admission_wait.0
+    }
+
+    /// Reserves the memory of a payload before a byte of it is read:
+    /// `declared` bytes, or the largest allowed when the sender did not say.
+    /// Without room, it waits up to `limits.admission_wait` with the body
+    /// unread (the sender is slowed down, nothing is spent on it), then
+    /// refuses it whole.
+    pub async fn reserve_payload(&self, declared: Option<usize>) -> Result<Reservation, Refusal> {
         let max = self.max_payload();
         if declared.is_some_and(|n| n > max) {
             return Err(Refusal::BodyTooLarge { max });
         }
-        self.budget
-            .try_reserve(declared.unwrap_or(max))
-            .ok_or(Refusal::Busy)
+        let bytes = declared.unwrap_or(max);
+        if let Some(r) = self.budget.try_reserve(bytes) {
+            return Ok(r);
+        }
+        tokio::time::timeout_at(self.admission_deadline(), self.budget.reserve_wait(bytes))
+            .await
+            .map_err(|_| Refusal::Busy)
     }
 
-    /// Decodes `payload` and runs its batch through the chain. Decoding and the
-    /// stages run where the tenant's batches belong: on the stage workers when
-    /// a plugin may hold the CPU, so events are also allocated and freed on one
-    /// thread; else right here.
+    /// Decodes `payload` and runs its batch through the chain, on the tenant's
+    /// intake threads (see `pipeline::workers`: at a lower priority than
+    /// delivery, so an overloaded proxy slows its agents down rather than its
+    /// backends). Before that, it waits (up to `limits.admission_wait`) for
+    /// room in the tenant's queues or disk buffer, and then for a thread (as
+    /// long, and at least [`THREAD_WAIT`]); a request refused for either is
+    /// refused undecoded: a refusal costs next to nothing.
     pub async fn take<D: Decode>(
         self: &Arc<Self>,
         intake: Intake,
@@ -115,8 +145,16 @@ impl Core {
         let core = self.clone();
         let chain = tenant.chain.clone();
         let t = tenant.clone();
+        let estimate = payload.queued_estimate();
+        let room = chain.ready(estimate, self.admission_deadline()).await?;
+        let deadline = Instant::now() + self.limits.admission_wait.0.max(THREAD_WAIT);
         let (taken, counts) = chain
-            .place(move || Ok(core.decode_and_submit(intake, t, payload, decoder)))
+            .place(move || {
+                if Instant::now() >= deadline {
+                    return Ok(Err(Refusal::NoThread));
+                }
+                Ok(core.decode_and_submit(intake, t, payload, decoder, room))
+            })
             .await??;
         if !taken.waits() {
             chain.settle(taken).await?;
@@ -147,6 +185,7 @@ impl Core {
         tenant: Arc<Tenant>,
         payload: Payload,
         decoder: D,
+        room: Room,
     ) -> Result<(Taken, Counts), Refusal> {
         let payload_res = payload.reservation;
         let received_at_ms = chrono::Utc::now().timestamp_millis();
@@ -173,7 +212,7 @@ impl Core {
             other => other?,
         };
         let (taken, mut counts) =
-            self.submit(intake, &tenant, events, plain.len(), received_at_ms)?;
+            self.submit(intake, &tenant, events, plain.len(), received_at_ms, room)?;
         // Held until the request is answered: a record waiting for its sync is in memory too.
         counts.held = vec![payload_res];
         counts.held.extend(plain_res);
@@ -188,6 +227,7 @@ impl Core {
         events: Vec<Event>,
         body_bytes: usize,
         received_at_ms: i64,
+        room: Room,
     ) -> Result<(Taken, Counts), Refusal> {
         let counts = Counts {
             events: events.len(),
@@ -204,7 +244,7 @@ impl Core {
             },
             events,
         );
-        Ok((tenant.chain.run(batch)?, counts))
+        Ok((tenant.chain.run(batch, room)?, counts))
     }
 
     /// Counts a submission's outcome (`weir_intake_request_duration_seconds`,
@@ -237,6 +277,10 @@ impl Core {
             .record(origin, at, tenant.map(|t| &*t.name), r);
     }
 }
+
+/// The least a request may wait for an intake thread (`admission_wait: 0`
+/// means no wait for room, not no thread).
+pub const THREAD_WAIT: Duration = Duration::from_secs(1);
 
 /// What an accepted request is counted as, once it is answered.
 struct Counts {
@@ -358,7 +402,7 @@ mod tests {
     fn core(budget: &str) -> Arc<Core> {
         let text = format!(
             "listeners: [{{name: i, address: \"127.0.0.1:0\", protocol: http}}]\n\
-             limits: {{max_body_bytes: 1KiB, max_inflight_request_bytes: {budget}}}\n\
+             limits: {{max_body_bytes: 1KiB, max_inflight_request_bytes: {budget}, admission_wait: 0s}}\n\
              archive: {{enabled: false, store: {{type: local, root: /nonexistent}}}}\n\
              backends: [{{name: b, type: file, path: /dev/null}}]\n\
              tenants: [{{name: t, api_keys: [k], backend: b}}]\n"
@@ -388,14 +432,14 @@ mod tests {
         ));
         let tenant = core.authenticate(Some("k"), "").unwrap();
         assert!(matches!(
-            core.reserve_payload(Some(2048)),
+            core.reserve_payload(Some(2048)).await,
             Err(Refusal::BodyTooLarge { max: 1024 })
         ));
         // A frame of 1,000 one-byte events would take more than half the budget as events.
         let payload = Payload {
             bytes: Bytes::from(vec![b'x'; 1000]),
             encoding: Encoding::Identity,
-            reservation: core.reserve_payload(Some(1000)).unwrap(),
+            reservation: core.reserve_payload(Some(1000)).await.unwrap(),
         };
         let r = core
             .take(Intake::Generic, tenant.clone(), payload, PerByte)
@@ -404,11 +448,15 @@ mod tests {
         assert!(matches!(r, Refusal::EventsNeverFit { .. }), "{r}");
         // Everything it held was given back: the whole budget can be reserved again.
         assert!(core.budget.try_reserve(core.budget.capacity()).is_some());
-        let held = core.reserve_payload(None).unwrap();
+        let held = core.reserve_payload(None).await.unwrap();
         let all = core
             .budget
             .try_reserve(core.budget.capacity() - held.bytes());
         assert!(all.is_some());
-        assert!(matches!(core.reserve_payload(Some(10)), Err(Refusal::Busy)));
+        // No room and no time to wait for it: refused, its body never read.
+        assert!(matches!(
+            core.reserve_payload(Some(10)).await,
+            Err(Refusal::Busy)
+        ));
     }
 }

@@ -120,7 +120,7 @@ async fn submit<P: HttpProtocol>(
     *known_tenant = Some(tenant.clone());
     let encoding = Encoding::parse(header(&head.headers, CONTENT_ENCODING))?;
     let declared = header(&head.headers, CONTENT_LENGTH).and_then(|v| v.parse().ok());
-    let reservation = core.reserve_payload(declared)?;
+    let reservation = core.reserve_payload(declared).await?;
     let bytes = read_body(body, core.max_payload(), core.read_timeout()).await?;
     let payload = Payload {
         bytes,

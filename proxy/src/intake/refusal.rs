@@ -56,6 +56,9 @@ pub enum Refusal {
     /// The memory budget of bodies in flight is used up for now.
     #[error("too many request bodies in memory; retry later")]
     Busy,
+    /// No intake thread was free to decode it within `limits.admission_wait`.
+    #[error("the proxy is busy decoding other requests; retry later")]
+    NoThread,
     /// Refused by a stage of the chain.
     #[error("{}", .0.message)]
     Stage(Rejection),
@@ -117,7 +120,7 @@ impl Refusal {
             Refusal::BadEncoding { .. } => Reason::BadEncoding,
             Refusal::InvalidJson { .. } => Reason::InvalidJson,
             Refusal::TooManyEvents { .. } | Refusal::EventsNeverFit { .. } => Reason::TooManyEvents,
-            Refusal::Busy => Reason::IntakeBusy,
+            Refusal::Busy | Refusal::NoThread => Reason::IntakeBusy,
             Refusal::Stage(r) => Reason::Stage(r.reason),
         }
     }
@@ -139,7 +142,7 @@ impl Refusal {
             Refusal::BodyRead(_) | Refusal::BadEncoding { .. } | Refusal::InvalidJson { .. } => {
                 StatusCode::BAD_REQUEST
             }
-            Refusal::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Busy | Refusal::NoThread => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::Stage(r) => r.status,
         }
     }
@@ -147,7 +150,7 @@ impl Refusal {
     /// Seconds the sender should wait before retrying, when it should.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            Refusal::Busy => Some(1),
+            Refusal::Busy | Refusal::NoThread => Some(1),
             Refusal::Stage(r) => r.retry_after,
             _ => None,
         }

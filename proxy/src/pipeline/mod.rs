@@ -150,6 +150,15 @@ impl Taken {
     }
 }
 
+/// Room in a tenant's memory queues taken before its request was decoded
+/// ([`Chain::ready`]); [`Chain::run`] takes what is missing.
+#[derive(Default)]
+pub struct Room {
+    archive: Option<Reservation>,
+    /// With the route it was taken in (a reload may swap the tenant's route meanwhile).
+    route: Option<(crate::sink::RouteHandle, Reservation)>,
+}
+
 /// One tenant's stages and outputs.
 pub struct Chain {
     stages: Vec<Box<dyn Stage>>,
@@ -171,19 +180,17 @@ impl Chain {
         Chain::with_workers(stages, outputs, None)
     }
 
-    /// A chain whose batches run on `workers` when one of its stages blocks
-    /// (each chain gets a queue of its own there).
+    /// A chain whose batches run on `workers` (each chain gets a queue of its
+    /// own there); none: where they are submitted.
     pub fn with_workers(
         stages: Vec<Box<dyn Stage>>,
         outputs: TenantOutputs,
         workers: Option<Arc<Workers>>,
     ) -> Arc<Chain> {
-        let workers = workers
-            .filter(|_| stages.iter().any(|s| s.blocks()))
-            .map(|w| {
-                let lane = w.lane();
-                (w, lane)
-            });
+        let workers = workers.map(|w| {
+            let lane = w.lane();
+            (w, lane)
+        });
         Arc::new(Chain {
             stages,
             outputs,
@@ -192,8 +199,7 @@ impl Chain {
     }
 
     /// Runs `f` (a request's decoding and [`Chain::run`]) where the tenant's
-    /// batches belong: on a worker thread when a stage blocks on them, else
-    /// right here (the common case needs no thread hop).
+    /// batches belong: on its intake threads (right here without them, in tests).
     pub async fn place<R: Send + 'static>(
         &self,
         f: impl FnOnce() -> Result<R, Rejection> + Send + 'static,
@@ -215,6 +221,40 @@ impl Chain {
         }
     }
 
+    /// Takes room for about `bytes` in the tenant's archive and route queues,
+    /// waiting for it until `deadline`; with a disk buffer, waits while it is
+    /// full (`when_full: block`). So a request meeting a full queue waits with
+    /// its body undecoded, and one that finds no room by `deadline` is refused
+    /// before it is decoded: a refusal costs next to nothing.
+    pub async fn ready(
+        &self,
+        bytes: usize,
+        deadline: tokio::time::Instant,
+    ) -> Result<Room, Rejection> {
+        let out = &self.outputs;
+        if let Some(log) = &out.log {
+            log.wait_for_room(deadline)
+                .await
+                .map_err(|e| buffer_refusal(&e))?;
+            return Ok(Room::default());
+        }
+        let route = out.route.read().unwrap().clone();
+        let archive = match &out.archive {
+            Some(a) => Some(a.reserve_until(bytes, deadline).await.ok_or_else(|| {
+                busy(RejectReason::ArchiveBackpressure, "the archive is behind")
+            })?),
+            None => None,
+        };
+        let taken = route
+            .reserve_until(bytes, deadline)
+            .await
+            .ok_or_else(|| busy(RejectReason::BackendBackpressure, "the backend is behind"))?;
+        Ok(Room {
+            archive,
+            route: Some((route, taken)),
+        })
+    }
+
     /// Runs every stage, then tees the batch to archive and backend. Either all
     /// of the batch is taken or none of it (a Rejection), and a refused batch
     /// costs its tenant nothing: room in the archive and backend queues (or in
@@ -222,10 +262,10 @@ impl Chain {
     /// quota (so a full queue refuses first), and what the stages charged is
     /// given back if the batch is refused after all (it grew past the room
     /// taken, its log write failed, or the proxy is shutting down).
-    pub fn run(&self, batch: Batch) -> Result<Taken, Rejection> {
+    pub fn run(&self, batch: Batch, room: Room) -> Result<Taken, Rejection> {
         match &self.outputs.log {
             Some(log) => self.run_logged(batch, log),
-            None => self.run_in_memory(batch).map(|dispatched| Taken {
+            None => self.run_in_memory(batch, room).map(|dispatched| Taken {
                 dispatched,
                 wait: None,
             }),
@@ -311,24 +351,31 @@ impl Chain {
         })
     }
 
-    /// The memory buffer: room in the archive and route queues is taken first.
-    fn run_in_memory(&self, mut batch: Batch) -> Result<Dispatched, Rejection> {
+    /// The memory buffer: room in the archive and route queues is taken first
+    /// (what `room` does not hold yet).
+    fn run_in_memory(&self, mut batch: Batch, room: Room) -> Result<Dispatched, Rejection> {
         let out = &self.outputs;
         // One route for the whole batch (a config reload may swap it meanwhile):
         // the reservation belongs to the route that gets the chunk.
-        let route = out.route.read().unwrap().clone();
+        let (route, route_res) = match room.route {
+            Some((route, r)) => (route, Some(r)),
+            None => (out.route.read().unwrap().clone(), None),
+        };
         // The events as NDJSON take about what the request's JSON took.
         let estimate = batch.meta.body_bytes.max(batch.events.len() * 64);
-        let archive_res =
-            match &out.archive {
-                Some(a) => Some(a.reserve(estimate).ok_or_else(|| {
-                    busy(RejectReason::ArchiveBackpressure, "the archive is behind")
-                })?),
-                None => None,
-            };
-        let route_res = route
-            .reserve(estimate)
-            .ok_or_else(|| busy(RejectReason::BackendBackpressure, "the backend is behind"))?;
+        let archive_res = match (&out.archive, room.archive) {
+            (Some(_), Some(r)) => Some(r),
+            (Some(a), None) => Some(a.reserve(estimate).ok_or_else(|| {
+                busy(RejectReason::ArchiveBackpressure, "the archive is behind")
+            })?),
+            (None, _) => None,
+        };
+        let route_res = match route_res {
+            Some(r) => r,
+            None => route.reserve(estimate).ok_or_else(|| {
+                busy(RejectReason::BackendBackpressure, "the backend is behind")
+            })?,
+        };
         self.run_stages(&mut batch)?;
         match self.dispatch(&batch, &route, archive_res, route_res) {
             Ok(d) => {
@@ -553,7 +600,7 @@ mod tests {
         };
 
         let done = chain
-            .run(batch(&["drop me", "archive me", "index me"]))
+            .run(batch(&["drop me", "archive me", "index me"]), Room::default())
             .unwrap()
             .dispatched;
         assert_eq!(
@@ -563,7 +610,7 @@ mod tests {
                 indexed: 1
             }
         );
-        let refused = chain.run(batch(&["index me too", "refuse"])).err().unwrap();
+        let refused = chain.run(batch(&["index me too", "refuse"]), Room::default()).err().unwrap();
         assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
 
         drain.cancel();

@@ -1,10 +1,24 @@
-//! Threads for stage chains that may block: a Wasm plugin call runs on the
-//! CPU for up to its deadline, which must not happen on an async worker.
+//! Threads for intake's CPU work: decompressing and decoding requests and
+//! running their stages. Two pools: one for tenants with plugins (a Wasm call
+//! runs on the CPU for up to its deadline, which must not happen on an async
+//! worker, nor hold up tenants without plugins), one for the others.
 //!
 //! A fixed number of threads, so at most that many plugin calls run at once,
 //! each plugin needs at most that many warm instances, and each thread keeps
 //! its allocator caches (`block_in_place` instead spawned replacement runtime
 //! threads under load, each with heaps of its own: RSS grew past 500 MB).
+//!
+//! Intake's threads run at a lower CPU priority ([`NICER`]) than the async
+//! runtime and the delivery threads: when the CPU is short, delivering what
+//! was taken comes first and intake gets the rest, so an overloaded proxy
+//! slows its agents down (their requests wait, unread) instead of taking
+//! events faster than it can deliver them (at 64 connections intake had
+//! starved delivery to a third of what it carried at 8).
+//!
+//! Delivery's CPU work (a backend's wire format and compression) runs on a
+//! pool of its own too, at normal priority ([`Workers::delivery`]): tokio's
+//! blocking pool grows a thread per waiting job, and under load each of
+//! dozens of threads kept its own allocator heap (peak RSS 600 MB).
 //!
 //! Jobs wait in one queue per lane (each tenant's chain has one) and the
 //! threads take the lanes in turn, so a tenant flooding the threads with slow batches delays another
@@ -19,6 +33,22 @@ use std::sync::{Arc, Mutex};
 pub struct Lane(usize);
 
 type Job = Box<dyn FnOnce() + Send>;
+
+/// How much nicer than the rest of the process the threads are (Linux nice
+/// levels; +5 gives them about a third of the CPU time of a busy normal thread).
+pub const NICER: i32 = 5;
+
+/// Lowers the calling thread's priority by [`NICER`] (Linux keeps a nice level
+/// per thread). Lowering needs no privilege; failing, the thread runs as is.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain syscalls on the calling thread's own id, no memory passed.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+        libc::setpriority(libc::PRIO_PROCESS, tid, (now + NICER).min(19));
+    }
+}
 
 pub struct Workers {
     queues: Arc<Mutex<Queues>>,
@@ -63,17 +93,37 @@ impl Queues {
 }
 
 impl Workers {
-    /// Starts `threads` threads (at least one). They end when the `Workers` is
-    /// dropped, once the queued jobs are done.
-    pub fn new(threads: usize) -> Arc<Workers> {
+    /// Starts `threads` intake threads (at least one), named `<name>-<i>`, at
+    /// the lower priority. They end when the `Workers` is dropped, once the
+    /// queued jobs are done.
+    pub fn new(name: &str, threads: usize) -> Arc<Workers> {
+        Workers::start(name, threads, true)
+    }
+
+    /// The process's delivery threads (one per core, normal priority), with
+    /// the one queue they take jobs from.
+    pub fn delivery() -> &'static (Arc<Workers>, Lane) {
+        static DELIVERY: std::sync::LazyLock<(Arc<Workers>, Lane)> =
+            std::sync::LazyLock::new(|| {
+                let w = Workers::start("weir-deliver", Workers::default_threads(), false);
+                let lane = w.lane();
+                (w, lane)
+            });
+        &DELIVERY
+    }
+
+    fn start(name: &str, threads: usize, nicer: bool) -> Arc<Workers> {
         let threads = threads.max(1);
         let queues = Arc::new(Mutex::new(Queues::default()));
         let (tokens, rx) = crossbeam_channel::unbounded::<()>();
         for i in 0..threads {
             let (rx, queues) = (rx.clone(), queues.clone());
             std::thread::Builder::new()
-                .name(format!("weir-stage-{i}"))
+                .name(format!("{name}-{i}"))
                 .spawn(move || {
+                    if nicer {
+                        lower_priority();
+                    }
                     // A job is queued before its token is sent, so there is one for every token.
                     for () in rx {
                         let job = queues.lock().unwrap().next();
@@ -131,7 +181,7 @@ mod tests {
 
     #[tokio::test]
     async fn runs_jobs_off_the_runtime_and_survives_a_panic() {
-        let w = Workers::new(2);
+        let w = Workers::new("weir-stage", 2);
         let on = w
             .run(w.lane(), || {
                 (
@@ -143,6 +193,17 @@ mod tests {
             .unwrap();
         assert!(on.0, "a job must not run inside the async runtime");
         assert!(on.1.unwrap().starts_with("weir-stage-"));
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: reads the nice level of the calling thread.
+            let (here, there) = (
+                unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) },
+                w.run(w.lane(), || unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) })
+                    .await
+                    .unwrap(),
+            );
+            assert_eq!(there, (here + NICER).min(19), "intake threads run nicer");
+        }
         let lanes = [w.lane(), w.lane(), w.lane()];
         assert_eq!(w.run(lanes[0], || -> u8 { panic!("boom") }).await, None);
         // Both threads are still there and take work.
@@ -155,7 +216,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_tenant_backlog_does_not_hold_up_another_tenant() {
-        let w = Workers::new(1);
+        let w = Workers::new("weir-stage", 1);
         let order = Arc::new(Mutex::new(Vec::new()));
         let (release, hold) = std::sync::mpsc::channel::<()>();
         // The one thread is busy with tenant 0; ten more of its jobs wait, then one of tenant 1.
