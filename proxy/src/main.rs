@@ -3,10 +3,25 @@ use std::process::ExitCode;
 
 mod cli;
 
-// Events are many small allocations (strings, maps); mimalloc handles that
-// churn across threads with less CPU than the system allocator.
+// Events are many small allocations (strings, maps), made on intake threads
+// and freed on delivery's. jemalloc keeps that churn's memory bounded: with
+// mimalloc, peak RSS in the same benchmarks was 1.5 to 2.7 times higher at the
+// same throughput (per-thread heaps holding what other threads freed).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's settings, read at its start: a background thread gives unused
+/// pages back to the system after a second (not the default ten), so peak
+/// RSS follows what is held, not what was.
+#[export_name = "_rjem_malloc_conf"]
+static MALLOC_CONF: MallocConf =
+    MallocConf(b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0".as_ptr());
+
+/// A C string pointer jemalloc reads once; never written.
+#[repr(transparent)]
+struct MallocConf(*const u8);
+// SAFETY: it points to a static, immutable byte string.
+unsafe impl Sync for MallocConf {}
 
 /// Weir: an edge ingestion proxy for logs.
 #[derive(Parser)]

@@ -32,6 +32,7 @@
 #   BUFFER=durable           the buffer of scenarios that do not name one (see SCENARIOS)
 #   PLUGIN=path.wasm         run this Wasm plugin on every batch (e.g. plugins/target/wasm32-wasip1/release/redact.wasm)
 #   PLUGIN_CONFIG='{...}'    the plugin's config, YAML flow style (e.g. '{detectors: [email, credit_card]}')
+#   INFLIGHT=16MiB           limits.max_inflight_request_bytes (default: weir's)
 #   KEEP=1                   keep the temp dir (configs, logs, archive objects)
 #   RESULTS_OUT=/tmp/weir-bench-results.jsonl   where each scenario's full JSON line is copied
 # Needs curl, jq, ss (iproute2) and column. The three processes share the
@@ -147,6 +148,7 @@ listeners:
     protocol: http
 admin:
   address: 127.0.0.1:$ADMIN
+${INFLIGHT:+limits: {max_inflight_request_bytes: $INFLIGHT\}}
 log:
   level: warn
   format: text

@@ -99,7 +99,8 @@ pub fn spawn_writer(
 struct OpenObject {
     /// `dt=YYYY-MM-DD/hour=HH`
     partition: String,
-    gz: GzEncoder<Vec<u8>>,
+    /// Out only while a delivery thread compresses a chunk into it.
+    gz: Option<GzEncoder<Vec<u8>>>,
     raw_bytes: usize,
     events: usize,
     deadline: Instant,
@@ -212,15 +213,25 @@ impl Writer {
         }
         let open = self.open.get_or_insert_with(|| OpenObject {
             partition,
-            gz: GzEncoder::new(Vec::with_capacity(256 * 1024), self.level),
+            gz: Some(GzEncoder::new(Vec::with_capacity(256 * 1024), self.level)),
             raw_bytes: 0,
             events: 0,
             deadline: Instant::now() + self.max_object_age,
             progress: Vec::new(),
         });
-        open.gz
-            .write_all(&chunk.lines)
-            .expect("writing to memory cannot fail");
+        // Compression is CPU work: on delivery's threads, not the async workers.
+        let mut gz = open.gz.take().expect("the object's encoder is back after each chunk");
+        let lines = chunk.lines.clone();
+        let (workers, lane) = crate::pipeline::workers::Workers::delivery();
+        open.gz = Some(
+            workers
+                .run(*lane, move || {
+                    gz.write_all(&lines).expect("writing to memory cannot fail");
+                    gz
+                })
+                .await
+                .expect("compressing into memory does not panic"),
+        );
         open.raw_bytes += chunk.lines.len();
         open.events += chunk.events;
         // The chunk's hold moves to the object.
@@ -236,6 +247,7 @@ impl Writer {
         let Some(open) = self.open.take() else { return };
         let body = Bytes::from(
             open.gz
+                .expect("the object's encoder is back after each chunk")
                 .finish()
                 .expect("finishing gzip in memory cannot fail"),
         );

@@ -27,6 +27,14 @@ use tokio_util::sync::CancellationToken;
 /// How often a feed persists its acknowledged position (and deletes passed segments).
 pub const PERSIST_EVERY: Duration = Duration::from_millis(200);
 
+/// Bytes of records a route's feed holds in memory at most: carried to the
+/// route and not yet delivered (within the route's own queue limit). The
+/// backlog stays on disk; this much ahead keeps the route's requests in
+/// flight, and bounds memory. (The archive writer compresses what it is
+/// given at once, so its queue limit bounds what its feed holds: the records
+/// waiting for their object to be written are no longer in memory.)
+pub const READ_AHEAD: usize = 8 << 20;
+
 /// Where a feed carries records.
 pub enum Destination {
     Archive(ArchiveHandle),
@@ -79,6 +87,7 @@ pub fn spawn(
         durable,
         dest,
         in_flight: VecDeque::new(),
+        carried: 0,
         finished: Arc::new(Notify::new()),
         done_tx,
         replay_end,
@@ -103,8 +112,10 @@ struct Feed {
     /// Wakes the feed when the log's durable end moves.
     durable: watch::Receiver<Durable>,
     dest: Destination,
-    /// Records handed to the destination, oldest first: (end seq, progress, received at).
-    in_flight: VecDeque<(u64, Arc<Progress>, i64)>,
+    /// Records handed to the destination, oldest first: (end seq, progress, received at, bytes).
+    in_flight: VecDeque<(u64, Arc<Progress>, i64, usize)>,
+    /// The bytes of `in_flight` (at most about [`READ_AHEAD`]).
+    carried: usize,
     /// Wakes the feed when a record's progress is done.
     finished: Arc<Notify>,
     done_tx: watch::Sender<u64>,
@@ -123,7 +134,8 @@ impl Feed {
         persist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reading = true;
         loop {
-            if reading {
+            let room = self.carried < READ_AHEAD || matches!(self.dest, Destination::Archive(_));
+            if reading && room {
                 // Seen before reading: a record synced meanwhile wakes the wait below.
                 self.durable.borrow_and_update();
                 let read = self.reader.lock().unwrap_or_else(|e| e.into_inner()).read();
@@ -156,7 +168,7 @@ impl Feed {
                 }
             }
             tokio::select! {
-                r = self.durable.changed(), if reading => {
+                r = self.durable.changed(), if reading && room => {
                     if r.is_err() {
                         // The log closed: nothing more will be written.
                         reading = false;
@@ -198,12 +210,13 @@ impl Feed {
                     .inc_by(u64::from(r.events));
                 let p = Progress::new(self.finished.clone());
                 p.release();
-                self.in_flight.push_back((end, p, 0));
+                self.in_flight.push_back((end, p, 0, 0));
                 return true;
             }
         };
         let progress = Progress::new(self.finished.clone());
         let at = entry.received_at_ms;
+        let bytes = entry.lines.len();
         let sent = match &self.dest {
             Destination::Archive(archive) => {
                 let archive = archive.clone();
@@ -245,7 +258,8 @@ impl Feed {
             // The destination stopped (shutdown): read again at the next start.
             return false;
         }
-        self.in_flight.push_back((end, progress, at));
+        self.in_flight.push_back((end, progress, at, bytes));
+        self.carried += bytes;
         true
     }
 
@@ -275,8 +289,11 @@ impl Feed {
     /// Takes the finished records off the front: the destination is done up to there.
     fn take_done(&mut self) {
         let mut end = None;
-        while self.in_flight.front().is_some_and(|(_, p, _)| p.is_done()) {
-            end = self.in_flight.pop_front().map(|(e, ..)| e);
+        while self.in_flight.front().is_some_and(|(_, p, ..)| p.is_done()) {
+            if let Some((e, _, _, bytes)) = self.in_flight.pop_front() {
+                self.carried -= bytes;
+                end = Some(e);
+            }
         }
         if let Some(end) = end {
             self.done_tx.send_replace(end);
@@ -288,7 +305,7 @@ impl Feed {
     async fn persist(&mut self) {
         self.take_done();
         let labels = [self.tenant.as_str(), self.dest.name()];
-        let oldest = self.in_flight.front().map_or(0, |(_, _, at)| {
+        let oldest = self.in_flight.front().map_or(0, |(_, _, at, _)| {
             (chrono::Utc::now().timestamp_millis() - at).max(0) / 1000
         });
         BUFFER

@@ -94,7 +94,7 @@ impl Default for Limits {
             max_decompressed_bytes: ByteSize::mib(5),
             max_events_per_request: None,
             max_log_bytes: ByteSize::mib(1),
-            max_inflight_request_bytes: ByteSize::mib(48),
+            max_inflight_request_bytes: ByteSize::mib(16),
             admission_wait: Dur(Duration::from_secs(5)),
             intake_threads: 0,
             max_concurrent_streams: 100,
