@@ -48,7 +48,7 @@ pub fn finish(record: &mut Vec<u8>, indexed: &[Range<u32>]) {
 #[error("a log record of an unknown layout ({0})")]
 pub struct Malformed(&'static str);
 
-pub fn decode(payload: Vec<u8>) -> Result<Entry, Malformed> {
+pub fn decode(payload: Bytes) -> Result<Entry, Malformed> {
     let u32_at = |at: usize| -> Option<u32> {
         Some(u32::from_le_bytes(
             payload.get(at..at + 4)?.try_into().unwrap(),
@@ -77,7 +77,7 @@ pub fn decode(payload: Vec<u8>) -> Result<Entry, Malformed> {
         }
         indexed.push(start..end);
     }
-    let lines = Bytes::from(payload).slice(LINES_AT..lines_end);
+    let lines = payload.slice(LINES_AT..lines_end);
     Ok(Entry {
         lines,
         indexed,
@@ -99,14 +99,14 @@ mod tests {
     #[test]
     fn round_trips_and_refuses_ranges_outside_the_lines() {
         let lines = b"{\"a\":1}\n{\"b\":2}\n";
-        let e = decode(encode(lines, &[0..7, 8..15], 42)).unwrap();
+        let e = decode(encode(lines, &[0..7, 8..15], 42).into()).unwrap();
         assert_eq!(&e.lines[..], lines);
         assert_eq!(e.indexed, vec![0..7, 8..15]);
         assert_eq!(e.received_at_ms, 42);
-        assert!(decode(encode(lines, &[0..7, 8..99], 42)).is_err());
-        assert!(decode(vec![1, 2]).is_err());
+        assert!(decode(encode(lines, &[0..7, 8..99], 42).into()).is_err());
+        assert!(decode(vec![1, 2].into()).is_err());
         let mut bad = encode(lines, &[], 1);
         bad[9] = 0xff;
-        assert!(decode(bad).is_err());
+        assert!(decode(bad.into()).is_err());
     }
 }

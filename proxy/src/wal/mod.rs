@@ -48,6 +48,7 @@ pub use position::Position;
 pub use progress::{release_all, Progress};
 pub use reader::{Reader, ReaderStats, Record};
 pub use writer::WriterStats;
+mod recent;
 
 use crossbeam_channel::{Sender, TrySendError};
 use std::collections::{HashMap, HashSet};
@@ -161,6 +162,8 @@ pub(crate) struct Shared {
     /// Every registered reader's persisted position (open or not).
     positions: Mutex<HashMap<String, Position>>,
     open_readers: Mutex<HashSet<String>>,
+    /// The records written last, for readers close behind the writer.
+    recent: Arc<recent::Recent>,
     /// Held (flocked) while anything of the log is alive.
     _lock: File,
 }
@@ -200,7 +203,14 @@ impl Wal {
         let next_seq = recover(&seg_dir, options.max_record_bytes)?;
         let positions = load_positions(&readers_dir)?;
         let stats = Arc::new(WriterStats::default());
-        let (writer, durable) = Writer::start(&seg_dir, next_seq, options.clone(), stats.clone())?;
+        let recent = Arc::new(recent::Recent::default());
+        let (writer, durable) = Writer::start(
+            &seg_dir,
+            next_seq,
+            options.clone(),
+            stats.clone(),
+            recent.clone(),
+        )?;
         stats.bytes.store(
             segment::total_bytes(&seg_dir)?,
             std::sync::atomic::Ordering::Relaxed,
@@ -217,6 +227,7 @@ impl Wal {
                 max_record_bytes: options.max_record_bytes,
                 positions: Mutex::new(positions),
                 open_readers: Mutex::default(),
+                recent,
                 _lock: lock,
             }),
             inbox: Some(tx),

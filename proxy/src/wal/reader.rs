@@ -15,7 +15,7 @@ pub struct Record {
     pub first_seq: u64,
     pub events: u32,
     pub flags: u16,
-    pub payload: Vec<u8>,
+    pub payload: bytes::Bytes,
     /// Events lost (damaged, torn or missing records) just before this one.
     pub lost_before: u64,
 }
@@ -66,6 +66,8 @@ pub struct Reader {
     file: PositionFile,
     lost_pending: u64,
     stats: ReaderStats,
+    /// Records taken from memory, just written, without a read.
+    from_memory: u64,
 }
 
 impl Reader {
@@ -88,6 +90,7 @@ impl Reader {
             file,
             lost_pending: 0,
             stats: ReaderStats::default(),
+            from_memory: 0,
         }
     }
 
@@ -97,6 +100,11 @@ impl Reader {
 
     pub fn stats(&self) -> ReaderStats {
         self.stats
+    }
+
+    /// Records read from memory (just written) rather than from the file.
+    pub fn from_memory(&self) -> u64 {
+        self.from_memory
     }
 
     /// The persisted position: where a reopened reader starts.
@@ -124,27 +132,25 @@ impl Reader {
                 Opened::Stuck => return Ok(None),
             }
             let seg = self.seg.as_ref().expect("opened");
+            // Just written: taken from memory, without a read.
+            let cached = (self.pos.offset < seg.limit)
+                .then(|| self.shared.recent.get(seg.base_seq, self.pos.offset))
+                .flatten();
+            if let Some(c) = cached {
+                self.from_memory += 1;
+                if let Some(r) = self.found(c.first_seq, c.events, c.flags, c.record_len, c.payload) {
+                    return Ok(Some(r));
+                }
+                continue;
+            }
             let err = WalError::io("reading", segment_path(&self.shared.seg_dir, seg.base_seq));
             match seg.record_at(self.pos.offset).map_err(&err)? {
                 At::Record(found) => {
                     let h = found.header;
-                    self.pos.offset += h.record_len();
-                    if h.first_seq < self.pos.next_seq {
-                        self.stats.stale_records += 1;
-                        continue;
+                    let payload = bytes::Bytes::from(found.payload);
+                    if let Some(r) = self.found(h.first_seq, h.events, h.flags, h.record_len(), payload) {
+                        return Ok(Some(r));
                     }
-                    let gap = h.first_seq - self.pos.next_seq;
-                    self.stats.lost_events += gap;
-                    self.pos.next_seq = h.end_seq();
-                    self.pending.push_back((h.end_seq(), self.pos));
-                    let lost_before = std::mem::take(&mut self.lost_pending) + gap;
-                    return Ok(Some(Record {
-                        first_seq: h.first_seq,
-                        events: h.events,
-                        flags: h.flags,
-                        payload: found.payload,
-                        lost_before,
-                    }));
                 }
                 At::End if self.sealed => {
                     if !self.next_segment()? {
@@ -165,6 +171,36 @@ impl Reader {
                 }
             }
         }
+    }
+
+    /// Moves past a record found at the position: the record, or none when it
+    /// was read before (stale, below the position's seq).
+    fn found(
+        &mut self,
+        first_seq: u64,
+        events: u32,
+        flags: u16,
+        record_len: u64,
+        payload: bytes::Bytes,
+    ) -> Option<Record> {
+        self.pos.offset += record_len;
+        let end_seq = first_seq + u64::from(events);
+        if first_seq < self.pos.next_seq {
+            self.stats.stale_records += 1;
+            return None;
+        }
+        let gap = first_seq - self.pos.next_seq;
+        self.stats.lost_events += gap;
+        self.pos.next_seq = end_seq;
+        self.pending.push_back((end_seq, self.pos));
+        let lost_before = std::mem::take(&mut self.lost_pending) + gap;
+        Some(Record {
+            first_seq,
+            events,
+            flags,
+            payload,
+            lost_before,
+        })
     }
 
     /// Opens (or refreshes the readable end of) the segment the position is

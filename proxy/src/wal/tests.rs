@@ -534,3 +534,28 @@ async fn readers_on_several_threads_delete_passed_segments_without_errors() {
         assert_eq!(segments(dir.path()).len(), 1);
     }
 }
+
+#[tokio::test]
+async fn readers_close_behind_the_writer_share_its_records_without_a_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let (mut archive, mut route) = (wal.reader("archive").unwrap(), wal.reader("route").unwrap());
+    append_n(&wal, 0, 5).await;
+    let (a, r) = (read_all(&mut archive), read_all(&mut route));
+    let want: Vec<Vec<u8>> = (0..5).map(payload).collect();
+    assert_eq!(a.iter().map(|x| x.payload.to_vec()).collect::<Vec<_>>(), want);
+    assert_eq!(r.iter().map(|x| x.payload.to_vec()).collect::<Vec<_>>(), want);
+    assert_eq!((archive.from_memory(), route.from_memory()), (5, 5));
+    assert_eq!(
+        a[3].payload.as_ptr(),
+        r[3].payload.as_ptr(),
+        "one copy of a record, shared"
+    );
+    drop((archive, route, wal));
+    // Reopened, nothing is in memory: the same records come from the file, checked.
+    let wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let mut archive = wal.reader("archive").unwrap();
+    let again = read_all(&mut archive);
+    assert_eq!(again.iter().map(|x| x.payload.to_vec()).collect::<Vec<_>>(), want);
+    assert_eq!(archive.from_memory(), 0);
+}

@@ -52,6 +52,8 @@ pub struct Writer {
     must_roll: bool,
     durable: watch::Sender<Durable>,
     stats: Arc<WriterStats>,
+    /// Each synced record, for readers close behind.
+    recent: Arc<super::recent::Recent>,
 }
 
 /// Creates `seg/<base>.wal` with its header, syncs it and the directory.
@@ -83,6 +85,7 @@ impl Writer {
         next_seq: u64,
         options: WalOptions,
         stats: Arc<WriterStats>,
+        recent: Arc<super::recent::Recent>,
     ) -> Result<(Writer, watch::Receiver<Durable>), WalError> {
         let file = create_segment(seg_dir, next_seq)?;
         let durable = Durable {
@@ -101,6 +104,7 @@ impl Writer {
             must_roll: false,
             durable: tx,
             stats,
+            recent,
         };
         Ok((writer, rx))
     }
@@ -139,9 +143,10 @@ impl Writer {
         let written = self.write_group(&group);
         let payload: u64 = group.iter().map(|a| a.payload.len() as u64).sum();
         self.stats.queued.fetch_sub(payload, Ordering::Relaxed);
-        let ranges = match written {
-            Ok(ranges) => ranges,
+        let (ranges, offsets) = match written {
+            Ok(written) => written,
             Err(e) => {
+                self.recent.clear();
                 self.stats.failed_groups.fetch_add(1, Ordering::Relaxed);
                 for a in group {
                     let _ = a.reply.send(Err(e.clone()));
@@ -153,27 +158,54 @@ impl Writer {
         self.stats
             .records
             .fetch_add(group.len() as u64, Ordering::Relaxed);
+        // Kept before the readers hear of them: the payloads move, nothing is copied.
+        let mut replies = Vec::with_capacity(group.len());
+        let segment_base = self.base_seq;
+        let records = group
+            .into_iter()
+            .zip(ranges.iter().zip(offsets))
+            .map(|(a, (range, (offset, record_len)))| {
+                replies.push((a.reply, *range));
+                super::recent::Cached {
+                    segment_base,
+                    offset,
+                    record_len,
+                    first_seq: range.first,
+                    events: a.events,
+                    flags: a.flags,
+                    payload: bytes::Bytes::from(a.payload),
+                }
+            });
+        self.recent.push(records);
         self.durable.send_replace(Durable {
             segment_base: self.base_seq,
             end_offset: self.committed_len,
             next_seq: self.next_seq,
         });
-        for (a, range) in group.into_iter().zip(ranges) {
-            let _ = a.reply.send(Ok(range));
+        for (reply, range) in replies {
+            let _ = reply.send(Ok(range));
         }
     }
 
     /// On a write or sync error the segment is cut back to its committed
     /// length (the group's bytes never count) and the group fails.
-    fn write_group(&mut self, group: &[Append]) -> Result<Vec<SeqRange>, WalError> {
+    /// Each record's seq range, and where it starts in the segment and its length there.
+    #[allow(clippy::type_complexity)]
+    fn write_group(
+        &mut self,
+        group: &[Append],
+    ) -> Result<(Vec<SeqRange>, Vec<(u64, u64)>), WalError> {
         if self.must_roll || self.committed_len >= self.options.segment_bytes {
             self.roll()?;
         }
         let mut buf = Vec::with_capacity(group.iter().map(|a| a.payload.len() + 32).sum());
         let mut ranges = Vec::with_capacity(group.len());
+        let mut offsets = Vec::with_capacity(group.len());
         let mut seq = self.next_seq;
         for a in group {
+            let at = buf.len();
             RecordHeader::encode_record(seq, a.events, a.flags, &a.payload, &mut buf);
+            offsets.push((self.committed_len + at as u64, (buf.len() - at) as u64));
             let end = seq + u64::from(a.events);
             ranges.push(SeqRange { first: seq, end });
             seq = end;
@@ -194,7 +226,7 @@ impl Writer {
             .bytes
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
         self.next_seq = seq;
-        Ok(ranges)
+        Ok((ranges, offsets))
     }
 
     fn write_and_sync(&self, buf: &[u8]) -> std::io::Result<()> {
