@@ -27,6 +27,7 @@ pub mod telemetry;
 pub mod tenant;
 pub mod wal;
 pub mod watch;
+pub mod workers;
 
 use anyhow::Context;
 use archive::{ArchiveHandle, DeadLetters};
@@ -189,9 +190,9 @@ struct Shared {
     quotas: quota::daily::DailyQuotas,
     plugins: plugin::Plugins,
     /// Tenants with plugins run on these, so a slow plugin holds up no other tenant.
-    plugin_workers: Option<Arc<pipeline::workers::Workers>>,
+    plugin_workers: Option<Arc<workers::Workers>>,
     /// The other tenants' requests are decoded and staged on these.
-    intake_workers: Arc<pipeline::workers::Workers>,
+    intake_workers: Arc<workers::Workers>,
     threads: usize,
 }
 
@@ -205,11 +206,11 @@ impl Shared {
             quotas: quota::daily::DailyQuotas::new(clock::system(), &config.data_dir.join("quota")),
             plugins: plugin::Plugins::new(Some(&config.data_dir)),
             plugin_workers: any_plugin
-                .then(|| pipeline::workers::Workers::new("weir-stage", threads)),
-            intake_workers: pipeline::workers::Workers::new(
+                .then(|| workers::Workers::new("weir-stage", threads)),
+            intake_workers: workers::Workers::new(
                 "weir-intake",
                 match config.limits.intake_threads {
-                    0 => pipeline::workers::Workers::default_threads(),
+                    0 => workers::Workers::default_threads(),
                     n => n,
                 },
             ),

@@ -222,7 +222,7 @@ impl Writer {
         // Compression is CPU work: on delivery's threads, not the async workers.
         let mut gz = open.gz.take().expect("the object's encoder is back after each chunk");
         let lines = chunk.lines.clone();
-        let (workers, lane) = crate::pipeline::workers::Workers::delivery();
+        let (workers, lane) = crate::workers::Workers::delivery();
         open.gz = Some(
             workers
                 .run(*lane, move || {

@@ -11,7 +11,6 @@
 //! dropped goes to the tenant's archive, every event still marked `Index` to
 //! the tenant's backend route.
 
-pub mod workers;
 
 use crate::archive::{ArchiveChunk, ArchiveHandle};
 use crate::budget::Reservation;
@@ -21,7 +20,7 @@ use crate::sink::{ForwardChunk, RouteSlot};
 use bytes::Bytes;
 use http::StatusCode;
 use std::sync::Arc;
-use workers::{Lane, Workers};
+use crate::workers::{Lane, Workers};
 
 /// Why a stage (or the admin API) refused a request: the `reason` label of
 /// `weir_rejected_requests_total`.

@@ -190,7 +190,7 @@ impl crate::watch::Watched for Plugins {
 /// `limits.plugin_threads`, with 0 meaning one per core.
 pub fn plugin_threads(config: &Config) -> usize {
     match config.limits.plugin_threads {
-        0 => crate::pipeline::workers::Workers::default_threads(),
+        0 => crate::workers::Workers::default_threads(),
         n => n,
     }
 }

@@ -244,7 +244,7 @@ async fn encode(s: &RouteSettings, b: &mut Attempts, at: (usize, usize)) -> Byte
     let backend = s.tiers[at.0][at.1].backend.clone();
     let (raw, tenant) = (b.ndjson.clone(), s.tenant.clone());
     // The wire format and compression are CPU work: off the async workers, on delivery's threads.
-    let (workers, lane) = crate::pipeline::workers::Workers::delivery();
+    let (workers, lane) = crate::workers::Workers::delivery();
     let body = workers
         .run(*lane, move || backend.encode(raw.to_vec(), &tenant))
         .await
