@@ -19,6 +19,7 @@
 #   DURATION=20 WARMUP=3     load time and the part of it not measured (s)
 #   CONNECTIONS=8            default connections per scenario
 #   LG_GZIP=1                loadgen gzips bodies (as agents do); 0 sends plain JSON
+#   LG_ZSTD=1                loadgen sends zstd bodies instead (LG_GZIP is then ignored)
 #   SCENARIOS="..."          space-separated name:backend_codec:archive(on|off)[:connections[:max_in_flight[:plugin[:buffer]]]]
 #                            (max_in_flight: the backend's requests in flight; empty = weir's default, 8;
 #                             plugin: a .wasm path, or a name under plugins/target/wasm32-wasip1/release,
@@ -196,6 +197,7 @@ EOF
 
     local gz=()
     [[ $LG_GZIP == 1 ]] && gz=(--gzip)
+    [[ ${LG_ZSTD:-0} == 1 ]] && gz=(--zstd)
     "$BIN/weir-loadgen" --url "http://127.0.0.1:$port" --api-key bench-agent-key --connections "$conns" \
         --duration "$DURATION" --accepted-ids "$dir/accepted.ids" "${gz[@]}" >"$dir/loadgen.json" 2>"$dir/loadgen.err" &
     local lg=$!
@@ -281,7 +283,7 @@ for s in $SCENARIOS; do
 done
 
 echo
-echo "weir end to end on $(nproc) cores, loadgen gzip=$LG_GZIP, ${DURATION}s runs, measured over the last ${WINDOW}s; load average now: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "weir end to end on $(nproc) cores, loadgen gzip=$LG_GZIP zstd=${LG_ZSTD:-0}, ${DURATION}s runs, measured over the last ${WINDOW}s; load average now: $(cut -d' ' -f1-3 /proc/loadavg)"
 jq -rs '
   (["scenario", "conns", "events/s", "MB/s in", "weir CPU%", "peak RSS MB", "503s", "of reqs", "p99 ms", "backend ms", "lost", "dup", "archive lost", "archive dup", "exit", "loadgen CPU%", "blackhole CPU%", "other CPU%"] | @tsv),
   (.[] | [.name, .connections, (.events_per_s | round), (.mb_per_s_in * 10 | round / 10), (.weir_cpu_pct | round), (.weir_peak_rss_mb | round),

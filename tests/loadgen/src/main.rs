@@ -45,6 +45,10 @@ struct Args {
     /// gzip request bodies (Content-Encoding: gzip), as agents do.
     #[arg(long)]
     gzip: bool,
+    /// zstd request bodies (Content-Encoding: zstd, level 3), as OpenTelemetry and
+    /// Vector can send them; instead of --gzip.
+    #[arg(long, conflicts_with = "gzip")]
+    zstd: bool,
     /// gzip level for --gzip (agents default to 6).
     #[arg(long, default_value_t = 6)]
     gzip_level: u32,
@@ -100,7 +104,8 @@ struct Target {
     host: String,
     path: Uri,
     api_key: String,
-    gzip: bool,
+    /// Content-Encoding of the bodies, if compressed.
+    encoding: Option<&'static str>,
     /// Tag each request's events `weir_req:N` (--accepted-ids).
     tag_requests: bool,
 }
@@ -187,7 +192,13 @@ fn main() -> anyhow::Result<()> {
         host: uri.authority().map(|a| a.to_string()).unwrap_or(host),
         path: format!("{base}/api/v2/logs").parse()?,
         api_key: args.api_key.clone(),
-        gzip: args.gzip,
+        encoding: if args.gzip {
+            Some("gzip")
+        } else if args.zstd {
+            Some("zstd")
+        } else {
+            None
+        },
         tag_requests: args.accepted_ids.is_some(),
     });
 
@@ -274,6 +285,8 @@ fn build_pool(args: &Args) -> Vec<Payload> {
                 );
                 enc.write_all(raw.as_bytes()).expect("in-memory write");
                 Bytes::from(enc.finish().expect("in-memory write"))
+            } else if args.zstd {
+                Bytes::from(zstd::bulk::compress(raw.as_bytes(), 3).expect("in-memory zstd"))
             } else {
                 Bytes::from(raw)
             };
@@ -393,8 +406,8 @@ async fn connection(
             .header(HOST, &target.host)
             .header("dd-api-key", &target.api_key)
             .header(CONTENT_TYPE, "application/json");
-        if target.gzip {
-            req = req.header(CONTENT_ENCODING, "gzip");
+        if let Some(encoding) = target.encoding {
+            req = req.header(CONTENT_ENCODING, encoding);
         }
         let req = req
             .body(Full::new(payload.wire.clone()))
