@@ -251,6 +251,35 @@ async fn sigterm_flushes_batches_and_archive_objects() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zstd_archive_holds_every_event_and_its_dead_letters_too() {
+    let (dd, addr) = FakeDatadog::start().await;
+    // One batch is refused as malformed: its dead letter is zstd as well.
+    dd.script.lock().unwrap().push_back(400);
+    let cfg = config(&addr.to_string(), "", "").replace(
+        "  max_object_age: 1h\n",
+        "  max_object_age: 1h\n  compression: zstd\n  compression_level: 3\n",
+    );
+    let mut weir = Weir::start(&cfg).await;
+    for r in 0..4 {
+        let resp = post(&weir.url("/api/v2/logs"), &[KEY], events(&format!("z{r}"), 50)).await;
+        assert_eq!(resp.status, 202, "{}", resp.text());
+    }
+    eventually(Duration::from_secs(20), "the dead letter", || {
+        (!read_archive(&weir.archive_root().join("dead-letter")).0.is_empty()).then_some(())
+    })
+    .await;
+    assert!(weir.terminate().success(), "{}", weir.log());
+    let (archived, objects) = read_archive(&weir.archive_root().join("acme"));
+    assert_eq!(ids(&archived).len(), 200, "every event once");
+    assert_eq!(archived.len(), 200);
+    assert!(objects.iter().all(|o| o.ends_with(".ndjson.zst")), "{objects:?}");
+    let (letters, names) = read_archive(&weir.archive_root().join("dead-letter"));
+    assert!(!letters.is_empty());
+    assert!(names.iter().all(|n| n.ends_with("-400.ndjson.zst")), "{names:?}");
+    let _ = dd.take();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_backend_ndjson_zstd_with_secret_header() {
     let (dd, addr) = FakeDatadog::start().await;
     let cfg = format!(

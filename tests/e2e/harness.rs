@@ -301,7 +301,7 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
     e.finish().unwrap()
 }
 
-/// Every event in every `.ndjson.gz` object under `root`, with the object paths (relative).
+/// Every event in every object under `root` (`.ndjson.gz`, or `.ndjson.zst`), with the object paths (relative).
 pub fn read_archive(root: &Path) -> (Vec<Value>, Vec<String>) {
     let mut events = Vec::new();
     let mut objects = Vec::new();
@@ -317,9 +317,17 @@ pub fn read_archive(root: &Path) -> (Vec<Value>, Vec<String>) {
             } else {
                 objects.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
                 let mut text = String::new();
-                flate2::read::MultiGzDecoder::new(std::fs::File::open(&p).unwrap())
-                    .read_to_string(&mut text)
-                    .unwrap();
+                let file = std::fs::File::open(&p).unwrap();
+                if p.extension().is_some_and(|e| e == "zst") {
+                    zstd::stream::read::Decoder::new(file)
+                        .unwrap()
+                        .read_to_string(&mut text)
+                        .unwrap();
+                } else {
+                    flate2::read::MultiGzDecoder::new(file)
+                        .read_to_string(&mut text)
+                        .unwrap();
+                }
                 events.extend(
                     text.lines()
                         .map(|l| serde_json::from_str::<Value>(l).unwrap()),

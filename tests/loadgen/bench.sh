@@ -33,10 +33,11 @@
 #   BUFFER=durable           the buffer of scenarios that do not name one (see SCENARIOS)
 #   PLUGIN=path.wasm         run this Wasm plugin on every batch (e.g. plugins/target/wasm32-wasip1/release/redact.wasm)
 #   PLUGIN_CONFIG='{...}'    the plugin's config, YAML flow style (e.g. '{detectors: [email, credit_card]}')
+#   ARCHIVE_COMPRESSION=zstd the archive's objects: gzip (default) or zstd
 #   INFLIGHT=16MiB           limits.max_inflight_request_bytes (default: weir's)
 #   KEEP=1                   keep the temp dir (configs, logs, archive objects)
 #   RESULTS_OUT=/tmp/weir-bench-results.jsonl   where each scenario's full JSON line is copied
-# Needs curl, jq, ss (iproute2) and column. The three processes share the
+# Needs curl, jq, ss (iproute2), column, zcat and zstdcat. The three processes share the
 # machine's cores, so on a small machine the numbers bound weir from below.
 set -euo pipefail
 
@@ -155,6 +156,9 @@ log:
   format: text
 archive:
   enabled: $enabled
+  compression: ${ARCHIVE_COMPRESSION:-gzip}
+  # So that the drain wait below sees the last events archived within seconds.
+  max_object_age: 5s
   store:
     type: local
     root: $dir/archive
@@ -229,8 +233,12 @@ EOF
     # let it drain (up to 2 minutes) before the stop, which would leave it there for the next start.
     local want
     want=$(jq -r .events_sent_accepted "$dir/loadgen.json")
+    # The archive too: its feed may be behind the route (a shutdown leaves that backlog in the log).
     for _ in $(seq 240); do
-        (( $(bh_stat events) >= want - excluded )) && break
+        if (( $(bh_stat events) >= want - excluded )) \
+            && [[ $archive == off || $(metric weir_archived_events_total) -ge $want ]]; then
+            break
+        fi
         sleep 0.5
     done
     kill -TERM "$weir"
@@ -247,7 +255,8 @@ EOF
     wait "$bh" 2>/dev/null || true
     if [[ -d "$dir/archive" ]]; then
         archive_mb=$(du -sm "$dir/archive" | cut -f1)
-        find "$dir/archive" -name '*.ndjson.gz' -print0 | xargs -0 -r zcat | grep -o 'weir_req:[0-9]*' \
+        { find "$dir/archive" -name '*.ndjson.gz' -print0 | xargs -0 -r zcat
+          find "$dir/archive" -name '*.ndjson.zst' -print0 | xargs -0 -r zstdcat; } | grep -o 'weir_req:[0-9]*' \
             | cut -d: -f2 | sort | uniq -c | awk '{ print $2, $1 }' >"$dir/archive.tags"
         archive_check=$(tag_check "$dir/accepted.ids" "$dir/archive.tags" "$batch")
     fi

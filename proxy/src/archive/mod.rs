@@ -1,5 +1,6 @@
-//! The archive: every accepted event, gzip'd NDJSON, one writer per tenant.
-//! Objects live at `<tenant>/dt=YYYY-MM-DD/hour=HH/<unique>.ndjson.gz`
+//! The archive: every accepted event, NDJSON compressed with gzip (or zstd),
+//! one writer per tenant.
+//! Objects live at `<tenant>/dt=YYYY-MM-DD/hour=HH/<unique>.ndjson.gz` (`.zst`)
 //! (partitioned by the UTC hour the events arrived) and are written through
 //! object_store, which makes them visible under their final name only once
 //! complete. An object is closed when it holds `max_object_bytes`
@@ -8,7 +9,7 @@
 mod store;
 
 use crate::budget::{Budget, Queue, Reservation};
-use crate::config::{ArchiveConfig, StoreConfig};
+use crate::config::{ArchiveCompression, ArchiveConfig, StoreConfig};
 use crate::telemetry::METRICS;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -89,7 +90,8 @@ pub fn spawn_writer(
         store,
         max_object_bytes: cfg.max_object_bytes.as_usize(),
         max_object_age: cfg.max_object_age.0,
-        level: Compression::new(cfg.compression_level),
+        compression: cfg.compression,
+        level: cfg.compression_level,
         open: None,
     };
     let handle = tokio::spawn(writer.run(rx, drain));
@@ -100,7 +102,7 @@ struct OpenObject {
     /// `dt=YYYY-MM-DD/hour=HH`
     partition: String,
     /// Out only while a delivery thread compresses a chunk into it.
-    gz: Option<GzEncoder<Vec<u8>>>,
+    gz: Option<Encoder>,
     raw_bytes: usize,
     events: usize,
     deadline: Instant,
@@ -113,8 +115,45 @@ struct Writer {
     store: Arc<dyn ObjectStore>,
     max_object_bytes: usize,
     max_object_age: Duration,
-    level: Compression,
+    compression: ArchiveCompression,
+    level: u32,
     open: Option<OpenObject>,
+}
+
+/// An object's compressor.
+enum Encoder {
+    Gzip(GzEncoder<Vec<u8>>),
+    Zstd(zstd::stream::write::Encoder<'static, Vec<u8>>),
+}
+
+impl Encoder {
+    /// `level` is checked by the config (gzip 0-9, zstd 1-19).
+    fn new(compression: ArchiveCompression, level: u32, capacity: usize) -> Encoder {
+        let buf = Vec::with_capacity(capacity);
+        match compression {
+            ArchiveCompression::Gzip => Encoder::Gzip(GzEncoder::new(buf, Compression::new(level))),
+            ArchiveCompression::Zstd => Encoder::Zstd(
+                zstd::stream::write::Encoder::new(buf, level as i32)
+                    .expect("a zstd level the config checked"),
+            ),
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        match self {
+            Encoder::Gzip(e) => e.write_all(bytes),
+            Encoder::Zstd(e) => e.write_all(bytes),
+        }
+        .expect("compressing into memory cannot fail")
+    }
+
+    fn finish(self) -> Vec<u8> {
+        match self {
+            Encoder::Gzip(e) => e.finish(),
+            Encoder::Zstd(e) => e.finish(),
+        }
+        .expect("compressing into memory cannot fail")
+    }
 }
 
 /// Batches a backend refused as malformed (a 4xx other than 408/429): kept in
@@ -124,7 +163,8 @@ struct Writer {
 pub struct DeadLetters {
     tenant: String,
     store: Arc<dyn ObjectStore>,
-    level: Compression,
+    compression: ArchiveCompression,
+    level: u32,
 }
 
 impl DeadLetters {
@@ -132,7 +172,8 @@ impl DeadLetters {
         DeadLetters {
             tenant: tenant.to_string(),
             store,
-            level: Compression::new(cfg.compression_level),
+            compression: cfg.compression,
+            level: cfg.compression_level,
         }
     }
 
@@ -143,13 +184,14 @@ impl DeadLetters {
         status: &str,
         ndjson: &[u8],
     ) -> Result<String, String> {
-        let mut gz = GzEncoder::new(Vec::with_capacity(ndjson.len() / 4), self.level);
-        gz.write_all(ndjson).expect("writing to memory cannot fail");
-        let body = Bytes::from(gz.finish().expect("finishing gzip in memory cannot fail"));
-        let name = object_name(&partition_of(Utc::now().timestamp_millis()));
-        let name = name.trim_end_matches(".ndjson.gz");
+        let mut enc = Encoder::new(self.compression, self.level, ndjson.len() / 4);
+        enc.write(ndjson);
+        let body = Bytes::from(enc.finish());
+        let suffix = self.compression.suffix();
+        let name = object_name(&partition_of(Utc::now().timestamp_millis()), suffix);
+        let name = name.trim_end_matches(suffix);
         let path = ObjectPath::from(format!(
-            "dead-letter/{}/{name}-{backend}-{status}.ndjson.gz",
+            "dead-letter/{}/{name}-{backend}-{status}{suffix}",
             self.tenant
         ));
         self.store
@@ -167,13 +209,13 @@ fn partition_of(ms: i64) -> String {
 
 /// Object names: time, this process's random id, a sequence number; unique
 /// across restarts and across several proxies writing the same bucket.
-fn object_name(partition: &str) -> String {
+fn object_name(partition: &str, suffix: &str) -> String {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     static INSTANCE: std::sync::LazyLock<String> =
         std::sync::LazyLock::new(|| format!("{:016x}", rand::random::<u64>()));
     let now = Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
     format!(
-        "{partition}/{now}-{}-{:06}.ndjson.gz",
+        "{partition}/{now}-{}-{:06}{suffix}",
         *INSTANCE,
         SEQ.fetch_add(1, Ordering::Relaxed)
     )
@@ -213,7 +255,7 @@ impl Writer {
         }
         let open = self.open.get_or_insert_with(|| OpenObject {
             partition,
-            gz: Some(GzEncoder::new(Vec::with_capacity(256 * 1024), self.level)),
+            gz: Some(Encoder::new(self.compression, self.level, 256 * 1024)),
             raw_bytes: 0,
             events: 0,
             deadline: Instant::now() + self.max_object_age,
@@ -226,7 +268,7 @@ impl Writer {
         open.gz = Some(
             workers
                 .run(*lane, move || {
-                    gz.write_all(&lines).expect("writing to memory cannot fail");
+                    gz.write(&lines);
                     gz
                 })
                 .await
@@ -248,10 +290,10 @@ impl Writer {
         let body = Bytes::from(
             open.gz
                 .expect("the object's encoder is back after each chunk")
-                .finish()
-                .expect("finishing gzip in memory cannot fail"),
+                .finish(),
         );
-        let path = ObjectPath::from(format!("{}/{}", self.tenant, object_name(&open.partition)));
+        let name = object_name(&open.partition, self.compression.suffix());
+        let path = ObjectPath::from(format!("{}/{name}", self.tenant));
         let mut backoff = Duration::from_millis(100);
         loop {
             match self
@@ -303,6 +345,7 @@ mod tests {
             },
             max_object_bytes: ByteSize(max_bytes),
             max_object_age: Dur(Duration::from_secs(3600)),
+            compression: ArchiveCompression::Gzip,
             compression_level: 1,
             max_queued_bytes: ByteSize::mib(1),
         }
@@ -391,5 +434,32 @@ mod tests {
             assert!(all.contains(&format!("event number {i}")));
         }
         assert_eq!(all.lines().count(), 5);
+    }
+
+    #[tokio::test]
+    async fn zstd_objects_hold_the_same_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg(dir.path(), 1 << 20);
+        c.compression = ArchiveCompression::Zstd;
+        c.compression_level = 3;
+        let store = open_store(&c.store).unwrap();
+        let drain = CancellationToken::new();
+        let (h, task) = spawn_writer("acme", &c, store, drain.clone());
+        let lines = "{\"message\":\"one\"}\n{\"message\":\"two\"}\n";
+        h.send(ArchiveChunk {
+            lines: Bytes::from(lines),
+            events: 2,
+            received_at_ms: 1704164645678,
+            reservation: h.reserve(lines.len()).unwrap(),
+            progress: None,
+        })
+        .unwrap();
+        drain.cancel();
+        task.await.unwrap();
+        let objs = objects(dir.path());
+        assert_eq!(objs.len(), 1);
+        assert!(objs[0].to_str().unwrap().ends_with(".ndjson.zst"), "{objs:?}");
+        let got = zstd::stream::decode_all(std::fs::File::open(&objs[0]).unwrap()).unwrap();
+        assert_eq!(String::from_utf8(got).unwrap(), lines);
     }
 }
