@@ -44,12 +44,7 @@ impl<T> Queue<T> {
         bytes: usize,
         deadline: tokio::time::Instant,
     ) -> Option<Reservation> {
-        if let Some(r) = self.reserve(bytes) {
-            return Some(r);
-        }
-        tokio::time::timeout_at(deadline, self.reserve_wait(bytes))
-            .await
-            .ok()
+        self.budget.reserve_until(bytes, deadline).await
     }
 
     /// Makes `r` hold `bytes`; false (and `r` unchanged) when growing finds no room.
@@ -134,6 +129,20 @@ impl Budget {
             bytes,
             gauge: self.gauge.clone(),
         }
+    }
+
+    /// Reserves `bytes`, waiting for them until `deadline` (none: no room by then).
+    pub async fn reserve_until(
+        &self,
+        bytes: usize,
+        deadline: tokio::time::Instant,
+    ) -> Option<Reservation> {
+        if let Some(r) = self.try_reserve(bytes) {
+            return Some(r);
+        }
+        tokio::time::timeout_at(deadline, self.reserve_wait(bytes))
+            .await
+            .ok()
     }
 
     /// Makes `r` (taken from this budget) hold `bytes`: gives back the excess, or

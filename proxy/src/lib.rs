@@ -205,8 +205,7 @@ impl Shared {
             rules: rules::exclusion::ExclusionRules::with_global(plan.global_rules.clone()),
             quotas: quota::daily::DailyQuotas::new(clock::system(), &config.data_dir.join("quota")),
             plugins: plugin::Plugins::new(Some(&config.data_dir)),
-            plugin_workers: any_plugin
-                .then(|| workers::Workers::new("weir-stage", threads)),
+            plugin_workers: any_plugin.then(|| workers::Workers::new("weir-stage", threads)),
             intake_workers: workers::Workers::new(
                 "weir-intake",
                 match config.limits.intake_threads {

@@ -198,9 +198,11 @@ mod tests {
             // SAFETY: reads the nice level of the calling thread.
             let (here, there) = (
                 unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) },
-                w.run(w.lane(), || unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) })
-                    .await
-                    .unwrap(),
+                w.run(w.lane(), || unsafe {
+                    libc::getpriority(libc::PRIO_PROCESS, 0)
+                })
+                .await
+                .unwrap(),
             );
             assert_eq!(there, (here + NICER).min(19), "intake threads run nicer");
         }

@@ -136,22 +136,37 @@ async fn a_full_queue_makes_requests_wait_unread_and_takes_them_once_there_is_ro
     assert!(
         answered < 60,
         "the queue never filled: every request answered at once: {}",
-        weir.metrics().await.lines().filter(|l| l.starts_with("weir_rejected") || l.starts_with("weir_queued")).collect::<Vec<_>>().join("\n")
+        weir.metrics()
+            .await
+            .lines()
+            .filter(|l| l.starts_with("weir_rejected") || l.starts_with("weir_queued"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     let dd = FakeDatadog::start_on(port).await;
     for (r, h) in sends.into_iter().enumerate() {
         let resp = h.await.unwrap();
-        assert_eq!(resp.status, 202, "request {r} waited for room: {}", resp.text());
+        assert_eq!(
+            resp.status,
+            202,
+            "request {r} waited for room: {}",
+            resp.text()
+        );
     }
-    eventually(Duration::from_secs(30), "every request's events delivered", || {
-        (dd.count() >= 60 * 100).then_some(())
-    })
+    eventually(
+        Duration::from_secs(30),
+        "every request's events delivered",
+        || (dd.count() >= 60 * 100).then_some(()),
+    )
     .await;
     let m = weir.metrics().await;
     assert!(
         !m.contains("weir_rejected_requests_total{"),
         "nothing refused: {}",
-        m.lines().filter(|l| l.starts_with("weir_rejected")).collect::<Vec<_>>().join("\n")
+        m.lines()
+            .filter(|l| l.starts_with("weir_rejected"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert!(weir.terminate().success(), "{}", weir.log());
     let got = dd.take();
@@ -261,21 +276,35 @@ async fn a_zstd_archive_holds_every_event_and_its_dead_letters_too() {
     );
     let mut weir = Weir::start(&cfg).await;
     for r in 0..4 {
-        let resp = post(&weir.url("/api/v2/logs"), &[KEY], events(&format!("z{r}"), 50)).await;
+        let resp = post(
+            &weir.url("/api/v2/logs"),
+            &[KEY],
+            events(&format!("z{r}"), 50),
+        )
+        .await;
         assert_eq!(resp.status, 202, "{}", resp.text());
     }
     eventually(Duration::from_secs(20), "the dead letter", || {
-        (!read_archive(&weir.archive_root().join("dead-letter")).0.is_empty()).then_some(())
+        (!read_archive(&weir.archive_root().join("dead-letter"))
+            .0
+            .is_empty())
+        .then_some(())
     })
     .await;
     assert!(weir.terminate().success(), "{}", weir.log());
     let (archived, objects) = read_archive(&weir.archive_root().join("acme"));
     assert_eq!(ids(&archived).len(), 200, "every event once");
     assert_eq!(archived.len(), 200);
-    assert!(objects.iter().all(|o| o.ends_with(".ndjson.zst")), "{objects:?}");
+    assert!(
+        objects.iter().all(|o| o.ends_with(".ndjson.zst")),
+        "{objects:?}"
+    );
     let (letters, names) = read_archive(&weir.archive_root().join("dead-letter"));
     assert!(!letters.is_empty());
-    assert!(names.iter().all(|n| n.ends_with("-400.ndjson.zst")), "{names:?}");
+    assert!(
+        names.iter().all(|n| n.ends_with("-400.ndjson.zst")),
+        "{names:?}"
+    );
     let _ = dd.take();
 }
 

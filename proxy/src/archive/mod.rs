@@ -262,7 +262,10 @@ impl Writer {
             progress: Vec::new(),
         });
         // Compression is CPU work: on delivery's threads, not the async workers.
-        let mut gz = open.gz.take().expect("the object's encoder is back after each chunk");
+        let mut gz = open
+            .gz
+            .take()
+            .expect("the object's encoder is back after each chunk");
         let lines = chunk.lines.clone();
         let (workers, lane) = crate::workers::Workers::delivery();
         open.gz = Some(
@@ -458,7 +461,10 @@ mod tests {
         task.await.unwrap();
         let objs = objects(dir.path());
         assert_eq!(objs.len(), 1);
-        assert!(objs[0].to_str().unwrap().ends_with(".ndjson.zst"), "{objs:?}");
+        assert!(
+            objs[0].to_str().unwrap().ends_with(".ndjson.zst"),
+            "{objs:?}"
+        );
         let got = zstd::stream::decode_all(std::fs::File::open(&objs[0]).unwrap()).unwrap();
         assert_eq!(String::from_utf8(got).unwrap(), lines);
     }

@@ -119,17 +119,14 @@ impl Core {
         if declared.is_some_and(|n| n > max) {
             return Err(Refusal::BodyTooLarge { max });
         }
-        let bytes = declared.unwrap_or(max);
-        if let Some(r) = self.budget.try_reserve(bytes) {
-            return Ok(r);
-        }
-        tokio::time::timeout_at(self.admission_deadline(), self.budget.reserve_wait(bytes))
+        self.budget
+            .reserve_until(declared.unwrap_or(max), self.admission_deadline())
             .await
-            .map_err(|_| Refusal::Busy)
+            .ok_or(Refusal::Busy)
     }
 
     /// Decodes `payload` and runs its batch through the chain, on the tenant's
-    /// intake threads (see `pipeline::workers`: at a lower priority than
+    /// intake threads (see `crate::workers`: at a lower priority than
     /// delivery, so an overloaded proxy slows its agents down rather than its
     /// backends). Before that, it waits (up to `limits.admission_wait`) for
     /// room in the tenant's queues or disk buffer, and then for a thread (as

@@ -11,16 +11,15 @@
 //! dropped goes to the tenant's archive, every event still marked `Index` to
 //! the tenant's backend route.
 
-
 use crate::archive::{ArchiveChunk, ArchiveHandle};
 use crate::budget::Reservation;
 use crate::buffer::{record, BufferError, TenantLog, Wait};
 use crate::event::{Batch, Disposition};
 use crate::sink::{ForwardChunk, RouteSlot};
+use crate::workers::{Lane, Workers};
 use bytes::Bytes;
 use http::StatusCode;
 use std::sync::Arc;
-use crate::workers::{Lane, Workers};
 
 /// Why a stage (or the admin API) refused a request: the `reason` label of
 /// `weir_rejected_requests_total`.
@@ -238,12 +237,13 @@ impl Chain {
             return Ok(Room::default());
         }
         let route = out.route.read().unwrap().clone();
-        let archive = match &out.archive {
-            Some(a) => Some(a.reserve_until(bytes, deadline).await.ok_or_else(|| {
-                busy(RejectReason::ArchiveBackpressure, "the archive is behind")
-            })?),
-            None => None,
-        };
+        let archive =
+            match &out.archive {
+                Some(a) => Some(a.reserve_until(bytes, deadline).await.ok_or_else(|| {
+                    busy(RejectReason::ArchiveBackpressure, "the archive is behind")
+                })?),
+                None => None,
+            };
         let taken = route
             .reserve_until(bytes, deadline)
             .await
@@ -362,18 +362,19 @@ impl Chain {
         };
         // The events as NDJSON take about what the request's JSON took.
         let estimate = batch.meta.body_bytes.max(batch.events.len() * 64);
-        let archive_res = match (&out.archive, room.archive) {
-            (Some(_), Some(r)) => Some(r),
-            (Some(a), None) => Some(a.reserve(estimate).ok_or_else(|| {
-                busy(RejectReason::ArchiveBackpressure, "the archive is behind")
-            })?),
-            (None, _) => None,
-        };
+        let archive_res =
+            match (&out.archive, room.archive) {
+                (Some(_), Some(r)) => Some(r),
+                (Some(a), None) => Some(a.reserve(estimate).ok_or_else(|| {
+                    busy(RejectReason::ArchiveBackpressure, "the archive is behind")
+                })?),
+                (None, _) => None,
+            };
         let route_res = match route_res {
             Some(r) => r,
-            None => route.reserve(estimate).ok_or_else(|| {
-                busy(RejectReason::BackendBackpressure, "the backend is behind")
-            })?,
+            None => route
+                .reserve(estimate)
+                .ok_or_else(|| busy(RejectReason::BackendBackpressure, "the backend is behind"))?,
         };
         self.run_stages(&mut batch)?;
         match self.dispatch(&batch, &route, archive_res, route_res) {
@@ -599,7 +600,10 @@ mod tests {
         };
 
         let done = chain
-            .run(batch(&["drop me", "archive me", "index me"]), Room::default())
+            .run(
+                batch(&["drop me", "archive me", "index me"]),
+                Room::default(),
+            )
             .unwrap()
             .dispatched;
         assert_eq!(
@@ -609,7 +613,10 @@ mod tests {
                 indexed: 1
             }
         );
-        let refused = chain.run(batch(&["index me too", "refuse"]), Room::default()).err().unwrap();
+        let refused = chain
+            .run(batch(&["index me too", "refuse"]), Room::default())
+            .err()
+            .unwrap();
         assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
 
         drain.cancel();

@@ -138,7 +138,8 @@ impl Reader {
                 .flatten();
             if let Some(c) = cached {
                 self.from_memory += 1;
-                if let Some(r) = self.found(c.first_seq, c.events, c.flags, c.record_len, c.payload) {
+                if let Some(r) = self.found(c.first_seq, c.events, c.flags, c.record_len, c.payload)
+                {
                     return Ok(Some(r));
                 }
                 continue;
@@ -148,7 +149,9 @@ impl Reader {
                 At::Record(found) => {
                     let h = found.header;
                     let payload = bytes::Bytes::from(found.payload);
-                    if let Some(r) = self.found(h.first_seq, h.events, h.flags, h.record_len(), payload) {
+                    if let Some(r) =
+                        self.found(h.first_seq, h.events, h.flags, h.record_len(), payload)
+                    {
                         return Ok(Some(r));
                     }
                 }

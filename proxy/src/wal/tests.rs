@@ -543,8 +543,14 @@ async fn readers_close_behind_the_writer_share_its_records_without_a_read() {
     append_n(&wal, 0, 5).await;
     let (a, r) = (read_all(&mut archive), read_all(&mut route));
     let want: Vec<Vec<u8>> = (0..5).map(payload).collect();
-    assert_eq!(a.iter().map(|x| x.payload.to_vec()).collect::<Vec<_>>(), want);
-    assert_eq!(r.iter().map(|x| x.payload.to_vec()).collect::<Vec<_>>(), want);
+    assert_eq!(
+        a.iter().map(|x| x.payload.to_vec()).collect::<Vec<_>>(),
+        want
+    );
+    assert_eq!(
+        r.iter().map(|x| x.payload.to_vec()).collect::<Vec<_>>(),
+        want
+    );
     assert_eq!((archive.from_memory(), route.from_memory()), (5, 5));
     assert_eq!(
         a[3].payload.as_ptr(),
@@ -556,6 +562,9 @@ async fn readers_close_behind_the_writer_share_its_records_without_a_read() {
     let wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
     let mut archive = wal.reader("archive").unwrap();
     let again = read_all(&mut archive);
-    assert_eq!(again.iter().map(|x| x.payload.to_vec()).collect::<Vec<_>>(), want);
+    assert_eq!(
+        again.iter().map(|x| x.payload.to_vec()).collect::<Vec<_>>(),
+        want
+    );
     assert_eq!(archive.from_memory(), 0);
 }

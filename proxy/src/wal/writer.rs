@@ -161,10 +161,8 @@ impl Writer {
         // Kept before the readers hear of them: the payloads move, nothing is copied.
         let mut replies = Vec::with_capacity(group.len());
         let segment_base = self.base_seq;
-        let records = group
-            .into_iter()
-            .zip(ranges.iter().zip(offsets))
-            .map(|(a, (range, (offset, record_len)))| {
+        let records = group.into_iter().zip(ranges.iter().zip(offsets)).map(
+            |(a, (range, (offset, record_len)))| {
                 replies.push((a.reply, *range));
                 super::recent::Cached {
                     segment_base,
@@ -175,7 +173,8 @@ impl Writer {
                     flags: a.flags,
                     payload: bytes::Bytes::from(a.payload),
                 }
-            });
+            },
+        );
         self.recent.push(records);
         self.durable.send_replace(Durable {
             segment_base: self.base_seq,
