@@ -377,22 +377,18 @@ async fn otlp_partial_success_rejections_are_counted_as_dropped() {
         (!otlp.requests().is_empty()).then_some(())
     })
     .await;
+    // The two counters are updated one after the other: wait for both.
+    let forwarded = "weir_forwarded_events_total{backend=\"out\",tenant=\"acme\"}";
     let mut m = weir.metrics().await;
     for _ in 0..50 {
-        if metric(&m, dropped) > 0.0 {
+        if metric(&m, dropped) + metric(&m, forwarded) >= 3.0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         m = weir.metrics().await;
     }
     assert_eq!(metric(&m, dropped), 1.0, "{m}");
-    assert_eq!(
-        metric(
-            &m,
-            "weir_forwarded_events_total{backend=\"out\",tenant=\"acme\"}"
-        ),
-        2.0
-    );
+    assert_eq!(metric(&m, forwarded), 2.0, "{m}");
     assert_eq!(
         otlp.requests().len(),
         1,
