@@ -314,7 +314,6 @@ async fn serve(
         control,
         admin_stop.clone(),
     ));
-    health.set_ready(true);
     tracing::info!(
         version = %banner::version(),
         tenants = plan.tenants.len(),
@@ -328,6 +327,8 @@ async fn serve(
             banner::lines(plan, path, &bound, admin_addr).join("\n")
         );
     }
+    // Ready only once announced: whoever waits on /readyz finds the banner written.
+    health.set_ready(true);
     Ok(Serving {
         listeners,
         stop,

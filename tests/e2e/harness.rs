@@ -187,6 +187,24 @@ impl Weir {
             .unwrap()
             .text()
     }
+
+    /// The metrics once `name_and_labels` has reached at least `value` (counters
+    /// are updated one after another, and after a backend has answered: a test
+    /// that saw the backend get a batch must still wait for the count).
+    pub async fn metrics_once(&self, name_and_labels: &str, value: f64) -> String {
+        let start = Instant::now();
+        loop {
+            let m = self.metrics().await;
+            if metric_opt(&m, name_and_labels).unwrap_or(0.0) >= value {
+                return m;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "timed out waiting for {name_and_labels} >= {value}: {m}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 impl Drop for Weir {
@@ -315,10 +333,19 @@ pub fn read_archive(root: &Path) -> (Vec<Value>, Vec<String>) {
             if p.is_dir() {
                 stack.push(p);
             } else {
+                // The store writes `<name>#N` and renames it when complete: skip
+                // objects being written, and ones renamed between list and open.
+                let name = p.to_string_lossy();
+                let zst = name.ends_with(".ndjson.zst");
+                if !zst && !name.ends_with(".ndjson.gz") {
+                    continue;
+                }
+                let Ok(file) = std::fs::File::open(&p) else {
+                    continue;
+                };
                 objects.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
                 let mut text = String::new();
-                let file = std::fs::File::open(&p).unwrap();
-                if p.extension().is_some_and(|e| e == "zst") {
+                if zst {
                     zstd::stream::read::Decoder::new(file)
                         .unwrap()
                         .read_to_string(&mut text)
