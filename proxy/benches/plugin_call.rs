@@ -6,42 +6,13 @@
 //! Needs `../shared/data/loghub` and the plugins built for wasm32-wasip1:
 //!   (cd plugins && cargo build --release --target wasm32-wasip1)
 //!   cargo bench -p weir --bench plugin_call
+mod common;
+
+use common::{events, repo};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use std::path::PathBuf;
 use std::time::Duration;
 use weir::config::PluginOnError;
-use weir::event::Event;
 use weir::plugin::{wire, Plugin, PluginSettings};
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn events(n: usize) -> Vec<Event> {
-    let path = repo().join("../shared/data/loghub/OpenSSH_2k.log");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (the loghub samples)", path.display()));
-    text.lines()
-        .cycle()
-        .take(n)
-        .enumerate()
-        .map(|(i, line)| {
-            let mut e = Event::from_message(line.to_string(), 1_700_000_000_000 + i as i64);
-            e.host = Some(format!("web-{:03}", i % 200));
-            e.service = Some("sshd".into());
-            e.source = Some("openssh".into());
-            e.status = Some("info".into());
-            e.tags = vec!["env:prod".into(), format!("version:1.{}", i % 10)];
-            e.attributes
-                .insert("pid".into(), serde_json::json!(24200 + i % 50));
-            e.attributes.insert(
-                "network".into(),
-                serde_json::json!({"client": {"port": 22}}),
-            );
-            e
-        })
-        .collect()
-}
 
 fn plugin(name: &str) -> Plugin {
     let path = repo().join(format!("plugins/target/wasm32-wasip1/release/{name}.wasm"));

@@ -156,6 +156,13 @@ impl Encoder {
     }
 }
 
+/// `lines` compressed as one whole archive object (or dead letter) would be.
+pub fn compress(compression: ArchiveCompression, level: u32, lines: &[u8]) -> Vec<u8> {
+    let mut enc = Encoder::new(compression, level, lines.len() / 4);
+    enc.write(lines);
+    enc.finish()
+}
+
 /// Batches a backend refused as malformed (a 4xx other than 408/429): kept in
 /// the tenant's archive store under `dead-letter/<tenant>/`, named after the
 /// backend and status, instead of being retried forever or lost.
@@ -184,9 +191,7 @@ impl DeadLetters {
         status: &str,
         ndjson: &[u8],
     ) -> Result<String, String> {
-        let mut enc = Encoder::new(self.compression, self.level, ndjson.len() / 4);
-        enc.write(ndjson);
-        let body = Bytes::from(enc.finish());
+        let body = Bytes::from(compress(self.compression, self.level, ndjson));
         let suffix = self.compression.suffix();
         let name = object_name(&partition_of(Utc::now().timestamp_millis()), suffix);
         let name = name.trim_end_matches(suffix);

@@ -1,0 +1,125 @@
+//! The hot functions the overload work changed, each alone:
+//! - `request_body`: inflating a gzip'd request of 500 events (what agents send);
+//! - `archive_object`: compressing 4 MiB of NDJSON into one archive object, gzip
+//!   and zstd at the default level (1);
+//! - `wal_read`: a disk-buffer reader taking 8 MiB of records just written, from
+//!   the writer's memory (a feed keeping up) against from the segment file (a
+//!   feed behind; the page cache is warm, so this is the copy and checksum, not
+//!   the disk).
+//!
+//! Events are real OpenSSH lines from loghub (`../shared/data/loghub`).
+//!   cargo bench -p weir --bench hot_path
+mod common;
+
+use bytes::Bytes;
+use common::events;
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use std::io::Write;
+use weir::config::ArchiveCompression;
+use weir::intake::body::{decompress, Encoding};
+use weir::wal::{Wal, WalOptions};
+
+/// `n` events as the pipeline carries them: NDJSON lines.
+fn ndjson(n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in events(n) {
+        e.write_json(&mut out);
+        out.push(b'\n');
+    }
+    out
+}
+
+fn request_body(c: &mut Criterion) {
+    let mut g = c.benchmark_group("request_body");
+    let mut json = b"[".to_vec();
+    for (i, line) in ndjson(500)
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .enumerate()
+    {
+        if i > 0 {
+            json.push(b',');
+        }
+        json.extend_from_slice(line);
+    }
+    json.push(b']');
+    // Agents compress at zlib's default level.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&json).unwrap();
+    let body = Bytes::from(gz.finish().unwrap());
+    g.throughput(Throughput::Bytes(json.len() as u64));
+    g.bench_function("inflate_gzip_500_events", |b| {
+        b.iter(|| decompress(body.clone(), Encoding::Gzip, 64 << 20).unwrap())
+    });
+    g.finish();
+}
+
+fn archive_object(c: &mut Criterion) {
+    let mut g = c.benchmark_group("archive_object");
+    g.sample_size(20);
+    let lines = ndjson(16_000);
+    g.throughput(Throughput::Bytes(lines.len() as u64));
+    for (name, codec) in [
+        ("gzip", ArchiveCompression::Gzip),
+        ("zstd", ArchiveCompression::Zstd),
+    ] {
+        g.bench_with_input(
+            BenchmarkId::new("compress_level_1", name),
+            &lines,
+            |b, lines| b.iter(|| weir::archive::compress(codec, 1, lines)),
+        );
+    }
+    g.finish();
+}
+
+/// A log holding `records` records of a 500-event request each, synced.
+fn wal_with(dir: &std::path::Path, payload: &[u8], records: usize) -> Wal {
+    let wal = Wal::open(dir, WalOptions::default()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    for _ in 0..records {
+        rt.block_on(wal.append(payload.to_vec(), 500, 0)).unwrap();
+    }
+    wal
+}
+
+fn wal_read(c: &mut Criterion) {
+    let mut g = c.benchmark_group("wal_read");
+    g.sample_size(20);
+    let payload = ndjson(500);
+    // 8 MiB of records: within what the writer keeps in memory (RECENT_BYTES).
+    let records = (8 << 20) / payload.len() - 1;
+    g.throughput(Throughput::Bytes((records * payload.len()) as u64));
+    for (name, written_after) in [("from_memory", 0), ("from_file", records + 8)] {
+        let dir = tempfile::tempdir().unwrap();
+        // Writing as much again after them pushes the first records out of memory.
+        let wal = wal_with(dir.path(), &payload, records + written_after);
+        let mut n = 0u64;
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    n += 1;
+                    wal.reader(&format!("r{n}")).unwrap()
+                },
+                |mut reader| {
+                    for _ in 0..records {
+                        let r = reader.read().unwrap().expect("a record");
+                        std::hint::black_box(r.payload.len());
+                    }
+                    let from_memory = reader.from_memory();
+                    assert_eq!(from_memory > 0, written_after == 0, "read from {name}");
+                    let name = reader.name().to_string();
+                    drop(reader);
+                    wal.remove_reader(&name).unwrap();
+                },
+                BatchSize::PerIteration,
+            )
+        });
+        wal.close();
+    }
+    g.finish();
+}
+
+criterion_group!(benches, request_body, archive_object, wal_read);
+criterion_main!(benches);
