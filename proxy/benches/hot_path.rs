@@ -7,6 +7,9 @@
 //!   feed behind; the page cache is warm, so this is the copy and checksum, not
 //!   the disk).
 //!
+//! - `decode_500_events`: a request's body into events, per intake protocol
+//!   (Datadog JSON, OTLP protobuf, OTLP JSON), side by side.
+//!
 //! Events are real OpenSSH lines from loghub (`../shared/data/loghub`).
 //!   cargo bench -p weir --bench hot_path
 mod common;
@@ -121,5 +124,108 @@ fn wal_read(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, request_body, archive_object, wal_read);
+/// The same 500 events as each protocol's body, and its decoder.
+fn decode(c: &mut Criterion) {
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use prost::Message;
+    use weir::event::PayloadLimits;
+    use weir::intake::http::HttpProtocol;
+    use weir::intake::Decode;
+
+    let evs = events(500);
+    let mut dd_json = b"[".to_vec();
+    for (i, e) in evs.iter().enumerate() {
+        if i > 0 {
+            dd_json.push(b',');
+        }
+        e.write_json(&mut dd_json);
+    }
+    dd_json.push(b']');
+    let string = |s: &str| {
+        Some(AnyValue {
+            value: Some(any_value::Value::StringValue(s.into())),
+        })
+    };
+    let kv = |k: &str, v: Option<AnyValue>| KeyValue {
+        key: k.into(),
+        value: v,
+        ..Default::default()
+    };
+    let otlp = ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(Resource {
+                attributes: vec![
+                    kv("host.name", string("web-001")),
+                    kv("service.name", string("sshd")),
+                ],
+                ..Default::default()
+            }),
+            scope_logs: vec![ScopeLogs {
+                log_records: evs
+                    .iter()
+                    .map(|e| LogRecord {
+                        time_unix_nano: e.timestamp as u64 * 1_000_000,
+                        severity_number: 9,
+                        body: string(&e.message),
+                        attributes: vec![
+                            kv("source", string("openssh")),
+                            kv("env", string("prod")),
+                        ],
+                        trace_id: vec![7; 16],
+                        span_id: vec![9; 8],
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let otlp_pb = otlp.encode_to_vec();
+    let otlp_json = serde_json::to_vec(&otlp).unwrap();
+    let limits = PayloadLimits {
+        max_events: usize::MAX,
+        max_log_bytes: 1 << 20,
+        received_at_ms: 0,
+    };
+    let head = |ct: &str| {
+        http::Request::builder()
+            .header("content-type", ct)
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0
+    };
+    let (dd_head, pb_head, json_head) = (
+        head("application/json"),
+        head("application/x-protobuf"),
+        head("application/json"),
+    );
+    let mut g = c.benchmark_group("decode_500_events");
+    g.throughput(Throughput::Elements(500));
+    g.bench_function("datadog_json", |b| {
+        b.iter(|| {
+            let body = weir::intake::datadog::Datadog.body(&dd_head).unwrap();
+            body.decode(&dd_json, limits, &mut |_| true).unwrap()
+        })
+    });
+    g.bench_function("otlp_protobuf", |b| {
+        b.iter(|| {
+            let body = weir::intake::otlp::Otlp.body(&pb_head).unwrap();
+            body.decode(&otlp_pb, limits, &mut |_| true).unwrap()
+        })
+    });
+    g.bench_function("otlp_json", |b| {
+        b.iter(|| {
+            let body = weir::intake::otlp::Otlp.body(&json_head).unwrap();
+            body.decode(&otlp_json, limits, &mut |_| true).unwrap()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, request_body, archive_object, wal_read, decode);
 criterion_main!(benches);

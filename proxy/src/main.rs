@@ -14,8 +14,11 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// pages back to the system after a second (not the default ten), so peak
 /// RSS follows what is held, not what was.
 #[export_name = "_rjem_malloc_conf"]
-static MALLOC_CONF: MallocConf =
-    MallocConf(b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0".as_ptr());
+static MALLOC_CONF: MallocConf = MallocConf(
+    c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0"
+        .as_ptr()
+        .cast(),
+);
 
 /// A C string pointer jemalloc reads once; never written.
 #[repr(transparent)]

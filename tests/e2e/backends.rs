@@ -544,3 +544,84 @@ async fn an_unreadable_bulk_answer_is_a_failed_send_not_a_delivery() {
         "{log}"
     );
 }
+
+/// OTLP in, OTLP out: a record's trace and span ids, taken in over OTLP/HTTP,
+/// reach the OTLP backend in the record's own fields, with its body,
+/// severity and resource.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_in_otlp_out_keeps_the_trace_and_span_ids() {
+    use opentelemetry_proto::tonic::collector::logs::v1::{
+        ExportLogsServiceRequest, ExportLogsServiceResponse,
+    };
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    let (otlp, addr) = Double::start(Arc::new(|_, _| {
+        (200, ExportLogsServiceResponse::default().encode_to_vec())
+    }))
+    .await;
+    let weir = Weir::start(&weir_for(&format!(
+        "    type: otlp\n    endpoint: http://{addr}\n    compression: none\n"
+    )))
+    .await;
+    let string = |s: &str| AnyValue {
+        value: Some(any_value::Value::StringValue(s.into())),
+    };
+    let request = ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(Resource {
+                attributes: vec![KeyValue {
+                    key: "service.name".into(),
+                    value: Some(string("billing")),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            scope_logs: vec![ScopeLogs {
+                log_records: vec![LogRecord {
+                    time_unix_nano: 1_700_000_000_000_000_000,
+                    severity_number: 13,
+                    body: Some(string("card declined")),
+                    trace_id: vec![0xab; 16],
+                    span_id: vec![0xcd; 8],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let r = post(
+        &weir.url("/v1/logs"),
+        &[
+            ("Authorization", "Bearer agent-key"),
+            ("Content-Type", "application/x-protobuf"),
+        ],
+        request.encode_to_vec(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.headers["content-type"], "application/x-protobuf");
+    let answer = ExportLogsServiceResponse::decode(r.body.clone()).unwrap();
+    assert_eq!(answer.partial_success, None);
+    eventually(Duration::from_secs(10), "an OTLP export", || {
+        (!otlp.requests().is_empty()).then_some(())
+    })
+    .await;
+    let sent = ExportLogsServiceRequest::decode(&otlp.requests()[0].body[..]).unwrap();
+    let rl = &sent.resource_logs[0];
+    let service = rl
+        .resource
+        .as_ref()
+        .unwrap()
+        .attributes
+        .iter()
+        .find(|kv| kv.key == "service.name");
+    assert_eq!(service.unwrap().value, Some(string("billing")));
+    let record = &rl.scope_logs[0].log_records[0];
+    assert_eq!(record.trace_id, vec![0xab; 16]);
+    assert_eq!(record.span_id, vec![0xcd; 8]);
+    assert_eq!(record.body, Some(string("card declined")));
+    assert_eq!(record.severity_number, 13);
+    assert_eq!(record.time_unix_nano, 1_700_000_000_000_000_000);
+}

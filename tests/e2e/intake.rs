@@ -319,3 +319,78 @@ async fn oversized_log_is_truncated_and_marked() {
         1.0
     );
 }
+
+/// OTLP/HTTP answers in its own forms: a `google.rpc.Status` in the request's
+/// encoding (protobuf or JSON) with the precise HTTP status, Retry-After where
+/// the exporter should retry, and 415 for a Content-Type it does not take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_http_refusals_are_rpc_statuses_in_the_request_encoding() {
+    use prost::Message;
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct RpcStatus {
+        #[prost(int32, tag = "1")]
+        code: i32,
+        #[prost(string, tag = "2")]
+        message: String,
+    }
+    let (dd, addr) = FakeDatadog::start().await;
+    let weir = Weir::start(&config(&addr.to_string(), "", "")).await;
+    let url = weir.url("/v1/logs");
+    let bearer = ("Authorization", "Bearer agent-key");
+    let protobuf = ("Content-Type", "application/x-protobuf");
+
+    // Not protobuf: 400, INVALID_ARGUMENT (3), as protobuf.
+    let r = post(&url, &[bearer, protobuf], &b"\xff\xff\xff"[..]).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.headers["content-type"], "application/x-protobuf");
+    let status = RpcStatus::decode(r.body.clone()).unwrap();
+    assert_eq!(status.code, 3);
+    assert!(
+        status.message.contains("ExportLogsServiceRequest"),
+        "{status:?}"
+    );
+
+    // Bad JSON: the same, as JSON, with where it went wrong.
+    let r = post(&url, &[bearer, JSON], &b"{\"resourceLogs\": [ }"[..]).await;
+    assert_eq!(r.status, 400);
+    let v = r.json();
+    assert_eq!(v["code"], 3);
+    assert!(
+        v["message"].as_str().unwrap().contains("invalid JSON"),
+        "{v}"
+    );
+
+    // No key, a wrong key, an unsupported Content-Type.
+    let r = post(&url, &[JSON], &b"{}"[..]).await;
+    assert_eq!((r.status, r.json()["code"].as_i64()), (401, Some(16)));
+    let r = post(&url, &[("Authorization", "Bearer nope"), JSON], &b"{}"[..]).await;
+    assert_eq!((r.status, r.json()["code"].as_i64()), (403, Some(7)));
+    let r = post(&url, &[bearer, ("Content-Type", "text/plain")], &b"hi"[..]).await;
+    assert_eq!(r.status, 415);
+    assert!(RpcStatus::decode(r.body.clone())
+        .unwrap()
+        .message
+        .contains("application/json"));
+
+    // An empty export is a success with an empty answer; a JSON one answers JSON.
+    let r = post(&url, &[bearer, JSON], &b"{\"resourceLogs\":[]}"[..]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.headers["content-type"], "application/json");
+    assert_eq!(r.json(), json!({}));
+    assert_eq!(dd.count(), 0);
+    let m = weir.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "weir_rejected_requests_total{intake=\"otlp\",reason=\"invalid_payload\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "weir_rejected_requests_total{intake=\"otlp\",reason=\"unsupported_content_type\"}"
+        ),
+        1.0
+    );
+}

@@ -100,6 +100,21 @@ impl Event {
         }
     }
 
+    /// The trace and span ids the event carries (`otel.trace_id`,
+    /// `otel.span_id`, hex, as the OTLP intake keeps them), as bytes; empty
+    /// when it has none. The OTLP backend sends them in their own fields.
+    pub fn trace_ids(&self) -> (Vec<u8>, Vec<u8>) {
+        let id = |key: &str| {
+            self.attributes
+                .get("otel")
+                .and_then(|o| o.get(key))
+                .and_then(Value::as_str)
+                .and_then(unhex)
+                .unwrap_or_default()
+        };
+        (id("trace_id"), id("span_id"))
+    }
+
     /// Appends the Datadog-shaped JSON of the event to `out`.
     pub fn write_json(&self, out: &mut Vec<u8>) {
         serde_json::to_writer(out, self).expect("serializing to memory cannot fail");
@@ -111,6 +126,13 @@ impl Event {
 pub enum Intake {
     Datadog,
     Generic,
+    /// OTLP logs, over HTTP (protobuf or JSON) and gRPC.
+    Otlp,
+}
+
+impl Intake {
+    /// Every intake protocol, for metrics that exist from start.
+    pub const ALL: [Intake; 3] = [Intake::Datadog, Intake::Generic, Intake::Otlp];
 }
 
 impl Intake {
@@ -118,6 +140,7 @@ impl Intake {
         match self {
             Intake::Datadog => "datadog",
             Intake::Generic => "generic",
+            Intake::Otlp => "otlp",
         }
     }
 }
@@ -230,6 +253,16 @@ impl Serialize for Event {
         }
         m.end()
     }
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 #[cfg(test)]

@@ -98,6 +98,11 @@ impl Core {
         self.limits.max_body_bytes.as_usize()
     }
 
+    /// The largest payload taken once decompressed.
+    pub fn max_decompressed(&self) -> usize {
+        self.limits.max_decompressed_bytes.as_usize()
+    }
+
     /// How long a sender may take to send one payload.
     pub fn read_timeout(&self) -> Duration {
         self.limits.body_read_timeout.0

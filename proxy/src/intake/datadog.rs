@@ -47,14 +47,14 @@ impl HttpProtocol for Datadog {
         api_key(&head.headers, head.uri.query())
     }
 
-    fn body(&self, head: &Parts) -> DatadogBody {
-        DatadogBody {
+    fn body(&self, head: &Parts) -> Result<DatadogBody, Refusal> {
+        Ok(DatadogBody {
             text: content_type(&head.headers).is_some_and(|t| t == "text/plain"),
             tags: query_tags(head.uri.query()),
-        }
+        })
     }
 
-    fn accepted(&self, endpoint: Endpoint) -> Answer {
+    fn accepted(&self, endpoint: Endpoint, _head: &Parts) -> Answer {
         match endpoint {
             Endpoint::Submit => json_response(StatusCode::ACCEPTED, Bytes::from_static(b"{}")),
             Endpoint::KeyCheck => {
@@ -63,7 +63,7 @@ impl HttpProtocol for Datadog {
         }
     }
 
-    fn refused(&self, r: &Refusal) -> Answer {
+    fn refused(&self, r: &Refusal, _head: &Parts) -> Answer {
         errors_answer(r)
     }
 }
@@ -128,7 +128,7 @@ fn decode_json(
     }
 }
 
-fn invalid_json(body: &[u8], e: &serde_json::Error) -> Refusal {
+pub(crate) fn invalid_json(body: &[u8], e: &serde_json::Error) -> Refusal {
     // serde_json counts lines from 1 and columns (bytes) from 1.
     let offset: usize = body
         .split(|&b| b == b'\n')

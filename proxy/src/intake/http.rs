@@ -6,7 +6,7 @@
 use super::body::Encoding;
 use super::core::{Core, Decode, Payload};
 use super::refusals::{Origin, RefusedAt};
-use super::{datadog, input, Refusal};
+use super::{datadog, input, otlp, Refusal};
 use crate::event::{split_tags, Event, Intake};
 use crate::pipeline::Rejection;
 use crate::tenant::Tenant;
@@ -44,16 +44,18 @@ pub trait HttpProtocol: Sync {
     fn endpoint(&self, method: &Method, path: &str) -> Option<Endpoint>;
     /// The tenant's key in the request's head.
     fn key(&self, head: &Parts) -> Option<String>;
-    /// The decoder for this request's body, from its head (content type, query).
-    fn body(&self, head: &Parts) -> Self::Body;
-    /// The answer to an accepted submission or a key that checked out.
-    fn accepted(&self, endpoint: Endpoint) -> Answer;
+    /// The decoder for this request's body, from its head (content type,
+    /// query); refused before the body is read when the head rules it out.
+    fn body(&self, head: &Parts) -> Result<Self::Body, Refusal>;
+    /// The answer to an accepted submission or a key that checked out
+    /// (in the form the request's head asks for).
+    fn accepted(&self, endpoint: Endpoint, head: &Parts) -> Answer;
     /// The answer to a refusal, in the protocol's form.
-    fn refused(&self, r: &Refusal) -> Answer;
+    fn refused(&self, r: &Refusal, head: &Parts) -> Answer;
 }
 
 /// What a request to a path no protocol serves is told to use.
-const EXPECTED: &str = "POST /api/v2/logs or POST /v1/input";
+const EXPECTED: &str = "POST /api/v2/logs, POST /v1/input or POST /v1/logs (OTLP)";
 
 /// Answers one HTTP request: each protocol is asked in turn whether it serves the path.
 pub async fn handle(core: &Arc<Core>, req: Request<Incoming>, origin: &Origin) -> Answer {
@@ -63,6 +65,9 @@ pub async fn handle(core: &Arc<Core>, req: Request<Incoming>, origin: &Origin) -
     }
     if let Some(e) = input::Input.endpoint(method, path) {
         return serve(core, &input::Input, e, req, origin).await;
+    }
+    if let Some(e) = otlp::Otlp.endpoint(method, path) {
+        return serve(core, &otlp::Otlp, e, req, origin).await;
     }
     let r = Refusal::NotFound {
         path: path.to_string(),
@@ -79,32 +84,32 @@ async fn serve<P: HttpProtocol>(
     req: Request<Incoming>,
     origin: &Origin,
 ) -> Answer {
+    let (head, body) = req.into_parts();
     if endpoint == Endpoint::KeyCheck {
-        let (head, _) = req.into_parts();
         return match core.authenticate(p.key(&head).as_deref(), P::KEY_HINT) {
-            Ok(_) => p.accepted(endpoint),
+            Ok(_) => p.accepted(endpoint, &head),
             Err(r) => {
                 core.refused(origin, RefusedAt::KeyCheck, None, &r);
-                p.refused(&r)
+                p.refused(&r, &head)
             }
         };
     }
-    if req.method() != Method::POST {
+    if head.method != Method::POST {
         let r = Refusal::MethodNotAllowed {
-            path: req.uri().path().to_string(),
+            path: head.uri.path().to_string(),
             allow: "POST",
         };
         core.refused(origin, RefusedAt::Protocol(P::INTAKE), None, &r);
-        return p.refused(&r);
+        return p.refused(&r, &head);
     }
     // weir_intake_request_duration_seconds: from here to the answer.
     let started = std::time::Instant::now();
     let mut tenant = None;
-    let result = submit(core, p, req, &mut tenant).await;
+    let result = submit(core, p, &head, body, &mut tenant).await;
     core.finish(origin, P::INTAKE, tenant.as_deref(), started, &result);
     match result {
-        Ok(()) => p.accepted(endpoint),
-        Err(r) => p.refused(&r),
+        Ok(()) => p.accepted(endpoint, &head),
+        Err(r) => p.refused(&r, &head),
     }
 }
 
@@ -112,12 +117,13 @@ async fn serve<P: HttpProtocol>(
 async fn submit<P: HttpProtocol>(
     core: &Arc<Core>,
     p: &P,
-    req: Request<Incoming>,
+    head: &Parts,
+    body: Incoming,
     known_tenant: &mut Option<Arc<Tenant>>,
 ) -> Result<(), Refusal> {
-    let (head, body) = req.into_parts();
-    let tenant = core.authenticate(p.key(&head).as_deref(), P::KEY_HINT)?;
+    let tenant = core.authenticate(p.key(head).as_deref(), P::KEY_HINT)?;
     *known_tenant = Some(tenant.clone());
+    let decoder = p.body(head)?;
     let encoding = Encoding::parse(header(&head.headers, CONTENT_ENCODING))?;
     let declared = header(&head.headers, CONTENT_LENGTH).and_then(|v| v.parse().ok());
     let reservation = core.reserve_payload(declared).await?;
@@ -127,7 +133,6 @@ async fn submit<P: HttpProtocol>(
         encoding,
         reservation,
     };
-    let decoder = p.body(&head);
     core.take(P::INTAKE, tenant, payload, decoder).await
 }
 

@@ -32,18 +32,18 @@ impl HttpProtocol for Input {
         api_key(&head.headers, head.uri.query())
     }
 
-    fn body(&self, head: &Parts) -> InputBody {
-        InputBody {
+    fn body(&self, head: &Parts) -> Result<InputBody, Refusal> {
+        Ok(InputBody {
             tags: query_tags(head.uri.query()),
-        }
+        })
     }
 
-    fn accepted(&self, endpoint: Endpoint) -> Answer {
-        Datadog.accepted(endpoint)
+    fn accepted(&self, endpoint: Endpoint, head: &Parts) -> Answer {
+        Datadog.accepted(endpoint, head)
     }
 
-    fn refused(&self, r: &Refusal) -> Answer {
-        Datadog.refused(r)
+    fn refused(&self, r: &Refusal, head: &Parts) -> Answer {
+        Datadog.refused(r, head)
     }
 }
 

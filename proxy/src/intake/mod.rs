@@ -14,7 +14,8 @@
 //! its key is (a header, a query parameter), the decoder of a request's body,
 //! and its answers (status and body); [`http::handle`] asks each protocol in
 //! turn and runs the shared steps. Today: `datadog` (`/api/v2/logs`,
-//! `/api/v1/validate`) and `input` (`/v1/input`).
+//! `/api/v1/validate`), `input` (`/v1/input`) and `otlp` (`/v1/logs`); gRPC
+//! calls (OTLP's `LogsService/Export`) go to `otlp_grpc`, over tonic.
 //!
 //! A protocol over a TCP stream (syslog, Fluent forward) plugs into the same
 //! core without the HTTP adapter: its connection task (spawned by listen/ for
@@ -32,6 +33,8 @@ pub mod datadog;
 pub mod http;
 pub mod input;
 mod lines;
+pub mod otlp;
+pub mod otlp_grpc;
 pub mod refusal;
 pub mod refusals;
 
@@ -41,11 +44,16 @@ pub use refusal::Refusal;
 
 use crate::config::Limits;
 use crate::tenant::Tenants;
-use ::http::Request;
+use ::http::{Request, Response};
+use bytes::Bytes;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use refusals::Origin;
 use std::convert::Infallible;
 use std::sync::Arc;
+
+/// An answer's body: a whole HTTP body, or a gRPC call's (data, then trailers).
+pub type Reply = Either<Full<Bytes>, tonic::body::Body>;
 
 /// The intake the listeners dispatch to.
 pub struct Intake {
@@ -59,12 +67,19 @@ impl Intake {
         })
     }
 
-    /// Answers one HTTP request, in the form of the protocol that serves its path.
+    /// Answers one HTTP request, in the form of the protocol that serves its
+    /// path: gRPC's (OTLP's `Export`) or one of the HTTP protocols'.
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         origin: Origin,
-    ) -> Result<http::Answer, Infallible> {
-        Ok(http::handle(&self.core, req, &origin).await)
+    ) -> Result<Response<Reply>, Infallible> {
+        if req.uri().path() == otlp_grpc::EXPORT_PATH {
+            let answer = otlp_grpc::serve(&self.core, req, &origin).await;
+            return Ok(answer.map(Either::Right));
+        }
+        Ok(http::handle(&self.core, req, &origin)
+            .await
+            .map(Either::Left))
     }
 }

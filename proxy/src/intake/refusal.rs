@@ -45,6 +45,12 @@ pub enum Refusal {
         column: usize,
         reason: String,
     },
+    /// A binary or structured body that does not decode as `format` (OTLP protobuf, OTLP JSON).
+    #[error("body is not a valid {format}: {error}")]
+    InvalidPayload { format: &'static str, error: String },
+    /// A Content-Type the protocol does not take; `expected` lists what it does.
+    #[error("unsupported Content-Type {got:?}; use {expected}")]
+    UnsupportedContentType { got: String, expected: &'static str },
     #[error("more than {max} log entries in one request")]
     TooManyEvents { max: usize },
     /// The request's events would not fit in the whole memory budget: a retry cannot help.
@@ -78,6 +84,8 @@ pub enum Reason {
     DecompressedTooLarge,
     BadEncoding,
     InvalidJson,
+    InvalidPayload,
+    UnsupportedContentType,
     TooManyEvents,
     IntakeBusy,
     /// A stage's own reason.
@@ -98,6 +106,8 @@ impl Reason {
             Reason::DecompressedTooLarge => "decompressed_too_large",
             Reason::BadEncoding => "bad_encoding",
             Reason::InvalidJson => "invalid_json",
+            Reason::InvalidPayload => "invalid_payload",
+            Reason::UnsupportedContentType => "unsupported_content_type",
             Reason::TooManyEvents => "too_many_events",
             Reason::IntakeBusy => "intake_busy",
             Reason::Stage(r) => r.as_str(),
@@ -119,6 +129,8 @@ impl Refusal {
             Refusal::DecompressedTooLarge { .. } => Reason::DecompressedTooLarge,
             Refusal::BadEncoding { .. } => Reason::BadEncoding,
             Refusal::InvalidJson { .. } => Reason::InvalidJson,
+            Refusal::InvalidPayload { .. } => Reason::InvalidPayload,
+            Refusal::UnsupportedContentType { .. } => Reason::UnsupportedContentType,
             Refusal::TooManyEvents { .. } | Refusal::EventsNeverFit { .. } => Reason::TooManyEvents,
             Refusal::Busy | Refusal::NoThread => Reason::IntakeBusy,
             Refusal::Stage(r) => Reason::Stage(r.reason),
@@ -133,15 +145,18 @@ impl Refusal {
             Refusal::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Refusal::MissingKey { .. } => StatusCode::UNAUTHORIZED,
             Refusal::UnknownKey => StatusCode::FORBIDDEN,
-            Refusal::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Refusal::UnsupportedEncoding(_) | Refusal::UnsupportedContentType { .. } => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
             Refusal::BodyTooLarge { .. }
             | Refusal::DecompressedTooLarge { .. }
             | Refusal::TooManyEvents { .. }
             | Refusal::EventsNeverFit { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Refusal::BodyRead(_) | Refusal::BadEncoding { .. } | Refusal::InvalidJson { .. } => {
-                StatusCode::BAD_REQUEST
-            }
+            Refusal::BodyRead(_)
+            | Refusal::BadEncoding { .. }
+            | Refusal::InvalidJson { .. }
+            | Refusal::InvalidPayload { .. } => StatusCode::BAD_REQUEST,
             Refusal::Busy | Refusal::NoThread => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::Stage(r) => r.status,
         }

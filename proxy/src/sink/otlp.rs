@@ -127,7 +127,11 @@ pub fn logs(events: &[Event]) -> Vec<u8> {
             ));
         }
         attributes.extend(e.attributes.iter().map(|(k, v)| kv(k, any(v))));
+        // Logs that came in over OTLP go out tied to their traces again.
+        let (trace_id, span_id) = e.trace_ids();
         let record = LogRecord {
+            trace_id,
+            span_id,
             time_unix_nano: (e.timestamp.max(0) as u64).saturating_mul(1_000_000),
             observed_time_unix_nano: now,
             severity_number: severity(e.status.as_deref()),

@@ -27,7 +27,7 @@ pub fn seed(config: &Config) {
         m.backend_retries.with_label_values(&[name]);
         m.inflight_batches.with_label_values(&[name]);
     }
-    for intake in [Intake::Datadog, Intake::Generic] {
+    for intake in Intake::ALL {
         for outcome in IntakeOutcome::ALL {
             m.intake_latency
                 .with_label_values(&[intake.as_str(), outcome.as_str()]);
@@ -44,7 +44,7 @@ pub fn seed(config: &Config) {
 fn seed_tenant(config: &Config, t: &crate::config::TenantConfig) {
     let m = &*METRICS;
     let tenant = t.name.as_str();
-    for intake in [Intake::Datadog, Intake::Generic] {
+    for intake in Intake::ALL {
         let labels = [tenant, intake.as_str()];
         m.received_events.with_label_values(&labels);
         m.received_bytes.with_label_values(&labels);

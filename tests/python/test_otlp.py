@@ -1,0 +1,117 @@
+"""End to end with the real OpenTelemetry Python SDK: its logging handler,
+inside a span, exporting with ``opentelemetry-exporter-otlp-proto-http`` and
+``-proto-grpc`` to weir's OTLP intake (``POST /v1/logs``, and gRPC
+``LogsService/Export`` on the same listener, HTTP/2 cleartext). The logs reach
+the Datadog backend (a test double) with their service, host, status,
+attributes and the trace and span ids of the span they were logged in, and
+land in the archive; a wrong key is refused and the exporter says so."""
+from __future__ import annotations
+
+import logging
+import uuid
+
+import grpc
+import pytest
+from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as GrpcLogExporter
+from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
+from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HttpLogExporter
+from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+
+from conftest import AGENT_API_KEY, wait_for
+
+# The SDK's LoggingHandler is deprecated in favour of an instrumentation package; it is what apps use today.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+class Recording:
+    """Wraps an exporter and keeps what each export returned."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.results = []
+
+    def export(self, batch):
+        result = self.inner.export(batch)
+        self.results.append(result)
+        return result
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+    def shutdown(self):
+        self.inner.shutdown()
+
+
+def exporter(kind: str, weir, key: str):
+    if kind == "http":
+        return HttpLogExporter(endpoint=f"{weir.intake_url}/v1/logs", headers={"authorization": f"Bearer {key}"},
+                               compression=HttpCompression.Gzip, timeout=10)
+    return GrpcLogExporter(endpoint=f"127.0.0.1:{weir.intake_port}", insecure=True,
+                           headers=(("authorization", f"Bearer {key}"),), compression=grpc.Compression.Gzip, timeout=10)
+
+
+def log_in_a_span(kind: str, weir, key: str, run: str, count: int):
+    """Logs ``count`` records through the SDK's logging handler inside one span;
+    returns the exporter's results and the span's context."""
+    recording = Recording(exporter(kind, weir, key))
+    provider = LoggerProvider(resource=Resource.create({
+        "service.name": "checkout", "host.name": "web-7.example.internal", "deployment.environment": "prod"}))
+    provider.add_log_record_processor(SimpleLogRecordProcessor(recording))
+    logger = logging.getLogger(f"weir-test-{run}")
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    handler = LoggingHandler(level=logging.DEBUG, logger_provider=provider)
+    logger.addHandler(handler)
+    tracer = TracerProvider().get_tracer("weir-test")
+    try:
+        with tracer.start_as_current_span("charge") as span:
+            for i in range(count):
+                level = logging.ERROR if i % 2 else logging.INFO
+                logger.log(level, "%s payment %d for order %s", run, i, f"o-{i}", extra={"order_id": i, "amount": 9.5})
+            ctx = span.get_span_context()
+    finally:
+        logger.removeHandler(handler)
+        provider.shutdown()
+    return recording.results, ctx
+
+
+@pytest.mark.parametrize("kind", ["http", "grpc"])
+def test_sdk_logs_reach_the_backend_with_their_trace(kind, weir, datadog_backend):
+    run = uuid.uuid4().hex[:8]
+    results, ctx = log_in_a_span(kind, weir, AGENT_API_KEY, run, 6)
+    assert results and all(r.name == "SUCCESS" for r in results), results
+    ours = lambda: [l for l in datadog_backend.logs if l.get("message", "").startswith(run)]
+    wait_for(lambda: len(ours()) >= 6, "6 OTLP logs at the backend", diagnostics=weir.log)
+    logs = sorted(ours(), key=lambda l: l["order_id"])
+    assert len(logs) == 6, "each once"
+    trace_hex, span_hex = format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+    for i, l in enumerate(logs):
+        assert l["message"] == f"{run} payment {i} for order o-{i}"
+        assert l["service"] == "checkout"
+        assert l["hostname"] == "web-7.example.internal"
+        assert l["status"] == ("error" if i % 2 else "info")
+        assert l["order_id"] == i and l["amount"] == 9.5
+        assert l["deployment.environment"] == "prod"
+        assert l["otel"]["trace_id"] == trace_hex
+        assert l["otel"]["span_id"] == span_hex
+        # Datadog correlates logs with traces by the low 64 bits, in decimal.
+        assert l["dd"]["trace_id"] == str(ctx.trace_id & (2**64 - 1))
+        assert l["dd"]["span_id"] == str(ctx.span_id)
+    assert weir.metric("weir_received_events_total", intake="otlp", tenant="acme") == 6
+    in_archive = lambda: [e for e in weir.archived_events(strict=False) if e.get("message", "").startswith(run)]
+    archived = wait_for(lambda: len(in_archive()) >= 6 and in_archive(), "6 OTLP logs in the archive", diagnostics=weir.log)
+    assert len(archived) == 6
+    assert {e["otel"]["trace_id"] for e in archived} == {trace_hex}
+
+
+@pytest.mark.parametrize("kind", ["http", "grpc"])
+def test_a_wrong_key_is_refused_and_the_exporter_reports_it(kind, weir, datadog_backend):
+    run = uuid.uuid4().hex[:8]
+    results, _ = log_in_a_span(kind, weir, "not-a-tenant-key", run, 2)
+    assert results and all(r.name == "FAILURE" for r in results), results
+    assert not [l for l in datadog_backend.logs if l.get("message", "").startswith(run)]
+    refused = weir.metric("weir_rejected_requests_total", intake="otlp", reason="unknown_api_key")
+    assert refused == len(results)
