@@ -8,7 +8,7 @@
 //!   the disk).
 //!
 //! - `decode_500_events`: a request's body into events, per intake protocol
-//!   (Datadog JSON, OTLP protobuf, OTLP JSON), side by side.
+//!   (Datadog JSON, OTLP protobuf, OTLP JSON, Splunk HEC), side by side.
 //!
 //! Events are real OpenSSH lines from loghub (`../shared/data/loghub`).
 //!   cargo bench -p weir --bench hot_path
@@ -204,6 +204,21 @@ fn decode(c: &mut Criterion) {
         head("application/x-protobuf"),
         head("application/json"),
     );
+    let mut hec = Vec::new();
+    for e in &evs {
+        let envelope = serde_json::json!({
+            "time": e.timestamp as f64 / 1000.0, "host": e.host, "source": "openssh",
+            "sourcetype": "sshd", "event": e.message, "fields": {"env": "prod"},
+        });
+        serde_json::to_writer(&mut hec, &envelope).unwrap();
+    }
+    let hec_head = head("application/json");
+    let hec_head = {
+        let mut h = hec_head;
+        h.uri = "/services/collector/event".parse().unwrap();
+        h
+    };
+    let hec_protocol = weir::intake::hec::Hec::default();
     let mut g = c.benchmark_group("decode_500_events");
     g.throughput(Throughput::Elements(500));
     g.bench_function("datadog_json", |b| {
@@ -222,6 +237,12 @@ fn decode(c: &mut Criterion) {
         b.iter(|| {
             let body = weir::intake::otlp::Otlp.body(&json_head).unwrap();
             body.decode(&otlp_json, limits, &mut |_| true).unwrap()
+        })
+    });
+    g.bench_function("splunk_hec", |b| {
+        b.iter(|| {
+            let body = hec_protocol.body(&hec_head).unwrap();
+            body.decode(&hec, limits, &mut |_| true).unwrap()
         })
     });
     g.finish();

@@ -394,3 +394,149 @@ async fn otlp_http_refusals_are_rpc_statuses_in_the_request_encoding() {
         1.0
     );
 }
+
+/// Splunk HEC, with the requests and answers of Splunk's HEC documentation
+/// ("Format events for HTTP Event Collector", "HTTP Event Collector examples",
+/// "About HTTP Event Collector Indexer Acknowledgment"), answer bytes compared
+/// whole, and an acknowledgement round trip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn splunk_hec_answers_as_splunk_documents_it() {
+    let (dd, addr) = FakeDatadog::start().await;
+    let weir = Weir::start(&config(&addr.to_string(), "", "")).await;
+    let token = ("Authorization", "Splunk agent-key");
+    let exact = |r: &Reply, status: u16, body: &str| {
+        assert_eq!((r.status, r.text().as_str()), (status, body));
+        assert_eq!(r.headers["content-type"], "application/json");
+    };
+
+    let r = post(
+        &weir.url("/services/collector/event"),
+        &[token],
+        r#"{"event": "hello world"}"#,
+    )
+    .await;
+    exact(&r, 200, r#"{"text":"Success","code":0}"#);
+    // Batched: events concatenated, no separator.
+    let batch = r#"{"event": "Pony 1 has left the barn"}{"event": "Pony 2 has left the barn"}{"event": "Pony 3 has left the barn", "nested": {"key1": "value1"}}"#;
+    let r = post(&weir.url("/services/collector"), &[token], batch).await;
+    exact(&r, 200, r#"{"text":"Success","code":0}"#);
+    // Metadata and indexed fields.
+    let full = r#"{"time": 1426279439, "host": "localhost", "source": "random-data-generator", "sourcetype": "my_sample_data", "index": "main", "event": "Hello world!", "fields": {"club":"glee", "wins":["regionals","nationals"]}}"#;
+    let r = post(&weir.url("/services/collector/event"), &[token], full).await;
+    exact(&r, 200, r#"{"text":"Success","code":0}"#);
+    // Raw, metadata in the query.
+    let r = post(
+        &weir.url("/services/collector/raw?channel=00872DC6-AC83-4EDE-8AFE-8413C3825C4C&sourcetype=splunkd_access&index=main"),
+        &[token],
+        "1, 2, 3... Hello, world!\nline two\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // Indexer acknowledgement: an ackId per request on a channel, true once.
+    let channel = "FE0ECFAD-13D5-401B-847D-77833BD77131";
+    let url = weir.url(&format!("/services/collector/event?channel={channel}"));
+    let r = post(&url, &[token], r#"{"event": "ack me"}"#).await;
+    exact(&r, 200, r#"{"text":"Success","code":0,"ackId":0}"#);
+    let r = post(
+        &url,
+        &[token, ("X-Splunk-Request-Channel", channel)],
+        r#"{"event": "and me"}"#,
+    )
+    .await;
+    exact(&r, 200, r#"{"text":"Success","code":0,"ackId":1}"#);
+    let ack = weir.url(&format!("/services/collector/ack?channel={channel}"));
+    let r = post(&ack, &[token], r#"{"acks": [0, 1, 2]}"#).await;
+    exact(&r, 200, r#"{"acks":{"0":true,"1":true,"2":false}}"#);
+    let r = post(&ack, &[token], r#"{"acks": [0]}"#).await;
+    exact(&r, 200, r#"{"acks":{"0":false}}"#);
+    let r = post(
+        &weir.url("/services/collector/ack"),
+        &[token],
+        r#"{"acks": [0]}"#,
+    )
+    .await;
+    exact(&r, 400, r#"{"text":"Data channel is missing","code":10}"#);
+
+    // Health, and the documented errors.
+    let r = get(&weir.url("/services/collector/health")).await.unwrap();
+    exact(&r, 200, r#"{"text":"HEC is healthy","code":17}"#);
+    let hec = weir.url("/services/collector/event");
+    exact(
+        &post(&hec, &[], r#"{"event": "x"}"#).await,
+        401,
+        r#"{"text":"Token is required","code":2}"#,
+    );
+    exact(
+        &post(
+            &hec,
+            &[("Authorization", "Splunk wrong")],
+            r#"{"event": "x"}"#,
+        )
+        .await,
+        403,
+        r#"{"text":"Invalid token","code":4}"#,
+    );
+    exact(
+        &post(&hec, &[token], "").await,
+        400,
+        r#"{"text":"No data","code":5}"#,
+    );
+    exact(
+        &post(&hec, &[token], r#"{"event": "ok"}{"time": 1426279439}"#).await,
+        400,
+        r#"{"text":"Event field is required","code":12,"invalid-event-number":1}"#,
+    );
+    exact(
+        &post(&hec, &[token], r#"{"event": ""}"#).await,
+        400,
+        r#"{"text":"Event field cannot be blank","code":13,"invalid-event-number":0}"#,
+    );
+    exact(
+        &post(&hec, &[token], r#"{"event": "#).await,
+        400,
+        r#"{"text":"Invalid data format","code":6}"#,
+    );
+    // Basic auth with the token as the password, as some HEC clients send it.
+    let r = post(
+        &hec,
+        &[("Authorization", "Basic eDphZ2VudC1rZXk=")],
+        r#"{"event": "basic"}"#,
+    )
+    .await;
+    exact(&r, 200, r#"{"text":"Success","code":0}"#);
+
+    // What was accepted arrives, nothing refused does: 1 + 3 + 1 + 2 + 2 + 1.
+    let got = eventually(
+        Duration::from_secs(10),
+        "10 HEC events at the backend",
+        || (dd.count() >= 10).then(|| dd.take()),
+    )
+    .await;
+    assert_eq!(got.len(), 10);
+    let by_message = |m: &str| {
+        got.iter()
+            .find(|e| e["message"] == m)
+            .unwrap_or_else(|| panic!("{m}: {got:?}"))
+    };
+    assert_eq!(
+        by_message("Pony 3 has left the barn")["nested"]["key1"],
+        "value1"
+    );
+    let hello = by_message("Hello world!");
+    assert_eq!(hello["hostname"], "localhost");
+    assert_eq!(hello["ddsource"], "random-data-generator");
+    assert_eq!(hello["sourcetype"], "my_sample_data");
+    assert_eq!(hello["index"], "main");
+    assert_eq!(hello["club"], "glee");
+    assert_eq!(hello["timestamp"], 1_426_279_439_000i64);
+    assert_eq!(by_message("line two")["sourcetype"], "splunkd_access");
+    let m = weir.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "weir_received_events_total{intake=\"splunk_hec\",tenant=\"acme\"}"
+        ),
+        10.0
+    );
+}

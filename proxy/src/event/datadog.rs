@@ -302,7 +302,7 @@ pub(crate) fn split_tags(s: &str) -> impl Iterator<Item = String> + '_ {
 }
 
 /// Milliseconds since the epoch from a number (ms) or an RFC 3339 / numeric string.
-fn parse_timestamp(v: &Value) -> Option<i64> {
+pub(crate) fn parse_timestamp(v: &Value) -> Option<i64> {
     match v {
         Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
         Value::String(s) => {

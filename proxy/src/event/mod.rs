@@ -5,7 +5,7 @@ mod datadog;
 pub use datadog::{
     decode_entry, decode_sample, DatadogPayload, DecodeStop, PayloadLimits, Reserved,
 };
-pub(crate) use datadog::{split_tags, strip_position};
+pub(crate) use datadog::{parse_timestamp, split_tags, strip_position};
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
@@ -128,11 +128,13 @@ pub enum Intake {
     Generic,
     /// OTLP logs, over HTTP (protobuf or JSON) and gRPC.
     Otlp,
+    /// Splunk's HTTP Event Collector.
+    Hec,
 }
 
 impl Intake {
     /// Every intake protocol, for metrics that exist from start.
-    pub const ALL: [Intake; 3] = [Intake::Datadog, Intake::Generic, Intake::Otlp];
+    pub const ALL: [Intake; 4] = [Intake::Datadog, Intake::Generic, Intake::Otlp, Intake::Hec];
 }
 
 impl Intake {
@@ -141,6 +143,7 @@ impl Intake {
             Intake::Datadog => "datadog",
             Intake::Generic => "generic",
             Intake::Otlp => "otlp",
+            Intake::Hec => "splunk_hec",
         }
     }
 }

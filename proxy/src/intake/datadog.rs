@@ -56,10 +56,11 @@ impl HttpProtocol for Datadog {
 
     fn accepted(&self, endpoint: Endpoint, _head: &Parts) -> Answer {
         match endpoint {
-            Endpoint::Submit => json_response(StatusCode::ACCEPTED, Bytes::from_static(b"{}")),
             Endpoint::KeyCheck => {
                 json_response(StatusCode::OK, Bytes::from_static(b"{\"valid\":true}"))
             }
+            // Its endpoints are Submit and KeyCheck.
+            _ => json_response(StatusCode::ACCEPTED, Bytes::from_static(b"{}")),
         }
     }
 

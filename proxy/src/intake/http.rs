@@ -29,7 +29,15 @@ pub enum Endpoint {
     Submit,
     /// Answers whether the request's key is a tenant's, reading no body.
     KeyCheck,
+    /// Answers whether the intake is up, without a key (HEC's health).
+    Health,
+    /// Answers from the protocol's own state, given a key and a small body
+    /// (HEC's acknowledgement query): see [`HttpProtocol::query`].
+    Query,
 }
+
+/// The largest body of a [`Endpoint::Query`] request.
+const MAX_QUERY_BYTES: usize = 1 << 20;
 
 /// One HTTP intake protocol: the seam each protocol module implements.
 pub trait HttpProtocol: Sync {
@@ -52,13 +60,35 @@ pub trait HttpProtocol: Sync {
     fn accepted(&self, endpoint: Endpoint, head: &Parts) -> Answer;
     /// The answer to a refusal, in the protocol's form.
     fn refused(&self, r: &Refusal, head: &Parts) -> Answer;
+    /// The answer to a [`Endpoint::Query`] from a tenant's key, given its body.
+    fn query(&self, head: &Parts, _body: &[u8]) -> Answer {
+        self.refused(
+            &Refusal::NotFound {
+                path: head.uri.path().to_string(),
+                expected: EXPECTED,
+            },
+            head,
+        )
+    }
 }
 
 /// What a request to a path no protocol serves is told to use.
-const EXPECTED: &str = "POST /api/v2/logs, POST /v1/input or POST /v1/logs (OTLP)";
+const EXPECTED: &str =
+    "POST /api/v2/logs, POST /v1/input, POST /v1/logs (OTLP) or POST /services/collector (Splunk HEC)";
+
+/// The HTTP protocols, with their state, asked in turn for each request.
+#[derive(Default)]
+pub struct Protocols {
+    pub hec: super::hec::Hec,
+}
 
 /// Answers one HTTP request: each protocol is asked in turn whether it serves the path.
-pub async fn handle(core: &Arc<Core>, req: Request<Incoming>, origin: &Origin) -> Answer {
+pub async fn handle(
+    core: &Arc<Core>,
+    protocols: &Protocols,
+    req: Request<Incoming>,
+    origin: &Origin,
+) -> Answer {
     let (method, path) = (req.method(), req.uri().path());
     if let Some(e) = datadog::Datadog.endpoint(method, path) {
         return serve(core, &datadog::Datadog, e, req, origin).await;
@@ -68,6 +98,9 @@ pub async fn handle(core: &Arc<Core>, req: Request<Incoming>, origin: &Origin) -
     }
     if let Some(e) = otlp::Otlp.endpoint(method, path) {
         return serve(core, &otlp::Otlp, e, req, origin).await;
+    }
+    if let Some(e) = protocols.hec.endpoint(method, path) {
+        return serve(core, &protocols.hec, e, req, origin).await;
     }
     let r = Refusal::NotFound {
         path: path.to_string(),
@@ -85,6 +118,22 @@ async fn serve<P: HttpProtocol>(
     origin: &Origin,
 ) -> Answer {
     let (head, body) = req.into_parts();
+    if endpoint == Endpoint::Health {
+        return p.accepted(endpoint, &head);
+    }
+    if endpoint == Endpoint::Query {
+        let answer = async {
+            core.authenticate(p.key(&head).as_deref(), P::KEY_HINT)?;
+            read_body(body, MAX_QUERY_BYTES, core.read_timeout()).await
+        };
+        return match answer.await {
+            Ok(bytes) => p.query(&head, &bytes),
+            Err(r) => {
+                core.refused(origin, RefusedAt::Protocol(P::INTAKE), None, &r);
+                p.refused(&r, &head)
+            }
+        };
+    }
     if endpoint == Endpoint::KeyCheck {
         return match core.authenticate(p.key(&head).as_deref(), P::KEY_HINT) {
             Ok(_) => p.accepted(endpoint, &head),

@@ -14,7 +14,8 @@
 //! its key is (a header, a query parameter), the decoder of a request's body,
 //! and its answers (status and body); [`http::handle`] asks each protocol in
 //! turn and runs the shared steps. Today: `datadog` (`/api/v2/logs`,
-//! `/api/v1/validate`), `input` (`/v1/input`) and `otlp` (`/v1/logs`); gRPC
+//! `/api/v1/validate`), `input` (`/v1/input`), `otlp` (`/v1/logs`) and `hec`
+//! (Splunk's `/services/collector/...`, with its acknowledgement state); gRPC
 //! calls (OTLP's `LogsService/Export`) go to `otlp_grpc`, over tonic.
 //!
 //! A protocol over a TCP stream (syslog, Fluent forward) plugs into the same
@@ -30,6 +31,7 @@
 pub mod body;
 pub mod core;
 pub mod datadog;
+pub mod hec;
 pub mod http;
 pub mod input;
 mod lines;
@@ -58,12 +60,14 @@ pub type Reply = Either<Full<Bytes>, tonic::body::Body>;
 /// The intake the listeners dispatch to.
 pub struct Intake {
     core: Arc<Core>,
+    protocols: http::Protocols,
 }
 
 impl Intake {
     pub fn new(tenants: Tenants, limits: Limits) -> Arc<Intake> {
         Arc::new(Intake {
             core: Core::new(tenants, limits),
+            protocols: http::Protocols::default(),
         })
     }
 
@@ -78,7 +82,7 @@ impl Intake {
             let answer = otlp_grpc::serve(&self.core, req, &origin).await;
             return Ok(answer.map(Either::Right));
         }
-        Ok(http::handle(&self.core, req, &origin)
+        Ok(http::handle(&self.core, &self.protocols, req, &origin)
             .await
             .map(Either::Left))
     }

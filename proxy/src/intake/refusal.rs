@@ -48,6 +48,10 @@ pub enum Refusal {
     /// A binary or structured body that does not decode as `format` (OTLP protobuf, OTLP JSON).
     #[error("body is not a valid {format}: {error}")]
     InvalidPayload { format: &'static str, error: String },
+    /// One event of a batch lacks what the protocol requires (HEC's `event`);
+    /// `index` counts from 0.
+    #[error("event {index}: {problem}")]
+    InvalidEvent { index: usize, problem: &'static str },
     /// A Content-Type the protocol does not take; `expected` lists what it does.
     #[error("unsupported Content-Type {got:?}; use {expected}")]
     UnsupportedContentType { got: String, expected: &'static str },
@@ -129,7 +133,7 @@ impl Refusal {
             Refusal::DecompressedTooLarge { .. } => Reason::DecompressedTooLarge,
             Refusal::BadEncoding { .. } => Reason::BadEncoding,
             Refusal::InvalidJson { .. } => Reason::InvalidJson,
-            Refusal::InvalidPayload { .. } => Reason::InvalidPayload,
+            Refusal::InvalidPayload { .. } | Refusal::InvalidEvent { .. } => Reason::InvalidPayload,
             Refusal::UnsupportedContentType { .. } => Reason::UnsupportedContentType,
             Refusal::TooManyEvents { .. } | Refusal::EventsNeverFit { .. } => Reason::TooManyEvents,
             Refusal::Busy | Refusal::NoThread => Reason::IntakeBusy,
@@ -156,7 +160,8 @@ impl Refusal {
             Refusal::BodyRead(_)
             | Refusal::BadEncoding { .. }
             | Refusal::InvalidJson { .. }
-            | Refusal::InvalidPayload { .. } => StatusCode::BAD_REQUEST,
+            | Refusal::InvalidPayload { .. }
+            | Refusal::InvalidEvent { .. } => StatusCode::BAD_REQUEST,
             Refusal::Busy | Refusal::NoThread => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::Stage(r) => r.status,
         }
