@@ -199,7 +199,7 @@ fn decode(c: &mut Criterion) {
             .into_parts()
             .0
     };
-    let (dd_head, pb_head, json_head) = (
+    let (mut dd_head, mut pb_head, mut json_head) = (
         head("application/json"),
         head("application/x-protobuf"),
         head("application/json"),
@@ -213,7 +213,7 @@ fn decode(c: &mut Criterion) {
         serde_json::to_writer(&mut hec, &envelope).unwrap();
     }
     let hec_head = head("application/json");
-    let hec_head = {
+    let mut hec_head = {
         let mut h = hec_head;
         h.uri = "/services/collector/event".parse().unwrap();
         h
@@ -223,25 +223,25 @@ fn decode(c: &mut Criterion) {
     g.throughput(Throughput::Elements(500));
     g.bench_function("datadog_json", |b| {
         b.iter(|| {
-            let body = weir::intake::datadog::Datadog.body(&dd_head).unwrap();
+            let body = weir::intake::datadog::Datadog.body(&mut dd_head).unwrap();
             body.decode(&dd_json, limits, &mut |_| true).unwrap()
         })
     });
     g.bench_function("otlp_protobuf", |b| {
         b.iter(|| {
-            let body = weir::intake::otlp::Otlp.body(&pb_head).unwrap();
+            let body = weir::intake::otlp::Otlp.body(&mut pb_head).unwrap();
             body.decode(&otlp_pb, limits, &mut |_| true).unwrap()
         })
     });
     g.bench_function("otlp_json", |b| {
         b.iter(|| {
-            let body = weir::intake::otlp::Otlp.body(&json_head).unwrap();
+            let body = weir::intake::otlp::Otlp.body(&mut json_head).unwrap();
             body.decode(&otlp_json, limits, &mut |_| true).unwrap()
         })
     });
     g.bench_function("splunk_hec", |b| {
         b.iter(|| {
-            let body = hec_protocol.body(&hec_head).unwrap();
+            let body = hec_protocol.body(&mut hec_head).unwrap();
             body.decode(&hec, limits, &mut |_| true).unwrap()
         })
     });

@@ -130,11 +130,19 @@ pub enum Intake {
     Otlp,
     /// Splunk's HTTP Event Collector.
     Hec,
+    /// Elasticsearch's `_bulk` API.
+    Elasticsearch,
 }
 
 impl Intake {
     /// Every intake protocol, for metrics that exist from start.
-    pub const ALL: [Intake; 4] = [Intake::Datadog, Intake::Generic, Intake::Otlp, Intake::Hec];
+    pub const ALL: [Intake; 5] = [
+        Intake::Datadog,
+        Intake::Generic,
+        Intake::Otlp,
+        Intake::Hec,
+        Intake::Elasticsearch,
+    ];
 }
 
 impl Intake {
@@ -144,6 +152,7 @@ impl Intake {
             Intake::Generic => "generic",
             Intake::Otlp => "otlp",
             Intake::Hec => "splunk_hec",
+            Intake::Elasticsearch => "elasticsearch",
         }
     }
 }

@@ -47,7 +47,7 @@ impl HttpProtocol for Datadog {
         api_key(&head.headers, head.uri.query())
     }
 
-    fn body(&self, head: &Parts) -> Result<DatadogBody, Refusal> {
+    fn body(&self, head: &mut Parts) -> Result<DatadogBody, Refusal> {
         Ok(DatadogBody {
             text: content_type(&head.headers).is_some_and(|t| t == "text/plain"),
             tags: query_tags(head.uri.query()),

@@ -96,7 +96,7 @@ impl HttpProtocol for Hec {
         token(head)
     }
 
-    fn body(&self, head: &Parts) -> Result<HecBody, Refusal> {
+    fn body(&self, head: &mut Parts) -> Result<HecBody, Refusal> {
         let q = head.uri.query();
         Ok(HecBody {
             raw: RAW_PATHS.contains(&head.uri.path()),

@@ -6,7 +6,7 @@
 use super::body::Encoding;
 use super::core::{Core, Decode, Payload};
 use super::refusals::{Origin, RefusedAt};
-use super::{datadog, input, otlp, Refusal};
+use super::{datadog, elasticsearch, input, otlp, Refusal};
 use crate::event::{split_tags, Event, Intake};
 use crate::pipeline::Rejection;
 use crate::tenant::Tenant;
@@ -47,6 +47,8 @@ pub trait HttpProtocol: Sync {
     const KEY_HINT: &'static str;
     /// The decoder of one request's body.
     type Body: Decode;
+    /// Whether a submission may come as PUT too (Elasticsearch's `_bulk` does).
+    const TAKES_PUT: bool = false;
 
     /// What the protocol serves for `method` at `path`; `None` if not its path.
     fn endpoint(&self, method: &Method, path: &str) -> Option<Endpoint>;
@@ -54,7 +56,9 @@ pub trait HttpProtocol: Sync {
     fn key(&self, head: &Parts) -> Option<String>;
     /// The decoder for this request's body, from its head (content type,
     /// query); refused before the body is read when the head rules it out.
-    fn body(&self, head: &Parts) -> Result<Self::Body, Refusal>;
+    /// A decoder that learns what the answer must say (per-item results)
+    /// leaves it in the head's extensions, which [`HttpProtocol::accepted`] reads.
+    fn body(&self, head: &mut Parts) -> Result<Self::Body, Refusal>;
     /// The answer to an accepted submission or a key that checked out
     /// (in the form the request's head asks for).
     fn accepted(&self, endpoint: Endpoint, head: &Parts) -> Answer;
@@ -74,7 +78,7 @@ pub trait HttpProtocol: Sync {
 
 /// What a request to a path no protocol serves is told to use.
 const EXPECTED: &str =
-    "POST /api/v2/logs, POST /v1/input, POST /v1/logs (OTLP) or POST /services/collector (Splunk HEC)";
+    "POST /api/v2/logs, POST /v1/input, POST /v1/logs (OTLP), POST /services/collector (Splunk HEC) or POST /_bulk (Elasticsearch)";
 
 /// The HTTP protocols, with their state, asked in turn for each request.
 #[derive(Default)]
@@ -102,6 +106,10 @@ pub async fn handle(
     if let Some(e) = protocols.hec.endpoint(method, path) {
         return serve(core, &protocols.hec, e, req, origin).await;
     }
+    // Last: it serves `/` and `/_...` (the probes Elasticsearch clients make).
+    if let Some(e) = elasticsearch::Elasticsearch.endpoint(method, path) {
+        return serve(core, &elasticsearch::Elasticsearch, e, req, origin).await;
+    }
     let r = Refusal::NotFound {
         path: path.to_string(),
         expected: EXPECTED,
@@ -117,7 +125,7 @@ async fn serve<P: HttpProtocol>(
     req: Request<Incoming>,
     origin: &Origin,
 ) -> Answer {
-    let (head, body) = req.into_parts();
+    let (mut head, body) = req.into_parts();
     if endpoint == Endpoint::Health {
         return p.accepted(endpoint, &head);
     }
@@ -143,10 +151,10 @@ async fn serve<P: HttpProtocol>(
             }
         };
     }
-    if head.method != Method::POST {
+    if head.method != Method::POST && !(P::TAKES_PUT && head.method == Method::PUT) {
         let r = Refusal::MethodNotAllowed {
             path: head.uri.path().to_string(),
-            allow: "POST",
+            allow: if P::TAKES_PUT { "POST, PUT" } else { "POST" },
         };
         core.refused(origin, RefusedAt::Protocol(P::INTAKE), None, &r);
         return p.refused(&r, &head);
@@ -154,7 +162,7 @@ async fn serve<P: HttpProtocol>(
     // weir_intake_request_duration_seconds: from here to the answer.
     let started = std::time::Instant::now();
     let mut tenant = None;
-    let result = submit(core, p, &head, body, &mut tenant).await;
+    let result = submit(core, p, &mut head, body, &mut tenant).await;
     core.finish(origin, P::INTAKE, tenant.as_deref(), started, &result);
     match result {
         Ok(()) => p.accepted(endpoint, &head),
@@ -166,7 +174,7 @@ async fn serve<P: HttpProtocol>(
 async fn submit<P: HttpProtocol>(
     core: &Arc<Core>,
     p: &P,
-    head: &Parts,
+    head: &mut Parts,
     body: Incoming,
     known_tenant: &mut Option<Arc<Tenant>>,
 ) -> Result<(), Refusal> {

@@ -32,7 +32,7 @@ impl HttpProtocol for Input {
         api_key(&head.headers, head.uri.query())
     }
 
-    fn body(&self, head: &Parts) -> Result<InputBody, Refusal> {
+    fn body(&self, head: &mut Parts) -> Result<InputBody, Refusal> {
         Ok(InputBody {
             tags: query_tags(head.uri.query()),
         })

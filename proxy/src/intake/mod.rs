@@ -15,7 +15,8 @@
 //! and its answers (status and body); [`http::handle`] asks each protocol in
 //! turn and runs the shared steps. Today: `datadog` (`/api/v2/logs`,
 //! `/api/v1/validate`), `input` (`/v1/input`), `otlp` (`/v1/logs`) and `hec`
-//! (Splunk's `/services/collector/...`, with its acknowledgement state); gRPC
+//! (Splunk's `/services/collector/...`, with its acknowledgement state) and
+//! `elasticsearch` (`_bulk`, and the probes its clients make at start); gRPC
 //! calls (OTLP's `LogsService/Export`) go to `otlp_grpc`, over tonic.
 //!
 //! A protocol over a TCP stream (syslog, Fluent forward) plugs into the same
@@ -31,6 +32,7 @@
 pub mod body;
 pub mod core;
 pub mod datadog;
+pub mod elasticsearch;
 pub mod hec;
 pub mod http;
 pub mod input;

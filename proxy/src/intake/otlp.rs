@@ -79,7 +79,7 @@ impl HttpProtocol for Otlp {
         api_key(&head.headers, None)
     }
 
-    fn body(&self, head: &Parts) -> Result<OtlpBody, Refusal> {
+    fn body(&self, head: &mut Parts) -> Result<OtlpBody, Refusal> {
         Form::of(head).map(OtlpBody)
     }
 
