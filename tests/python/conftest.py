@@ -349,9 +349,11 @@ tenants:
     def metrics(self) -> str:
         return http_get(f"{self.admin_url}/metrics")[1].decode()
 
-    def metric(self, name: str, **labels: str) -> float:
+    def metric(self, name: str, default: Optional[float] = None, **labels: str) -> float:
         """The value of the Prometheus sample ``name{labels}`` (label order free). A series
-        that is not there fails the test: a misspelt name must not read as 0."""
+        that is not there fails the test: a misspelt name must not read as 0. Pass
+        ``default`` only for a series that appears with its first event (a label value
+        known only then, such as a backend's answer status)."""
         seen = []
         for line in self.metrics().splitlines():
             m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$", line)
@@ -361,6 +363,8 @@ tenants:
             if found == labels:
                 return float(m[3])
             seen.append(found)
+        if default is not None:
+            return default
         raise AssertionError(f"no series {name}{labels}; its series: {seen[:20]}")
 
     def archive_objects(self) -> list[Path]:

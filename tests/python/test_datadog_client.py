@@ -242,7 +242,7 @@ def test_wrong_upstream_key_is_refused_by_backend_not_retried(tmp_path, datadog_
         sent = make_logs(run, 0, 2)
         assert submit(logs_api(w.intake_url, AGENT_API_KEY), sent, ContentEncoding.GZIP)[1] == 202
         wait_for(lambda: datadog_backend.requests, "a request at the backend", diagnostics=w.log)
-        wait_for(lambda: w.metric("weir_dead_lettered_events_total", tenant="acme", backend="datadog", status="403") == len(sent),
+        wait_for(lambda: w.metric("weir_dead_lettered_events_total", default=0, tenant="acme", backend="datadog", status="403") == len(sent),
                  "weir to dead-letter the refused batch", diagnostics=lambda: w.metrics() + w.log())
         assert w.metric("weir_backend_retries_total", backend="datadog") == 0
     finally:
