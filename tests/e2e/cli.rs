@@ -72,6 +72,12 @@ fn check_names_file_line_column_and_field() {
             "limits.idle_timeout",
             "invalid duration",
         ),
+        (
+            "listeners:\n  - name: i\n    address: 127.0.0.1:1\n    protocol: http\n    key_header: \"x weir key\"\narchive: {store: {type: local, root: /tmp/a}}\nbackends: [{name: b, type: file, path: /tmp/o}]\ntenants: [{name: t, api_keys: [k], backend: b}]\n",
+            5,
+            "listeners[0].key_header",
+            "not a valid HTTP header name",
+        ),
     ];
     for (text, line, field, what) in cases {
         std::fs::write(&path, text).unwrap();

@@ -255,6 +255,7 @@ listeners:
   - name: intake
     address: {q(f"127.0.0.1:{self.intake_port}")}
     protocol: http
+    key_header: x-weir-key
 admin:
   address: {q(f"127.0.0.1:{self.admin_port}")}
 log:

@@ -45,18 +45,19 @@ class Recording:
         self.inner.shutdown()
 
 
-def exporter(kind: str, weir, key: str):
+def exporter(kind: str, weir, key: str, header: str):
+    value = f"Bearer {key}" if header == "authorization" else key
     if kind == "http":
-        return HttpLogExporter(endpoint=f"{weir.intake_url}/v1/logs", headers={"authorization": f"Bearer {key}"},
+        return HttpLogExporter(endpoint=f"{weir.intake_url}/v1/logs", headers={header: value},
                                compression=HttpCompression.Gzip, timeout=10)
     return GrpcLogExporter(endpoint=f"127.0.0.1:{weir.intake_port}", insecure=True,
-                           headers=(("authorization", f"Bearer {key}"),), compression=grpc.Compression.Gzip, timeout=10)
+                           headers=((header, value),), compression=grpc.Compression.Gzip, timeout=10)
 
 
-def log_in_a_span(kind: str, weir, key: str, run: str, count: int):
+def log_in_a_span(kind: str, weir, key: str, run: str, count: int, header: str = "authorization"):
     """Logs ``count`` records through the SDK's logging handler inside one span;
     returns the exporter's results and the span's context."""
-    recording = Recording(exporter(kind, weir, key))
+    recording = Recording(exporter(kind, weir, key, header))
     provider = LoggerProvider(resource=Resource.create({
         "service.name": "checkout", "host.name": "web-7.example.internal", "deployment.environment": "prod"}))
     provider.add_log_record_processor(SimpleLogRecordProcessor(recording))
@@ -115,3 +116,16 @@ def test_a_wrong_key_is_refused_and_the_exporter_reports_it(kind, weir, datadog_
     assert not [l for l in datadog_backend.logs if l.get("message", "").startswith(run)]
     refused = weir.metric("weir_rejected_requests_total", intake="otlp", reason="unknown_api_key")
     assert refused == len(results)
+
+
+@pytest.mark.parametrize("kind", ["http", "grpc"])
+def test_the_listener_key_header_carries_the_key(kind, weir, datadog_backend):
+    """The harness's listener sets ``key_header: x-weir-key``: an exporter that can add
+    a header but not an Authorization one sends the tenant's key there."""
+    run = uuid.uuid4().hex[:8]
+    results, _ = log_in_a_span(kind, weir, AGENT_API_KEY, run, 2, header="x-weir-key")
+    assert results and all(r.name == "SUCCESS" for r in results), results
+    wait_for(lambda: len([l for l in datadog_backend.logs if l.get("message", "").startswith(run)]) == 2,
+             "2 OTLP logs at the backend", diagnostics=weir.log)
+    results, _ = log_in_a_span(kind, weir, "not-a-tenant-key", run, 1, header="x-weir-key")
+    assert all(r.name == "FAILURE" for r in results), results

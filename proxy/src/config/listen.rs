@@ -16,6 +16,11 @@ pub struct ListenerConfig {
     pub protocol: ListenerProtocol,
     /// Required when `protocol: https`.
     pub tls: Option<TlsConfig>,
+    /// A header holding the tenant's key on this listener, for senders that
+    /// can add a header but not the protocol's own (an OTLP exporter's
+    /// `X-Weir-Key`); looked at first, then where each protocol looks.
+    #[serde(default)]
+    pub key_header: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -184,6 +189,14 @@ impl Config {
                     format!("listeners[{i}].name"),
                     format!("duplicate listener name {:?}", l.name),
                 ));
+            }
+            if let Some(h) = &l.key_header {
+                if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                    return Err(invalid(
+                        format!("listeners[{i}].key_header"),
+                        format!("{h:?} is not a valid HTTP header name"),
+                    ));
+                }
             }
             match (l.protocol, &l.tls) {
                 (ListenerProtocol::Https, None) => {

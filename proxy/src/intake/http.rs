@@ -131,7 +131,7 @@ async fn serve<P: HttpProtocol>(
     }
     if endpoint == Endpoint::Query {
         let answer = async {
-            core.authenticate(p.key(&head).as_deref(), P::KEY_HINT)?;
+            core.authenticate(key(p, &head, origin).as_deref(), P::KEY_HINT)?;
             read_body(body, MAX_QUERY_BYTES, core.read_timeout()).await
         };
         return match answer.await {
@@ -143,7 +143,7 @@ async fn serve<P: HttpProtocol>(
         };
     }
     if endpoint == Endpoint::KeyCheck {
-        return match core.authenticate(p.key(&head).as_deref(), P::KEY_HINT) {
+        return match core.authenticate(key(p, &head, origin).as_deref(), P::KEY_HINT) {
             Ok(_) => p.accepted(endpoint, &head),
             Err(r) => {
                 core.refused(origin, RefusedAt::KeyCheck, None, &r);
@@ -162,7 +162,7 @@ async fn serve<P: HttpProtocol>(
     // weir_intake_request_duration_seconds: from here to the answer.
     let started = std::time::Instant::now();
     let mut tenant = None;
-    let result = submit(core, p, &mut head, body, &mut tenant).await;
+    let result = submit(core, p, &mut head, body, origin, &mut tenant).await;
     core.finish(origin, P::INTAKE, tenant.as_deref(), started, &result);
     match result {
         Ok(()) => p.accepted(endpoint, &head),
@@ -176,9 +176,10 @@ async fn submit<P: HttpProtocol>(
     p: &P,
     head: &mut Parts,
     body: Incoming,
+    origin: &Origin,
     known_tenant: &mut Option<Arc<Tenant>>,
 ) -> Result<(), Refusal> {
-    let tenant = core.authenticate(p.key(head).as_deref(), P::KEY_HINT)?;
+    let tenant = core.authenticate(key(p, head, origin).as_deref(), P::KEY_HINT)?;
     *known_tenant = Some(tenant.clone());
     let decoder = p.body(head)?;
     let encoding = Encoding::parse(header(&head.headers, CONTENT_ENCODING))?;
@@ -191,6 +192,12 @@ async fn submit<P: HttpProtocol>(
         reservation,
     };
     core.take(P::INTAKE, tenant, payload, decoder).await
+}
+
+/// The tenant's key: in the listener's `key_header` when it names one and
+/// the request sent it, else where the protocol looks.
+fn key<P: HttpProtocol>(p: &P, head: &Parts, origin: &Origin) -> Option<String> {
+    origin.key(&head.headers).or_else(|| p.key(head))
 }
 
 /// Reads a whole body of at most `max` bytes within `timeout`.

@@ -38,7 +38,10 @@ pub type GrpcAnswer = Response<tonic::body::Body>;
 pub async fn serve(core: &Arc<Core>, req: Request<Incoming>, origin: &Origin) -> GrpcAnswer {
     let started = std::time::Instant::now();
     // Who it is for and room for it, before a byte of the message is read.
-    let tenant = match core.authenticate(api_key(req.headers(), None).as_deref(), Otlp::KEY_HINT) {
+    let key = origin
+        .key(req.headers())
+        .or_else(|| api_key(req.headers(), None));
+    let tenant = match core.authenticate(key.as_deref(), Otlp::KEY_HINT) {
         Ok(t) => t,
         Err(r) => return refused(core, origin, None, started, r),
     };

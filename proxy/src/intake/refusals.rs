@@ -37,6 +37,16 @@ impl RefusedAt {
 pub struct Origin {
     pub listener: Arc<str>,
     pub peer: SocketAddr,
+    /// The listener's `key_header`, if it names one.
+    pub key_header: Option<http::HeaderName>,
+}
+
+impl Origin {
+    /// The tenant's key in the listener's `key_header`, if it has one and the request sent it.
+    pub fn key(&self, headers: &http::HeaderMap) -> Option<String> {
+        let v = headers.get(self.key_header.as_ref()?)?.to_str().ok()?;
+        Some(v.trim().to_string())
+    }
 }
 
 #[derive(Default)]
@@ -83,6 +93,7 @@ mod tests {
         let log = RefusalLog::default();
         let origin = Origin {
             listener: "intake".into(),
+            key_header: None,
             peer: "127.0.0.1:1".parse().unwrap(),
         };
         let r = Refusal::UnknownKey;

@@ -43,6 +43,7 @@ pub enum ListenError {
 
 pub struct Listener {
     name: String,
+    key_header: Option<http::HeaderName>,
     tcp: TcpListener,
     tls: Option<TlsAcceptor>,
 }
@@ -68,6 +69,11 @@ impl Listener {
         };
         Ok(Listener {
             name: cfg.name.clone(),
+            // Checked by the config's validation.
+            key_header: cfg
+                .key_header
+                .as_deref()
+                .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok()),
             tcp,
             tls,
         })
@@ -112,6 +118,7 @@ impl Listener {
             let origin = crate::intake::refusals::Origin {
                 listener: listener_name.clone(),
                 peer,
+                key_header: self.key_header.clone(),
             };
             let activity = Activity::new();
             let requests = activity.clone();
