@@ -78,6 +78,12 @@ fn check_names_file_line_column_and_field() {
             "listeners[0].key_header",
             "not a valid HTTP header name",
         ),
+        (
+            "listeners:\n  - name: f\n    address: 127.0.0.1:1\n    protocol: fluent_forward\narchive: {store: {type: local, root: /tmp/a}}\nbackends: [{name: b, type: file, path: /tmp/o}]\ntenants: [{name: t, api_keys: [k], backend: b}]\n",
+            2,
+            "listeners[0].tenant",
+            "fluent_forward needs the tenant",
+        ),
     ];
     for (text, line, field, what) in cases {
         std::fs::write(&path, text).unwrap();

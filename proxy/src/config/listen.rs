@@ -14,8 +14,12 @@ pub struct ListenerConfig {
     pub name: String,
     pub address: SocketAddr,
     pub protocol: ListenerProtocol,
-    /// Required when `protocol: https`.
+    /// Required when `protocol: https`; optional with `fluent_forward`.
     pub tls: Option<TlsConfig>,
+    /// The tenant every event of this listener belongs to: required for
+    /// `fluent_forward` (its senders send no key).
+    #[serde(default)]
+    pub tenant: Option<String>,
     /// A header holding the tenant's key on this listener, for senders that
     /// can add a header but not the protocol's own (an OTLP exporter's
     /// `X-Weir-Key`); looked at first, then where each protocol looks.
@@ -24,10 +28,13 @@ pub struct ListenerConfig {
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum ListenerProtocol {
     Http,
     Https,
+    /// Fluentd's forward protocol (Fluent Bit's and Fluentd's `forward`
+    /// output), MessagePack over TCP, or TLS with a `tls` section.
+    FluentForward,
 }
 
 impl ListenerProtocol {
@@ -35,6 +42,7 @@ impl ListenerProtocol {
         match self {
             ListenerProtocol::Http => "http",
             ListenerProtocol::Https => "https",
+            ListenerProtocol::FluentForward => "fluent_forward",
         }
     }
 }
@@ -190,6 +198,30 @@ impl Config {
                     format!("duplicate listener name {:?}", l.name),
                 ));
             }
+            match (l.protocol, &l.tenant) {
+                (ListenerProtocol::FluentForward, None) => {
+                    return Err(invalid(
+                        format!("listeners[{i}].tenant"),
+                        "protocol fluent_forward needs the tenant its events belong to".into(),
+                    ))
+                }
+                (ListenerProtocol::FluentForward, Some(t))
+                    if !self.tenants.iter().any(|c| &c.name == t) =>
+                {
+                    return Err(invalid(
+                        format!("listeners[{i}].tenant"),
+                        format!("no tenant named {t:?}"),
+                    ))
+                }
+                (ListenerProtocol::Http | ListenerProtocol::Https, Some(_)) => {
+                    return Err(invalid(
+                        format!("listeners[{i}].tenant"),
+                        "only fluent_forward listeners name a tenant; HTTP senders send a key"
+                            .into(),
+                    ))
+                }
+                _ => {}
+            }
             if let Some(h) = &l.key_header {
                 if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
                     return Err(invalid(
@@ -211,7 +243,7 @@ impl Config {
                         "tls is set but protocol is http; use protocol: https".into(),
                     ))
                 }
-                (ListenerProtocol::Https, Some(tls)) => {
+                (ListenerProtocol::Https | ListenerProtocol::FluentForward, Some(tls)) => {
                     for (field, p) in [("cert", &tls.cert), ("key", &tls.key)] {
                         if !p.is_file() {
                             return Err(invalid(

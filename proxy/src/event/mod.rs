@@ -132,16 +132,19 @@ pub enum Intake {
     Hec,
     /// Elasticsearch's `_bulk` API.
     Elasticsearch,
+    /// Fluentd's forward protocol.
+    Fluent,
 }
 
 impl Intake {
     /// Every intake protocol, for metrics that exist from start.
-    pub const ALL: [Intake; 5] = [
+    pub const ALL: [Intake; 6] = [
         Intake::Datadog,
         Intake::Generic,
         Intake::Otlp,
         Intake::Hec,
         Intake::Elasticsearch,
+        Intake::Fluent,
     ];
 }
 
@@ -153,6 +156,7 @@ impl Intake {
             Intake::Otlp => "otlp",
             Intake::Hec => "splunk_hec",
             Intake::Elasticsearch => "elasticsearch",
+            Intake::Fluent => "fluent_forward",
         }
     }
 }

@@ -93,6 +93,11 @@ impl Core {
         })
     }
 
+    /// The tenant a listener names (senders without keys); the config checked it exists.
+    pub fn tenant_named(&self, name: &str) -> Option<Arc<Tenant>> {
+        self.tenants.named(name)
+    }
+
     /// The largest payload taken, as sent (before decompression).
     pub fn max_payload(&self) -> usize {
         self.limits.max_body_bytes.as_usize()

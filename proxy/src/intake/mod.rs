@@ -33,6 +33,7 @@ pub mod body;
 pub mod core;
 pub mod datadog;
 pub mod elasticsearch;
+pub mod forward;
 pub mod hec;
 pub mod http;
 pub mod input;
@@ -71,6 +72,27 @@ impl Intake {
             core: Core::new(tenants, limits),
             protocols: http::Protocols::default(),
         })
+    }
+
+    /// Serves one Fluent forward connection for `tenant` (see `forward`).
+    pub async fn forward<S>(
+        self: Arc<Self>,
+        stream: S,
+        origin: Origin,
+        tenant: &str,
+        stop: tokio_util::sync::CancellationToken,
+        idle: std::time::Duration,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let Some(tenant) = self.core.tenant_named(tenant) else {
+            tracing::error!(
+                tenant,
+                "a fluent_forward listener names a tenant that does not exist"
+            );
+            return;
+        };
+        forward::serve(&self.core, stream, &origin, tenant, stop, idle).await
     }
 
     /// Answers one HTTP request, in the form of the protocol that serves its

@@ -2,9 +2,9 @@
 //! terminate TLS when configured, and serve HTTP/1.1 and HTTP/2 with hyper,
 //! guarded by header-read and idle timeouts, handing each request to
 //! [`Intake::handle`]. Shutdown stops accepting and lets open requests finish.
-//! A listener of a stream protocol (syslog, Fluent forward) would share the
-//! accept loop, connection limit and TLS here and hand the connection, not
-//! hyper, to that protocol's task over the intake core (see `intake`).
+//! A listener of a stream protocol (Fluent forward) shares the accept loop,
+//! connection limit and TLS here and hands the connection, not hyper, to
+//! that protocol's task over the intake core (see `intake::forward`).
 mod idle;
 pub mod tls;
 
@@ -43,6 +43,8 @@ pub enum ListenError {
 
 pub struct Listener {
     name: String,
+    /// `fluent_forward`: the tenant its connections' events belong to (not HTTP).
+    forward_tenant: Option<String>,
     key_header: Option<http::HeaderName>,
     tcp: TcpListener,
     tls: Option<TlsAcceptor>,
@@ -59,16 +61,19 @@ impl Listener {
                 error,
             })?;
         let tls = match (cfg.protocol, &cfg.tls) {
-            (ListenerProtocol::Https, Some(t)) => Some(TlsAcceptor::from(
-                tls::server_config(t).map_err(|error| ListenError::Tls {
+            (ListenerProtocol::Https | ListenerProtocol::FluentForward, Some(t)) => Some(
+                TlsAcceptor::from(tls::server_config(t).map_err(|error| ListenError::Tls {
                     name: cfg.name.clone(),
                     error,
-                })?,
-            )),
+                })?),
+            ),
             _ => None,
         };
         Ok(Listener {
             name: cfg.name.clone(),
+            forward_tenant: (cfg.protocol == ListenerProtocol::FluentForward)
+                .then(|| cfg.tenant.clone())
+                .flatten(),
             // Checked by the config's validation.
             key_header: cfg
                 .key_header
@@ -120,6 +125,40 @@ impl Listener {
                 peer,
                 key_header: self.key_header.clone(),
             };
+            if let Some(tenant) = &self.forward_tenant {
+                let (tenant, name, open, stop) = (
+                    tenant.clone(),
+                    self.name.clone(),
+                    open.clone(),
+                    stop.clone(),
+                );
+                let (tls, idle, handshake_timeout) = (
+                    self.tls.clone(),
+                    limits.idle_timeout.0,
+                    limits.header_read_timeout.0,
+                );
+                open.inc();
+                tokio::spawn(async move {
+                    match tls {
+                        None => intake.forward(stream, origin, &tenant, stop, idle).await,
+                        Some(acceptor) => {
+                            match handshake(acceptor, stream, handshake_timeout).await {
+                                Ok(s) => intake.forward(s, origin, &tenant, stop, idle).await,
+                                Err(e) => {
+                                    METRICS
+                                        .tls_handshake_failures
+                                        .with_label_values(&[&name])
+                                        .inc();
+                                    tracing::debug!(listener = %name, %peer, error = %e, "TLS handshake failed");
+                                }
+                            }
+                        }
+                    }
+                    open.dec();
+                    drop(permit);
+                });
+                continue;
+            }
             let activity = Activity::new();
             let requests = activity.clone();
             let svc = service_fn(move |req| {

@@ -28,6 +28,8 @@ impl std::fmt::Debug for Tenant {
 #[derive(Default)]
 pub struct Tenants {
     by_digest: HashMap<[u8; 32], (Secret, Arc<Tenant>)>,
+    /// For listeners whose senders send no key (a listener names its tenant).
+    by_name: HashMap<Arc<str>, Arc<Tenant>>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -41,10 +43,16 @@ pub enum AuthError {
 impl Tenants {
     /// Adds `tenant`, which `keys` authenticate to (the plan made them unique).
     pub fn add(&mut self, keys: &[Secret], tenant: Arc<Tenant>) {
+        self.by_name.insert(tenant.name.clone(), tenant.clone());
         for key in keys {
             self.by_digest
                 .insert(digest(key.expose()), (key.clone(), tenant.clone()));
         }
+    }
+
+    /// The tenant named `name`, if any.
+    pub fn named(&self, name: &str) -> Option<Arc<Tenant>> {
+        self.by_name.get(name).cloned()
     }
 
     /// The tenant owning `key`, if any.
