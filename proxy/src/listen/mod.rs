@@ -88,6 +88,34 @@ impl Listener {
         self.tcp.local_addr().expect("bound socket has an address")
     }
 
+    /// The next connection, with its slot (`max_connections`); `None` once `stop` is cancelled.
+    async fn accept(
+        &self,
+        slots: &Arc<Semaphore>,
+        stop: &CancellationToken,
+    ) -> Option<(tokio::sync::OwnedSemaphorePermit, TcpStream, SocketAddr)> {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
+            _ = stop.cancelled() => return None,
+        };
+        loop {
+            tokio::select! {
+                r = self.tcp.accept() => match r {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        return Some((permit, stream, peer));
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(listener = %self.name, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = stop.cancelled() => return None,
+            }
+        }
+    }
+
     /// Serves until `stop` is cancelled, then waits up to `grace` for open connections to finish.
     pub async fn serve(
         self,
@@ -101,24 +129,7 @@ impl Listener {
         let slots = Arc::new(Semaphore::new(limits.max_connections));
         let open = METRICS.open_connections.with_label_values(&[&self.name]);
         let listener_name: Arc<str> = self.name.as_str().into();
-        loop {
-            let permit = tokio::select! {
-                p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
-                _ = stop.cancelled() => break,
-            };
-            let (stream, peer) = tokio::select! {
-                r = self.tcp.accept() => match r {
-                    Ok(s) => s,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(listener = %self.name, error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = stop.cancelled() => break,
-            };
-            let _ = stream.set_nodelay(true);
+        while let Some((permit, stream, peer)) = self.accept(&slots, &stop).await {
             let intake = intake.clone();
             let origin = crate::intake::refusals::Origin {
                 listener: listener_name.clone(),
@@ -126,37 +137,13 @@ impl Listener {
                 key_header: self.key_header.clone(),
             };
             if let Some(tenant) = &self.forward_tenant {
-                let (tenant, name, open, stop) = (
-                    tenant.clone(),
-                    self.name.clone(),
-                    open.clone(),
-                    stop.clone(),
-                );
-                let (tls, idle, handshake_timeout) = (
-                    self.tls.clone(),
-                    limits.idle_timeout.0,
-                    limits.header_read_timeout.0,
-                );
-                open.inc();
-                tokio::spawn(async move {
-                    match tls {
-                        None => intake.forward(stream, origin, &tenant, stop, idle).await,
-                        Some(acceptor) => {
-                            match handshake(acceptor, stream, handshake_timeout).await {
-                                Ok(s) => intake.forward(s, origin, &tenant, stop, idle).await,
-                                Err(e) => {
-                                    METRICS
-                                        .tls_handshake_failures
-                                        .with_label_values(&[&name])
-                                        .inc();
-                                    tracing::debug!(listener = %name, %peer, error = %e, "TLS handshake failed");
-                                }
-                            }
-                        }
-                    }
-                    open.dec();
-                    drop(permit);
-                });
+                let conn = ForwardConn {
+                    tenant: tenant.clone(),
+                    tls: self.tls.clone(),
+                    stop: stop.clone(),
+                    limits: &limits,
+                };
+                conn.spawn(intake, stream, origin, open.clone(), permit);
                 continue;
             }
             let activity = Activity::new();
@@ -225,6 +212,51 @@ impl Listener {
         {
             tracing::warn!(listener = %self.name, "connections still open after the shutdown grace period; closing them");
         }
+    }
+}
+
+/// One connection of a `fluent_forward` listener: no hyper, the protocol's
+/// own task (after the TLS handshake, when the listener has TLS).
+struct ForwardConn<'a> {
+    tenant: String,
+    tls: Option<TlsAcceptor>,
+    stop: CancellationToken,
+    limits: &'a Limits,
+}
+
+impl ForwardConn<'_> {
+    fn spawn(
+        self,
+        intake: Arc<Intake>,
+        stream: TcpStream,
+        origin: crate::intake::refusals::Origin,
+        open: prometheus::IntGauge,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let (idle, handshake_timeout) = (
+            self.limits.idle_timeout.0,
+            self.limits.header_read_timeout.0,
+        );
+        let (tenant, stop) = (self.tenant, self.stop);
+        open.inc();
+        tokio::spawn(async move {
+            match self.tls {
+                None => intake.forward(stream, origin, &tenant, stop, idle).await,
+                Some(acceptor) => match handshake(acceptor, stream, handshake_timeout).await {
+                    Ok(s) => intake.forward(s, origin, &tenant, stop, idle).await,
+                    Err(e) => {
+                        let name = &origin.listener;
+                        METRICS
+                            .tls_handshake_failures
+                            .with_label_values(&[name.as_ref()])
+                            .inc();
+                        tracing::debug!(listener = %name, peer = %origin.peer, error = %e, "TLS handshake failed");
+                    }
+                },
+            }
+            open.dec();
+            drop(permit);
+        });
     }
 }
 
