@@ -210,3 +210,19 @@ async fn the_buffer_example_answers_delivered_once_the_backend_has_the_event() {
         .unwrap();
     assert_eq!(ready.json()["buffer"]["status"], "ok", "{}", ready.text());
 }
+
+/// The Fluent forward listener of the README, in a whole config, passes `weir check`.
+#[test]
+fn the_fluent_forward_listener_example_passes_weir_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let listeners = readme_yaml_after("### Fluent forward");
+    assert!(listeners.contains("protocol: fluent_forward"), "{listeners}");
+    let config = format!(
+        "{listeners}archive: {{store: {{type: local, root: \"{d}/archive\"}}}}\ndata_dir: \"{d}/data\"\nbackends: [{{name: out, type: file, path: \"{d}/out.ndjson\"}}]\ntenants: [{{name: acme, api_keys: [readme-key], backend: out}}]\n",
+        d = dir.path().display()
+    );
+    let path = dir.path().join("weir.yaml");
+    std::fs::write(&path, config).unwrap();
+    let (code, out, err) = weir_cli(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+}

@@ -225,3 +225,54 @@ async fn tls_1_1_client_is_refused() {
     }
     assert_eq!(failures, 1.0);
 }
+
+/// Fluent forward over TLS: a `fluent_forward` listener with a `tls` section,
+/// a client verifying the chain, a Forward message with a chunk id acked once
+/// its events are in, and the events at the backend with their tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fluent_forward_over_tls_is_acked_and_delivered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = pki();
+    let (dd, addr) = FakeDatadog::start().await;
+    let d = pki.dir.path().display();
+    let cfg = config(&addr.to_string(), "", "").replace(
+        "    protocol: http\n",
+        &format!(
+            "    protocol: fluent_forward\n    tenant: acme\n    tls:\n      cert: {d}/chain.pem\n      key: {d}/key.pem\n"
+        ),
+    );
+    let weir = Weir::start(&cfg).await;
+    let mut tls = connect(weir.intake, client_config(&pki, &[]))
+        .await
+        .expect("chain verifies against the test CA");
+    let record = |m: &str| rmpv::Value::Map(vec![(rmpv::Value::from("log"), rmpv::Value::from(m))]);
+    let message = rmpv::Value::Array(vec![
+        rmpv::Value::from("fb.secure"),
+        rmpv::Value::Array(vec![
+            rmpv::Value::Array(vec![rmpv::Value::from(1_700_000_000u64), record("tls one")]),
+            rmpv::Value::Array(vec![rmpv::Value::from(1_700_000_001u64), record("tls two")]),
+        ]),
+        rmpv::Value::Map(vec![(
+            rmpv::Value::from("chunk"),
+            rmpv::Value::from("c-tls"),
+        )]),
+    ]);
+    let mut bytes = Vec::new();
+    rmpv::encode::write_value(&mut bytes, &message).unwrap();
+    tls.write_all(&bytes).await.unwrap();
+    let mut answer = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(20), tls.read(&mut answer))
+        .await
+        .expect("an ack in time")
+        .unwrap();
+    let ack = rmpv::decode::read_value(&mut &answer[..n]).unwrap();
+    assert_eq!(ack["ack"].as_str(), Some("c-tls"));
+    let got = eventually(Duration::from_secs(10), "2 forward events", || {
+        (dd.count() >= 2).then(|| dd.take())
+    })
+    .await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0]["message"], "tls one");
+    assert_eq!(got[0]["fluent_tag"], "fb.secure");
+    assert_eq!(got[0]["timestamp"], 1_700_000_000_000i64);
+}
