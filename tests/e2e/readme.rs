@@ -216,7 +216,10 @@ async fn the_buffer_example_answers_delivered_once_the_backend_has_the_event() {
 fn the_fluent_forward_listener_example_passes_weir_check() {
     let dir = tempfile::tempdir().unwrap();
     let listeners = readme_yaml_after("### Fluent forward");
-    assert!(listeners.contains("protocol: fluent_forward"), "{listeners}");
+    assert!(
+        listeners.contains("protocol: fluent_forward"),
+        "{listeners}"
+    );
     let config = format!(
         "{listeners}archive: {{store: {{type: local, root: \"{d}/archive\"}}}}\ndata_dir: \"{d}/data\"\nbackends: [{{name: out, type: file, path: \"{d}/out.ndjson\"}}]\ntenants: [{{name: acme, api_keys: [readme-key], backend: out}}]\n",
         d = dir.path().display()
