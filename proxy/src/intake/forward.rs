@@ -22,7 +22,7 @@ use super::body::Encoding;
 use super::core::{Core, Decode, Payload};
 use super::refusals::Origin;
 use super::Refusal;
-use crate::event::{Event, Intake, PayloadLimits};
+use crate::event::{hex, Event, Intake, PayloadLimits};
 use crate::tenant::Tenant;
 use bytes::{Bytes, BytesMut};
 use rmpv::Value as Mp;
@@ -56,14 +56,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                         format: "Fluent forward message",
                         error: e,
                     };
-                    core.finish(
-                        origin,
-                        Intake::Fluent,
-                        Some(&tenant),
-                        std::time::Instant::now(),
-                        &Err(r),
-                    );
-                    return;
+                    return refused(core, origin, &tenant, r);
                 }
             };
             let message = buf.split_to(framed.len).freeze();
@@ -81,15 +74,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         if buf.len() > max {
-            let r = Refusal::BodyTooLarge { max };
-            core.finish(
-                origin,
-                Intake::Fluent,
-                Some(&tenant),
-                std::time::Instant::now(),
-                &Err(r),
-            );
-            return;
+            return refused(core, origin, &tenant, Refusal::BodyTooLarge { max });
         }
         let read = tokio::select! {
             r = tokio::time::timeout(idle, stream.read_buf(&mut buf)) => r,
@@ -100,6 +85,17 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(Ok(_)) => {}
         }
     }
+}
+
+/// Counts and logs a refusal that ends the connection (nothing was taken).
+fn refused(core: &Core, origin: &Origin, tenant: &Tenant, r: Refusal) {
+    core.finish(
+        origin,
+        Intake::Fluent,
+        Some(tenant),
+        std::time::Instant::now(),
+        &Err(r),
+    );
 }
 
 async fn take(core: &Arc<Core>, tenant: &Arc<Tenant>, message: Bytes) -> Result<(), Refusal> {
@@ -358,7 +354,7 @@ fn json(v: &Mp) -> Value {
                 })
                 .collect(),
         ),
-        Mp::Ext(_, b) => Value::String(b.iter().map(|x| format!("{x:02x}")).collect()),
+        Mp::Ext(_, b) => Value::String(hex(b)),
     }
 }
 

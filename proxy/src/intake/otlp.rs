@@ -17,7 +17,7 @@ use super::core::Decode;
 use super::datadog::{api_key, invalid_json};
 use super::http::{content_type, json_response, Answer, Endpoint, HttpProtocol};
 use super::Refusal;
-use crate::event::{Event, Intake, PayloadLimits};
+use crate::event::{hex, Event, Intake, PayloadLimits};
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::request::Parts;
@@ -339,16 +339,6 @@ fn value(v: any_value::Value) -> Value {
         #[allow(unreachable_patterns)]
         _ => Value::Null,
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 0xf)] as char);
-    }
-    out
 }
 
 /// The low 64 bits of an id, in decimal: how Datadog correlates logs with traces.
