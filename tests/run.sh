@@ -9,17 +9,40 @@ cd "$(dirname "$0")/.."
 # --- set-up (idempotent; quick once done) ---
 rustup target add wasm32-wasip1
 python3 -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
-# Test peers from Debian: promtool (package prometheus) checks the /metrics exposition.
+# Test peers from Debian: promtool (package prometheus) checks the /metrics
+# exposition; rsyslog (with gnutls) and syslog-ng relay syslog to weir. The two
+# syslog daemons conflict as packages (both are system-log-daemon), so
+# syslog-ng-core is unpacked into target/peers/syslog-ng, its libraries installed.
+sudo=""
+[ "$(id -u)" = 0 ] || sudo="sudo"
+apt_install() {
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+apt_updated=0
+apt_update() {
+    [ "$apt_updated" = 1 ] || $sudo apt-get update -qq
+    apt_updated=1
+}
 if ! command -v promtool >/dev/null; then
-    sudo=""
-    [ "$(id -u)" = 0 ] || sudo="sudo"
-    if ! { $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive \
-            apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
-        || ! command -v promtool >/dev/null; then
+    if ! { apt_update && apt_install prometheus; } || ! command -v promtool >/dev/null; then
         echo "WARNING: could not install Debian's prometheus (promtool): the promtool metrics test is SKIPPED" >&2
         export WEIR_SKIP_PROMTOOL=1
     fi
 fi
+syslog_ng="$PWD/target/peers/syslog-ng"
+if ! command -v rsyslogd >/dev/null || [ ! -x "$syslog_ng/usr/sbin/syslog-ng" ]; then
+    if ! {
+        apt_update && apt_install rsyslog rsyslog-gnutls \
+            $(apt-cache depends --no-recommends --no-suggests syslog-ng-core | awk '$1 == "Depends:" && $2 !~ /^</ {print $2}') &&
+        rm -rf "$syslog_ng" && mkdir -p "$syslog_ng/deb" &&
+        (cd "$syslog_ng/deb" && apt-get download -q syslog-ng-core >/dev/null 2>&1) &&
+        dpkg-deb -x "$syslog_ng"/deb/syslog-ng-core_*.deb "$syslog_ng"
+    }; then
+        echo "WARNING: could not install rsyslog and syslog-ng: the syslog relay tests are SKIPPED" >&2
+        export WEIR_SKIP_SYSLOG_PEERS=1
+    fi
+fi
+export WEIR_SYSLOG_NG="$syslog_ng"
 
 # --- tests ---
 (cd sdk && cargo test)

@@ -26,10 +26,14 @@ pub fn lines(
             .into(),
     });
     for (name, proto, addr) in listeners {
-        out.push(format!(
-            "  intake:  {}://{addr} ({name}): POST /api/v2/logs (Datadog), POST /v1/input (NDJSON)",
-            proto.as_str()
-        ));
+        out.push(if proto.is_stream() {
+            format!("  intake:  {}://{addr} ({name})", proto.as_str())
+        } else {
+            format!(
+                "  intake:  {}://{addr} ({name}): POST /api/v2/logs (Datadog), POST /v1/input (NDJSON)",
+                proto.as_str()
+            )
+        });
     }
     out.push(format!(
         "  admin:   http://{admin}/metrics, /healthz, /readyz, /backends"

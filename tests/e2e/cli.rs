@@ -84,6 +84,12 @@ fn check_names_file_line_column_and_field() {
             "listeners[0].tenant",
             "fluent_forward needs the tenant",
         ),
+        (
+            "listeners:\n  - name: s\n    address: 127.0.0.1:1\n    protocol: syslog\n    tenant: nobody\narchive: {store: {type: local, root: /tmp/a}}\nbackends: [{name: b, type: file, path: /tmp/o}]\ntenants: [{name: t, api_keys: [k], backend: b}]\n",
+            5,
+            "listeners[0].tenant",
+            "no tenant named \"nobody\"",
+        ),
     ];
     for (text, line, field, what) in cases {
         std::fs::write(&path, text).unwrap();

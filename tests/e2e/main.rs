@@ -15,4 +15,5 @@ mod operations;
 mod plugins;
 mod readme;
 mod rules;
+mod syslog;
 mod tls;

@@ -229,3 +229,22 @@ fn the_fluent_forward_listener_example_passes_weir_check() {
     let (code, out, err) = weir_cli(&["check", "--config", path.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+/// The syslog listeners of the README (its TLS certificate made by the test),
+/// in a whole config, pass `weir check`.
+#[test]
+fn the_syslog_listener_example_passes_weir_check() {
+    let pki = crate::tls::pki();
+    let listeners =
+        readme_yaml_after("### Syslog").replace("/etc/weir", &pki.dir.path().display().to_string());
+    assert!(listeners.contains("protocol: syslog"), "{listeners}");
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{listeners}archive: {{store: {{type: local, root: \"{d}/archive\"}}}}\ndata_dir: \"{d}/data\"\nbackends: [{{name: out, type: file, path: \"{d}/out.ndjson\"}}]\ntenants: [{{name: acme, api_keys: [readme-key], backend: out}}]\n",
+        d = dir.path().display()
+    );
+    let path = dir.path().join("weir.yaml");
+    std::fs::write(&path, config).unwrap();
+    let (code, out, err) = weir_cli(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+}

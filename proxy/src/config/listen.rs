@@ -14,10 +14,10 @@ pub struct ListenerConfig {
     pub name: String,
     pub address: SocketAddr,
     pub protocol: ListenerProtocol,
-    /// Required when `protocol: https`; optional with `fluent_forward`.
+    /// Required when `protocol: https`; optional with `fluent_forward` and `syslog`.
     pub tls: Option<TlsConfig>,
     /// The tenant every event of this listener belongs to: required for
-    /// `fluent_forward` (its senders send no key).
+    /// `fluent_forward` and `syslog` (their senders send no key).
     #[serde(default)]
     pub tenant: Option<String>,
     /// A header holding the tenant's key on this listener, for senders that
@@ -35,6 +35,8 @@ pub enum ListenerProtocol {
     /// Fluentd's forward protocol (Fluent Bit's and Fluentd's `forward`
     /// output), MessagePack over TCP, or TLS with a `tls` section.
     FluentForward,
+    /// Syslog, RFC 5424 or RFC 3164, over TCP, or TLS with a `tls` section.
+    Syslog,
 }
 
 impl ListenerProtocol {
@@ -43,7 +45,16 @@ impl ListenerProtocol {
             ListenerProtocol::Http => "http",
             ListenerProtocol::Https => "https",
             ListenerProtocol::FluentForward => "fluent_forward",
+            ListenerProtocol::Syslog => "syslog",
         }
+    }
+
+    /// Not HTTP: a protocol framed over the TCP (or TLS) stream itself.
+    pub fn is_stream(self) -> bool {
+        matches!(
+            self,
+            ListenerProtocol::FluentForward | ListenerProtocol::Syslog
+        )
     }
 }
 
@@ -199,15 +210,16 @@ impl Config {
                 ));
             }
             match (l.protocol, &l.tenant) {
-                (ListenerProtocol::FluentForward, None) => {
+                (p, None) if p.is_stream() => {
                     return Err(invalid(
                         format!("listeners[{i}].tenant"),
-                        "protocol fluent_forward needs the tenant its events belong to".into(),
+                        format!(
+                            "protocol {} needs the tenant its events belong to",
+                            p.as_str()
+                        ),
                     ))
                 }
-                (ListenerProtocol::FluentForward, Some(t))
-                    if !self.tenants.iter().any(|c| &c.name == t) =>
-                {
+                (p, Some(t)) if p.is_stream() && !self.tenants.iter().any(|c| &c.name == t) => {
                     return Err(invalid(
                         format!("listeners[{i}].tenant"),
                         format!("no tenant named {t:?}"),
@@ -216,7 +228,7 @@ impl Config {
                 (ListenerProtocol::Http | ListenerProtocol::Https, Some(_)) => {
                     return Err(invalid(
                         format!("listeners[{i}].tenant"),
-                        "only fluent_forward listeners name a tenant; HTTP senders send a key"
+                        "only fluent_forward and syslog listeners name a tenant; HTTP senders send a key"
                             .into(),
                     ))
                 }
@@ -243,7 +255,7 @@ impl Config {
                         "tls is set but protocol is http; use protocol: https".into(),
                     ))
                 }
-                (ListenerProtocol::Https | ListenerProtocol::FluentForward, Some(tls)) => {
+                (p, Some(tls)) if p == ListenerProtocol::Https || p.is_stream() => {
                     for (field, p) in [("cert", &tls.cert), ("key", &tls.key)] {
                         if !p.is_file() {
                             return Err(invalid(

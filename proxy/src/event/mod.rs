@@ -134,17 +134,20 @@ pub enum Intake {
     Elasticsearch,
     /// Fluentd's forward protocol.
     Fluent,
+    /// Syslog (RFC 5424 and RFC 3164) over TCP or TLS.
+    Syslog,
 }
 
 impl Intake {
     /// Every intake protocol, for metrics that exist from start.
-    pub const ALL: [Intake; 6] = [
+    pub const ALL: [Intake; 7] = [
         Intake::Datadog,
         Intake::Generic,
         Intake::Otlp,
         Intake::Hec,
         Intake::Elasticsearch,
         Intake::Fluent,
+        Intake::Syslog,
     ];
 }
 
@@ -157,6 +160,7 @@ impl Intake {
             Intake::Hec => "splunk_hec",
             Intake::Elasticsearch => "elasticsearch",
             Intake::Fluent => "fluent_forward",
+            Intake::Syslog => "syslog",
         }
     }
 }

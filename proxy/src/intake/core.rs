@@ -103,6 +103,11 @@ impl Core {
         self.limits.max_body_bytes.as_usize()
     }
 
+    /// Most events one payload may carry (`limits.max_events_per_request`).
+    pub fn max_events(&self) -> usize {
+        self.limits.max_events_per_request.unwrap_or(usize::MAX)
+    }
+
     /// The largest payload taken once decompressed.
     pub fn max_decompressed(&self) -> usize {
         self.limits.max_decompressed_bytes.as_usize()
@@ -203,7 +208,7 @@ impl Core {
             _ => Some(self.budget.try_reserve(plain.len()).ok_or(Refusal::Busy)?),
         };
         let limits = PayloadLimits {
-            max_events: self.limits.max_events_per_request.unwrap_or(usize::MAX),
+            max_events: self.max_events(),
             max_log_bytes: self.limits.max_log_bytes.as_usize(),
             received_at_ms,
         };

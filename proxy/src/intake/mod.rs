@@ -19,7 +19,7 @@
 //! `elasticsearch` (`_bulk`, and the probes its clients make at start); gRPC
 //! calls (OTLP's `LogsService/Export`) go to `otlp_grpc`, over tonic.
 //!
-//! A protocol over a TCP stream (syslog, Fluent forward) plugs into the same
+//! A protocol over a TCP stream (`syslog`, `forward`) plugs into the same
 //! core without the HTTP adapter: its connection task (spawned by listen/ for
 //! a listener of that protocol) reads the stream's framing, finds the tenant
 //! once per connection ([`Core::authenticate`] with the handshake's shared
@@ -27,8 +27,9 @@
 //! memory ([`Core::reserve_payload`] with the frame's length), has
 //! [`Core::take`] decode and submit it with the protocol's [`Decode`], records
 //! the outcome ([`Core::finish`]), and answers in its own form: an ack for the
-//! chunk once taken, or none (and the connection closed) on a refusal, as the
-//! refusal's status class says.
+//! chunk once taken, or none (and the connection closed) on a refusal; syslog,
+//! which has no ack, holds its sender back and tries again, as the refusal's
+//! status class says.
 pub mod body;
 pub mod core;
 pub mod datadog;
@@ -42,6 +43,7 @@ pub mod otlp;
 pub mod otlp_grpc;
 pub mod refusal;
 pub mod refusals;
+pub mod syslog;
 
 pub use self::core::{Core, Decode};
 pub use self::http::{error_response, json_response};
@@ -60,6 +62,13 @@ use std::sync::Arc;
 /// An answer's body: a whole HTTP body, or a gRPC call's (data, then trailers).
 pub type Reply = Either<Full<Bytes>, tonic::body::Body>;
 
+/// A protocol framed over a TCP (or TLS) stream rather than HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamProtocol {
+    FluentForward,
+    Syslog,
+}
+
 /// The intake the listeners dispatch to.
 pub struct Intake {
     core: Arc<Core>,
@@ -74,9 +83,10 @@ impl Intake {
         })
     }
 
-    /// Serves one Fluent forward connection for `tenant` (see `forward`).
-    pub async fn forward<S>(
+    /// Serves one connection of a protocol framed over TCP or TLS, for `tenant`.
+    pub async fn stream<S>(
         self: Arc<Self>,
+        protocol: StreamProtocol,
         stream: S,
         origin: Origin,
         tenant: &str,
@@ -88,11 +98,20 @@ impl Intake {
         let Some(tenant) = self.core.tenant_named(tenant) else {
             tracing::error!(
                 tenant,
-                "a fluent_forward listener names a tenant that does not exist"
+                listener = %origin.listener,
+                "the listener names a tenant that does not exist"
             );
             return;
         };
-        forward::serve(&self.core, stream, &origin, tenant, stop, idle).await
+        let core = &self.core;
+        match protocol {
+            StreamProtocol::FluentForward => {
+                forward::serve(core, stream, &origin, tenant, stop, idle).await
+            }
+            StreamProtocol::Syslog => {
+                syslog::serve(core, stream, &origin, tenant, stop, idle).await
+            }
+        }
     }
 
     /// Answers one HTTP request, in the form of the protocol that serves its

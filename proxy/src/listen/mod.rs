@@ -9,7 +9,7 @@ mod idle;
 pub mod tls;
 
 use crate::config::{Limits, ListenerConfig, ListenerProtocol};
-use crate::intake::Intake;
+use crate::intake::{Intake, StreamProtocol};
 use crate::telemetry::METRICS;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -43,8 +43,9 @@ pub enum ListenError {
 
 pub struct Listener {
     name: String,
-    /// `fluent_forward`: the tenant its connections' events belong to (not HTTP).
-    forward_tenant: Option<String>,
+    /// A protocol framed over the stream (not HTTP), and the tenant its
+    /// connections' events belong to.
+    stream: Option<(StreamProtocol, String)>,
     key_header: Option<http::HeaderName>,
     tcp: TcpListener,
     tls: Option<TlsAcceptor>,
@@ -61,7 +62,7 @@ impl Listener {
                 error,
             })?;
         let tls = match (cfg.protocol, &cfg.tls) {
-            (ListenerProtocol::Https | ListenerProtocol::FluentForward, Some(t)) => Some(
+            (p, Some(t)) if p == ListenerProtocol::Https || p.is_stream() => Some(
                 TlsAcceptor::from(tls::server_config(t).map_err(|error| ListenError::Tls {
                     name: cfg.name.clone(),
                     error,
@@ -71,9 +72,7 @@ impl Listener {
         };
         Ok(Listener {
             name: cfg.name.clone(),
-            forward_tenant: (cfg.protocol == ListenerProtocol::FluentForward)
-                .then(|| cfg.tenant.clone())
-                .flatten(),
+            stream: stream_protocol(cfg.protocol).zip(cfg.tenant.clone()),
             // Checked by the config's validation.
             key_header: cfg
                 .key_header
@@ -136,8 +135,9 @@ impl Listener {
                 peer,
                 key_header: self.key_header.clone(),
             };
-            if let Some(tenant) = &self.forward_tenant {
-                let conn = ForwardConn {
+            if let Some((protocol, tenant)) = &self.stream {
+                let conn = StreamConn {
+                    protocol: *protocol,
                     tenant: tenant.clone(),
                     tls: self.tls.clone(),
                     stop: stop.clone(),
@@ -215,16 +215,25 @@ impl Listener {
     }
 }
 
-/// One connection of a `fluent_forward` listener: no hyper, the protocol's
-/// own task (after the TLS handshake, when the listener has TLS).
-struct ForwardConn<'a> {
+fn stream_protocol(p: ListenerProtocol) -> Option<StreamProtocol> {
+    match p {
+        ListenerProtocol::Http | ListenerProtocol::Https => None,
+        ListenerProtocol::FluentForward => Some(StreamProtocol::FluentForward),
+        ListenerProtocol::Syslog => Some(StreamProtocol::Syslog),
+    }
+}
+
+/// One connection of a `fluent_forward` or `syslog` listener: no hyper, the
+/// protocol's own task (after the TLS handshake, when the listener has TLS).
+struct StreamConn<'a> {
+    protocol: StreamProtocol,
     tenant: String,
     tls: Option<TlsAcceptor>,
     stop: CancellationToken,
     limits: &'a Limits,
 }
 
-impl ForwardConn<'_> {
+impl StreamConn<'_> {
     fn spawn(
         self,
         intake: Arc<Intake>,
@@ -237,13 +246,21 @@ impl ForwardConn<'_> {
             self.limits.idle_timeout.0,
             self.limits.header_read_timeout.0,
         );
-        let (tenant, stop) = (self.tenant, self.stop);
+        let (protocol, tenant, stop) = (self.protocol, self.tenant, self.stop);
         open.inc();
         tokio::spawn(async move {
             match self.tls {
-                None => intake.forward(stream, origin, &tenant, stop, idle).await,
+                None => {
+                    intake
+                        .stream(protocol, stream, origin, &tenant, stop, idle)
+                        .await
+                }
                 Some(acceptor) => match handshake(acceptor, stream, handshake_timeout).await {
-                    Ok(s) => intake.forward(s, origin, &tenant, stop, idle).await,
+                    Ok(s) => {
+                        intake
+                            .stream(protocol, s, origin, &tenant, stop, idle)
+                            .await
+                    }
                     Err(e) => {
                         let name = &origin.listener;
                         METRICS
