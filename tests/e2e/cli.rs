@@ -90,6 +90,18 @@ fn check_names_file_line_column_and_field() {
             "listeners[0].tenant",
             "no tenant named \"nobody\"",
         ),
+        (
+            "listeners:\n  - name: f\n    address: 127.0.0.1:1\n    protocol: fluent_forward\n    shared_keys:\n      - {tenant: t, key: k1}\n      - {tenant: t, key: k1}\narchive: {store: {type: local, root: /tmp/a}}\nbackends: [{name: b, type: file, path: /tmp/o}]\ntenants: [{name: t, api_keys: [k], backend: b}]\n",
+            7,
+            "listeners[0].shared_keys[1].key",
+            "the same key is given twice",
+        ),
+        (
+            "listeners:\n  - name: s\n    address: 127.0.0.1:1\n    protocol: syslog\n    shared_keys: [{tenant: t, key: k1}]\narchive: {store: {type: local, root: /tmp/a}}\nbackends: [{name: b, type: file, path: /tmp/o}]\ntenants: [{name: t, api_keys: [k], backend: b}]\n",
+            5,
+            "listeners[0].shared_keys",
+            "only fluent_forward listeners take shared keys",
+        ),
     ];
     for (text, line, field, what) in cases {
         std::fs::write(&path, text).unwrap();

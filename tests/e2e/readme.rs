@@ -226,7 +226,10 @@ fn the_fluent_forward_listener_example_passes_weir_check() {
     );
     let path = dir.path().join("weir.yaml");
     std::fs::write(&path, config).unwrap();
-    let (code, out, err) = weir_cli(&["check", "--config", path.to_str().unwrap()]);
+    let (code, out, err) = weir_cli_env(
+        &["check", "--config", path.to_str().unwrap()],
+        &[("ACME_FORWARD_KEY", "a-shared-key")],
+    );
     assert_eq!(code, 0, "{out}{err}");
 }
 

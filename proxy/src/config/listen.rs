@@ -17,14 +17,30 @@ pub struct ListenerConfig {
     /// Required when `protocol: https`; optional with `fluent_forward` and `syslog`.
     pub tls: Option<TlsConfig>,
     /// The tenant every event of this listener belongs to: required for
-    /// `fluent_forward` and `syslog` (their senders send no key).
+    /// `fluent_forward` (unless `shared_keys` are set) and `syslog` (their
+    /// senders send no key).
     #[serde(default)]
     pub tenant: Option<String>,
+    /// `fluent_forward`: the shared-key handshake on every connection, each
+    /// key naming the tenant of the connections that prove it.
+    #[serde(default)]
+    pub shared_keys: Vec<SharedKey>,
+    /// `fluent_forward` with `shared_keys`: the name Weir gives in the
+    /// handshake (senders refuse their own); default `weir`.
+    #[serde(default)]
+    pub self_hostname: Option<String>,
     /// A header holding the tenant's key on this listener, for senders that
     /// can add a header but not the protocol's own (an OTLP exporter's
     /// `X-Weir-Key`); looked at first, then where each protocol looks.
     #[serde(default)]
     pub key_header: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedKey {
+    pub tenant: String,
+    pub key: Secret,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -192,6 +208,48 @@ pub enum LogFormat {
     Json,
 }
 
+impl ListenerConfig {
+    fn validate_shared_keys(&self, i: usize, config: &Config) -> Result<(), Invalid> {
+        let at = |field: &str| format!("listeners[{i}].{field}");
+        if self.shared_keys.is_empty() {
+            if self.self_hostname.is_some() {
+                return Err(invalid(
+                    at("self_hostname"),
+                    "only a listener with shared_keys has a self_hostname".into(),
+                ));
+            }
+            return Ok(());
+        }
+        if self.protocol != ListenerProtocol::FluentForward {
+            return Err(invalid(
+                at("shared_keys"),
+                "only fluent_forward listeners take shared keys".into(),
+            ));
+        }
+        if self.tenant.is_some() {
+            return Err(invalid(
+                at("tenant"),
+                "name the tenant here or in shared_keys, not both".into(),
+            ));
+        }
+        for (j, k) in self.shared_keys.iter().enumerate() {
+            if !config.tenants.iter().any(|t| t.name == k.tenant) {
+                return Err(invalid(
+                    at(&format!("shared_keys[{j}].tenant")),
+                    format!("no tenant named {:?}", k.tenant),
+                ));
+            }
+            if self.shared_keys[..j].iter().any(|o| o.key == k.key) {
+                return Err(invalid(
+                    at(&format!("shared_keys[{j}].key")),
+                    "the same key is given twice: it would name two tenants".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     /// Listener names, TLS, the log filter and input limits.
     pub(super) fn validate_listeners(&self) -> Result<(), Invalid> {
@@ -209,7 +267,9 @@ impl Config {
                     format!("duplicate listener name {:?}", l.name),
                 ));
             }
+            l.validate_shared_keys(i, self)?;
             match (l.protocol, &l.tenant) {
+                (ListenerProtocol::FluentForward, None) if !l.shared_keys.is_empty() => {}
                 (p, None) if p.is_stream() => {
                     return Err(invalid(
                         format!("listeners[{i}].tenant"),

@@ -69,6 +69,15 @@ pub enum StreamProtocol {
     Syslog,
 }
 
+/// Whose events a stream connection carries.
+#[derive(Clone)]
+pub enum StreamTenant {
+    /// The listener's tenant.
+    Named(String),
+    /// The tenant of the shared key the sender proves (Fluent forward's handshake).
+    SharedKeys(Arc<forward::SharedKeys>),
+}
+
 /// The intake the listeners dispatch to.
 pub struct Intake {
     core: Arc<Core>,
@@ -83,30 +92,41 @@ impl Intake {
         })
     }
 
-    /// Serves one connection of a protocol framed over TCP or TLS, for `tenant`.
+    /// Serves one connection of a protocol framed over TCP or TLS, for the
+    /// listener's tenant or the one its sender's shared key names.
     pub async fn stream<S>(
         self: Arc<Self>,
         protocol: StreamProtocol,
+        owner: &StreamTenant,
         stream: S,
         origin: Origin,
-        tenant: &str,
         stop: tokio_util::sync::CancellationToken,
-        idle: std::time::Duration,
+        (handshake_timeout, idle): (std::time::Duration, std::time::Duration),
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        let Some(tenant) = self.core.tenant_named(tenant) else {
-            tracing::error!(
-                tenant,
-                listener = %origin.listener,
-                "the listener names a tenant that does not exist"
-            );
-            return;
-        };
         let core = &self.core;
+        let tenant = match owner {
+            StreamTenant::Named(name) => match core.tenant_named(name) {
+                Some(t) => t,
+                None => {
+                    tracing::error!(
+                        tenant = name,
+                        listener = %origin.listener,
+                        "the listener names a tenant that does not exist"
+                    );
+                    return;
+                }
+            },
+            StreamTenant::SharedKeys(keys) => {
+                let timers = (handshake_timeout, idle);
+                return forward::serve_shared(core, stream, &origin, keys, stop, timers).await;
+            }
+        };
         match protocol {
             StreamProtocol::FluentForward => {
-                forward::serve(core, stream, &origin, tenant, stop, idle).await
+                let buf = bytes::BytesMut::new();
+                forward::serve(core, stream, &origin, tenant, stop, idle, buf).await
             }
             StreamProtocol::Syslog => {
                 syslog::serve(core, stream, &origin, tenant, stop, idle).await

@@ -9,7 +9,8 @@ mod idle;
 pub mod tls;
 
 use crate::config::{Limits, ListenerConfig, ListenerProtocol};
-use crate::intake::{Intake, StreamProtocol};
+use crate::intake::forward::SharedKeys;
+use crate::intake::{Intake, StreamProtocol, StreamTenant};
 use crate::telemetry::METRICS;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -45,7 +46,7 @@ pub struct Listener {
     name: String,
     /// A protocol framed over the stream (not HTTP), and the tenant its
     /// connections' events belong to.
-    stream: Option<(StreamProtocol, String)>,
+    stream: Option<(StreamProtocol, StreamTenant)>,
     key_header: Option<http::HeaderName>,
     tcp: TcpListener,
     tls: Option<TlsAcceptor>,
@@ -72,7 +73,7 @@ impl Listener {
         };
         Ok(Listener {
             name: cfg.name.clone(),
-            stream: stream_protocol(cfg.protocol).zip(cfg.tenant.clone()),
+            stream: stream_protocol(cfg.protocol).zip(stream_tenant(cfg)),
             // Checked by the config's validation.
             key_header: cfg
                 .key_header
@@ -215,6 +216,21 @@ impl Listener {
     }
 }
 
+/// Whose events a stream listener's connections carry (the config checked one is named).
+fn stream_tenant(cfg: &ListenerConfig) -> Option<StreamTenant> {
+    if !cfg.shared_keys.is_empty() {
+        let keys = cfg
+            .shared_keys
+            .iter()
+            .map(|k| (k.key.expose().to_string(), k.tenant.clone()));
+        let hostname = cfg.self_hostname.clone().unwrap_or_else(|| "weir".into());
+        return Some(StreamTenant::SharedKeys(Arc::new(SharedKeys::new(
+            hostname, keys,
+        ))));
+    }
+    cfg.tenant.clone().map(StreamTenant::Named)
+}
+
 fn stream_protocol(p: ListenerProtocol) -> Option<StreamProtocol> {
     match p {
         ListenerProtocol::Http | ListenerProtocol::Https => None,
@@ -227,7 +243,7 @@ fn stream_protocol(p: ListenerProtocol) -> Option<StreamProtocol> {
 /// protocol's own task (after the TLS handshake, when the listener has TLS).
 struct StreamConn<'a> {
     protocol: StreamProtocol,
-    tenant: String,
+    tenant: StreamTenant,
     tls: Option<TlsAcceptor>,
     stop: CancellationToken,
     limits: &'a Limits,
@@ -247,18 +263,19 @@ impl StreamConn<'_> {
             self.limits.header_read_timeout.0,
         );
         let (protocol, tenant, stop) = (self.protocol, self.tenant, self.stop);
+        let timers = (handshake_timeout, idle);
         open.inc();
         tokio::spawn(async move {
             match self.tls {
                 None => {
                     intake
-                        .stream(protocol, stream, origin, &tenant, stop, idle)
+                        .stream(protocol, &tenant, stream, origin, stop, timers)
                         .await
                 }
                 Some(acceptor) => match handshake(acceptor, stream, handshake_timeout).await {
                     Ok(s) => {
                         intake
-                            .stream(protocol, s, origin, &tenant, stop, idle)
+                            .stream(protocol, &tenant, s, origin, stop, timers)
                             .await
                     }
                     Err(e) => {

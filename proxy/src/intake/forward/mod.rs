@@ -12,12 +12,17 @@
 //! `{"ack": chunk}` once its events are in (per the buffer's ack mode); a
 //! message refused (no room, a rate limit, a malformed message) gets no ack
 //! and its connection is closed, so the sender sends it again. The listener
-//! names the tenant (forward senders send no key; the shared-key handshake is
-//! not built yet).
+//! names the tenant, or its `shared_keys` do: then each connection starts
+//! with the shared-key handshake (see `handshake`), and the key the sender
+//! proves names its tenant.
 //!
 //! A record reads as a Datadog log object (`message`, `status`, `service`, ...
 //! become the fields); Fluent Bit's `log` key is the message when there is
 //! no `message`; the tag is kept as `fluent_tag`.
+mod handshake;
+
+pub use handshake::SharedKeys;
+
 use super::body::Encoding;
 use super::core::{Core, Decode, Payload};
 use super::refusals::Origin;
@@ -33,8 +38,43 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+/// Serves one connection of a listener with `shared_keys`: the handshake
+/// first (within `handshake_timeout`), then the proved key's tenant's events.
+pub async fn serve_shared<S: AsyncRead + AsyncWrite + Unpin>(
+    core: &Arc<Core>,
+    mut stream: S,
+    origin: &Origin,
+    keys: &SharedKeys,
+    stop: CancellationToken,
+    (handshake_timeout, idle): (Duration, Duration),
+) {
+    let refusal = match handshake::run(&mut stream, keys, handshake_timeout).await {
+        Ok((tenant, rest)) => match core.tenant_named(&tenant) {
+            Some(t) => return serve(core, stream, origin, t, stop, idle, rest).await,
+            None => {
+                tracing::error!(tenant, listener = %origin.listener, "a shared key names a tenant that does not exist");
+                return;
+            }
+        },
+        Err(handshake::Failure::KeyMismatch) => Refusal::UnknownKey,
+        Err(handshake::Failure::Malformed(error)) => Refusal::InvalidPayload {
+            format: "Fluent forward PING",
+            error,
+        },
+        Err(handshake::Failure::Gone) => return,
+    };
+    core.finish(
+        origin,
+        Intake::Fluent,
+        None,
+        std::time::Instant::now(),
+        &Err(refusal),
+    );
+}
+
 /// Serves one connection until the sender closes it, stays idle past
-/// `idle`, sends what is not a forward message, or the proxy stops.
+/// `idle`, sends what is not a forward message, or the proxy stops; `buf`
+/// holds what was read of it already.
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     core: &Arc<Core>,
     mut stream: S,
@@ -42,9 +82,10 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     tenant: Arc<Tenant>,
     stop: CancellationToken,
     idle: Duration,
+    mut buf: BytesMut,
 ) {
     let max = core.max_payload();
-    let mut buf = BytesMut::with_capacity(64 << 10);
+    buf.reserve(64 << 10);
     loop {
         // Every whole message already read, in order.
         loop {
