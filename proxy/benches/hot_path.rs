@@ -248,5 +248,106 @@ fn decode(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, request_body, archive_object, wal_read, decode);
+/// The same 500 events again, for the protocols of agents that do not speak
+/// Datadog's: Elasticsearch `_bulk` (ECS documents), Fluent forward (a Forward
+/// message) and syslog (RFC 5424 and RFC 3164 lines, one per line).
+fn decode_more(c: &mut Criterion) {
+    use weir::event::PayloadLimits;
+    use weir::intake::http::HttpProtocol;
+    use weir::intake::Decode;
+
+    let evs = events(500);
+    let limits = PayloadLimits {
+        max_events: usize::MAX,
+        max_log_bytes: 1 << 20,
+        received_at_ms: 1_700_000_000_000,
+    };
+    let mut bulk = Vec::new();
+    for e in &evs {
+        bulk.extend_from_slice(b"{\"create\":{\"_index\":\"logs\"}}\n");
+        let doc = serde_json::json!({
+            "@timestamp": "2026-12-02T10:00:00.000Z", "message": e.message,
+            "host": {"name": e.host}, "service": {"name": e.service}, "log": {"level": "info"},
+            "pid": e.attributes["pid"], "network": e.attributes["network"],
+        });
+        serde_json::to_writer(&mut bulk, &doc).unwrap();
+        bulk.push(b'\n');
+    }
+    let mut bulk_head = http::Request::post("/_bulk")
+        .header("content-type", "application/x-ndjson")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0;
+    let entries: Vec<rmpv::Value> = evs
+        .iter()
+        .map(|e| {
+            let record = rmpv::Value::Map(vec![
+                ("log".into(), e.message.as_str().into()),
+                ("host".into(), e.host.as_deref().unwrap_or("").into()),
+                ("service".into(), "sshd".into()),
+                ("pid".into(), 24200.into()),
+            ]);
+            rmpv::Value::Array(vec![(e.timestamp / 1000).into(), record])
+        })
+        .collect();
+    let message = rmpv::Value::Array(vec![
+        "app.sshd".into(),
+        rmpv::Value::Array(entries),
+        rmpv::Value::Map(vec![("chunk".into(), "c1".into())]),
+    ]);
+    let mut forward = Vec::new();
+    rmpv::encode::write_value(&mut forward, &message).unwrap();
+    let (mut rfc5424, mut rfc3164) = (Vec::new(), Vec::new());
+    for (i, e) in evs.iter().enumerate() {
+        let host = e.host.as_deref().unwrap_or("-");
+        rfc5424.extend(
+            format!(
+                "<38>1 2026-12-02T10:00:00.{:03}Z {host} sshd {} - - {}\n",
+                i % 1000,
+                24200 + i % 50,
+                e.message
+            )
+            .as_bytes(),
+        );
+        rfc3164.extend(format!("<38>Dec  2 10:00:00 {host} sshd[{}]: {}\n", 24200 + i % 50, e.message).as_bytes());
+    }
+    let mut g = c.benchmark_group("decode_500_events");
+    g.throughput(Throughput::Elements(500));
+    g.bench_function("elasticsearch_bulk", |b| {
+        b.iter(|| {
+            let body = weir::intake::elasticsearch::Elasticsearch
+                .body(&mut bulk_head)
+                .unwrap();
+            body.decode(&bulk, limits, &mut |_| true).unwrap()
+        })
+    });
+    g.bench_function("fluent_forward", |b| {
+        b.iter(|| {
+            let body = weir::intake::forward::ForwardBody { max_inflated: 1 << 20 };
+            body.decode(&forward, limits, &mut |_| true).unwrap()
+        })
+    });
+    for (name, lines) in [("syslog_rfc5424", &rfc5424), ("syslog_rfc3164", &rfc3164)] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let evs = weir::intake::syslog::SyslogBody
+                    .decode(lines, limits, &mut |_| true)
+                    .unwrap();
+                assert_eq!(evs.len(), 500);
+                evs
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    request_body,
+    archive_object,
+    wal_read,
+    decode,
+    decode_more
+);
 criterion_main!(benches);

@@ -20,12 +20,17 @@
 #   CONNECTIONS=8            default connections per scenario
 #   LG_GZIP=1                loadgen gzips bodies (as agents do); 0 sends plain JSON
 #   LG_ZSTD=1                loadgen sends zstd bodies instead (LG_GZIP is then ignored)
-#   SCENARIOS="..."          space-separated name:backend_codec:archive(on|off)[:connections[:max_in_flight[:plugin[:buffer]]]]
+#   SCENARIOS="..."          space-separated name:backend_codec:archive(on|off)[:connections[:max_in_flight[:plugin[:buffer[:protocol]]]]]
 #                            (max_in_flight: the backend's requests in flight; empty = weir's default, 8;
 #                             plugin: a .wasm path, or a name under plugins/target/wasm32-wasip1/release,
 #                             e.g. "none:gzip:on empty:gzip:on:::empty redact:gzip:on:::redact" for ratios from one run;
 #                             buffer: durable (the default: disk buffer, fsync per group commit), durable-50ms (fsync
-#                             every 50 ms), received (disk buffer, answered at once) or memory (no disk buffer))
+#                             every 50 ms), received (disk buffer, answered at once) or memory (no disk buffer);
+#                             protocol: the intake protocol loadgen speaks, with the same events: datadog (the
+#                             default), input, otlp, hec, elasticsearch, syslog or fluent; the last two on a listener
+#                             of that protocol, never compressed. Only datadog and input requests carry per-request
+#                             tags: for the others lost and dup compare counts (accepted against delivered, archived))
+#   PROTOCOL=datadog         the protocol of scenarios that do not name one
 #   EXTRA="..."              more scenarios, appended to the default ones
 #   BUILD=0                  skip the cargo build
 #   WEIR=path                the weir binary to measure (default: the release build), for A/B runs
@@ -113,6 +118,17 @@ tag_check() {
         }' "$accepted_ids" "$got"
 }
 
+# Without per-request tags: what is missing and what is extra, by count.
+count_check() {
+    awk -v a="$1" -v g="$2" 'BEGIN { printf "{\"lost\":%d,\"dup\":%d,\"stray\":0}\n", (a > g ? a - g : 0), (g > a ? g - a : 0) }'
+}
+
+# Events (lines) in the archive's objects.
+zcat_count() {
+    { find "$1" -name '*.ndjson.gz' -print0 | xargs -0 -r zcat
+      find "$1" -name '*.ndjson.zst' -print0 | xargs -0 -r zstdcat; } | wc -l
+}
+
 metric() { curl -sf "http://127.0.0.1:$ADMIN/metrics" | awk -v m="$1" -v f="${2:-%.0f}" '$1 == m || index($1, m "{") == 1 { s += $2 } END { printf f "\n", s }'; }
 
 bh_stat() { curl -sf "http://$BH_ADDR/stats" | jq -r ".$1"; }
@@ -123,13 +139,21 @@ now() { date +%s.%N; }
 machine_busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
 
 run_scenario() {
-    local name=$1 codec=$2 archive=$3 conns=${4:-$CONNECTIONS} in_flight=${5:-} plugin=${6:-${PLUGIN:-}} buffer=${7:-${BUFFER:-durable}}
+    local name=$1 codec=$2 archive=$3 conns=${4:-$CONNECTIONS} in_flight=${5:-} plugin=${6:-${PLUGIN:-}} buffer=${7:-${BUFFER:-durable}} protocol=${8:-${PROTOCOL:-datadog}}
+    local listener="protocol: http" tagged=0
+    case $protocol in
+        datadog|input) tagged=1 ;;
+        otlp|hec|elasticsearch) ;;
+        syslog) listener=$'protocol: syslog\n    tenant: bench' ;;
+        fluent) listener=$'protocol: fluent_forward\n    tenant: bench' ;;
+        *) echo "unknown protocol $protocol" >&2; exit 2 ;;
+    esac
     if [[ -n $plugin && $plugin != */* ]]; then
         plugin="$ROOT/plugins/target/wasm32-wasip1/release/$plugin.wasm"
     fi
     local dir="$WORK/${name//[^A-Za-z0-9+_.-]/_}"
     mkdir -p "$dir"
-    echo "== $name: backend $codec${in_flight:+ (max_in_flight $in_flight)}, archive $archive, buffer $buffer, $conns connections, ${DURATION}s (window ${WINDOW}s)" >&2
+    echo "== $name: $protocol intake, backend $codec${in_flight:+ (max_in_flight $in_flight)}, archive $archive, buffer $buffer, $conns connections, ${DURATION}s (window ${WINDOW}s)" >&2
 
     "$BIN/weir-blackhole" --addr 127.0.0.1:0 --count-request-tags >"$dir/blackhole.out" 2>"$dir/blackhole.err" &
     local bh=$!
@@ -147,7 +171,7 @@ data_dir: $dir/data
 listeners:
   - name: bench
     address: 127.0.0.1:$port
-    protocol: http
+    $listener
 admin:
   address: 127.0.0.1:$ADMIN
 ${INFLIGHT:+limits: {max_inflight_request_bytes: $INFLIGHT\}}
@@ -202,7 +226,8 @@ EOF
     local gz=()
     [[ $LG_GZIP == 1 ]] && gz=(--gzip)
     [[ ${LG_ZSTD:-0} == 1 ]] && gz=(--zstd)
-    "$BIN/weir-loadgen" --url "http://127.0.0.1:$port" --api-key bench-agent-key --connections "$conns" \
+    [[ $listener == "protocol: http" ]] || gz=()
+    "$BIN/weir-loadgen" --url "http://127.0.0.1:$port" --api-key bench-agent-key --connections "$conns" --protocol "$protocol" \
         --duration "$DURATION" --accepted-ids "$dir/accepted.ids" "${gz[@]}" >"$dir/loadgen.json" 2>"$dir/loadgen.err" &
     local lg=$!
     PIDS+=("$lg")
@@ -251,14 +276,21 @@ EOF
     curl -sf "http://$BH_ADDR/request-tags" >"$dir/backend.tags"
     local backend_check archive_check='{"lost":0,"dup":0,"stray":0}'
     backend_check=$(tag_check "$dir/accepted.ids" "$dir/backend.tags" "$batch")
+    if ((!tagged)); then
+        backend_check=$(count_check "$accepted" "$delivered")
+    fi
     kill "$bh" 2>/dev/null || true
     wait "$bh" 2>/dev/null || true
     if [[ -d "$dir/archive" ]]; then
         archive_mb=$(du -sm "$dir/archive" | cut -f1)
-        { find "$dir/archive" -name '*.ndjson.gz' -print0 | xargs -0 -r zcat
-          find "$dir/archive" -name '*.ndjson.zst' -print0 | xargs -0 -r zstdcat; } | grep -o 'weir_req:[0-9]*' \
-            | cut -d: -f2 | sort | uniq -c | awk '{ print $2, $1 }' >"$dir/archive.tags"
-        archive_check=$(tag_check "$dir/accepted.ids" "$dir/archive.tags" "$batch")
+        if ((tagged)); then
+            { find "$dir/archive" -name '*.ndjson.gz' -print0 | xargs -0 -r zcat
+              find "$dir/archive" -name '*.ndjson.zst' -print0 | xargs -0 -r zstdcat; } | grep -o 'weir_req:[0-9]*' \
+                | cut -d: -f2 | sort | uniq -c | awk '{ print $2, $1 }' >"$dir/archive.tags"
+            archive_check=$(tag_check "$dir/accepted.ids" "$dir/archive.tags" "$batch")
+        else
+            archive_check=$(count_check "$accepted" "$(zcat_count "$dir/archive")")
+        fi
     fi
     local warnings
     warnings=$(grep -cE ' (WARN|ERROR) ' "$dir/weir.log" || true)
@@ -287,8 +319,8 @@ EOF
 }
 
 for s in $SCENARIOS; do
-    IFS=: read -r name codec archive conns in_flight plugin buffer <<<"$s"
-    run_scenario "$name" "$codec" "$archive" "${conns:-}" "${in_flight:-}" "${plugin:-}" "${buffer:-}"
+    IFS=: read -r name codec archive conns in_flight plugin buffer protocol <<<"$s"
+    run_scenario "$name" "$codec" "$archive" "${conns:-}" "${in_flight:-}" "${plugin:-}" "${buffer:-}" "${protocol:-}"
 done
 
 echo

@@ -1,8 +1,15 @@
-//! weir-loadgen: posts Datadog-format log batches to `<url>/api/v2/logs` over N
-//! keep-alive HTTP/1.1 connections for a fixed time, then prints one JSON line
-//! of totals. Bodies are generated (and compressed) once, up front, so the
-//! generator spends its CPU on sending, not on building payloads.
+//! weir-loadgen: posts log batches to Weir over N keep-alive HTTP/1.1
+//! connections for a fixed time, then prints one JSON line of totals: Datadog
+//! bodies to `<url>/api/v2/logs` by default, or the same events in another
+//! intake protocol's form (`--protocol`, see `protocols`), syslog and Fluent
+//! forward over plain TCP connections. Bodies are generated (and compressed)
+//! once, up front, so the generator spends its CPU on sending, not on
+//! building payloads.
 mod events;
+mod protocols;
+mod stream;
+
+use protocols::Protocol;
 
 use bytes::Bytes;
 use clap::Parser;
@@ -27,9 +34,12 @@ struct Args {
     /// Base URL (plain http); requests go to <url>/api/v2/logs.
     #[arg(long, default_value = "http://127.0.0.1:8088")]
     url: String,
-    /// Sent as DD-API-KEY.
+    /// The tenant's key, where the protocol sends it (DD-API-KEY, Authorization).
     #[arg(long, default_value = "weir-demo-key")]
     api_key: String,
+    /// The intake protocol; syslog and fluent connect to the URL's host and port over TCP.
+    #[arg(long, value_enum, default_value_t = Protocol::Datadog)]
+    protocol: Protocol,
     /// Keep-alive connections, each with one request in flight.
     #[arg(long, default_value_t = 8)]
     connections: usize,
@@ -103,7 +113,9 @@ struct Target {
     addr: String,
     host: String,
     path: Uri,
-    api_key: String,
+    /// The key's header and its value (with the scheme, when the protocol has one).
+    auth: (&'static str, String),
+    content_type: &'static str,
     /// Content-Encoding of the bodies, if compressed.
     encoding: Option<&'static str>,
     /// Tag each request's events `weir_req:N` (--accepted-ids).
@@ -187,11 +199,18 @@ fn main() -> anyhow::Result<()> {
         .to_string();
     let port = uri.port_u16().unwrap_or(80);
     let base = uri.path().trim_end_matches('/');
+    let form = args.protocol.http().unwrap_or(protocols::HttpForm {
+        path: "/",
+        content_type: "",
+        auth: ("", ""),
+        tags_in_query: false,
+    });
     let target = Arc::new(Target {
         addr: format!("{host}:{port}"),
         host: uri.authority().map(|a| a.to_string()).unwrap_or(host),
-        path: format!("{base}/api/v2/logs").parse()?,
-        api_key: args.api_key.clone(),
+        path: format!("{base}{}", form.path).parse()?,
+        auth: (form.auth.0, format!("{}{}", form.auth.1, args.api_key)),
+        content_type: form.content_type,
         encoding: if args.gzip {
             Some("gzip")
         } else if args.zstd {
@@ -199,8 +218,12 @@ fn main() -> anyhow::Result<()> {
         } else {
             None
         },
-        tag_requests: args.accepted_ids.is_some(),
+        tag_requests: args.accepted_ids.is_some() && form.tags_in_query,
     });
+    anyhow::ensure!(
+        !(args.protocol.is_stream() && (args.gzip || args.zstd)),
+        "syslog and fluent bodies are sent as they are: no --gzip or --zstd"
+    );
 
     let pool = Arc::new(build_pool(&args));
     let raw: u64 = pool.iter().map(|p| p.raw_len).sum();
@@ -275,18 +298,19 @@ fn build_pool(args: &Args) -> Vec<Payload> {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
     (0..args.pool)
-        .map(|_| {
-            let raw = events::body(&mut rng, args.batch_size, args.event_bytes, now_ms);
+        .map(|i| {
+            let datadog = events::body(&mut rng, args.batch_size, args.event_bytes, now_ms);
+            let raw = args.protocol.render(&datadog, &format!("chunk-{i}"));
             let raw_len = raw.len() as u64;
             let wire = if args.gzip {
                 let mut enc = flate2::write::GzEncoder::new(
                     Vec::with_capacity(raw.len() / 4),
                     flate2::Compression::new(args.gzip_level),
                 );
-                enc.write_all(raw.as_bytes()).expect("in-memory write");
+                enc.write_all(&raw).expect("in-memory write");
                 Bytes::from(enc.finish().expect("in-memory write"))
             } else if args.zstd {
-                Bytes::from(zstd::bulk::compress(raw.as_bytes(), 3).expect("in-memory zstd"))
+                Bytes::from(zstd::bulk::compress(&raw, 3).expect("in-memory zstd"))
             } else {
                 Bytes::from(raw)
             };
@@ -328,15 +352,25 @@ async fn run(
                 t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 t
             });
-            tokio::spawn(connection(
-                id,
+            let (batch, target, pool, stats) = (
                 args.batch_size as u64,
-                ticker,
-                deadline,
                 target.clone(),
                 pool.clone(),
                 stats.clone(),
-            ))
+            );
+            match args.protocol {
+                Protocol::Syslog | Protocol::Fluent => tokio::spawn(stream::connection(
+                    id,
+                    args.protocol == Protocol::Fluent,
+                    batch,
+                    ticker,
+                    deadline,
+                    target,
+                    pool,
+                    stats,
+                )),
+                _ => tokio::spawn(connection(id, batch, ticker, deadline, target, pool, stats)),
+            }
         })
         .collect();
     for t in tasks {
@@ -404,8 +438,8 @@ async fn connection(
         };
         let mut req = Request::post(uri)
             .header(HOST, &target.host)
-            .header("dd-api-key", &target.api_key)
-            .header(CONTENT_TYPE, "application/json");
+            .header(target.auth.0, &target.auth.1)
+            .header(CONTENT_TYPE, target.content_type);
         if let Some(encoding) = target.encoding {
             req = req.header(CONTENT_ENCODING, encoding);
         }
