@@ -310,7 +310,14 @@ fn decode_more(c: &mut Criterion) {
             )
             .as_bytes(),
         );
-        rfc3164.extend(format!("<38>Dec  2 10:00:00 {host} sshd[{}]: {}\n", 24200 + i % 50, e.message).as_bytes());
+        rfc3164.extend(
+            format!(
+                "<38>Dec  2 10:00:00 {host} sshd[{}]: {}\n",
+                24200 + i % 50,
+                e.message
+            )
+            .as_bytes(),
+        );
     }
     let mut g = c.benchmark_group("decode_500_events");
     g.throughput(Throughput::Elements(500));
@@ -324,7 +331,9 @@ fn decode_more(c: &mut Criterion) {
     });
     g.bench_function("fluent_forward", |b| {
         b.iter(|| {
-            let body = weir::intake::forward::ForwardBody { max_inflated: 1 << 20 };
+            let body = weir::intake::forward::ForwardBody {
+                max_inflated: 1 << 20,
+            };
             body.decode(&forward, limits, &mut |_| true).unwrap()
         })
     });
