@@ -222,6 +222,19 @@ def q(value: Any) -> str:
     return json.dumps(str(value))
 
 
+def make_pki(d: Path) -> dict:
+    """A CA and a server certificate for localhost and 127.0.0.1, made with openssl."""
+    d.mkdir(parents=True, exist_ok=True)
+    run = lambda *a: subprocess.run(["openssl", *a], check=True, capture_output=True, cwd=d)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+        "-subj", "/CN=weir test CA", "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
+    (d / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem",
+        "-days", "2", "-extfile", "ext.cnf")
+    return {"ca": d / "ca.pem", "cert": d / "server.pem", "key": d / "server.key"}
+
+
 class WeirProcess:
     def __init__(self, tmp_path: Path, backend_url: str, *, tenant: str = TENANT, api_key: str = AGENT_API_KEY,
                  upstream_api_key: str = UPSTREAM_API_KEY, backend_compression: str = "gzip", max_object_age: str = "1s"):

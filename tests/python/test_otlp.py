@@ -20,7 +20,7 @@ from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
-from conftest import AGENT_API_KEY, wait_for
+from conftest import AGENT_API_KEY, WeirProcess, make_pki, run_until_teardown, wait_for
 
 # The SDK's LoggingHandler is deprecated in favour of an instrumentation package; it is what apps use today.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -129,3 +129,60 @@ def test_the_listener_key_header_carries_the_key(kind, weir, datadog_backend):
              "2 OTLP logs at the backend", diagnostics=weir.log)
     results, _ = log_in_a_span(kind, weir, "not-a-tenant-key", run, 1, header="x-weir-key")
     assert all(r.name == "FAILURE" for r in results), results
+
+
+class TlsWeir(WeirProcess):
+    """weir whose listener is HTTPS (rustls, ALPN h2 and http/1.1): OTLP/HTTP and gRPC over TLS."""
+
+    pki: dict = {}
+
+    def config_text(self) -> str:
+        tls = f"""    protocol: https
+    tls:
+      cert: "{self.pki['cert']}"
+      key: "{self.pki['key']}"
+"""
+        return super().config_text().replace("    protocol: http\n", tls, 1)
+
+
+@pytest.fixture
+def tls_weir(tmp_path, datadog_backend):
+    w = TlsWeir(tmp_path, datadog_backend.url)
+    w.pki = make_pki(tmp_path / "pki")
+    yield from run_until_teardown(w)
+
+
+@pytest.mark.parametrize("kind", ["http", "grpc"])
+def test_sdk_logs_arrive_over_tls(kind, tls_weir, datadog_backend, monkeypatch):
+    """The exporters verify weir's certificate against the test CA (no insecure mode)."""
+    # requests lets these override the exporter's own CA file (its session's verify).
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    run = uuid.uuid4().hex[:8]
+    ca = tls_weir.pki["ca"]
+    if kind == "http":
+        inner = HttpLogExporter(endpoint=f"https://localhost:{tls_weir.intake_port}/v1/logs",
+                                headers={"authorization": f"Bearer {AGENT_API_KEY}"}, certificate_file=str(ca),
+                                compression=HttpCompression.Gzip, timeout=10)
+    else:
+        inner = GrpcLogExporter(endpoint=f"localhost:{tls_weir.intake_port}", insecure=False,
+                                credentials=grpc.ssl_channel_credentials(root_certificates=ca.read_bytes()),
+                                headers=(("authorization", f"Bearer {AGENT_API_KEY}"),), timeout=10)
+    recording = Recording(inner)
+    provider = LoggerProvider(resource=Resource.create({"service.name": "checkout"}))
+    provider.add_log_record_processor(SimpleLogRecordProcessor(recording))
+    logger = logging.getLogger(f"weir-tls-{run}")
+    logger.propagate = False
+    handler = LoggingHandler(level=logging.INFO, logger_provider=provider)
+    logger.addHandler(handler)
+    try:
+        for i in range(3):
+            logger.warning("%s over tls %d", run, i)
+    finally:
+        logger.removeHandler(handler)
+        provider.shutdown()
+    assert recording.results and all(r.name == "SUCCESS" for r in recording.results), recording.results
+    ours = lambda: [l for l in datadog_backend.logs if l.get("message", "").startswith(run)]
+    wait_for(lambda: len(ours()) >= 3, "3 OTLP logs over TLS at the backend", diagnostics=tls_weir.log)
+    assert sorted(l["message"] for l in ours()) == [f"{run} over tls {i}" for i in range(3)]
+    assert all(l["service"] == "checkout" and l["status"] == "warn" for l in ours())

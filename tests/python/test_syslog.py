@@ -29,10 +29,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEADLINE, REPO, WeirProcess, free_port_number, run_until_teardown, wait_for
+from conftest import DEADLINE, REPO, WeirProcess, free_port_number, make_pki, run_until_teardown, wait_for
 
 LINUX_LOG = REPO.parent / "shared" / "data" / "loghub" / "Linux_2k.log"
-SEVERITIES = ["emerg", "alert", "critical", "error", "warning", "notice", "info", "debug"]
+SEVERITIES = ["emerg", "alert", "critical", "error", "warn", "notice", "info", "debug"]
 AUTHPRIV = 10
 # BSD time, host, tag, [pid], message: 1,992 of the 2,000 lines; the other 8
 # ("syslogd 1.4.1: restart.", "combo  -- root[2421]: ...") have no such tag,
@@ -53,19 +53,6 @@ def readme_block(after: str) -> str:
 
 def loghub_lines() -> list[str]:
     return LINUX_LOG.read_text(encoding="utf-8", errors="replace").splitlines()
-
-
-def make_pki(d: Path) -> dict:
-    """A CA and a server certificate for localhost and 127.0.0.1, made with openssl."""
-    d.mkdir(parents=True, exist_ok=True)
-    run = lambda *a: subprocess.run(["openssl", *a], check=True, capture_output=True, cwd=d)
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-        "-subj", "/CN=weir test CA", "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
-    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
-    (d / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
-    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem",
-        "-days", "2", "-extfile", "ext.cnf")
-    return {"ca": d / "ca.pem", "cert": d / "server.pem", "key": d / "server.key"}
 
 
 class SyslogWeir(WeirProcess):

@@ -14,7 +14,7 @@ use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 use serde_json::{Map, Value};
 
 const SEVERITIES: [&str; 8] = [
-    "emerg", "alert", "critical", "error", "warning", "notice", "info", "debug",
+    "emerg", "alert", "critical", "error", "warn", "notice", "info", "debug",
 ];
 
 const FACILITIES: [&str; 24] = [
