@@ -186,3 +186,36 @@ def test_sdk_logs_arrive_over_tls(kind, tls_weir, datadog_backend, monkeypatch):
     wait_for(lambda: len(ours()) >= 3, "3 OTLP logs over TLS at the backend", diagnostics=tls_weir.log)
     assert sorted(l["message"] for l in ours()) == [f"{run} over tls {i}" for i in range(3)]
     assert all(l["service"] == "checkout" and l["status"] == "warn" for l in ours())
+
+
+class SmallLimitsWeir(WeirProcess):
+    def config_text(self) -> str:
+        return super().config_text() + "limits:\n  max_body_bytes: 64KiB\n  max_decompressed_bytes: 64KiB\n"
+
+
+@pytest.fixture
+def small_weir(tmp_path, datadog_backend):
+    yield from run_until_teardown(SmallLimitsWeir(tmp_path, datadog_backend.url))
+
+
+def test_a_grpc_message_over_the_limit_is_refused_and_counted(small_weir, datadog_backend):
+    """tonic refuses a message over limits.max_decompressed_bytes before weir's
+    handler runs (RESOURCE_EXHAUSTED); the refusal is counted all the same."""
+    inner = GrpcLogExporter(endpoint=f"127.0.0.1:{small_weir.intake_port}", insecure=True,
+                            headers=(("authorization", f"Bearer {AGENT_API_KEY}"),), timeout=2)
+    recording = Recording(inner)
+    provider = LoggerProvider(resource=Resource.create({"service.name": "checkout"}))
+    provider.add_log_record_processor(SimpleLogRecordProcessor(recording))
+    logger = logging.getLogger(f"weir-big-{uuid.uuid4().hex[:8]}")
+    logger.propagate = False
+    handler = LoggingHandler(level=logging.INFO, logger_provider=provider)
+    logger.addHandler(handler)
+    try:
+        logger.warning("x" * (100 << 10))
+    finally:
+        logger.removeHandler(handler)
+        provider.shutdown()
+    assert recording.results and all(r.name == "FAILURE" for r in recording.results), recording.results
+    wait_for(lambda: small_weir.metric("weir_rejected_requests_total", intake="otlp", reason="decompressed_too_large", default=0) >= 1,
+             "the refusal counted", diagnostics=small_weir.log)
+    assert not datadog_backend.logs

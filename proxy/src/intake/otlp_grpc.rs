@@ -53,24 +53,53 @@ pub async fn serve(core: &Arc<Core>, req: Request<Incoming>, origin: &Origin) ->
         Ok(r) => r,
         Err(r) => return refused(core, origin, Some(&tenant), started, r),
     };
+    let reservation = Arc::new(Mutex::new(Some(reservation)));
     let export = Export {
         core: core.clone(),
         origin: origin.clone(),
-        tenant,
-        reservation: Arc::new(Mutex::new(Some(reservation))),
+        tenant: tenant.clone(),
+        reservation: reservation.clone(),
         started,
     };
     let mut grpc = Grpc::new(ExportCodec)
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Zstd)
         .max_decoding_message_size(core.max_decompressed());
-    match tokio::time::timeout(core.read_timeout(), grpc.unary(export, req)).await {
+    let answer = match tokio::time::timeout(core.read_timeout(), grpc.unary(export, req)).await {
         Ok(answer) => answer,
         Err(_) => {
             let r = Refusal::BodyTimeout;
             core.refused(origin, RefusedAt::Protocol(Intake::Otlp), None, &r);
-            status(&r).into_http()
+            return status(&r).into_http();
         }
+    };
+    // The call never ran: tonic refused the message itself (too large, an
+    // unknown `grpc-encoding`, broken framing). Counted as any refusal is.
+    if reservation
+        .lock()
+        .expect("reservation lock")
+        .take()
+        .is_some()
+    {
+        let r = tonic_refusal(&answer, core.max_decompressed());
+        core.finish(origin, Intake::Otlp, Some(&tenant), started, &Err(r));
+    }
+    answer
+}
+
+/// The refusal of a call tonic answered without running it, from its status.
+fn tonic_refusal(answer: &GrpcAnswer, max: usize) -> Refusal {
+    let status = Status::from_header_map(answer.headers())
+        .unwrap_or_else(|| Status::unknown("no grpc-status in the answer"));
+    match status.code() {
+        tonic::Code::ResourceExhausted | tonic::Code::OutOfRange => {
+            Refusal::DecompressedTooLarge { max }
+        }
+        tonic::Code::Unimplemented => Refusal::UnsupportedEncoding(status.message().to_string()),
+        _ => Refusal::InvalidPayload {
+            format: "OTLP gRPC message",
+            error: status.message().to_string(),
+        },
     }
 }
 
