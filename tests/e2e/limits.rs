@@ -193,3 +193,48 @@ async fn h2c_with_prior_knowledge_is_served_on_a_plain_listener() {
     })
     .await;
 }
+
+/// A stream listener's message that does not arrive whole within
+/// `body_read_timeout` ends its connection, while the idle timer alone would
+/// let a sender trickle a byte a second forever: Fluent forward refuses it
+/// (no ack), syslog takes what came as a last line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_message_trickled_past_the_read_timeout_ends_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (dd, addr) = FakeDatadog::start().await;
+    let limits = "limits:\n  body_read_timeout: 1s\n  idle_timeout: 60s\n";
+    for (protocol, partial, intake) in [
+        ("fluent_forward", &b"\x93\xa3tag\xce"[..], "fluent_forward"),
+        ("syslog", &b"<13>1 - h app - - - half a line"[..], "syslog"),
+    ] {
+        let cfg = config(&addr.to_string(), "", limits).replace(
+            "    protocol: http\n",
+            &format!("    protocol: {protocol}\n    tenant: acme\n"),
+        );
+        let weir = Weir::start(&cfg).await;
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", weir.intake))
+            .await
+            .unwrap();
+        s.write_all(partial).await.unwrap();
+        let start = std::time::Instant::now();
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut rest))
+            .await
+            .expect("closed by weir, well before the idle timeout")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "{protocol}: nothing answered");
+        assert!(start.elapsed() < Duration::from_secs(30));
+        let series =
+            format!("weir_rejected_requests_total{{intake=\"{intake}\",reason=\"body_timeout\"}}");
+        let m = weir.metrics_once(&series, 1.0).await;
+        assert_eq!(metric(&m, &series), 1.0, "{protocol}");
+        if protocol == "syslog" {
+            let got = eventually(Duration::from_secs(10), "the half line", || {
+                (dd.count() >= 1).then(|| dd.take())
+            })
+            .await;
+            assert_eq!(got.len(), 1);
+            assert_eq!(got[0]["message"], "half a line");
+        }
+    }
+}

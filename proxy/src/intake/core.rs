@@ -118,6 +118,27 @@ impl Core {
         self.limits.body_read_timeout.0
     }
 
+    /// How long a stream connection's next read may wait: `idle`, or, while a
+    /// message is partly read (since `partial_since`), what is left of
+    /// `limits.body_read_timeout` for it; true when the latter is the bound.
+    pub fn stream_read_wait(
+        &self,
+        idle: Duration,
+        partial_since: Option<Instant>,
+    ) -> (Duration, bool) {
+        match partial_since {
+            Some(t) => {
+                let left = self.read_timeout().saturating_sub(t.elapsed());
+                if left < idle {
+                    (left, true)
+                } else {
+                    (idle, false)
+                }
+            }
+            None => (idle, false),
+        }
+    }
+
     /// When a request starting a wait now stops waiting and is refused
     /// (`limits.admission_wait`; a body's read time is not part of any wait).
     fn admission_deadline(&self) -> tokio::time::Instant {

@@ -86,6 +86,8 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 ) {
     let max = core.max_payload();
     buf.reserve(64 << 10);
+    // When the message now partly read began to arrive.
+    let mut partial_since = None;
     loop {
         // Every whole message already read, in order.
         loop {
@@ -117,11 +119,18 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         if buf.len() > max {
             return refused(core, origin, &tenant, Refusal::BodyTooLarge { max });
         }
+        if buf.is_empty() {
+            partial_since = None;
+        } else {
+            partial_since.get_or_insert_with(std::time::Instant::now);
+        }
+        let (wait, for_message) = core.stream_read_wait(idle, partial_since);
         let read = tokio::select! {
-            r = tokio::time::timeout(idle, stream.read_buf(&mut buf)) => r,
+            r = tokio::time::timeout(wait, stream.read_buf(&mut buf)) => r,
             _ = stop.cancelled() => return,
         };
         match read {
+            Err(_) if for_message => return refused(core, origin, &tenant, Refusal::BodyTimeout),
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
             Ok(Ok(_)) => {}
         }

@@ -54,6 +54,8 @@ pub async fn serve<S: AsyncRead + Unpin>(
     let mut buf = BytesMut::with_capacity(256 << 10);
     let mut skip = Skip::Nothing;
     let mut closed = false;
+    // When the message now partly read began to arrive.
+    let mut partial_since = None;
     loop {
         match skip {
             Skip::Nothing => {}
@@ -102,11 +104,28 @@ pub async fn serve<S: AsyncRead + Unpin>(
         if closed {
             return;
         }
+        if buf.is_empty() {
+            partial_since = None;
+        } else {
+            partial_since.get_or_insert_with(Instant::now);
+        }
+        let (wait, for_message) = core.stream_read_wait(idle, partial_since);
         buf.reserve(64 << 10);
         let read = tokio::select! {
-            r = tokio::time::timeout(idle, stream.read_buf(&mut buf)) => r,
+            r = tokio::time::timeout(wait, stream.read_buf(&mut buf)) => r,
             _ = stop.cancelled() => return,
         };
+        if read.is_err() && for_message {
+            // What came of the message is taken (as a last line would be); the connection ends.
+            let r = Refusal::BodyTimeout;
+            core.finish(
+                origin,
+                Intake::Syslog,
+                Some(&tenant),
+                Instant::now(),
+                &Err(r),
+            );
+        }
         match read {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => {
                 // A last line the sender closed without its newline still counts.
