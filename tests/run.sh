@@ -51,5 +51,8 @@ export WEIR_SYSLOG_NG="$syslog_ng"
 # The failover tests run weir-blackhole (tests/loadgen) as backends to kill.
 cargo build --locked -p weir-loadgen --bins
 cargo test --workspace --locked
+# Fuzz each intake decoder and the HTTP decompression for FUZZ_SECONDS (default 20)
+# each; installs cargo-fuzz (and a nightly toolchain) if missing. A crash fails the run.
+bash proxy/fuzz/run.sh
 cargo build --locked -p weir
 WEIR_BIN="$PWD/target/debug/weir" python3 -m pytest tests/python -q

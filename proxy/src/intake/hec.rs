@@ -406,7 +406,6 @@ impl Envelope {
             // A number, a boolean or an array: its JSON text.
             Some(other) => Event::from_message(other.to_string(), limits.received_at_ms),
         };
-        ev.limit_message(limits.max_log_bytes);
         if let Some(ms) = self.time.as_ref().and_then(epoch_seconds) {
             ev.timestamp = ms;
         }
@@ -422,6 +421,7 @@ impl Envelope {
             ev.attributes.entry(k).or_insert(v);
         }
         ev.adopt_reserved_attributes();
+        ev.limit_message(limits.max_log_bytes);
         Ok(ev)
     }
 }
@@ -491,6 +491,24 @@ mod tests {
         HecBody {
             raw,
             meta: Meta::default(),
+        }
+    }
+
+    /// Found by the `hec` fuzz target: a `message` key of the event object
+    /// (or of `fields`) took the message's place after it was cut.
+    #[test]
+    fn a_long_message_key_is_cut_too() {
+        let long = "x".repeat(2000);
+        for payload in [
+            format!(r#"{{"event":{{"message":"{long}"}}}}"#),
+            format!(r#"{{"event":"short","fields":{{"message":"{long}"}}}}"#),
+            format!(r#"{{"event":"{long}"}}"#),
+        ] {
+            let evs = body(false)
+                .decode(payload.as_bytes(), limits(), &mut |_| true)
+                .unwrap();
+            assert_eq!(evs[0].message.len(), 1000, "{payload:.60}");
+            assert!(evs[0].is_truncated());
         }
     }
 

@@ -215,6 +215,7 @@ pub fn events(
                 ev.service.clone_from(&service);
                 // Attributes named like a Datadog field (`service`, `status`, ...) set it.
                 ev.adopt_reserved_attributes();
+                ev.limit_message(limits.max_log_bytes);
                 out.push(ev);
             }
         }
@@ -245,7 +246,6 @@ fn event(
         Some(other) => value(other).to_string(),
     };
     let mut ev = Event::from_message(message, timestamp);
-    ev.limit_message(limits.max_log_bytes);
     ev.status = status(r.severity_number, &r.severity_text);
     let mut attributes = resource.clone();
     for kv in r.attributes {
@@ -395,6 +395,35 @@ mod tests {
                 }],
                 ..Default::default()
             }],
+        }
+    }
+
+    /// Found by the `otlp` fuzz target: a `message` attribute replaced the
+    /// body after it was cut, and the truncation mark was lost.
+    #[test]
+    fn a_long_message_is_cut_and_marked_wherever_it_comes_from() {
+        let long = "x".repeat(2000);
+        for record in [
+            LogRecord {
+                body: Some(AnyValue {
+                    value: Some(s(&long)),
+                }),
+                ..Default::default()
+            },
+            LogRecord {
+                body: Some(AnyValue {
+                    value: Some(s("short")),
+                }),
+                attributes: vec![kv("message", s(&long))],
+                ..Default::default()
+            },
+        ] {
+            let body = request(vec![record]).encode_to_vec();
+            let evs = OtlpBody(Form::Protobuf)
+                .decode(&body, limits(), &mut |_| true)
+                .unwrap();
+            assert_eq!(evs[0].message.len(), 1000);
+            assert!(evs[0].is_truncated());
         }
     }
 

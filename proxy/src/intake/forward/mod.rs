@@ -229,7 +229,7 @@ fn time_ms(v: &Mp) -> Option<i64> {
             Some(secs * 1000 + nanos / 1_000_000)
         }
         Mp::F64(f) => Some((f * 1000.0) as i64),
-        other => other.as_i64().map(|s| s * 1000),
+        other => other.as_i64().and_then(|s| s.checked_mul(1000)),
     }
 }
 
@@ -490,6 +490,16 @@ mod tests {
             rmpv::decode::read_value(&mut &ack("c1")[..]).unwrap()["ack"].as_str(),
             Some("c1")
         );
+    }
+
+    /// Found by the `forward` fuzz target: a time of i64::MAX seconds
+    /// overflowed into milliseconds (a panic with overflow checks, a wrapped
+    /// time without); refused as any unreadable time is.
+    #[test]
+    fn a_time_past_the_millisecond_range_is_refused() {
+        let m = Mp::Array(vec![Mp::from("t"), Mp::from(i64::MAX), record("x")]);
+        let r = BODY.decode(&pack(&m), limits(), &mut |_| true).unwrap_err();
+        assert_eq!(r.status(), http::StatusCode::BAD_REQUEST, "{r}");
     }
 
     #[test]
