@@ -19,6 +19,7 @@
 //! A record reads as a Datadog log object (`message`, `status`, `service`, ...
 //! become the fields); Fluent Bit's `log` key is the message when there is
 //! no `message`; the tag is kept as `fluent_tag`.
+mod frame;
 mod handshake;
 
 pub use handshake::SharedKeys;
@@ -178,23 +179,10 @@ struct Framed {
 
 /// The first whole message in `buf`; `None` when it is not all there yet.
 fn frame(buf: &[u8]) -> Result<Option<Framed>, String> {
-    if buf.is_empty() {
-        return Ok(None);
-    }
-    let mut rest = buf;
-    match rmpv::decode::read_value(&mut rest) {
-        Ok(v) => Ok(Some(Framed {
-            len: buf.len() - rest.len(),
-            chunk: option(&v)
-                .and_then(|o| field(o, "chunk"))
-                .and_then(|c| c.as_str())
-                .map(str::to_string),
-        })),
-        Err(
-            rmpv::decode::Error::InvalidMarkerRead(e) | rmpv::decode::Error::InvalidDataRead(e),
-        ) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
-        Err(e) => Err(e.to_string()),
-    }
+    Ok(frame::value_len(buf)?.map(|len| Framed {
+        len,
+        chunk: frame::chunk_of(&buf[..len]),
+    }))
 }
 
 /// A message's option map: its last element, when it is a map after the tag and entries.
