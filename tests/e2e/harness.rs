@@ -83,6 +83,16 @@ impl Weir {
 
     /// Starts in an existing directory (a restart keeps the data directory and the archive).
     pub async fn start_in(dir: tempfile::TempDir, config: &str) -> Weir {
+        Weir::start_until(dir, config, |status| status == 200).await
+    }
+
+    /// Starts in an existing directory and waits until `/readyz` answers at
+    /// all (ready or not: a proxy that starts on a full disk is not ready).
+    pub async fn start_answering_in(dir: tempfile::TempDir, config: &str) -> Weir {
+        Weir::start_until(dir, config, |_| true).await
+    }
+
+    async fn start_until(dir: tempfile::TempDir, config: &str, ready: fn(u16) -> bool) -> Weir {
         let intake = free_port();
         let admin = free_port();
         let text = config
@@ -117,7 +127,7 @@ impl Weir {
         let start = Instant::now();
         loop {
             if let Ok(r) = get(&url).await {
-                if r.status == 200 {
+                if ready(r.status) {
                     break;
                 }
             }

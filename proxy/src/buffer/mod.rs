@@ -44,9 +44,13 @@ pub struct Disk {
     max_bytes: u64,
     /// Every tenant's log (added at start; read per request, hence a read lock).
     logs: RwLock<Vec<(Arc<str>, Arc<Wal>)>>,
-    /// The last write failed (cleared by the next one that succeeds).
+    /// The last write failed (cleared by the next one that succeeds, or by
+    /// a probe write: behind a load balancer that heeds `/readyz`, no
+    /// request may come to try).
     failing: AtomicBool,
     last_error: Mutex<Option<String>>,
+    /// Where the probe writes (`data_dir/wal`), set when the first log opens.
+    probe_dir: std::sync::OnceLock<std::path::PathBuf>,
 }
 
 impl Disk {
@@ -56,6 +60,7 @@ impl Disk {
             logs: RwLock::default(),
             failing: AtomicBool::new(false),
             last_error: Mutex::default(),
+            probe_dir: std::sync::OnceLock::new(),
         });
         let weak = Arc::downgrade(&disk);
         BUFFER.bytes.set_source(Box::new(move || {
@@ -103,7 +108,7 @@ impl Disk {
         })
     }
 
-    fn wrote(&self, result: &Result<SeqRange, WalError>, tenant: &str) {
+    fn wrote(self: &Arc<Self>, result: &Result<SeqRange, WalError>, tenant: &str) {
         match result {
             Ok(_) => {
                 if self.failing.swap(false, Ordering::Relaxed) {
@@ -114,13 +119,57 @@ impl Disk {
             Err(WalError::Full) => {}
             Err(e) => {
                 BUFFER.write_errors.with_label_values(&[tenant]).inc();
+                *self.last_error.lock().unwrap() = Some(e.to_string());
                 if !self.failing.swap(true, Ordering::Relaxed) {
                     tracing::error!(tenant, error = %e, "the disk buffer cannot be written; intake answers 503 until it can");
+                    self.probe_until_writable();
                 }
-                *self.last_error.lock().unwrap() = Some(e.to_string());
             }
         }
     }
+
+    /// While failing, writes and syncs a probe file once a second; the first
+    /// that succeeds clears the state. Only on a failing disk, so it costs
+    /// nothing otherwise.
+    fn probe_until_writable(self: &Arc<Self>) {
+        const EVERY: Duration = Duration::from_secs(1);
+        let (Some(dir), Ok(rt)) = (
+            self.probe_dir.get().cloned(),
+            tokio::runtime::Handle::try_current(),
+        ) else {
+            return;
+        };
+        let disk = Arc::downgrade(self);
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(EVERY).await;
+                let Some(d) = disk.upgrade() else { return };
+                if !d.failing.load(Ordering::Relaxed) {
+                    return; // a request's write succeeded first
+                }
+                let probe = dir.clone();
+                let ok = tokio::task::spawn_blocking(move || probe_write(&probe))
+                    .await
+                    .is_ok_and(|r| r.is_ok());
+                if ok && d.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("the disk buffer takes writes again (a probe write succeeded)");
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// Room for a request's record (1 MiB, written and synced, then removed).
+fn probe_write(dir: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = dir.join(".probe");
+    let result = std::fs::File::create(&path).and_then(|mut f| {
+        f.write_all(&vec![0u8; 1 << 20])?;
+        f.sync_data()
+    });
+    let _ = std::fs::remove_file(&path);
+    result
 }
 
 /// One tenant's log, as intake writes it.
@@ -181,6 +230,11 @@ fn open_wal(
         ..WalOptions::default()
     };
     let wal = Arc::new(Wal::open(&data_dir.join("wal").join(tenant), options)?);
+    let _ = disk.probe_dir.set(data_dir.join("wal"));
+    if let Some(e) = wal.start_error() {
+        // Open anyway: the feeds drain the log, which frees the disk.
+        disk.wrote(&Err(e.clone()), tenant);
+    }
     let _ = wal
         .writer_stats()
         .sync_seconds

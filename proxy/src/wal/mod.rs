@@ -1,9 +1,10 @@
-//! The write-ahead log (issue 13): what intake has acknowledged lives here
-//! on disk until every reader (the archive writer, the tenant's route) has
-//! acknowledged it. This module owns one log directory: its segment files,
-//! the writer thread (group commit), the readers and their positions, the
-//! deletion of segments every reader has passed, and the lock that keeps a
-//! second process out. It is not wired into intake or the pipeline yet.
+//! The write-ahead log: what intake has acknowledged lives here on disk until
+//! every reader (the archive writer, the tenant's route) has acknowledged it.
+//! This module owns one log directory: its segment files, the writer thread
+//! (group commit), the readers and their positions, the deletion of segments
+//! every reader has passed, and the lock that keeps a second process out.
+//! `crate::buffer` opens one per tenant and owns what is policy: admission,
+//! size limits, ack modes, metrics and `/readyz`.
 //!
 //! # On disk
 //! ```text
@@ -18,7 +19,8 @@
 //! reader jumps is an exact count of lost events.
 //!
 //! # Rules
-//! - Every open starts a new segment; the previous last segment's torn tail
+//! - Every open starts a new segment (on a full disk the first write
+//!   creates it; until then readers drain the rest); the previous last segment's torn tail
 //!   is cut off when no valid record follows it (otherwise readers skip it).
 //!   A record cut short (a crash mid-write, never acknowledged) is simply
 //!   gone; one written whole and damaged since keeps its seqs, so every
@@ -32,8 +34,7 @@
 //!   file is unlinked, then the directory synced.
 //!
 //! Syncs: once per group (group commit), or once per interval
-//! ([`SyncPolicy`]). Not here yet: admission and size limits, disk-full
-//! state, metrics, and the wiring into intake and the pipeline.
+//! ([`SyncPolicy`]).
 pub mod format;
 pub mod position;
 pub mod progress;
@@ -187,6 +188,9 @@ pub struct Wal {
     durable: watch::Receiver<Durable>,
     stats: Arc<WriterStats>,
     deleting: Mutex<()>,
+    /// Why the open could not start a new segment (a full disk): the log
+    /// is open, its readers drain it, and writes fail until one can.
+    start_error: Option<WalError>,
 }
 
 impl Wal {
@@ -204,13 +208,13 @@ impl Wal {
         let positions = load_positions(&readers_dir)?;
         let stats = Arc::new(WriterStats::default());
         let recent = Arc::new(recent::Recent::default());
-        let (writer, durable) = Writer::start(
+        let (writer, durable, start_error) = Writer::start(
             &seg_dir,
             next_seq,
             options.clone(),
             stats.clone(),
             recent.clone(),
-        )?;
+        );
         stats.bytes.store(
             segment::total_bytes(&seg_dir)?,
             std::sync::atomic::Ordering::Relaxed,
@@ -235,9 +239,15 @@ impl Wal {
             durable,
             stats,
             deleting: Mutex::new(()),
+            start_error,
         };
         wal.delete_passed()?;
         Ok(wal)
+    }
+
+    /// Why the open could not start its new segment, if it could not.
+    pub fn start_error(&self) -> Option<&WalError> {
+        self.start_error.as_ref()
     }
 
     /// Queues one record; the receiver answers with its seq range once it

@@ -233,6 +233,8 @@ impl Reader {
                 self.pos.offset = self.pos.offset.max(SEGMENT_HEADER_LEN as u64);
                 Ok(Opened::Ready)
             }
+            // The active segment not created yet (a full disk at open): nothing is missing.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !sealed => Ok(Opened::Stuck),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.stats.missing_segments += 1;
                 self.seg = None;

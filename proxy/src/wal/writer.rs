@@ -21,7 +21,7 @@ pub struct Append {
     pub reply: oneshot::Sender<Result<SeqRange, WalError>>,
 }
 
-/// Counters the writer keeps, for tests and (later) metrics.
+/// Counters the writer keeps, for tests and the buffer's metrics.
 #[derive(Debug, Default)]
 pub struct WriterStats {
     /// Groups committed: one write and one sync each.
@@ -43,7 +43,9 @@ pub struct WriterStats {
 pub struct Writer {
     seg_dir: PathBuf,
     options: WalOptions,
-    file: File,
+    /// The active segment; `None` when it could not be created at open (a
+    /// full disk): the first group creates it, as after a failed sync.
+    file: Option<File>,
     base_seq: u64,
     /// Bytes of the active segment that are written and synced.
     committed_len: u64,
@@ -56,10 +58,23 @@ pub struct Writer {
     recent: Arc<super::recent::Recent>,
 }
 
+/// Segment directories where creating a segment fails as on a full disk (tests only).
+#[cfg(test)]
+pub(crate) static FULL_DISK: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Segment directories whose writer waits before it gathers a group (tests only:
+/// appends pile up, as they do behind a slow sync).
+#[cfg(test)]
+pub(crate) static HELD: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
 /// Creates `seg/<base>.wal` with its header, syncs it and the directory.
 fn create_segment(seg_dir: &Path, base_seq: u64) -> Result<File, WalError> {
     let path = segment_path(seg_dir, base_seq);
     let err = WalError::io("creating segment", &path);
+    #[cfg(test)]
+    if FULL_DISK.lock().unwrap().iter().any(|d| d == seg_dir) {
+        return Err(err(std::io::Error::from_raw_os_error(28))); // ENOSPC
+    }
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -80,20 +95,27 @@ fn create_segment(seg_dir: &Path, base_seq: u64) -> Result<File, WalError> {
 
 impl Writer {
     /// Starts a new segment at `next_seq` and publishes it as the durable end.
+    /// A segment that cannot be created (a full disk) does not stop the
+    /// start: readers still drain what is in the log, which is what frees the
+    /// disk, and the first group tries again. The error is returned with it.
     pub fn start(
         seg_dir: &Path,
         next_seq: u64,
         options: WalOptions,
         stats: Arc<WriterStats>,
         recent: Arc<super::recent::Recent>,
-    ) -> Result<(Writer, watch::Receiver<Durable>), WalError> {
-        let file = create_segment(seg_dir, next_seq)?;
+    ) -> (Writer, watch::Receiver<Durable>, Option<WalError>) {
+        let (file, error) = match create_segment(seg_dir, next_seq) {
+            Ok(f) => (Some(f), None),
+            Err(e) => (None, Some(e)),
+        };
         let durable = Durable {
             segment_base: next_seq,
             end_offset: SEGMENT_HEADER_LEN as u64,
             next_seq,
         };
         let (tx, rx) = watch::channel(durable);
+        let file_missing = file.is_none();
         let writer = Writer {
             seg_dir: seg_dir.to_path_buf(),
             options,
@@ -101,17 +123,21 @@ impl Writer {
             base_seq: next_seq,
             committed_len: SEGMENT_HEADER_LEN as u64,
             next_seq,
-            must_roll: false,
+            must_roll: file_missing,
             durable: tx,
             stats,
             recent,
         };
-        Ok((writer, rx))
+        (writer, rx, error)
     }
 
     /// Runs until every sender is gone, then returns after the last group.
     pub fn run(mut self, inbox: Receiver<Append>) {
         while let Ok(first) = inbox.recv() {
+            #[cfg(test)]
+            while HELD.lock().unwrap().contains(&self.seg_dir) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
             // EveryGroup: what is already waiting; Interval: what arrives until the deadline.
             let deadline = match self.options.sync {
                 SyncPolicy::EveryGroup => None,
@@ -216,7 +242,9 @@ impl Writer {
         }
         if let Err(e) = written {
             // Never sync the same bytes again after a failure (fsyncgate): cut, seal, roll.
-            let _ = self.file.set_len(self.committed_len);
+            if let Some(f) = &self.file {
+                let _ = f.set_len(self.committed_len);
+            }
             self.must_roll = true;
             return Err(WalError::Write(Arc::new(e)));
         }
@@ -229,16 +257,18 @@ impl Writer {
     }
 
     fn write_and_sync(&self, buf: &[u8]) -> std::io::Result<()> {
+        // Set by a successful roll, which a group without a segment does first.
+        let Some(file) = &self.file else {
+            return Err(std::io::Error::other("no active segment"));
+        };
         #[cfg(test)]
         if self.stats.fail_next_write.swap(false, Ordering::Relaxed) {
             // Half the bytes land, then the error (as a full disk does it).
-            self.file
-                .write_all_at(&buf[..buf.len() / 2], self.committed_len)?;
+            file.write_all_at(&buf[..buf.len() / 2], self.committed_len)?;
             return Err(std::io::Error::other("injected write failure"));
         }
-        self.file
-            .write_all_at(buf, self.committed_len)
-            .and_then(|()| self.file.sync_data())
+        file.write_all_at(buf, self.committed_len)
+            .and_then(|()| file.sync_data())
     }
 
     /// Seals the active segment and starts the next one at `next_seq`.
@@ -261,7 +291,7 @@ impl Writer {
                 Err(_) => {}
             }
         }
-        self.file = create_segment(&self.seg_dir, self.next_seq)?;
+        self.file = Some(create_segment(&self.seg_dir, self.next_seq)?);
         self.stats
             .bytes
             .fetch_add(SEGMENT_HEADER_LEN as u64, Ordering::Relaxed);
