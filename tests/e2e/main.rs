@@ -11,6 +11,7 @@ mod failover;
 mod intake;
 mod limits;
 mod metrics;
+mod mtls;
 mod operations;
 mod plugins;
 mod readme;

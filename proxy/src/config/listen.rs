@@ -74,14 +74,61 @@ impl ListenerProtocol {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// A listener's TLS. The files are read again when they change (certificate
+/// rotation), for new connections; open ones keep their session.
+#[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain, leaf first.
     pub cert: PathBuf,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
+    /// PEM bundle of the CAs whose client certificates are accepted: with
+    /// it, the listener asks for a client certificate (mutual TLS).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: `required` (no certificate, no connection) or
+    /// `optional` (a client without one authenticates with a key).
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// The oldest TLS version accepted: `"1.2"` or `"1.3"`.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+    /// Cipher suites by their IANA names (`TLS13_AES_256_GCM_SHA384`, ...);
+    /// empty: rustls's defaults, all of them AEAD with forward secrecy.
+    #[serde(default)]
+    pub cipher_suites: Vec<String>,
 }
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    #[default]
+    Required,
+    Optional,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsVersion {
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+/// The cipher suites `tls.cipher_suites` may name (rustls's, with the ring provider).
+pub const CIPHER_SUITES: &[&str] = &[
+    "TLS13_AES_256_GCM_SHA384",
+    "TLS13_AES_128_GCM_SHA256",
+    "TLS13_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+];
 
 /// Limits on every input; the defaults follow Datadog's intake limits.
 #[derive(Debug, Deserialize, Clone)]
@@ -316,14 +363,7 @@ impl Config {
                     ))
                 }
                 (p, Some(tls)) if p == ListenerProtocol::Https || p.is_stream() => {
-                    for (field, p) in [("cert", &tls.cert), ("key", &tls.key)] {
-                        if !p.is_file() {
-                            return Err(invalid(
-                                format!("listeners[{i}].tls.{field}"),
-                                format!("file {} does not exist", p.display()),
-                            ));
-                        }
-                    }
+                    validate_tls(i, tls)?
                 }
                 _ => {}
             }
@@ -384,4 +424,46 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A listener's `tls` section: its files exist, its suites are known, and
+/// the TLS 1.3 minimum leaves at least one suite.
+fn validate_tls(i: usize, tls: &TlsConfig) -> Result<(), Invalid> {
+    let files = [
+        ("cert", Some(&tls.cert)),
+        ("key", Some(&tls.key)),
+        ("client_ca", tls.client_ca.as_ref()),
+    ];
+    for (field, p) in files {
+        if let Some(p) = p.filter(|p| !p.is_file()) {
+            return Err(invalid(
+                format!("listeners[{i}].tls.{field}"),
+                format!("file {} does not exist", p.display()),
+            ));
+        }
+    }
+    if let Some(bad) = tls
+        .cipher_suites
+        .iter()
+        .find(|s| !CIPHER_SUITES.contains(&s.as_str()))
+    {
+        return Err(invalid(
+            format!("listeners[{i}].tls.cipher_suites"),
+            format!(
+                "unknown cipher suite {bad:?}; known: {}",
+                CIPHER_SUITES.join(", ")
+            ),
+        ));
+    }
+    let tls13 = |s: &String| s.starts_with("TLS13_");
+    if tls.min_version == TlsVersion::Tls13
+        && !tls.cipher_suites.is_empty()
+        && !tls.cipher_suites.iter().any(tls13)
+    {
+        return Err(invalid(
+            format!("listeners[{i}].tls.cipher_suites"),
+            "min_version 1.3 needs at least one TLS13_ suite".into(),
+        ));
+    }
+    Ok(())
 }

@@ -49,7 +49,7 @@ pub struct Listener {
     stream: Option<(StreamProtocol, StreamTenant)>,
     key_header: Option<http::HeaderName>,
     tcp: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<tls::ServerTls>>,
 }
 
 impl Listener {
@@ -63,12 +63,12 @@ impl Listener {
                 error,
             })?;
         let tls = match (cfg.protocol, &cfg.tls) {
-            (p, Some(t)) if p == ListenerProtocol::Https || p.is_stream() => Some(
-                TlsAcceptor::from(tls::server_config(t).map_err(|error| ListenError::Tls {
+            (p, Some(t)) if p == ListenerProtocol::Https || p.is_stream() => {
+                Some(tls::ServerTls::load(t).map_err(|error| ListenError::Tls {
                     name: cfg.name.clone(),
                     error,
-                })?),
-            ),
+                })?)
+            }
             _ => None,
         };
         Ok(Listener {
@@ -129,6 +129,9 @@ impl Listener {
         let slots = Arc::new(Semaphore::new(limits.max_connections));
         let open = METRICS.open_connections.with_label_values(&[&self.name]);
         let listener_name: Arc<str> = self.name.as_str().into();
+        if let Some(tls) = &self.tls {
+            watch_tls(tls.clone(), self.name.clone(), stop.clone());
+        }
         while let Some((permit, stream, peer)) = self.accept(&slots, &stop).await {
             let intake = intake.clone();
             let origin = crate::intake::refusals::Origin {
@@ -140,7 +143,7 @@ impl Listener {
                 let conn = StreamConn {
                     protocol: *protocol,
                     tenant: tenant.clone(),
-                    tls: self.tls.clone(),
+                    tls: self.tls.as_ref().map(|t| t.acceptor()),
                     stop: stop.clone(),
                     limits: &limits,
                 };
@@ -174,10 +177,10 @@ impl Listener {
                         drop(permit);
                     });
                 }
-                Some(acceptor) => {
+                Some(tls) => {
                     // The handshake happens in the connection's task; the graceful
                     // watcher covers it from the moment HTTP starts.
-                    let acceptor = acceptor.clone();
+                    let acceptor = tls.acceptor();
                     let builder = builder.clone();
                     let watcher = graceful.watcher();
                     let handshake_timeout = limits.header_read_timeout.0;
@@ -214,6 +217,23 @@ impl Listener {
             tracing::warn!(listener = %self.name, "connections still open after the shutdown grace period; closing them");
         }
     }
+}
+
+/// Polls the listener's TLS files every [`crate::watch::WATCH_EVERY`] and
+/// reloads them when they change, until `stop`.
+fn watch_tls(tls: Arc<tls::ServerTls>, name: String, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(crate::watch::WATCH_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            let (tls, name) = (tls.clone(), name.clone());
+            let _ = tokio::task::spawn_blocking(move || tls.reload_if_changed(&name)).await;
+        }
+    });
 }
 
 /// Whose events a stream listener's connections carry (the config checked one is named).

@@ -50,6 +50,7 @@ pub struct Metrics {
     pub queued_bytes: IntGaugeVec,
     pub open_connections: IntGaugeVec,
     pub tls_handshake_failures: IntCounterVec,
+    pub tls_reloads: IntCounterVec,
     pub rate_limited_requests: IntCounterVec,
     pub rule_matched: IntCounterVec,
     pub rule_excluded: IntCounterVec,
@@ -262,6 +263,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "weir_tls_handshake_failures_total",
             "TLS handshakes that failed or timed out",
             &["listener"],
+        ),
+        tls_reloads: counter(
+            &r,
+            "weir_tls_reloads_total",
+            "Listener certificate, key and CA reloads after their files changed, by outcome (ok, error: the previous ones kept)",
+            &["listener", "outcome"],
         ),
         rate_limited_requests: counter(
             &r,

@@ -35,6 +35,9 @@ pub fn seed(config: &Config) {
     }
     for l in config.listeners.iter().filter(|l| l.tls.is_some()) {
         m.tls_handshake_failures.with_label_values(&[&l.name]);
+        for outcome in ["ok", "error"] {
+            m.tls_reloads.with_label_values(&[&l.name, outcome]);
+        }
     }
     for t in &config.tenants {
         seed_tenant(config, t);
