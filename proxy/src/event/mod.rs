@@ -1,6 +1,7 @@
 //! The one event type every stage works on, and its Datadog-shaped JSON form
 //! (what the Datadog intake receives, what backends and the archive get).
 mod datadog;
+pub mod stage;
 
 pub use datadog::{
     decode_entry, decode_sample, DatadogPayload, DecodeStop, PayloadLimits, Reserved,

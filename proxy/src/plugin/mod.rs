@@ -29,8 +29,8 @@ pub mod located;
 pub mod wire;
 
 use crate::config::{invalid, Config, ConfigError, Invalid, PluginConfig, PluginOnError};
+use crate::event::stage::{Rejection, Stage};
 use crate::event::{Batch, Disposition, Event};
-use crate::pipeline::{Rejection, Stage};
 use crate::telemetry::{PluginErrorReason, ReloadOutcome, METRICS};
 use crate::watch::FileStamp;
 use cache::ModuleCache;

@@ -764,7 +764,7 @@ impl Plugins {
     }
 
     /// Runs `batch` through the first tenant's stage.
-    fn process(&self, batch: &mut Batch) -> Result<(), crate::pipeline::Rejection> {
+    fn process(&self, batch: &mut Batch) -> Result<(), crate::event::stage::Rejection> {
         let stage = TenantPlugins {
             slots: self.per_tenant[0].clone(),
         };

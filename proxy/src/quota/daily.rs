@@ -9,8 +9,8 @@
 //! changes limits at run time, by tenant name) and for saving usage.
 use crate::clock::Clock;
 use crate::config::{DailyQuotaConfig, QuotaAction, QuotaLimit};
+use crate::event::stage::{RejectReason, Rejection, Stage};
 use crate::event::{Batch, Disposition, Event};
-use crate::pipeline::{RejectReason, Rejection, Stage};
 use crate::quota::rate::field_value;
 use crate::telemetry::METRICS;
 use http::StatusCode;

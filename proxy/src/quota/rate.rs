@@ -3,8 +3,8 @@
 //! limit is refused whole with 429 and Retry-After right after decoding,
 //! before any of its events is taken, so the agent backs off and resends.
 use crate::config::RateLimitConfig;
+use crate::event::stage::{RejectReason, Rejection, Stage};
 use crate::event::{Batch, Event};
-use crate::pipeline::{RejectReason, Rejection, Stage};
 use crate::telemetry::METRICS;
 use governor::clock::{Clock as GovernorClock, DefaultClock};
 use governor::middleware::NoOpMiddleware;

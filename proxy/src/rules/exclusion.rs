@@ -9,8 +9,8 @@
 //! the registry ([`ExclusionRules`]) holds every list too, for the admin API.
 use super::query::{Query, QueryError};
 use crate::config::{ExclusionAction, ExclusionRuleConfig};
+use crate::event::stage::{Rejection, Stage};
 use crate::event::{Batch, Disposition, Event};
-use crate::pipeline::{Rejection, Stage};
 use crate::telemetry::METRICS;
 use std::hash::Hasher;
 use std::sync::{Arc, RwLock};
