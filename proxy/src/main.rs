@@ -1,3 +1,7 @@
+//! The `weir` binary: the command line (clap) and its dispatch to one file per
+//! subcommand under cli/ (run, check, query, backends, plugin test). The proxy
+//! itself is the `weir` library (lib.rs: `weir::run` and one folder per stage
+//! of the data flow); this file also sets the allocator (jemalloc).
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 

@@ -3,13 +3,20 @@
 //! exclusion rules, daily quota), each holding that tenant's state, each of
 //! which may change events, set their disposition, or refuse the request.
 //! Every tenant has its own chain, which the authenticated tenant carries, so
-//! no stage looks its tenant up per batch.
+//! no stage looks its tenant up per batch. What a stage is (`Stage`,
+//! `Rejection`) lives beside the batch, in event/stage.rs.
 //!
-//! Room in the archive and backend queues is taken before the stages run, and
-//! what they charged is committed only when the batch is taken (given back
-//! otherwise). The dispatcher at the end is the archive tee: every event not
-//! dropped goes to the tenant's archive, every event still marked `Index` to
-//! the tenant's backend route.
+//! Room is found before the request is decoded (`Chain::ready`), so a refusal
+//! costs nothing; what the stages charged is committed only when the batch is
+//! taken (given back otherwise). Where the batch goes then depends on the
+//! tenant's buffer:
+//! - `buffer.type: disk` (the default): every event not dropped goes,
+//!   serialized once, into the tenant's log (buffer/) as one record, answered
+//!   per the ack mode (`Chain::settle`); the log's feeds carry the record to
+//!   the archive and the backend route. `ready` waits while the log is full.
+//! - `buffer.type: memory`: the archive tee sends every event not dropped to
+//!   the tenant's archive queue and every event still marked `Index` to its
+//!   backend route queue, in which `ready` took room.
 
 use crate::archive::{ArchiveChunk, ArchiveHandle};
 use crate::budget::Reservation;
@@ -420,7 +427,8 @@ mod tests {
     use crate::event::{BatchMeta, Event, Intake};
     use tokio_util::sync::CancellationToken;
 
-    /// A stage like the exclusion rules will be: drops, archives only, or keeps by message.
+    /// A stage setting dispositions as the exclusion rules do: by message, it
+    /// drops, archives only, keeps or refuses.
     struct ByMessage;
     impl Stage for ByMessage {
         fn name(&self) -> &'static str {
