@@ -176,7 +176,13 @@ fn open_archives(
             .with_context(|| format!("tenant {}", t.name))?;
         let dead_letters = archive::DeadLetters::new(&t.name, &t.archive, store.clone());
         let (handle, task) = archive::spawn_writer(&t.name, &t.archive, store, drain.clone());
-        writers.push(task);
+        // A writer that dies is reported when it does, not at shutdown.
+        let what = format!("tenant {}", t.name);
+        writers.push(telemetry::faults::supervise(
+            telemetry::faults::Task::ArchiveWriter,
+            &what,
+            task,
+        ));
         archives.insert(t.name.clone(), (handle, dead_letters));
     }
     Ok((archives, writers))
@@ -381,9 +387,25 @@ impl Serving {
         }
         // The feeds persist how far their destinations got.
         buffers.stop.now.cancel();
-        let feeds = futures::future::join_all(buffers.feeds.into_iter().map(|f| f.task));
+        let (feeds, backlogs): (Vec<_>, Vec<_>) = buffers
+            .feeds
+            .into_iter()
+            .map(|f| (f.task, f.backlog))
+            .unzip();
         // A moment past the deadline for the last positions to be saved; then go regardless.
-        let _ = tokio::time::timeout_at(deadline + std::time::Duration::from_secs(2), feeds).await;
+        let saved = tokio::time::timeout_at(
+            deadline + std::time::Duration::from_secs(2),
+            futures::future::join_all(feeds),
+        )
+        .await;
+        match saved {
+            Ok(results) => {
+                for (r, b) in results.into_iter().zip(&backlogs) {
+                    check_join(Task::BufferFeed, &b.what(), r);
+                }
+            }
+            Err(_) => tracing::warn!("shutdown: the disk buffer's positions were not all saved in time; the next start reads the last records again (duplicates, never loss)"),
+        }
         if buffers.disk.is_some() && (!archives_done || !routes_done) {
             tracing::warn!(
                 "undelivered events are safe in the disk buffer; the next start delivers them"

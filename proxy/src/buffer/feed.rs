@@ -15,6 +15,7 @@ use crate::archive::{ArchiveChunk, ArchiveHandle};
 use crate::budget::{Queue, Reservation};
 use crate::sink::{ForwardChunk, RouteSlot};
 use crate::telemetry::buffer::BUFFER;
+use crate::telemetry::faults::{self, Task};
 use crate::wal::{Durable, Progress, Reader, Record, Wal};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -52,11 +53,44 @@ impl Destination {
 
 /// A running feed.
 pub struct FeedHandle {
+    /// Ends with the feed; a feed that panics is reported when it does
+    /// (`weir_task_failures_total{task="buffer_feed"}`, `/readyz` degraded).
     pub task: JoinHandle<()>,
     /// Up to which seq the destination is done (for `ack: delivered`).
     pub done: watch::Receiver<u64>,
     /// Cancelled once the feed reads no more (after `FeedStop::reading`).
     pub read_all: CancellationToken,
+    /// What the destination has left in the log (readable after the feed ended).
+    pub backlog: Backlog,
+}
+
+/// The events of a tenant's log that one destination has not finished with:
+/// from its done position to the log's durable end.
+#[derive(Clone)]
+pub struct Backlog {
+    pub tenant: String,
+    /// `archive` or `route`.
+    pub destination: &'static str,
+    done: watch::Receiver<u64>,
+    end: watch::Receiver<Durable>,
+}
+
+impl Backlog {
+    /// Events in the log past what the destination is done with. For the
+    /// route these are counted as written, before the exclusion rules' say:
+    /// the part not to be indexed is not sent, only read past.
+    pub fn events(&self) -> u64 {
+        let end = self.end.borrow().next_seq;
+        end.saturating_sub(*self.done.borrow())
+    }
+
+    /// Whose feed it is, as task failures name it.
+    pub fn what(&self) -> String {
+        format!(
+            "tenant {}, disk buffer to its {}",
+            self.tenant, self.destination
+        )
+    }
 }
 
 /// When a feed stops.
@@ -97,10 +131,18 @@ pub fn spawn(
         saved_done: start,
     };
     let read_all = CancellationToken::new();
+    let backlog = Backlog {
+        tenant: tenant.to_string(),
+        destination: feed.dest.name(),
+        done: done_rx.clone(),
+        end: feed.durable.clone(),
+    };
+    let task = tokio::spawn(feed.run(stop, read_all.clone()));
     Ok(FeedHandle {
-        task: tokio::spawn(feed.run(stop, read_all.clone())),
+        task: faults::supervise(Task::BufferFeed, &backlog.what(), task),
         done: done_rx,
         read_all,
+        backlog,
     })
 }
 
@@ -359,5 +401,65 @@ impl Feed {
             .inc_by(stats.damaged - self.last_damaged);
         self.last_lost = stats.lost_events;
         self.last_damaged = stats.damaged;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::Budget;
+    use crate::wal::WalOptions;
+
+    /// A record of `events` lines, each to be indexed.
+    fn record(events: u32) -> Vec<u8> {
+        let lines: Vec<u8> = (0..events)
+            .flat_map(|i| format!("{{\"message\":\"{i}\"}}\n").into_bytes())
+            .collect();
+        let mut r = record::begin(0, lines.len());
+        r.extend_from_slice(&lines);
+        let mut ranges = Vec::new();
+        let mut at = 0u32;
+        for l in lines.split_inclusive(|&b| b == b'\n') {
+            ranges.push(at..at + l.len() as u32 - 1);
+            at += l.len() as u32;
+        }
+        record::finish(&mut r, &ranges);
+        r
+    }
+
+    #[tokio::test]
+    async fn the_backlog_counts_the_events_a_destination_has_not_finished_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Arc::new(Wal::open(dir.path(), WalOptions::default()).unwrap());
+        wal.append(record(3), 3, 0).await.unwrap();
+        wal.append(record(2), 2, 0).await.unwrap();
+        // A route that takes the chunks and delivers only what the test says.
+        let gauge = prometheus::IntGauge::new("feed_test_queued", "test").unwrap();
+        let (queue, mut route) = Queue::new(Budget::new(1 << 20, gauge));
+        let stop = FeedStop::default();
+        let feed = spawn(
+            "backlog-t",
+            wal.clone(),
+            Destination::Route(Arc::new(std::sync::RwLock::new(queue))),
+            stop.clone(),
+        )
+        .unwrap();
+        let first = route.recv().await.unwrap();
+        let _second = route.recv().await.unwrap();
+        assert_eq!(feed.backlog.events(), 5);
+        assert_eq!(feed.backlog.destination, "route");
+        first.progress.unwrap().release();
+        for _ in 0..500 {
+            if feed.backlog.events() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(feed.backlog.events(), 2, "the first record delivered");
+        // Told to stop with the second still at the route: it is what is left.
+        stop.reading.cancel();
+        stop.now.cancel();
+        feed.task.await.unwrap();
+        assert_eq!(feed.backlog.events(), 2, "readable once the feed ended");
     }
 }

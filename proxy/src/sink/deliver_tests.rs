@@ -402,3 +402,61 @@ async fn records_refused_without_being_named_are_counted_dropped() {
     );
     assert_eq!(counter(&METRICS.forwarded_events, &["up-t", "up-a"]), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_send_that_panics_is_reported_at_once_and_lets_go_of_its_log_records() {
+    let _counting = super::reap_tests::ROUTE_SEND_COUNT.lock().await;
+    let count = || {
+        METRICS
+            .task_failures
+            .with_label_values(&["route_send"])
+            .get()
+    };
+    let bug: Answer = Box::new(|| panic!("a bug in a send"));
+    let a = FakeBackend::new("pn-a", passive(3, 10), vec![bug]);
+    let s = Arc::new(route("pn-t", &[&[&a]], None));
+    // A log record whose lines went into this batch: the batch's hold only.
+    let record = crate::wal::Progress::new(Arc::default());
+    record.hold();
+    record.release();
+    METRICS
+        .pending_events
+        .with_label_values(&["pn-t", "pn-a"])
+        .add(2);
+    let before = count();
+    let batch = super::Pending {
+        body: b"{\"message\":\"0\"}\n{\"message\":\"1\"}\n".to_vec(),
+        events: 2,
+        holds: Vec::new(),
+        progress: vec![record.clone()],
+        deadline: Instant::now(),
+    };
+    let send = super::dispatch(&s, batch);
+    while !send.is_finished() {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        count(),
+        before + 1,
+        "reported when it happened, not when the route next reaps its sends"
+    );
+    assert!(
+        record.is_done(),
+        "the feed moves past the record instead of stalling the tenant's log until a restart"
+    );
+    assert_eq!(
+        METRICS
+            .pending_events
+            .with_label_values(&["pn-t", "pn-a"])
+            .get(),
+        0
+    );
+    // The route reaps it later: not counted twice.
+    let mut sends = vec![send];
+    super::reap(
+        crate::telemetry::faults::Task::RouteSend,
+        "pn-t",
+        &mut sends,
+    );
+    assert_eq!(count(), before + 1);
+}

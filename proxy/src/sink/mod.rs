@@ -134,7 +134,12 @@ pub fn spawn_route(
             .events_per_second
             .map(|rate| pace(rate, limits.max_events)),
     });
-    let handle = tokio::spawn(run_route(settings, rx, drain));
+    // A route that dies is reported when it does, not at shutdown.
+    let handle = faults::supervise(
+        Task::Route,
+        tenant,
+        tokio::spawn(run_route(settings, rx, drain)),
+    );
     (queue, handle)
 }
 
@@ -220,7 +225,7 @@ async fn run_route(
         if let Some(progress) = &chunk.progress {
             progress.release();
         }
-        reap(&s.tenant, &mut sends);
+        reap(Task::RouteSend, &s.tenant, &mut sends);
     }
     if let Some(p) = pending.take() {
         sends.push(dispatch(&s, p));
@@ -230,27 +235,39 @@ async fn run_route(
     }
 }
 
-/// Takes the finished sends out of `sends`; one that panicked is reported, never dropped silently.
-fn reap(tenant: &str, sends: &mut Vec<JoinHandle<()>>) {
+/// Takes the finished tasks out of `tasks`; one that panicked is reported, never dropped silently.
+fn reap(task: Task, what: &str, tasks: &mut Vec<JoinHandle<()>>) {
     let mut i = 0;
-    while i < sends.len() {
-        if !sends[i].is_finished() {
+    while i < tasks.len() {
+        if !tasks[i].is_finished() {
             i += 1;
             continue;
         }
-        let h = sends.swap_remove(i);
+        let h = tasks.swap_remove(i);
         if let Some(r) = futures::FutureExt::now_or_never(h) {
-            faults::check_join(Task::RouteSend, tenant, r);
+            faults::check_join(task, what, r);
         }
     }
 }
 
 /// Sends the batch in its own task, holding its memory reservation until it is delivered.
+///
+/// A send that panics (a bug) is reported at once, and lets go of its log
+/// records as if given up on: otherwise the tenant's feed would wait for them
+/// until a restart, its log growing and `ack: delivered` timing out. Its
+/// events are in the archive (the archive's feed reads the log on its own).
 fn dispatch(s: &Arc<RouteSettings>, p: Pending) -> JoinHandle<()> {
+    use futures::FutureExt;
     let s = s.clone();
     tokio::spawn(async move {
         let pending = PendingEvents::adopt(&s.tenant, &s.preferred, p.events);
-        deliver(&s, p.body, p.events, pending).await;
+        let sent = std::panic::AssertUnwindSafe(deliver(&s, p.body, p.events, pending))
+            .catch_unwind()
+            .await;
+        if let Err(panic) = sent {
+            let what = format!("tenant {}, a batch of {} events", s.tenant, p.events);
+            faults::task_failed(Task::RouteSend, &what, &faults::panic_message(&*panic));
+        }
         crate::wal::release_all(&p.progress);
         drop(p.holds);
     })
@@ -260,8 +277,12 @@ fn dispatch(s: &Arc<RouteSettings>, p: Pending) -> JoinHandle<()> {
 mod reap_tests {
     use super::*;
 
+    /// Held by the tests that count `weir_task_failures_total{task="route_send"}` (tests run side by side).
+    pub(super) static ROUTE_SEND_COUNT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     #[tokio::test]
     async fn a_send_that_panicked_is_reported_not_dropped() {
+        let _counting = ROUTE_SEND_COUNT.lock().await;
         let count = || {
             METRICS
                 .task_failures
@@ -276,7 +297,7 @@ mod reap_tests {
         while !sends[0].is_finished() {
             tokio::task::yield_now().await;
         }
-        reap("acme", &mut sends);
+        reap(Task::RouteSend, "acme", &mut sends);
         assert_eq!(
             sends.len(),
             1,

@@ -13,6 +13,7 @@ use super::{spawn_route, Member, RouteHandle, RouteSlot};
 use crate::archive::DeadLetters;
 use crate::config::{BackendConfig, BackendType, PassiveHealthConfig};
 use crate::plan::Plan;
+use crate::telemetry::faults::Task;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::task::JoinHandle;
@@ -245,7 +246,12 @@ impl Router {
         // Backends the new config dropped stop being reported (weir_backend_up reads these).
         state.healths = g.healths;
         crate::telemetry::seed(config);
-        state.tasks.retain(|t| !t.is_finished());
+        // Old generations' routes that have ended are let go; one that ended by a panic is reported, not dropped unseen.
+        super::reap(
+            Task::Route,
+            "a route of an earlier generation",
+            &mut state.tasks,
+        );
         state.tasks.extend(g.tasks);
         Ok(Reloaded {
             backends: config.backends.len(),
@@ -303,5 +309,31 @@ tenants: [{{name: t, api_keys: [k], region: eu}}]
         assert!(!Arc::ptr_eq(&a, &moved));
         assert_eq!(moved.report().state, "up");
         assert_eq!(moved.report().ejections, 0);
+    }
+
+    #[tokio::test]
+    async fn a_reload_reports_a_route_task_that_ended_by_a_panic() {
+        let count = || {
+            crate::telemetry::METRICS
+                .task_failures
+                .with_label_values(&["route"])
+                .get()
+        };
+        let router = Router::start(&config(1), HashMap::new(), CancellationToken::new()).unwrap();
+        // A route task of an older generation that died unseen.
+        let dead = tokio::spawn(async { panic!("boom in an old route") });
+        while !dead.is_finished() {
+            tokio::task::yield_now().await;
+        }
+        router.state.lock().unwrap().tasks.push(dead);
+        let before = count();
+        router.reload(&config(1)).unwrap();
+        assert_eq!(count(), before + 1, "taken out of the list, and reported");
+        // Still running ones are kept for the shutdown to wait for.
+        assert_eq!(
+            router.tasks().len(),
+            2,
+            "this generation's and the last one's"
+        );
     }
 }

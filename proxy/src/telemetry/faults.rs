@@ -6,6 +6,7 @@
 use super::METRICS;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use tokio::task::JoinHandle;
 
 /// What kind of task failed (the metric's `task` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,14 +19,17 @@ pub enum Task {
     ArchiveWriter,
     /// A request's stage chain on a stage worker thread (a plugin host panic).
     Stage,
+    /// A reader of a tenant's disk buffer carrying its records to the archive or the route.
+    BufferFeed,
 }
 
 impl Task {
-    pub const ALL: [Task; 4] = [
+    pub const ALL: [Task; 5] = [
         Task::RouteSend,
         Task::Route,
         Task::ArchiveWriter,
         Task::Stage,
+        Task::BufferFeed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -34,6 +38,7 @@ impl Task {
             Task::Route => "route",
             Task::ArchiveWriter => "archive_writer",
             Task::Stage => "stage",
+            Task::BufferFeed => "buffer_feed",
         }
     }
 }
@@ -68,6 +73,25 @@ pub fn check_join(task: Task, what: &str, r: Result<(), tokio::task::JoinError>)
     }
 }
 
+/// Watches `task` (`kind`, whose work `what` says): reported as soon as it
+/// ends by a panic, not when someone finally joins it (at shutdown). The
+/// handle returned ends when `task` does; its own result is always `Ok`.
+/// One small task per long-lived task (a route, an archive writer, a feed):
+/// nothing per event.
+pub fn supervise(kind: Task, what: &str, task: JoinHandle<()>) -> JoinHandle<()> {
+    let what = what.to_string();
+    tokio::spawn(async move { check_join(kind, &what, task.await) })
+}
+
+/// What a caught panic said (its payload, when it is a string).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,5 +108,111 @@ mod tests {
         // A task that ended well is not a failure.
         check_join(Task::Stage, "acme", tokio::spawn(async {}).await);
         assert_eq!(count(), before + 1);
+    }
+
+    #[tokio::test]
+    async fn a_supervised_task_that_panics_is_reported_when_it_panics_not_when_joined() {
+        let count = || {
+            METRICS
+                .task_failures
+                .with_label_values(&["archive_writer"])
+                .get()
+        };
+        let before = count();
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let watched = supervise(
+            Task::ArchiveWriter,
+            "acme",
+            tokio::spawn(async move {
+                let _ = wait.await;
+                panic!("boom in an archive writer");
+            }),
+        );
+        go.send(()).unwrap();
+        // Nobody joins it: the failure is visible anyway, while Weir runs.
+        let seen = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while count() == before {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(seen.is_ok(), "the panic was not reported until joined");
+        assert_eq!(count(), before + 1);
+        assert!(failures()
+            .1
+            .is_some_and(|l| l.contains("archive_writer (acme)")));
+        // Joined later (at shutdown), it is not counted twice.
+        watched.await.unwrap();
+        assert_eq!(count(), before + 1);
+        // One that ends well is no failure.
+        supervise(Task::ArchiveWriter, "acme", tokio::spawn(async {}))
+            .await
+            .unwrap();
+        assert_eq!(count(), before + 1);
+    }
+
+    /// `/readyz` as a load balancer reads it, once a task failed.
+    #[tokio::test]
+    async fn readyz_answers_503_degraded_once_a_task_failed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::plan::Plan::parse(
+            "listeners: [{name: i, address: \"127.0.0.1:0\", protocol: http}]\narchive: {store: {type: local, root: /nonexistent}}\nbackends: [{name: b, type: http, url: \"http://127.0.0.1:9/in\"}]\ntenants: [{name: t, api_keys: [k], backend: b}]\n",
+            "weir.yaml",
+        )
+        .unwrap()
+        .config;
+        let control = crate::admin::control::Control::new(
+            None,
+            crate::admin::control::Overrides::from_config(&config),
+            std::sync::Arc::new(crate::rules::exclusion::ExclusionRules::with_global(
+                Vec::new(),
+            )),
+            std::sync::Arc::new(crate::quota::daily::DailyQuotas::new(
+                crate::clock::system(),
+                &dir.path().join("quota"),
+            )),
+            dir.path().to_path_buf(),
+        )
+        .unwrap();
+        let health = std::sync::Arc::new(crate::admin::Health::default());
+        health.set_ready(true);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let admin = tokio::spawn(crate::admin::serve(
+            listener,
+            health,
+            std::sync::Arc::new(control),
+            stop.clone(),
+        ));
+        // A long-lived task panics while running; nothing joins it.
+        // (A label no other test counts: tests run side by side.)
+        let _watched = supervise(
+            Task::BufferFeed,
+            "readyz-tenant",
+            tokio::spawn(async { panic!("boom in a feed") }),
+        );
+        let mut answer = String::new();
+        for _ in 0..200 {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET /readyz HTTP/1.1\r\nHost: weir\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            answer.clear();
+            s.read_to_string(&mut answer).await.unwrap();
+            if answer.contains("readyz-tenant") {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        stop.cancel();
+        let _ = admin.await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(answer.contains("\"status\":\"degraded\""), "{answer}");
+        assert!(
+            answer.contains("buffer_feed (readyz-tenant)"),
+            "names the failure: {answer}"
+        );
     }
 }
