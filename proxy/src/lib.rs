@@ -407,9 +407,7 @@ impl Serving {
             Err(_) => tracing::warn!("shutdown: the disk buffer's positions were not all saved in time; the next start reads the last records again (duplicates, never loss)"),
         }
         if buffers.disk.is_some() && (!archives_done || !routes_done) {
-            tracing::warn!(
-                "undelivered events are safe in the disk buffer; the next start delivers them"
-            );
+            buffer_report(plan, &backlogs);
             return None;
         }
         (!archives_done || !routes_done)
@@ -421,6 +419,36 @@ impl Serving {
         self.admin_stop.cancel();
         let _ = self.admin.await;
     }
+}
+
+/// Logs, per tenant and destination, the events a shutdown that timed out
+/// left in the disk buffer, and where: exit 0, since they are safe there and
+/// the next start delivers them.
+fn buffer_report(plan: &Plan, backlogs: &[buffer::feed::Backlog]) {
+    let timeout = plan.config.shutdown_timeout.0;
+    let wal = plan.config.data_dir.join("wal");
+    let mut total = 0;
+    for b in backlogs {
+        let events = b.events();
+        if events == 0 {
+            continue;
+        }
+        total += events;
+        let log = wal.join(&b.tenant);
+        tracing::warn!(
+            tenant = %b.tenant,
+            destination = b.destination,
+            events,
+            log = %log.display(),
+            "shutdown timed out: events this destination had not finished with are safe in the disk buffer (for the route counted as written: those not to be indexed are read past, not sent); the next start delivers them"
+        );
+    }
+    tracing::warn!(
+        ?timeout,
+        events = total,
+        buffer = %wal.display(),
+        "shutdown timed out: undelivered events are safe in the disk buffer (exit 0); the next start delivers them"
+    );
 }
 
 async fn shutdown_signal() {

@@ -429,3 +429,58 @@ async fn shutdown_timing_out_counts_undelivered_events_and_exits_non_zero() {
         "{m}"
     );
 }
+
+// Issue 10 item 5 with the disk buffer (the default): what a timed-out
+// shutdown leaves undelivered is said per tenant and destination, with where
+// it is; exit 0, since the events are safe in the log for the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_timing_out_with_the_disk_buffer_says_what_is_left_where_and_exits_0() {
+    let closed = free_port();
+    let config = config(&format!("127.0.0.1:{closed}"), "", "shutdown_timeout: 1s\n");
+    let mut weir = Weir::start(&config).await;
+    let r = post(&weir.url("/api/v2/logs"), &[KEY], events("d", 5)).await;
+    assert_eq!(r.status, 202);
+    let tried = "weir_backend_requests_total{backend=\"dd\",outcome=\"retryable_error\"}";
+    let mut m = String::new();
+    for _ in 0..200 {
+        m = weir.metrics().await;
+        if series(&m, tried).is_some_and(|n| n >= 1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(series(&m, tried).is_some_and(|n| n >= 1.0), "{m}");
+    let status = weir.terminate();
+    let log = weir.log();
+    assert!(
+        status.success(),
+        "the events are safe: exit 0 ({status}): {log}"
+    );
+    let wal = weir.dir.path().join("data/wal/acme");
+    let line = log
+        .lines()
+        .find(|l| l.contains("safe in the disk buffer") && l.contains("acme"))
+        .unwrap_or_else(|| panic!("no count per tenant:\n{log}"));
+    assert!(line.contains("route"), "names the destination: {line}");
+    assert!(line.contains("events=5"), "counts them: {line}");
+    assert!(
+        line.contains(&wal.display().to_string()),
+        "says where they are: {line}"
+    );
+    // The archive writer finished: nothing is left for it.
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("safe in the disk buffer") && l.contains("archive")),
+        "{log}"
+    );
+
+    // And the next start delivers those 5.
+    let dd = FakeDatadog::start_on(closed).await;
+    let weir = Weir::start_in(weir.into_dir(), &config).await;
+    eventually(Duration::from_secs(20), "the 5 delivered", || {
+        (dd.count() >= 5).then_some(())
+    })
+    .await;
+    assert_eq!(dd.count(), 5);
+    drop(weir);
+}
