@@ -20,7 +20,8 @@
 //!   `key` means the tag `key:value` (`env:prod` matches the tag `env:prod`);
 //! * values may be double-quoted (`message:"disk full"`, `\"` and `\\` escape) and may contain `*`, which
 //!   matches any run of characters (`web-*`, `*.internal`, `*timeout*`); `field:*` means "present";
-//! * matching is ASCII case-insensitive; a missing field matches nothing (so `-host:x` holds when there is no host).
+//! * matching is ASCII case-insensitive; a missing field matches nothing (so `-host:x` holds when there is no host),
+//!   except `status`: an event without one has status `info`, as Datadog (and the proxy's rules and quotas) read it.
 //!
 //! Tags already on the event are not added twice. Rule attributes overwrite attributes of the same name. Each
 //! rule sees the event as left by the rules before it. Counters: `enriched` (events changed), `rule_<index>`
@@ -47,6 +48,9 @@ pub struct RuleConfig {
 pub struct Config {
     pub rules: Vec<RuleConfig>,
 }
+
+/// The status of an event that has none: Datadog's default, as the proxy reads it too.
+pub const DEFAULT_STATUS: &str = "info";
 
 /// What a term looks at.
 #[derive(Debug, Clone, PartialEq)]
@@ -279,7 +283,9 @@ impl Term {
             Field::Service => opt(&e.service),
             Field::Host => opt(&e.host),
             Field::Source => opt(&e.source),
-            Field::Status => opt(&e.status),
+            Field::Status => self
+                .value
+                .matches(e.status.as_deref().unwrap_or(DEFAULT_STATUS)),
             Field::Message => self.value.matches(&e.message),
             Field::Tags => e.tags.iter().any(|t| self.value.matches(t)),
             Field::Tag(key) => e.tags.iter().any(|t| {

@@ -66,6 +66,21 @@ fn reserved_fields() {
 }
 
 #[test]
+fn an_event_without_status_is_info() {
+    let none = Event {
+        status: None,
+        ..ev()
+    };
+    let m = |s: &str| Query::parse(s).unwrap().matches(&none);
+    assert!(m("status:info"));
+    assert!(m("status:in*"));
+    assert!(m("status:*"));
+    assert!(!m("-status:info"));
+    assert!(!m("status:error"));
+    assert!(m("-status:debug"));
+}
+
+#[test]
 fn tags() {
     assert!(q("env:prod"));
     assert!(q("ENV:Prod"));

@@ -12,6 +12,10 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 use std::sync::Arc;
 
+/// The status of an event that has none, as Datadog reads it (its status
+/// remapper's default): what rules, rate limits and quotas see.
+pub const DEFAULT_STATUS: &str = "info";
+
 /// A log event. Intake decoders map each protocol onto it.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Event {
@@ -21,6 +25,8 @@ pub struct Event {
     pub host: Option<String>,
     pub service: Option<String>,
     pub source: Option<String>,
+    /// As sent (none when the sender gave none); read it with
+    /// [`Event::status_or_default`], as Datadog does.
     pub status: Option<String>,
     /// `key:value` (or bare `value`) tags.
     pub tags: Vec<String>,
@@ -35,6 +41,11 @@ impl Event {
             message,
             ..Default::default()
         }
+    }
+
+    /// The event's status, [`DEFAULT_STATUS`] (`info`) when it has none.
+    pub fn status_or_default(&self) -> &str {
+        self.status.as_deref().unwrap_or(DEFAULT_STATUS)
     }
 
     /// Records something Weir did to the event under the `weir` attribute object.

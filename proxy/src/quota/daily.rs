@@ -667,6 +667,44 @@ mod tests {
     }
 
     #[test]
+    fn an_event_without_status_counts_against_info() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::at(T0);
+        let mut c = cfg(100, QuotaAction::ArchiveOnly);
+        c.partition_by = vec!["status".into()];
+        c.overrides.insert(
+            "info".into(),
+            QuotaLimit {
+                max_events: Some(2),
+                max_bytes: None,
+            },
+        );
+        let (q, s) = quotas(&["acme".into()], &[Some(c)], clock, dir.path());
+        let events = [None, None, Some("info"), Some("error")]
+            .iter()
+            .map(|s| Event {
+                status: s.map(str::to_string),
+                message: "hello".into(),
+                ..Default::default()
+            })
+            .collect();
+        let mut b = Batch::for_test("acme", 10, events);
+        s.process(&mut b).unwrap();
+        assert_eq!(
+            b.dispositions,
+            [
+                Disposition::Index,
+                Disposition::Index,
+                Disposition::ArchiveOnly,
+                Disposition::Index
+            ]
+        );
+        let usage = &q.views()[0].usage;
+        assert_eq!((usage["info"].events, usage["error"].events), (2, 1));
+        assert!(!usage.contains_key(""), "{usage:?}");
+    }
+
+    #[test]
     fn warning_threshold_is_raised_once() {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::at(T0);

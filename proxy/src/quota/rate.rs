@@ -91,14 +91,16 @@ impl<C: GovernorClock + Clone> RateLimit<C> {
     }
 }
 
-/// The value of `field` on an event: a reserved attribute, a tag key, or an attribute path.
+/// The value of `field` on an event: a reserved attribute, a tag key, or an
+/// attribute path. An event without a status has `info`, as the query matcher
+/// and Datadog read it.
 pub fn field_value<'a>(ev: &'a Event, field: &str) -> Option<std::borrow::Cow<'a, str>> {
     use std::borrow::Cow;
     match field {
         "service" => ev.service.as_deref().map(Cow::Borrowed),
         "host" | "hostname" => ev.host.as_deref().map(Cow::Borrowed),
         "source" | "ddsource" => ev.source.as_deref().map(Cow::Borrowed),
-        "status" => ev.status.as_deref().map(Cow::Borrowed),
+        "status" => Some(Cow::Borrowed(ev.status_or_default())),
         _ => {
             if let Some(path) = field.strip_prefix('@') {
                 let mut parts = path.split('.');
@@ -259,6 +261,30 @@ mod tests {
         assert!(rl.process(&mut batch(0, &["web"; 5], 10)).is_ok());
         assert!(rl.process(&mut batch(0, &["web"], 10)).is_err());
         assert!(rl.process(&mut batch(0, &["db"; 5], 10)).is_ok());
+    }
+
+    #[test]
+    fn an_event_without_status_is_in_the_info_partition() {
+        let no_status = Event::default();
+        assert_eq!(field_value(&no_status, "status").as_deref(), Some("info"));
+        let statuses = |s: &[Option<&str>]| {
+            let events = s
+                .iter()
+                .map(|s| Event {
+                    status: s.map(str::to_string),
+                    message: "m".into(),
+                    ..Default::default()
+                })
+                .collect();
+            Batch::for_test("t0", 10, events)
+        };
+        let clock = FakeRelativeClock::default();
+        let rl = RateLimit::with_clock(Some(&limits(5, 5, Some("status"))), clock);
+        assert!(rl.process(&mut statuses(&[Some("info"); 4])).is_ok());
+        assert!(rl.process(&mut statuses(&[None])).is_ok());
+        // Five taken from `info`: an event without a status is over its budget too.
+        assert!(rl.process(&mut statuses(&[None])).is_err());
+        assert!(rl.process(&mut statuses(&[Some("error"); 5])).is_ok());
     }
 
     #[test]

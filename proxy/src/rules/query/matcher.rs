@@ -31,7 +31,7 @@ impl Node {
                 Field::Service => e.service.as_deref().is_some_and(|s| test.str(s, true)),
                 Field::Source => e.source.as_deref().is_some_and(|s| test.str(s, true)),
                 // Datadog's status remapper gives a log without one `info`.
-                Field::Status => test.str(e.status.as_deref().unwrap_or("info"), true),
+                Field::Status => test.str(e.status_or_default(), true),
                 Field::Tag(key) => e.tags.iter().any(|t| {
                     t.split_once(':')
                         .is_some_and(|(k, v)| eq_folded(k, key) && test.str(v, true))
