@@ -15,13 +15,26 @@ fn plugin_wat(version: i32, extra_imports: &str, init_body: &str, hook: &str) ->
         .replace("@hook@", hook)
 }
 
-fn find_metric(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-        .find(|l| labels.iter().all(|p| l.contains(p)))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+/// Batches `plugin` of `tenant` failed, over every `reason` (each series must
+/// exist: they are seeded at start, so a misspelt name fails instead of reading 0).
+fn plugin_errors(m: &str, tenant: &str, plugin: &str) -> f64 {
+    ["timeout", "memory", "trap", "bad_result", "instantiate", "quarantined"]
+        .iter()
+        .map(|r| {
+            metric(
+                m,
+                &format!("weir_plugin_errors_total{{plugin=\"{plugin}\",reason=\"{r}\",tenant=\"{tenant}\"}}"),
+            )
+        })
+        .sum()
+}
+
+/// Events `plugin` of `tenant` returned with `verdict` (every verdict's series exists once the plugin loads).
+fn plugin_events(m: &str, tenant: &str, plugin: &str, verdict: &str) -> f64 {
+    metric(
+        m,
+        &format!("weir_plugin_events_total{{plugin=\"{plugin}\",tenant=\"{tenant}\",verdict=\"{verdict}\"}}"),
+    )
 }
 
 fn logs(prefix: &str, n: usize) -> Vec<u8> {
@@ -87,18 +100,16 @@ async fn looping_plugin_on_one_tenant_does_not_stop_another() {
 
     let m = weir.metrics().await;
     assert!(
-        find_metric(
+        metric(
             &m,
-            "weir_plugin_errors_total",
-            &["plugin=\"spin\"", "reason=\"timeout\""]
+            "weir_plugin_errors_total{plugin=\"spin\",reason=\"timeout\",tenant=\"acme\"}"
         ) >= 1.0,
         "{m}"
     );
     assert_eq!(
-        find_metric(
+        metric(
             &m,
-            "weir_plugin_quarantined",
-            &["plugin=\"spin\"", "tenant=\"acme\""]
+            "weir_plugin_quarantined{plugin=\"spin\",tenant=\"acme\"}"
         ),
         1.0,
         "5 failures in a row quarantine it"
@@ -130,17 +141,13 @@ async fn looping_plugin_on_one_tenant_does_not_stop_another() {
         "{r}"
     );
     assert_eq!(
-        find_metric(
+        metric(
             &m,
-            "weir_plugin_calls_total",
-            &["plugin=\"redact\"", "tenant=\"beta\""]
+            "weir_plugin_calls_total{plugin=\"redact\",tenant=\"beta\"}"
         ),
         20.0
     );
-    assert_eq!(
-        find_metric(&m, "weir_plugin_errors_total", &["plugin=\"redact\""]),
-        0.0
-    );
+    assert_eq!(plugin_errors(&m, "beta", "redact"), 0.0);
 
     // beta: per request of 4, events 0 and 3 indexed as "redacted", 1 dropped, 2 archived only.
     eventually(Duration::from_secs(10), "beta's indexed events", || {
@@ -461,26 +468,20 @@ async fn plugin_file_replaced_under_load_is_hot_reloaded_between_batches() {
     );
 
     assert!(
-        find_metric(
+        metric(
             &m,
-            "weir_plugin_reloads_total",
-            &["plugin=\"marker\"", "outcome=\"reloaded\""]
+            "weir_plugin_reloads_total{outcome=\"reloaded\",plugin=\"marker\",tenant=\"acme\"}"
         ) >= 2.0,
         "{m}"
     );
     assert!(
-        find_metric(
+        metric(
             &m,
-            "weir_plugin_reloads_total",
-            &["plugin=\"marker\"", "outcome=\"refused\""]
+            "weir_plugin_reloads_total{outcome=\"refused\",plugin=\"marker\",tenant=\"acme\"}"
         ) >= 1.0,
         "{m}"
     );
-    assert_eq!(
-        find_metric(&m, "weir_plugin_errors_total", &["plugin=\"marker\""]),
-        0.0,
-        "{m}"
-    );
+    assert_eq!(plugin_errors(&m, "acme", "marker"), 0.0, "{m}");
     let log = weir.log();
     assert!(
         log.contains("plugin reloaded") && log.contains("plugin reload refused"),
@@ -773,17 +774,7 @@ async fn readme_redact_config_keeps_passwords_out_of_index_and_archive() {
     )
     .await;
     let m = weir.metrics().await;
-    let verdict = |v: &str| {
-        find_metric(
-            &m,
-            "weir_plugin_events_total",
-            &[
-                "tenant=\"acme\"",
-                "plugin=\"redact\"",
-                &format!("verdict=\"{v}\""),
-            ],
-        )
-    };
+    let verdict = |v: &str| plugin_events(&m, "acme", "redact", v);
     assert_eq!(
         (verdict("modified"), verdict("kept"), verdict("dropped")),
         (3.0, 1.0, 0.0),
@@ -848,17 +839,7 @@ async fn plugin_verdicts_are_counted_per_tenant_and_plugin() {
     })
     .await;
     let m = weir.metrics().await;
-    let count = |tenant: &str, plugin: &str, v: &str| {
-        find_metric(
-            &m,
-            "weir_plugin_events_total",
-            &[
-                &format!("tenant=\"{tenant}\""),
-                &format!("plugin=\"{plugin}\""),
-                &format!("verdict=\"{v}\""),
-            ],
-        )
-    };
+    let count = |tenant: &str, plugin: &str, v: &str| plugin_events(&m, tenant, plugin, v);
     assert_eq!(
         [
             count("acme", "by_index", "modified"),

@@ -78,6 +78,8 @@ def assert_same_event(received: dict, sent: dict, window: tuple[int, int]):
 
 
 def by_seq(events: list[dict], run: str) -> dict[int, dict]:
+    """The events of ``run`` by their ``seq``; fails on a duplicate, which it can
+    only see in what weir has finished sending (call it once weir has stopped)."""
     mine = [e for e in events if e.get("run_id") == run]
     seqs = [e["seq"] for e in mine]
     assert len(seqs) == len(set(seqs)), f"duplicated events: {sorted(seqs)}"
@@ -126,17 +128,16 @@ def test_logs_arrive_intact_and_are_archived(weir, datadog_backend, logs_api, en
         assert r.api_key == UPSTREAM_API_KEY
         assert r.headers.get("content-type", "").startswith("application/json")
         assert r.headers.get("content-encoding") == expected_encoding
-    forwarded = by_seq(datadog_backend.logs, run)
-    assert sorted(forwarded) == [log["seq"] for log in sent]
-    for log in sent:
-        assert_same_event(forwarded[log["seq"]], log, (t0, t1))
-
     # Objects are written once their oldest event is max_object_age old, before any shutdown.
     wait_for(lambda: len(weir.archived_events(strict=False)) >= len(sent), "the archive objects (max_object_age)",
              diagnostics=lambda: f"archive: {weir.archive_objects()}\n{weir.log()}")
 
-    # SIGTERM: weir drains and exits 0; then the archive holds every event exactly once.
+    # SIGTERM: weir drains and exits 0; then the backend and the archive hold every event exactly once.
     assert weir.stop() == 0, weir.log()
+    forwarded = by_seq(datadog_backend.logs, run)
+    assert sorted(forwarded) == [log["seq"] for log in sent]
+    for log in sent:
+        assert_same_event(forwarded[log["seq"]], log, (t0, t1))
     archived = weir.read_archive()
     assert len(archived) == len(sent), [rel for rel, _ in archived]
     for rel, event in archived:
@@ -269,8 +270,9 @@ def test_float_attributes_survive_exactly(weir, datadog_backend, logs_api):
     api = logs_api(weir.intake_url, AGENT_API_KEY)
     log = {"message": f"floats {uuid.uuid4().hex}", "service": "metrics", "latencies_ms": FLOATS, "nested": {"lat": FLOATS[0], "lon": FLOATS[1]}}
     assert submit(api, [log], ContentEncoding.GZIP)[1] == 202
-    [forwarded] = datadog_backend.wait_for_logs(1, diagnostics=weir.log)
+    datadog_backend.wait_for_logs(1, diagnostics=weir.log)
     assert weir.stop() == 0, weir.log()
+    [forwarded] = datadog_backend.logs
     [archived] = weir.archived_events()
     for event in (forwarded, archived):
         assert event["nested"] == log["nested"]
@@ -298,6 +300,6 @@ def test_the_largest_request_the_api_documents_is_accepted_whole(weir, datadog_b
     logs = [{"message": f"big {i} {filler}", "service": "bulk", "ddsource": "python", "run_id": run, "seq": i}
             for i in range(1000)]
     assert submit(api, logs, ContentEncoding.GZIP)[1] == 202
-    got = datadog_backend.wait_for_logs(1000, diagnostics=weir.log)
+    datadog_backend.wait_for_logs(1000, diagnostics=weir.log)
     assert weir.stop() == 0, weir.log()
-    assert sorted(by_seq(got, run)) == list(range(1000))
+    assert sorted(by_seq(datadog_backend.logs, run)) == list(range(1000))

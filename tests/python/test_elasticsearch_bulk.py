@@ -45,6 +45,9 @@ def test_the_client_starts_and_bulk_items_are_answered_one_by_one(weir, datadog_
 
     ours = lambda: [l for l in datadog_backend.logs if l.get("message", "").startswith(run)]
     wait_for(lambda: len(ours()) >= 52, "52 bulk documents at the backend", diagnostics=weir.log)
+    assert weir.metric("weir_received_events_total", intake="elasticsearch", tenant="acme") == 52
+    # Counted once weir has stopped (SIGTERM sends what is still queued): a duplicate would be there.
+    assert weir.stop() == 0, weir.log()
     got = {l["message"]: l for l in ours()}
     assert len(ours()) == 52, "each once"
     first = got[f"{run} order 0 paid"]
@@ -56,7 +59,6 @@ def test_the_client_starts_and_bulk_items_are_answered_one_by_one(weir, datadog_
     assert first["order"] == {"id": 0, "total": 12.5}
     assert first["timestamp"] == 1796205600000
     assert f"{run} created" in got
-    assert weir.metric("weir_received_events_total", intake="elasticsearch", tenant="acme") == 52
 
 
 @pytest.mark.parametrize("key,error", [(None, AuthenticationException), ("wrong-key", AuthorizationException)])

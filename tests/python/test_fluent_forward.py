@@ -83,7 +83,8 @@ def test_chunks_are_acked_once_in(fweir, datadog_backend):
     message = ["fb.tail", gzip.compress(packed), {"chunk": "chunk-2", "size": 4, "compressed": "gzip"}]
     assert exchange(fweir.forward_port, msgpack.packb(message, use_bin_type=True)) == {"ack": "chunk-2"}
     wait_for(lambda: len(ours(datadog_backend, run)) >= 7, "7 forward events at the backend", diagnostics=fweir.log)
-    assert len(ours(datadog_backend, run)) == 7
+    assert fweir.stop() == 0, fweir.log()
+    assert len(ours(datadog_backend, run)) == 7, "each once"
 
 
 def test_a_malformed_message_gets_no_ack_and_the_connection_closes(fweir):

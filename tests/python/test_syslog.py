@@ -191,6 +191,9 @@ def test_loghub_linux_lines_arrive_through_a_real_syslog_daemon(sweir, datadog_b
                  diagnostics=lambda: f"{relay.name} log:\n{relay.log()}\nweir log:\n{sweir.log()[-4000:]}")
     finally:
         relay.stop()
+    assert sweir.metric("weir_received_events_total", intake="syslog", tenant="acme") == 2000
+    # Counted once weir has stopped (SIGTERM sends what is queued): a duplicate would be there.
+    assert sweir.stop() == 0, sweir.log()
     got = datadog_backend.logs
     assert len(got) == len(lines), "each line once"
     # Relays keep order on one connection; match each line to its event by position.
@@ -214,4 +217,3 @@ def test_loghub_linux_lines_arrive_through_a_real_syslog_daemon(sweir, datadog_b
         assert month_day == m["time"].replace("  ", " 0"), (line, log)
         checked += 1
     assert checked == 1992
-    assert sweir.metric("weir_received_events_total", intake="syslog", tenant="acme") == 2000
