@@ -545,6 +545,65 @@ async fn an_unreadable_bulk_answer_is_a_failed_send_not_a_delivery() {
     );
 }
 
+// Issue 11: a 2xx that does not account for every document is no delivery.
+// Elasticsearch answers `_bulk` with one item per action, always; an answer
+// without them (`{}`, a proxy's JSON) or with fewer says nothing of the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_answer_without_an_item_per_document_is_a_failed_send_not_a_delivery() {
+    let answer: Answer = Arc::new(|n, seen: &Seen| {
+        match n {
+        0 => (200, b"{}".to_vec()),
+        // errors: true, and an item for the first document only.
+        1 => (
+            200,
+            serde_json::to_vec(&json!({"took": 1, "errors": true, "items": [
+                {"create": {"status": 429, "error": {"type": "es_rejected_execution_exception", "reason": "busy"}}}
+            ]}))
+            .unwrap(),
+        ),
+        2 => (200, br#"{"took": 1, "errors": false, "items": []}"#.to_vec()),
+        _ => bulk_answer(
+            seen,
+            false,
+            |_| json!({"create": {"status": 201, "result": "created"}}),
+        ),
+    }
+    });
+    let (es, addr) = Double::start(answer).await;
+    let mut weir = Weir::start(&weir_for(&format!(
+        "    type: elasticsearch\n    endpoint: http://{addr}\n"
+    )))
+    .await;
+    send(&weir, logs(3)).await;
+    let m = eventually(Duration::from_secs(20), "the batch delivered", || {
+        let m = futures::executor::block_on(weir.metrics());
+        (metric(
+            &m,
+            "weir_forwarded_events_total{backend=\"out\",tenant=\"acme\"}",
+        ) >= 3.0)
+            .then_some(m)
+    })
+    .await;
+    assert!(weir.terminate().success());
+    let requests = es.requests();
+    assert_eq!(
+        requests.len(),
+        4,
+        "sent whole until an answer named every document"
+    );
+    assert!(requests.iter().all(|r| r.body == requests[0].body));
+    assert_eq!(
+        metric(
+            &m,
+            "weir_forwarded_events_total{backend=\"out\",tenant=\"acme\"}"
+        ),
+        3.0,
+        "counted delivered once, when the answer said so"
+    );
+    let log = weir.log();
+    assert!(log.contains("items"), "says what was wrong: {log}");
+}
+
 /// OTLP in, OTLP out: a record's trace and span ids, taken in over OTLP/HTTP,
 /// reach the OTLP backend in the record's own fields, with its body,
 /// severity and resource.

@@ -30,10 +30,12 @@ pub trait Transport: Send + Sync {
     /// `tenant` (CPU work: run off the async workers).
     fn encode(&self, ndjson: Vec<u8>, tenant: &str) -> Bytes;
 
-    /// One request with an encoded body; a 2xx answer read into what happened to each event.
+    /// One request with an encoded body of `events` events; a 2xx answer
+    /// read into what happened to each event.
     fn send<'a>(
         &'a self,
         body: Bytes,
+        events: usize,
         upstream_key: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Sent, SendError>>;
 
@@ -66,8 +68,14 @@ pub trait Protocol: Send + Sync + 'static {
     /// The body for an NDJSON batch of `tenant`'s events, before compression.
     fn body(&self, ndjson: Vec<u8>, tenant: &str) -> Vec<u8>;
 
-    /// What a 2xx answer says about single events (by default: all delivered).
-    fn read_answer(&self, _status: StatusCode, _answer: &[u8]) -> Result<Sent, SendError> {
+    /// What a 2xx answer to a body of `events` events says about single
+    /// events (by default: all delivered).
+    fn read_answer(
+        &self,
+        _status: StatusCode,
+        _answer: &[u8],
+        _events: usize,
+    ) -> Result<Sent, SendError> {
         Ok(Sent::default())
     }
 }
@@ -219,8 +227,13 @@ impl Backend {
         self.transport.encode(ndjson, tenant)
     }
 
-    pub async fn send(&self, body: Bytes, upstream_key: Option<&str>) -> Result<Sent, SendError> {
-        self.transport.send(body, upstream_key).await
+    pub async fn send(
+        &self,
+        body: Bytes,
+        events: usize,
+        upstream_key: Option<&str>,
+    ) -> Result<Sent, SendError> {
+        self.transport.send(body, events, upstream_key).await
     }
 
     pub async fn probe(&self, check: &HealthCheckConfig) -> Result<(), ProbeError> {

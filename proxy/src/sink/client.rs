@@ -60,7 +60,12 @@ impl<P: Protocol> HttpTransport<P> {
         }))
     }
 
-    async fn send(&self, body: Bytes, upstream_key: Option<&str>) -> Result<Sent, SendError> {
+    async fn send(
+        &self,
+        body: Bytes,
+        events: usize,
+        upstream_key: Option<&str>,
+    ) -> Result<Sent, SendError> {
         let mut req = Request::builder()
             .method(Method::POST)
             .uri(self.uri.clone())
@@ -69,14 +74,14 @@ impl<P: Protocol> HttpTransport<P> {
         *req.headers_mut() = self.headers.clone();
         self.protocol
             .tenant_headers(upstream_key, req.headers_mut())?;
-        match tokio::time::timeout(self.timeout, self.exchange(req)).await {
+        match tokio::time::timeout(self.timeout, self.exchange(req, events)).await {
             Ok(r) => r,
             Err(_) => Err(SendError::Timeout(self.timeout)),
         }
     }
 
     /// The request and its whole answer (read so the connection returns to the pool).
-    async fn exchange(&self, req: Request<Full<Bytes>>) -> Result<Sent, SendError> {
+    async fn exchange(&self, req: Request<Full<Bytes>>, events: usize) -> Result<Sent, SendError> {
         let resp = self
             .client
             .request(req)
@@ -96,7 +101,7 @@ impl<P: Protocol> HttpTransport<P> {
                 retry_after,
                 why: format!("but its answer could not be read: {}", error_chain(&e)),
             })?;
-            return self.protocol.read_answer(status, &body);
+            return self.protocol.read_answer(status, &body, events);
         }
         let body = body.unwrap_or_default();
         Err(SendError::Status {
@@ -154,9 +159,10 @@ impl<P: Protocol> Transport for HttpTransport<P> {
     fn send<'a>(
         &'a self,
         body: Bytes,
+        events: usize,
         upstream_key: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Sent, SendError>> {
-        HttpTransport::send(self, body, upstream_key).boxed()
+        HttpTransport::send(self, body, events, upstream_key).boxed()
     }
 
     fn probe<'a>(&'a self, check: &'a HealthCheckConfig) -> BoxFuture<'a, Result<(), ProbeError>> {
@@ -253,4 +259,85 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
         cur = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::backend::Backend;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A backend on `addr` as the config resolves it.
+    fn backend(kind: &str, addr: std::net::SocketAddr) -> Backend {
+        let plan = crate::plan::Plan::parse(
+            &format!(
+                "listeners: [{{name: i, address: \"127.0.0.1:0\", protocol: http}}]
+archive: {{store: {{type: local, root: /nonexistent}}}}
+backends: [{{name: b, type: {kind}, endpoint: \"http://{addr}\", compression: none}}]
+tenants: [{{name: t, api_keys: [k], backend: b}}]
+"
+            ),
+            "weir.yaml",
+        )
+        .unwrap();
+        Backend::from_config(&plan.config.backends[0]).unwrap()
+    }
+
+    /// Answers one request with `head` and `body`, then closes the connection.
+    async fn answer_once(head: &'static str, body: &'static str) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            // The whole request first (head, then Content-Length bytes).
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = s.read(&mut buf).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got).to_lowercase();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len: usize = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    if got.len() >= end + 4 + len {
+                        break;
+                    }
+                }
+                assert!(n > 0, "the request ended early");
+            }
+            s.write_all(head.as_bytes()).await.unwrap();
+            s.write_all(body.as_bytes()).await.unwrap();
+            s.shutdown().await.unwrap();
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_2xx_whose_answer_is_cut_off_is_a_failed_send_not_a_delivery() {
+        // 200 promising 120 bytes of _bulk answer; the connection closes after 34.
+        let addr = answer_once(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 120\r\n\r\n",
+            r#"{"took":1,"errors":false,"items":["#,
+        )
+        .await;
+        let es = backend("elasticsearch", addr);
+        let body = es.encode(b"{\"message\":\"m\"}\n".to_vec(), "t");
+        let e = es.send(body, 1, None).await.expect_err("not a delivery");
+        assert!(e.retryable(), "sent again: {e}");
+        assert!(e.to_string().contains("could not be read"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_2xx_bulk_answer_read_whole_is_a_delivery() {
+        let addr = answer_once(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 61\r\n\r\n",
+            r#"{"took":1,"errors":false,"items":[{"create":{"status":201}}]}"#,
+        )
+        .await;
+        let es = backend("elasticsearch", addr);
+        let body = es.encode(b"{\"message\":\"m\"}\n".to_vec(), "t");
+        let sent = es.send(body, 1, None).await.unwrap();
+        assert!(sent.retry.is_empty() && sent.rejected.is_empty());
+    }
 }

@@ -275,7 +275,10 @@ async fn send(
     let gauge = METRICS.inflight_batches.with_label_values(&[name]);
     gauge.inc();
     let started = std::time::Instant::now();
-    let result = m.backend.send(body, s.upstream_key.as_deref()).await;
+    let result = m
+        .backend
+        .send(body, events, s.upstream_key.as_deref())
+        .await;
     gauge.dec();
     drop(permit);
     let outcome = match &result {

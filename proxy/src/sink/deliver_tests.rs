@@ -45,6 +45,7 @@ impl Transport for Fake {
     fn send<'a>(
         &'a self,
         body: Bytes,
+        _: usize,
         _: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Sent, SendError>> {
         let lines = String::from_utf8(body.to_vec()).unwrap();
@@ -309,7 +310,9 @@ async fn partial_success_retries_what_was_asked_again_and_dead_letters_the_refus
         {"create": {"status": 429, "error": {"type": "es_rejected_execution_exception", "reason": "busy"}}},
     ]})
     .to_string();
-    let partial = es.read_answer(StatusCode::OK, answer.as_bytes()).unwrap();
+    let partial = es
+        .read_answer(StatusCode::OK, answer.as_bytes(), 3)
+        .unwrap();
     let partial = Mutex::new(Some(partial));
     let first: Answer = Box::new(move || Ok(partial.lock().unwrap().take().unwrap_or_default()));
     let a = FakeBackend::new("ps-a", passive(3, 10), vec![first, ok()]);
@@ -381,7 +384,7 @@ async fn records_refused_without_being_named_are_counted_dropped() {
         endpoint: "http://otel".into(),
         headers: Default::default(),
     });
-    let partial = Mutex::new(Some(otlp.read_answer(StatusCode::OK, &answer).unwrap()));
+    let partial = Mutex::new(Some(otlp.read_answer(StatusCode::OK, &answer, 2).unwrap()));
     let first: Answer = Box::new(move || Ok(partial.lock().unwrap().take().unwrap_or_default()));
     let a = FakeBackend::new("up-a", passive(3, 10), vec![first]);
     let s = route("up-t", &[&[&a]], None);

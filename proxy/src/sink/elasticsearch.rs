@@ -36,9 +36,15 @@ impl Protocol for Elasticsearch {
         bulk(&ndjson, &self.cfg.index)
     }
 
-    fn read_answer(&self, status: StatusCode, answer: &[u8]) -> Result<Sent, SendError> {
-        // Which items failed is unknown when the answer cannot be read: the whole batch is sent again.
-        let failures = failures(answer).map_err(|e| SendError::Answer {
+    fn read_answer(
+        &self,
+        status: StatusCode,
+        answer: &[u8],
+        events: usize,
+    ) -> Result<Sent, SendError> {
+        // Which items failed is unknown when the answer cannot be read or
+        // lacks items: the whole batch is sent again.
+        let failures = failures(answer, events).map_err(|e| SendError::Answer {
             status,
             retry_after: None,
             why: format!("with {e}"),
@@ -106,34 +112,69 @@ fn document(out: &mut Vec<u8>, l: &Line) {
     out.push(b'\n');
 }
 
-/// A `_bulk` answer that does not say which items failed.
+/// A `_bulk` answer that does not say what became of every document.
 #[derive(Debug, thiserror::Error)]
 pub enum BulkAnswerError {
     #[error("unreadable _bulk answer: {0}")]
     Unreadable(#[from] serde_json::Error),
-    #[error("a _bulk answer with errors but no items")]
-    NoItems,
+    #[error("a _bulk answer with {items} items for {documents} documents")]
+    ItemCount { items: usize, documents: usize },
 }
 
-/// Per-item outcome of a `_bulk` answer: (item index, status, reason) of each
-/// item that did not succeed (none when the answer says there were no errors).
-pub fn failures(answer: &[u8]) -> Result<Vec<(usize, u16, String)>, BulkAnswerError> {
-    let v: Value = serde_json::from_slice(answer)?;
-    if v["errors"] != json!(true) {
-        return Ok(Vec::new());
+/// A `_bulk` answer, as far as Weir reads it: Elasticsearch and OpenSearch
+/// answer with one item per action, in order, whether `errors` is true or
+/// not, so `items` is required and `errors` not read.
+#[derive(serde::Deserialize)]
+struct BulkAnswer {
+    items: Vec<Item>,
+}
+
+/// One item: `{"<action>": {"status": .., "error": {..}, ..}}`.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Item {
+    Create(ItemResult),
+    Index(ItemResult),
+    Update(ItemResult),
+    Delete(ItemResult),
+}
+
+#[derive(serde::Deserialize)]
+struct ItemResult {
+    /// Missing: read as a 500 (sent again).
+    status: Option<u16>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+/// Per-item outcome of a `_bulk` answer to `documents` documents: (item
+/// index, status, reason) of each item that did not succeed. An answer
+/// without an item per document says nothing of the others: an error, so
+/// the whole batch is sent again (at least once, never lost).
+pub fn failures(
+    answer: &[u8],
+    documents: usize,
+) -> Result<Vec<(usize, u16, String)>, BulkAnswerError> {
+    let answer: BulkAnswer = serde_json::from_slice(answer)?;
+    if answer.items.len() != documents {
+        return Err(BulkAnswerError::ItemCount {
+            items: answer.items.len(),
+            documents,
+        });
     }
-    let items = v["items"].as_array().ok_or(BulkAnswerError::NoItems)?;
-    Ok(items
-        .iter()
+    Ok(answer
+        .items
+        .into_iter()
         .enumerate()
         .filter_map(|(i, item)| {
-            let op = item.as_object()?.values().next()?;
-            let status = op["status"].as_u64().unwrap_or(500) as u16;
+            let (Item::Create(r) | Item::Index(r) | Item::Update(r) | Item::Delete(r)) = item;
+            let status = r.status.unwrap_or(500);
             (status >= 300).then(|| {
+                let error = r.error.unwrap_or(Value::Null);
                 let reason = format!(
                     "{}: {}",
-                    op["error"]["type"].as_str().unwrap_or("error"),
-                    op["error"]["reason"].as_str().unwrap_or("")
+                    error["type"].as_str().unwrap_or("error"),
+                    error["reason"].as_str().unwrap_or("")
                 );
                 (i, status, reason)
             })
@@ -164,12 +205,58 @@ mod tests {
             {"create": {"status": 400, "error": {"type": "mapper_parsing_exception", "reason": "bad"}}},
             {"create": {"status": 429, "error": {"type": "es_rejected_execution_exception", "reason": "busy"}}},
         ]});
-        let f = failures(answer.to_string().as_bytes()).unwrap();
+        let f = failures(answer.to_string().as_bytes(), 3).unwrap();
         assert_eq!(f[0], (1, 400, "mapper_parsing_exception: bad".to_string()));
         assert_eq!((f[1].0, f[1].1), (2, 429));
-        assert!(failures(br#"{"errors":false,"items":[]}"#)
-            .unwrap()
-            .is_empty());
+        let created = r#"{"create":{"_index":"i","status":201,"result":"created"}}"#;
+        let fine = format!(r#"{{"took":2,"errors":false,"items":[{created},{created}]}}"#);
+        assert!(failures(fine.as_bytes(), 2).unwrap().is_empty());
+    }
+
+    /// Elasticsearch answers `_bulk` with an item per action, in order,
+    /// whatever `errors` says: a 2xx that does not is no delivery.
+    #[test]
+    fn a_bulk_answer_must_account_for_every_document() {
+        let es = Elasticsearch::new(&ElasticsearchConfig {
+            endpoint: "http://es".into(),
+            index: "i".into(),
+            headers: Default::default(),
+        });
+        let created = r#"{"create":{"status":201}}"#;
+        let busy = r#"{"create":{"status":429,"error":{"type":"es_rejected_execution_exception","reason":"busy"}}}"#;
+        let not_bulk = [
+            "{}".to_string(),
+            r#"{"acknowledged":true}"#.to_string(),
+            r#"{"errors":false}"#.to_string(),
+            r#"{"errors":false,"items":[]}"#.to_string(),
+            format!(r#"{{"errors":false,"items":[{created},{created}]}}"#),
+            format!(r#"{{"errors":true,"items":[{busy}]}}"#),
+            format!(r#"{{"errors":true,"items":[{created},{created},{busy},{busy}]}}"#),
+            format!(r#"{{"errors":false,"items":{created}}}"#),
+            "[]".to_string(),
+        ];
+        for answer in not_bulk {
+            let e = es
+                .read_answer(StatusCode::OK, answer.as_bytes(), 3)
+                .expect_err(&answer);
+            assert!(e.retryable(), "{answer}: sent again, not dropped");
+        }
+        let sent = es
+            .read_answer(
+                StatusCode::OK,
+                format!(r#"{{"errors":true,"items":[{created},{busy},{created}]}}"#).as_bytes(),
+                3,
+            )
+            .unwrap();
+        assert_eq!(sent.retry, [1]);
+        let sent = es
+            .read_answer(
+                StatusCode::OK,
+                format!(r#"{{"errors":false,"items":[{created},{created},{created}]}}"#).as_bytes(),
+                3,
+            )
+            .unwrap();
+        assert!(sent.retry.is_empty() && sent.rejected.is_empty());
     }
 
     #[test]

@@ -76,6 +76,7 @@ impl Transport for FileTransport {
     fn send<'a>(
         &'a self,
         body: Bytes,
+        _events: usize,
         _upstream_key: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Sent, SendError>> {
         self.append(body)

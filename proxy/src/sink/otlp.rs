@@ -48,7 +48,12 @@ impl Protocol for Otlp {
         logs(&events(&ndjson))
     }
 
-    fn read_answer(&self, _status: StatusCode, answer: &[u8]) -> Result<Sent, SendError> {
+    fn read_answer(
+        &self,
+        _status: StatusCode,
+        answer: &[u8],
+        _events: usize,
+    ) -> Result<Sent, SendError> {
         Ok(Sent {
             unnamed_rejected: rejected(answer),
             ..Sent::default()
