@@ -922,3 +922,74 @@ fn run_refuses_a_plugin_config_naming_the_plugins_field() {
         "{err}"
     );
 }
+
+/// A hostile plugin writes through every channel it has, 100 times each per
+/// call: its `log` import, stdout, stderr (each a line), a write to a
+/// descriptor it does not have, a preopen lookup. The proxy's log stays
+/// within the plugin log limit (50 lines per 10 s per plugin, then one line
+/// counting what was suppressed), and every batch is still processed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_flooding_every_output_channel_leaves_the_proxy_log_within_its_limit() {
+    const FLOOD: &str = r#"(i32.store (i32.const 208) (i32.const 224))
+    (i32.store (i32.const 212) (i32.const 13))
+    (local.set $k (i32.const 0))
+    (loop $more
+      (call $log (i32.const 1) (i32.const 224) (i32.const 12))
+      (drop (call $fd_write (i32.const 1) (i32.const 208) (i32.const 1) (i32.const 216)))
+      (drop (call $fd_write (i32.const 2) (i32.const 208) (i32.const 1) (i32.const 216)))
+      (drop (call $fd_write (i32.const 9) (i32.const 208) (i32.const 1) (i32.const 216)))
+      (drop (call $prestat (i32.const 3) (i32.const 200)))
+      (local.set $k (i32.add (local.get $k) (i32.const 1)))
+      (br_if $more (i32.lt_u (local.get $k) (i32.const 100))))
+    (local.set $k (i32.const 0))"#;
+    const IMPORTS: &str = r#"(import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_prestat_get" (func $prestat (param i32 i32) (result i32)))"#;
+    let (dd, addr) = FakeDatadog::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("flood.wat"),
+        plugin_wat(1, IMPORTS, "(i64.const 0)", FLOOD),
+    )
+    .unwrap();
+    let extra = "    plugins:\n      - {name: flood, path: \"{DIR}/flood.wat\"}\n";
+    let weir = Weir::start_in(dir, &config(&addr.to_string(), "", extra)).await;
+    let requests = 200;
+    for r in 0..requests {
+        let resp = post(
+            &weir.url("/api/v2/logs"),
+            &[("DD-API-KEY", "agent-key")],
+            logs(&format!("f{r}"), 9),
+        )
+        .await;
+        assert_eq!(resp.status, 202, "{}", resp.text());
+    }
+    let m = weir
+        .metrics_once(
+            "weir_plugin_custom_total{name=\"calls\",plugin=\"flood\",tenant=\"acme\"}",
+            requests as f64,
+        )
+        .await;
+    assert_eq!(plugin_errors(&m, "acme", "flood"), 0.0);
+    // 200 calls x 100 x (log + stdout + stderr) lines the plugin tried to write.
+    let log = weir.log();
+    let plugin_lines = log.lines().filter(|l| l.contains("hello stdout")).count();
+    let wasi_lines = log
+        .lines()
+        .filter(|l| l.contains("wasmtime") || l.contains("wasi"))
+        .count();
+    eprintln!(
+        "60,000 plugin writes: {plugin_lines} plugin lines, {wasi_lines} runtime lines, {} log bytes",
+        log.len()
+    );
+    // One 10 s window, maybe two on a slow machine.
+    assert!(plugin_lines <= 100, "{plugin_lines} plugin lines");
+    assert!(
+        plugin_lines >= 40,
+        "the first lines are logged: {plugin_lines}"
+    );
+    assert_eq!(wasi_lines, 0, "the runtime logged: {log}");
+    eventually(Duration::from_secs(20), "the kept events", || {
+        (dd.count() >= requests * 3).then_some(())
+    })
+    .await;
+}

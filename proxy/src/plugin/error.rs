@@ -20,6 +20,9 @@ pub enum LoadError {
     Linker(String),
     #[error("cannot link (only `weir` and `wasi_snapshot_preview1` imports are provided): {0}")]
     Link(String),
+    /// An import plugins are not given (a file, a socket, a wait).
+    #[error("the plugin imports {import}, which Weir does not give plugins: {why}")]
+    ForbiddenImport { import: String, why: &'static str },
     #[error("cannot instantiate: {0}")]
     Instantiate(CallError),
     #[error("the module exports no `memory`")]

@@ -8,6 +8,10 @@ pub const TICK: Duration = Duration::from_millis(10);
 pub(super) const LOG_LINES_PER_WINDOW: u32 = 50;
 pub(super) const LOG_WINDOW: Duration = Duration::from_secs(10);
 pub(super) const MAX_LOG_LINE: usize = 4096;
+/// Tables per instance and their elements (a compiled program's function
+/// table holds a few thousand; growing past this traps).
+pub(super) const MAX_TABLES: usize = 4;
+pub(super) const MAX_TABLE_ELEMENTS: usize = 100_000;
 /// Distinct counter names a plugin may create (metric cardinality).
 pub(super) const MAX_COUNTER_NAMES: usize = 64;
 
@@ -243,6 +247,65 @@ pub(super) fn guest_bytes<'a>(
 ) -> Option<&'a [u8]> {
     let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
     mem.data(caller).get(ptr..ptr.checked_add(len)?)
+}
+
+/// The WASI (preview 1) functions a plugin may import: what a language's
+/// runtime needs to start and print (arguments and environment, both empty;
+/// clocks; random numbers; the standard streams, which go to the log; exit)
+/// and nothing that reaches files, sockets or the host's time slices.
+/// Everything else, `path_open`, `fd_readdir`, `sock_accept` or `poll_oneoff`
+/// (which would block a host thread past any deadline) among them, is refused
+/// at load rather than failing when called.
+pub const WASI_ALLOWED: &[&str] = &[
+    "args_get",
+    "args_sizes_get",
+    "environ_get",
+    "environ_sizes_get",
+    "clock_res_get",
+    "clock_time_get",
+    "random_get",
+    "proc_exit",
+    "sched_yield",
+    // The standard streams (there are no other descriptors: no preopens).
+    "fd_write",
+    "fd_read",
+    "fd_close",
+    "fd_seek",
+    "fd_tell",
+    "fd_sync",
+    "fd_datasync",
+    "fd_fdstat_get",
+    "fd_fdstat_set_flags",
+    "fd_filestat_get",
+    // Asked at start by wasi-libc to find preopened directories: there are none.
+    "fd_prestat_get",
+    "fd_prestat_dir_name",
+];
+
+/// The host functions of the `weir` module (sdk/ABI.md).
+pub const WEIR_IMPORTS: &[&str] = &["log", "now_ms", "counter_add"];
+
+/// The first import of `module` outside what plugins are given, named with
+/// why it is refused.
+pub fn forbidden_import(module: &Module) -> Option<(String, &'static str)> {
+    module.imports().find_map(|i| {
+        let (m, name) = (i.module(), i.name());
+        let why = match m {
+            "wasi_snapshot_preview1" if WASI_ALLOWED.contains(&name) => return None,
+            "weir" if WEIR_IMPORTS.contains(&name) => return None,
+            "wasi_snapshot_preview1" if name.starts_with("sock_") => "plugins have no network",
+            "wasi_snapshot_preview1" if name.starts_with("path_") || name == "fd_readdir" => {
+                "plugins have no filesystem"
+            }
+            "wasi_snapshot_preview1" if name == "poll_oneoff" => {
+                "a plugin may not sleep or wait: it would hold a host thread past its deadline"
+            }
+            "wasi_snapshot_preview1" => "not among the WASI functions plugins are given",
+            "weir" => "not a weir host function (log, now_ms, counter_add)",
+            _ => "only `weir` and `wasi_snapshot_preview1` imports are provided",
+        };
+        Some((format!("{m}.{name}"), why))
+    })
 }
 
 pub(super) fn linker() -> wasmtime::Result<Linker<Host>> {

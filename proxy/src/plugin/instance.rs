@@ -200,6 +200,9 @@ impl Plugin {
         config: Option<&serde_yaml::Value>,
         settings: PluginSettings,
     ) -> Result<Plugin, LoadError> {
+        if let Some((import, why)) = forbidden_import(module) {
+            return Err(LoadError::ForbiddenImport { import, why });
+        }
         let linker = linker().map_err(|e| LoadError::Linker(format!("{e:#}")))?;
         let pre = linker
             .instantiate_pre(module)
@@ -263,8 +266,14 @@ impl Plugin {
             .stdout(stdout)
             .stderr(stderr)
             .build_p1();
+        // Per instance: its memory, one memory, a few tables of bounded size, no
+        // instances beyond its own (a module cannot instantiate more anyway).
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.settings.memory_limit as usize)
+            .memories(1)
+            .tables(MAX_TABLES)
+            .table_elements(MAX_TABLE_ELEMENTS)
+            .instances(1)
             .trap_on_grow_failure(true)
             .build();
         let mut store = Store::new(

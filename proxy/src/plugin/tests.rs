@@ -230,7 +230,7 @@ fn missing_export_and_unknown_import_are_refused() {
     .err()
     .unwrap()
     .to_string();
-    assert!(e.contains("cannot link"), "{e}");
+    assert!(e.contains("imports env.socket,"), "names the import: {e}");
 }
 
 #[test]
@@ -258,26 +258,30 @@ fn init_gets_the_config_and_may_refuse_it() {
     assert_verdicts_applied(&b);
 }
 
-const WASI_IMPORTS: &str = r#"(import "wasi_snapshot_preview1" "path_open" (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))"#;
-/// Tries to open etc/passwd under fd 3 (there are no preopens), counts the errno, prints to stdout.
-const OPEN_FILE: &str = r#"(local.set $k (call $path_open (i32.const 3) (i32.const 0) (i32.const 160) (i32.const 10) (i32.const 0) (i64.const 0) (i64.const 0) (i32.const 0) (i32.const 200)))
+const WASI_IMPORTS: &str = r#"(import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))"#;
+
+const PRESTAT_IMPORT: &str = r#"(import "wasi_snapshot_preview1" "fd_prestat_get" (func $prestat (param i32 i32) (result i32)))"#;
+/// Asks for a preopened directory at fd 3 (there are none), counts the errno, prints to stdout.
+const NO_PREOPENS: &str = r#"(local.set $k (call $prestat (i32.const 3) (i32.const 200)))
     (if (i32.eqz (local.get $k)) (then unreachable))
     (call $counter (i32.const 176) (i32.const 5) (i64.extend_i32_u (local.get $k)))
     (i32.store (i32.const 208) (i32.const 224))
     (i32.store (i32.const 212) (i32.const 13))
     (drop (call $fd_write (i32.const 1) (i32.const 208) (i32.const 1) (i32.const 216)))"#;
 
+/// WASI works from any calling context (wasmtime-wasi's sync calls run a
+/// runtime of their own), and there is no directory to reach anything under.
 fn run_wasi_plugin(name: &str) {
+    let imports = format!("{WASI_IMPORTS}\n  {PRESTAT_IMPORT}");
     let p = load(
-        &plugin_wat(1, WASI_IMPORTS, "(i64.const 0)", OPEN_FILE),
+        &plugin_wat(1, &imports, "(i64.const 0)", NO_PREOPENS),
         settings(name, PluginOnError::Drop),
     );
     let mut b = batch(3);
     off_runtime(|| p.apply(&mut b));
     assert_verdicts_applied(&b);
     assert_eq!(errors(name, "trap"), 0);
-    // EBADF (8): there is no directory to open anything under.
+    // EBADF (8): no preopened directory.
     assert_eq!(
         METRICS
             .plugin_counter
@@ -300,6 +304,73 @@ async fn wasi_has_no_filesystem_on_a_current_thread_runtime() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wasi_has_no_filesystem_on_a_worker() {
     run_wasi_plugin("wasi-worker");
+}
+
+/// One import of `module.name` with a signature that links (the check runs before linking).
+fn importing(module: &str, name: &str) -> String {
+    plugin_wat(
+        1,
+        &format!(r#"(import "{module}" "{name}" (func (param i32 i32) (result i32)))"#),
+        "(i64.const 0)",
+        "",
+    )
+}
+
+#[test]
+fn imports_outside_what_plugins_are_given_are_refused_at_load_by_name() {
+    for (module, name, why) in [
+        ("wasi_snapshot_preview1", "path_open", "no filesystem"),
+        (
+            "wasi_snapshot_preview1",
+            "path_unlink_file",
+            "no filesystem",
+        ),
+        ("wasi_snapshot_preview1", "fd_readdir", "no filesystem"),
+        ("wasi_snapshot_preview1", "sock_accept", "no network"),
+        ("wasi_snapshot_preview1", "sock_recv", "no network"),
+        ("wasi_snapshot_preview1", "poll_oneoff", "may not sleep"),
+        (
+            "wasi_snapshot_preview1",
+            "fd_pwrite",
+            "not among the WASI functions",
+        ),
+        (
+            "wasi_unstable",
+            "fd_write",
+            "only `weir` and `wasi_snapshot_preview1`",
+        ),
+        ("env", "system", "only `weir` and `wasi_snapshot_preview1`"),
+        ("weir", "secret", "not a weir host function"),
+    ] {
+        let err = Plugin::load(
+            importing(module, name).as_bytes(),
+            None,
+            settings("hostile", PluginOnError::Drop),
+        )
+        .err()
+        .unwrap_or_else(|| panic!("{module}.{name} loaded"));
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("imports {module}.{name},")) && text.contains(why),
+            "{text}"
+        );
+    }
+    // What the first-party plugins import loads (the SDK's runtime needs these).
+    for name in [
+        "fd_write",
+        "environ_get",
+        "environ_sizes_get",
+        "proc_exit",
+        "random_get",
+    ] {
+        assert!(
+            forbidden_import(
+                &cache::compile(importing("wasi_snapshot_preview1", name).as_bytes()).unwrap()
+            )
+            .is_none(),
+            "{name}"
+        );
+    }
 }
 
 #[test]
@@ -713,7 +784,7 @@ fn a_plugin_gets_and_changes_only_the_fields_it_exports_in_weir_fields() {
     assert_eq!(b.dispositions[1], Disposition::Drop);
 }
 
-/// Writes "flooding stdout\n" (at 224, from OPEN_FILE's data) to stdout 200 times per call.
+/// Writes "hello stdout\n" (at 224, from the fixture's data) to stdout 200 times per call.
 const FLOOD_STDOUT: &str = r#"(local.set $k (i32.const 0))
     (i32.store (i32.const 208) (i32.const 224))
     (i32.store (i32.const 212) (i32.const 13))
