@@ -72,6 +72,7 @@ pub async fn run(plan: Plan, path: Option<std::path::PathBuf>) -> anyhow::Result
         let tenant = shared
             .tenant(t, outputs)
             .map_err(|e| anyhow::anyhow!("{}", config.origin.locate(e)))?;
+        tenants.add_client_names(&t.client_names, &tenant);
         tenants.add(&t.api_keys, tenant);
     }
     let Shared {

@@ -2,6 +2,7 @@
 //! TLS; test doubles only for the backends, speaking their wire protocol.
 mod harness;
 
+mod abuse;
 mod agents;
 mod backends;
 mod cli;

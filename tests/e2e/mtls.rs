@@ -240,3 +240,69 @@ async fn a_rotated_server_certificate_and_ca_are_picked_up_while_a_long_lived_co
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_are_checked_and_a_certificate_names_its_tenant() {
+    let files = tempfile::tempdir().unwrap();
+    let (ca_a, other_ca) = (ca("Fleet CA"), ca("Other CA"));
+    write_server_files(files.path(), &ca_a, &ca_a);
+    let (dd, addr) = FakeDatadog::start().await;
+    let cfg = mtls_config(&addr.to_string(), files.path(), "").replace(
+        "    api_keys: [agent-key]\n",
+        "    api_keys: [agent-key]\n    client_names: [agent.acme.example]\n",
+    );
+    let weir = Weir::start(&cfg).await;
+    let port = weir.intake;
+
+    let none = try_post(port, client(&ca_a, None), Some("agent-key")).await;
+    assert!(none.is_err(), "no client certificate: {none:?}");
+    let foreign = leaf(&other_ca, &["agent.acme.example"], "agent", true, false);
+    let r = try_post(port, client(&ca_a, Some(&foreign)), Some("agent-key")).await;
+    assert!(r.is_err(), "another CA's certificate: {r:?}");
+    let expired = leaf(&ca_a, &["agent.acme.example"], "agent", true, true);
+    let r = try_post(port, client(&ca_a, Some(&expired)), Some("agent-key")).await;
+    assert!(r.is_err(), "an expired certificate: {r:?}");
+    let m = weir
+        .metrics_once(
+            "weir_tls_handshake_failures_total{listener=\"intake\"}",
+            3.0,
+        )
+        .await;
+    assert_eq!(
+        metric(&m, "weir_tls_handshake_failures_total{listener=\"intake\"}"),
+        3.0
+    );
+
+    // The right certificate: its SAN names tenant acme, no key needed.
+    let good = leaf(&ca_a, &["agent.acme.example"], "agent", true, false);
+    assert_eq!(
+        try_post(port, client(&ca_a, Some(&good)), None).await,
+        Ok(202)
+    );
+    // Its subject's common name maps too.
+    let by_cn = leaf(&ca_a, &[], "agent.acme.example", true, false);
+    assert_eq!(
+        try_post(port, client(&ca_a, Some(&by_cn)), None).await,
+        Ok(202)
+    );
+    // A key of another tenant with acme's certificate is refused.
+    assert_eq!(
+        try_post(port, client(&ca_a, Some(&good)), Some("not-acmes")).await,
+        Ok(403)
+    );
+    // A verified certificate no tenant names: the key decides, as without mTLS.
+    let unnamed = leaf(&ca_a, &["someone.example"], "someone", true, false);
+    assert_eq!(
+        try_post(port, client(&ca_a, Some(&unnamed)), None).await,
+        Ok(401)
+    );
+    assert_eq!(
+        try_post(port, client(&ca_a, Some(&unnamed)), Some("agent-key")).await,
+        Ok(202)
+    );
+    let got = eventually(Duration::from_secs(20), "3 events for acme", || {
+        (dd.count() >= 3).then(|| dd.take())
+    })
+    .await;
+    assert_eq!(got.len(), 3);
+}

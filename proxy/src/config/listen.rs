@@ -142,6 +142,19 @@ pub struct Limits {
     pub body_read_timeout: Dur,
     /// Connections served at once per listener; further ones wait in the accept backlog.
     pub max_connections: usize,
+    /// Connections one client IP may hold open at once per listener; past
+    /// it a new connection is closed at once (counted). High by default:
+    /// a whole fleet may sit behind one NAT address. 0: no limit.
+    pub max_connections_per_ip: usize,
+    /// Request headers: their total size (HTTP/1.1 read buffer, HTTP/2
+    /// header list) and their number. Past either, 431.
+    pub max_header_bytes: ByteSize,
+    pub max_headers: usize,
+    /// Failed authentications (missing or unknown key) one client IP may
+    /// make per minute (as a burst, refilled evenly); past it, every request
+    /// from that IP is answered 429 with Retry-After, after a delay, without
+    /// looking at its key, until the budget refills. 0: no limit.
+    pub auth_failures_per_ip_per_minute: u32,
     /// Largest request body as sent (compressed).
     pub max_body_bytes: ByteSize,
     /// Largest request body once decompressed (zip bombs stop here).
@@ -177,6 +190,10 @@ impl Default for Limits {
             idle_timeout: Dur(Duration::from_secs(60)),
             body_read_timeout: Dur(Duration::from_secs(30)),
             max_connections: 10_000,
+            max_connections_per_ip: 1_000,
+            max_header_bytes: ByteSize::kib(64),
+            max_headers: 100,
+            auth_failures_per_ip_per_minute: 30,
             max_body_bytes: ByteSize::mib(5),
             max_decompressed_bytes: ByteSize::mib(5),
             max_events_per_request: None,
@@ -376,6 +393,12 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        if lim.max_header_bytes.0 < 8192 || lim.max_headers == 0 {
+            return Err(invalid(
+                "limits.max_header_bytes".into(),
+                "must be at least 8KiB, with max_headers at least 1 (HTTP/1.1 reads headers in an 8 KiB buffer at least)".into(),
+            ));
+        }
         if lim.max_events_per_request == Some(0) {
             return Err(invalid(
                 "limits.max_events_per_request".into(),
@@ -421,6 +444,15 @@ impl Config {
                     ),
                 ));
             }
+        }
+        if !self.admin.address.ip().is_loopback() && self.admin.token.is_none() {
+            return Err(invalid(
+                "admin.address".into(),
+                format!(
+                    "{} is reachable from other hosts, and there is no admin.token: set one (the /admin API then needs it; /metrics, /healthz and /readyz stay open for scrapers and probes), or bind 127.0.0.1",
+                    self.admin.address
+                ),
+            ));
         }
         Ok(())
     }

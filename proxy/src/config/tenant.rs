@@ -13,7 +13,13 @@ use std::time::Duration;
 pub struct TenantConfig {
     pub name: String,
     /// Keys agents send (DD-API-KEY); literal or `${ENV_VAR}`.
+    #[serde(default)]
     pub api_keys: Vec<Secret>,
+    /// Names in client certificates (a DNS, URI or e-mail subject alternative
+    /// name, or the subject's common name) that identify this tenant on a
+    /// listener with `tls.client_ca`: such a client needs no key.
+    #[serde(default)]
+    pub client_names: Vec<String>,
     /// The one backend this tenant's indexed events go to (no failover); or set `region`.
     pub backend: Option<String>,
     /// The region the tenant is pinned to: its events go to that region's tiers of backends.
@@ -209,6 +215,7 @@ impl Config {
     pub(super) fn validate_tenants(&self) -> Result<(), Invalid> {
         let mut tenants = HashSet::new();
         let mut keys = HashSet::new();
+        let mut client_names = HashSet::new();
         for (i, t) in self.tenants.iter().enumerate() {
             if t.name.is_empty()
                 || !t
@@ -224,11 +231,19 @@ impl Config {
                     format!("duplicate tenant name {:?}", t.name),
                 ));
             }
-            if t.api_keys.is_empty() {
+            if t.api_keys.is_empty() && t.client_names.is_empty() {
                 return Err(invalid(
                     format!("tenants[{i}].api_keys"),
-                    "at least one API key is required".into(),
+                    "at least one API key (or a client certificate name in client_names) is required".into(),
                 ));
+            }
+            for (k, name) in t.client_names.iter().enumerate() {
+                if name.trim().is_empty() || !client_names.insert(name.as_str()) {
+                    return Err(invalid(
+                        format!("tenants[{i}].client_names[{k}]"),
+                        format!("{name:?} is empty or already names a tenant (a certificate name maps to exactly one)"),
+                    ));
+                }
             }
             for (k, key) in t.api_keys.iter().enumerate() {
                 if !keys.insert(key.expose()) {

@@ -30,6 +30,9 @@ impl<'de> Deserialize<'de> for Dur {
 pub struct ByteSize(pub u64);
 
 impl ByteSize {
+    pub const fn kib(n: u64) -> Self {
+        ByteSize(n * 1024)
+    }
     pub const fn mib(n: u64) -> Self {
         ByteSize(n * 1024 * 1024)
     }

@@ -64,6 +64,7 @@ pub struct Core {
     /// Memory held by payloads being read and decoded, across all connections.
     budget: Budget,
     refusals: RefusalLog,
+    auth_guard: super::auth_guard::AuthGuard,
 }
 
 impl Core {
@@ -74,23 +75,48 @@ impl Core {
         );
         Arc::new(Core {
             tenants,
-            limits,
             budget,
             refusals: RefusalLog::default(),
+            auth_guard: super::auth_guard::AuthGuard::new(limits.auth_failures_per_ip_per_minute),
+            limits,
         })
     }
 
-    /// The tenant owning `key`; `hint` (where the protocol looks for a key)
-    /// completes the refusal of a request without one.
-    pub fn authenticate(
+    /// The tenant of a request from `origin`: the one its client certificate
+    /// names (mutual TLS), else the one owning `key`; `hint` (where the
+    /// protocol looks for a key) completes the refusal of a request without
+    /// one. A key and a certificate naming different tenants are refused.
+    /// An IP that spent its failed-authentication budget is answered 429,
+    /// slowly, without its key being looked at (see `auth_guard`).
+    pub async fn authenticate(
         &self,
+        origin: &Origin,
         key: Option<&str>,
         hint: &'static str,
     ) -> Result<Arc<Tenant>, Refusal> {
-        self.tenants.authenticate(key).map_err(|e| match e {
-            AuthError::Missing => Refusal::MissingKey { hint },
-            AuthError::Unknown => Refusal::UnknownKey,
-        })
+        let ip = origin.peer.ip();
+        if let Some(wait) = self.auth_guard.throttled(ip) {
+            return Err(throttled(wait).await);
+        }
+        let by_cert = origin
+            .client
+            .as_ref()
+            .and_then(|c| self.tenants.by_certificate(c));
+        let by_key = match (by_cert.is_some(), key.map(str::trim)) {
+            (true, None | Some("")) => None,
+            _ => Some(self.tenants.authenticate(key)),
+        };
+        match (by_cert, by_key) {
+            (Some(t), None) => Ok(t),
+            (Some(t), Some(Ok(k))) if Arc::ptr_eq(&t, &k) => Ok(t),
+            (Some(_), Some(Ok(_))) => Err(Refusal::KeyCertificateMismatch),
+            (_, Some(Ok(k))) => Ok(k),
+            (_, Some(Err(AuthError::Missing)) | None) => Err(Refusal::MissingKey { hint }),
+            (_, Some(Err(AuthError::Unknown))) => {
+                self.auth_guard.failed(ip);
+                Err(Refusal::UnknownKey)
+            }
+        }
     }
 
     /// The tenant a listener names (senders without keys); the config checked it exists.
@@ -402,6 +428,14 @@ impl<'a> EventCharge<'a> {
     }
 }
 
+/// The refusal of a throttled IP, after the slowdown.
+async fn throttled(wait: Duration) -> Refusal {
+    tokio::time::sleep(super::auth_guard::SLOWDOWN).await;
+    Refusal::AuthThrottled {
+        retry_after: wait.as_secs().max(1),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -446,24 +480,78 @@ mod tests {
             name: "t".into(),
             chain: Chain::for_test(),
         });
+        tenants.add_client_names(&["agent.t.example".to_string()], &tenant);
         tenants.add(&config.tenants[0].api_keys, tenant);
+        let other = Arc::new(Tenant {
+            name: "u".into(),
+            chain: Chain::for_test(),
+        });
+        tenants.add(&[serde_yaml::from_str("k2").unwrap()], other);
         Core::new(tenants, config.limits.clone())
+    }
+
+    fn origin(client: Option<&str>) -> Origin {
+        Origin {
+            listener: "i".into(),
+            peer: "192.0.2.7:5000".parse().unwrap(),
+            key_header: None,
+            client: client.map(|n| {
+                Arc::new(crate::tenant::ClientIdentity {
+                    names: vec!["unmapped.example".into(), n.into()],
+                })
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_certificate_names_its_tenant_and_a_key_must_agree() {
+        let core = core("64KiB");
+        let cert = origin(Some("agent.t.example"));
+        let t = core.authenticate(&cert, None, "").await.unwrap();
+        assert_eq!(&*t.name, "t", "no key needed");
+        assert_eq!(
+            &*core.authenticate(&cert, Some("k"), "").await.unwrap().name,
+            "t"
+        );
+        assert!(matches!(
+            core.authenticate(&cert, Some("k2"), "").await,
+            Err(Refusal::KeyCertificateMismatch)
+        ));
+        assert!(matches!(
+            core.authenticate(&cert, Some("nope"), "").await,
+            Err(Refusal::UnknownKey)
+        ));
+        // A certificate no tenant maps: its key decides.
+        let unmapped = origin(Some("nobody.example"));
+        assert_eq!(
+            &*core
+                .authenticate(&unmapped, Some("k2"), "")
+                .await
+                .unwrap()
+                .name,
+            "u"
+        );
+        assert!(matches!(
+            core.authenticate(&unmapped, None, "h").await,
+            Err(Refusal::MissingKey { .. })
+        ));
     }
 
     #[tokio::test]
     async fn refusals_before_the_chain_need_no_transport() {
         let core = core("64KiB");
+        let from = origin(None);
         assert!(matches!(
-            core.authenticate(None, "in the handshake"),
+            core.authenticate(&from, None, "in the handshake").await,
             Err(Refusal::MissingKey {
                 hint: "in the handshake"
             })
         ));
         assert!(matches!(
-            core.authenticate(Some("nope"), ""),
+            core.authenticate(&from, Some("nope"), "").await,
             Err(Refusal::UnknownKey)
         ));
-        let tenant = core.authenticate(Some("k"), "").unwrap();
+        let tenant = core.authenticate(&from, Some("k"), "").await.unwrap();
         assert!(matches!(
             core.reserve_payload(Some(2048)).await,
             Err(Refusal::BodyTooLarge { max: 1024 })

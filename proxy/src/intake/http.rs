@@ -131,7 +131,8 @@ async fn serve<P: HttpProtocol>(
     }
     if endpoint == Endpoint::Query {
         let answer = async {
-            core.authenticate(key(p, &head, origin).as_deref(), P::KEY_HINT)?;
+            core.authenticate(origin, key(p, &head, origin).as_deref(), P::KEY_HINT)
+                .await?;
             read_body(body, MAX_QUERY_BYTES, core.read_timeout()).await
         };
         return match answer.await {
@@ -143,7 +144,10 @@ async fn serve<P: HttpProtocol>(
         };
     }
     if endpoint == Endpoint::KeyCheck {
-        return match core.authenticate(key(p, &head, origin).as_deref(), P::KEY_HINT) {
+        return match core
+            .authenticate(origin, key(p, &head, origin).as_deref(), P::KEY_HINT)
+            .await
+        {
             Ok(_) => p.accepted(endpoint, &head),
             Err(r) => {
                 core.refused(origin, RefusedAt::KeyCheck, None, &r);
@@ -179,7 +183,9 @@ async fn submit<P: HttpProtocol>(
     origin: &Origin,
     known_tenant: &mut Option<Arc<Tenant>>,
 ) -> Result<(), Refusal> {
-    let tenant = core.authenticate(key(p, head, origin).as_deref(), P::KEY_HINT)?;
+    let tenant = core
+        .authenticate(origin, key(p, head, origin).as_deref(), P::KEY_HINT)
+        .await?;
     *known_tenant = Some(tenant.clone());
     let decoder = p.body(head)?;
     let encoding = Encoding::parse(header(&head.headers, CONTENT_ENCODING))?;

@@ -30,6 +30,7 @@
 //! chunk once taken, or none (and the connection closed) on a refusal; syslog,
 //! which has no ack, holds its sender back and tries again, as the refusal's
 //! status class says.
+mod auth_guard;
 pub mod body;
 pub mod core;
 pub mod datadog;

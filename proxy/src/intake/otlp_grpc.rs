@@ -41,7 +41,10 @@ pub async fn serve(core: &Arc<Core>, req: Request<Incoming>, origin: &Origin) ->
     let key = origin
         .key(req.headers())
         .or_else(|| api_key(req.headers(), None));
-    let tenant = match core.authenticate(key.as_deref(), Otlp::KEY_HINT) {
+    let tenant = match core
+        .authenticate(origin, key.as_deref(), Otlp::KEY_HINT)
+        .await
+    {
         Ok(t) => t,
         Err(r) => return refused(core, origin, None, started, r),
     };

@@ -24,6 +24,12 @@ pub enum Refusal {
     MissingKey { hint: &'static str },
     #[error("API key is not valid")]
     UnknownKey,
+    /// The client certificate names one tenant, the key another.
+    #[error("the API key belongs to another tenant than the client certificate")]
+    KeyCertificateMismatch,
+    /// The client's IP spent its failed-authentication budget.
+    #[error("too many failed authentications from this address; retry after {retry_after} s")]
+    AuthThrottled { retry_after: u64 },
     #[error("unsupported Content-Encoding {0:?}; use gzip, deflate, zstd or identity")]
     UnsupportedEncoding(String),
     #[error("request body is larger than {max} bytes")]
@@ -81,6 +87,8 @@ pub enum Reason {
     MethodNotAllowed,
     MissingApiKey,
     UnknownApiKey,
+    KeyCertificateMismatch,
+    AuthThrottled,
     UnsupportedEncoding,
     BodyTooLarge,
     BodyTimeout,
@@ -103,6 +111,8 @@ impl Reason {
             Reason::MethodNotAllowed => "method_not_allowed",
             Reason::MissingApiKey => "missing_api_key",
             Reason::UnknownApiKey => "unknown_api_key",
+            Reason::KeyCertificateMismatch => "key_certificate_mismatch",
+            Reason::AuthThrottled => "auth_throttled",
             Reason::UnsupportedEncoding => "unsupported_encoding",
             Reason::BodyTooLarge => "body_too_large",
             Reason::BodyTimeout => "body_timeout",
@@ -126,6 +136,8 @@ impl Refusal {
             Refusal::MethodNotAllowed { .. } => Reason::MethodNotAllowed,
             Refusal::MissingKey { .. } => Reason::MissingApiKey,
             Refusal::UnknownKey => Reason::UnknownApiKey,
+            Refusal::KeyCertificateMismatch => Reason::KeyCertificateMismatch,
+            Refusal::AuthThrottled { .. } => Reason::AuthThrottled,
             Refusal::UnsupportedEncoding(_) => Reason::UnsupportedEncoding,
             Refusal::BodyTooLarge { .. } => Reason::BodyTooLarge,
             Refusal::BodyTimeout => Reason::BodyTimeout,
@@ -148,7 +160,8 @@ impl Refusal {
             Refusal::NotFound { .. } => StatusCode::NOT_FOUND,
             Refusal::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Refusal::MissingKey { .. } => StatusCode::UNAUTHORIZED,
-            Refusal::UnknownKey => StatusCode::FORBIDDEN,
+            Refusal::UnknownKey | Refusal::KeyCertificateMismatch => StatusCode::FORBIDDEN,
+            Refusal::AuthThrottled { .. } => StatusCode::TOO_MANY_REQUESTS,
             Refusal::UnsupportedEncoding(_) | Refusal::UnsupportedContentType { .. } => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
@@ -171,6 +184,7 @@ impl Refusal {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             Refusal::Busy | Refusal::NoThread => Some(1),
+            Refusal::AuthThrottled { retry_after } => Some(*retry_after),
             Refusal::Stage(r) => r.retry_after,
             _ => None,
         }

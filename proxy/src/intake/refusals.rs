@@ -39,6 +39,8 @@ pub struct Origin {
     pub peer: SocketAddr,
     /// The listener's `key_header`, if it names one.
     pub key_header: Option<http::HeaderName>,
+    /// The client certificate's names, on a mutual-TLS listener.
+    pub client: Option<Arc<crate::tenant::ClientIdentity>>,
 }
 
 impl Origin {
@@ -92,6 +94,7 @@ mod tests {
     fn at_most_per_second_lines_are_logged() {
         let log = RefusalLog::default();
         let origin = Origin {
+            client: None,
             listener: "intake".into(),
             key_header: None,
             peer: "127.0.0.1:1".parse().unwrap(),

@@ -6,6 +6,7 @@
 //! connection limit and TLS here and hands the connection, not hyper, to
 //! that protocol's task over the intake core (see `intake::forward`).
 mod idle;
+mod per_ip;
 pub mod tls;
 
 use crate::config::{Limits, ListenerConfig, ListenerProtocol};
@@ -129,15 +130,26 @@ impl Listener {
         let slots = Arc::new(Semaphore::new(limits.max_connections));
         let open = METRICS.open_connections.with_label_values(&[&self.name]);
         let listener_name: Arc<str> = self.name.as_str().into();
+        let per_ip = per_ip::PerIp::new(limits.max_connections_per_ip);
+        let refused = METRICS
+            .refused_connections
+            .with_label_values(&[&self.name, "per_ip_limit"]);
         if let Some(tls) = &self.tls {
             watch_tls(tls.clone(), self.name.clone(), stop.clone());
         }
         while let Some((permit, stream, peer)) = self.accept(&slots, &stop).await {
+            let Some(permit) = per_ip.enter(peer.ip(), permit) else {
+                refused.inc();
+                tracing::debug!(listener = %self.name, %peer, "connection refused: its IP holds max_connections_per_ip");
+                drop(stream);
+                continue;
+            };
             let intake = intake.clone();
             let origin = crate::intake::refusals::Origin {
                 listener: listener_name.clone(),
                 peer,
                 key_header: self.key_header.clone(),
+                client: None,
             };
             if let Some((protocol, tenant)) = &self.stream {
                 let conn = StreamConn {
@@ -152,15 +164,18 @@ impl Listener {
             }
             let activity = Activity::new();
             let requests = activity.clone();
-            let svc = service_fn(move |req| {
-                let in_flight = requests.begin();
-                let answer = intake.clone().handle(req, origin.clone());
-                async move {
-                    let r = answer.await;
-                    drop(in_flight);
-                    r
-                }
-            });
+            // Made once the origin is known whole (after TLS: the client's certificate).
+            let service = move |origin: crate::intake::refusals::Origin| {
+                service_fn(move |req| {
+                    let in_flight = requests.begin();
+                    let answer = intake.clone().handle(req, origin.clone());
+                    async move {
+                        let r = answer.await;
+                        drop(in_flight);
+                        r
+                    }
+                })
+            };
             let (idle, header) = (limits.idle_timeout.0, limits.header_read_timeout.0);
             let open = open.clone();
             let name = self.name.clone();
@@ -168,7 +183,8 @@ impl Listener {
             match &self.tls {
                 None => {
                     let io = TokioIo::new(ConnTimers::new(stream, activity, idle, header));
-                    let conn = graceful.watch(builder.serve_connection(io, svc).into_owned());
+                    let conn =
+                        graceful.watch(builder.serve_connection(io, service(origin)).into_owned());
                     tokio::spawn(async move {
                         if let Err(e) = conn.await {
                             tracing::debug!(listener = %name, %peer, error = %e, "connection ended with an error");
@@ -188,7 +204,10 @@ impl Listener {
                     tokio::spawn(async move {
                         match handshake(acceptor, stream, handshake_timeout).await {
                             Ok(tls) => {
+                                let mut origin = origin;
+                                origin.client = tls::client_identity(tls.get_ref().1);
                                 let io = TokioIo::new(ConnTimers::new(tls, activity, idle, header));
+                                let svc = service(origin);
                                 let conn =
                                     watcher.watch(builder.serve_connection(io, svc).into_owned());
                                 if let Err(e) = conn.await {
@@ -276,7 +295,7 @@ impl StreamConn<'_> {
         stream: TcpStream,
         origin: crate::intake::refusals::Origin,
         open: prometheus::IntGauge,
-        permit: tokio::sync::OwnedSemaphorePermit,
+        permit: per_ip::Slot,
     ) {
         let (idle, handshake_timeout) = (
             self.limits.idle_timeout.0,
@@ -322,10 +341,14 @@ fn http_builder(limits: &Limits) -> Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         // Its timer also runs between keep-alive requests; ConnTimers has ours.
         .header_read_timeout(None)
-        .keep_alive(true);
+        .keep_alive(true)
+        // Headers past either limit: 431. (The buffer also bounds each body read.)
+        .max_buf_size(limits.max_header_bytes.as_usize())
+        .max_headers(limits.max_headers);
     builder
         .http2()
         .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes.0).unwrap_or(u32::MAX))
         .max_concurrent_streams(limits.max_concurrent_streams)
         // Pings find dead peers; they do not keep a connection from being idle.
         .keep_alive_interval(Some(Duration::from_secs(30).min(limits.idle_timeout.0 / 2)))

@@ -4,6 +4,7 @@
 //! read again when they change: new connections get the new ones, open
 //! connections keep their session.
 use crate::config::{ClientAuth, TlsConfig, TlsVersion};
+use crate::tenant::ClientIdentity;
 use crate::watch::FileStamp;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
@@ -172,43 +173,35 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
-/// The names a verified client certificate carries, which tenants map
-/// (`tenants[].client_names`): its DNS, URI and e-mail subject alternative
-/// names, then its subject's common names.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ClientIdentity {
-    pub names: Vec<String>,
+/// The identity of the client on `conn`, if it presented a certificate
+/// (rustls has verified it against the listener's CA by then).
+pub fn client_identity(conn: &rustls::ServerConnection) -> Option<Arc<ClientIdentity>> {
+    let leaf = conn.peer_certificates()?.first()?;
+    Some(Arc::new(identity_of(leaf)))
 }
 
-impl ClientIdentity {
-    /// The identity of the client on `conn`, if it presented a certificate
-    /// (rustls has verified it against the listener's CA by then).
-    pub fn of(conn: &rustls::ServerConnection) -> Option<Arc<ClientIdentity>> {
-        let leaf = conn.peer_certificates()?.first()?;
-        Some(Arc::new(ClientIdentity::from_der(leaf)))
-    }
-
-    pub fn from_der(der: &[u8]) -> ClientIdentity {
-        use x509_parser::extensions::GeneralName;
-        let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
-            return ClientIdentity::default();
-        };
-        let mut names = Vec::new();
-        if let Ok(Some(san)) = cert.subject_alternative_name() {
-            for n in &san.value.general_names {
-                match n {
-                    GeneralName::DNSName(s) | GeneralName::URI(s) | GeneralName::RFC822Name(s) => {
-                        names.push(s.to_string())
-                    }
-                    _ => {}
+/// A certificate's DNS, URI and e-mail subject alternative names, then its
+/// subject's common names.
+pub fn identity_of(der: &[u8]) -> ClientIdentity {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return ClientIdentity::default();
+    };
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                GeneralName::DNSName(s) | GeneralName::URI(s) | GeneralName::RFC822Name(s) => {
+                    names.push(s.to_string())
                 }
+                _ => {}
             }
         }
-        for cn in cert.subject().iter_common_name() {
-            if let Ok(s) = cn.as_str() {
-                names.push(s.to_string());
-            }
-        }
-        ClientIdentity { names }
     }
+    for cn in cert.subject().iter_common_name() {
+        if let Ok(s) = cn.as_str() {
+            names.push(s.to_string());
+        }
+    }
+    ClientIdentity { names }
 }

@@ -15,6 +15,8 @@ pub struct TenantPlan {
     pub at: String,
     /// Keys agents send; at least one, none shared with another tenant.
     pub api_keys: Vec<Secret>,
+    /// Client certificate names that identify it (mutual TLS).
+    pub client_names: Vec<String>,
     /// Key sent to a `datadog` backend on this tenant's behalf.
     pub upstream_api_key: Option<Secret>,
     /// The archive the tenant writes to: its own, or the top-level one.
@@ -75,6 +77,7 @@ impl TenantPlan {
         Ok(TenantPlan {
             name: t.name.clone(),
             api_keys: t.api_keys.clone(),
+            client_names: t.client_names.clone(),
             upstream_api_key: t.upstream_api_key.clone(),
             archive: t.archive.clone().unwrap_or_else(|| config.archive.clone()),
             ack: t.ack.unwrap_or(config.buffer.ack),

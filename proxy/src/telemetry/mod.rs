@@ -51,6 +51,7 @@ pub struct Metrics {
     pub open_connections: IntGaugeVec,
     pub tls_handshake_failures: IntCounterVec,
     pub tls_reloads: IntCounterVec,
+    pub refused_connections: IntCounterVec,
     pub rate_limited_requests: IntCounterVec,
     pub rule_matched: IntCounterVec,
     pub rule_excluded: IntCounterVec,
@@ -263,6 +264,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "weir_tls_handshake_failures_total",
             "TLS handshakes that failed or timed out",
             &["listener"],
+        ),
+        refused_connections: counter(
+            &r,
+            "weir_refused_connections_total",
+            "Connections closed at once, by reason (per_ip_limit: the client IP held limits.max_connections_per_ip)",
+            &["listener", "reason"],
         ),
         tls_reloads: counter(
             &r,

@@ -33,6 +33,10 @@ pub fn seed(config: &Config) {
                 .with_label_values(&[intake.as_str(), outcome.as_str()]);
         }
     }
+    for l in &config.listeners {
+        m.refused_connections
+            .with_label_values(&[&l.name, "per_ip_limit"]);
+    }
     for l in config.listeners.iter().filter(|l| l.tls.is_some()) {
         m.tls_handshake_failures.with_label_values(&[&l.name]);
         for outcome in ["ok", "error"] {

@@ -30,6 +30,17 @@ pub struct Tenants {
     by_digest: HashMap<[u8; 32], (Secret, Arc<Tenant>)>,
     /// For listeners whose senders send no key (a listener names its tenant).
     by_name: HashMap<Arc<str>, Arc<Tenant>>,
+    /// Client certificate names (mutual TLS) to their tenant.
+    by_client_name: HashMap<String, Arc<Tenant>>,
+}
+
+/// The names a verified client certificate carries (its DNS, URI and e-mail
+/// subject alternative names, then its subject's common names), which
+/// `tenants[].client_names` map to a tenant. Set by the listener after the
+/// TLS handshake; the certificate was checked against `tls.client_ca`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pub names: Vec<String>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -48,6 +59,21 @@ impl Tenants {
             self.by_digest
                 .insert(digest(key.expose()), (key.clone(), tenant.clone()));
         }
+    }
+
+    /// Adds the client certificate names identifying `tenant` (the config made them unique).
+    pub fn add_client_names(&mut self, names: &[String], tenant: &Arc<Tenant>) {
+        for n in names {
+            self.by_client_name.insert(n.clone(), tenant.clone());
+        }
+    }
+
+    /// The tenant the first mapped name of a client certificate identifies.
+    pub fn by_certificate(&self, id: &ClientIdentity) -> Option<Arc<Tenant>> {
+        id.names
+            .iter()
+            .find_map(|n| self.by_client_name.get(n))
+            .cloned()
     }
 
     /// The tenant named `name`, if any.
