@@ -1,7 +1,8 @@
 //! Weir: an edge ingestion proxy for logs. One folder per stage of the data flow:
 //!
 //! listen (TCP, TLS, HTTP) → intake (decode, auth, limits) → pipeline (the stage
-//! chain and the archive tee) → archive (object storage) and sink (batching,
+//! chain) → buffer and wal (each tenant's log on disk; or, with the memory
+//! buffer, the archive tee) → archive (object storage) and sink (batching,
 //! compression, retries to backends). config (the YAML as written), plan
 //! (the config resolved once: one plan per tenant), tenant (each carries its
 //! own stage chain), telemetry and admin serve them all.

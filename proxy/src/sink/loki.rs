@@ -52,6 +52,11 @@ pub fn push(ndjson: &[u8], tenant: &str, labels: &[String]) -> Vec<u8> {
                 "status" => &l.status,
                 _ => &None,
             };
+            // No status is info, as Datadog reads it.
+            let v = match (label.as_str(), v) {
+                ("status", None) => Some(crate::event::DEFAULT_STATUS),
+                (_, v) => v.as_deref(),
+            };
             if let Some(v) = v {
                 set.push((label.as_str(), v.to_string()));
             }
@@ -83,6 +88,19 @@ pub fn push(ndjson: &[u8], tenant: &str, labels: &[String]) -> Vec<u8> {
 mod tests {
     use super::super::lines::tests::{ndjson, sample};
     use super::*;
+
+    #[test]
+    fn an_event_without_a_status_is_labelled_info() {
+        let mut evs = sample();
+        for e in &mut evs {
+            e.status = None;
+        }
+        let v: Value =
+            serde_json::from_slice(&push(&ndjson(&evs), "acme", &["status".into()])).unwrap();
+        for s in v["streams"].as_array().unwrap() {
+            assert_eq!(s["stream"]["status"], "info", "{s}");
+        }
+    }
 
     #[test]
     fn loki_streams_group_by_labels_in_time_order() {

@@ -139,8 +139,9 @@ pub fn logs(events: &[Event]) -> Vec<u8> {
             span_id,
             time_unix_nano: (e.timestamp.max(0) as u64).saturating_mul(1_000_000),
             observed_time_unix_nano: now,
-            severity_number: severity(e.status.as_deref()),
-            severity_text: e.status.clone().unwrap_or_default(),
+            // No status is info, as Datadog reads it.
+            severity_number: severity(Some(e.status_or_default())),
+            severity_text: e.status_or_default().to_string(),
             body: Some(string(&e.message)),
             attributes,
             ..Default::default()
@@ -192,6 +193,26 @@ pub fn rejected(answer: &[u8]) -> Option<(u64, String)> {
 mod tests {
     use super::super::lines::tests::sample;
     use super::*;
+
+    #[test]
+    fn an_event_without_a_status_goes_out_as_info() {
+        let mut evs = sample();
+        for e in &mut evs {
+            e.status = None;
+        }
+        let r = ExportLogsServiceRequest::decode(logs(&evs).as_slice()).unwrap();
+        let recs: Vec<_> = r
+            .resource_logs
+            .iter()
+            .flat_map(|rl| &rl.scope_logs)
+            .flat_map(|s| &s.log_records)
+            .collect();
+        assert!(!recs.is_empty());
+        for rec in recs {
+            assert_eq!(rec.severity_text, "info");
+            assert_eq!(rec.severity_number, severity(Some("info")));
+        }
+    }
 
     #[test]
     fn otlp_round_trips_through_the_proto() {
