@@ -17,5 +17,6 @@ mod operations;
 mod plugins;
 mod readme;
 mod rules;
+mod secrets;
 mod syslog;
 mod tls;

@@ -101,8 +101,11 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
-/// A secret: an API key or credential. Written literally or as `${ENV_VAR}`
-/// (expanded when the config loads). Never printed: Debug shows `<redacted>`.
+/// A secret: an API key or credential. Written literally, as `${ENV_VAR}`
+/// (expanded when the config loads), or as `file:PATH`: the file's contents,
+/// without trailing whitespace, read at every load and reload (a mounted
+/// Kubernetes secret or Vault agent file rotates without a restart). Never
+/// printed: Debug shows `<redacted>`, errors name the file, not its contents.
 /// Compared by value in constant time (reload tells a changed credential).
 #[derive(Clone)]
 pub struct Secret(String);
@@ -120,6 +123,17 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+}
+
+/// A `file:` secret's value; the error names the file, never what it holds.
+fn read_secret_file(path: &str) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the secret file {path}: {e}"))?;
+    let value = text.trim_end();
+    if value.is_empty() {
+        return Err(format!("the secret file {path} is empty"));
+    }
+    Ok(value.to_string())
 }
 
 impl fmt::Debug for Secret {
@@ -150,6 +164,10 @@ impl<'de> Deserialize<'de> for Secret {
             }
         }
         let value = d.deserialize_any(V)?;
+        let value = match value.strip_prefix("file:") {
+            Some(path) => read_secret_file(path).map_err(de::Error::custom)?,
+            None => value,
+        };
         if value.is_empty() {
             return Err(de::Error::custom("secret is empty"));
         }
@@ -169,6 +187,28 @@ mod tests {
         assert_eq!(parse_byte_size("1.5KiB").unwrap(), 1536);
         assert!(parse_byte_size("5 parsecs").is_err());
         assert!(parse_byte_size("MiB").is_err());
+    }
+
+    #[test]
+    fn a_secret_may_come_from_a_file_read_at_each_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, "first-key\n").unwrap();
+        let yaml = format!("file:{}", path.display());
+        let s: Secret = serde_yaml::from_str(&yaml).unwrap();
+        assert_eq!(s.expose(), "first-key");
+        std::fs::write(&path, "rotated-key").unwrap();
+        let s: Secret = serde_yaml::from_str(&yaml).unwrap();
+        assert_eq!(s.expose(), "rotated-key");
+        std::fs::write(&path, "\n").unwrap();
+        let e = serde_yaml::from_str::<Secret>(&yaml)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is empty") && e.contains("key"), "{e}");
+        let e = serde_yaml::from_str::<Secret>("file:/nonexistent/weir-key")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/weir-key"), "{e}");
     }
 
     #[test]
