@@ -306,3 +306,119 @@ async fn client_certificates_are_checked_and_a_certificate_names_its_tenant() {
     .await;
     assert_eq!(got.len(), 3);
 }
+
+/// A backend that requires a client certificate from `client_ca` (mutual TLS),
+/// serving `server_ca`'s certificate for localhost: counts the requests it took.
+async fn mtls_backend(
+    server_ca: &Ca,
+    client_ca: &Ca,
+) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    use rustls_pki_types::pem::PemObject;
+    let (cert, key) = leaf(server_ca, &["localhost"], "localhost", false, false);
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(client_ca.pem.as_bytes()).unwrap())
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = taken.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (acceptor, count) = (acceptor.clone(), count.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return; // no or a wrong client certificate
+                };
+                let svc = hyper::service::service_fn(move |_req| {
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    async {
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .status(202)
+                                .body(Full::new(Bytes::from_static(b"{}")))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (port, taken)
+}
+
+/// Toward a backend: a custom CA to trust (`ca_file`) and a client
+/// certificate to present (`client_cert`, `client_key`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_requiring_a_client_certificate_gets_weirs() {
+    let files = tempfile::tempdir().unwrap();
+    let (server_ca, client_ca) = (ca("Backend CA"), ca("Weir client CA"));
+    let (port, taken) = mtls_backend(&server_ca, &client_ca).await;
+    let (cert, key) = leaf(&client_ca, &["weir.example"], "weir", true, false);
+    let d = files.path();
+    std::fs::write(d.join("backend-ca.pem"), &server_ca.pem).unwrap();
+    std::fs::write(d.join("client.pem"), cert).unwrap();
+    std::fs::write(d.join("client.key"), key).unwrap();
+    let tls = format!(
+        "    ca_file: {0}/backend-ca.pem\n    client_cert: {0}/client.pem\n    client_key: {0}/client.key\n    batch:\n",
+        d.display()
+    );
+    let cfg = config(&format!("localhost:{port}"), "", "")
+        .replace("endpoint: http://localhost", "endpoint: https://localhost")
+        .replacen("    batch:\n", &tls, 1);
+    let weir = Weir::start(&cfg).await;
+    let r = crate::harness::post(
+        &weir.url("/api/v2/logs"),
+        &[("DD-API-KEY", "agent-key")],
+        "[{\"message\":\"over mutual TLS\"}]",
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    eventually(Duration::from_secs(20), "the batch at the backend", || {
+        (taken.load(std::sync::atomic::Ordering::SeqCst) >= 1).then_some(())
+    })
+    .await;
+
+    // Without the client certificate the backend refuses the handshake: nothing arrives.
+    let without = cfg.replace(
+        &format!(
+            "    client_cert: {0}/client.pem\n    client_key: {0}/client.key\n",
+            d.display()
+        ),
+        "",
+    );
+    let before = taken.load(std::sync::atomic::Ordering::SeqCst);
+    let weir2 = Weir::start(&without).await;
+    let r = crate::harness::post(
+        &weir2.url("/api/v2/logs"),
+        &[("DD-API-KEY", "agent-key")],
+        "[{\"message\":\"no client certificate\"}]",
+    )
+    .await;
+    assert_eq!(r.status, 202);
+    weir2
+        .metrics_once("weir_backend_retries_total{backend=\"dd\"}", 1.0)
+        .await;
+    assert_eq!(taken.load(std::sync::atomic::Ordering::SeqCst), before);
+}

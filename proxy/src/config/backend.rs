@@ -24,6 +24,9 @@ pub struct BackendConfig {
     pub compression_level: Option<i32>,
     /// Extra PEM CA certificates to trust besides the public roots.
     pub ca_file: Option<PathBuf>,
+    /// A PEM certificate chain and key Weir presents to the backend (mutual TLS).
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
     pub batch: BatchConfig,
     pub retry: RetryConfig,
     /// Requests (batches) in flight at once, per tenant route.
@@ -63,6 +66,8 @@ struct RawBackend {
     compression: Codec,
     compression_level: Option<i32>,
     ca_file: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
     #[serde(default)]
     batch: BatchConfig,
     #[serde(default)]
@@ -101,6 +106,8 @@ impl TryFrom<RawBackend> for BackendConfig {
             compression: r.compression,
             compression_level: r.compression_level,
             ca_file: r.ca_file,
+            client_cert: r.client_cert,
+            client_key: r.client_key,
             batch: r.batch,
             retry: r.retry,
             max_in_flight: r.max_in_flight,
@@ -299,10 +306,21 @@ impl BackendConfig {
                 "out of range: gzip takes 0-9, zstd 1-22, none takes no level".into(),
             ));
         }
-        if let Some(ca) = &self.ca_file {
-            if !ca.is_file() {
-                return Err(("ca_file", format!("file {} does not exist", ca.display())));
+        let files = [
+            ("ca_file", &self.ca_file),
+            ("client_cert", &self.client_cert),
+            ("client_key", &self.client_key),
+        ];
+        for (field, path) in files {
+            if let Some(p) = path.as_ref().filter(|p| !p.is_file()) {
+                return Err((field, format!("file {} does not exist", p.display())));
             }
+        }
+        if self.client_cert.is_some() != self.client_key.is_some() {
+            return Err((
+                "client_cert",
+                "client_cert and client_key go together (mutual TLS toward the backend)".into(),
+            ));
         }
         if self.batch.max_events == 0 || self.batch.max_bytes.0 == 0 {
             return Err((

@@ -170,6 +170,7 @@ pub enum BuildError {
     HeaderValue { backend: String, header: String },
     #[error(transparent)]
     Url(#[from] http::uri::InvalidUri),
+    /// A CA, client certificate or key file that does not load.
     #[error("{path}: {message}")]
     CaFile { path: String, message: String },
     #[error(transparent)]

@@ -50,7 +50,7 @@ impl<P: Protocol> HttpTransport<P> {
         };
         protocol.headers(&cfg.name, &mut headers)?;
         Ok(Box::new(HttpTransport {
-            client: http_client(cfg.ca_file.as_deref())?,
+            client: http_client(cfg)?,
             uri,
             headers,
             codec: cfg.compression,
@@ -214,9 +214,12 @@ fn compress(codec: Codec, level: Option<i32>, raw: Vec<u8>) -> Bytes {
     }
 }
 
-fn http_client(ca_file: Option<&std::path::Path>) -> Result<HttpClient, BuildError> {
+/// The backend's HTTP client: the public roots and `ca_file`; with
+/// `client_cert` and `client_key`, presenting that certificate (mutual TLS).
+fn http_client(cfg: &crate::config::BackendConfig) -> Result<HttpClient, BuildError> {
     use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let ca_file = cfg.ca_file.as_deref();
     let ca_error = |path: &std::path::Path, e: &dyn std::fmt::Display| BuildError::CaFile {
         path: path.display().to_string(),
         message: e.to_string(),
@@ -232,8 +235,18 @@ fn http_client(ca_file: Option<&std::path::Path>) -> Result<HttpClient, BuildErr
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_root_certificates(roots);
+    let tls = match (&cfg.client_cert, &cfg.client_key) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| ca_error(cert, &e))?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| ca_error(key, &e))?;
+            tls.with_client_auth_cert(chain, key)?
+        }
+        // The config checks they go together.
+        _ => tls.with_no_client_auth(),
+    };
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(Some(Duration::from_secs(10)));
