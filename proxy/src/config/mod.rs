@@ -333,6 +333,72 @@ mod tests {
     }
 
     #[test]
+    fn tls_settings_are_checked_and_client_names_belong_to_one_tenant() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["c.pem", "k.pem"] {
+            std::fs::write(dir.path().join(f), "x").unwrap();
+        }
+        let d = dir.path().display();
+        let https = |tls_extra: &str| {
+            base().replace(
+                "    protocol: http\n",
+                &format!(
+                    "    protocol: https\n    tls: {{cert: {d}/c.pem, key: {d}/k.pem{tls_extra}}}\n"
+                ),
+            )
+        };
+        let e = error_of(&https(", cipher_suites: [TLS_RSA_WITH_RC4_128_SHA]"));
+        assert_eq!(
+            e.field.as_deref(),
+            Some("listeners[0].tls.cipher_suites"),
+            "{e}"
+        );
+        assert!(
+            e.message.contains("TLS13_AES_256_GCM_SHA384"),
+            "lists the known: {e}"
+        );
+        let e = error_of(&https(
+            ", min_version: \"1.3\", cipher_suites: [TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256]",
+        ));
+        assert_eq!(
+            e.field.as_deref(),
+            Some("listeners[0].tls.cipher_suites"),
+            "{e}"
+        );
+        let e = error_of(&https(&format!(", client_ca: {d}/missing.pem")));
+        assert_eq!(
+            e.field.as_deref(),
+            Some("listeners[0].tls.client_ca"),
+            "{e}"
+        );
+        Config::parse(
+            &https(&format!(
+                ", client_ca: {d}/c.pem, client_auth: optional, min_version: \"1.3\""
+            )),
+            "t.yaml",
+        )
+        .unwrap();
+
+        let two = base().replace(
+            "    api_keys: [k]\n",
+            "    api_keys: [k]\n    client_names: [a.example]\n",
+        ) + "  - {name: u, client_names: [a.example], backend: out}\n";
+        let e = error_of(&two);
+        assert_eq!(
+            e.field.as_deref(),
+            Some("tenants[1].client_names[0]"),
+            "{e}"
+        );
+        let certs_only = base().replace("api_keys: [k]", "client_names: [a.example]");
+        Config::parse(&certs_only, "t.yaml").unwrap();
+        let neither = base().replace("api_keys: [k]", "api_keys: []");
+        assert_eq!(
+            error_of(&neither).field.as_deref(),
+            Some("tenants[0].api_keys")
+        );
+    }
+
+    #[test]
     fn zero_durations_that_make_no_sense_are_refused() {
         let text = base().replace(
             "    path: /tmp/out\n",
