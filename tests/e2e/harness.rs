@@ -217,10 +217,23 @@ impl Weir {
     }
 }
 
+/// Secrets every test's config carries (`config()`'s upstream key): no weir
+/// of the whole suite may write them to its log, whatever the test does.
+const SUITE_SECRETS: [&str; 1] = ["upstream-secret"];
+
 impl Drop for Weir {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            return;
+        }
+        let log = self.log();
+        for secret in SUITE_SECRETS {
+            if let Some(line) = log.lines().find(|l| l.contains(secret)) {
+                panic!("a secret in weir's log: {line}");
+            }
+        }
     }
 }
 
