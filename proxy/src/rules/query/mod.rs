@@ -28,6 +28,7 @@
 //! `\\`); `/` needs no escaping. Inside a field value `:` is ordinary
 //! (`@url:http://x` works), and a leading `-` is part of the value
 //! (`@delta:-5`). An empty query is an error: write `*` to match everything.
+//! Groups and negations (`(`, `NOT`, `-`) nest at most 100 deep.
 //! `*:term` (Datadog full-text over all attributes) is rejected, since Datadog
 //! does not allow it in index filters either.
 //!

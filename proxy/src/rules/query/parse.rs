@@ -7,6 +7,7 @@ pub(super) fn parse(text: &str) -> Result<Node, QueryError> {
     let mut p = Parser {
         chars: text.chars().collect(),
         pos: 0,
+        depth: 0,
     };
     p.skip_ws();
     p.expect_term("a search term")?;
@@ -22,9 +23,17 @@ pub(super) fn parse(text: &str) -> Result<Node, QueryError> {
     Ok(node)
 }
 
+/// How deep groups and negations may nest. Each level is a few frames of this
+/// recursive parser (and of the matcher, and of dropping the tree): about 10,000
+/// `(` overflowed an 8 MiB stack, a few thousand a 2 MiB one (a tokio worker's,
+/// where the admin API parses a query of up to 64 KiB), which aborts the process.
+pub(super) const MAX_DEPTH: usize = 100;
+
 struct Parser {
     chars: Vec<char>,
     pos: usize,
+    /// Groups and negations open around `pos`.
+    depth: usize,
 }
 
 /// Where a word ends besides whitespace, `(`, `)` and `"`.
@@ -101,6 +110,19 @@ impl Parser {
         self.fail(self.pos, expected, self.found())
     }
 
+    /// Opens a group or negation at `pos` (leave it with `depth -= 1`).
+    fn enter(&mut self) -> Result<(), QueryError> {
+        if self.depth == MAX_DEPTH {
+            return Err(self.fail(
+                self.pos,
+                format!("at most {MAX_DEPTH} nested groups and negations"),
+                "one more",
+            ));
+        }
+        self.depth += 1;
+        Ok(())
+    }
+
     /// A term must start here: not the end, a `)` or a binary operator.
     fn expect_term(&self, expected: &str) -> Result<(), QueryError> {
         match (self.peek(), self.keyword()) {
@@ -154,19 +176,25 @@ impl Parser {
 
     fn unary(&mut self, ctx: Option<&Field>) -> Result<Node, QueryError> {
         if self.keyword() == Some("NOT") {
+            self.enter()?;
             self.pos += 3;
             self.skip_ws();
             self.expect_term("a search term after `NOT`")?;
-            return Ok(Node::Not(Box::new(self.unary(ctx)?)));
+            let inner = self.unary(ctx)?;
+            self.depth -= 1;
+            return Ok(Node::Not(Box::new(inner)));
         }
         if self.peek() == Some('-') {
+            self.enter()?;
             self.pos += 1;
             // `-` binds to the term right after it: `- a` is an error, not `NOT a`.
             if self.peek().is_some_and(char::is_whitespace) {
                 return Err(self.error("a search term right after `-`"));
             }
             self.expect_term("a search term right after `-`")?;
-            return Ok(Node::Not(Box::new(self.unary(ctx)?)));
+            let inner = self.unary(ctx)?;
+            self.depth -= 1;
+            return Ok(Node::Not(Box::new(inner)));
         }
         self.primary(ctx)
     }
@@ -174,6 +202,7 @@ impl Parser {
     fn primary(&mut self, ctx: Option<&Field>) -> Result<Node, QueryError> {
         if self.peek() == Some('(') {
             let open = self.pos;
+            self.enter()?;
             self.pos += 1;
             self.skip_ws();
             self.expect_term("a search term after `(`")?;
@@ -182,6 +211,7 @@ impl Parser {
                 return Err(self.error(format!("`)` to close the `(` at position {open}")));
             }
             self.pos += 1;
+            self.depth -= 1;
             return Ok(node);
         }
         match ctx {

@@ -295,6 +295,47 @@ fn syntax_errors() {
     assert!(wrong.is_empty(), "wrong errors:\n{}", wrong.join("\n"));
 }
 
+/// Groups and negations nest at most `MAX_DEPTH` deep: the parser recurses per
+/// level, and 10,000 `(` (20 KB; the admin API takes 64 KiB) overflowed the
+/// stack and aborted the process (the query fuzz target, proxy/fuzz).
+#[test]
+fn nesting_is_bounded() {
+    use super::parse::MAX_DEPTH;
+    let deep = |n: usize, open: &str, term: &str, close: &str| {
+        format!("{}{term}{}", open.repeat(n), close.repeat(n))
+    };
+    #[rustfmt::skip]
+    let shapes: &[(&str, &str, &str, &str)] = &[
+        // opener, term, closer, prefix before the first opener
+        ("(", "hello", ")", ""),
+        ("NOT ", "hello", "", ""),
+        ("-", "hello", "", ""),
+        ("(-", "hello", ")", ""),
+        ("(", "info", ")", "status:"),
+    ];
+    for (open, term, close, prefix) in shapes {
+        let levels = if open.len() == 2 { 2 } else { 1 };
+        let n = MAX_DEPTH / levels;
+        // As deep as allowed: parses, matches (an even number of negations).
+        let ok = format!("{prefix}{}", deep(n, open, term, close));
+        let q = Query::parse(&ok).unwrap_or_else(|e| panic!("{n} x {open:?}: {e}"));
+        assert!(q.matches(&bare()), "{n} x {open:?}");
+        // Far more levels (a stack overflow once), and one more: refused where the level opens.
+        for extra in [100_000, n + 1] {
+            let err = Query::parse(&format!("{prefix}{}", deep(extra, open, term, close)))
+                .expect_err(open);
+            let at = prefix.len() + n * open.len();
+            let message =
+                format!("expected at most {MAX_DEPTH} nested groups and negations, found one more");
+            assert_eq!(
+                (err.position, err.message),
+                (at, message),
+                "{extra} x {open:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn query_is_shareable() {
     fn check<T: Send + Sync + Clone + std::fmt::Debug>() {}
