@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Fuzzes every intake decoder (and the HTTP intake's decompression) for a fixed
-# time each, with cargo fuzz (libFuzzer); fails if any target crashes.
+# Fuzzes every intake decoder (and the HTTP intake's decompression), the
+# exclusion-rule query parser and matcher, the YAML config and the plugin result
+# decoder for a fixed time each, with cargo fuzz (libFuzzer); fails if any
+# target crashes.
 #
 #   proxy/fuzz/run.sh                     every target, FUZZ_SECONDS (default 20) each
 #   FUZZ_SECONDS=60 proxy/fuzz/run.sh hec otlp
 #
-# Installs what it lacks: a nightly toolchain and cargo-fuzz. A target takes one
-# selector byte, then the payload (see src/lib.rs); the seeds in corpus/<target>/
+# Installs what it lacks: a nightly toolchain and cargo-fuzz. A decoder's target
+# takes one selector byte, then the payload (see src/lib.rs; query and config take
+# their text whole); the seeds in corpus/<target>/
 # are copied to a temporary corpus, so a run leaves the checked-in corpus as it
 # was. A crash's input is kept in artifacts/<target>/, and its path and the
 # command that reproduces it are printed.

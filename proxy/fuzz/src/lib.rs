@@ -1,14 +1,17 @@
 //! What the fuzz targets share: the limits a payload is decoded under, request
-//! heads for the HTTP protocols' decoders, and the checks every decoded payload
-//! must pass.
+//! heads for the HTTP protocols' decoders, the checks every decoded payload
+//! must pass, and the fixed events the query and plugin-result targets work on.
 //!
-//! An input is one selector byte, then the payload. The selector's bit 7 picks
-//! tight limits (3 events, 5 bytes a log: the refusal and truncation paths,
-//! multi-byte characters cut at 5 bytes) over the ordinary ones (10,000 events,
-//! 64 KiB a log); its low bits pick the variant where a decoder has several (a
-//! content type, an endpoint, an encoding). A target never panics on any input:
-//! a refusal (`Err`) is a fine outcome.
-use weir::event::PayloadLimits;
+//! A decoder's input is one selector byte, then the payload. The selector's bit
+//! 7 picks tight limits (3 events, 5 bytes a log: the refusal and truncation
+//! paths, multi-byte characters cut at 5 bytes) over the ordinary ones (10,000
+//! events, 64 KiB a log); its low bits pick the variant where a decoder has
+//! several (a content type, an endpoint, an encoding). The `query` and `config`
+//! targets take their text whole; `plugin_result` takes a selector byte too
+//! (the fields the plugin asked for). A target never panics on any input: a
+//! refusal (`Err`) is a fine outcome.
+use serde_json::json;
+use weir::event::{Event, PayloadLimits};
 use weir::intake::Decode;
 
 pub const MAX_EVENTS: usize = 10_000;
@@ -97,4 +100,55 @@ pub fn decode<D: Decode>(decoder: D, input: &Input) {
         json.clear();
         ev.write_json(&mut json);
     }
+}
+
+/// A small fixed batch: a busy event (every reserved field, tags, nested
+/// attributes of each JSON type, an array of objects, a key with dots), one with
+/// only a message, and one with no status, a bare tag, and non-ASCII text.
+pub fn events() -> Vec<Event> {
+    let busy = json!({
+        "http": { "status_code": 503, "method": "GET", "url": "/api/v1/users",
+                  "url_details": { "path": "/health" } },
+        "duration": 250,
+        "ratio": 0.5,
+        "code": "600",
+        "big": 12345678901234567890u64,
+        "delta": -5,
+        "user": { "name": "Alice", "roles": ["admin", "dev"] },
+        "items": [{ "id": 1 }, { "id": 7 }],
+        "ok": false,
+        "nothing": null,
+        "db.statement": "SELECT 1",
+        "empty": "",
+    });
+    let other = json!({ "Ünïcode": "Grüße", "n": [1, 2.5, "3"], "weir": "theirs" });
+    vec![
+        Event {
+            timestamp: RECEIVED_AT_MS,
+            message: "GET /api/v1/users failed: Connection refused (ConnectTimeoutError) \
+                      user=AliceMartin after 250ms [ERROR] retrying connection"
+                .into(),
+            host: Some("web-1".into()),
+            service: Some("Checkout-API".into()),
+            source: Some("nginx".into()),
+            status: Some("error".into()),
+            tags: vec![
+                "env:prod".into(),
+                "team:Payments".into(),
+                "canary".into(),
+                "region:eu:west".into(),
+            ],
+            attributes: busy.as_object().expect("an object").clone(),
+        },
+        Event::from_message("hello world".into(), RECEIVED_AT_MS),
+        Event {
+            timestamp: -1,
+            message: "ŞĨŦ straße ǅ — 💥 timeout".into(),
+            host: Some("Ωmega".into()),
+            service: Some("web".into()),
+            tags: vec!["bare".into(), "env:".into(), ":x".into()],
+            attributes: other.as_object().expect("an object").clone(),
+            ..Default::default()
+        },
+    ]
 }
