@@ -89,22 +89,38 @@ impl Listener {
         self.tcp.local_addr().expect("bound socket has an address")
     }
 
-    /// The next connection, with its slot (`max_connections`); `None` once `stop` is cancelled.
+    /// The next connection, with its slot (`max_connections`, and its IP's
+    /// `max_connections_per_ip`: one past it is closed here); `None` once
+    /// `stop` is cancelled.
     async fn accept(
         &self,
-        slots: &Arc<Semaphore>,
+        admission: &Admission,
         stop: &CancellationToken,
-    ) -> Option<(tokio::sync::OwnedSemaphorePermit, TcpStream, SocketAddr)> {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
+    ) -> Option<(per_ip::Slot, TcpStream, SocketAddr)> {
+        let mut permit = tokio::select! {
+            p = admission.slots.clone().acquire_owned() => p.expect("semaphore never closed"),
             _ = stop.cancelled() => return None,
         };
         loop {
             tokio::select! {
                 r = self.tcp.accept() => match r {
                     Ok((stream, peer)) => {
-                        let _ = stream.set_nodelay(true);
-                        return Some((permit, stream, peer));
+                        match admission.per_ip.enter(peer.ip(), permit) {
+                            Some(slot) => {
+                                let _ = stream.set_nodelay(true);
+                                return Some((slot, stream, peer));
+                            }
+                            None => {
+                                admission.refused.inc();
+                                tracing::debug!(listener = %self.name, %peer, "connection refused: its IP holds max_connections_per_ip");
+                                drop(stream);
+                                // The refused connection's permit went with it: take another.
+                                permit = tokio::select! {
+                                    p = admission.slots.clone().acquire_owned() => p.expect("semaphore never closed"),
+                                    _ = stop.cancelled() => return None,
+                                };
+                            }
+                        }
                     }
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
@@ -127,23 +143,13 @@ impl Listener {
     ) {
         let builder = http_builder(&limits);
         let graceful = GracefulShutdown::new();
-        let slots = Arc::new(Semaphore::new(limits.max_connections));
+        let admission = Admission::new(&self.name, &limits);
         let open = METRICS.open_connections.with_label_values(&[&self.name]);
         let listener_name: Arc<str> = self.name.as_str().into();
-        let per_ip = per_ip::PerIp::new(limits.max_connections_per_ip);
-        let refused = METRICS
-            .refused_connections
-            .with_label_values(&[&self.name, "per_ip_limit"]);
         if let Some(tls) = &self.tls {
             watch_tls(tls.clone(), self.name.clone(), stop.clone());
         }
-        while let Some((permit, stream, peer)) = self.accept(&slots, &stop).await {
-            let Some(permit) = per_ip.enter(peer.ip(), permit) else {
-                refused.inc();
-                tracing::debug!(listener = %self.name, %peer, "connection refused: its IP holds max_connections_per_ip");
-                drop(stream);
-                continue;
-            };
+        while let Some((permit, stream, peer)) = self.accept(&admission, &stop).await {
             let intake = intake.clone();
             let origin = crate::intake::refusals::Origin {
                 listener: listener_name.clone(),
@@ -177,8 +183,7 @@ impl Listener {
                 })
             };
             let (idle, header) = (limits.idle_timeout.0, limits.header_read_timeout.0);
-            let open = open.clone();
-            let name = self.name.clone();
+            let (open, name) = (open.clone(), self.name.clone());
             open.inc();
             match &self.tls {
                 None => {
@@ -194,15 +199,12 @@ impl Listener {
                     });
                 }
                 Some(tls) => {
-                    // The handshake happens in the connection's task; the graceful
-                    // watcher covers it from the moment HTTP starts.
-                    let acceptor = tls.acceptor();
-                    let builder = builder.clone();
+                    // Handshake in the connection's task; watched for shutdown once HTTP starts.
+                    let (acceptor, builder) = (tls.acceptor(), builder.clone());
                     let watcher = graceful.watcher();
-                    let handshake_timeout = limits.header_read_timeout.0;
-
                     tokio::spawn(async move {
-                        match handshake(acceptor, stream, handshake_timeout).await {
+                        // The header timeout bounds the handshake too.
+                        match handshake(acceptor, stream, header).await {
                             Ok(tls) => {
                                 let mut origin = origin;
                                 origin.client = tls::client_identity(tls.get_ref().1);
@@ -214,13 +216,7 @@ impl Listener {
                                     tracing::debug!(listener = %name, %peer, error = %e, "connection ended with an error");
                                 }
                             }
-                            Err(e) => {
-                                METRICS
-                                    .tls_handshake_failures
-                                    .with_label_values(&[&name])
-                                    .inc();
-                                tracing::debug!(listener = %name, %peer, error = %e, "TLS handshake failed");
-                            }
+                            Err(e) => handshake_failed(&name, peer, &e),
                         }
                         open.dec();
                         drop(permit);
@@ -234,6 +230,26 @@ impl Listener {
             .is_err()
         {
             tracing::warn!(listener = %self.name, "connections still open after the shutdown grace period; closing them");
+        }
+    }
+}
+
+/// What a listener's connections take a place in: its `max_connections`, and
+/// their IP's share.
+struct Admission {
+    slots: Arc<Semaphore>,
+    per_ip: Arc<per_ip::PerIp>,
+    refused: prometheus::IntCounter,
+}
+
+impl Admission {
+    fn new(listener: &str, limits: &Limits) -> Admission {
+        Admission {
+            slots: Arc::new(Semaphore::new(limits.max_connections)),
+            per_ip: per_ip::PerIp::new(limits.max_connections_per_ip),
+            refused: METRICS
+                .refused_connections
+                .with_label_values(&[listener, "per_ip_limit"]),
         }
     }
 }
@@ -317,14 +333,7 @@ impl StreamConn<'_> {
                             .stream(protocol, &tenant, s, origin, stop, timers)
                             .await
                     }
-                    Err(e) => {
-                        let name = &origin.listener;
-                        METRICS
-                            .tls_handshake_failures
-                            .with_label_values(&[name.as_ref()])
-                            .inc();
-                        tracing::debug!(listener = %name, peer = %origin.peer, error = %e, "TLS handshake failed");
-                    }
+                    Err(e) => handshake_failed(&origin.listener, origin.peer, &e),
                 },
             }
             open.dec();
@@ -354,6 +363,16 @@ fn http_builder(limits: &Limits) -> Builder<TokioExecutor> {
         .keep_alive_interval(Some(Duration::from_secs(30).min(limits.idle_timeout.0 / 2)))
         .keep_alive_timeout(Duration::from_secs(20));
     builder
+}
+
+/// A TLS handshake that failed or timed out: counted, and logged at debug
+/// (a scanner's probes are not worth more).
+fn handshake_failed(listener: &str, peer: SocketAddr, e: &ListenError) {
+    METRICS
+        .tls_handshake_failures
+        .with_label_values(&[listener])
+        .inc();
+    tracing::debug!(listener, %peer, error = %e, "TLS handshake failed");
 }
 
 async fn handshake(

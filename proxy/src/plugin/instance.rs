@@ -266,16 +266,7 @@ impl Plugin {
             .stdout(stdout)
             .stderr(stderr)
             .build_p1();
-        // Per instance: its memory, one memory, a few tables of bounded size, no
-        // instances beyond its own (a module cannot instantiate more anyway).
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(self.settings.memory_limit as usize)
-            .memories(1)
-            .tables(MAX_TABLES)
-            .table_elements(MAX_TABLE_ELEMENTS)
-            .instances(1)
-            .trap_on_grow_failure(true)
-            .build();
+        let limits = store_limits(self.settings.memory_limit);
         let mut store = Store::new(
             engine(),
             Host {
@@ -525,4 +516,17 @@ impl Plugin {
             }
         }
     }
+}
+
+/// Per instance: its memory, one memory, a few tables of bounded size, no
+/// instances beyond its own (a module cannot instantiate more anyway).
+fn store_limits(memory_limit: u64) -> StoreLimits {
+    StoreLimitsBuilder::new()
+        .memory_size(memory_limit as usize)
+        .memories(1)
+        .tables(MAX_TABLES)
+        .table_elements(MAX_TABLE_ELEMENTS)
+        .instances(1)
+        .trap_on_grow_failure(true)
+        .build()
 }

@@ -3,7 +3,7 @@
 //! This module owns one log directory: its segment files, the writer thread
 //! (group commit), the readers and their positions, the deletion of segments
 //! every reader has passed, and the lock that keeps a second process out.
-//! `crate::buffer` opens one per tenant and owns what is policy: admission,
+//! The disk buffer (buffer/) opens one per tenant and owns what is policy: admission,
 //! size limits, ack modes, metrics and `/readyz`.
 //!
 //! # On disk
