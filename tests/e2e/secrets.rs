@@ -148,7 +148,7 @@ async fn planted_secrets_appear_in_no_log_metric_answer_or_check_output() {
         .await;
     seen.push_str(&weir.metrics().await);
     seen.push_str(&get(&format!("{admin}/readyz")).await.unwrap().text());
-    assert_eq!(weir.terminate().code().is_some(), true);
+    assert!(weir.terminate().code().is_some(), "weir exited by itself");
     seen.push_str(&weir.log());
     assert!(
         weir.log().contains("archive"),
