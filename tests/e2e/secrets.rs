@@ -100,6 +100,18 @@ async fn planted_secrets_appear_in_no_log_metric_answer_or_check_output() {
         seen.push_str(&r.text());
     }
     let auth = "Bearer PLANTED-admin-token-0005";
+    let (reload_url, with_token) = (
+        format!("{admin}/admin/config/reload"),
+        [("Authorization", auth)],
+    );
+    let reload = || {
+        request(
+            http::Method::POST,
+            &reload_url,
+            &with_token,
+            Default::default(),
+        )
+    };
     for path in [
         "/admin/rules",
         "/admin/quotas",
@@ -118,26 +130,12 @@ async fn planted_secrets_appear_in_no_log_metric_answer_or_check_output() {
             seen.push_str(&r.text());
         }
     }
-    let r = request(
-        http::Method::POST,
-        &format!("{admin}/admin/config/reload"),
-        &[("Authorization", auth)],
-        Default::default(),
-    )
-    .await
-    .unwrap();
+    let r = reload().await.unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     seen.push_str(&r.text());
     // A rotated token file is read by the reload... (admin.token takes a restart: reported by path only)
     std::fs::write(&token_file, "PLANTED-admin-token-rotated-0007\n").unwrap();
-    let r = request(
-        http::Method::POST,
-        &format!("{admin}/admin/config/reload"),
-        &[("Authorization", auth)],
-        Default::default(),
-    )
-    .await
-    .unwrap();
+    let r = reload().await.unwrap();
     seen.push_str(&r.text());
     eventually(Duration::from_secs(20), "the events delivered", || {
         (dd.count() >= 3).then_some(())
