@@ -1,115 +1,33 @@
 //! `weir backends`: each backend's health, from a running proxy's admin listener.
+use super::admin::{Admin, AdminArgs};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The admin listener: `HOST:PORT` or `http://HOST:PORT` (its `admin.address`).
-    #[arg(long, default_value = "127.0.0.1:8089")]
-    admin: String,
+    #[command(flatten)]
+    admin: AdminArgs,
     /// Print the JSON as the proxy answered it.
     #[arg(long)]
     json: bool,
 }
 
-const TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Fetches `<admin>/backends` and prints it as a table (or as JSON).
 pub fn run(args: Args) -> Result<(), String> {
-    let url = backends_url(&args.admin)?;
-    let body = fetch(&url)?;
+    let admin = Admin::new(&args.admin)?;
+    let v = admin.call(http::Method::GET, "/backends", None)?;
     if args.json {
-        println!("{}", String::from_utf8_lossy(&body));
+        println!("{v}");
         return Ok(());
     }
-    let v: Value = serde_json::from_slice(&body)
-        .map_err(|e| format!("{url} answered something that is not JSON: {e}"))?;
-    let rows = v["backends"]
-        .as_array()
-        .ok_or_else(|| format!("{url} answered JSON without a `backends` list: {v}"))?;
+    let rows = v["backends"].as_array().ok_or_else(|| {
+        format!(
+            "{} answered JSON without a `backends` list: {v}",
+            admin.url("/backends")
+        )
+    })?;
     print!("{}", table(rows, Utc::now()));
     Ok(())
-}
-
-/// `<admin>/backends`, from `HOST:PORT`, `http://HOST:PORT` or `http://HOST:PORT/prefix`.
-fn backends_url(admin: &str) -> Result<http::Uri, String> {
-    let bad =
-        |why: &str| format!("--admin {admin:?}: {why}; expected HOST:PORT or http://HOST:PORT");
-    let with_scheme = match admin.split_once("://") {
-        Some(("http", _)) => admin.to_string(),
-        Some((scheme, _)) => {
-            return Err(bad(&format!(
-                "the admin listener speaks plain http, not {scheme}"
-            )))
-        }
-        None => format!("http://{admin}"),
-    };
-    let base: http::Uri = with_scheme.parse().map_err(|e| bad(&format!("{e}")))?;
-    if base.host().is_none_or(str::is_empty) {
-        return Err(bad("no host"));
-    }
-    // A URL may leave the port to its scheme; HOST alone would mean port 80, never the admin's.
-    if !admin.contains("://") && base.port().is_none() {
-        return Err(bad("no port"));
-    }
-    if base.query().is_some() {
-        return Err(bad("a query string is not expected"));
-    }
-    format!("{}/backends", with_scheme.trim_end_matches('/'))
-        .parse()
-        .map_err(|e| bad(&format!("{e}")))
-}
-
-/// The body of a 2xx answer to GET `url`.
-fn fetch(url: &http::Uri) -> Result<bytes::Bytes, String> {
-    use http_body_util::BodyExt;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    rt.block_on(async {
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http::<http_body_util::Empty<bytes::Bytes>>();
-        let resp = tokio::time::timeout(TIMEOUT, client.get(url.clone()))
-            .await
-            .map_err(|_| format!("{url}: no answer within {}s", TIMEOUT.as_secs()))?
-            .map_err(|e| {
-                format!(
-                    "cannot reach the admin listener at {url}: {} (is `weir run` running, with this admin.address?)",
-                    causes(&e)
-                )
-            })?;
-        let status = resp.status();
-        let body = tokio::time::timeout(TIMEOUT, resp.into_body().collect())
-            .await
-            .map_err(|_| format!("{url}: the answer did not finish within {}s", TIMEOUT.as_secs()))?
-            .map_err(|e| format!("{url}: reading the answer: {}", causes(&e)))?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(format!(
-                "{url} answered {status}: {}",
-                String::from_utf8_lossy(&body)
-            ));
-        }
-        Ok(body)
-    })
-}
-
-/// `e` and its sources, `outer: inner: innermost`, each message once: hyper's "client error
-/// (Connect)" alone does not say that the connection was refused.
-fn causes(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = Some(e);
-    while let Some(err) = next {
-        let text = err.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        next = err.source();
-    }
-    parts.join(": ")
 }
 
 const HEADERS: [&str; 8] = [
@@ -207,48 +125,6 @@ fn ago(s: u64) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn admin_accepts_host_port_and_http_urls() {
-        for (given, url) in [
-            ("127.0.0.1:19181", "http://127.0.0.1:19181/backends"),
-            ("http://127.0.0.1:19181", "http://127.0.0.1:19181/backends"),
-            ("http://127.0.0.1:19181/", "http://127.0.0.1:19181/backends"),
-            ("localhost:8089", "http://localhost:8089/backends"),
-            ("[::1]:8089", "http://[::1]:8089/backends"),
-            ("http://proxy:80/weir/", "http://proxy:80/weir/backends"),
-        ] {
-            assert_eq!(backends_url(given).unwrap().to_string(), url, "{given}");
-        }
-        for (given, why) in [
-            ("https://127.0.0.1:8089", "plain http, not https"),
-            ("", "expected HOST:PORT"),
-            ("http://", "expected HOST:PORT"),
-            ("127.0.0.1 8089", "expected HOST:PORT"),
-            ("localhost", "no port"),
-        ] {
-            let err = backends_url(given).unwrap_err();
-            assert!(err.contains(why), "{given:?}: {err}");
-        }
-    }
-
-    #[test]
-    fn causes_walks_the_source_chain() {
-        #[derive(Debug)]
-        struct Outer(std::io::Error);
-        impl std::fmt::Display for Outer {
-            fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("client error (Connect)")
-            }
-        }
-        impl std::error::Error for Outer {
-            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-                Some(&self.0)
-            }
-        }
-        let e = Outer(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
-        assert_eq!(causes(&e), "client error (Connect): connection refused");
-    }
 
     #[test]
     fn ago_reads_at_a_glance() {

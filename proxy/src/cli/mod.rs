@@ -3,6 +3,7 @@
 use std::path::Path;
 pub use weir::config::EMBEDDED_NAME;
 
+pub mod admin;
 pub mod backends;
 pub mod check;
 pub mod plugin_test;
