@@ -17,6 +17,8 @@ pub mod durable;
 pub mod event;
 pub mod intake;
 pub mod listen;
+pub mod observe;
+pub mod patterns;
 pub mod pipeline;
 pub mod plan;
 pub mod plugin;
@@ -80,6 +82,7 @@ pub async fn run(plan: Plan, path: Option<std::path::PathBuf>) -> anyhow::Result
         rules,
         quotas,
         plugins,
+        tails,
         ..
     } = shared;
     let (quotas, plugins) = (Arc::new(quotas), Arc::new(plugins));
@@ -100,7 +103,8 @@ pub async fn run(plan: Plan, path: Option<std::path::PathBuf>) -> anyhow::Result
         .with_plugins(plugins.clone())
         .with_router(router.clone())
         .with_reloader(reloader.clone())
-        .with_disk(buffers.disk.clone()),
+        .with_disk(buffers.disk.clone())
+        .with_tails(tails),
     );
     let saver = save_quotas_every_second(quotas.clone(), drain.clone());
     let intake = intake::Intake::new(tenants, config.limits.clone());
@@ -202,6 +206,8 @@ struct Shared {
     /// The other tenants' requests are decoded and staged on these.
     intake_workers: Arc<workers::Workers>,
     threads: usize,
+    /// Every tenant's live tails (`GET /admin/tail`).
+    tails: Arc<observe::tail::Tails>,
 }
 
 impl Shared {
@@ -222,6 +228,7 @@ impl Shared {
                 },
             ),
             threads,
+            tails: observe::tail::Tails::new(config.admin.max_tails),
         }
     }
 
@@ -252,9 +259,10 @@ impl Shared {
             true => self.plugin_workers.clone(),
             false => Some(self.intake_workers.clone()),
         };
+        let watchers: Vec<Arc<dyn observe::Watcher>> = vec![self.tails.tenant(&t.name)];
         Ok(Arc::new(tenant::Tenant {
             name: t.name.as_str().into(),
-            chain: Chain::with_workers(stages, outputs, workers),
+            chain: Chain::with_workers(stages, outputs, workers, watchers),
         }))
     }
 }

@@ -50,6 +50,9 @@ enum Command {
     /// Shows each backend's state (up, ejected, down), last error, last change and failovers,
     /// from a running proxy's admin listener (`GET /backends`).
     Backends(cli::backends::Args),
+    /// Shows a tenant's processed events as they pass, each with its fate (indexed, excluded by
+    /// which rule, sampled, over quota, dropped by which plugin), from a running proxy's live tail.
+    Tail(cli::tail::Args),
     /// WebAssembly plugins (ABI v1, sdk/ABI.md).
     Plugin {
         #[command(subcommand)]
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
         Command::Check(args) => cli::check::run(args),
         Command::Query(args) => cli::query::run(args),
         Command::Backends(args) => cli::backends::run(args),
+        Command::Tail(args) => cli::tail::run(args),
         Command::Plugin {
             command: PluginCommand::Test(args),
         } => cli::plugin_test::run(args),

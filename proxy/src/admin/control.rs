@@ -33,6 +33,8 @@ pub struct Control {
     disk: Option<Arc<crate::buffer::Disk>>,
     /// Serializes changes, so two admins never interleave read-modify-write.
     lock: Mutex<()>,
+    /// Live tails (`GET /admin/tail`, served by admin/tail.rs).
+    pub tails: Option<Arc<crate::observe::tail::Tails>>,
 }
 
 /// What run-time changes replace in the YAML config; saved as runtime.json.
@@ -166,6 +168,7 @@ impl Control {
             disk: None,
             reloader: None,
             lock: Mutex::new(()),
+            tails: None,
         };
         if let Some(saved) = Overrides::load(&c.state_dir)? {
             c.apply(&saved).map_err(|e| {
@@ -239,6 +242,11 @@ impl Control {
     }
 
     /// The routing, for `GET /backends` (`weir backends`) and config reloads.
+    pub fn with_tails(mut self, tails: Arc<crate::observe::tail::Tails>) -> Control {
+        self.tails = Some(tails);
+        self
+    }
+
     pub fn with_disk(mut self, disk: Option<Arc<crate::buffer::Disk>>) -> Control {
         self.disk = disk;
         self

@@ -2,6 +2,7 @@
 //! answers), `/readyz` (it takes traffic: listeners bound, not draining) and
 //! the run-time control API under `/admin/` (control.rs).
 pub mod control;
+mod tail;
 
 use crate::intake::{error_response, json_response};
 use crate::pipeline::{RejectReason, Rejection};
@@ -20,6 +21,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+/// An admin answer's body: whole (JSON, metrics) or a stream (live tail).
+pub type AdminBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
 
 #[derive(Default)]
 pub struct Health {
@@ -61,24 +65,47 @@ async fn handle(
     req: Request<Incoming>,
     health: Arc<Health>,
     control: Arc<Control>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<AdminBody>, Infallible> {
+    if req.uri().path() == "/admin/tail" && req.method() == Method::GET {
+        let answer = control
+            .authorize(
+                req.headers()
+                    .get(http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok()),
+            )
+            .and_then(|()| tail::open(req.uri().query(), &control));
+        return Ok(answer.unwrap_or_else(|r| whole(error_response(&r))));
+    }
+    Ok(whole(answer(req, health, control).await))
+}
+
+/// A whole answer as an admin body.
+fn whole(r: Response<Full<Bytes>>) -> Response<AdminBody> {
+    r.map(|b| b.boxed_unsync())
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    health: Arc<Health>,
+    control: Arc<Control>,
+) -> Response<Full<Bytes>> {
     if let Some(path) = req.uri().path().strip_prefix("/admin/") {
         let path = path.to_string();
-        return Ok(match control_request(req, &path, &control).await {
+        return match control_request(req, &path, &control).await {
             Ok((status, body)) => {
                 json_response(status, Bytes::from(serde_json::to_vec(&body).unwrap()))
             }
             Err(r) => error_response(&r),
-        });
+        };
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return Ok(error_response(&Rejection::new(
+        return error_response(&Rejection::new(
             StatusCode::METHOD_NOT_ALLOWED,
             RejectReason::Admin,
             "admin endpoints take GET",
-        )));
+        ));
     }
-    Ok(match req.uri().path() {
+    match req.uri().path() {
         "/metrics" => {
             let mut r = Response::new(Full::new(Bytes::from(telemetry::render())));
             r.headers_mut().insert(
@@ -125,7 +152,7 @@ async fn handle(
             RejectReason::Admin,
             format!("no admin endpoint at {other}; try /metrics, /healthz, /readyz, /backends"),
         )),
-    })
+    }
 }
 
 async fn control_request(

@@ -152,11 +152,11 @@ impl Admin {
     }
 }
 
-/// A non-2xx answer as an error: the proxy's `error` message when it sent one.
+/// A non-2xx answer as an error: the proxy's message (`{"errors": [...]}`) when it sent one.
 fn refused(url: &str, status: http::StatusCode, body: &[u8]) -> String {
     let message = serde_json::from_slice::<Value>(body)
         .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .and_then(|v| v["errors"][0].as_str().map(str::to_string))
         .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
     let hint = match status {
         http::StatusCode::UNAUTHORIZED => {
@@ -283,7 +283,7 @@ mod tests {
         let e = refused(
             "http://x/admin/tail",
             http::StatusCode::UNAUTHORIZED,
-            br#"{"error":"a bearer token is required"}"#,
+            br#"{"errors":["a bearer token is required"]}"#,
         );
         assert!(
             e.contains("401") && e.contains("a bearer token is required") && e.contains("--token"),

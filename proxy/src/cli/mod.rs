@@ -9,6 +9,7 @@ pub mod check;
 pub mod plugin_test;
 pub mod query;
 pub mod run;
+pub mod tail;
 
 /// What `weir --version` prints after `weir `: the package version, then the git commit and
 /// its date when built from a checkout (`0.1.0 (abc1234 2026-12-02)`; see build.rs).

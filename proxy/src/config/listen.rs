@@ -214,6 +214,8 @@ pub struct AdminConfig {
     pub address: SocketAddr,
     /// Bearer token the run-time control API (/admin/...) requires; without it that API is off.
     pub token: Option<Secret>,
+    /// Live tails (`GET /admin/tail`) open at once; one more is refused (429).
+    pub max_tails: usize,
 }
 
 impl Default for AdminConfig {
@@ -221,6 +223,7 @@ impl Default for AdminConfig {
         AdminConfig {
             address: "127.0.0.1:8089".parse().unwrap(),
             token: None,
+            max_tails: 16,
         }
     }
 }

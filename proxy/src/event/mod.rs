@@ -189,6 +189,22 @@ pub enum Disposition {
     Drop,
 }
 
+/// Which stage set an event's disposition, and how: what live tail shows
+/// beside it. Recorded only while someone looks (`Batch::why`), since it costs
+/// a name per event a stage changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Why {
+    /// No stage changed it.
+    Untouched,
+    /// An exclusion rule matched: it excluded the event, or (`kept`) its
+    /// sample rate let it through to the index.
+    Rule { name: String, kept: bool },
+    /// Over the daily quota (archive only or dropped, per its action).
+    OverQuota,
+    /// A plugin's verdict, or (`failed`) its `on_error` after a failed call.
+    Plugin { name: String, failed: bool },
+}
+
 /// Facts about a request that no stage may change.
 #[derive(Debug, Clone)]
 pub struct BatchMeta {
@@ -211,6 +227,9 @@ pub struct Batch {
     pub dispositions: Vec<Disposition>,
     /// What the stages charged for this batch, given back if it is refused after all.
     pub charges: Charges,
+    /// One per event, same order, when the chain was asked to explain (live
+    /// tail): which stage decided its disposition. None: nobody asked.
+    pub why: Option<Vec<Why>>,
 }
 
 /// What stages charged for a batch: a batch refused after the stages ran (its
@@ -236,6 +255,14 @@ impl Batch {
             events,
             dispositions,
             charges: Charges::default(),
+            why: None,
+        }
+    }
+
+    /// Records why event `i`'s disposition is what it is, if asked to (`why`).
+    pub fn explain(why: &mut Option<Vec<Why>>, i: usize, reason: impl FnOnce() -> Why) {
+        if let Some(w) = why.as_mut().and_then(|w| w.get_mut(i)) {
+            *w = reason();
         }
     }
 }

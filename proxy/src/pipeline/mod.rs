@@ -21,7 +21,8 @@
 use crate::archive::{ArchiveChunk, ArchiveHandle};
 use crate::budget::Reservation;
 use crate::buffer::{record, BufferError, TenantLog, Wait};
-use crate::event::{Batch, Disposition};
+use crate::event::{Batch, Disposition, Why};
+use crate::observe::Watcher;
 use crate::sink::{ForwardChunk, RouteSlot};
 use crate::workers::{Lane, Workers};
 use bytes::Bytes;
@@ -72,6 +73,8 @@ pub struct Chain {
     /// Where the batches run when a stage blocks (none: none does), and the
     /// tenant's queue there.
     workers: Option<(Arc<Workers>, Lane)>,
+    /// Who looks at the batches taken (live tail, patterns).
+    watchers: Vec<Arc<dyn Watcher>>,
 }
 
 /// How many events of a batch went where.
@@ -83,15 +86,16 @@ pub struct Dispatched {
 
 impl Chain {
     pub fn new(stages: Vec<Box<dyn Stage>>, outputs: TenantOutputs) -> Arc<Chain> {
-        Chain::with_workers(stages, outputs, None)
+        Chain::with_workers(stages, outputs, None, Vec::new())
     }
 
     /// A chain whose batches run on `workers` (each chain gets a queue of its
-    /// own there); none: where they are submitted.
+    /// own there; none: where they are submitted), shown to `watchers` once taken.
     pub fn with_workers(
         stages: Vec<Box<dyn Stage>>,
         outputs: TenantOutputs,
         workers: Option<Arc<Workers>>,
+        watchers: Vec<Arc<dyn Watcher>>,
     ) -> Arc<Chain> {
         let workers = workers.map(|w| {
             let lane = w.lane();
@@ -101,6 +105,7 @@ impl Chain {
             stages,
             outputs,
             workers,
+            watchers,
         })
     }
 
@@ -203,6 +208,9 @@ impl Chain {
     }
 
     fn run_stages(&self, batch: &mut Batch) -> Result<(), Rejection> {
+        if self.watchers.iter().any(|w| w.wants_reasons()) {
+            batch.why = Some(vec![Why::Untouched; batch.events.len()]);
+        }
         for (i, stage) in self.stages.iter().enumerate() {
             if let Err(r) = stage.process(batch) {
                 self.stages[..i].iter().for_each(|s| s.refund(batch));
@@ -237,6 +245,7 @@ impl Chain {
         };
         if kept == 0 {
             self.stages.iter().for_each(|s| s.commit(&batch));
+            self.show(&batch);
             return Ok(Taken {
                 dispatched,
                 wait: None,
@@ -250,6 +259,7 @@ impl Chain {
                 return Err(buffer_refusal(&e));
             }
         };
+        self.show(&batch);
         // What commit and refund need is in the charges: the events can go now.
         batch.events = Vec::new();
         Ok(Taken {
@@ -288,6 +298,7 @@ impl Chain {
         match self.dispatch(&batch, &route, archive_res, route_res) {
             Ok(d) => {
                 self.stages.iter().for_each(|s| s.commit(&batch));
+                self.show(&batch);
                 Ok(d)
             }
             Err(r) => {
@@ -295,6 +306,11 @@ impl Chain {
                 Err(r)
             }
         }
+    }
+
+    /// Shows a taken batch to the tenant's watchers.
+    fn show(&self, batch: &Batch) {
+        self.watchers.iter().for_each(|w| w.watch(batch));
     }
 
     fn dispatch(

@@ -2,6 +2,7 @@
 //! with its deadline and memory cap, what a failed call costs (`on_error`),
 //! and the quarantine of a plugin that keeps failing.
 use super::*;
+use crate::event::Why;
 /// Consecutive failures that quarantine a plugin.
 pub const QUARANTINE_AFTER: u32 = 5;
 /// The first quarantine's length; it doubles on each further one, up to [`QUARANTINE_MAX`].
@@ -459,9 +460,11 @@ impl Plugin {
             Ok(outcomes) => {
                 self.record(None);
                 let mut counts = [0usize; 5];
-                for ((verdict, replacement), (ev, disp)) in outcomes
+                let why = &mut batch.why;
+                for (n, ((verdict, replacement), (ev, disp))) in outcomes
                     .into_iter()
                     .zip(batch.events.iter_mut().zip(batch.dispositions.iter_mut()))
+                    .enumerate()
                 {
                     let label = match verdict {
                         Verdict::Keep => match replacement {
@@ -473,11 +476,13 @@ impl Plugin {
                         },
                         Verdict::Drop => {
                             *disp = Disposition::Drop;
+                            Batch::explain(why, n, || plugin_why(labels[1], false));
                             VerdictLabel::Dropped
                         }
                         Verdict::ArchiveOnly => {
                             if *disp == Disposition::Index {
                                 *disp = Disposition::ArchiveOnly;
+                                Batch::explain(why, n, || plugin_why(labels[1], false));
                             }
                             VerdictLabel::ArchiveOnly
                         }
@@ -504,7 +509,9 @@ impl Plugin {
     pub(super) fn on_error(&self, batch: &mut Batch) {
         self.verdicts
             .add(VerdictLabel::OnError, batch.dispositions.len());
-        for d in batch.dispositions.iter_mut() {
+        let name = &self.settings.name;
+        for (n, d) in batch.dispositions.iter_mut().enumerate() {
+            let before = *d;
             match self.settings.on_error {
                 PluginOnError::Pass => {}
                 PluginOnError::Drop => *d = Disposition::Drop,
@@ -513,6 +520,9 @@ impl Plugin {
                         *d = Disposition::ArchiveOnly;
                     }
                 }
+            }
+            if *d != before {
+                Batch::explain(&mut batch.why, n, || plugin_why(name, true));
             }
         }
     }
@@ -529,4 +539,11 @@ fn store_limits(memory_limit: u64) -> StoreLimits {
         .instances(1)
         .trap_on_grow_failure(true)
         .build()
+}
+
+fn plugin_why(name: &str, failed: bool) -> Why {
+    Why::Plugin {
+        name: name.to_string(),
+        failed,
+    }
 }

@@ -10,7 +10,7 @@
 use crate::clock::Clock;
 use crate::config::{DailyQuotaConfig, QuotaAction, QuotaLimit};
 use crate::event::stage::{RejectReason, Rejection, Stage};
-use crate::event::{Batch, Disposition, Event};
+use crate::event::{Batch, Disposition, Event, Why};
 use crate::quota::rate::field_value;
 use crate::telemetry::METRICS;
 use http::StatusCode;
@@ -321,7 +321,8 @@ impl TenantQuota {
         let mut over = 0u64;
         // The partition key is built in one reused buffer; a String is allocated once per partition.
         let mut key = String::new();
-        for (ev, disp) in batch.events.iter().zip(batch.dispositions.iter_mut()) {
+        let why = &mut batch.why;
+        for (n, (ev, disp)) in batch.events.iter().zip(batch.dispositions.iter_mut()).enumerate() {
             if *disp != Disposition::Index {
                 continue;
             }
@@ -343,6 +344,7 @@ impl TenantQuota {
                 || max_b.is_some_and(|m| used.bytes + d.bytes + size > m);
             if is_over {
                 over += 1;
+                Batch::explain(why, n, || Why::OverQuota);
                 match s.action {
                     QuotaAction::ArchiveOnly => *disp = Disposition::ArchiveOnly,
                     QuotaAction::Drop => *disp = Disposition::Drop,

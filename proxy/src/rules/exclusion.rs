@@ -10,7 +10,7 @@
 use super::query::{Query, QueryError};
 use crate::config::{ExclusionAction, ExclusionRuleConfig};
 use crate::event::stage::{Rejection, Stage};
-use crate::event::{Batch, Disposition, Event};
+use crate::event::{Batch, Disposition, Event, Why};
 use crate::telemetry::METRICS;
 use std::hash::Hasher;
 use std::sync::{Arc, RwLock};
@@ -210,7 +210,8 @@ impl Stage for TenantRules {
         // Per rule: (matched, excluded); metrics are updated once per batch.
         let n_rules = global.len() + tenant_rules.len();
         let mut counts = vec![(0u64, 0u64); n_rules];
-        for (ev, disp) in batch.events.iter().zip(batch.dispositions.iter_mut()) {
+        let why = &mut batch.why;
+        for (n, (ev, disp)) in batch.events.iter().zip(batch.dispositions.iter_mut()).enumerate() {
             if *disp != Disposition::Index {
                 continue;
             }
@@ -221,13 +222,18 @@ impl Stage for TenantRules {
                 .find(|(_, r)| r.config.enabled && r.query.matches(ev));
             if let Some((i, rule)) = first {
                 counts[i].0 += 1;
-                if rule.excludes(ev) {
+                let excluded = rule.excludes(ev);
+                if excluded {
                     counts[i].1 += 1;
                     *disp = match rule.config.action {
                         ExclusionAction::ArchiveOnly => Disposition::ArchiveOnly,
                         ExclusionAction::Drop => Disposition::Drop,
                     };
                 }
+                Batch::explain(why, n, || Why::Rule {
+                    name: rule.config.name.clone(),
+                    kept: !excluded,
+                });
             }
         }
         // Counted once the batch is taken (commit): a refused request counts nothing.

@@ -68,6 +68,7 @@ pub struct Metrics {
     pub plugin_quarantined: IntGaugeVec,
     pub plugin_counter: IntCounterVec,
     pub ready: IntGauge,
+    pub tails_open: IntGauge,
     pub task_failures: IntCounterVec,
 }
 
@@ -128,6 +129,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     )
     .unwrap();
     r.register(Box::new(ready.clone())).unwrap();
+    let tails_open = IntGauge::new(
+        "weir_tails_open",
+        "Live tails (GET /admin/tail) open now; admin.max_tails caps them",
+    )
+    .unwrap();
+    r.register(Box::new(tails_open.clone())).unwrap();
     build_info(&r);
     let backend_up = ComputedGauge::new(
         "weir_backend_up",
@@ -363,6 +370,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["tenant", "plugin", "name"],
         ),
         ready,
+        tails_open,
         task_failures: counter(
             &r,
             "weir_task_failures_total",
