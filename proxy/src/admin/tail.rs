@@ -24,10 +24,18 @@ pub fn open(query: Option<&str>, control: &Control) -> Result<Response<AdminBody
         .ok_or_else(|| bad(StatusCode::NOT_FOUND, "live tail is not available here"))?;
     let tenant = query_param(query, "tenant")
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| bad(StatusCode::BAD_REQUEST, "`tenant` is required: /admin/tail?tenant=NAME"))?;
+        .ok_or_else(|| {
+            bad(
+                StatusCode::BAD_REQUEST,
+                "`tenant` is required: /admin/tail?tenant=NAME",
+            )
+        })?;
     let filter = match query_param(query, "query").filter(|q| !q.trim().is_empty()) {
         Some(q) => Some(Query::parse(&q).map_err(|e| {
-            bad(StatusCode::BAD_REQUEST, format!("query {q:?}: {}", e.message))
+            bad(
+                StatusCode::BAD_REQUEST,
+                format!("query {q:?}: {}", e.message),
+            )
         })?),
         None => None,
     };
@@ -71,7 +79,9 @@ pub fn open(query: Option<&str>, control: &Control) -> Result<Response<AdminBody
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream"),
     );
-    resp.headers_mut()
-        .insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
     Ok(resp)
 }

@@ -220,10 +220,7 @@ impl Subscriber {
 fn message(batch: &Batch, i: usize, why: Option<&Why>) -> Bytes {
     let disposition = batch.dispositions[i];
     let mut head = serde_json::Map::new();
-    head.insert(
-        "received_at_ms".into(),
-        batch.meta.received_at_ms.into(),
-    );
+    head.insert("received_at_ms".into(), batch.meta.received_at_ms.into());
     head.insert("intake".into(), batch.meta.intake.as_str().into());
     let (label, by) = describe(disposition, why.unwrap_or(&Why::Untouched));
     head.insert("disposition".into(), label.into());
@@ -243,7 +240,10 @@ fn message(batch: &Batch, i: usize, why: Option<&Why>) -> Bytes {
 /// What a tail says an event's fate is: `indexed`, `sampled` (a rule matched,
 /// its sample rate kept it in the index), `excluded` (archive only),
 /// `dropped`, `over_quota`; and who decided (`rule`, `plugin`, `quota`).
-fn describe(d: Disposition, why: &Why) -> (&'static str, Option<(&'static str, serde_json::Value)>) {
+fn describe(
+    d: Disposition,
+    why: &Why,
+) -> (&'static str, Option<(&'static str, serde_json::Value)>) {
     use serde_json::json;
     let action = match d {
         Disposition::Index => "index",
@@ -375,7 +375,10 @@ mod tests {
         tails.tenant("acme");
         let a = tails.open("acme", None, 1).unwrap();
         let _b = tails.open("acme", None, 1).unwrap();
-        assert_eq!(tails.open("acme", None, 1).err(), Some(TailError::TooMany(2)));
+        assert_eq!(
+            tails.open("acme", None, 1).err(),
+            Some(TailError::TooMany(2))
+        );
         drop(a);
         assert!(tails.open("acme", None, 1).is_ok());
         assert_eq!(

@@ -322,7 +322,12 @@ impl TenantQuota {
         // The partition key is built in one reused buffer; a String is allocated once per partition.
         let mut key = String::new();
         let why = &mut batch.why;
-        for (n, (ev, disp)) in batch.events.iter().zip(batch.dispositions.iter_mut()).enumerate() {
+        for (n, (ev, disp)) in batch
+            .events
+            .iter()
+            .zip(batch.dispositions.iter_mut())
+            .enumerate()
+        {
             if *disp != Disposition::Index {
                 continue;
             }

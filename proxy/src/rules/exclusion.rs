@@ -211,7 +211,12 @@ impl Stage for TenantRules {
         let n_rules = global.len() + tenant_rules.len();
         let mut counts = vec![(0u64, 0u64); n_rules];
         let why = &mut batch.why;
-        for (n, (ev, disp)) in batch.events.iter().zip(batch.dispositions.iter_mut()).enumerate() {
+        for (n, (ev, disp)) in batch
+            .events
+            .iter()
+            .zip(batch.dispositions.iter_mut())
+            .enumerate()
+        {
             if *disp != Disposition::Index {
                 continue;
             }
