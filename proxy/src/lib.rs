@@ -83,6 +83,7 @@ pub async fn run(plan: Plan, path: Option<std::path::PathBuf>) -> anyhow::Result
         quotas,
         plugins,
         tails,
+        patterns,
         ..
     } = shared;
     let (quotas, plugins) = (Arc::new(quotas), Arc::new(plugins));
@@ -104,7 +105,8 @@ pub async fn run(plan: Plan, path: Option<std::path::PathBuf>) -> anyhow::Result
         .with_router(router.clone())
         .with_reloader(reloader.clone())
         .with_disk(buffers.disk.clone())
-        .with_tails(tails),
+        .with_tails(tails)
+        .with_patterns(patterns),
     );
     let saver = save_quotas_every_second(quotas.clone(), drain.clone());
     let intake = intake::Intake::new(tenants, config.limits.clone());
@@ -208,6 +210,8 @@ struct Shared {
     threads: usize,
     /// Every tenant's live tails (`GET /admin/tail`).
     tails: Arc<observe::tail::Tails>,
+    /// Every tenant's log patterns (`GET /admin/patterns`); none when turned off.
+    patterns: Option<Arc<patterns::Patterns>>,
 }
 
 impl Shared {
@@ -229,6 +233,10 @@ impl Shared {
             ),
             threads,
             tails: observe::tail::Tails::new(config.admin.max_tails),
+            patterns: config
+                .patterns
+                .enabled
+                .then(|| Arc::new(patterns::Patterns::new(&config.patterns, clock::system()))),
         }
     }
 
@@ -259,7 +267,10 @@ impl Shared {
             true => self.plugin_workers.clone(),
             false => Some(self.intake_workers.clone()),
         };
-        let watchers: Vec<Arc<dyn observe::Watcher>> = vec![self.tails.tenant(&t.name)];
+        let mut watchers: Vec<Arc<dyn observe::Watcher>> = vec![self.tails.tenant(&t.name)];
+        if let Some(p) = &self.patterns {
+            watchers.push(p.tenant(&t.name));
+        }
         Ok(Arc::new(tenant::Tenant {
             name: t.name.as_str().into(),
             chain: Chain::with_workers(stages, outputs, workers, watchers),

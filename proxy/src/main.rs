@@ -53,6 +53,9 @@ enum Command {
     /// Shows a tenant's processed events as they pass, each with its fate (indexed, excluded by
     /// which rule, sampled, over quota, dropped by which plugin), from a running proxy's live tail.
     Tail(cli::tail::Args),
+    /// Shows a tenant's top log patterns by volume, each with an exclusion-rule query that matches
+    /// it and what excluding it would save per day, from a running proxy (`GET /admin/patterns`).
+    Patterns(cli::patterns::Args),
     /// WebAssembly plugins (ABI v1, sdk/ABI.md).
     Plugin {
         #[command(subcommand)]
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
         Command::Query(args) => cli::query::run(args),
         Command::Backends(args) => cli::backends::run(args),
         Command::Tail(args) => cli::tail::run(args),
+        Command::Patterns(args) => cli::patterns::run(args),
         Command::Plugin {
             command: PluginCommand::Test(args),
         } => cli::plugin_test::run(args),

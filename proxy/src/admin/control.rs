@@ -31,6 +31,8 @@ pub struct Control {
     reloader: Option<Arc<crate::reload::ConfigReloader>>,
     /// The disk buffer (none: memory only), for `/readyz`.
     disk: Option<Arc<crate::buffer::Disk>>,
+    /// Every tenant's log patterns, for `GET /admin/patterns`.
+    patterns: Option<Arc<crate::patterns::Patterns>>,
     /// Serializes changes, so two admins never interleave read-modify-write.
     lock: Mutex<()>,
     /// Live tails (`GET /admin/tail`, served by admin/tail.rs).
@@ -167,6 +169,7 @@ impl Control {
             router: None,
             disk: None,
             reloader: None,
+            patterns: None,
             lock: Mutex::new(()),
             tails: None,
         };
@@ -263,6 +266,62 @@ impl Control {
     pub fn with_router(mut self, router: Arc<crate::sink::router::Router>) -> Control {
         self.router = Some(router);
         self
+    }
+
+    /// Log patterns, for `GET /admin/patterns` (none: turned off).
+    pub fn with_patterns(mut self, patterns: Option<Arc<crate::patterns::Patterns>>) -> Control {
+        self.patterns = patterns;
+        self
+    }
+
+    /// `GET /admin/patterns?tenant=T[&limit=N]`: the tenant's top patterns.
+    fn patterns(&self, query: Option<&str>) -> Result<(StatusCode, Value), Rejection> {
+        let Some(p) = &self.patterns else {
+            return Err(err(
+                StatusCode::NOT_FOUND,
+                "log patterns are off (`patterns.enabled: false`)",
+            ));
+        };
+        let tenant = query_value(query, "tenant").ok_or_else(|| {
+            err(
+                StatusCode::BAD_REQUEST,
+                "`tenant` is required: ?tenant=NAME",
+            )
+        })?;
+        if tenant.is_empty()
+            || tenant.len() > 128
+            || !tenant
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(err(
+                StatusCode::BAD_REQUEST,
+                "`tenant` is a tenant name: letters, digits, - and _, at most 128",
+            ));
+        }
+        let limit = match query_value(query, "limit") {
+            None => 10,
+            Some(l) => l
+                .parse::<usize>()
+                .ok()
+                .filter(|l| (1..=1000).contains(l))
+                .ok_or_else(|| {
+                    err(
+                        StatusCode::BAD_REQUEST,
+                        format!("`limit` must be a number from 1 to 1000, not {l:?}"),
+                    )
+                })?,
+        };
+        let report = p
+            .report(tenant, limit)
+            .ok_or_else(|| err(StatusCode::NOT_FOUND, format!("no tenant {tenant:?}")))?;
+        let v = serde_json::to_value(report).map_err(|e| {
+            err(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("patterns report: {e}"),
+            )
+        })?;
+        Ok((StatusCode::OK, v))
     }
 
     /// Config reloads, for `POST /admin/config/reload`.
@@ -392,6 +451,7 @@ impl Control {
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
         match (method.as_str(), parts.as_slice()) {
             ("GET", ["rules"]) => Ok((StatusCode::OK, self.list_rules())),
+            ("GET", ["patterns"]) => self.patterns(query),
             ("GET", ["quotas"]) => Ok((StatusCode::OK, json!({ "quotas": self.quotas.views() }))),
             ("POST", ["reload"]) => Ok(self.reload_plugins()),
             ("POST", ["config", "reload"]) => Ok(self.reload_config()),

@@ -6,6 +6,7 @@ pub use weir::config::EMBEDDED_NAME;
 pub mod admin;
 pub mod backends;
 pub mod check;
+pub mod patterns;
 pub mod plugin_test;
 pub mod query;
 pub mod run;

@@ -12,6 +12,7 @@ mod buffer;
 mod env;
 mod listen;
 pub(crate) mod locate;
+mod patterns;
 mod tenant;
 pub mod units;
 
@@ -20,6 +21,7 @@ pub use backend::*;
 pub use buffer::*;
 pub use listen::*;
 use locate::Locations;
+pub use patterns::PatternsConfig;
 pub use tenant::*;
 pub use units::{ByteSize, Dur, Secret};
 
@@ -59,6 +61,9 @@ pub struct Config {
     /// Exclusion rules every tenant's events are checked against first.
     #[serde(default)]
     pub exclusion_rules: Vec<ExclusionRuleConfig>,
+    /// Log patterns mined per tenant (`GET /admin/patterns`, `weir patterns`).
+    #[serde(default)]
+    pub patterns: PatternsConfig,
     /// How long a SIGTERM may take to flush batches and archive objects.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: Dur,
@@ -225,6 +230,7 @@ impl Config {
         self.validate_listeners()?;
         validate_archive(&self.archive, "archive")?;
         buffer::validate_buffer(&self.buffer)?;
+        patterns::validate_patterns(&self.patterns)?;
         self.validate_addresses()?;
         self.validate_durations()?;
         self.validate_backends()?;
