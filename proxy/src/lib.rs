@@ -23,6 +23,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod plugin;
 pub mod quota;
+pub mod rehydrate;
 pub mod reload;
 pub mod rules;
 pub mod sink;
@@ -93,6 +94,7 @@ pub async fn run(plan: Plan, path: Option<std::path::PathBuf>) -> anyhow::Result
         Arc::downgrade(&plugins) as _,
     ];
     watch::spawn(watched, watch::WATCH_EVERY, drain.clone());
+    let rehydrations = rehydrate::Rehydrations::new(plan.clone(), router.clone());
     let control = Arc::new(
         admin::control::Control::new(
             config.admin.token.clone(),
@@ -105,6 +107,7 @@ pub async fn run(plan: Plan, path: Option<std::path::PathBuf>) -> anyhow::Result
         .with_router(router.clone())
         .with_reloader(reloader.clone())
         .with_disk(buffers.disk.clone())
+        .with_rehydrations(rehydrations.clone())
         .with_tails(tails)
         .with_patterns(patterns),
     );
@@ -113,7 +116,10 @@ pub async fn run(plan: Plan, path: Option<std::path::PathBuf>) -> anyhow::Result
     let mut serving = serve(&plan, path.as_deref(), intake, control).await?;
 
     shutdown_signal().await;
+    // Rehydrations stop at a chunk boundary; the routes deliver their chunks in flight as they drain.
+    let rehydrating = rehydrations.stop_all();
     let lost = serving.drain(&plan, writers, &router, buffers, drain).await;
+    rehydrate::wait(rehydrating, std::time::Duration::from_secs(2)).await;
     let _ = saver.await;
     quotas.save();
     serving.stop_admin().await;

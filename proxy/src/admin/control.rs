@@ -31,6 +31,8 @@ pub struct Control {
     reloader: Option<Arc<crate::reload::ConfigReloader>>,
     /// The disk buffer (none: memory only), for `/readyz`.
     disk: Option<Arc<crate::buffer::Disk>>,
+    /// Rehydration jobs, for `/admin/rehydrations`.
+    rehydrations: Option<Arc<crate::rehydrate::Rehydrations>>,
     /// Every tenant's log patterns, for `GET /admin/patterns`.
     patterns: Option<Arc<crate::patterns::Patterns>>,
     /// Serializes changes, so two admins never interleave read-modify-write.
@@ -168,6 +170,7 @@ impl Control {
             plugins: None,
             router: None,
             disk: None,
+            rehydrations: None,
             reloader: None,
             patterns: None,
             lock: Mutex::new(()),
@@ -265,6 +268,12 @@ impl Control {
 
     pub fn with_router(mut self, router: Arc<crate::sink::router::Router>) -> Control {
         self.router = Some(router);
+        self
+    }
+
+    /// Rehydration jobs, for `/admin/rehydrations`.
+    pub fn with_rehydrations(mut self, r: Arc<crate::rehydrate::Rehydrations>) -> Control {
+        self.rehydrations = Some(r);
         self
     }
 
@@ -506,6 +515,10 @@ impl Control {
                 Ok((StatusCode::OK, json!({ "deleted": name })))
             }
             ("PATCH", ["quotas", tenant]) => self.change_quota(tenant, body),
+            (_, ["rehydrations", rest @ ..]) => match &self.rehydrations {
+                Some(r) => r.handle(method, rest, body),
+                None => Err(err(StatusCode::NOT_FOUND, "rehydration is not running")),
+            },
             _ => Err(err(
                 StatusCode::NOT_FOUND,
                 format!("no control endpoint {method} /admin/{path}"),

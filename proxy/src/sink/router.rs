@@ -40,6 +40,9 @@ pub struct Router {
 
 struct State {
     healths: Vec<(Target, Arc<BackendHealth>)>,
+    /// The current generation's backends and tenants, for a route to one
+    /// backend (rehydration's `to_backend`).
+    lone: LoneRoutes,
     /// Stops the current generation's health checks.
     checks: CancellationToken,
     /// Every route task ever started (old ones end once their batches are sent).
@@ -49,6 +52,7 @@ struct State {
 struct Generation {
     /// Each tenant's name and new route, in the plan's order.
     routes: Vec<(String, RouteHandle)>,
+    lone: LoneRoutes,
     tasks: Vec<JoinHandle<()>>,
     healths: Vec<(Target, Arc<BackendHealth>)>,
     checks: CancellationToken,
@@ -101,6 +105,19 @@ fn generation(
     }
     let mut routes = Vec::new();
     let mut tasks = Vec::new();
+    let mut lone = LoneRoutes {
+        drain_rate: config.buffer.drain_rate,
+        ..Default::default()
+    };
+    for (name, (backend, health, weight, _)) in &backends {
+        let cfg = config.backend(name).expect("built from the config").clone();
+        let member = Member {
+            backend: backend.clone(),
+            health: health.clone(),
+            weight: *weight,
+        };
+        lone.backends.insert(name.clone(), (member, cfg));
+    }
     for t in &plan.tenants {
         let tiers: Vec<Vec<Member>> = t
             .route
@@ -139,6 +156,9 @@ fn generation(
             events_per_second: config.buffer.drain_rate,
         };
         let upstream = t.upstream_api_key.as_ref().map(|k| k.expose().to_string());
+        let allowed = t.route.iter().flat_map(|tier| tier.backends.clone());
+        lone.tenants
+            .insert(t.name.clone(), (allowed.collect(), upstream.clone()));
         let (route, task) = spawn_route(
             &t.name,
             upstream,
@@ -159,10 +179,37 @@ fn generation(
     }
     Ok(Generation {
         routes,
+        lone,
         tasks,
         healths,
         checks,
     })
+}
+
+/// What a route to one backend needs: every backend of the current
+/// generation (with its config) and, by tenant, the backends its events may
+/// go to and its upstream key.
+#[derive(Default)]
+struct LoneRoutes {
+    backends: HashMap<String, (Member, BackendConfig)>,
+    tenants: HashMap<String, (Vec<String>, Option<String>)>,
+    drain_rate: Option<u64>,
+}
+
+/// Why a route to one backend was not built.
+#[derive(Debug, thiserror::Error)]
+pub enum LoneRouteError {
+    #[error("no tenant {0:?}")]
+    NoTenant(String),
+    #[error("no backend named {0:?}")]
+    NoBackend(String),
+    /// Data residency: the backend is outside the tenant's region pinning.
+    #[error("residency: tenant {tenant:?}'s events may go only to {allowed:?} (its backend, or its region and failover regions), not to {backend:?}")]
+    NotAllowed {
+        tenant: String,
+        backend: String,
+        allowed: Vec<String>,
+    },
 }
 
 /// What a reload changed.
@@ -191,6 +238,7 @@ impl Router {
             drain,
             state: Mutex::new(State {
                 healths: g.healths,
+                lone: g.lone,
                 checks: g.checks,
                 tasks: g.tasks,
             }),
@@ -243,6 +291,7 @@ impl Router {
         }
         state.checks.cancel();
         state.checks = g.checks;
+        state.lone = g.lone;
         // Backends the new config dropped stop being reported (weir_backend_up reads these).
         state.healths = g.healths;
         crate::telemetry::seed(config);
@@ -257,6 +306,60 @@ impl Router {
             backends: config.backends.len(),
             regions: config.regions.len(),
         })
+    }
+
+    /// The backends tenant `name`'s events may go to under the current routing
+    /// (its backend, or every backend of its region and failover regions), in
+    /// order of preference; none for an unknown tenant.
+    pub fn allowed_backends(&self, name: &str) -> Option<Vec<String>> {
+        let state = self.state.lock().unwrap();
+        state.lone.tenants.get(name).map(|(b, _)| b.clone())
+    }
+
+    /// A new route carrying `tenant`'s events to `backend` alone (no
+    /// failover), with the backend's own batching, retries and health, and
+    /// the tenant's upstream key and dead letters. Refused unless the backend
+    /// is one the tenant's events may go to (data residency). The route ends
+    /// once its handle is dropped and what it holds is sent; shutdown waits
+    /// for it like any other route.
+    pub fn backend_route(
+        &self,
+        tenant: &str,
+        backend: &str,
+    ) -> Result<RouteHandle, LoneRouteError> {
+        let mut state = self.state.lock().unwrap();
+        let (allowed, upstream) = state
+            .lone
+            .tenants
+            .get(tenant)
+            .ok_or_else(|| LoneRouteError::NoTenant(tenant.to_string()))?;
+        if !allowed.iter().any(|b| b == backend) {
+            return Err(match state.lone.backends.contains_key(backend) {
+                true => LoneRouteError::NotAllowed {
+                    tenant: tenant.to_string(),
+                    backend: backend.to_string(),
+                    allowed: allowed.clone(),
+                },
+                false => LoneRouteError::NoBackend(backend.to_string()),
+            });
+        }
+        let (member, cfg) = &state.lone.backends[backend];
+        let limits = super::RouteLimits {
+            max_events: cfg.batch.max_events,
+            max_bytes: cfg.batch.max_bytes.as_usize(),
+            events_per_second: state.lone.drain_rate,
+        };
+        let (route, task) = spawn_route(
+            tenant,
+            upstream.clone(),
+            vec![vec![member.clone()]],
+            cfg,
+            limits,
+            self.dead_letters.get(tenant).cloned(),
+            self.drain.clone(),
+        );
+        state.tasks.push(task);
+        Ok(route)
     }
 
     /// The route tasks to wait for at shutdown (after the drain is cancelled).
