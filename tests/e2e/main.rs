@@ -19,4 +19,5 @@ mod readme;
 mod rules;
 mod secrets;
 mod syslog;
+mod tail;
 mod tls;

@@ -12,7 +12,8 @@ pub struct Args {
     #[arg(long)]
     tenant: String,
     /// Only events matching this query (the exclusion-rule syntax, as `weir query`).
-    #[arg(long)]
+    /// It may start with `-` (`--query -env:dev`).
+    #[arg(long, allow_hyphen_values = true)]
     query: Option<String>,
     /// Events shown per second at most (the proxy skips the rest and says how many).
     #[arg(long)]
