@@ -35,6 +35,9 @@
 #   BUILD=0                  skip the cargo build
 #   WEIR=path                the weir binary to measure (default: the release build), for A/B runs
 #   RULES=1                  configure 20 exclusion rules, a daily quota and a rate limit (the full path)
+#   TAILS=0                  live tails held open during the load (curl reading GET /admin/tail), each
+#                            with the query TAIL_QUERY (default 'status:error *timeout*': rare, so each
+#                            tail matches as many events as its budget allows)
 #   BUFFER=durable           the buffer of scenarios that do not name one (see SCENARIOS)
 #   PLUGIN=path.wasm         run this Wasm plugin on every batch (e.g. plugins/target/wasm32-wasip1/release/redact.wasm)
 #   PLUGIN_CONFIG='{...}'    the plugin's config, YAML flow style (e.g. '{detectors: [email, credit_card]}')
@@ -174,6 +177,7 @@ listeners:
     $listener
 admin:
   address: 127.0.0.1:$ADMIN
+  token: bench-admin-token
 ${INFLIGHT:+limits: {max_inflight_request_bytes: $INFLIGHT\}}
 log:
   level: warn
@@ -222,6 +226,20 @@ EOF
         sleep 0.1
     done
     ((ready)) || { echo "weir did not become ready; log:" >&2; cat "$dir/weir.log" >&2; exit 1; }
+    local t
+    for t in $(seq "${TAILS:-0}"); do
+        curl -sN -H "Authorization: Bearer bench-admin-token" -G "http://127.0.0.1:$ADMIN/admin/tail" \
+            --data-urlencode tenant=bench --data-urlencode "query=${TAIL_QUERY:-status:error *timeout*}" \
+            >"$dir/tail$t.out" 2>&1 &
+        PIDS+=($!)
+    done
+    if ((${TAILS:-0} > 0)); then
+        for _ in $(seq 100); do
+            [[ $(metric weir_tails_open) == "$TAILS" ]] && break
+            sleep 0.1
+        done
+        [[ $(metric weir_tails_open) == "$TAILS" ]] || { echo "only $(metric weir_tails_open) of $TAILS tails opened" >&2; exit 1; }
+    fi
 
     local gz=()
     [[ $LG_GZIP == 1 ]] && gz=(--gzip)
