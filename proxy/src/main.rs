@@ -56,6 +56,10 @@ enum Command {
     /// Shows a tenant's top log patterns by volume, each with an exclusion-rule query that matches
     /// it and what excluding it would save per day, from a running proxy (`GET /admin/patterns`).
     Patterns(cli::patterns::Args),
+    /// Replays a tenant's archived events (time range, query) into its route or one of its
+    /// backends, through a running proxy (`/admin/rehydrations`): progress on stderr, Ctrl-C
+    /// cancels at a chunk boundary, the same command resumes; exit 0 only once done.
+    Rehydrate(cli::rehydrate::Args),
     /// WebAssembly plugins (ABI v1, sdk/ABI.md).
     Plugin {
         #[command(subcommand)]
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
         Command::Backends(args) => cli::backends::run(args),
         Command::Tail(args) => cli::tail::run(args),
         Command::Patterns(args) => cli::patterns::run(args),
+        Command::Rehydrate(args) => cli::rehydrate::run(args),
         Command::Plugin {
             command: PluginCommand::Test(args),
         } => cli::plugin_test::run(args),

@@ -9,6 +9,7 @@ pub mod check;
 pub mod patterns;
 pub mod plugin_test;
 pub mod query;
+pub mod rehydrate;
 pub mod run;
 pub mod tail;
 
