@@ -188,6 +188,78 @@ async fn the_rules_example_runs_and_its_admin_call_works_as_written() {
     assert!(out.contains("\"sample_rate\":0.99"), "{out}");
 }
 
+/// The Live tail section: its `weir tail` line, run as written (plus `--admin`) on
+/// the rules example, prints the README's first sample line for the same event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tail_example_prints_what_the_readme_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    std::env::set_var("PAYMENTS_AGENT_KEY", "readme-agent-key");
+    std::env::set_var("PAYMENTS_DD_API_KEY", "readme-dd-key");
+    std::env::set_var("WEIR_ADMIN_TOKEN", "readme-admin-token");
+    let text = complete(
+        &readme_yaml_after("## Index what matters"),
+        dir.path(),
+        "  token: \"${WEIR_ADMIN_TOKEN}\"\n",
+    );
+    let port = text.split("127.0.0.1:").nth(1).unwrap();
+    let port: String = port.chars().take_while(char::is_ascii_digit).collect();
+    let weir = Weir::start_in(dir, &text).await;
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let section = &readme[readme.find("### Live tail").unwrap()..];
+    let command = readme_block("### Live tail");
+    let command = command.trim().strip_prefix("weir ").unwrap();
+    // The first line of sample output: it starts with a time, `HH:MM:SS.mmm `.
+    let sample = section
+        .lines()
+        .find(|l| l.len() > 13 && l.as_bytes()[2] == b':' && l.as_bytes()[8] == b'.')
+        .unwrap()
+        .to_string();
+    let script = format!(
+        "exec '{}' {command} --admin 127.0.0.1:{}",
+        env!("CARGO_BIN_EXE_weir"),
+        weir.admin
+    );
+    let mut tail = Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = tail.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let start = Instant::now();
+    while metric_opt(&weir.metrics().await, "weir_tails_open") != Some(1.0) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the tail did not open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The sample line's event: its time today (UTC), status, service, host and message.
+    let hms = &sample[..12];
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let ts = chrono::DateTime::parse_from_rfc3339(&format!("{today}T{hms}Z"))
+        .unwrap()
+        .timestamp_millis();
+    let message = sample.split("] ").nth(1).unwrap();
+    let body = serde_json::to_vec(&serde_json::json!([{"message": message, "status": "error",
+        "service": "web", "hostname": "web-01", "timestamp": ts}]))
+    .unwrap();
+    let url = format!("http://127.0.0.1:{port}/api/v2/logs");
+    let r = post(&url, &[("DD-API-KEY", "readme-agent-key")], body).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let got = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let _ = tail.kill();
+    assert_eq!(got, sample);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_buffer_example_answers_delivered_once_the_backend_has_the_event() {
     let dir = tempfile::tempdir().unwrap();

@@ -100,7 +100,8 @@ fn render(v: &Value, colour: bool) -> String {
     format!(
         "{time} {status_cell} {:<12} {:<12} [{fate}] {message}",
         text(&e["service"]),
-        text(&e["host"])
+        // Datadog's JSON names the host `hostname`.
+        text(&e["hostname"])
     )
 }
 
@@ -124,7 +125,7 @@ mod tests {
     fn a_line_says_when_what_and_why() {
         let v = json!({"disposition": "excluded", "rule": "noisy",
             "event": {"timestamp": 1_764_720_000_123i64, "status": "error", "service": "web",
-                      "host": "h1", "message": "boom\nsecond"}});
+                      "hostname": "h1", "message": "boom\nsecond"}});
         assert_eq!(
             render(&v, false),
             "00:00:00.123 ERROR   web          h1           [excluded by rule noisy] boom second"
