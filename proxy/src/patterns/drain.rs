@@ -127,6 +127,10 @@ fn route_key(token: &str) -> &str {
 
 /// Share of `template`'s tokens that `tokens` equal (a wildcard-only token
 /// counts as no evidence either way, as in Drain), and the wildcard count.
+/// A token with a wildcard inside (`uid=<*>`, `<*>:`) counts as equal when it
+/// matches: counting only those with a word in them as evidence split
+/// OpenSSH's `Bye Bye` from `disconnected by user` (0.787 to 0.995 grouping
+/// accuracy) but merged away Linux's largest template (0.690 to 0.235).
 fn similarity(template: &[Box<str>], tokens: &[std::borrow::Cow<str>]) -> (f64, usize) {
     if template.is_empty() {
         return (1.0, 0);
