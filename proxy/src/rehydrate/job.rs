@@ -197,7 +197,7 @@ impl Job {
         let t = s.totals();
         let elapsed = s.run_started.elapsed().as_secs_f64();
         let per_second = match (s.state.is_active(), elapsed > 0.5) {
-            (true, true) => Some((s.settled.events_sent as f64 / elapsed).round()),
+            (true, true) => Some((s.settled.events_sent as f64 / elapsed).round() as u64),
             _ => None,
         };
         // Time left, from how fast this run got through the archive's bytes.

@@ -201,6 +201,12 @@ impl Rehydrations {
             false => State::Listing,
         };
         let job = Arc::new(Job::new(id, c.spec.clone(), c.rate, c.dry_run, state));
+        if let Some(from) = &start {
+            // Shown from the first answer: where the job resumes, with what it sent before.
+            let mut s = job.status.lock().unwrap();
+            s.base = from.counters;
+            s.cursor = from.cursor;
+        }
         keep(&mut jobs, job.clone());
         drop(jobs);
         tracing::info!(target: "weir::audit", job = %job.id, tenant = %job.spec.tenant, from = %spec::rfc3339_ms(job.spec.from_ms), to = %spec::rfc3339_ms(job.spec.to_ms), query = ?job.spec.query, to_backend = ?job.spec.to_backend, rate = job.rate, dry_run = job.dry_run, resumed = start.is_some(), "rehydration started");

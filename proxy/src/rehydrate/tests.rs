@@ -176,6 +176,7 @@ async fn a_cancelled_job_resumes_without_duplicates_or_gaps() {
     let (status, v) = s.call(Method::POST, &[], body).unwrap();
     assert_eq!(status, StatusCode::ACCEPTED);
     assert_eq!(v["id"], id.as_str());
+    assert_eq!(v["resumed_from_events_sent"].as_u64().unwrap(), sent, "{v}");
     let v = s.wait_for(&id, &["done", "failed"]).await;
     assert_eq!(v["state"], "done", "{v}");
     assert_eq!(v["resumed_from_events_sent"].as_u64().unwrap(), sent);
