@@ -159,7 +159,7 @@ mod tests {
             t.contains("ID  EVENTS/1H  BYTES/1H  SHARE  INDEXED  SAVES/DAY  PATTERN\n"),
             "{t}"
         );
-        assert!(t.contains("7        383   52.1KiB  20.0%   100.0%     1.2GiB  Failed password for <*> from <*> port <*> ssh2\n"), "{t}");
+        assert!(t.contains("7         383   52.1KiB  20.0%   100.0%     1.2GiB  Failed password for <*> from <*> port <*> ssh2\n"), "{t}");
         assert!(
             t.contains("query: \"Failed password for\" from port ssh2\n"),
             "{t}"
