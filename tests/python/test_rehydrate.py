@@ -194,6 +194,8 @@ def test_rehydrate_from_s3_exactly_the_selected_events_and_an_interrupted_run_re
     assert job["state"] == "done" and job["events_sent"] == len(want), job
     # Every object of the tenant's partitions, never the other tenant's or the dead letter.
     assert job["objects_total"] == len(s3_server.objects(prefix=f"{S3_PREFIX}/acme/")), job
+    assert weir.metric("weir_rehydrated_events_total", tenant="acme") == len(want)
+    assert weir.metric("weir_rehydrations_running") == 0
     assert ADMIN_TOKEN not in weir.log()
 
 

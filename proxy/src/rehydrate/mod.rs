@@ -14,6 +14,7 @@
 //! events go only where the tenant's events may go.
 mod checkpoint;
 mod job;
+mod metrics;
 mod reader;
 mod run;
 pub mod spec;
@@ -59,6 +60,8 @@ impl Rehydrations {
     /// request resumes one).
     pub fn new(plan: Arc<Plan>, router: Arc<Router>) -> Arc<Rehydrations> {
         let data_dir = plan.config.data_dir.clone();
+        let archived = plan.tenants.iter().filter(|t| t.archive.enabled);
+        metrics::seed(archived.map(|t| t.name.as_str()));
         let mut jobs: Vec<Arc<Job>> = checkpoint::saved(&data_dir)
             .iter()
             .map(|c| Arc::new(Job::from_checkpoint(c)))
@@ -354,9 +357,11 @@ fn keep(jobs: &mut Vec<Arc<Job>>, job: Arc<Job>) {
 /// Runs a job; a panic (a bug) fails the job instead of leaving it `running` forever.
 async fn supervised(job: Arc<Job>, ctx: run::Context) {
     use futures::FutureExt;
+    metrics::REHYDRATION.running.inc();
     let result = std::panic::AssertUnwindSafe(run::run(job.clone(), ctx))
         .catch_unwind()
         .await;
+    metrics::REHYDRATION.running.dec();
     if let Err(panic) = result {
         let msg = crate::telemetry::faults::panic_message(&*panic);
         job.fail(format!("internal error: {msg}"));

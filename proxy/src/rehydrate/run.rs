@@ -337,6 +337,14 @@ impl Sender {
             s.archive_bytes_done = self.objects[..done].iter().map(|o| o.size).sum();
             drop(s);
             self.unsaved = true;
+            let tenant = [self.job.spec.tenant.as_str()];
+            let m = &super::metrics::REHYDRATION;
+            m.events
+                .with_label_values(&tenant)
+                .inc_by(counters.events_sent);
+            m.bytes
+                .with_label_values(&tenant)
+                .inc_by(counters.bytes_sent);
             if counters.events_sent > 0 {
                 return self.save(State::Running);
             }
