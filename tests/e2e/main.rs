@@ -14,6 +14,7 @@ mod limits;
 mod metrics;
 mod mtls;
 mod operations;
+mod patterns;
 mod plugins;
 mod readme;
 mod rules;
