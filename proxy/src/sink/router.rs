@@ -395,6 +395,40 @@ tenants: [{{name: t, api_keys: [k], region: eu}}]
     }
 
     #[tokio::test]
+    async fn a_route_to_one_backend_only_where_the_tenant_may_go() {
+        let plan = Plan::parse(
+            "listeners: [{name: i, address: \"127.0.0.1:0\", protocol: http}]
+archive: {store: {type: local, root: /nonexistent}}
+backends:
+  - {name: a, type: http, url: \"http://127.0.0.1:9/in\"}
+  - {name: b, type: http, url: \"http://127.0.0.1:9/in\"}
+  - {name: us, type: http, url: \"http://127.0.0.1:9/in\"}
+regions: [{name: eu, tiers: [[a], [b]]}, {name: us, tiers: [[us]]}]
+tenants: [{name: t, api_keys: [k], region: eu}]
+",
+            "weir.yaml",
+        )
+        .unwrap();
+        let router = Router::start(&plan, HashMap::new(), CancellationToken::new()).unwrap();
+        assert_eq!(router.allowed_backends("t").unwrap(), ["a", "b"]);
+        assert!(
+            router.backend_route("t", "b").is_ok(),
+            "its region's second tier"
+        );
+        let e = router.backend_route("t", "us").err().unwrap();
+        assert!(matches!(e, LoneRouteError::NotAllowed { .. }), "{e}");
+        assert!(e.to_string().starts_with("residency: "), "{e}");
+        assert!(matches!(
+            router.backend_route("t", "nope"),
+            Err(LoneRouteError::NoBackend(_))
+        ));
+        assert!(matches!(
+            router.backend_route("x", "a"),
+            Err(LoneRouteError::NoTenant(_))
+        ));
+    }
+
+    #[tokio::test]
     async fn a_reload_keeps_the_health_of_backends_it_leaves_alone() {
         let router = Router::start(&config(1), HashMap::new(), CancellationToken::new()).unwrap();
         let a = health(&router, "a");
