@@ -238,20 +238,7 @@ impl Sender {
                             false => Pumped::Stopped,
                         });
                     }
-                    Some(p) => {
-                        self.note_read(&p);
-                        if self.chunk.ranges.len() + p.ranges.len() > self.chunk_events
-                            || self.chunk.lines.len() + p.lines.len() > CHUNK_BYTES
-                        {
-                            if !self.flush().await? { return Ok(Pumped::Stopped) }
-                        }
-                        self.chunk.add(p);
-                        if self.chunk.ranges.len() >= self.chunk_events
-                            || self.chunk.lines.len() >= CHUNK_BYTES
-                        {
-                            if !self.flush().await? { return Ok(Pumped::Stopped) }
-                        }
-                    }
+                    Some(p) => if !self.take(p).await? { return Ok(Pumped::Stopped) },
                 },
             }
             self.settle(false)?;
@@ -263,6 +250,24 @@ impl Sender {
                 self.settle(false)?;
             }
         }
+    }
+
+    /// Adds a piece to the chunk, sending the chunk first if the piece would
+    /// not fit, and after if it is full. False: cancelled before a send.
+    async fn take(&mut self, p: Piece) -> Result<bool, String> {
+        self.note_read(&p);
+        let would_overflow = self.chunk.ranges.len() + p.ranges.len() > self.chunk_events
+            || self.chunk.lines.len() + p.lines.len() > CHUNK_BYTES;
+        if would_overflow && !self.flush().await? {
+            return Ok(false);
+        }
+        self.chunk.add(p);
+        let full =
+            self.chunk.ranges.len() >= self.chunk_events || self.chunk.lines.len() >= CHUNK_BYTES;
+        if full && !self.flush().await? {
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     fn note_read(&self, p: &Piece) {
