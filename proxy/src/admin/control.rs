@@ -551,15 +551,11 @@ impl Control {
                     format!("a rule named {:?} already exists here", rule.name),
                 ));
             }
+            // Past the end is last, as when none is given: the list may have
+            // shrunk since the caller looked.
             match position {
-                Some(p) if p > rules.len() => {
-                    return Err(err(
-                        StatusCode::BAD_REQUEST,
-                        format!("position {p} is past the end ({} rules)", rules.len()),
-                    ))
-                }
-                Some(p) => rules.insert(p, rule.clone()),
-                None => rules.push(rule.clone()),
+                Some(p) if p < rules.len() => rules.insert(p, rule.clone()),
+                _ => rules.push(rule.clone()),
             }
             Ok(())
         })?;
@@ -698,12 +694,55 @@ fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
         .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
 }
 
-fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Rejection> {
-    serde_json::from_slice(body)
+/// A control request's body: one JSON object. (serde would also read a struct
+/// from a JSON array, by position: `[null, null]` as a quota change removed
+/// both limits.)
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Rejection> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| err(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))?;
+    if !value.is_object() {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "invalid JSON body: expected an object ({...})",
+        ));
+    }
+    serde_json::from_value(value)
         .map_err(|e| err(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
 }
 
 fn sha256(s: &str) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(s.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_must_be_a_json_object() {
+        // serde reads a struct from an array by position: `[null, null]` once
+        // removed both of a tenant's quota limits (found by schemathesis).
+        let r = parse_body::<QuotaChange>(b"[null, null]").unwrap_err();
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert!(r.message.contains("expected an object"), "{}", r.message);
+        let ok: QuotaChange = parse_body(br#"{"max_events": 5, "max_bytes": "1KiB"}"#).unwrap();
+        assert_eq!((ok.max_events, ok.max_bytes), (Some(5), Some(1024)));
+        assert!(parse_body::<QuotaChange>(br#"{"max_event": 5}"#).is_err());
+    }
+
+    #[test]
+    fn known_paths_name_their_methods() {
+        use super::super::allowed_methods;
+        assert_eq!(
+            allowed_methods("/admin/rules/acme/x"),
+            Some("PATCH, DELETE")
+        );
+        assert_eq!(
+            allowed_methods("/admin/rehydrations/abc"),
+            Some("GET, DELETE")
+        );
+        assert_eq!(allowed_methods("/metrics"), Some("GET, HEAD"));
+        assert_eq!(allowed_methods("/admin/nothing"), None);
+    }
 }

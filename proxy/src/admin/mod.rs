@@ -22,6 +22,9 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// The OpenAPI description of this listener, served at `/openapi.yaml`.
+pub const OPENAPI: &str = include_str!("openapi.yaml");
+
 /// An admin answer's body: whole (JSON, metrics) or a stream (live tail).
 pub type AdminBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
 
@@ -66,6 +69,19 @@ async fn handle(
     health: Arc<Health>,
     control: Arc<Control>,
 ) -> Result<Response<AdminBody>, Infallible> {
+    if let Some(allow) = allowed_methods(req.uri().path()) {
+        let method = req.method().as_str();
+        if !allow.split(", ").any(|m| m == method) {
+            let mut r = whole(error_response(&Rejection::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                RejectReason::Admin,
+                format!("{} takes {allow}, not {method}", req.uri().path()),
+            )));
+            r.headers_mut()
+                .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
+            return Ok(r);
+        }
+    }
     if req.uri().path() == "/admin/tail" && req.method() == Method::GET {
         let answer = control
             .authorize(
@@ -77,6 +93,24 @@ async fn handle(
         return Ok(answer.unwrap_or_else(|r| whole(error_response(&r))));
     }
     Ok(whole(answer(req, health, control).await))
+}
+
+/// The methods a known admin path takes (what a 405 lists in `Allow`); none:
+/// no such path (404). Kept in step with openapi.yaml by tests/python/test_openapi.py.
+pub(crate) fn allowed_methods(path: &str) -> Option<&'static str> {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    Some(match parts.as_slice() {
+        ["metrics" | "healthz" | "readyz" | "backends" | "openapi.yaml"] => "GET, HEAD",
+        ["admin", "rules" | "quotas" | "tail" | "patterns"] => "GET",
+        ["admin", "rules", _] => "POST",
+        ["admin", "rules", _, _] => "PATCH, DELETE",
+        ["admin", "quotas", _] => "PATCH",
+        ["admin", "overrides"] => "GET, DELETE",
+        ["admin", "reload"] | ["admin", "config", "reload"] => "POST",
+        ["admin", "rehydrations"] => "GET, POST",
+        ["admin", "rehydrations", _] => "GET, DELETE",
+        _ => return None,
+    })
 }
 
 /// A whole answer as an admin body.
@@ -120,6 +154,16 @@ async fn answer(
             Bytes::from(serde_json::to_vec(&control.backend_reports()).unwrap()),
         ),
         "/healthz" => json_response(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}")),
+        // The admin API's description, as built into this binary (tests/python/test_openapi.py
+        // checks the server against it).
+        "/openapi.yaml" => {
+            let mut r = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/yaml"),
+            );
+            r
+        }
         // Ready while listeners are bound and not draining. Quarantined plugins
         // are listed but leave it ready: their batches take `on_error`.
         "/readyz" => {
@@ -150,7 +194,7 @@ async fn answer(
         other => error_response(&Rejection::new(
             StatusCode::NOT_FOUND,
             RejectReason::Admin,
-            format!("no admin endpoint at {other}; try /metrics, /healthz, /readyz, /backends"),
+            format!("no admin endpoint at {other}; try /metrics, /healthz, /readyz, /backends, /openapi.yaml"),
         )),
     }
 }
