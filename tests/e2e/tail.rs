@@ -241,3 +241,51 @@ async fn tail_refusals_are_clear() {
     assert_eq!(r.status, 429);
     assert!(r.error().contains("admin.max_tails"), "{}", r.error());
 }
+
+/// A plugin's verdicts as the tail tells them: dropped or excluded by which plugin,
+/// and the event as the plugin left it (the ABI fixture: event i % 3 == 0 kept with
+/// its message replaced by "redacted", 1 dropped, 2 archive only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_names_the_plugin_that_decided() {
+    let (_dd, addr) = FakeDatadog::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let wat = include_str!("../fixtures/abi_v1_plugin.wat")
+        .replace("@version@", "1")
+        .replace("@extra_imports@", "")
+        .replace("@init_body@", "(i64.const 0)")
+        .replace("@hook@", "");
+    std::fs::write(dir.path().join("verdicts.wat"), wat).unwrap();
+    let extra = "    plugins:\n      - {name: verdicts, path: \"{DIR}/verdicts.wat\"}\n";
+    let config = with_admin_token(&config(&addr.to_string(), "", extra), TOKEN);
+    let weir = Weir::start_in(dir, &config).await;
+    let tail = TailCli::start(&weir, &["--tenant", "acme", "--json"]);
+    tails_open(&weir, 1.0).await;
+    send(&weir, "agent-key", logs("p", 3)).await;
+    let got = tail.take(3);
+    let seen: Vec<_> = got
+        .iter()
+        .map(|l| {
+            (
+                l["event"]["message"].as_str().unwrap().to_string(),
+                l["disposition"].as_str().unwrap().to_string(),
+                l["plugin"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("redacted".to_string(), "indexed".to_string(), Value::Null),
+            (
+                "p 1".to_string(),
+                "dropped".to_string(),
+                json!({"name": "verdicts", "call_failed": false})
+            ),
+            (
+                "p 2".to_string(),
+                "excluded".to_string(),
+                json!({"name": "verdicts", "call_failed": false})
+            ),
+        ]
+    );
+}
