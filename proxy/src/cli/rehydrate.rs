@@ -210,18 +210,27 @@ fn progress(v: &Value) -> String {
         .as_u64()
         .map(duration)
         .unwrap_or_else(|| "-".into());
-    let (what, count, size) = match v["dry_run"] == json!(true) {
-        true => ("matched", n("events_matched"), n("bytes_matched")),
-        false => ("sent", n("events_sent"), n("bytes_sent")),
+    let (what, count, size, speed) = match v["dry_run"] == json!(true) {
+        true => (
+            "matched",
+            n("events_matched"),
+            n("bytes_matched"),
+            format!("{} scanned/s", n("scanned_per_second")),
+        ),
+        false => (
+            "sent",
+            n("events_sent"),
+            n("bytes_sent"),
+            format!("{} events/s", n("events_per_second")),
+        ),
     };
     format!(
-        "{}: {count} events {what} ({}), {} scanned, objects {}/{}, {} events/s, ETA {eta}",
+        "{}: {count} events {what} ({}), {} scanned, objects {}/{}, {speed}, ETA {eta}",
         v["state"].as_str().unwrap_or("?"),
         bytes(size),
         n("events_scanned"),
         n("objects_done"),
         n("objects_total"),
-        v["events_per_second"].as_u64().unwrap_or(0),
     )
 }
 

@@ -196,10 +196,10 @@ impl Job {
         let s = self.status.lock().unwrap().clone();
         let t = s.totals();
         let elapsed = s.run_started.elapsed().as_secs_f64();
-        let per_second = match (s.state.is_active(), elapsed > 0.5) {
-            (true, true) => Some((s.settled.events_sent as f64 / elapsed).round() as u64),
-            _ => None,
+        let rate_of = |n: u64| {
+            (s.state.is_active() && elapsed > 0.5).then(|| (n as f64 / elapsed).round() as u64)
         };
+        let per_second = rate_of(s.settled.events_sent).filter(|_| !self.dry_run);
         // Time left, from how fast this run got through the archive's bytes.
         let done_now = s.archive_bytes_done.saturating_sub(s.bytes_done_at_start);
         let left = s.archive_bytes_total.saturating_sub(s.archive_bytes_done);
@@ -235,6 +235,7 @@ impl Job {
             "bytes_sent": t.bytes_sent,
             "events_in_flight": s.in_flight_events,
             "events_per_second": per_second,
+            "scanned_per_second": rate_of(s.read.events_scanned),
             "eta_seconds": eta,
             "resumed_from_events_sent": s.base.events_sent,
             "checkpoint": {"object": s.cursor.object, "line": s.cursor.line},

@@ -262,8 +262,10 @@ impl Sender {
             return Ok(false);
         }
         self.chunk.add(p);
-        let full =
-            self.chunk.ranges.len() >= self.chunk_events || self.chunk.lines.len() >= CHUNK_BYTES;
+        // A stretch with nothing selected is done at once: the position and progress move on.
+        let full = self.chunk.ranges.is_empty()
+            || self.chunk.ranges.len() >= self.chunk_events
+            || self.chunk.lines.len() >= CHUNK_BYTES;
         if full && !self.flush().await? {
             return Ok(false);
         }
