@@ -287,10 +287,14 @@ async fn bad_requests_and_the_cap_on_jobs() {
     for n in 0..MAX_ACTIVE {
         let mut body = job(events[n].0, events[299].0);
         body["rate"] = json!(1);
-        assert_eq!(
-            s.call(Method::POST, &[], body).unwrap().0,
-            StatusCode::ACCEPTED
-        );
+        let (status, v) = s.call(Method::POST, &[], body.clone()).unwrap();
+        assert_eq!(status, StatusCode::ACCEPTED);
+        // The same request again (a CLI started anew) shows the running job; restarting it is refused.
+        let (status, again) = s.call(Method::POST, &[], body.clone()).unwrap();
+        assert_eq!((status, &again["id"]), (StatusCode::OK, &v["id"]));
+        body["restart"] = json!(true);
+        let e = s.call(Method::POST, &[], body).unwrap_err();
+        assert_eq!(e.0, StatusCode::CONFLICT);
     }
     let e = s
         .call(Method::POST, &[], job(events[5].0, events[299].0))
