@@ -123,6 +123,11 @@ impl Files {
             .map_err(|e| format!("writing the object list under {}: {e}", self.dir.display()))
     }
 
+    /// Drops the listing of a finished job (up to MiBs): a done checkpoint needs none.
+    pub fn remove_listing(&self) {
+        let _ = std::fs::remove_file(self.dir.join(self.listing_name()));
+    }
+
     /// Forgets the job (a restart): both files.
     pub fn remove(&self) -> Result<(), String> {
         for name in [self.checkpoint_name(), self.listing_name()] {

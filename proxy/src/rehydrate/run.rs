@@ -144,7 +144,13 @@ async fn run_inner(job: &Arc<Job>, ctx: Context) -> Result<State, String> {
         Pumped::Stopped => Ok(job.stopped_state()),
     });
     match ended {
-        Ok(state) => sender.save(state).map(|_| state),
+        Ok(state) => {
+            sender.save(state)?;
+            if let (State::Done, Some(files)) = (state, &sender.files) {
+                files.remove_listing();
+            }
+            Ok(state)
+        }
         Err(e) => {
             // Saved as failed, at the position reached: a later run resumes there.
             job.status.lock().unwrap().error = Some(e.clone());

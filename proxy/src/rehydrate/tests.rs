@@ -139,6 +139,12 @@ async fn exactly_the_selected_events_go_to_the_route() {
     assert_eq!(v["events_matched"], want.len());
     assert_eq!(v["events_scanned"], 300);
     assert_eq!(v["objects_done"], 3);
+    let dir = s.dir.path().join("data/rehydrate");
+    assert!(dir.join(format!("{id}.json")).exists());
+    assert!(
+        !dir.join(format!("{id}.objects.json")).exists(),
+        "a done job keeps no listing"
+    );
     // The same request again: already done, nothing sent twice.
     let (status, v) = s.call(Method::POST, &[], body).unwrap();
     assert_eq!(status, StatusCode::OK);
