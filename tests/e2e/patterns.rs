@@ -299,3 +299,77 @@ async fn the_report_splits_indexed_from_excluded_and_refuses_bad_calls() {
     assert_eq!(code, 1);
     assert!(err.contains("no tenant"), "{err}");
 }
+
+/// The `nth` block fenced as ```kind (`yaml`, `sh`, or `` for output) after `heading` in README.md.
+fn readme_block(heading: &str, kind: &str, nth: usize) -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let mut blocks = Vec::new();
+    let mut open: Option<(&str, String)> = None;
+    for line in readme[readme.find(heading).unwrap()..].lines() {
+        match (&mut open, line.strip_prefix("```")) {
+            (None, Some(k)) => open = Some((k, String::new())),
+            (Some(_), Some("")) => blocks.push(open.take().unwrap()),
+            (Some((_, text)), _) => text.push_str(&(line.to_string() + "\n")),
+            (None, None) => {}
+        }
+    }
+    blocks
+        .into_iter()
+        .filter(|(k, _)| *k == kind)
+        .nth(nth)
+        .unwrap_or_else(|| panic!("no ```{kind} block {nth} after {heading}"))
+        .1
+}
+
+/// The README's `patterns:` YAML runs, and its `weir patterns` line prints the
+/// table it shows (the same patterns and queries) on loghub's OpenSSH lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_example_works_as_written() {
+    let heading = "### Log patterns";
+    let yaml = readme_block(heading, "yaml", 0);
+    let script = readme_block(heading, "sh", 0);
+    let shown = readme_block(heading, "", 0);
+    let (_dd, addr) = FakeDatadog::start().await;
+    let weir =
+        Weir::start(&(with_admin_token(&config(&addr.to_string(), "", ""), TOKEN) + &yaml)).await;
+    send(&weir, &openssh(), "a").await;
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_weir"))
+        .parent()
+        .unwrap();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script.replace("127.0.0.1:8089", &format!("127.0.0.1:{}", weir.admin)))
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("WEIR_ADMIN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{printed}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The table as the README shows it, but for numbers that depend on timing.
+    let words = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| l.contains("<*>") || l.contains("query: ") || l.starts_with("ID "))
+            .map(|l| {
+                l.split_whitespace()
+                    .filter(|w| !w.starts_with(|c: char| c.is_ascii_digit()))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect()
+    };
+    assert_eq!(
+        words(&printed),
+        words(&shown),
+        "README shows:\n{shown}\nprinted:\n{printed}"
+    );
+    assert_eq!(printed.matches("query: ").count(), 3);
+}

@@ -52,10 +52,17 @@ pub fn terms(tokens: &[Box<str>]) -> Vec<String> {
     for (i, run) in runs.iter().enumerate() {
         let left = i > 0 && run.starts_with(is_word);
         let right = i < last && run.ends_with(is_word);
-        let run = run.trim();
-        if !run.contains(is_word) {
+        // Words of punctuation alone at either end (`: Bye`) match nothing
+        // more: phrases match by words. Dropping them reads better.
+        let words: Vec<&str> = run.split(' ').filter(|w| !w.is_empty()).collect();
+        let (Some(first), Some(last)) = (
+            words.iter().position(|w| w.contains(is_word)),
+            words.iter().rposition(|w| w.contains(is_word)),
+        ) else {
             continue;
-        }
+        };
+        let run = words[first..=last].join(" ");
+        let run = run.as_str();
         let term = if !left && !right && run.chars().all(is_word) && !operator(run) {
             run.to_string()
         } else if left || right {
@@ -197,7 +204,7 @@ mod tests {
         );
         assert_eq!(
             terms(&toks("session <*>id=<*> \"quoted\\\" [<*>]")),
-            ["session", "*id\\=", "\"\\\"quoted\\\\\\\" [\""]
+            ["session", "*id\\=", "\"\\\"quoted\\\\\\\"\""]
         );
         assert_eq!(terms(&toks("<*> - <*>")), Vec::<String>::new());
         assert_eq!(terms(&toks("NOT <*>")), ["\"NOT\""]);
