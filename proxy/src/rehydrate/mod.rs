@@ -267,7 +267,11 @@ impl Rehydrations {
             Some(b) => self
                 .router
                 .backend_route(&c.spec.tenant, b)
-                .map(run::Target::Backend)
+                .map(|route| run::Target::Backend {
+                    route,
+                    router: self.router.clone(),
+                    name: b.clone(),
+                })
                 .map_err(|e| match e {
                     LoneRouteError::NotAllowed { .. } => err(StatusCode::FORBIDDEN, e.to_string()),
                     _ => err(StatusCode::NOT_FOUND, e.to_string()),

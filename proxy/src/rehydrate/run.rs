@@ -37,8 +37,14 @@ const IDLE_SAVE_EVERY: Duration = Duration::from_secs(1);
 pub enum Target {
     /// The tenant's route, as it is now (a reload may swap it).
     Route(RouteSlot),
-    /// A route to one backend, which ends when the run drops it.
-    Backend(RouteHandle),
+    /// A route to one backend, which ends when the run drops it; the router
+    /// says, before each chunk, whether the tenant may still send there (a
+    /// reload may have changed its regions).
+    Backend {
+        route: RouteHandle,
+        router: Arc<crate::sink::router::Router>,
+        name: String,
+    },
     /// Nowhere: a dry run counts.
     DryRun,
 }
@@ -299,7 +305,17 @@ impl Sender {
             Target::DryRun => None,
             _ if events == 0 => None,
             Target::Route(slot) => Some(slot.read().unwrap().clone()),
-            Target::Backend(handle) => Some(handle.clone()),
+            Target::Backend {
+                route,
+                router,
+                name,
+            } => {
+                let allowed = router.allowed_backends(&self.job.spec.tenant);
+                if !allowed.is_some_and(|a| a.contains(name)) {
+                    return Err(format!("residency: a config reload took backend {name:?} out of tenant {:?}'s route; nothing more is sent there", self.job.spec.tenant));
+                }
+                Some(route.clone())
+            }
         };
         if let Some(route) = route {
             let n = NonZeroU32::new(events as u32).expect("a chunk with events");

@@ -7,13 +7,27 @@ use http::Method;
 struct Setup {
     dir: tempfile::TempDir,
     rehydrations: Arc<Rehydrations>,
+    router: Arc<Router>,
     drain: tokio_util::sync::CancellationToken,
 }
 
 impl Setup {
     fn new() -> Setup {
         let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().display();
+        let plan = Arc::new(Setup::plan(dir.path(), "eu"));
+        let drain = tokio_util::sync::CancellationToken::new();
+        let router = Router::start(&plan, Default::default(), drain.clone()).unwrap();
+        Setup {
+            rehydrations: Rehydrations::new(plan, router.clone()),
+            router,
+            dir,
+            drain,
+        }
+    }
+
+    /// The config with tenant acme pinned to `region`.
+    fn plan(dir: &std::path::Path, region: &str) -> Plan {
+        let d = dir.display();
         let text = format!(
             "data_dir: {d}/data
 listeners: [{{name: i, address: \"127.0.0.1:0\", protocol: http}}]
@@ -25,17 +39,10 @@ backends:
 regions:
   - {{name: eu, tiers: [[eu-file], [eu-file-2]]}}
   - {{name: us, tiers: [[us-file]]}}
-tenants: [{{name: acme, api_keys: [k], region: eu}}]
+tenants: [{{name: acme, api_keys: [k], region: {region}}}]
 "
         );
-        let plan = Arc::new(Plan::parse(&text, "weir.yaml").unwrap());
-        let drain = tokio_util::sync::CancellationToken::new();
-        let router = Router::start(&plan, Default::default(), drain.clone()).unwrap();
-        Setup {
-            rehydrations: Rehydrations::new(plan, router),
-            dir,
-            drain,
-        }
+        Plan::parse(&text, "weir.yaml").unwrap()
     }
 
     /// Writes `events` (timestamp ms, service) as one archive object in the hour of the first.
@@ -227,6 +234,41 @@ async fn residency_refuses_a_backend_outside_the_tenants_regions() {
     assert_eq!(v["state"], "done", "{v}");
     assert_eq!(s.received("eu2.ndjson").len(), 10);
     assert!(s.received("eu.ndjson").is_empty() && s.received("us.ndjson").is_empty());
+    s.drain.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_moves_the_tenant_stops_a_job_to_one_backend() {
+    let s = Setup::new();
+    let (_, events) = seed(&s);
+    let mut body = job(events[0].0, events[299].0 + 1);
+    body["to_backend"] = json!("eu-file-2");
+    body["rate"] = json!(20);
+    let (_, v) = s.call(Method::POST, &[], body).unwrap();
+    let id = v["id"].as_str().unwrap().to_string();
+    for _ in 0..500 {
+        if !s.received("eu2.ndjson").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The tenant now lives in the US: eu-file-2 is no longer a place its events may go.
+    s.router.reload(&Setup::plan(s.dir.path(), "us")).unwrap();
+    let v = s.wait_for(&id, &["failed", "done"]).await;
+    assert_eq!(v["state"], "failed", "{v}");
+    assert!(
+        v["error"].as_str().unwrap().starts_with("residency: "),
+        "{v}"
+    );
+    let sent = v["events_sent"].as_u64().unwrap();
+    assert!(sent < 300, "{v}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        s.received("eu2.ndjson").len() as u64,
+        sent,
+        "nothing after the reload"
+    );
+    assert!(s.received("us.ndjson").is_empty());
     s.drain.cancel();
 }
 
