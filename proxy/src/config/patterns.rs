@@ -94,3 +94,52 @@ pub(super) fn validate_patterns(p: &PatternsConfig) -> Result<(), Invalid> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    const BASE: &str = "listeners:\n  - name: intake\n    address: 127.0.0.1:0\n    protocol: http\narchive:\n  store: {type: local, root: /tmp/x}\nbackends:\n  - name: out\n    type: file\n    path: /tmp/out\ntenants:\n  - name: t\n    api_keys: [k]\n    backend: out\n";
+
+    #[test]
+    fn defaults_apply_and_bad_limits_name_their_line_and_field() {
+        let c = Config::parse(BASE, "w.yaml").unwrap();
+        assert!(c.patterns.enabled);
+        assert_eq!(c.patterns.max_patterns_per_tenant, 1000);
+        let c = Config::parse(
+            &format!("{BASE}patterns:\n  enabled: false\n  max_message_bytes: 4KiB\n"),
+            "w.yaml",
+        )
+        .unwrap();
+        assert!(!c.patterns.enabled);
+        assert_eq!(c.patterns.max_message_bytes.0, 4096);
+        for (bad, field, says) in [
+            ("similarity: 1.5", "patterns.similarity", "at most 1"),
+            (
+                "max_patterns_per_tenant: 0",
+                "patterns.max_patterns_per_tenant",
+                "between 1",
+            ),
+            (
+                "events_per_second: 0",
+                "patterns.events_per_second",
+                "enabled: false",
+            ),
+            ("max_tokens: 5000", "patterns.max_tokens", "1024"),
+            (
+                "max_message_bytes: 1MiB",
+                "patterns.max_message_bytes",
+                "64KiB",
+            ),
+        ] {
+            let e = Config::parse(&format!("{BASE}patterns:\n  {bad}\n"), "w.yaml").unwrap_err();
+            assert_eq!(e.field.as_deref(), Some(field), "{bad}: {e}");
+            assert_eq!(e.line, Some(16), "{bad}: {e}");
+            assert!(e.message.contains(says), "{bad}: {e}");
+        }
+        let e =
+            Config::parse(&format!("{BASE}patterns:\n  max_patterns: 5\n"), "w.yaml").unwrap_err();
+        assert!(e.to_string().contains("w.yaml:16"), "{e}");
+        assert!(e.message.contains("unknown field `max_patterns`"), "{e}");
+    }
+}
