@@ -701,3 +701,13 @@ pub fn weir_cli_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The ABI v1 test plugin (tests/fixtures/abi_v1_plugin.wat, the unit tests' module too):
+/// it answers by index, i % 3 == 0 keep with message "redacted", 1 drop, 2 archive_only.
+pub fn plugin_wat(version: i32, extra_imports: &str, init_body: &str, hook: &str) -> String {
+    include_str!("../fixtures/abi_v1_plugin.wat")
+        .replace("@version@", &version.to_string())
+        .replace("@extra_imports@", extra_imports)
+        .replace("@init_body@", init_body)
+        .replace("@hook@", hook)
+}

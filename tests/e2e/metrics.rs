@@ -180,11 +180,7 @@ async fn traffic_past_a_backend_its_health_check_has_down_counts_as_failover() {
 /// one with a daily event quota and no byte quota, over a region of two backends.
 async fn loaded_weir(dd: std::net::SocketAddr) -> Weir {
     let dir = tempfile::tempdir().unwrap();
-    let wat = include_str!("../fixtures/abi_v1_plugin.wat")
-        .replace("@version@", "1")
-        .replace("@extra_imports@", "")
-        .replace("@init_body@", "(i64.const 0)")
-        .replace("@hook@", "");
+    let wat = plugin_wat(1, "", "(i64.const 0)", "");
     std::fs::write(dir.path().join("p.wat"), wat).unwrap();
     let backend = |name: &str| {
         format!("  - name: {name}\n    type: datadog\n    endpoint: http://{dd}\n    batch: {{max_wait: 50ms}}\n")

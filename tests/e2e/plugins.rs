@@ -5,16 +5,6 @@ use crate::harness::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-// The same ABI v1 WAT module as the unit tests (proxy/src/plugin/tests.rs): it
-// answers by index, i % 3 == 0 keep with message "redacted", 1 drop, 2 archive_only.
-fn plugin_wat(version: i32, extra_imports: &str, init_body: &str, hook: &str) -> String {
-    include_str!("../fixtures/abi_v1_plugin.wat")
-        .replace("@version@", &version.to_string())
-        .replace("@extra_imports@", extra_imports)
-        .replace("@init_body@", init_body)
-        .replace("@hook@", hook)
-}
-
 /// Batches `plugin` of `tenant` failed, over every `reason` (each series must
 /// exist: they are seeded at start, so a misspelt name fails instead of reading 0).
 fn plugin_errors(m: &str, tenant: &str, plugin: &str) -> f64 {

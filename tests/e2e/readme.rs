@@ -163,17 +163,22 @@ fn the_regions_example_passes_weir_check() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_rules_example_runs_and_its_admin_call_works_as_written() {
-    let dir = tempfile::tempdir().unwrap();
+/// The rules example as a whole config, its `${...}` set (the admin token too).
+fn rules_example(dir: &std::path::Path) -> String {
     std::env::set_var("PAYMENTS_AGENT_KEY", "readme-agent-key");
     std::env::set_var("PAYMENTS_DD_API_KEY", "readme-dd-key");
     std::env::set_var("WEIR_ADMIN_TOKEN", "readme-admin-token");
-    let text = complete(
+    complete(
         &readme_yaml_after("## Index what matters"),
-        dir.path(),
+        dir,
         "  token: \"${WEIR_ADMIN_TOKEN}\"\n",
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rules_example_runs_and_its_admin_call_works_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = rules_example(dir.path());
     let weir = Weir::start_in(dir, &text).await;
     // The README's curl line, as written but for the admin port the test chose.
     let readme =
@@ -193,14 +198,7 @@ async fn the_rules_example_runs_and_its_admin_call_works_as_written() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tail_example_prints_what_the_readme_shows() {
     let dir = tempfile::tempdir().unwrap();
-    std::env::set_var("PAYMENTS_AGENT_KEY", "readme-agent-key");
-    std::env::set_var("PAYMENTS_DD_API_KEY", "readme-dd-key");
-    std::env::set_var("WEIR_ADMIN_TOKEN", "readme-admin-token");
-    let text = complete(
-        &readme_yaml_after("## Index what matters"),
-        dir.path(),
-        "  token: \"${WEIR_ADMIN_TOKEN}\"\n",
-    );
+    let text = rules_example(dir.path());
     let port = text.split("127.0.0.1:").nth(1).unwrap();
     let port: String = port.chars().take_while(char::is_ascii_digit).collect();
     let weir = Weir::start_in(dir, &text).await;

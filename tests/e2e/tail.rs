@@ -249,11 +249,7 @@ async fn tail_refusals_are_clear() {
 async fn tail_names_the_plugin_that_decided() {
     let (_dd, addr) = FakeDatadog::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let wat = include_str!("../fixtures/abi_v1_plugin.wat")
-        .replace("@version@", "1")
-        .replace("@extra_imports@", "")
-        .replace("@init_body@", "(i64.const 0)")
-        .replace("@hook@", "");
+    let wat = plugin_wat(1, "", "(i64.const 0)", "");
     std::fs::write(dir.path().join("verdicts.wat"), wat).unwrap();
     let extra = "    plugins:\n      - {name: verdicts, path: \"{DIR}/verdicts.wat\"}\n";
     let config = with_admin_token(&config(&addr.to_string(), "", extra), TOKEN);

@@ -92,8 +92,7 @@ impl Rehydrations {
     ) -> Result<(StatusCode, Value), Rejection> {
         match (method.as_str(), parts) {
             ("POST", []) => {
-                let r: spec::Request = serde_json::from_slice(body)
-                    .map_err(|e| err(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))?;
+                let r: spec::Request = crate::admin::control::parse_body(body)?;
                 self.start(r)
             }
             ("GET", []) => {
