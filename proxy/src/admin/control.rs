@@ -6,6 +6,7 @@
 //! hot reloads every plugin from its file.
 use crate::config::{ExclusionAction, ExclusionRuleConfig, Secret};
 use crate::durable::write_atomic;
+use crate::intake::http::parse_json_object;
 use crate::pipeline::{RejectReason, Rejection};
 use crate::plugin::Plugins;
 use crate::quota::daily::DailyQuotas;
@@ -474,7 +475,7 @@ impl Control {
             }
             ("POST", ["rules", scope]) => self.add_rule(scope, query, body),
             ("PATCH", ["rules", scope, name]) => {
-                let patch: RulePatch = parse_body(body)?;
+                let patch: RulePatch = parse_json_object(body)?;
                 let mut updated = None;
                 self.change_rules(scope, |rules| {
                     let r = rules.iter_mut().find(|r| r.name == *name).ok_or_else(|| {
@@ -533,7 +534,7 @@ impl Control {
         query: Option<&str>,
         body: &[u8],
     ) -> Result<(StatusCode, Value), Rejection> {
-        let rule: ExclusionRuleConfig = parse_body(body)?;
+        let rule: ExclusionRuleConfig = parse_json_object(body)?;
         // The first matching rule decides, so where a rule goes matters.
         let position = match query_value(query, "position") {
             None => None,
@@ -564,7 +565,7 @@ impl Control {
 
     /// `PATCH /admin/quotas/{tenant}`: new limits (a tenant without a quota gets one).
     fn change_quota(&self, tenant: &str, body: &[u8]) -> Result<(StatusCode, Value), Rejection> {
-        let change: QuotaChange = parse_body(body)?;
+        let change: QuotaChange = parse_json_object(body)?;
         let _guard = self.lock.lock().unwrap();
         let old = self
             .quotas
@@ -694,22 +695,6 @@ fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
         .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
 }
 
-/// A control request's body: one JSON object. (serde would also read a struct
-/// from a JSON array, by position: `[null, null]` as a quota change removed
-/// both limits.)
-pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Rejection> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| err(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))?;
-    if !value.is_object() {
-        return Err(err(
-            StatusCode::BAD_REQUEST,
-            "invalid JSON body: expected an object ({...})",
-        ));
-    }
-    serde_json::from_value(value)
-        .map_err(|e| err(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
-}
-
 fn sha256(s: &str) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(s.as_bytes()).into()
@@ -723,12 +708,13 @@ mod tests {
     fn a_body_must_be_a_json_object() {
         // serde reads a struct from an array by position: `[null, null]` once
         // removed both of a tenant's quota limits (found by schemathesis).
-        let r = parse_body::<QuotaChange>(b"[null, null]").unwrap_err();
+        let r = parse_json_object::<QuotaChange>(b"[null, null]").unwrap_err();
         assert_eq!(r.status, StatusCode::BAD_REQUEST);
         assert!(r.message.contains("expected an object"), "{}", r.message);
-        let ok: QuotaChange = parse_body(br#"{"max_events": 5, "max_bytes": "1KiB"}"#).unwrap();
+        let ok: QuotaChange =
+            parse_json_object(br#"{"max_events": 5, "max_bytes": "1KiB"}"#).unwrap();
         assert_eq!((ok.max_events, ok.max_bytes), (Some(5), Some(1024)));
-        assert!(parse_body::<QuotaChange>(br#"{"max_event": 5}"#).is_err());
+        assert!(parse_json_object::<QuotaChange>(br#"{"max_event": 5}"#).is_err());
     }
 
     #[test]

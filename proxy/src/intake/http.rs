@@ -8,7 +8,7 @@ use super::core::{Core, Decode, Payload};
 use super::refusals::{Origin, RefusedAt};
 use super::{datadog, elasticsearch, input, otlp, Refusal};
 use crate::event::{split_tags, Event, Intake};
-use crate::pipeline::Rejection;
+use crate::pipeline::{RejectReason, Rejection};
 use crate::tenant::Tenant;
 use bytes::Bytes;
 use http::header::{
@@ -326,6 +326,24 @@ pub fn errors_answer(r: &Refusal) -> Answer {
 /// A stage's or the admin API's refusal in Weir's error form.
 pub fn error_response(r: &Rejection) -> Answer {
     errors_json(r.status, &r.message, r.retry_after)
+}
+
+/// An admin request's body: one JSON object. (serde would also read a struct
+/// from a JSON array, by position: `[null, null]` as a quota change removed
+/// both limits.)
+pub fn parse_json_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Rejection> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| bad_body(format!("invalid JSON body: {e}")))?;
+    if !value.is_object() {
+        return Err(bad_body(
+            "invalid JSON body: expected an object ({...})".into(),
+        ));
+    }
+    serde_json::from_value(value).map_err(|e| bad_body(format!("invalid JSON body: {e}")))
+}
+
+fn bad_body(message: String) -> Rejection {
+    Rejection::new(StatusCode::BAD_REQUEST, RejectReason::Admin, message)
 }
 
 #[cfg(test)]

@@ -92,7 +92,7 @@ impl Rehydrations {
     ) -> Result<(StatusCode, Value), Rejection> {
         match (method.as_str(), parts) {
             ("POST", []) => {
-                let r: spec::Request = crate::admin::control::parse_body(body)?;
+                let r: spec::Request = crate::intake::http::parse_json_object(body)?;
                 self.start(r)
             }
             ("GET", []) => {

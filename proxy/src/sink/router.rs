@@ -139,22 +139,7 @@ fn generation(
         let preferred = config
             .backend(t.preferred_backend())
             .expect("resolved: routes name defined backends");
-        // The smallest batch limits of the route: a batch must fit every backend it may fail over to.
-        let configs: Vec<&BackendConfig> = t
-            .route
-            .iter()
-            .flat_map(|tier| tier.backends.iter())
-            .map(|name| config.backend(name).expect("validated"))
-            .collect();
-        let limits = super::RouteLimits {
-            max_events: configs.iter().map(|b| b.batch.max_events).min().unwrap(),
-            max_bytes: configs
-                .iter()
-                .map(|b| b.batch.max_bytes.as_usize())
-                .min()
-                .unwrap(),
-            events_per_second: config.buffer.drain_rate,
-        };
+        let limits = route_limits(plan, t);
         let upstream = t.upstream_api_key.as_ref().map(|k| k.expose().to_string());
         let allowed = t.route.iter().flat_map(|tier| tier.backends.clone());
         lone.tenants
@@ -184,6 +169,27 @@ fn generation(
         healths,
         checks,
     })
+}
+
+/// The smallest batch limits of tenant `t`'s route: a batch must fit every
+/// backend it may fail over to.
+fn route_limits(plan: &Plan, t: &crate::plan::TenantPlan) -> super::RouteLimits {
+    let config = &plan.config;
+    let configs: Vec<&BackendConfig> = t
+        .route
+        .iter()
+        .flat_map(|tier| tier.backends.iter())
+        .map(|name| config.backend(name).expect("validated"))
+        .collect();
+    super::RouteLimits {
+        max_events: configs.iter().map(|b| b.batch.max_events).min().unwrap(),
+        max_bytes: configs
+            .iter()
+            .map(|b| b.batch.max_bytes.as_usize())
+            .min()
+            .unwrap(),
+        events_per_second: config.buffer.drain_rate,
+    }
 }
 
 /// What a route to one backend needs: every backend of the current
