@@ -15,7 +15,7 @@
 //! `max_tokens` tokens of at most `max_message_bytes` of its message (what is
 //! past the cut is one trailing `<*>`), and the tree holds only paths to live
 //! clusters (an eviction prunes its branch).
-use super::mask::{mask, merge, token_matches, WILD};
+use super::mask::{has_wild, mask, merge, token_matches, WILD};
 use std::collections::HashMap;
 
 #[derive(Debug, Clone)]
@@ -118,7 +118,7 @@ pub fn tokenize<'a>(
 
 /// A token routes down the tree by itself only if it holds no value.
 fn route_key(token: &str) -> &str {
-    if token.contains(WILD) || token.bytes().any(|b| b.is_ascii_digit()) {
+    if has_wild(token) || token.bytes().any(|b| b.is_ascii_digit()) {
         WILD
     } else {
         token
@@ -137,9 +137,11 @@ fn similarity(template: &[Box<str>], tokens: &[std::borrow::Cow<str>]) -> (f64, 
     }
     let (mut same, mut wild) = (0usize, 0usize);
     for (t, m) in template.iter().zip(tokens) {
-        if &**t == WILD {
+        let (t, m) = (&**t, &**m);
+        // Equal tokens first: the common case, and a byte comparison.
+        if t == WILD {
             wild += 1;
-        } else if token_matches(t, m) {
+        } else if t == m || token_matches(t, m) {
             same += 1;
         }
     }
@@ -188,13 +190,8 @@ impl<T> Miner<T> {
     pub fn add(&mut self, message: &str, fresh: impl FnOnce() -> T) -> Added {
         self.clock += 1;
         let (tokens, used) = tokenize(message, &self.limits);
-        let keys: Vec<Box<str>> = tokens
-            .iter()
-            .take(self.limits.depth)
-            .map(|t| route_key(t).into())
-            .collect();
-        let path = (tokens.len(), self.leaf(tokens.len(), &keys));
-        let best = self.best_in_leaf(&path, &tokens);
+        let route = self.route(tokens.len(), &tokens);
+        let best = self.best_in_leaf(tokens.len(), &route, &tokens);
         if let Some(slot) = best {
             let clock = self.clock;
             let c = self.slots[slot].as_mut().expect("a leaf holds live slots");
@@ -214,6 +211,7 @@ impl<T> Miner<T> {
         if self.live >= self.limits.max_patterns {
             self.evict_least_recent();
         }
+        let path = (tokens.len(), route.iter().map(|k| Box::from(*k)).collect());
         let cluster = Cluster {
             id: self.next_id,
             tokens: tokens.iter().map(|t| Box::from(&**t)).collect(),
@@ -247,10 +245,11 @@ impl<T> Miner<T> {
     /// The most similar cluster of the leaf at `path`, if similar enough.
     fn best_in_leaf(
         &self,
-        path: &(usize, Vec<Box<str>>),
+        len: usize,
+        route: &[&str],
         tokens: &[std::borrow::Cow<str>],
     ) -> Option<usize> {
-        let node = self.find(path.0, &path.1)?;
+        let node = self.find(len, route)?;
         let mut best: Option<(f64, usize, usize)> = None;
         for &slot in &node.clusters {
             let c = self.slots[slot].as_ref()?;
@@ -264,29 +263,35 @@ impl<T> Miner<T> {
             .map(|(_, _, slot)| slot)
     }
 
-    /// The routing keys of the leaf `keys` lead to for `len` tokens: a key
-    /// new to a full node becomes `<*>`.
-    fn leaf(&mut self, len: usize, keys: &[Box<str>]) -> Vec<Box<str>> {
-        let max_children = self.limits.max_children;
-        let mut node = self.root.entry(len).or_default();
-        let mut path = Vec::with_capacity(keys.len());
-        for k in keys {
-            let key: Box<str> =
-                if node.children.contains_key(k) || node.children.len() < max_children {
-                    k.clone()
-                } else {
-                    WILD.into()
+    /// The routing keys of a message's leaf, without allocating a key: its
+    /// leading tokens (a value routes as `<*>`), and `<*>` for a token new to
+    /// a node that has `max_children` already.
+    fn route<'a>(&self, len: usize, tokens: &'a [std::borrow::Cow<'a, str>]) -> Vec<&'a str> {
+        let mut node = self.root.get(&len);
+        tokens
+            .iter()
+            .take(self.limits.depth)
+            .map(|t| {
+                let k = route_key(t);
+                let key = match node {
+                    Some(n)
+                        if !n.children.contains_key(k)
+                            && n.children.len() >= self.limits.max_children =>
+                    {
+                        WILD
+                    }
+                    _ => k,
                 };
-            node = node.children.entry(key.clone()).or_default();
-            path.push(key);
-        }
-        path
+                node = node.and_then(|n| n.children.get(key));
+                key
+            })
+            .collect()
     }
 
-    fn find(&self, len: usize, keys: &[Box<str>]) -> Option<&Node> {
+    fn find(&self, len: usize, keys: &[&str]) -> Option<&Node> {
         let mut node = self.root.get(&len)?;
         for k in keys {
-            node = node.children.get(k)?;
+            node = node.children.get(*k)?;
         }
         Some(node)
     }

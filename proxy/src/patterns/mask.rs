@@ -85,10 +85,15 @@ pub fn mask(token: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// Whether `token` holds a wildcard (a byte search: this runs per token compared).
+pub fn has_wild(token: &str) -> bool {
+    memchr::memmem::find(token.as_bytes(), WILD.as_bytes()).is_some()
+}
+
 /// Whether `template` (a token with wildcards) matches `token`: each wildcard
 /// stands for any text, possibly empty. Plain text must be equal.
 pub fn token_matches(template: &str, token: &str) -> bool {
-    if !template.contains(WILD) {
+    if !has_wild(template) {
         return template == token;
     }
     let mut parts = template.split(WILD);
