@@ -22,8 +22,9 @@ use tokio::sync::mpsc;
 pub const DEFAULT_RATE: u32 = 100;
 /// The most a client may ask for.
 pub const MAX_RATE: u32 = 2_000;
-/// Events matched against one tail's query per second, at most: what bounds a
-/// tail's cost on the intake threads when its query matches rarely.
+/// Events matched against tails' queries per second, at most, shared by every
+/// tail open (each gets its share): what bounds tailing's cost on the intake
+/// threads when queries match rarely, however many tails are open.
 const CONSIDER_PER_SECOND: u32 = 20_000;
 /// Messages queued for a slow client before batches are skipped for it.
 const QUEUE: usize = 256;
@@ -87,7 +88,8 @@ impl Tails {
             query,
             rate: rate.clamp(1, MAX_RATE),
             tx,
-            window: Mutex::new(Window::new(Instant::now())),
+            window: Mutex::new(Window::new(Instant::now(), 0)),
+            open: self.open.clone(),
         });
         tails.subscribers.write().unwrap().push(sub.clone());
         tails.active.fetch_add(1, Ordering::AcqRel);
@@ -135,11 +137,15 @@ struct Subscriber {
     rate: u32,
     tx: mpsc::Sender<Bytes>,
     window: Mutex<Window>,
+    /// Tails open in all: this one's share of the matching budget.
+    open: Arc<AtomicUsize>,
 }
 
 /// One second of a tail's budget.
 struct Window {
     start: Instant,
+    /// Events this tail may match against its query this second.
+    may_consider: u32,
     considered: u32,
     shown: u32,
     /// Events not looked at or not shown, told to the client once a second.
@@ -147,9 +153,10 @@ struct Window {
 }
 
 impl Window {
-    fn new(start: Instant) -> Window {
+    fn new(start: Instant, tails_open: usize) -> Window {
         Window {
             start,
+            may_consider: CONSIDER_PER_SECOND / tails_open.max(1) as u32,
             considered: 0,
             shown: 0,
             skipped: 0,
@@ -185,17 +192,17 @@ impl Subscriber {
                 let note = format!("event: skipped\ndata: {{\"skipped\":{}}}\n\n", w.skipped);
                 let _ = self.tx.try_send(Bytes::from(note));
             }
-            *w = Window::new(now);
+            *w = Window::new(now, self.open.load(Ordering::Relaxed));
         }
         let n = batch.events.len();
         let room = self.tx.capacity();
-        if room == 0 || w.considered >= CONSIDER_PER_SECOND || w.shown >= self.rate {
+        if room == 0 || w.considered >= w.may_consider || w.shown >= self.rate {
             w.skipped += n as u64;
             return;
         }
         let mut sent = 0;
         for (i, ev) in batch.events.iter().enumerate() {
-            if w.considered >= CONSIDER_PER_SECOND || w.shown >= self.rate || sent >= room {
+            if w.considered >= w.may_consider || w.shown >= self.rate || sent >= room {
                 w.skipped += (n - i) as u64;
                 break;
             }
@@ -355,6 +362,28 @@ mod tests {
         watcher.watch(&batch(1));
         let text = String::from_utf8(t.messages.try_recv().unwrap().to_vec()).unwrap();
         assert_eq!(text, "event: skipped\ndata: {\"skipped\":20}\n\n");
+    }
+
+    #[test]
+    fn open_tails_share_one_matching_budget() {
+        let tails = Tails::new(4);
+        let watcher = tails.tenant("acme");
+        let never = || Some(Query::parse("service:nothing").unwrap());
+        let a = tails.open("acme", never(), 10).unwrap();
+        let _b = tails.open("acme", never(), 10).unwrap();
+        for t in [&a] {
+            t.sub.window.lock().unwrap().start -= Duration::from_secs(2);
+        }
+        for _ in 0..30 {
+            watcher.watch(&batch(1_000));
+        }
+        let w = a.sub.window.lock().unwrap();
+        assert_eq!(
+            w.considered,
+            CONSIDER_PER_SECOND / 2,
+            "half the budget each"
+        );
+        assert_eq!(w.skipped, 30_000 - u64::from(CONSIDER_PER_SECOND / 2));
     }
 
     #[test]
