@@ -255,6 +255,7 @@ async fn the_tail_example_prints_what_the_readme_shows() {
     assert_eq!(r.status, 202, "{}", r.text());
     let got = rx.recv_timeout(Duration::from_secs(10)).unwrap();
     let _ = tail.kill();
+    let _ = tail.wait();
     assert_eq!(got, sample);
 }
 

@@ -286,11 +286,10 @@ mod tests {
 
     fn batch(n: usize) -> Batch {
         let events = (0..n)
-            .map(|i| {
-                let mut e = Event::default();
-                e.message = format!("line {i}");
-                e.status = Some(if i % 2 == 0 { "error" } else { "info" }.into());
-                e
+            .map(|i| Event {
+                message: format!("line {i}"),
+                status: Some(if i % 2 == 0 { "error" } else { "info" }.into()),
+                ..Default::default()
             })
             .collect();
         Batch::for_test("acme", 100, events)
@@ -371,9 +370,8 @@ mod tests {
         let never = || Some(Query::parse("service:nothing").unwrap());
         let a = tails.open("acme", never(), 10).unwrap();
         let _b = tails.open("acme", never(), 10).unwrap();
-        for t in [&a] {
-            t.sub.window.lock().unwrap().start -= Duration::from_secs(2);
-        }
+        // A new second: its window takes the share of the two tails open now.
+        a.sub.window.lock().unwrap().start -= Duration::from_secs(2);
         for _ in 0..30 {
             watcher.watch(&batch(1_000));
         }
