@@ -95,6 +95,22 @@ fn membership(lines: &[(String, String)]) -> HashMap<String, BTreeSet<usize>> {
         .collect()
 }
 
+/// The line numbers `weir query` finds for `query` in the NDJSON `input`.
+fn queried(input: &std::path::Path, query: &str) -> BTreeSet<usize> {
+    let (code, out, err) = weir_cli(&["query", query, "--input", input.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let ids: Vec<String> = out
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    lines_of(ids.iter().map(String::as_str))
+}
+
 async fn patterns(weir: &Weir, query: &str) -> Reply {
     admin(
         weir,
@@ -140,21 +156,7 @@ async fn top_pattern_queries_exclude_exactly_their_patterns_events() {
         assert_eq!(p["since_start"]["indexed"]["events"], members.len(), "{p}");
         assert_eq!(p["query_exact_on_examples"], true, "{p}");
         let query = p["query"].as_str().unwrap();
-        let (code, out, err) = weir_cli(&["query", query, "--input", input.to_str().unwrap()]);
-        assert_eq!(code, 0, "{err}");
-        let matched = lines_of(
-            out.lines()
-                .map(|l| {
-                    serde_json::from_str::<Value>(l).unwrap()["id"]
-                        .as_str()
-                        .unwrap()
-                        .to_string()
-                })
-                .collect::<Vec<_>>()
-                .iter()
-                .map(String::as_str),
-        );
-        assert_eq!(&matched, members, "{query} ({template})");
+        assert_eq!(&queried(&input, query), members, "{query} ({template})");
         // The ground truth agrees where the miner found loghub's template.
         let labels: BTreeSet<&str> = members.iter().map(|&i| lines[i].1.as_str()).collect();
         println!(
