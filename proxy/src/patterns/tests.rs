@@ -254,3 +254,26 @@ fn patterns_report_only_known_tenants() {
     assert!(p.report("acme", 10).unwrap().patterns.is_empty());
     assert!(p.report("other", 10).is_none());
 }
+
+#[test]
+fn the_report_ranks_by_bytes_and_keeps_to_its_limit() {
+    let t = TenantPatterns::new("t", &config(100_000), ManualClock::at(0));
+    // Fewer events but longer ones: more bytes.
+    let long: Vec<String> = (0..10)
+        .map(|i| format!("upload {i} done {}", "x".repeat(900)))
+        .collect();
+    t.watch(&batch(&msgs("GET /a", 100), Disposition::Index));
+    t.watch(&batch(&long, Disposition::Index));
+    let r = t.report(1);
+    assert_eq!(r.patterns.len(), 1);
+    assert!(
+        r.patterns[0].template.starts_with("upload <*> done"),
+        "{:?}",
+        r.patterns[0]
+    );
+    assert_eq!(r.live_patterns, 2);
+    let r = t.report(10);
+    assert_eq!(r.patterns.len(), 2);
+    assert!(r.patterns[0].last_hour.bytes > r.patterns[1].last_hour.bytes);
+    assert!(r.patterns[0].last_hour.events < r.patterns[1].last_hour.events);
+}
