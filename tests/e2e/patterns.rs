@@ -12,42 +12,14 @@ const TOKEN: &str = "patterns-admin-token";
 /// Top patterns whose queries become exclusion rules.
 const TOP: usize = 4;
 
-/// One CSV record (quoted fields, `""` for a quote).
-fn csv_record(line: &str) -> Vec<String> {
-    let mut fields = vec![String::new()];
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (c, quoted) {
-            ('"', true) if chars.peek() == Some(&'"') => {
-                chars.next();
-                fields.last_mut().unwrap().push('"');
-            }
-            ('"', _) => quoted = !quoted,
-            (',', false) => fields.push(String::new()),
-            _ => fields.last_mut().unwrap().push(c),
-        }
-    }
-    fields
-}
+include!("../fixtures/loghub_csv.rs");
 
 /// (Content, EventTemplate) of each line of loghub's OpenSSH sample.
 fn openssh() -> Vec<(String, String)> {
-    let path = format!(
-        "{}/../../shared/data/loghub/OpenSSH_2k.log_structured.csv",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let mut lines = text.lines();
-    let header = csv_record(lines.next().unwrap());
-    let col = |n: &str| header.iter().position(|h| h == n).unwrap();
-    let (content, template) = (col("Content"), col("EventTemplate"));
-    lines
-        .map(|l| {
-            let r = csv_record(l);
-            (r[content].clone(), r[template].clone())
-        })
-        .collect()
+    load_structured(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/data/loghub/OpenSSH_2k.log_structured.csv"
+    )))
 }
 
 /// Datadog intake entries for the lines, ids `{prefix}-{line}`.

@@ -16,39 +16,7 @@ use crate::event::Event;
 use crate::rules::query::Query;
 use std::collections::HashMap;
 
-/// One CSV record (RFC 4180: quoted fields, `""` for a quote).
-fn csv_record(line: &str) -> Vec<String> {
-    let mut fields = vec![String::new()];
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (c, quoted) {
-            ('"', true) if chars.peek() == Some(&'"') => {
-                chars.next();
-                fields.last_mut().unwrap().push('"');
-            }
-            ('"', _) => quoted = !quoted,
-            (',', false) => fields.push(String::new()),
-            _ => fields.last_mut().unwrap().push(c),
-        }
-    }
-    fields
-}
-
-/// (Content, EventTemplate) of every line of a `*_structured.csv`.
-pub(crate) fn load(path: &std::path::Path) -> Vec<(String, String)> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut lines = text.lines();
-    let header = csv_record(lines.next().unwrap());
-    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
-    let (content, template) = (col("Content"), col("EventTemplate"));
-    lines
-        .map(|l| {
-            let r = csv_record(l);
-            (r[content].clone(), r[template].clone())
-        })
-        .collect()
-}
+include!("../../../tests/fixtures/loghub_csv.rs");
 
 pub(crate) fn loghub_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/loghub")
@@ -135,7 +103,7 @@ fn templates_group_the_loghub_samples_like_their_ground_truth() {
     let mut failed = Vec::new();
     for (name, ga_floor, exact_floor) in floors {
         let path = loghub_dir().join(format!("{name}_2k.log_structured.csv"));
-        let lines = load(&path);
+        let lines = load_structured(&path);
         assert_eq!(lines.len(), 2000, "{name}");
         let f = measure(&lines);
         println!(
