@@ -43,6 +43,31 @@ if ! command -v rsyslogd >/dev/null || [ ! -x "$syslog_ng/usr/sbin/syslog-ng" ];
     fi
 fi
 export WEIR_SYSLOG_NG="$syslog_ng"
+# Fleet-mode peers (tests/e2e/fleet.rs): HAProxy in front of three weir and a
+# redis-server they share. Unpacked, not installed: the packages' postinst would
+# start services (redis on 6379); their libraries are installed with apt, so no
+# LD_LIBRARY_PATH. redis-server is a symlink to redis-check-rdb (argv[0] picks).
+peers="$PWD/target/peers"
+haproxy_bin="$peers/haproxy/usr/sbin/haproxy"
+redis_bin="$peers/redis/usr/bin/redis-server"
+fleet_peers_ok() { "$haproxy_bin" -v >/dev/null 2>&1 && "$redis_bin" --version >/dev/null 2>&1; }
+if ! fleet_peers_ok; then
+    if ! {
+        apt_update && apt_install \
+            $(apt-cache depends --no-recommends --no-suggests haproxy redis-tools |
+                awk '$1 == "Depends:" && $2 !~ /^</ && $2 != "adduser" && $2 != "lsb-base" {print $2}' | sort -u) &&
+        rm -rf "$peers/haproxy" "$peers/redis" && mkdir -p "$peers/haproxy/deb" "$peers/redis/deb" &&
+        (cd "$peers/haproxy/deb" && apt-get download -q haproxy >/dev/null 2>&1) &&
+        (cd "$peers/redis/deb" && apt-get download -q redis-tools redis-server >/dev/null 2>&1) &&
+        dpkg-deb -x "$peers"/haproxy/deb/haproxy_*.deb "$peers/haproxy" &&
+        (for deb in "$peers"/redis/deb/*.deb; do dpkg-deb -x "$deb" "$peers/redis" || exit 1; done) &&
+        fleet_peers_ok
+    }; then
+        echo "WARNING: could not unpack Debian's haproxy and redis-server: the fleet tests are SKIPPED" >&2
+        export WEIR_SKIP_FLEET=1
+    fi
+fi
+export WEIR_HAPROXY="$haproxy_bin" WEIR_REDIS_SERVER="$redis_bin"
 
 # --- tests ---
 (cd sdk && cargo test)
