@@ -15,6 +15,7 @@ pub mod clock;
 pub mod config;
 pub mod durable;
 pub mod event;
+pub mod fleet;
 pub mod intake;
 pub mod listen;
 pub mod observe;
@@ -61,7 +62,11 @@ pub async fn run(plan: Plan, path: Option<std::path::PathBuf>) -> anyhow::Result
     let router = sink::router::Router::start(&plan, dead_letters, drain.clone())?;
     let reloader = reload::ConfigReloader::new(path.clone(), plan.clone(), router.clone());
     reloader.reload_on_sighup(drain.clone());
-    let mut shared = Shared::new(&plan);
+    let fleet = match &config.fleet {
+        Some(f) => Some(fleet::Fleet::new(f, &config.data_dir)?),
+        None => None,
+    };
+    let mut shared = Shared::new(&plan, fleet.as_ref().map(|(f, _)| f.clone()));
     let mut tenants = tenant::Tenants::default();
     let mut buffers = Buffers::new(&plan);
     for t in &plan.tenants {
@@ -112,6 +117,17 @@ pub async fn run(plan: Plan, path: Option<std::path::PathBuf>) -> anyhow::Result
         .with_patterns(patterns),
     );
     let saver = save_quotas_every_second(quotas.clone(), drain.clone());
+    let fleet_sync = fleet.map(|(f, pushes)| {
+        control.set_fleet(f.clone());
+        let changes: Arc<dyn fleet::changes::SharedChanges> = control.clone();
+        tokio::spawn(fleet::changes::watch(
+            f.clone(),
+            changes,
+            pushes,
+            drain.clone(),
+        ));
+        tokio::spawn(f.run_sync(quotas.clone(), drain.clone()))
+    });
     let intake = intake::Intake::new(tenants, config.limits.clone());
     let mut serving = serve(&plan, path.as_deref(), intake, control).await?;
 
@@ -121,6 +137,9 @@ pub async fn run(plan: Plan, path: Option<std::path::PathBuf>) -> anyhow::Result
     let lost = serving.drain(&plan, writers, &router, buffers, drain).await;
     rehydrate::wait(rehydrating, std::time::Duration::from_secs(2)).await;
     let _ = saver.await;
+    if let Some(sync) = fleet_sync {
+        let _ = sync.await;
+    }
     quotas.save();
     serving.stop_admin().await;
     match lost {
@@ -218,16 +237,23 @@ struct Shared {
     tails: Arc<observe::tail::Tails>,
     /// Every tenant's log patterns (`GET /admin/patterns`); none when turned off.
     patterns: Option<Arc<patterns::Patterns>>,
+    /// Fleet mode: quotas and rate limits hold for all instances together.
+    fleet: Option<Arc<fleet::Fleet>>,
 }
 
 impl Shared {
-    fn new(plan: &Plan) -> Shared {
+    fn new(plan: &Plan, fleet: Option<Arc<fleet::Fleet>>) -> Shared {
         let config = &plan.config;
+        let mut quotas =
+            quota::daily::DailyQuotas::new(clock::system(), &config.data_dir.join("quota"));
+        if let Some(f) = &fleet {
+            quotas.share_with_fleet(f.view.clone());
+        }
         let threads = plugin::plugin_threads(config);
         let any_plugin = plan.tenants.iter().any(|t| !t.plugins.is_empty());
         Shared {
             rules: rules::exclusion::ExclusionRules::with_global(plan.global_rules.clone()),
-            quotas: quota::daily::DailyQuotas::new(clock::system(), &config.data_dir.join("quota")),
+            quotas,
             plugins: plugin::Plugins::new(Some(&config.data_dir)),
             plugin_workers: any_plugin.then(|| workers::Workers::new("weir-stage", threads)),
             intake_workers: workers::Workers::new(
@@ -243,6 +269,7 @@ impl Shared {
                 .patterns
                 .enabled
                 .then(|| Arc::new(patterns::Patterns::new(&config.patterns, clock::system()))),
+            fleet,
         }
     }
 
@@ -260,7 +287,11 @@ impl Shared {
     ) -> Result<Arc<tenant::Tenant>, config::Invalid> {
         let mut stages: Vec<Box<dyn Stage>> = Vec::new();
         if let Some(limit) = &t.rate_limit {
-            stages.push(Box::new(quota::rate::RateLimit::new(Some(limit))));
+            let mut stage = quota::rate::RateLimit::new(Some(limit));
+            if let Some(f) = &self.fleet {
+                stage = stage.shared_with(f.view.clone(), f.config().sync_interval.0);
+            }
+            stages.push(Box::new(stage));
         }
         let at = format!("{}.plugins", t.at);
         if let Some(p) = self.plugins.add(&t.name, &at, &t.plugins, self.threads)? {

@@ -6,6 +6,7 @@
 //! hot reloads every plugin from its file.
 use crate::config::{ExclusionAction, ExclusionRuleConfig, Secret};
 use crate::durable::write_atomic;
+use crate::fleet::changes::{Cas, SharedChanges};
 use crate::intake::http::parse_json_object;
 use crate::pipeline::{RejectReason, Rejection};
 use crate::plugin::Plugins;
@@ -40,6 +41,8 @@ pub struct Control {
     lock: Mutex<()>,
     /// Live tails (`GET /admin/tail`, served by admin/tail.rs).
     pub tails: Option<Arc<crate::observe::tail::Tails>>,
+    /// Fleet mode: changes go through the fleet's Redis first.
+    fleet: std::sync::OnceLock<Arc<crate::fleet::Fleet>>,
 }
 
 /// What run-time changes replace in the YAML config; saved as runtime.json.
@@ -50,6 +53,13 @@ pub struct Overrides {
     pub rules: BTreeMap<String, Vec<ExclusionRuleConfig>>,
     #[serde(default)]
     pub quotas: BTreeMap<String, QuotaChange>,
+    /// In a fleet: the version of the fleet's shared changes this is (0: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub version: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -85,7 +95,11 @@ impl Overrides {
                 );
             }
         }
-        Overrides { rules, quotas }
+        Overrides {
+            rules,
+            quotas,
+            version: 0,
+        }
     }
 
     /// The saved state in `data_dir`, if any.
@@ -176,6 +190,7 @@ impl Control {
             patterns: None,
             lock: Mutex::new(()),
             tails: None,
+            fleet: std::sync::OnceLock::new(),
         };
         if let Some(saved) = Overrides::load(&c.state_dir)? {
             c.apply(&saved).map_err(|e| {
@@ -215,9 +230,18 @@ impl Control {
     fn discard_overrides(&self) -> Result<(StatusCode, Value), Rejection> {
         let _guard = self.lock.lock().unwrap();
         let saved = self.load_overrides();
+        // In a fleet: an empty document as the next version, for every instance.
+        let mut emptied = Overrides {
+            version: saved.version,
+            ..Overrides::default()
+        };
+        if self.share(&mut emptied)? == Shared::Conflict {
+            return Err(conflict());
+        }
         let mut back = Overrides {
             rules: self.yaml.rules.clone(),
             quotas: self.yaml.quotas.clone(),
+            version: 0,
         };
         // A quota added at run time to a tenant without one in the YAML: no limits.
         for tenant in saved.quotas.keys() {
@@ -226,6 +250,19 @@ impl Control {
         self.apply(&back)
             .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e))?;
         let discarded = saved.differences(&self.yaml);
+        if emptied.version > 0 {
+            // The version stays known here: the fleet is past it.
+            self.save_overrides(&emptied)?;
+        } else {
+            self.remove_overrides()?;
+        }
+        for d in &discarded {
+            tracing::info!(target: "weir::audit", change = "discard", "run-time change discarded, the YAML applies again: {d}");
+        }
+        Ok((StatusCode::OK, json!({ "discarded": discarded })))
+    }
+
+    fn remove_overrides(&self) -> Result<(), Rejection> {
         match std::fs::remove_file(self.state_dir.join(OVERRIDES_FILE)) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -236,10 +273,7 @@ impl Control {
                 ))
             }
         }
-        for d in &discarded {
-            tracing::info!(target: "weir::audit", change = "discard", "run-time change discarded, the YAML applies again: {d}");
-        }
-        Ok((StatusCode::OK, json!({ "discarded": discarded })))
+        Ok(())
     }
 
     /// The plugin stage, for `POST /admin/reload`.
@@ -566,21 +600,21 @@ impl Control {
     /// `PATCH /admin/quotas/{tenant}`: new limits (a tenant without a quota gets one).
     fn change_quota(&self, tenant: &str, body: &[u8]) -> Result<(StatusCode, Value), Rejection> {
         let change: QuotaChange = parse_json_object(body)?;
-        let _guard = self.lock.lock().unwrap();
+        if !matches!(self.rules.scope(tenant), Some(Scope::Tenant(_))) {
+            return Err(err(StatusCode::NOT_FOUND, format!("no tenant {tenant:?}")));
+        }
+        let (_guard, saved) = self.shared_edit(|saved| {
+            saved.quotas.insert(tenant.to_string(), change.clone());
+            Ok(())
+        })?;
         let old = self
             .quotas
             .views()
             .into_iter()
             .find(|v| v.tenant == tenant)
             .map(|v| (v.max_events, v.max_bytes));
-        if !self
-            .quotas
-            .set_limits(tenant, change.max_events, change.max_bytes)
-        {
-            return Err(err(StatusCode::NOT_FOUND, format!("no tenant {tenant:?}")));
-        }
-        let mut saved = self.load_overrides();
-        saved.quotas.insert(tenant.to_string(), change.clone());
+        self.quotas
+            .set_limits(tenant, change.max_events, change.max_bytes);
         self.save_overrides(&saved)?;
         let (old_events, old_bytes) = old.unwrap_or((None, None));
         tracing::info!(
@@ -603,29 +637,38 @@ impl Control {
     fn change_rules(
         &self,
         scope_name: &str,
-        edit: impl FnOnce(&mut Vec<ExclusionRuleConfig>) -> Result<(), Rejection>,
+        mut edit: impl FnMut(&mut Vec<ExclusionRuleConfig>) -> Result<(), Rejection>,
     ) -> Result<(), Rejection> {
         let scope = self.scope(scope_name)?;
-        let _guard = self.lock.lock().unwrap();
-        let old = self.rules.configs(&scope);
-        let mut rules = old.clone();
-        edit(&mut rules)?;
-        for r in &rules {
-            if !(0.0..=1.0).contains(&r.sample_rate) {
-                return Err(err(
-                    StatusCode::BAD_REQUEST,
-                    format!("rule {:?}: sample_rate must be between 0 and 1", r.name),
-                ));
+        let mut old = Vec::new();
+        let mut rules = Vec::new();
+        let (_guard, saved) = self.shared_edit(|saved| {
+            old = self.rules.configs(&scope);
+            rules = old.clone();
+            edit(&mut rules)?;
+            for r in &rules {
+                if !(0.0..=1.0).contains(&r.sample_rate) {
+                    return Err(err(
+                        StatusCode::BAD_REQUEST,
+                        format!("rule {:?}: sample_rate must be between 0 and 1", r.name),
+                    ));
+                }
+                crate::rules::exclusion::Rule::compile(r.clone()).map_err(|e| {
+                    err(
+                        StatusCode::BAD_REQUEST,
+                        format!("rule {:?}: query {e}", r.name),
+                    )
+                })?;
             }
-        }
+            saved.rules.insert(self.scope_name(&scope), rules.clone());
+            Ok(())
+        })?;
         self.rules.replace(&scope, &rules).map_err(|e| {
             err(
                 StatusCode::BAD_REQUEST,
                 format!("rule {:?}: query {}", e.rule, e.error),
             )
         })?;
-        let mut saved = self.load_overrides();
-        saved.rules.insert(self.scope_name(&scope), rules.clone());
         self.save_overrides(&saved)?;
         tracing::info!(
             target: "weir::audit",
@@ -636,6 +679,61 @@ impl Control {
             "exclusion rules changed at run time"
         );
         Ok(())
+    }
+
+    /// Runs `edit` on the saved changes under the lock. In a fleet, the
+    /// result is written to the fleet's Redis first, by compare-and-set on the
+    /// version: after a race with another instance, its change is applied here
+    /// and `edit` runs again on top of it. Returns the lock, still held, and
+    /// the changes to apply and save.
+    fn shared_edit(
+        &self,
+        mut edit: impl FnMut(&mut Overrides) -> Result<(), Rejection>,
+    ) -> Result<(std::sync::MutexGuard<'_, ()>, Overrides), Rejection> {
+        for _ in 0..3 {
+            let guard = self.lock.lock().unwrap();
+            let mut saved = self.load_overrides();
+            edit(&mut saved)?;
+            match self.share(&mut saved)? {
+                Shared::Written => return Ok((guard, saved)),
+                Shared::Conflict => {
+                    drop(guard);
+                    if let Some(f) = self.fleet.get() {
+                        let _ = block_on(f.reconcile(self));
+                    }
+                }
+            }
+        }
+        Err(conflict())
+    }
+
+    /// In a fleet, writes `o` as the next version of the shared changes.
+    fn share(&self, o: &mut Overrides) -> Result<Shared, Rejection> {
+        let Some(f) = self.fleet.get() else {
+            return Ok(Shared::Written);
+        };
+        let expected = o.version;
+        match block_on(f.write_changes(expected, expected + 1, &doc_json(o))) {
+            Ok(Cas::Written(v)) => {
+                o.version = v;
+                crate::telemetry::fleet::FLEET.config_version.set(v as i64);
+                Ok(Shared::Written)
+            }
+            Ok(Cas::Conflict(_)) => Ok(Shared::Conflict),
+            Err(e) => Err(err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{e}; nothing changed: in fleet mode every change goes through Redis first, so that no instance diverges"),
+            )),
+        }
+    }
+
+    /// Fleet mode: changes go through `fleet`, and `/readyz` shows it.
+    pub fn set_fleet(&self, fleet: Arc<crate::fleet::Fleet>) {
+        let _ = self.fleet.set(fleet);
+    }
+
+    pub fn fleet_report(&self) -> Value {
+        self.fleet.get().map(|f| f.report()).unwrap_or(Value::Null)
     }
 
     fn load_overrides(&self) -> Overrides {
@@ -685,6 +783,69 @@ impl Control {
             );
         }
         json!({ "global": global, "tenants": tenants })
+    }
+}
+
+#[derive(PartialEq)]
+enum Shared {
+    Written,
+    /// Another instance wrote a version first.
+    Conflict,
+}
+
+fn conflict() -> Rejection {
+    err(
+        StatusCode::CONFLICT,
+        "the fleet's rules and quotas kept changing through other instances; nothing changed here, try again",
+    )
+}
+
+/// The shared document: the changes without this instance's version.
+fn doc_json(o: &Overrides) -> String {
+    serde_json::to_string(&json!({ "rules": o.rules, "quotas": o.quotas })).unwrap()
+}
+
+/// Waits for `f` on the admin request's runtime thread (the admin API is rare).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+impl SharedChanges for Control {
+    fn applied_version(&self) -> u64 {
+        self.load_overrides().version
+    }
+
+    fn applied_doc(&self) -> String {
+        doc_json(&self.load_overrides())
+    }
+
+    /// Applies another instance's changes over the YAML, as a restart with
+    /// them saved would, and saves them here.
+    fn apply_shared(&self, version: u64, doc: &str) -> Result<(), String> {
+        let mut doc: Overrides = serde_json::from_str(doc).map_err(|e| e.to_string())?;
+        let _guard = self.lock.lock().unwrap();
+        let old = self.load_overrides();
+        if old.version >= version {
+            return Ok(());
+        }
+        let mut full = Overrides {
+            rules: self.yaml.rules.clone(),
+            quotas: self.yaml.quotas.clone(),
+            version: 0,
+        };
+        // A quota the old changes gave a tenant the YAML has none for: no limits.
+        for t in old.quotas.keys() {
+            full.quotas.entry(t.clone()).or_default();
+        }
+        full.rules.extend(doc.rules.clone());
+        full.quotas.extend(doc.quotas.clone());
+        self.apply(&full)?;
+        doc.version = version;
+        self.save_overrides(&doc).map_err(|e| e.message)?;
+        crate::telemetry::fleet::FLEET
+            .config_version
+            .set(version as i64);
+        Ok(())
     }
 }
 

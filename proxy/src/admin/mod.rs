@@ -182,6 +182,8 @@ async fn answer(
                 "last_task_failure": last,
                 "plugins": control.plugin_health(),
                 "buffer": buffer,
+                // Redis down does not make an instance unready: the fleet policy applies.
+                "fleet": control.fleet_report(),
             });
             let ready = ready && failures == 0 && disk_ok;
             let status = if ready {

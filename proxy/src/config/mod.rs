@@ -10,6 +10,7 @@ mod archive;
 mod backend;
 mod buffer;
 mod env;
+mod fleet;
 mod listen;
 pub(crate) mod locate;
 mod patterns;
@@ -19,6 +20,7 @@ pub mod units;
 pub use archive::*;
 pub use backend::*;
 pub use buffer::*;
+pub use fleet::{FleetConfig, RedisConfig, Unavailable};
 pub use listen::*;
 use locate::Locations;
 pub use patterns::PatternsConfig;
@@ -64,6 +66,9 @@ pub struct Config {
     /// Log patterns mined per tenant (`GET /admin/patterns`, `weir patterns`).
     #[serde(default)]
     pub patterns: PatternsConfig,
+    /// Instances sharing quotas, rate limits and run-time changes through Redis.
+    #[serde(default)]
+    pub fleet: Option<FleetConfig>,
     /// How long a SIGTERM may take to flush batches and archive objects.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: Dur,
@@ -231,6 +236,9 @@ impl Config {
         validate_archive(&self.archive, "archive")?;
         buffer::validate_buffer(&self.buffer)?;
         patterns::validate_patterns(&self.patterns)?;
+        if let Some(f) = &self.fleet {
+            fleet::validate_fleet(f)?;
+        }
         self.validate_addresses()?;
         self.validate_durations()?;
         self.validate_backends()?;

@@ -12,6 +12,7 @@ use crate::config::{DailyQuotaConfig, QuotaAction, QuotaLimit};
 use crate::event::stage::{RejectReason, Rejection, Stage};
 use crate::event::{Batch, Disposition, Event, Why};
 use crate::quota::rate::field_value;
+use crate::quota::shared::{FleetShare, FleetView, Mode};
 use crate::telemetry::METRICS;
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -39,6 +40,10 @@ pub struct Usage {
 struct Saved {
     window_start_ms: i64,
     usage: BTreeMap<String, Usage>,
+    /// In a fleet: the others' usage at the last sync, so a restart while
+    /// Redis is down still knows its share.
+    #[serde(default)]
+    fleet: FleetShare,
 }
 
 struct State {
@@ -46,6 +51,8 @@ struct State {
     usage: HashMap<String, Usage>,
     warned: HashSet<String>,
     dirty: bool,
+    /// The other instances' usage (fleet mode; empty otherwise).
+    fleet: FleetShare,
 }
 
 struct TenantQuota {
@@ -64,6 +71,23 @@ pub struct QuotaView {
     pub action: QuotaAction,
     pub window_start_ms: i64,
     pub usage: BTreeMap<String, Usage>,
+    /// In a fleet: every instance's usage together, as of the last sync.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetUsage>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FleetUsage {
+    pub usage: BTreeMap<String, Usage>,
+    pub instances: u32,
+    pub mode: &'static str,
+}
+
+/// One tenant's usage to send to the fleet.
+pub struct OwnUsage {
+    pub tenant: String,
+    pub window_start_ms: i64,
+    pub usage: Vec<(String, Usage)>,
 }
 
 /// Every tenant's quota cell, for the admin API and saving.
@@ -82,6 +106,8 @@ pub struct QuotaCell {
 struct Shared {
     clock: Arc<dyn Clock>,
     dir: PathBuf,
+    /// Set in fleet mode: the limits hold for all instances together.
+    fleet: Option<Arc<FleetView>>,
 }
 
 /// The daily-quota stage of one tenant.
@@ -116,8 +142,16 @@ impl DailyQuotas {
             shared: Arc::new(Shared {
                 clock,
                 dir: dir.to_path_buf(),
+                fleet: None,
             }),
         }
+    }
+
+    /// Makes every limit the fleet's; before any tenant is added.
+    pub fn share_with_fleet(&mut self, view: Arc<FleetView>) {
+        Arc::get_mut(&mut self.shared)
+            .expect("before any tenant is added")
+            .fleet = Some(view);
     }
 
     /// Adds tenant `name`, with its quota if it has one, and returns its stage.
@@ -146,12 +180,12 @@ impl Shared {
             let saved: Option<Saved> = std::fs::read(self.dir.join(format!("{name}.json")))
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok());
-            let usage = match saved {
+            let (usage, fleet) = match saved {
                 Some(s) if s.window_start_ms == current => {
                     tracing::info!(tenant = %name, partitions = s.usage.len(), "daily quota usage restored");
-                    s.usage.into_iter().collect()
+                    (s.usage.into_iter().collect(), s.fleet)
                 }
-                _ => HashMap::new(),
+                _ => (HashMap::new(), FleetShare::default()),
             };
             let q = TenantQuota {
                 name: name.clone(),
@@ -161,6 +195,7 @@ impl Shared {
                     usage,
                     warned: HashSet::new(),
                     dirty: false,
+                    fleet,
                 }),
             };
             q.publish_all();
@@ -186,6 +221,7 @@ impl DailyQuotas {
                 Saved {
                     window_start_ms: st.window_start_ms,
                     usage: st.usage.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                    fleet: st.fleet.clone(),
                 }
             };
             if let Err(e) = crate::durable::write_atomic(
@@ -212,9 +248,46 @@ impl DailyQuotas {
                     action: s.action,
                     window_start_ms: st.window_start_ms,
                     usage: st.usage.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                    fleet: self.shared.fleet.as_ref().map(|view| FleetUsage {
+                        usage: st.fleet.totals(&st.usage).into_iter().collect(),
+                        instances: view.instances(),
+                        mode: view.mode().as_str(),
+                    }),
                 }
             })
             .collect()
+    }
+
+    /// Every tenant's own usage in its current quota day, for the fleet sync.
+    pub fn own_usage(&self) -> Vec<OwnUsage> {
+        self.active()
+            .map(|q| {
+                let st = q.state.lock().unwrap();
+                OwnUsage {
+                    tenant: q.name.clone(),
+                    window_start_ms: st.window_start_ms,
+                    usage: st.usage.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// What a sync learnt: `sent` reached the others, whose usage is `others`.
+    /// Ignored if the tenant's quota day turned meanwhile.
+    pub fn synced(&self, sent: OwnUsage, others: HashMap<String, Usage>, instances: u32) {
+        let Some(q) = self.active().find(|q| q.name == sent.tenant) else {
+            return;
+        };
+        let mut st = q.state.lock().unwrap();
+        if st.window_start_ms != sent.window_start_ms {
+            return;
+        }
+        st.fleet = FleetShare {
+            others,
+            synced: sent.usage.into_iter().collect(),
+            instances,
+        };
+        st.dirty = true;
     }
 
     /// Changes a tenant's default daily limits at run time; false when the tenant has no quota.
@@ -313,6 +386,7 @@ impl TenantQuota {
     fn decide(
         s: &DailyQuotaConfig,
         st: &State,
+        fleet: Option<&FleetView>,
         batch: &mut Batch,
     ) -> (HashMap<String, Usage>, u64) {
         let count_bytes =
@@ -340,6 +414,10 @@ impl TenantQuota {
             }
             let size = if count_bytes { event_bytes(ev) } else { 0 };
             let (max_e, max_b) = TenantQuota::limit_for(s, &key);
+            let (max_e, max_b) = match fleet {
+                Some(view) => st.fleet.own_limits(view, &key, max_e, max_b),
+                None => (max_e, max_b),
+            };
             let used = st.usage.get(&key).copied().unwrap_or_default();
             if !delta.contains_key(&key) {
                 delta.insert(key.clone(), Usage::default());
@@ -369,6 +447,7 @@ impl TenantQuota {
         &self,
         s: &DailyQuotaConfig,
         st: &mut State,
+        fleet: Option<&FleetView>,
         batch: &mut Batch,
         delta: HashMap<String, Usage>,
     ) {
@@ -384,6 +463,11 @@ impl TenantQuota {
             let u = *u;
             st.dirty = true;
             self.publish(s, &key, u);
+            if let Some(view) = fleet {
+                if view.mode() == Mode::Shared && st.fleet.should_sync(view, &key, u) {
+                    view.wake.notify_one();
+                }
+            }
             let (max_e, max_b) = TenantQuota::limit_for(s, &key);
             let crossed = max_e.is_some_and(|m| u.events as f64 >= m as f64 * s.warning_threshold)
                 || max_b.is_some_and(|m| u.bytes as f64 >= m as f64 * s.warning_threshold);
@@ -450,6 +534,7 @@ impl Stage for DailyQuota {
             st.window_start_ms = current;
             st.usage.clear();
             st.warned.clear();
+            st.fleet = FleetShare::default();
             st.dirty = true;
             drop(st);
             drop(s);
@@ -458,7 +543,8 @@ impl Stage for DailyQuota {
         }
 
         // Decide first, commit after: a rejected request counts nothing.
-        let (delta, over) = TenantQuota::decide(&s, &st, batch);
+        let fleet = self.shared.fleet.as_deref();
+        let (delta, over) = TenantQuota::decide(&s, &st, fleet, batch);
         let action = s.action.as_str();
         if over > 0 {
             if s.action == QuotaAction::Reject {
@@ -480,7 +566,7 @@ impl Stage for DailyQuota {
             // Counted once the batch is taken (commit).
             batch.charges.over_quota = Some((over, action));
         }
-        q.record(&s, &mut st, batch, delta);
+        q.record(&s, &mut st, fleet, batch, delta);
         Ok(())
     }
 }

@@ -2,3 +2,4 @@
 //! and how much it may index per day (daily quotas, after exclusion rules).
 pub mod daily;
 pub mod rate;
+pub mod shared;

@@ -5,6 +5,7 @@
 use crate::config::RateLimitConfig;
 use crate::event::stage::{RejectReason, Rejection, Stage};
 use crate::event::{Batch, Event};
+use crate::quota::shared::{FleetView, Mode};
 use crate::telemetry::METRICS;
 use governor::clock::{Clock as GovernorClock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
@@ -13,7 +14,8 @@ use governor::{Quota, RateLimiter};
 use http::StatusCode;
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 type Limiter<C> = RateLimiter<
@@ -28,12 +30,24 @@ struct TenantLimits<C: GovernorClock> {
     bytes: Option<Limiter<C>>,
     partition_by: Option<String>,
     checks: AtomicU64,
+    config: RateLimitConfig,
 }
 
 /// The rate-limit stage of one tenant (none configured: every batch passes).
 pub struct RateLimit<C: GovernorClock = DefaultClock> {
-    limits: Option<TenantLimits<C>>,
+    limits: RwLock<Option<Arc<TenantLimits<C>>>>,
     clock: C,
+    /// In a fleet, this instance enforces the limit divided by the live
+    /// instances, rebuilt when their number changes.
+    fleet: Option<FleetShare<C>>,
+}
+
+struct FleetShare<C: GovernorClock> {
+    view: Arc<FleetView>,
+    config: RateLimitConfig,
+    divisor: AtomicU32,
+    retry_after_secs: u64,
+    _clock: std::marker::PhantomData<C>,
 }
 
 /// A GCRA quota of `per_second` (at least 1) with `burst` (default: one second's worth).
@@ -52,25 +66,76 @@ impl RateLimit<DefaultClock> {
 
 impl<C: GovernorClock + Clone> RateLimit<C> {
     pub fn with_clock(config: Option<&RateLimitConfig>, clock: C) -> RateLimit<C> {
-        let limits = config.map(|c| TenantLimits {
+        let limits = config.map(|c| Arc::new(Self::build(c, &clock, 1)));
+        RateLimit {
+            limits: RwLock::new(limits),
+            clock,
+            fleet: None,
+        }
+    }
+
+    /// Shares the limit with the fleet: each instance takes its part.
+    pub fn shared_with(mut self, view: Arc<FleetView>, sync_interval: Duration) -> RateLimit<C> {
+        let Some(config) = self.config() else {
+            return self;
+        };
+        self.fleet = Some(FleetShare {
+            view,
+            config,
+            divisor: AtomicU32::new(1),
+            retry_after_secs: sync_interval.as_secs().max(1),
+            _clock: std::marker::PhantomData,
+        });
+        self
+    }
+
+    fn config(&self) -> Option<RateLimitConfig> {
+        self.limits
+            .read()
+            .unwrap()
+            .as_ref()
+            .map(|l| l.config.clone())
+    }
+
+    /// Limiters for a `divisor`-th of `c` (a fleet of `divisor` instances).
+    fn build(c: &RateLimitConfig, clock: &C, divisor: u32) -> TenantLimits<C> {
+        let part = |v: u64| v.div_ceil(divisor as u64);
+        TenantLimits {
             events: c.events_per_second.map(|r| {
                 RateLimiter::new(
-                    quota(r as u64, c.events_burst.map(u64::from)),
+                    quota(part(r as u64), c.events_burst.map(|b| part(b as u64))),
                     DefaultKeyedStateStore::default(),
                     clock.clone(),
                 )
             }),
             bytes: c.bytes_per_second.map(|r| {
                 RateLimiter::new(
-                    quota(r.0, c.bytes_burst.map(|b| b.0)),
+                    quota(part(r.0), c.bytes_burst.map(|b| part(b.0))),
                     DefaultKeyedStateStore::default(),
                     clock.clone(),
                 )
             }),
             partition_by: c.partition_by.clone(),
             checks: AtomicU64::new(0),
-        });
-        RateLimit { limits, clock }
+            config: c.clone(),
+        }
+    }
+
+    /// The limiters to check now: in a fleet, rebuilt when the number of
+    /// instances changed (a rebuild starts with a full burst); `Err` when the
+    /// fleet's store is down and the policy is to fail closed.
+    fn current(&self) -> Result<Option<Arc<TenantLimits<C>>>, u64> {
+        if let Some(f) = &self.fleet {
+            if f.view.mode() == Mode::FailClosed {
+                return Err(f.retry_after_secs);
+            }
+            let n = f.view.instances();
+            if f.divisor.swap(n, Ordering::Relaxed) != n {
+                *self.limits.write().unwrap() =
+                    Some(Arc::new(Self::build(&f.config, &self.clock, n)));
+            }
+        }
+        Ok(self.limits.read().unwrap().clone())
     }
 
     /// Takes `n` from `limiter` for `key`, or says how long to wait.
@@ -131,8 +196,24 @@ where
     }
 
     fn process(&self, batch: &mut Batch) -> Result<(), Rejection> {
-        let Some(limits) = &self.limits else {
-            return Ok(());
+        let limits = match self.current() {
+            Ok(Some(limits)) => limits,
+            Ok(None) => return Ok(()),
+            Err(secs) => {
+                METRICS
+                    .rate_limited_requests
+                    .with_label_values(&[&*batch.meta.tenant])
+                    .inc();
+                return Err(Rejection::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    RejectReason::RateLimited,
+                    format!(
+                        "tenant {} is rate limited for the whole fleet, whose shared state cannot be reached (fleet.on_unavailable: fail_closed); retry in {secs}s",
+                        batch.meta.tenant
+                    ),
+                )
+                .retry_after(secs));
+            }
         };
         // Count (events, bytes) per partition; bytes are shared out by message size.
         let mut parts: HashMap<String, (u64, u64)> = HashMap::new();

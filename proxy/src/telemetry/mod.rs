@@ -9,6 +9,7 @@
 pub mod buffer;
 pub mod computed;
 pub mod faults;
+pub mod fleet;
 pub mod labels;
 pub mod seed;
 
