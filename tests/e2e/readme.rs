@@ -322,3 +322,79 @@ fn the_syslog_listener_example_passes_weir_check() {
     let (code, out, err) = weir_cli(&["check", "--config", path.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+/// The Fleet mode section's YAML, as written (its `${...}` set), with a tenant
+/// that has a daily quota: weir runs on it against a real redis-server, joins
+/// the fleet (`/readyz` shows the store up and the mode shared) and its quota
+/// shows the fleet's usage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_example_runs_against_redis() {
+    let Some(peers) = crate::fleet_peers::peers("the_fleet_example_runs_against_redis") else {
+        return;
+    };
+    let redis = crate::fleet_peers::RedisServer::start(&peers.redis).await;
+    std::env::set_var("WEIR_REDIS_URL", redis.url());
+    std::env::set_var("POD_NAME", "weir-readme-0");
+    let dir = tempfile::tempdir().unwrap();
+    let fragment = readme_yaml_after("## Fleet mode");
+    assert!(fragment.starts_with("fleet:"), "{fragment}");
+    let tenant = "tenants:\n  - name: demo\n    api_keys: [readme-fleet-key]\n    backend: sink\n    daily_quota: {max_events: 1000}\n";
+    let text = complete(
+        &format!("{fragment}{tenant}"),
+        dir.path(),
+        "  token: readme-token\n",
+    );
+    // complete() gave the intake listener a port of its own.
+    let intake = text
+        .split("127.0.0.1:")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    let weir = Weir::start_in(dir, &text).await;
+    let started = Instant::now();
+    let ready = loop {
+        let fleet = get(&format!("http://127.0.0.1:{}/readyz", weir.admin))
+            .await
+            .unwrap()
+            .json()["fleet"]
+            .clone();
+        if fleet["store"] == "up" && fleet["mode"] == "shared" {
+            break fleet;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{fleet}\n{}",
+            weir.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(ready["instance"], "weir-readme-0", "{ready}");
+    let r = post(
+        &format!("http://127.0.0.1:{intake}/api/v2/logs"),
+        &[("DD-API-KEY", "readme-fleet-key")],
+        json_logs(10, |i| serde_json::json!({ "message": format!("m{i}") })),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let started = Instant::now();
+    loop {
+        let q = admin(
+            &weir,
+            "GET",
+            "/admin/quotas",
+            Some("readme-token"),
+            serde_json::Value::Null,
+        )
+        .await;
+        let fleet = q.json()["quotas"][0]["fleet"].clone();
+        if fleet["usage"][""]["events"] == 10 {
+            assert_eq!(fleet["instances"], 1, "{fleet}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{fleet}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

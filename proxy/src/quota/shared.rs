@@ -108,13 +108,16 @@ impl FleetShare {
         let others = self.others.get(key).copied().unwrap_or_default();
         let synced = self.synced.get(key).copied().unwrap_or_default();
         match view.mode() {
-            Mode::Shared => (
-                max_events.map(|m| {
-                    m.saturating_sub(others.events)
-                        .min(synced.events + view.max_unsynced_events)
-                }),
-                max_bytes.map(|m| m.saturating_sub(others.bytes)),
-            ),
+            Mode::Shared => {
+                // The cap on unsynced events bounds a byte limit's overshoot too.
+                let cap = synced.events + view.max_unsynced_events;
+                let events = match (max_events, max_bytes) {
+                    (Some(m), _) => Some(m.saturating_sub(others.events).min(cap)),
+                    (None, Some(_)) => Some(cap),
+                    (None, None) => None,
+                };
+                (events, max_bytes.map(|m| m.saturating_sub(others.bytes)))
+            }
             Mode::Local => {
                 // What remained at the last sync, shared out equally.
                 let n = match self.instances {
@@ -173,6 +176,11 @@ mod tests {
             (Some(300), None)
         );
         assert_eq!(share.own_limits(&view, "", Some(750), None).0, Some(150));
+        // A byte limit alone still caps the events not yet synced.
+        assert_eq!(
+            share.own_limits(&view, "", None, Some(5000)),
+            (Some(300), Some(5000))
+        );
         // Local: 200 remained, a third of it each.
         view.set_degraded(true);
         assert_eq!(share.own_limits(&view, "", Some(1000), None).0, Some(266));
