@@ -448,7 +448,11 @@ async fn haproxy_peer_spreads_requests_over_three_weir_and_drops_a_dead_one() {
         );
         assert_eq!(got, 100.0, "round robin: 10 requests of 10 to each");
     }
-    // w2 dies: its check fails (inter 300ms, fall 2) and it leaves the rotation.
+    eventually(Duration::from_secs(20), "300 events forwarded", || {
+        (dd.count() == 300).then_some(())
+    })
+    .await;
+    // w2 dies (all it took forwarded): its check fails (inter 300ms, fall 2) and it leaves the rotation.
     weirs.remove(1).into_dir();
     let start = Instant::now();
     loop {

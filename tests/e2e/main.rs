@@ -9,6 +9,7 @@ mod cli;
 mod delivery;
 mod durability;
 mod failover;
+mod fleet;
 mod fleet_peers;
 mod intake;
 mod limits;
