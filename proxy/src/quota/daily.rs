@@ -282,12 +282,16 @@ impl DailyQuotas {
         if st.window_start_ms != sent.window_start_ms {
             return;
         }
-        st.fleet = FleetShare {
+        let share = FleetShare {
             others,
             synced: sent.usage.into_iter().collect(),
             instances,
         };
-        st.dirty = true;
+        // Saved with the usage (a restart during an outage keeps its share).
+        if st.fleet != share {
+            st.fleet = share;
+            st.dirty = true;
+        }
     }
 
     /// Changes a tenant's default daily limits at run time; false when the tenant has no quota.
