@@ -10,6 +10,7 @@ mod delivery;
 mod durability;
 mod failover;
 mod fleet;
+mod fleet_more;
 mod fleet_peers;
 mod intake;
 mod limits;
