@@ -2,6 +2,7 @@
 //! answers), `/readyz` (it takes traffic: listeners bound, not draining) and
 //! the run-time control API under `/admin/` (control.rs).
 pub mod control;
+mod overrides;
 mod tail;
 
 use crate::intake::{error_response, json_response};
