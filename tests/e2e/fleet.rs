@@ -187,14 +187,6 @@ async fn flood(
     out
 }
 
-/// `/readyz`: status and body.
-async fn readyz(w: &Weir) -> (u16, Value) {
-    let r = get(&format!("http://127.0.0.1:{}/readyz", w.admin))
-        .await
-        .unwrap();
-    (r.status, r.json())
-}
-
 /// Waits until every instance's `/readyz` is 200 with `"fleet": {"store": store, "mode": mode}`.
 async fn wait_fleet_state(weirs: &[Weir], store: &str, mode: &str, limit: Duration) {
     let start = Instant::now();

@@ -208,14 +208,6 @@ fn reset_hour() -> u64 {
     (secs / 3600 + 12) % 24
 }
 
-/// `/readyz`: status and body.
-async fn readyz(w: &Weir) -> (u16, Value) {
-    let r = get(&format!("http://127.0.0.1:{}/readyz", w.admin))
-        .await
-        .unwrap();
-    (r.status, r.json())
-}
-
 /// Waits until every instance's `/readyz` is 200 with the fleet's store up,
 /// mode shared and `instances` live; how long that took.
 async fn wait_fleet(weirs: &[Weir], instances: u64, limit: Duration) -> Duration {

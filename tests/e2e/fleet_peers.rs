@@ -5,7 +5,7 @@
 //! `WEIR_SKIP_FLEET=1` says to skip it knowingly (run.sh sets it, with a
 //! warning, when it cannot unpack them). A tiny RESP client reads Redis.
 use crate::harness::*;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -475,4 +475,12 @@ async fn haproxy_peer_spreads_requests_over_three_weir_and_drops_a_dead_one() {
         (dd.count() == 400).then_some(())
     })
     .await;
+}
+
+/// An instance's `/readyz`: status and body (its `fleet` shows the store and mode).
+pub async fn readyz(w: &Weir) -> (u16, Value) {
+    let r = get(&format!("http://127.0.0.1:{}/readyz", w.admin))
+        .await
+        .unwrap();
+    (r.status, r.json())
 }

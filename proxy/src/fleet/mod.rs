@@ -108,6 +108,7 @@ impl Fleet {
                 _ = self.view.wake.notified() => {}
                 _ = stop.cancelled() => {
                     self.sync_once(&quotas).await;
+                    self.leave().await;
                     return;
                 }
             }
@@ -165,6 +166,23 @@ impl Fleet {
                 Ok(n)
             })
             .await
+    }
+
+    /// At shutdown: out of the members at once, so that the others' rate
+    /// limit shares grow now rather than when this one goes stale.
+    async fn leave(&self) {
+        let key = self.keys.members();
+        let me = self.instance.clone();
+        let _ = self
+            .store
+            .call("heartbeat", |mut c| async move {
+                redis::cmd("ZREM")
+                    .arg(&key)
+                    .arg(&me)
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await;
     }
 
     async fn sync_tenant(&self, quotas: &DailyQuotas, own: crate::quota::daily::OwnUsage) -> bool {

@@ -196,6 +196,20 @@ mod tests {
         assert_eq!(share.own_limits(&closed, "", None, None), (None, None));
     }
 
+    /// Instance `i` syncs: tells Redis its own usage, hears the others'.
+    fn sync(i: usize, own: &[u64], redis: &mut [u64], shares: &mut [FleetShare]) {
+        redis[i] = own[i];
+        let others: u64 = redis
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, v)| v)
+            .sum();
+        shares[i].others.insert("".into(), usage(others));
+        shares[i].synced.insert("".into(), usage(own[i]));
+        shares[i].instances = own.len() as u32;
+    }
+
     /// N instances admitting in random interleavings, syncing at random
     /// moments: the fleet never indexes more than Q + (N − 1) × A, and with
     /// demand to spare, uses the quota up.
@@ -215,17 +229,7 @@ mod tests {
             for _ in 0..20_000 {
                 let i = rng.random_range(0..n);
                 if rng.random_bool(0.05) {
-                    // Sync: tell own, hear the others.
-                    redis[i] = own[i];
-                    let others: u64 = redis
-                        .iter()
-                        .enumerate()
-                        .filter(|(j, _)| *j != i)
-                        .map(|(_, v)| v)
-                        .sum();
-                    shares[i].others.insert("".into(), usage(others));
-                    shares[i].synced.insert("".into(), usage(own[i]));
-                    shares[i].instances = n as u32;
+                    sync(i, &own, &mut redis, &mut shares);
                 } else {
                     let (limit, _) = shares[i].own_limits(&view, "", Some(q), None);
                     if own[i] < limit.unwrap() {
@@ -241,15 +245,7 @@ mod tests {
             // With demand to spare, syncing and admitting in turns uses the quota up.
             for _ in 0..=(q / a + 1) {
                 for i in 0..n {
-                    redis[i] = own[i];
-                    let others: u64 = redis
-                        .iter()
-                        .enumerate()
-                        .filter(|(j, _)| *j != i)
-                        .map(|(_, v)| v)
-                        .sum();
-                    shares[i].others.insert("".into(), usage(others));
-                    shares[i].synced.insert("".into(), usage(own[i]));
+                    sync(i, &own, &mut redis, &mut shares);
                     let (limit, _) = shares[i].own_limits(&view, "", Some(q), None);
                     own[i] = own[i].max(limit.unwrap());
                 }
