@@ -35,6 +35,8 @@
 #   BUILD=0                  skip the cargo build
 #   WEIR=path                the weir binary to measure (default: the release build), for A/B runs
 #   RULES=1                  configure 20 exclusion rules, a daily quota and a rate limit (the full path)
+#   FLEET=redis://H:P/       fleet mode against this Redis (with RULES=1, the quota and rate limit are
+#                            the fleet's: synced every second); the run waits until it is shared
 #   TAILS=0                  live tails held open during the load (curl reading GET /admin/tail), each
 #                            with the query TAIL_QUERY (default 'status:error *timeout*': rare, so each
 #                            tail matches as many events as its budget allows)
@@ -216,6 +218,9 @@ EOF
         memory) echo "buffer: {type: memory}" >>"$dir/weir.yaml" ;;
         *) echo "unknown buffer $buffer" >&2; exit 2 ;;
     esac
+    if [[ -n ${FLEET:-} ]]; then
+        printf 'fleet:\n  redis: {url: "%s"}\n' "$FLEET" >>"$dir/weir.yaml"
+    fi
     "${WEIR:-$BIN/weir}" run --config "$dir/weir.yaml" >"$dir/weir.log" 2>&1 &
     local weir=$!
     PIDS+=("$weir")
@@ -226,6 +231,13 @@ EOF
         sleep 0.1
     done
     ((ready)) || { echo "weir did not become ready; log:" >&2; cat "$dir/weir.log" >&2; exit 1; }
+    if [[ -n ${FLEET:-} ]]; then
+        for _ in $(seq 100); do
+            [[ $(curl -sf "http://127.0.0.1:$ADMIN/readyz" | jq -r .fleet.mode) == shared ]] && break
+            sleep 0.1
+        done
+        [[ $(curl -sf "http://127.0.0.1:$ADMIN/readyz" | jq -r .fleet.mode) == shared ]] || { echo "fleet mode is not shared: is Redis at $FLEET?" >&2; exit 1; }
+    fi
     local t
     for t in $(seq "${TAILS:-0}"); do
         curl -sN -H "Authorization: Bearer bench-admin-token" -G "http://127.0.0.1:$ADMIN/admin/tail" \
