@@ -121,16 +121,14 @@ impl Control {
     /// `DELETE /admin/overrides`: back to the YAML's rules and quotas, and the saved
     /// state removed.
     fn discard_overrides(&self) -> Result<(StatusCode, Value), Rejection> {
-        let _guard = self.lock.lock().unwrap();
-        let saved = self.load_overrides();
         // In a fleet: an empty document as the next version, for every instance.
-        let mut emptied = Overrides {
-            version: saved.version,
-            ..Overrides::default()
-        };
-        if self.share(&mut emptied)? == Shared::Conflict {
-            return Err(conflict());
-        }
+        let mut before = Overrides::default();
+        let (_guard, emptied) = self.shared_edit(|saved| {
+            before = std::mem::take(saved);
+            saved.version = before.version;
+            Ok(())
+        })?;
+        let saved = before;
         let mut back = Overrides {
             rules: self.yaml.rules.clone(),
             quotas: self.yaml.quotas.clone(),
@@ -584,7 +582,7 @@ impl Control {
         mut edit: impl FnMut(&mut Overrides) -> Result<(), Rejection>,
     ) -> Result<(std::sync::MutexGuard<'_, ()>, Overrides), Rejection> {
         for _ in 0..3 {
-            let guard = self.lock.lock().unwrap();
+            let guard = self.lock_changes();
             let mut saved = self.load_overrides();
             edit(&mut saved)?;
             match self.share(&mut saved)? {
@@ -600,6 +598,19 @@ impl Control {
         Err(conflict())
     }
 
+    /// The lock that serializes changes. Its holder may wait on Redis, which
+    /// needs the runtime's workers: a waiter gives up its worker first, so
+    /// waiting never starves the runtime.
+    fn lock_changes(&self) -> std::sync::MutexGuard<'_, ()> {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        match Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| self.lock.lock().unwrap())
+            }
+            _ => self.lock.lock().unwrap(),
+        }
+    }
+
     /// In a fleet, writes `o` as the next version of the shared changes.
     fn share(&self, o: &mut Overrides) -> Result<Shared, Rejection> {
         let Some(f) = self.fleet.get() else {
@@ -613,9 +624,10 @@ impl Control {
                 Ok(Shared::Written)
             }
             Ok(Cas::Conflict(_)) => Ok(Shared::Conflict),
+            // Unless Redis took the write and then failed to answer, nothing changed anywhere.
             Err(e) => Err(err(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("{e}; nothing changed: in fleet mode every change goes through Redis first, so that no instance diverges"),
+                format!("{e}; not applied: nothing changed, unless Redis took the write before it failed to answer (then every instance applies it within fleet.config_poll), so check before retrying. In fleet mode every change goes through Redis first, so that no instance diverges"),
             )),
         }
     }
@@ -714,12 +726,12 @@ impl SharedChanges for Control {
 
     /// Applies another instance's changes over the YAML, as a restart with
     /// them saved would, and saves them here.
-    fn apply_shared(&self, version: u64, doc: &str) -> Result<(), String> {
+    fn apply_shared(&self, version: u64, doc: &str) -> Result<bool, String> {
         let mut doc: Overrides = serde_json::from_str(doc).map_err(|e| e.to_string())?;
-        let _guard = self.lock.lock().unwrap();
+        let _guard = self.lock_changes();
         let old = self.load_overrides();
         if old.version >= version {
-            return Ok(());
+            return Ok(false);
         }
         let mut full = Overrides {
             rules: self.yaml.rules.clone(),
@@ -738,7 +750,7 @@ impl SharedChanges for Control {
         crate::telemetry::fleet::FLEET
             .config_version
             .set(version as i64);
-        Ok(())
+        Ok(true)
     }
 }
 

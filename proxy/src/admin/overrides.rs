@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 pub(super) const OVERRIDES_FILE: &str = "runtime.json";
 
 /// What run-time changes replace in the YAML config; saved as runtime.json.
-#[derive(Default, Serialize, Deserialize)]
+#[derive(Default, Clone, Serialize, Deserialize)]
 pub struct Overrides {
     /// Rule lists by scope: "global" or a tenant name.
     #[serde(default)]

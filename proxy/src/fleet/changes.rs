@@ -18,8 +18,9 @@ pub trait SharedChanges: Send + Sync {
     fn applied_version(&self) -> u64;
     /// The document applied here, as JSON.
     fn applied_doc(&self) -> String;
-    /// Applies version `version` of the document.
-    fn apply_shared(&self, version: u64, doc: &str) -> Result<(), String>;
+    /// Applies version `version` of the document; false if this instance
+    /// already had it (its own change, announced back to it).
+    fn apply_shared(&self, version: u64, doc: &str) -> Result<bool, String>;
 }
 
 /// The outcome of a compare-and-set.
@@ -96,7 +97,8 @@ impl Fleet {
         if remote > local {
             match doc {
                 Some(doc) => match target.apply_shared(remote, &doc) {
-                    Ok(()) => tracing::info!(
+                    Ok(false) => {}
+                    Ok(true) => tracing::info!(
                         target: "weir::audit",
                         change = "fleet",
                         version = remote,
@@ -136,13 +138,17 @@ pub async fn watch(
 ) {
     let channel = fleet.keys.runtime_channel();
     let poll = fleet.config().config_poll.0;
-    let mut subscribed = false;
+    // The connection subscribed on (a new one must subscribe again).
+    let mut subscribed: Option<u64> = None;
     loop {
-        if !subscribed {
-            subscribed = fleet.store.subscribe(&channel).await.is_ok();
+        if subscribed != Some(fleet.store.generation()) {
+            subscribed = match fleet.store.subscribe(&channel).await {
+                Ok(()) => Some(fleet.store.generation()),
+                Err(_) => None,
+            };
         }
         let _ = fleet.reconcile(target.as_ref()).await;
-        let wait = if subscribed {
+        let wait = if subscribed.is_some() {
             poll
         } else {
             poll.min(std::time::Duration::from_secs(1))
