@@ -36,6 +36,8 @@ pub struct Fleet {
     pub instance: String,
     cfg: FleetConfig,
     last_sync_ms: AtomicI64,
+    /// Tenants synced at least once by this process.
+    synced_once: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Fleet {
@@ -65,6 +67,7 @@ impl Fleet {
             instance,
             cfg: cfg.clone(),
             last_sync_ms: AtomicI64::new(0),
+            synced_once: Default::default(),
         };
         fleet.publish_mode();
         Ok((Arc::new(fleet), pushes))
@@ -103,34 +106,34 @@ impl Fleet {
         let mut tick = tokio::time::interval(self.cfg.sync_interval.0);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = self.view.wake.notified() => {}
+            let early = tokio::select! {
+                _ = tick.tick() => false,
+                _ = self.view.wake.notified() => true,
                 _ = stop.cancelled() => {
                     self.sync_once(&quotas).await;
                     self.leave().await;
                     return;
                 }
+            };
+            if early {
+                self.sync_tenants(&quotas, true).await;
+            } else {
+                self.sync_once(&quotas).await;
             }
-            self.sync_once(&quotas).await;
         }
     }
 
     /// One round: say this instance is alive and count the live ones, then
-    /// send and read every tenant's usage. Any failure: degraded until a
-    /// round succeeds.
+    /// send and read every tenant's usage. Redis not answering the first:
+    /// every limit follows the policy until a round succeeds; a tenant whose
+    /// own sync failed: that tenant's.
     pub async fn sync_once(&self, quotas: &DailyQuotas) {
         let now = now_ms();
         let ok = match self.heartbeat(now).await {
             Ok(n) => {
                 self.view.set_instances(n);
-                let own = quotas.own_usage();
-                let results: Vec<bool> = futures::stream::iter(own)
-                    .map(|o| self.sync_tenant(quotas, o))
-                    .buffer_unordered(SYNC_CONCURRENCY)
-                    .collect()
-                    .await;
-                results.iter().all(|ok| *ok)
+                self.sync_tenants(quotas, false).await;
+                true
             }
             Err(_) => false,
         };
@@ -185,7 +188,17 @@ impl Fleet {
             .await;
     }
 
-    async fn sync_tenant(&self, quotas: &DailyQuotas, own: crate::quota::daily::OwnUsage) -> bool {
+    /// Syncs every tenant with a quota, or (`pressing_only`) those with a
+    /// partition halfway to `max_unsynced_events`.
+    async fn sync_tenants(&self, quotas: &DailyQuotas, pressing_only: bool) {
+        futures::stream::iter(quotas.own_usage(pressing_only))
+            .map(|o| self.sync_tenant(quotas, o))
+            .buffer_unordered(SYNC_CONCURRENCY)
+            .collect::<Vec<()>>()
+            .await;
+    }
+
+    async fn sync_tenant(&self, quotas: &DailyQuotas, own: crate::quota::daily::OwnUsage) {
         let key = self.keys.quota(&own.tenant, own.window_start_ms);
         let me = self.instance.clone();
         let fields: Vec<(String, String)> = own
@@ -198,14 +211,15 @@ impl Fleet {
         let all = self
             .store
             .call("quota_sync", |mut c| async move {
+                // Read before writing: what Redis held for this instance too.
                 let mut p = redis::pipe();
+                p.hgetall(&key);
                 if !fields.is_empty() {
                     p.hset_multiple(&key, &fields).ignore();
                 }
                 let (all,): (HashMap<String, String>,) = p
                     .pexpire_at(&key, expire_at)
                     .ignore()
-                    .hgetall(&key)
                     .query_async(&mut c)
                     .await?;
                 Ok(all)
@@ -214,10 +228,12 @@ impl Fleet {
         match all {
             Ok(all) => {
                 let others = others_usage(&all, &self.instance);
-                quotas.synced(own, others, self.view.instances());
-                true
+                // The first sync of this process takes what Redis recorded for it.
+                let first = self.synced_once.lock().unwrap().insert(own.tenant.clone());
+                let recorded = first.then(|| own_recorded(&all, &self.instance));
+                quotas.synced(own, others, self.view.instances(), recorded);
             }
-            Err(_) => false,
+            Err(_) => quotas.sync_failed(&own.tenant),
         }
     }
 }
@@ -229,12 +245,25 @@ fn field(partition: &str, instance: &str) -> String {
 
 /// The other instances' usage per partition, from a tenant's hash.
 fn others_usage(all: &HashMap<String, String>, me: &str) -> HashMap<String, Usage> {
+    usage_where(all, |instance| instance != me)
+}
+
+/// This instance's usage per partition as Redis recorded it.
+fn own_recorded(all: &HashMap<String, String>, me: &str) -> HashMap<String, Usage> {
+    usage_where(all, |instance| instance == me)
+}
+
+/// The usage per partition of the instances `pick` takes, from a tenant's hash.
+fn usage_where(
+    all: &HashMap<String, String>,
+    pick: impl Fn(&str) -> bool,
+) -> HashMap<String, Usage> {
     let mut others: HashMap<String, Usage> = HashMap::new();
     for (f, v) in all {
         let Some((partition, instance)) = f.rsplit_once('\x1f') else {
             continue;
         };
-        if instance == me {
+        if !pick(instance) {
             continue;
         }
         let mut it = v.split(' ').map(|n| n.parse::<u64>().unwrap_or(0));

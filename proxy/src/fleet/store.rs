@@ -8,8 +8,12 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, IntoConnectionInfo, Pipeline, ProtocolVersion, PushInfo, RedisFuture, Value};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, OnceCell};
+use tokio::sync::{mpsc, Mutex};
+
+/// Failed calls in a row after which the connection is dropped and made anew.
+const RECONNECT_AFTER: u32 = 3;
 
 /// One node or a cluster, as one connection type.
 #[derive(Clone)]
@@ -55,7 +59,13 @@ pub enum StoreError {
 
 pub struct Store {
     cfg: FleetConfig,
-    conn: OnceCell<Conn>,
+    /// Made on first use, and made anew after `RECONNECT_AFTER` failed calls
+    /// in a row: a connection to a host that vanished without closing it, or
+    /// one whose setup was refused, would otherwise fail every call for good.
+    conn: Mutex<Option<Conn>>,
+    failures: AtomicU32,
+    /// Counts new connections, so that subscriptions are made again on each.
+    generation: AtomicU64,
     /// Pub/sub messages (RESP3 pushes) for the run-time change watcher.
     pushes: mpsc::UnboundedSender<PushInfo>,
     up: AtomicBool,
@@ -77,7 +87,9 @@ impl Store {
         let (tx, rx) = mpsc::unbounded_channel();
         let store = Store {
             cfg: cfg.clone(),
-            conn: OnceCell::new(),
+            conn: Mutex::new(None),
+            failures: AtomicU32::new(0),
+            generation: AtomicU64::new(0),
             pushes: tx,
             up: AtomicBool::new(false),
         };
@@ -87,6 +99,11 @@ impl Store {
 
     pub fn up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
+    }
+
+    /// Which connection calls go over now (it changes when one is made anew).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
     }
 
     pub fn op_timeout(&self) -> Duration {
@@ -143,8 +160,18 @@ impl Store {
         let t = self.cfg.op_timeout.0;
         let started = Instant::now();
         let result = tokio::time::timeout(t, async {
-            let conn = self.conn.get_or_try_init(|| self.connect()).await?;
-            f(conn.clone()).await
+            let conn = {
+                let mut slot = self.conn.lock().await;
+                match &*slot {
+                    Some(c) => c.clone(),
+                    None => {
+                        let c = self.connect().await?;
+                        self.generation.fetch_add(1, Ordering::Relaxed);
+                        slot.insert(c).clone()
+                    }
+                }
+            };
+            f(conn).await
         })
         .await;
         FLEET
@@ -166,8 +193,15 @@ impl Store {
             Err(_) => (Err(StoreError::Timeout(t)), Some("timeout")),
         };
         match kind {
-            None => self.set_up(true),
+            None => {
+                self.failures.store(0, Ordering::Relaxed);
+                self.set_up(true)
+            }
             Some(kind) => {
+                if self.failures.fetch_add(1, Ordering::Relaxed) + 1 >= RECONNECT_AFTER {
+                    self.failures.store(0, Ordering::Relaxed);
+                    *self.conn.lock().await = None;
+                }
                 FLEET.store_errors.with_label_values(&[op, kind]).inc();
                 // A server's refusal of one command says nothing about reachability.
                 if kind != "response" {

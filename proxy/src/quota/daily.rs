@@ -259,22 +259,52 @@ impl DailyQuotas {
     }
 
     /// Every tenant's own usage in its current quota day, for the fleet sync.
-    pub fn own_usage(&self) -> Vec<OwnUsage> {
+    /// With `pressing_only`, just the tenants with a partition halfway to
+    /// `max_unsynced_events` (an early sync).
+    pub fn own_usage(&self, pressing_only: bool) -> Vec<OwnUsage> {
+        let view = self.shared.fleet.as_deref();
         self.active()
-            .map(|q| {
+            .filter_map(|q| {
                 let st = q.state.lock().unwrap();
-                OwnUsage {
+                if pressing_only {
+                    let view = view?;
+                    if !st
+                        .usage
+                        .iter()
+                        .any(|(k, u)| st.fleet.should_sync(view, k, *u))
+                    {
+                        return None;
+                    }
+                }
+                Some(OwnUsage {
                     tenant: q.name.clone(),
                     window_start_ms: st.window_start_ms,
                     usage: st.usage.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-                }
+                })
             })
             .collect()
     }
 
+    /// A tenant's sync failed: its limits follow `fleet.on_unavailable` until
+    /// one succeeds (the others' usage it knows may be stale).
+    pub fn sync_failed(&self, tenant: &str) {
+        if let Some(q) = self.active().find(|q| q.name == tenant) {
+            q.state.lock().unwrap().fleet.stale = true;
+        }
+    }
+
     /// What a sync learnt: `sent` reached the others, whose usage is `others`.
     /// Ignored if the tenant's quota day turned meanwhile.
-    pub fn synced(&self, sent: OwnUsage, others: HashMap<String, Usage>, instances: u32) {
+    /// `recorded`: what Redis held for this instance before this sync; on
+    /// the first sync after a start it may be ahead of the saved usage (saved
+    /// once a second, a crash loses up to a second), and is taken.
+    pub fn synced(
+        &self,
+        sent: OwnUsage,
+        others: HashMap<String, Usage>,
+        instances: u32,
+        recorded: Option<HashMap<String, Usage>>,
+    ) {
         let Some(q) = self.active().find(|q| q.name == sent.tenant) else {
             return;
         };
@@ -282,10 +312,19 @@ impl DailyQuotas {
         if st.window_start_ms != sent.window_start_ms {
             return;
         }
+        for (k, r) in recorded.into_iter().flatten() {
+            let u = st.usage.entry(k).or_default();
+            if r.events > u.events || r.bytes > u.bytes {
+                u.events = u.events.max(r.events);
+                u.bytes = u.bytes.max(r.bytes);
+                st.dirty = true;
+            }
+        }
         let share = FleetShare {
             others,
             synced: sent.usage.into_iter().collect(),
             instances,
+            stale: false,
         };
         // Saved with the usage (a restart during an outage keeps its share).
         if st.fleet != share {
@@ -636,6 +675,58 @@ mod tests {
         assert_eq!(window_start(T0, 14), T0 - 20 * HOUR_MS); // 10:00 belongs to the day that began yesterday 14:00
         assert_eq!(window_start(T0 + 4 * HOUR_MS, 14), T0 + 4 * HOUR_MS); // 14:00 sharp starts a new one
         assert_eq!(window_start(T0, 0), T0 - 10 * HOUR_MS);
+    }
+
+    #[test]
+    fn a_sync_after_a_crash_takes_what_redis_recorded_and_a_failed_one_makes_the_tenant_follow_the_policy(
+    ) {
+        use crate::config::Unavailable;
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::at(T0);
+        let mut q = DailyQuotas::new(clock.clone(), dir.path());
+        let view = Arc::new(FleetView::new(Unavailable::FailClosed, 100, 2));
+        view.set_degraded(false);
+        q.share_with_fleet(view.clone());
+        let s = q.add("acme", Some(&cfg(1000, QuotaAction::ArchiveOnly)));
+        let mut b = batch(&["a"; 3]);
+        s.process(&mut b).unwrap();
+        let own = q.own_usage(false).remove(0);
+        assert_eq!(
+            own.usage,
+            vec![(
+                String::new(),
+                Usage {
+                    events: 3,
+                    bytes: 0
+                }
+            )]
+        );
+        // Redis had 7 for this instance (indexed before a crash, after the last save).
+        let recorded = [(
+            String::new(),
+            Usage {
+                events: 7,
+                bytes: 0,
+            },
+        )]
+        .into_iter()
+        .collect();
+        q.synced(own, HashMap::new(), 2, Some(recorded));
+        assert_eq!(q.views()[0].usage[""].events, 7);
+        // Later syncs never take Redis's figure (a refund may have lowered the usage since).
+        let own = q.own_usage(false).remove(0);
+        q.synced(own, HashMap::new(), 2, None);
+        assert_eq!(q.views()[0].usage[""].events, 7);
+        // This tenant's sync fails while Redis answers the rest: fail_closed for it alone.
+        q.sync_failed("acme");
+        let mut b = batch(&["a"; 2]);
+        s.process(&mut b).unwrap();
+        assert_eq!(indexed(&b), 0);
+        let own = q.own_usage(false).remove(0);
+        q.synced(own, HashMap::new(), 2, None);
+        let mut b = batch(&["a"; 2]);
+        s.process(&mut b).unwrap();
+        assert_eq!(indexed(&b), 2);
     }
 
     #[test]

@@ -99,7 +99,8 @@ impl<C: GovernorClock + Clone> RateLimit<C> {
 
     /// Limiters for a `divisor`-th of `c` (a fleet of `divisor` instances).
     fn build(c: &RateLimitConfig, clock: &C, divisor: u32) -> TenantLimits<C> {
-        let part = |v: u64| v.div_ceil(divisor as u64);
+        // Rounded down: the instances' parts never add up to more than the limit.
+        let part = |v: u64| (v / divisor as u64).max(1);
         TenantLimits {
             events: c.events_per_second.map(|r| {
                 RateLimiter::new(
@@ -130,9 +131,13 @@ impl<C: GovernorClock + Clone> RateLimit<C> {
                 return Err(f.retry_after_secs);
             }
             let n = f.view.instances();
-            if f.divisor.swap(n, Ordering::Relaxed) != n {
-                *self.limits.write().unwrap() =
-                    Some(Arc::new(Self::build(&f.config, &self.clock, n)));
+            if f.divisor.load(Ordering::Relaxed) != n {
+                // Checked again under the lock: two batches seeing the change build once.
+                let mut limits = self.limits.write().unwrap();
+                if f.divisor.load(Ordering::Relaxed) != n {
+                    *limits = Some(Arc::new(Self::build(&f.config, &self.clock, n)));
+                    f.divisor.store(n, Ordering::Relaxed);
+                }
             }
         }
         Ok(self.limits.read().unwrap().clone())

@@ -70,6 +70,14 @@ impl FleetView {
         }
     }
 
+    /// What `on_unavailable` makes of a limit.
+    pub fn unavailable_mode(&self) -> Mode {
+        match self.policy {
+            Unavailable::Local => Mode::Local,
+            Unavailable::FailClosed => Mode::FailClosed,
+        }
+    }
+
     pub fn set_degraded(&self, degraded: bool) {
         self.degraded.store(degraded, Ordering::Relaxed);
     }
@@ -93,6 +101,10 @@ pub struct FleetShare {
     pub synced: HashMap<String, Usage>,
     /// Instances live at the last sync (0: never synced).
     pub instances: u32,
+    /// The last sync of this tenant failed (Redis answered others): its
+    /// limits follow the policy for an unreachable Redis.
+    #[serde(default)]
+    pub stale: bool,
 }
 
 impl FleetShare {
@@ -107,7 +119,11 @@ impl FleetShare {
     ) -> (Option<u64>, Option<u64>) {
         let others = self.others.get(key).copied().unwrap_or_default();
         let synced = self.synced.get(key).copied().unwrap_or_default();
-        match view.mode() {
+        let mode = match self.stale {
+            true => view.unavailable_mode(),
+            false => view.mode(),
+        };
+        match mode {
             Mode::Shared => {
                 // The cap on unsynced events bounds a byte limit's overshoot too.
                 let cap = synced.events + view.max_unsynced_events;
@@ -194,6 +210,11 @@ mod tests {
         );
         // No limit stays no limit in every mode.
         assert_eq!(share.own_limits(&closed, "", None, None), (None, None));
+        // One tenant whose own sync failed follows the policy while Redis answers.
+        let mut stale = share.clone();
+        stale.stale = true;
+        view.set_degraded(false);
+        assert_eq!(stale.own_limits(&view, "", Some(1000), None).0, Some(266));
     }
 
     /// Instance `i` syncs: tells Redis its own usage, hears the others'.
