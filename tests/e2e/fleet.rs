@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const KEY: (&str, &str) = ("DD-API-KEY", "agent-key");
 const TOKEN: &str = "fleet-admin-token";
@@ -22,15 +22,6 @@ const Q: u64 = 20_000;
 const A: u64 = 500;
 /// The stated propagation time of an admin edit over pub/sub.
 const PROPAGATION: Duration = Duration::from_secs(2);
-
-/// Twelve hours from now: the quota's day cannot turn during a test.
-fn reset_hour() -> u64 {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    (secs / 3600 + 12) % 24
-}
 
 /// acme's daily quota of `max` events (over it: archive only).
 fn quota(max: u64) -> String {
@@ -189,23 +180,11 @@ async fn flood(
 
 /// Waits until every instance's `/readyz` is 200 with `"fleet": {"store": store, "mode": mode}`.
 async fn wait_fleet_state(weirs: &[Weir], store: &str, mode: &str, limit: Duration) {
-    let start = Instant::now();
-    loop {
-        let mut seen = Vec::new();
-        for w in weirs {
-            seen.push(readyz(w).await);
-        }
-        if seen.iter().all(|(status, b)| {
-            *status == 200 && b["fleet"]["store"] == store && b["fleet"]["mode"] == mode
-        }) {
-            return;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "not every instance ready with fleet store {store}, mode {mode} after {limit:?}: {seen:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = format!("fleet store {store}, mode {mode}");
+    wait_readyz(weirs, &what, limit, |f| {
+        f["store"] == store && f["mode"] == mode
+    })
+    .await;
 }
 
 /// acme's entry of `GET /admin/quotas`.

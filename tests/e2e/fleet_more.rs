@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const TOKEN: &str = "fleet-more-token";
 /// The stated propagation time of an admin edit over pub/sub.
@@ -199,38 +199,14 @@ impl Drop for RedisCluster {
     }
 }
 
-/// Twelve hours from now: the quota's day cannot turn during a test.
-fn reset_hour() -> u64 {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    (secs / 3600 + 12) % 24
-}
-
 /// Waits until every instance's `/readyz` is 200 with the fleet's store up,
 /// mode shared and `instances` live; how long that took.
 async fn wait_fleet(weirs: &[Weir], instances: u64, limit: Duration) -> Duration {
-    let start = Instant::now();
-    loop {
-        let mut seen = Vec::new();
-        for w in weirs {
-            seen.push(readyz(w).await);
-        }
-        if seen.iter().all(|(status, b)| {
-            *status == 200
-                && b["fleet"]["store"] == "up"
-                && b["fleet"]["mode"] == "shared"
-                && b["fleet"]["instances"].as_u64() == Some(instances)
-        }) {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < limit,
-            "not every instance ready with fleet store up, mode shared, {instances} instances after {limit:?}: {seen:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = format!("fleet store up, mode shared, {instances} instances");
+    wait_readyz(weirs, &what, limit, |f| {
+        f["store"] == "up" && f["mode"] == "shared" && f["instances"].as_u64() == Some(instances)
+    })
+    .await
 }
 
 /// `GET /admin/quotas` of `w`, by tenant.

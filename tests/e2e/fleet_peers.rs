@@ -484,3 +484,40 @@ pub async fn readyz(w: &Weir) -> (u16, Value) {
         .unwrap();
     (r.status, r.json())
 }
+
+/// Waits until every instance's `/readyz` is 200 with a `fleet` that `ok`
+/// takes (`what` says what, for the failure); how long that took.
+pub async fn wait_readyz(
+    weirs: &[Weir],
+    what: &str,
+    limit: Duration,
+    ok: impl Fn(&Value) -> bool,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let mut seen = Vec::new();
+        for w in weirs {
+            seen.push(readyz(w).await);
+        }
+        if seen
+            .iter()
+            .all(|(status, b)| *status == 200 && ok(&b["fleet"]))
+        {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "not every instance ready with {what} after {limit:?}: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Twelve hours from now: the quota's day cannot turn during a test.
+pub fn reset_hour() -> u64 {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    (secs / 3600 + 12) % 24
+}
