@@ -189,15 +189,10 @@ async fn wait_fleet_state(weirs: &[Weir], store: &str, mode: &str, limit: Durati
 
 /// acme's entry of `GET /admin/quotas`.
 async fn quota_view(w: &Weir) -> Value {
-    let r = admin(w, "GET", "/admin/quotas", Some(TOKEN), json!(null)).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()["quotas"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|q| q["tenant"] == "acme")
-        .cloned()
-        .unwrap_or_else(|| panic!("no quota for acme: {}", r.text()))
+    quota_views(w, TOKEN)
+        .await
+        .remove("acme")
+        .expect("a quota for acme")
 }
 
 /// Waits until every instance's fleet usage (as last synced) is the sum of the

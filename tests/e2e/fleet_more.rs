@@ -5,7 +5,7 @@
 //! (each instance enforces the limit divided by the live instances).
 use crate::fleet_peers::*;
 use crate::harness::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -66,17 +66,8 @@ impl RedisCluster {
         let start = Instant::now();
         for i in 0..nodes {
             let port = c.ports[i];
-            while redis_cmd(port, &["PING"]).await != Ok(Resp::Simple("PONG".into())) {
-                if let Ok(Some(status)) = c.children[i].try_wait() {
-                    panic!("redis-server exited early ({status}): {}", c.log());
-                }
-                assert!(
-                    start.elapsed() < Duration::from_secs(10),
-                    "redis-server {port} does not answer PING: {}",
-                    c.log()
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            let log = c.dir.path().join(format!("redis-{port}.log"));
+            await_pong(port, &mut c.children[i], &log).await;
         }
         let addrs: Vec<String> = c.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let out = Command::new(&c.cli)
@@ -209,24 +200,12 @@ async fn wait_fleet(weirs: &[Weir], instances: u64, limit: Duration) -> Duration
     .await
 }
 
-/// `GET /admin/quotas` of `w`, by tenant.
-async fn quota_views(w: &Weir) -> BTreeMap<String, Value> {
-    let r = admin(w, "GET", "/admin/quotas", Some(TOKEN), json!(null)).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()["quotas"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|q| (q["tenant"].as_str().unwrap().to_string(), q.clone()))
-        .collect()
-}
-
 /// The instances' own usage of `tenant` added up, and whether every instance's
 /// fleet view (as last synced) shows that sum with `n` instances.
 async fn own_and_converged(weirs: &[Weir], tenant: &str, n: u64) -> (u64, bool) {
     let mut views = Vec::new();
     for w in weirs {
-        views.push(quota_views(w).await[tenant].clone());
+        views.push(quota_views(w, TOKEN).await[tenant].clone());
     }
     let own: u64 = views
         .iter()
@@ -374,7 +353,7 @@ async fn quotas_and_rule_changes_are_shared_through_a_redis_cluster() {
 
     // The keys: each tenant's usage hash on the node of its slot, one field per instance.
     let mut holders = BTreeMap::new();
-    let views = quota_views(&weirs[0]).await;
+    let views = quota_views(&weirs[0], TOKEN).await;
     for (name, _, _) in CLUSTER_TENANTS {
         let window = views[name]["window_start_ms"].as_i64().unwrap();
         let key = format!("weir:{{{name}}}:q:{window}");

@@ -97,23 +97,8 @@ impl RedisServer {
             .spawn()
             .expect("spawning redis-server");
         self.child = Some(child);
-        let start = Instant::now();
-        loop {
-            if let Ok(Resp::Simple(s)) = redis_cmd(self.port, &["PING"]).await {
-                if s == "PONG" {
-                    return;
-                }
-            }
-            if let Ok(Some(status)) = self.child.as_mut().unwrap().try_wait() {
-                panic!("redis-server exited early ({status}): {}", self.log());
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "redis-server does not answer PING: {}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let log = self.dir.path().join("redis.log");
+        await_pong(self.port, self.child.as_mut().unwrap(), &log).await;
     }
 
     /// `redis://127.0.0.1:<port>/`
@@ -133,10 +118,6 @@ impl RedisServer {
     pub async fn restart(&mut self) {
         self.kill9();
         self.spawn().await;
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
     }
 }
 
@@ -520,4 +501,34 @@ pub fn reset_hour() -> u64 {
         .unwrap()
         .as_secs();
     (secs / 3600 + 12) % 24
+}
+
+/// Waits (10 s at most) until the redis-server `child` on `port` answers PING;
+/// fails with its log if it exits or stays silent.
+pub async fn await_pong(port: u16, child: &mut Child, log: &Path) {
+    let start = Instant::now();
+    let log = || std::fs::read_to_string(log).unwrap_or_default();
+    while redis_cmd(port, &["PING"]).await != Ok(Resp::Simple("PONG".into())) {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("redis-server {port} exited early ({status}): {}", log());
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "redis-server {port} does not answer PING: {}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `GET /admin/quotas` of `w` (admin token `token`), by tenant.
+pub async fn quota_views(w: &Weir, token: &str) -> BTreeMap<String, Value> {
+    let r = admin(w, "GET", "/admin/quotas", Some(token), json!(null)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["quotas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| (q["tenant"].as_str().unwrap().to_string(), q.clone()))
+        .collect()
 }

@@ -106,10 +106,6 @@ impl Store {
         self.generation.load(Ordering::Relaxed)
     }
 
-    pub fn op_timeout(&self) -> Duration {
-        self.cfg.op_timeout.0
-    }
-
     async fn connect(&self) -> redis::RedisResult<Conn> {
         let t = self.cfg.op_timeout.0;
         if let Some(url) = &self.cfg.redis.url {

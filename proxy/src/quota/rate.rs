@@ -39,15 +39,15 @@ pub struct RateLimit<C: GovernorClock = DefaultClock> {
     clock: C,
     /// In a fleet, this instance enforces the limit divided by the live
     /// instances, rebuilt when their number changes.
-    fleet: Option<FleetShare<C>>,
+    fleet: Option<FleetPart>,
 }
 
-struct FleetShare<C: GovernorClock> {
+/// How this instance takes its part of a fleet-wide limit.
+struct FleetPart {
     view: Arc<FleetView>,
     config: RateLimitConfig,
     divisor: AtomicU32,
     retry_after_secs: u64,
-    _clock: std::marker::PhantomData<C>,
 }
 
 /// A GCRA quota of `per_second` (at least 1) with `burst` (default: one second's worth).
@@ -79,12 +79,11 @@ impl<C: GovernorClock + Clone> RateLimit<C> {
         let Some(config) = self.config() else {
             return self;
         };
-        self.fleet = Some(FleetShare {
+        self.fleet = Some(FleetPart {
             view,
             config,
             divisor: AtomicU32::new(1),
             retry_after_secs: sync_interval.as_secs().max(1),
-            _clock: std::marker::PhantomData,
         });
         self
     }
