@@ -61,16 +61,17 @@ pub fn lines(
         let archive = if !archive.enabled {
             "no archive".to_string()
         } else {
-            match &archive.store {
-                crate::config::StoreConfig::Local { root } => {
-                    format!("archive {}", root.join(&t.name).display())
-                }
-                crate::config::StoreConfig::S3 { bucket, .. } => format!("archive s3://{bucket}"),
-                crate::config::StoreConfig::Gcs { bucket, .. } => format!("archive gs://{bucket}"),
-                crate::config::StoreConfig::Azure {
-                    account, container, ..
-                } => format!("archive azure://{account}/{container}"),
-            }
+            let urls: Vec<String> = t
+                .archive_stores
+                .iter()
+                .map(|s| match &s.store {
+                    crate::config::StoreConfig::Local { root } => {
+                        root.join(&t.name).display().to_string()
+                    }
+                    store => store.url(),
+                })
+                .collect();
+            format!("archive {}", urls.join(", then "))
         };
         let backends: Vec<String> = t
             .route

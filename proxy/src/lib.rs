@@ -53,7 +53,7 @@ pub async fn run(plan: Plan, path: Option<std::path::PathBuf>) -> anyhow::Result
     let config = &plan.config;
     let _ = std::fs::create_dir_all(&config.data_dir);
     let drain = CancellationToken::new();
-    let (mut archives, writers) = open_archives(&plan, &drain)?;
+    let (mut archives, writers, archive_stores) = open_archives(&plan, &drain)?;
     // Backends and one route per tenant: a generation a config reload replaces.
     let dead_letters = archives
         .iter()
@@ -114,7 +114,8 @@ pub async fn run(plan: Plan, path: Option<std::path::PathBuf>) -> anyhow::Result
         .with_disk(buffers.disk.clone())
         .with_rehydrations(rehydrations.clone())
         .with_tails(tails)
-        .with_patterns(patterns),
+        .with_patterns(patterns)
+        .with_archive_stores(archive_stores),
     );
     let saver = save_quotas_every_second(quotas.clone(), drain.clone());
     let fleet_sync = fleet.map(|(f, pushes)| {
@@ -193,22 +194,24 @@ impl Buffers {
 }
 
 /// Every tenant's archive writer, by tenant name, with where its
-/// undeliverable events go; and the writer tasks to wait for at shutdown.
+/// undeliverable events go; the writer tasks to wait for at shutdown; and the
+/// stores they write to.
 type Archives = HashMap<String, (ArchiveHandle, DeadLetters)>;
 
 fn open_archives(
     plan: &Plan,
     drain: &CancellationToken,
-) -> anyhow::Result<(Archives, Vec<JoinHandle<()>>)> {
-    let mut stores = archive::Stores::default();
+) -> anyhow::Result<(Archives, Vec<JoinHandle<()>>, Arc<archive::Stores>)> {
+    let stores = Arc::new(archive::Stores::default());
+    stores.export_gauges();
     let mut archives = HashMap::new();
     let mut writers = Vec::new();
     for t in plan.tenants.iter().filter(|t| t.archive.enabled) {
-        let store = stores
-            .get_or_open(&t.archive.store)
+        let set = stores
+            .set(&t.name, &t.archive_stores, t.archive.failover)
             .with_context(|| format!("tenant {}", t.name))?;
-        let dead_letters = archive::DeadLetters::new(&t.name, &t.archive, store.clone());
-        let (handle, task) = archive::spawn_writer(&t.name, &t.archive, store, drain.clone());
+        let dead_letters = archive::DeadLetters::new(&t.name, &t.archive, set.clone());
+        let (handle, task) = archive::spawn_writer(&t.name, &t.archive, set, drain.clone());
         // A writer that dies is reported when it does, not at shutdown.
         let what = format!("tenant {}", t.name);
         writers.push(telemetry::faults::supervise(
@@ -218,7 +221,7 @@ fn open_archives(
         ));
         archives.insert(t.name.clone(), (handle, dead_letters));
     }
-    Ok((archives, writers))
+    Ok((archives, writers, stores))
 }
 
 /// What the tenants' stages share, filled in one tenant at a time: the rule

@@ -465,3 +465,72 @@ fn cargo_run_at_the_workspace_root_runs_weir() {
     let members = meta["workspace_members"].as_array().unwrap();
     assert_eq!(members.len(), 2, "{members:?}");
 }
+
+/// Residency: a tenant pinned to a region archives only to stores of the
+/// regions it may use; `weir check` refuses the config otherwise, naming the
+/// line of the store and why.
+#[test]
+fn check_refuses_a_pinned_tenant_archiving_outside_its_regions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("residency.yaml");
+    let config = |tenant: &str| {
+        format!(
+            "listeners: [{{name: i, address: \"127.0.0.1:1\", protocol: http}}]
+archive_stores:
+  - name: eu-main
+    store: {{type: s3, bucket: logs-eu, region: eu-west-1}}
+  - name: eu-dr
+    store: {{type: gcs, bucket: logs-eu-dr}}
+  - name: us-main
+    store: {{type: s3, bucket: logs-us, region: us-east-1}}
+archive:
+  store: {{type: local, root: /tmp/weir-archive}}
+backends:
+  - {{name: eu, type: file, path: /tmp/eu}}
+  - {{name: us, type: file, path: /tmp/us}}
+regions:
+  - {{name: eu, tiers: [[eu]], archive_stores: [eu-main, eu-dr]}}
+  - {{name: us, tiers: [[us]], archive_stores: [us-main]}}
+tenants:
+{tenant}"
+        )
+    };
+    let check = |tenant: &str| {
+        std::fs::write(&path, config(tenant)).unwrap();
+        weir_cli(&["check", "--config", path.to_str().unwrap()])
+    };
+    // Pinned to eu, archiving in us: refused, at the line naming the store.
+    let (code, _, err) = check(
+        "  - name: acme\n    api_keys: [k]\n    region: eu\n    archive:\n      stores:\n        - us-main\n",
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.starts_with(&format!("error: {}:23:", path.display())),
+        "{err}"
+    );
+    assert!(
+        err.contains("field `tenants[0].archive.stores[0]`")
+            && err.contains("\"us-main\" belongs to [\"us\"]")
+            && err.contains("outside its regions"),
+        "{err}"
+    );
+    // The same store is fine once the tenant may fail over to us.
+    let (code, _, err) = check(
+        "  - name: acme\n    api_keys: [k]\n    region: eu\n    failover_regions: [us]\n    archive: {stores: [us-main]}\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    // Pinned to eu without an archive of its own: its region's stores, accepted.
+    let (code, out, err) = check("  - {name: acme, api_keys: [k], region: eu}\n");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ok"), "{out}");
+    // A store no archive_stores entry defines.
+    let (code, _, err) = check(
+        "  - {name: acme, api_keys: [k], region: eu, archive: {stores: [eu-main, eu-backup]}}\n",
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("field `tenants[0].archive.stores[1]`")
+            && err.contains("no archive store named \"eu-backup\""),
+        "{err}"
+    );
+}

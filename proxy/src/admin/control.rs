@@ -44,6 +44,8 @@ pub struct Control {
     pub tails: Option<Arc<crate::observe::tail::Tails>>,
     /// Fleet mode: changes go through the fleet's Redis first.
     fleet: std::sync::OnceLock<Arc<crate::fleet::Fleet>>,
+    /// The archive's stores and their health (`/readyz`).
+    archive_stores: Option<Arc<crate::archive::Stores>>,
 }
 
 #[derive(Deserialize)]
@@ -84,6 +86,7 @@ impl Control {
             lock: Mutex::new(()),
             tails: None,
             fleet: std::sync::OnceLock::new(),
+            archive_stores: None,
         };
         if let Some(saved) = Overrides::load(&c.state_dir)? {
             c.apply(&saved).map_err(|e| {
@@ -177,6 +180,18 @@ impl Control {
     pub fn with_tails(mut self, tails: Arc<crate::observe::tail::Tails>) -> Control {
         self.tails = Some(tails);
         self
+    }
+
+    pub fn with_archive_stores(mut self, stores: Arc<crate::archive::Stores>) -> Control {
+        self.archive_stores = Some(stores);
+        self
+    }
+
+    /// Each archive store's state, for `/readyz`.
+    pub fn archive_report(&self) -> serde_json::Value {
+        self.archive_stores
+            .as_ref()
+            .map_or(serde_json::Value::Array(vec![]), |s| s.report())
     }
 
     pub fn with_disk(mut self, disk: Option<Arc<crate::buffer::Disk>>) -> Control {

@@ -185,6 +185,8 @@ async fn answer(
                 "buffer": buffer,
                 // Redis down does not make an instance unready: the fleet policy applies.
                 "fleet": control.fleet_report(),
+                // Nor does an archive store down: objects go to the next store, or wait.
+                "archive_stores": control.archive_report(),
             });
             let ready = ready && failures == 0 && disk_ok;
             let status = if ready {

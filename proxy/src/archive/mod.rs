@@ -7,6 +7,9 @@
 //! uncompressed, when its oldest event is `max_object_age` old, when the hour
 //! changes, and on shutdown.
 mod store;
+mod stores;
+
+pub use stores::{ArchiveStore, StoreSet, Stores};
 
 use crate::budget::{Budget, Queue, Reservation};
 use crate::config::{ArchiveCompression, ArchiveConfig, StoreConfig};
@@ -16,7 +19,7 @@ use chrono::{DateTime, Utc};
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::ObjectStore;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -45,39 +48,11 @@ pub fn open_store(cfg: &StoreConfig) -> anyhow::Result<Arc<dyn ObjectStore>> {
     store::open(cfg)
 }
 
-/// The stores opened so far, shared by archives whose store config is equal by
-/// value (credentials included: two archives that differ only in their keys get
-/// two clients, each writing with its own).
-#[derive(Default)]
-pub struct Stores {
-    open: Vec<(StoreConfig, Arc<dyn ObjectStore>)>,
-}
-
-impl Stores {
-    pub fn get_or_open(&mut self, cfg: &StoreConfig) -> anyhow::Result<Arc<dyn ObjectStore>> {
-        if let Some((_, s)) = self.open.iter().find(|(c, _)| c == cfg) {
-            return Ok(s.clone());
-        }
-        let s = open_store(cfg)?;
-        self.open.push((cfg.clone(), s.clone()));
-        Ok(s)
-    }
-
-    /// How many distinct stores are open.
-    pub fn len(&self) -> usize {
-        self.open.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.open.is_empty()
-    }
-}
-
 /// Starts the archive writer of `tenant`.
 pub fn spawn_writer(
     tenant: &str,
     cfg: &ArchiveConfig,
-    store: Arc<dyn ObjectStore>,
+    stores: StoreSet,
     drain: CancellationToken,
 ) -> (ArchiveHandle, JoinHandle<()>) {
     let budget = Budget::new(
@@ -87,7 +62,7 @@ pub fn spawn_writer(
     let (queue, rx) = Queue::new(budget);
     let writer = Writer {
         tenant: tenant.to_string(),
-        store,
+        stores,
         max_object_bytes: cfg.max_object_bytes.as_usize(),
         max_object_age: cfg.max_object_age.0,
         compression: cfg.compression,
@@ -106,13 +81,15 @@ struct OpenObject {
     raw_bytes: usize,
     events: usize,
     deadline: Instant,
+    /// Its oldest event's arrival (ms).
+    oldest_ms: i64,
     /// The log records whose lines it holds, released once it is written.
     progress: Vec<Arc<crate::wal::Progress>>,
 }
 
 struct Writer {
     tenant: String,
-    store: Arc<dyn ObjectStore>,
+    stores: StoreSet,
     max_object_bytes: usize,
     max_object_age: Duration,
     compression: ArchiveCompression,
@@ -169,16 +146,16 @@ pub fn compress(compression: ArchiveCompression, level: u32, lines: &[u8]) -> Ve
 #[derive(Clone)]
 pub struct DeadLetters {
     tenant: String,
-    store: Arc<dyn ObjectStore>,
+    stores: StoreSet,
     compression: ArchiveCompression,
     level: u32,
 }
 
 impl DeadLetters {
-    pub fn new(tenant: &str, cfg: &ArchiveConfig, store: Arc<dyn ObjectStore>) -> DeadLetters {
+    pub fn new(tenant: &str, cfg: &ArchiveConfig, stores: StoreSet) -> DeadLetters {
         DeadLetters {
             tenant: tenant.to_string(),
-            store,
+            stores,
             compression: cfg.compression,
             level: cfg.compression_level,
         }
@@ -199,11 +176,11 @@ impl DeadLetters {
             "dead-letter/{}/{name}-{backend}-{status}{suffix}",
             self.tenant
         ));
-        self.store
-            .put(&path, PutPayload::from_bytes(body))
+        // One pass over the archive's stores (the caller retries or counts the loss).
+        self.stores
+            .try_put(&path, &body, None, &mut None)
             .await
-            .map(|_| path.to_string())
-            .map_err(|e| e.to_string())
+            .map(|s| format!("{}/{path}", s.name))
     }
 }
 
@@ -264,6 +241,7 @@ impl Writer {
             raw_bytes: 0,
             events: 0,
             deadline: Instant::now() + self.max_object_age,
+            oldest_ms: chunk.received_at_ms,
             progress: Vec::new(),
         });
         // Compression is CPU work: on delivery's threads, not the async workers.
@@ -282,6 +260,7 @@ impl Writer {
                 .await
                 .expect("compressing into memory does not panic"),
         );
+        open.oldest_ms = open.oldest_ms.min(chunk.received_at_ms);
         open.raw_bytes += chunk.lines.len();
         open.events += chunk.events;
         // The chunk's hold moves to the object.
@@ -302,25 +281,7 @@ impl Writer {
         );
         let name = object_name(&open.partition, self.compression.suffix());
         let path = ObjectPath::from(format!("{}/{name}", self.tenant));
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self
-                .store
-                .put(&path, PutPayload::from_bytes(body.clone()))
-                .await
-            {
-                Ok(_) => break,
-                Err(e) => {
-                    METRICS
-                        .archive_errors
-                        .with_label_values(&[&self.tenant])
-                        .inc();
-                    tracing::warn!(tenant = %self.tenant, object = %path, error = %e, retry_in = ?backoff, "archive write failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                }
-            }
-        }
+        let taken_by = self.stores.put(&path, body.clone(), open.oldest_ms).await;
         crate::wal::release_all(&open.progress);
         METRICS
             .archived_events
@@ -334,23 +295,25 @@ impl Writer {
             .archive_objects
             .with_label_values(&[&self.tenant])
             .inc();
-        tracing::debug!(tenant = %self.tenant, object = %path, events = open.events, bytes = body.len(), "archive object written");
+        tracing::debug!(tenant = %self.tenant, store = %taken_by.name, object = %path, events = open.events, bytes = body.len(), "archive object written");
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ByteSize, Dur};
+    use crate::config::{ByteSize, Dur, NamedStore};
     use flate2::read::MultiGzDecoder;
     use std::io::Read;
 
     fn cfg(root: &std::path::Path, max_bytes: u64) -> ArchiveConfig {
         ArchiveConfig {
             enabled: true,
-            store: StoreConfig::Local {
+            store: Some(StoreConfig::Local {
                 root: root.to_path_buf(),
-            },
+            }),
+            stores: vec![],
+            failover: Default::default(),
             max_object_bytes: ByteSize(max_bytes),
             max_object_age: Dur(Duration::from_secs(3600)),
             compression: ArchiveCompression::Gzip,
@@ -359,16 +322,28 @@ mod tests {
         }
     }
 
+    /// The one local store of `c`, as the writer takes it.
+    fn local_set(c: &ArchiveConfig) -> StoreSet {
+        let named = NamedStore {
+            name: "local".into(),
+            store: c.store.clone().unwrap(),
+        };
+        Stores::default().set("acme", &[named], c.failover).unwrap()
+    }
+
     #[test]
     fn stores_differing_only_in_credentials_are_not_shared() {
-        let s3 = |secret: &str| -> StoreConfig {
-            serde_yaml::from_str(&format!(
+        let s3 = |secret: &str| {
+            NamedStore {
+            name: "s3".into(),
+            store: serde_yaml::from_str(&format!(
                 "{{type: s3, bucket: logs, endpoint: \"http://127.0.0.1:9\", allow_http: true, path_style: true, \
                  region: us-east-1, access_key_id: AKIA1, secret_access_key: {secret}}}"
             ))
-            .unwrap()
+            .unwrap(),
+        }
         };
-        let mut stores = Stores::default();
+        let stores = Stores::default();
         let a = stores.get_or_open(&s3("first-secret")).unwrap();
         let b = stores.get_or_open(&s3("second-secret")).unwrap();
         assert_eq!(
@@ -403,9 +378,8 @@ mod tests {
     async fn writes_partitioned_objects_by_size_and_on_drain() {
         let dir = tempfile::tempdir().unwrap();
         let c = cfg(dir.path(), 40);
-        let store = open_store(&c.store).unwrap();
         let drain = CancellationToken::new();
-        let (h, task) = spawn_writer("acme", &c, store, drain.clone());
+        let (h, task) = spawn_writer("acme", &c, local_set(&c), drain.clone());
         // 2024-01-02 03:xx UTC
         let t = 1704164645678;
         for i in 0..5 {
@@ -450,9 +424,8 @@ mod tests {
         let mut c = cfg(dir.path(), 1 << 20);
         c.compression = ArchiveCompression::Zstd;
         c.compression_level = 3;
-        let store = open_store(&c.store).unwrap();
         let drain = CancellationToken::new();
-        let (h, task) = spawn_writer("acme", &c, store, drain.clone());
+        let (h, task) = spawn_writer("acme", &c, local_set(&c), drain.clone());
         let lines = "{\"message\":\"one\"}\n{\"message\":\"two\"}\n";
         h.send(ArchiveChunk {
             lines: Bytes::from(lines),

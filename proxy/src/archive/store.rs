@@ -12,7 +12,7 @@ use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::prefix::PrefixStore;
-use object_store::{ClientConfigKey, ObjectStore, StaticCredentialProvider};
+use object_store::{ClientConfigKey, ClientOptions, ObjectStore, StaticCredentialProvider};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -31,16 +31,9 @@ pub fn open(cfg: &StoreConfig) -> anyhow::Result<Arc<dyn ObjectStore>> {
                 .map_err(|e| anyhow::anyhow!("archive directory {}: {e}", root.display()))?;
             Ok(Arc::new(fs))
         }
-        StoreConfig::S3 {
-            bucket,
-            prefix,
-            access_key_id,
-            secret_access_key,
-            session_token,
-            ..
-        } => {
-            let name = format!("S3 archive store {}", url("s3", &[bucket], prefix));
-            let secrets = [access_key_id, secret_access_key, session_token];
+        StoreConfig::S3 { prefix, .. } => {
+            let name = format!("S3 archive store {}", cfg.url());
+            let secrets = cfg.secrets();
             let store = s3(cfg).map_err(|e| named(&name, e, &secrets))?;
             with_prefix(store, prefix).map_err(|e| named(&name, e, &secrets))
         }
@@ -48,34 +41,51 @@ pub fn open(cfg: &StoreConfig) -> anyhow::Result<Arc<dyn ObjectStore>> {
             bucket,
             prefix,
             service_account_path,
+            service_account_key,
+            endpoint,
+            allow_http,
         } => {
-            let name = format!("GCS archive store {}", url("gs", &[bucket], prefix));
+            let name = format!("GCS archive store {}", cfg.url());
+            let secrets = cfg.secrets();
             let mut b = GoogleCloudStorageBuilder::from_env()
                 .with_bucket_name(bucket)
                 .with_retry(quick_retries());
-            if let Some(path) = service_account_path {
-                let path = path.to_str().ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "{name}: service_account_path {} is not valid UTF-8",
-                        path.display()
-                    )
-                })?;
-                b = b.with_service_account_path(path);
+            match (service_account_path, service_account_key) {
+                (Some(_), Some(_)) => anyhow::bail!(
+                    "{name}: set service_account_path or service_account_key, not both"
+                ),
+                (Some(path), None) => {
+                    let path = path.to_str().ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "{name}: service_account_path {} is not valid UTF-8",
+                            path.display()
+                        )
+                    })?;
+                    b = b.with_service_account_path(path);
+                }
+                (None, Some(key)) => b = b.with_service_account_key(key.expose()),
+                (None, None) => {}
             }
-            let store = b.build().map_err(|e| named(&name, e.into(), &[]))?;
-            with_prefix(store, prefix).map_err(|e| named(&name, e, &[]))
+            if let Some(endpoint) = endpoint {
+                let endpoint = base_url(endpoint, *allow_http).map_err(|e| named(&name, e, &[]))?;
+                b = b.with_base_url(&endpoint);
+            }
+            if *allow_http {
+                b = b.with_client_options(ClientOptions::new().with_allow_http(true));
+            }
+            let store = b.build().map_err(|e| named(&name, e.into(), &secrets))?;
+            with_prefix(store, prefix).map_err(|e| named(&name, e, &secrets))
         }
         StoreConfig::Azure {
             account,
             container,
             prefix,
             access_key,
+            endpoint,
+            allow_http,
         } => {
-            let name = format!(
-                "Azure archive store {}",
-                url("azure", &[account, container], prefix)
-            );
-            let secrets = [access_key];
+            let name = format!("Azure archive store {}", cfg.url());
+            let secrets = cfg.secrets();
             let mut b = MicrosoftAzureBuilder::from_env()
                 .with_account(account)
                 .with_container_name(container)
@@ -87,13 +97,36 @@ pub fn open(cfg: &StoreConfig) -> anyhow::Result<Arc<dyn ObjectStore>> {
                 }
                 b = b.with_access_key(key.expose());
             }
+            if let Some(endpoint) = endpoint {
+                let endpoint = base_url(endpoint, *allow_http).map_err(|e| named(&name, e, &[]))?;
+                b = b.with_endpoint(endpoint);
+            }
+            if *allow_http {
+                b = b.with_allow_http(true);
+            }
             let store = b.build().map_err(|e| named(&name, e.into(), &secrets))?;
             with_prefix(store, prefix).map_err(|e| named(&name, e, &secrets))
         }
     }
 }
 
-/// `s3://bucket/prefix`, for messages.
+/// An endpoint given as a base URL: http(s), no query, no trailing slash.
+fn base_url(endpoint: &str, http_allowed: bool) -> anyhow::Result<String> {
+    let uri: http::Uri = endpoint
+        .parse()
+        .map_err(|_| anyhow::anyhow!("endpoint {endpoint:?} is not an http:// or https:// URL"))?;
+    let (Some(scheme @ ("http" | "https")), Some(_)) = (uri.scheme_str(), uri.host()) else {
+        anyhow::bail!("endpoint {endpoint:?} is not an http:// or https:// URL");
+    };
+    if scheme == "http" && !http_allowed {
+        anyhow::bail!("endpoint {endpoint:?} is plain http; set `allow_http: true` to allow it (local test stores only)");
+    }
+    if uri.query().is_some() {
+        anyhow::bail!("endpoint {endpoint:?} must not have a query string");
+    }
+    Ok(endpoint.trim_end_matches('/').to_string())
+}
+
 /// A few quick retries inside object_store; the archive writer's own loop
 /// retries for as long as it takes, and logs and counts each failure, so an
 /// outage shows in metrics within seconds instead of after a minute.
@@ -105,23 +138,10 @@ fn quick_retries() -> object_store::RetryConfig {
     }
 }
 
-fn url(scheme: &str, parts: &[&String], prefix: &str) -> String {
-    let mut s = format!("{scheme}:/");
-    for p in parts
-        .iter()
-        .map(|p| p.as_str())
-        .chain(Some(prefix.trim_matches('/')).filter(|p| !p.is_empty()))
-    {
-        s.push('/');
-        s.push_str(p);
-    }
-    s
-}
-
 /// `name: error`, with every secret value the config holds masked, whatever the error says.
-fn named(name: &str, e: anyhow::Error, secrets: &[&Option<Secret>]) -> anyhow::Error {
+fn named(name: &str, e: anyhow::Error, secrets: &[&Secret]) -> anyhow::Error {
     let mut msg = format!("{e:#}");
-    for s in secrets.iter().filter_map(|s| s.as_ref()) {
+    for s in secrets {
         if !s.expose().is_empty() {
             msg = msg.replace(s.expose(), "<redacted>");
         }
@@ -220,18 +240,11 @@ fn s3_endpoint(
     virtual_hosted: bool,
     http_allowed: bool,
 ) -> anyhow::Result<String> {
-    let uri: http::Uri = endpoint
-        .parse()
-        .map_err(|_| anyhow::anyhow!("endpoint {endpoint:?} is not an http:// or https:// URL"))?;
-    let (Some(scheme @ ("http" | "https")), Some(host)) = (uri.scheme_str(), uri.host()) else {
-        anyhow::bail!("endpoint {endpoint:?} is not an http:// or https:// URL");
+    base_url(endpoint, http_allowed)?;
+    let uri: http::Uri = endpoint.parse()?;
+    let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
+        unreachable!("base_url checked the scheme and host")
     };
-    if scheme == "http" && !http_allowed {
-        anyhow::bail!("endpoint {endpoint:?} is plain http; set `allow_http: true` to allow it (local test stores only)");
-    }
-    if uri.query().is_some() {
-        anyhow::bail!("endpoint {endpoint:?} must not have a query string");
-    }
     let port = uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
     let path = uri.path().trim_end_matches('/');
     if !virtual_hosted || host.starts_with(&format!("{bucket}.")) {
@@ -340,7 +353,7 @@ mod tests {
         );
 
         // Whatever the cause, a secret that makes it into a message is masked.
-        let secrets = [&Some(secret("wJalrXUtnFEMI-very-secret"))];
+        let secrets = [&secret("wJalrXUtnFEMI-very-secret")];
         let e = named(
             "S3 archive store s3://logs",
             anyhow::anyhow!("bad key wJalrXUtnFEMI-very-secret"),
@@ -356,6 +369,9 @@ mod tests {
             bucket: "logs".into(),
             prefix: "".into(),
             service_account_path: Some("/nonexistent/weir-sa.json".into()),
+            service_account_key: None,
+            endpoint: None,
+            allow_http: false,
         };
         let e = open(&cfg).err().unwrap().to_string();
         assert!(e.starts_with("GCS archive store gs://logs: "), "{e}");
@@ -369,6 +385,8 @@ mod tests {
             container: "logs".into(),
             prefix: "a/b".into(),
             access_key: Some(secret("c2VjcmV0LWtleQ==")),
+            endpoint: None,
+            allow_http: false,
         };
         open(&ok).unwrap();
         let bad = StoreConfig::Azure {
@@ -376,6 +394,8 @@ mod tests {
             container: "logs".into(),
             prefix: "".into(),
             access_key: Some(secret("not base64 at all!")),
+            endpoint: None,
+            allow_http: false,
         };
         let e = open(&bad).err().unwrap().to_string();
         assert!(

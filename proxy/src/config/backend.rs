@@ -130,6 +130,11 @@ pub struct RegionConfig {
     pub name: String,
     /// Tiers in order of preference; each a list of backend names sharing traffic by weight.
     pub tiers: Vec<Vec<String>>,
+    /// This region's archive: stores named in `archive_stores`, in order (the
+    /// next ones for disaster recovery). Tenants pinned here archive to them
+    /// unless they name their own archive; they belong to this region for residency.
+    #[serde(default)]
+    pub archive_stores: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, Clone)]

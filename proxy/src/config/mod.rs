@@ -50,8 +50,11 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub log: LogConfig,
-    /// The archive every tenant writes to unless it names its own.
+    /// The archive every tenant writes to unless it names its own (or its region does).
     pub archive: ArchiveConfig,
+    /// Object stores archives and regions name (`stores: [name, ...]`).
+    #[serde(default)]
+    pub archive_stores: Vec<NamedStore>,
     /// The write-ahead log between intake and the outputs (or memory only).
     #[serde(default)]
     pub buffer: BufferConfig,
@@ -233,7 +236,8 @@ impl Config {
     /// Checks what types alone cannot: references, uniqueness, ranges, files.
     fn validate(&self) -> Result<(), Invalid> {
         self.validate_listeners()?;
-        validate_archive(&self.archive, "archive")?;
+        validate_archive_stores(self)?;
+        validate_archive(&self.archive, "archive", &self.archive_stores)?;
         buffer::validate_buffer(&self.buffer)?;
         patterns::validate_patterns(&self.patterns)?;
         if let Some(f) = &self.fleet {
@@ -267,6 +271,7 @@ impl Config {
         );
         for (at, a) in archives {
             checks.push((format!("{at}.max_object_age"), a.max_object_age));
+            checks.push((format!("{at}.failover.retry_after"), a.failover.retry_after));
         }
         for (i, b) in self.backends.iter().enumerate() {
             let at = format!("backends[{i}]");

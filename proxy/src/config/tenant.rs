@@ -255,7 +255,7 @@ impl Config {
             }
             self.validate_tenant_route(i, t)?;
             if let Some(a) = &t.archive {
-                validate_archive(a, &format!("tenants[{i}].archive"))?;
+                validate_archive(a, &format!("tenants[{i}].archive"), &self.archive_stores)?;
             }
             if t.ack.is_some_and(|a| a != super::AckMode::Durable)
                 && self.buffer.kind == super::BufferKind::Memory

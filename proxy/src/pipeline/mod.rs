@@ -478,9 +478,10 @@ mod tests {
         );
         let config = Config::parse(&text, "t.yaml").unwrap();
         let drain = CancellationToken::new();
-        let store = crate::archive::open_store(&config.archive.store).unwrap();
+        let store = crate::archive::open_store(config.archive.store.as_ref().unwrap()).unwrap();
+        let set = crate::archive::StoreSet::one("t", store);
         let (archive, a_task) =
-            crate::archive::spawn_writer("t", &config.archive, store, drain.clone());
+            crate::archive::spawn_writer("t", &config.archive, set, drain.clone());
         let backend =
             Arc::new(crate::sink::backend::Backend::from_config(&config.backends[0]).unwrap());
         let member = crate::sink::Member {

@@ -1,7 +1,7 @@
 //! One tenant resolved: everything Weir needs to run it, checked, in one value.
 use crate::config::{
-    invalid, ArchiveConfig, Config, DailyQuotaConfig, ExclusionRuleConfig, Invalid, PluginConfig,
-    RateLimitConfig, Secret, TenantConfig,
+    invalid, ArchiveConfig, Config, DailyQuotaConfig, ExclusionRuleConfig, Invalid, NamedStore,
+    PluginConfig, RateLimitConfig, Secret, TenantConfig,
 };
 use crate::rules::exclusion::Rule;
 use std::sync::Arc;
@@ -19,8 +19,11 @@ pub struct TenantPlan {
     pub client_names: Vec<String>,
     /// Key sent to a `datadog` backend on this tenant's behalf.
     pub upstream_api_key: Option<Secret>,
-    /// The archive the tenant writes to: its own, or the top-level one.
+    /// The archive the tenant writes to: its own, its region's stores (with
+    /// the top-level settings), or the top-level one.
     pub archive: ArchiveConfig,
+    /// The stores of that archive, in order (an inline `store` named by its URL).
+    pub archive_stores: Vec<NamedStore>,
     /// When its requests are answered (its own `ack`, or `buffer.ack`).
     pub ack: crate::config::AckMode,
     pub rate_limit: Option<RateLimitConfig>,
@@ -74,12 +77,14 @@ impl TenantPlan {
             ));
         }
         check_plugins(&t.plugins, &format!("{at}.plugins"))?;
+        let (archive, archive_stores) = resolve_archive(config, t, &at)?;
         Ok(TenantPlan {
             name: t.name.clone(),
             api_keys: t.api_keys.clone(),
             client_names: t.client_names.clone(),
             upstream_api_key: t.upstream_api_key.clone(),
-            archive: t.archive.clone().unwrap_or_else(|| config.archive.clone()),
+            archive,
+            archive_stores,
             ack: t.ack.unwrap_or(config.buffer.ack),
             rate_limit: t.rate_limit.clone(),
             daily_quota: t.daily_quota.clone(),
@@ -94,6 +99,72 @@ impl TenantPlan {
     pub fn preferred_backend(&self) -> &str {
         &self.route[0].backends[0]
     }
+}
+
+/// The tenant's archive and its stores, in order; refused when a pinned
+/// tenant's events would be archived in a store of a region it may not use.
+fn resolve_archive(
+    config: &Config,
+    t: &TenantConfig,
+    at: &str,
+) -> Result<(ArchiveConfig, Vec<NamedStore>), Invalid> {
+    let region_stores = t
+        .region
+        .as_deref()
+        .and_then(|r| config.region(r))
+        .map(|r| &r.archive_stores)
+        .filter(|s| !s.is_empty());
+    let (archive, field) = match (&t.archive, region_stores) {
+        (Some(own), _) => (own.clone(), format!("{at}.archive")),
+        (None, Some(names)) => {
+            let mut a = config.archive.clone();
+            a.store = None;
+            a.stores = names.clone();
+            let r = config
+                .regions
+                .iter()
+                .position(|r| Some(&r.name) == t.region.as_ref());
+            (a, format!("regions[{}]", r.unwrap_or(0)))
+        }
+        (None, None) => (config.archive.clone(), "archive".to_string()),
+    };
+    let stores: Vec<NamedStore> = match &archive.store {
+        Some(store) => vec![NamedStore {
+            name: store.url(),
+            store: store.clone(),
+        }],
+        None => archive
+            .stores
+            .iter()
+            .filter_map(|n| config.archive_stores.iter().find(|s| &s.name == n).cloned())
+            .collect(),
+    };
+    if let (Some(region), true) = (&t.region, archive.enabled) {
+        let allowed: Vec<&String> = std::iter::once(region).chain(&t.failover_regions).collect();
+        for (j, s) in stores.iter().enumerate() {
+            let homes: Vec<&str> = config
+                .regions
+                .iter()
+                .filter(|r| r.archive_stores.contains(&s.name))
+                .map(|r| r.name.as_str())
+                .collect();
+            if !homes.is_empty() && !homes.iter().any(|h| allowed.iter().any(|a| a == h)) {
+                let list = if field.starts_with("regions") {
+                    "archive_stores"
+                } else {
+                    "stores"
+                };
+                return Err(invalid(
+                    format!("{field}.{list}[{j}]"),
+                    format!(
+                        "tenant {:?} may use regions {allowed:?} only, but archive store {:?} belongs to {homes:?}: its events would be archived outside its regions (name stores of those regions)",
+                        t.name, s.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok((archive, stores))
 }
 
 /// Compiles exclusion rules (`at`: their field, `exclusion_rules` or

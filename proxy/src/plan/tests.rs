@@ -122,3 +122,40 @@ fn reload_reports_a_changed_secret() {
         assert!(!shown.contains(secret), "{shown}");
     }
 }
+
+/// Archives follow regions: a pinned tenant without an archive of its own
+/// takes its region's stores (in order, with the top-level settings); a
+/// top-level archive in another region's store is refused for it.
+#[test]
+fn a_pinned_tenant_archives_in_its_region_and_nowhere_else() {
+    let text = |top: &str| {
+        format!("listeners: [{{name: i, address: \"127.0.0.1:0\", protocol: http}}]\narchive_stores:\n  - {{name: eu-main, store: {{type: local, root: /tmp/eu}}}}\n  - {{name: eu-dr, store: {{type: local, root: /tmp/eu-dr}}}}\n  - {{name: us-main, store: {{type: local, root: /tmp/us}}}}\narchive: {{{top}, max_object_age: 5s}}\nbackends:\n  - {{name: a, type: http, url: \"http://a/\"}}\n  - {{name: c, type: http, url: \"http://c/\"}}\nregions:\n  - {{name: eu, tiers: [[a]], archive_stores: [eu-main, eu-dr]}}\n  - {{name: us, tiers: [[c]], archive_stores: [us-main]}}\ntenants:\n  - {{name: t, api_keys: [k], region: eu}}\n  - {{name: u, api_keys: [k2], backend: c}}\n")
+    };
+    let plan = Plan::parse(&text("stores: [us-main]"), "r.yaml").unwrap();
+    let t = plan.tenant("t").unwrap();
+    let names: Vec<&str> = t.archive_stores.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["eu-main", "eu-dr"], "its region's stores, in order");
+    assert_eq!(t.archive.max_object_age, plan.config.archive.max_object_age);
+    // Not pinned: the top-level archive, wherever it is.
+    let u = plan.tenant("u").unwrap();
+    assert_eq!(u.archive_stores[0].name, "us-main");
+
+    // An inline store is named by its URL.
+    let plan = Plan::parse(&text("store: {type: local, root: /tmp/top}"), "r.yaml").unwrap();
+    assert_eq!(
+        plan.tenant("u").unwrap().archive_stores[0].name,
+        "file:///tmp/top"
+    );
+
+    // The region without stores of its own: t falls back to the top-level
+    // archive, which is in us: refused.
+    let no_eu_stores =
+        text("stores: [us-main]").replace("archive_stores: [eu-main, eu-dr]", "archive_stores: []");
+    let e = Plan::parse(&no_eu_stores, "r.yaml").err().unwrap();
+    assert_eq!(e.field.as_deref(), Some("archive.stores[0]"), "{e}");
+    assert!(
+        e.message
+            .contains("tenant \"t\" may use regions [\"eu\"] only"),
+        "{e}"
+    );
+}

@@ -30,6 +30,10 @@ pub struct Cursor {
 /// One archive object, as listed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Object {
+    /// The store it is in (its name in the tenant's archive; empty: the first
+    /// store, as checkpoints written before archives had several say).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub store: String,
     /// The path inside the store (below its prefix).
     pub path: String,
     /// Compressed bytes.
@@ -302,6 +306,7 @@ mod tests {
         };
         files.save(&c).unwrap();
         let objects = vec![Object {
+            store: "primary".into(),
             path: "acme/dt=2026-12-03/hour=11/x.ndjson.gz".into(),
             size: 10,
         }];

@@ -46,7 +46,8 @@ pub struct Rehydrations {
     data_dir: PathBuf,
     jobs: Mutex<Vec<Arc<Job>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
-    stores: Mutex<crate::archive::Stores>,
+    /// Its own clients of the archive stores (reading does not count toward their health).
+    stores: crate::archive::Stores,
     /// Shutting down: no new job.
     stopping: AtomicBool,
 }
@@ -78,7 +79,7 @@ impl Rehydrations {
             data_dir,
             jobs: Mutex::new(jobs),
             tasks: Mutex::new(Vec::new()),
-            stores: Mutex::new(Default::default()),
+            stores: Default::default(),
             stopping: AtomicBool::new(false),
         })
     }
@@ -191,11 +192,11 @@ impl Rehydrations {
             v["note"] = json!("this rehydration finished before; nothing was sent again (restart: true sends it again)");
             return Ok((StatusCode::OK, v));
         }
-        let store = self
-            .stores
-            .lock()
-            .unwrap()
-            .get_or_open(&tenant.archive.store)
+        let stores = tenant
+            .archive_stores
+            .iter()
+            .map(|s| self.stores.get_or_open(s))
+            .collect::<anyhow::Result<Vec<_>>>()
             .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
         let target = self.target(&c)?;
         let state = match listing.is_some() {
@@ -213,7 +214,7 @@ impl Rehydrations {
         drop(jobs);
         tracing::info!(target: "weir::audit", job = %job.id, tenant = %job.spec.tenant, from = %spec::rfc3339_ms(job.spec.from_ms), to = %spec::rfc3339_ms(job.spec.to_ms), query = ?job.spec.query, to_backend = ?job.spec.to_backend, rate = job.rate, dry_run = job.dry_run, resumed = start.is_some(), "rehydration started");
         let ctx = run::Context {
-            store,
+            stores,
             files,
             target,
             start,

@@ -9,6 +9,7 @@
 //! slows the reading, and memory stays at a few pieces.
 use super::checkpoint::{Cursor, Object, MAX_OBJECTS};
 use super::spec::Spec;
+use crate::archive::ArchiveStore;
 use crate::event::{decode_entry, PayloadLimits};
 use crate::rules::query::Query;
 use object_store::path::Path as ObjectPath;
@@ -28,29 +29,40 @@ pub const MAX_LINE_BYTES: usize = 8 << 20;
 /// so the job's position moves through stretches with nothing selected.
 const LINES_PER_PIECE: u64 = 20_000;
 
-/// The objects of `spec`'s partitions in `store`, sorted by path (partition,
-/// then the writer's UTC time in the name): the order every run reads them in.
+/// The objects of `spec`'s partitions across the archive's `stores` (an object
+/// goes to one store, whichever was up; a name found in two is read from the
+/// first), sorted by path (partition, then the writer's UTC time in the
+/// name): the order every run reads them in. A store that cannot be listed
+/// fails the job: reading the others only would miss its hours silently.
 pub async fn list(
-    store: &dyn ObjectStore,
+    stores: &[Arc<ArchiveStore>],
     spec: &Spec,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Vec<Object>, String> {
     use futures::TryStreamExt;
     let mut out = Vec::new();
-    for prefix in spec.partitions(now) {
+    let mut seen = std::collections::HashSet::new();
+    for (s, prefix) in stores
+        .iter()
+        .flat_map(|s| spec.partitions(now).into_iter().map(move |p| (s, p)))
+    {
         let p = ObjectPath::from(prefix.as_str());
-        let mut listing = store.list(Some(&p));
+        let mut listing = s.store.list(Some(&p));
         while let Some(meta) = listing
             .try_next()
             .await
-            .map_err(|e| format!("listing {prefix}: {e}"))?
+            .map_err(|e| format!("listing {prefix} in archive store {}: {e}", s.name))?
         {
             let path = meta.location.to_string();
             // Objects being written (local stores stage them under another name) are not archive objects yet.
             if !(path.ends_with(".ndjson.gz") || path.ends_with(".ndjson.zst")) {
                 continue;
             }
+            if !seen.insert(path.clone()) {
+                continue;
+            }
             out.push(Object {
+                store: s.name.clone(),
                 path,
                 size: meta.size,
             });
@@ -127,7 +139,7 @@ pub struct PieceLimits {
 /// `objects.len()`), or the job stopped listening (the receiver was dropped).
 pub fn scan(
     rt: tokio::runtime::Handle,
-    store: Arc<dyn ObjectStore>,
+    stores: Vec<Arc<ArchiveStore>>,
     objects: Arc<Vec<Object>>,
     start: Cursor,
     filter: Filter,
@@ -136,7 +148,12 @@ pub fn scan(
 ) -> Result<(), String> {
     for index in start.object..objects.len() {
         let object = &objects[index];
-        let body = rt.block_on(fetch(store.as_ref(), object))?;
+        let store = match object.store.as_str() {
+            "" => stores.first(),
+            name => stores.iter().find(|s| s.name == name),
+        }
+        .ok_or_else(|| format!("{}: its archive store {:?} is no longer in the tenant's archive; run the job again with restart to list again", object.path, object.store))?;
+        let body = rt.block_on(fetch(store.store.as_ref(), object))?;
         let skip = if index == start.object { start.line } else { 0 };
         if !scan_object(object, index, &body, skip, &filter, limits, &tx)? {
             return Ok(());
@@ -298,6 +315,76 @@ mod tests {
         format!("{{\"timestamp\":\"{ts}\",\"service\":\"{service}\",\"message\":\"m{n}\"}}\n")
     }
 
+    /// `store` as an archive's one store.
+    fn wrap(store: Arc<dyn ObjectStore>) -> Vec<Arc<ArchiveStore>> {
+        let cfg = crate::config::StoreConfig::Local {
+            root: "/nonexistent".into(),
+        };
+        vec![Arc::new(ArchiveStore::new("primary", &cfg, store))]
+    }
+
+    #[tokio::test]
+    async fn lists_across_stores_each_name_once_and_reads_each_from_its_store() {
+        let (a, b) = (Arc::new(InMemory::new()), Arc::new(InMemory::new()));
+        let p = |n: &str| format!("acme/dt=2026-12-03/hour=09/20261203T0910{n}.000Z-a-0.ndjson.gz");
+        put(&a, &p("01"), gz(&line("2026-12-03T09:10:01Z", "web", 1))).await;
+        put(&b, &p("02"), gz(&line("2026-12-03T09:10:02Z", "web", 2))).await;
+        put(&a, &p("03"), gz(&line("2026-12-03T09:10:03Z", "web", 3))).await;
+        // Written to both (a write that failed ambiguously, then went to the next store).
+        put(&a, &p("04"), gz(&line("2026-12-03T09:10:04Z", "web", 4))).await;
+        put(&b, &p("04"), gz(&line("2026-12-03T09:10:04Z", "web", 4))).await;
+        let cfg = crate::config::StoreConfig::Local {
+            root: "/nonexistent".into(),
+        };
+        let stores = vec![
+            Arc::new(ArchiveStore::new(
+                "primary",
+                &cfg,
+                a as Arc<dyn ObjectStore>,
+            )),
+            Arc::new(ArchiveStore::new("dr", &cfg, b as Arc<dyn ObjectStore>)),
+        ];
+        let s = spec("2026-12-03T09:00:00Z", "2026-12-03T10:00:00Z", None);
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-03T12:00:00Z")
+            .unwrap()
+            .to_utc();
+        let objects = list(&stores, &s, now).await.unwrap();
+        let got: Vec<(&str, &str)> = objects
+            .iter()
+            .map(|o| (o.store.as_str(), o.path.as_str()))
+            .collect();
+        let want = [
+            ("primary", p("01")),
+            ("dr", p("02")),
+            ("primary", p("03")),
+            ("primary", p("04")),
+        ];
+        let want: Vec<(&str, &str)> = want.iter().map(|(s, p)| (*s, p.as_str())).collect();
+        assert_eq!(got, want);
+        let (tx, mut rx) = mpsc::channel(2);
+        let rt = tokio::runtime::Handle::current();
+        let task = tokio::task::spawn_blocking(move || {
+            scan(
+                rt,
+                stores,
+                Arc::new(objects),
+                Cursor::default(),
+                Filter::new(&s).unwrap(),
+                PieceLimits {
+                    events: 100,
+                    bytes: 1 << 20,
+                },
+                tx,
+            )
+        });
+        let mut lines = 0;
+        while let Some(piece) = rx.recv().await {
+            lines += piece.ranges.len();
+        }
+        task.await.unwrap().unwrap();
+        assert_eq!(lines, 4, "each event once");
+    }
+
     async fn put(store: &InMemory, path: &str, body: Vec<u8>) {
         store
             .put(&ObjectPath::from(path), PutPayload::from(body))
@@ -326,7 +413,7 @@ mod tests {
         let now = chrono::DateTime::parse_from_rfc3339("2026-12-03T12:00:00Z")
             .unwrap()
             .to_utc();
-        let got: Vec<String> = list(&store, &s, now)
+        let got: Vec<String> = list(&wrap(Arc::new(store)), &s, now)
             .await
             .unwrap()
             .into_iter()
@@ -376,7 +463,7 @@ mod tests {
         let rt = tokio::runtime::Handle::current();
         let objects = Arc::new(objects);
         let task = tokio::task::spawn_blocking(move || {
-            scan(rt, store, objects, start, filter, limits, tx)
+            scan(rt, wrap(store), objects, start, filter, limits, tx)
         });
         let mut out = Vec::new();
         while let Some(p) = rx.recv().await {
@@ -405,6 +492,7 @@ mod tests {
             };
             let path = format!("acme/dt=2026-12-03/hour=09/{i}.ndjson.{suffix}");
             objects.push(Object {
+                store: String::new(),
                 path: path.clone(),
                 size: body.len() as u64,
             });
@@ -473,6 +561,7 @@ mod tests {
     #[tokio::test]
     async fn a_deleted_object_fails_the_scan_by_name() {
         let objects = vec![Object {
+            store: String::new(),
             path: "acme/dt=2026-12-03/hour=09/gone.ndjson.gz".into(),
             size: 10,
         }];
@@ -483,7 +572,7 @@ mod tests {
         let e = tokio::task::spawn_blocking(move || {
             scan(
                 rt,
-                store,
+                wrap(store),
                 Arc::new(objects),
                 Cursor::default(),
                 Filter::new(&s).unwrap(),

@@ -14,7 +14,6 @@ use super::spec::rfc3339;
 use crate::sink::{ForwardChunk, RouteHandle, RouteSlot};
 use crate::wal::Progress;
 use bytes::Bytes;
-use object_store::ObjectStore;
 use std::num::NonZeroU32;
 use std::ops::Range;
 use std::sync::Arc;
@@ -50,7 +49,8 @@ pub enum Target {
 }
 
 pub struct Context {
-    pub store: Arc<dyn ObjectStore>,
+    /// The tenant's archive stores, in order.
+    pub stores: Vec<Arc<crate::archive::ArchiveStore>>,
     /// None for a dry run (it keeps no state).
     pub files: Option<Files>,
     pub target: Target,
@@ -84,7 +84,7 @@ async fn run_inner(job: &Arc<Job>, ctx: Context) -> Result<State, String> {
         Some(l) => l,
         None => {
             let listing = tokio::select! {
-                l = reader::list(ctx.store.as_ref(), &job.spec, chrono::Utc::now()) => l?,
+                l = reader::list(&ctx.stores, &job.spec, chrono::Utc::now()) => l?,
                 _ = job.cancel.cancelled() => return Ok(job.stopped_state()),
             };
             if let Some(files) = &ctx.files {
@@ -116,7 +116,7 @@ async fn run_inner(job: &Arc<Job>, ctx: Context) -> Result<State, String> {
     let (tx, rx) = mpsc::channel(2);
     let (rt, store, list) = (
         tokio::runtime::Handle::current(),
-        ctx.store.clone(),
+        ctx.stores.clone(),
         objects.clone(),
     );
     let scanner = tokio::task::spawn_blocking(move || {

@@ -166,7 +166,8 @@ async fn send_batch(s: &RouteSettings, lines: &[&str]) {
 fn dead_letters(tenant: &str) -> (DeadLetters, Arc<InMemory>) {
     let store = Arc::new(InMemory::new());
     let cfg: ArchiveConfig = serde_yaml::from_str("{store: {type: local, root: /unused}}").unwrap();
-    (DeadLetters::new(tenant, &cfg, store.clone()), store)
+    let set = crate::archive::StoreSet::one(tenant, store.clone());
+    (DeadLetters::new(tenant, &cfg, set), store)
 }
 
 /// The NDJSON lines of every object in `store`.

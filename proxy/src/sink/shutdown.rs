@@ -2,7 +2,6 @@
 //! events still are: every event a route forwards was also handed to the
 //! tenant's archive (when it has one), so once the archive writers have
 //! finished, what no backend got is in the archive, to be rehydrated.
-use crate::config::StoreConfig;
 use crate::plan::Plan;
 use crate::telemetry::METRICS;
 
@@ -29,31 +28,18 @@ pub fn undelivered() -> Vec<(String, String, u64)> {
     out
 }
 
-/// Where a tenant's archive objects are written.
+/// Where a tenant's archive objects are written (each store of its archive, in order).
 pub fn archive_location(plan: &Plan, tenant: &str) -> Option<String> {
-    let archive = &plan.tenant(tenant)?.archive;
-    if !archive.enabled {
+    let t = plan.tenant(tenant)?;
+    if !t.archive.enabled {
         return None;
     }
-    let under = |prefix: &str| {
-        [prefix, tenant]
-            .iter()
-            .filter(|p| !p.is_empty())
-            .copied()
-            .collect::<Vec<_>>()
-            .join("/")
-    };
-    Some(match &archive.store {
-        StoreConfig::Local { root } => format!("{}/{tenant}/", root.display()),
-        StoreConfig::S3 { bucket, prefix, .. } => format!("s3://{bucket}/{}/", under(prefix)),
-        StoreConfig::Gcs { bucket, prefix, .. } => format!("gs://{bucket}/{}/", under(prefix)),
-        StoreConfig::Azure {
-            account,
-            container,
-            prefix,
-            ..
-        } => format!("azure://{account}/{container}/{}/", under(prefix)),
-    })
+    let places: Vec<String> = t
+        .archive_stores
+        .iter()
+        .map(|s| format!("{}/{tenant}/", s.store.url()))
+        .collect();
+    Some(places.join(" or "))
 }
 
 /// Logs, per tenant and backend, the events the routes did not deliver

@@ -6,6 +6,7 @@
 //! (seed.rs), so `increase()` and `rate()` see the first burst. Gauges that
 //! describe a state are read from it at scrape time (computed.rs), so they
 //! cannot go stale.
+pub mod archive;
 pub mod buffer;
 pub mod computed;
 pub mod faults;

@@ -1,0 +1,605 @@
+//! The object stores archives write to, each opened once and shared by every
+//! archive naming it, with its health; and disaster recovery between the
+//! stores of one archive ([`StoreSet`]).
+//!
+//! An object goes to the first store of the archive's list that is up. A store
+//! is down after `failover.after_failures` failed writes in a row (from any
+//! archive): the object that saw it go down, and the next ones, go to the next
+//! store. After `failover.retry_after`, one object tries the down store again
+//! (one attempt, claimed so that only one writer makes it); on success the
+//! store is up and objects return to it. Every object keeps its name and layout
+//! whichever store takes it, so a listing across the stores finds each hour's
+//! objects (rehydration reads them that way).
+use crate::config::{NamedStore, StoreConfig, StoreFailover};
+use crate::telemetry::archive::ARCHIVE;
+use bytes::Bytes;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// One store, opened, with its health.
+pub struct ArchiveStore {
+    /// The name in `archive_stores`, or the URL of an archive's inline `store`.
+    pub name: String,
+    pub store: Arc<dyn ObjectStore>,
+    config: StoreConfig,
+    down: AtomicBool,
+    failures_in_a_row: AtomicU32,
+    /// While down: when an object may try it again (ms since the epoch).
+    next_try_ms: AtomicI64,
+    failovers: AtomicU64,
+    objects: AtomicU64,
+    bytes: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    /// Objects being written to it: their id and oldest event (ms).
+    waiting: Mutex<HashMap<u64, i64>>,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl ArchiveStore {
+    pub(crate) fn new(
+        name: &str,
+        config: &StoreConfig,
+        store: Arc<dyn ObjectStore>,
+    ) -> ArchiveStore {
+        ArchiveStore {
+            name: name.to_string(),
+            store,
+            config: config.clone(),
+            down: AtomicBool::new(false),
+            failures_in_a_row: AtomicU32::new(0),
+            next_try_ms: AtomicI64::new(0),
+            failovers: AtomicU64::new(0),
+            objects: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            waiting: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        !self.down.load(Ordering::SeqCst)
+    }
+
+    /// Whether an object may try it now: up, or down with its retry due and
+    /// claimed by this caller (so one object makes the attempt).
+    fn claim(&self, retry_after: Duration) -> bool {
+        if self.is_up() {
+            return true;
+        }
+        let now = now_ms();
+        let due = self.next_try_ms.load(Ordering::SeqCst);
+        now >= due
+            && self
+                .next_try_ms
+                .compare_exchange(
+                    due,
+                    now + retry_after.as_millis() as i64,
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                )
+                .is_ok()
+    }
+
+    fn succeeded(&self, bytes: usize) {
+        self.failures_in_a_row.store(0, Ordering::SeqCst);
+        if self.down.swap(false, Ordering::SeqCst) {
+            tracing::warn!(store = %self.name, "archive store is back: objects return to it");
+        }
+        self.objects.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        ARCHIVE.objects.with_label_values(&[&self.name]).inc();
+        ARCHIVE
+            .bytes
+            .with_label_values(&[&self.name])
+            .inc_by(bytes as u64);
+    }
+
+    /// `msg` with every credential of the store masked (errors quote what the store answered).
+    fn mask(&self, msg: String) -> String {
+        self.config
+            .secrets()
+            .iter()
+            .map(|s| s.expose())
+            .filter(|s| !s.is_empty())
+            .fold(msg, |m, s| m.replace(s, "<redacted>"))
+    }
+
+    /// Counts a failed write; true when the store is (now) down.
+    fn failed(&self, error: &str, f: &StoreFailover, next: Option<&str>) -> bool {
+        ARCHIVE.errors.with_label_values(&[&self.name]).inc();
+        *self.last_error.lock().unwrap() = Some(error.to_string());
+        let in_a_row = self.failures_in_a_row.fetch_add(1, Ordering::SeqCst) + 1;
+        if in_a_row < f.after_failures || self.down.load(Ordering::SeqCst) {
+            return self.down.load(Ordering::SeqCst);
+        }
+        if !self.down.swap(true, Ordering::SeqCst) {
+            self.next_try_ms.store(
+                now_ms() + f.retry_after.0.as_millis() as i64,
+                Ordering::SeqCst,
+            );
+            self.failovers.fetch_add(1, Ordering::Relaxed);
+            ARCHIVE.failovers.with_label_values(&[&self.name]).inc();
+            match next {
+                Some(next) => {
+                    tracing::error!(store = %self.name, failures = in_a_row, next = %next, retry_in = ?f.retry_after.0, error, "archive store is down: new objects go to the next store")
+                }
+                None => {
+                    tracing::error!(store = %self.name, failures = in_a_row, retry_in = ?f.retry_after.0, error, "archive store is down, and no other store is up: objects wait in memory (or the disk buffer) and are retried")
+                }
+            }
+        }
+        true
+    }
+
+    /// Age of the oldest event in an object it has not taken yet (ms).
+    fn oldest_unwritten_ms(&self, now: i64) -> Option<i64> {
+        let w = self.waiting.lock().unwrap();
+        w.values().min().map(|oldest| (now - oldest).max(0))
+    }
+
+    /// Its state, for `/readyz`: never a credential.
+    pub fn report(&self) -> Value {
+        json!({
+            "name": self.name,
+            "url": self.config.url(),
+            "up": self.is_up(),
+            "objects": self.objects.load(Ordering::Relaxed),
+            "bytes": self.bytes.load(Ordering::Relaxed),
+            "failovers": self.failovers.load(Ordering::Relaxed),
+            "oldest_unwritten_age_ms": self.oldest_unwritten_ms(now_ms()),
+            "last_error": *self.last_error.lock().unwrap(),
+        })
+    }
+}
+
+/// The stores opened so far, shared by archives that name the same store
+/// (equal by name and config, credentials included: two archives that differ
+/// only in their keys get two clients, each writing with its own).
+#[derive(Default)]
+pub struct Stores {
+    open: Mutex<Vec<Arc<ArchiveStore>>>,
+}
+
+impl Stores {
+    pub fn get_or_open(&self, named: &NamedStore) -> anyhow::Result<Arc<ArchiveStore>> {
+        let mut open = self.open.lock().unwrap();
+        if let Some(s) = open
+            .iter()
+            .find(|s| s.name == named.name && s.config == named.store)
+        {
+            return Ok(s.clone());
+        }
+        let store = super::store::open(&named.store)?;
+        let s = Arc::new(ArchiveStore::new(&named.name, &named.store, store));
+        open.push(s.clone());
+        Ok(s)
+    }
+
+    /// An archive's stores, in its order.
+    pub fn set(
+        &self,
+        tenant: &str,
+        stores: &[NamedStore],
+        failover: StoreFailover,
+    ) -> anyhow::Result<StoreSet> {
+        let stores = stores
+            .iter()
+            .map(|s| self.get_or_open(s))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        anyhow::ensure!(!stores.is_empty(), "an archive needs at least one store");
+        Ok(StoreSet {
+            tenant: tenant.to_string(),
+            stores,
+            failover,
+        })
+    }
+
+    /// How many distinct stores are open.
+    pub fn len(&self) -> usize {
+        self.open.lock().unwrap().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every store's state, for `/readyz`.
+    pub fn report(&self) -> Value {
+        Value::Array(
+            self.open
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|s| s.report())
+                .collect(),
+        )
+    }
+
+    /// Feeds the per-store gauges (`up`, oldest unwritten event) from these stores at each scrape.
+    pub fn export_gauges(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        ARCHIVE.up.set_source(Box::new(move || {
+            let Some(s) = me.upgrade() else { return vec![] };
+            let open = s.open.lock().unwrap();
+            open.iter()
+                .map(|s| (vec![s.name.clone()], s.is_up() as i64))
+                .collect()
+        }));
+        let me = Arc::downgrade(self);
+        ARCHIVE.oldest_unwritten.set_source(Box::new(move || {
+            let Some(s) = me.upgrade() else { return vec![] };
+            let now = now_ms();
+            let open = s.open.lock().unwrap();
+            open.iter()
+                .map(|s| {
+                    let age = s.oldest_unwritten_ms(now).unwrap_or(0);
+                    (vec![s.name.clone()], age / 1000)
+                })
+                .collect()
+        }));
+    }
+}
+
+/// One archive's stores, in order: where its objects go.
+#[derive(Clone)]
+pub struct StoreSet {
+    /// Whose archive it is (logs, `weir_archive_errors_total`).
+    tenant: String,
+    stores: Vec<Arc<ArchiveStore>>,
+    failover: StoreFailover,
+}
+
+/// Ids of objects being written, to find them in the stores' waiting lists.
+static OBJECT_IDS: AtomicU64 = AtomicU64::new(0);
+
+impl StoreSet {
+    /// One store already open, with the default failover (tests, and callers
+    /// that hold an object store of their own).
+    #[cfg(test)]
+    pub(crate) fn one(tenant: &str, store: Arc<dyn ObjectStore>) -> StoreSet {
+        let cfg = StoreConfig::Local {
+            root: "/nonexistent".into(),
+        };
+        StoreSet {
+            tenant: tenant.to_string(),
+            stores: vec![Arc::new(ArchiveStore::new("test", &cfg, store))],
+            failover: StoreFailover::default(),
+        }
+    }
+
+    pub fn stores(&self) -> &[Arc<ArchiveStore>] {
+        &self.stores
+    }
+
+    /// The first store (where objects go while it is up).
+    pub fn primary(&self) -> &Arc<ArchiveStore> {
+        &self.stores[0]
+    }
+
+    /// Writes `body` at `path` in the first store that takes it, retrying for
+    /// as long as it takes; `oldest_ms`: its oldest event, for the stores'
+    /// oldest-unwritten figure. Returns the store that took it.
+    pub async fn put(&self, path: &ObjectPath, body: Bytes, oldest_ms: i64) -> Arc<ArchiveStore> {
+        let id = OBJECT_IDS.fetch_add(1, Ordering::Relaxed);
+        let mut backoff = Duration::from_millis(100);
+        let mut tried: Option<Arc<ArchiveStore>> = None;
+        let taken_by = loop {
+            match self
+                .try_put(path, &body, Some((id, oldest_ms)), &mut tried)
+                .await
+            {
+                Ok(s) => break s,
+                Err(e) => {
+                    crate::telemetry::METRICS
+                        .archive_errors
+                        .with_label_values(&[&self.tenant])
+                        .inc();
+                    tracing::warn!(tenant = %self.tenant, object = %path, error = %e, retry_in = ?backoff, "archive write failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        };
+        if let Some(s) = tried {
+            s.waiting.lock().unwrap().remove(&id);
+        }
+        taken_by
+    }
+
+    /// One pass over the stores in order: each that may be tried now is,
+    /// moving on only past a store that is down. The error: the last failure,
+    /// naming its store.
+    pub async fn try_put(
+        &self,
+        path: &ObjectPath,
+        body: &Bytes,
+        waiting: Option<(u64, i64)>,
+        tried: &mut Option<Arc<ArchiveStore>>,
+    ) -> Result<Arc<ArchiveStore>, String> {
+        let mut last = None;
+        for (i, s) in self.stores.iter().enumerate() {
+            if !s.claim(self.failover.retry_after.0) {
+                continue;
+            }
+            if let Some((id, oldest)) = waiting {
+                if let Some(prev) = tried.replace(s.clone()) {
+                    prev.waiting.lock().unwrap().remove(&id);
+                }
+                s.waiting.lock().unwrap().insert(id, oldest);
+            }
+            match s
+                .store
+                .put(path, PutPayload::from_bytes(body.clone()))
+                .await
+            {
+                Ok(_) => {
+                    s.succeeded(body.len());
+                    return Ok(s.clone());
+                }
+                Err(e) => {
+                    let error = s.mask(e.to_string());
+                    let next = self.stores[i + 1..]
+                        .iter()
+                        .find(|n| n.is_up())
+                        .map(|n| n.name.as_str());
+                    let down = s.failed(&error, &self.failover, next);
+                    last = Some(format!("store {}: {error}", s.name));
+                    if !down {
+                        // Not down yet: the same store again, after a back-off.
+                        break;
+                    }
+                }
+            }
+        }
+        if let (None, Some((id, oldest)), None) = (&last, waiting, tried.as_ref()) {
+            // Nothing could be tried: the object waits on the first store.
+            self.stores[0].waiting.lock().unwrap().insert(id, oldest);
+            *tried = Some(self.stores[0].clone());
+        }
+        Err(last.unwrap_or_else(|| {
+            "every archive store is down; each is tried again after failover.retry_after".into()
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Dur;
+    use async_trait::async_trait;
+    use object_store::memory::InMemory;
+    use object_store::{
+        GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, PutMultipartOptions,
+        PutOptions, PutResult,
+    };
+    use std::sync::atomic::AtomicBool;
+
+    /// An in-memory store that can be switched off (every call fails).
+    #[derive(Debug, Default)]
+    struct Switch {
+        inner: InMemory,
+        off: AtomicBool,
+    }
+
+    impl std::fmt::Display for Switch {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "Switch")
+        }
+    }
+
+    impl Switch {
+        fn check(&self) -> object_store::Result<()> {
+            if self.off.load(Ordering::SeqCst) {
+                return Err(object_store::Error::Generic {
+                    store: "switch",
+                    source: "switched off".into(),
+                });
+            }
+            Ok(())
+        }
+    }
+
+    #[async_trait]
+    impl ObjectStore for Switch {
+        async fn put_opts(
+            &self,
+            location: &ObjectPath,
+            payload: PutPayload,
+            opts: PutOptions,
+        ) -> object_store::Result<PutResult> {
+            self.check()?;
+            self.inner.put_opts(location, payload, opts).await
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &ObjectPath,
+            opts: PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn MultipartUpload>> {
+            self.check()?;
+            self.inner.put_multipart_opts(location, opts).await
+        }
+        async fn get_opts(
+            &self,
+            location: &ObjectPath,
+            options: GetOptions,
+        ) -> object_store::Result<GetResult> {
+            self.check()?;
+            self.inner.get_opts(location, options).await
+        }
+        fn delete_stream(
+            &self,
+            locations: futures::stream::BoxStream<'static, object_store::Result<ObjectPath>>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<ObjectPath>> {
+            self.inner.delete_stream(locations)
+        }
+        fn list(
+            &self,
+            prefix: Option<&ObjectPath>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&ObjectPath>,
+        ) -> object_store::Result<ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+        async fn copy_opts(
+            &self,
+            from: &ObjectPath,
+            to: &ObjectPath,
+            options: object_store::CopyOptions,
+        ) -> object_store::Result<()> {
+            self.inner.copy_opts(from, to, options).await
+        }
+    }
+
+    fn set(stores: &[(&str, Arc<Switch>)], after: u32, retry_ms: u64) -> StoreSet {
+        StoreSet {
+            tenant: "t".into(),
+            stores: stores
+                .iter()
+                .map(|(n, s)| {
+                    let cfg = StoreConfig::Local {
+                        root: format!("/nonexistent/{n}").into(),
+                    };
+                    Arc::new(ArchiveStore::new(
+                        n,
+                        &cfg,
+                        s.clone() as Arc<dyn ObjectStore>,
+                    ))
+                })
+                .collect(),
+            failover: StoreFailover {
+                after_failures: after,
+                retry_after: Dur(Duration::from_millis(retry_ms)),
+            },
+        }
+    }
+
+    async fn names(s: &Switch) -> Vec<String> {
+        use futures::TryStreamExt;
+        let mut v: Vec<String> = s
+            .inner
+            .list(None)
+            .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await
+            .unwrap();
+        v.sort();
+        v
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn objects_move_to_the_next_store_and_return_once_the_first_is_back() {
+        let (a, b) = (Arc::new(Switch::default()), Arc::new(Switch::default()));
+        let set = set(&[("a", a.clone()), ("b", b.clone())], 3, 60_000);
+        let put = |n: u32| {
+            let set = set.clone();
+            async move {
+                set.put(
+                    &ObjectPath::from(format!("t/o{n}")),
+                    Bytes::from_static(b"x"),
+                    now_ms(),
+                )
+                .await
+                .name
+                .clone()
+            }
+        };
+        assert_eq!(put(0).await, "a");
+        a.off.store(true, Ordering::SeqCst);
+        // Three failures in a row (with back-offs between): then the same object goes to b.
+        assert_eq!(put(1).await, "b");
+        assert!(!set.stores[0].is_up());
+        assert_eq!(set.stores[0].failovers.load(Ordering::SeqCst), 1);
+        // While a is down and its retry not due, objects go straight to b.
+        assert_eq!(put(2).await, "b");
+        // a back, but not tried before retry_after.
+        a.off.store(false, Ordering::SeqCst);
+        assert_eq!(put(3).await, "b");
+        tokio::time::advance(Duration::from_secs(61)).await;
+        // The wall clock decides when a retry is due; force it.
+        set.stores[0].next_try_ms.store(0, Ordering::SeqCst);
+        assert_eq!(put(4).await, "a");
+        assert!(set.stores[0].is_up());
+        assert_eq!(names(&a).await, ["t/o0", "t/o4"]);
+        assert_eq!(names(&b).await, ["t/o1", "t/o2", "t/o3"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_retry_keeps_the_store_down_and_one_object_makes_it() {
+        let (a, b) = (Arc::new(Switch::default()), Arc::new(Switch::default()));
+        let set = set(&[("a", a.clone()), ("b", b.clone())], 1, 60_000);
+        a.off.store(true, Ordering::SeqCst);
+        let p = ObjectPath::from("t/x");
+        let body = Bytes::from_static(b"x");
+        assert_eq!(set.put(&p, body.clone(), now_ms()).await.name, "b");
+        set.stores[0].next_try_ms.store(0, Ordering::SeqCst);
+        // The due retry is claimed once: a second claim right after is refused.
+        assert!(set.stores[0].claim(Duration::from_secs(60)));
+        assert!(!set.stores[0].claim(Duration::from_secs(60)));
+        set.stores[0].next_try_ms.store(0, Ordering::SeqCst);
+        assert_eq!(set.put(&p, body, now_ms()).await.name, "b");
+        assert!(!set.stores[0].is_up(), "the retry failed: still down");
+        assert_eq!(
+            set.stores[0].failovers.load(Ordering::SeqCst),
+            1,
+            "one failover, not one per retry"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_store_down_waits_and_writes_once_one_is_back() {
+        let (a, b) = (Arc::new(Switch::default()), Arc::new(Switch::default()));
+        let set = set(&[("a", a.clone()), ("b", b.clone())], 1, 1_000);
+        a.off.store(true, Ordering::SeqCst);
+        b.off.store(true, Ordering::SeqCst);
+        let task = {
+            let set = set.clone();
+            tokio::spawn(async move {
+                set.put(
+                    &ObjectPath::from("t/y"),
+                    Bytes::from_static(b"y"),
+                    now_ms() - 5_000,
+                )
+                .await
+                .name
+                .clone()
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!set.stores[0].is_up() && !set.stores[1].is_up());
+        let waiting: Vec<_> = set
+            .stores
+            .iter()
+            .map(|s| s.oldest_unwritten_ms(now_ms()))
+            .collect();
+        assert!(
+            waiting.iter().any(|w| w.is_some_and(|ms| ms >= 5_000)),
+            "{waiting:?}"
+        );
+        b.off.store(false, Ordering::SeqCst);
+        for s in &set.stores {
+            s.next_try_ms.store(0, Ordering::SeqCst);
+        }
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        assert_eq!(task.await.unwrap(), "b");
+        assert_eq!(names(&b).await, ["t/y"]);
+        assert!(set
+            .stores
+            .iter()
+            .all(|s| s.oldest_unwritten_ms(now_ms()).is_none()));
+        let r = set.stores[1].report();
+        assert_eq!(r["objects"], 1);
+        assert_eq!(r["up"], true);
+    }
+}
