@@ -68,6 +68,26 @@ if ! fleet_peers_ok; then
     fi
 fi
 export WEIR_HAPROXY="$haproxy_bin" WEIR_REDIS_SERVER="$redis_bin"
+# Archive store emulators (tests/python/cloud_emulators.py): Azurite, Microsoft's
+# Azure Storage emulator, from npm into target/peers/azurite (pinned; node and npm
+# from Debian if missing); the GCS emulator and both clouds' SDKs come from
+# requirements.txt. WEIR_AZURITE, or WEIR_SKIP_AZURITE=1 with a warning.
+azurite_version=3.35.0
+azurite_dir="$peers/azurite"
+azurite_bin="$azurite_dir/node_modules/.bin/azurite-blob"
+azurite_ok() { [ "$("$azurite_bin" --version 2>/dev/null)" = "$azurite_version" ]; }
+if ! azurite_ok; then
+    if ! {
+        { command -v npm >/dev/null || { apt_update && apt_install nodejs npm; }; } &&
+        mkdir -p "$azurite_dir" &&
+        npm install --silent --no-audit --no-fund --no-save --prefix "$azurite_dir" "azurite@$azurite_version" >/dev/null &&
+        azurite_ok
+    }; then
+        echo "WARNING: could not install Azurite (npm azurite@$azurite_version): the Azure archive tests are SKIPPED" >&2
+        export WEIR_SKIP_AZURITE=1
+    fi
+fi
+export WEIR_AZURITE="$azurite_bin"
 
 # --- tests ---
 (cd sdk && cargo test)

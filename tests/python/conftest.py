@@ -11,7 +11,10 @@ intake, and talk to it with the real ``datadog-api-client`` package.
                           on teardown, which asserts it exited with code 0.
 * ``logs_api``         -- a factory of ``datadog_api_client`` ``LogsApi``s aimed at weir.
 * ``moto_s3``, ``s3_server``, ``s3_weir`` -- an S3-compatible store (moto's server)
-                          and weir archiving to it; see the section at the end.
+                          and weir archiving to it; see the S3 section at the end.
+* ``azurite``, ``gcs_emulator``, ``gcs_double``, ... -- Azure's and Google's storage
+                          emulators as processes, for the archive; in cloud_emulators.py,
+                          loaded as a plugin (``pytest_plugins`` below).
 """
 from __future__ import annotations
 
@@ -37,6 +40,9 @@ from urllib.parse import urlsplit
 
 import pytest
 import zstandard
+
+# Fixtures of the Azure and GCS emulators (cloud_emulators.py imports from here).
+pytest_plugins = ["cloud_emulators"]
 
 REPO = Path(__file__).resolve().parents[2]
 WEIR_BIN = Path(os.environ.get("WEIR_BIN") or REPO / "target" / "debug" / "weir")
@@ -600,20 +606,59 @@ class MotoS3:
         return out
 
 
-class S3WeirProcess(WeirProcess):
-    """weir whose archive is ``s3://bucket/prefix`` at ``endpoint`` (path-style, plain
-    http), with the credentials as ``${ENV}`` references (set them in weir's environment)."""
+class ObjectStoreWeirProcess(WeirProcess):
+    """weir whose archive writes to an object store: ``archive_store_config()`` gives
+    what replaces the local ``store:`` in the ``archive:`` section (indented by two),
+    ``top_level_config()`` what is added at the top level (e.g. ``archive_stores:``)."""
 
-    def __init__(self, tmp_path: Path, backend_url: str, endpoint: str, *, bucket: str = S3_BUCKET, prefix: str = S3_PREFIX,
-                 shutdown_timeout: str = "30s", **kwargs):
+    def __init__(self, tmp_path: Path, backend_url: str, *, prefix: str = S3_PREFIX, shutdown_timeout: str = "30s", **kwargs):
         super().__init__(tmp_path, backend_url, **kwargs)
-        self.endpoint = endpoint
-        self.bucket = bucket
         self.prefix = prefix
         self.shutdown_timeout = shutdown_timeout
 
+    def archive_store_config(self) -> str:
+        raise NotImplementedError
+
+    def top_level_config(self) -> str:
+        return ""
+
     def config_text(self) -> str:
-        store = f"""\
+        store = self.archive_store_config()
+        text, n = re.subn(r"(?m)^  store:\n    type: local\n    root: .*\n", lambda _: store, super().config_text())
+        assert n == 1, f"no local archive store to replace in:\n{text}"
+        text, n = re.subn(r"(?m)^shutdown_timeout: .*$", lambda _: f"shutdown_timeout: {self.shutdown_timeout}", text)
+        assert n == 1, f"no shutdown_timeout to replace in:\n{text}"
+        return text + self.top_level_config()
+
+    def archive_from(self, objects: dict[str, bytes]) -> list[tuple[str, dict]]:
+        """(key relative to the prefix, event) for every archived event in ``objects``
+        (key -> body, as a store lists them). Asserts every object is a complete
+        gzip'd NDJSON object at a well-formed key under the prefix."""
+        out = []
+        for key, body in sorted(objects.items()):
+            assert key.startswith(f"{self.prefix}/"), f"object outside the prefix {self.prefix!r}: {key}"
+            rel = key[len(self.prefix) + 1:]
+            m = ARCHIVE_OBJECT.match(rel)
+            assert m, f"unexpected object in the archive: {key}"
+            assert m["tenant"] == self.tenant, key
+            text = gzip.decompress(body).decode("utf-8")
+            assert text == "" or text.endswith("\n"), f"{key}: the last NDJSON line is not terminated"
+            for line in text.splitlines():
+                out.append((rel, json.loads(line)))
+        return out
+
+
+class S3WeirProcess(ObjectStoreWeirProcess):
+    """weir whose archive is ``s3://bucket/prefix`` at ``endpoint`` (path-style, plain
+    http), with the credentials as ``${ENV}`` references (set them in weir's environment)."""
+
+    def __init__(self, tmp_path: Path, backend_url: str, endpoint: str, *, bucket: str = S3_BUCKET, **kwargs):
+        super().__init__(tmp_path, backend_url, **kwargs)
+        self.endpoint = endpoint
+        self.bucket = bucket
+
+    def archive_store_config(self) -> str:
+        return f"""\
   store:
     type: s3
     bucket: {q(self.bucket)}
@@ -625,27 +670,10 @@ class S3WeirProcess(WeirProcess):
     access_key_id: "${{{S3_KEY_ID_ENV}}}"
     secret_access_key: "${{{S3_SECRET_ENV}}}"
 """
-        text, n = re.subn(r"(?m)^  store:\n    type: local\n    root: .*\n", lambda _: store, super().config_text())
-        assert n == 1, f"no local archive store to replace in:\n{text}"
-        text, n = re.subn(r"(?m)^shutdown_timeout: .*$", lambda _: f"shutdown_timeout: {self.shutdown_timeout}", text)
-        assert n == 1, f"no shutdown_timeout to replace in:\n{text}"
-        return text
 
     def read_s3_archive(self, s3: MotoS3) -> list[tuple[str, dict]]:
-        """(key relative to the prefix, event) for every archived event in the bucket.
-        Asserts every object is a complete gzip'd NDJSON object at a well-formed key."""
-        out = []
-        for key, body in sorted(s3.objects(self.bucket).items()):
-            assert key.startswith(f"{self.prefix}/"), f"object outside the prefix {self.prefix!r}: {key}"
-            rel = key[len(self.prefix) + 1:]
-            m = ARCHIVE_OBJECT.match(rel)
-            assert m, f"unexpected object in the archive: {key}"
-            assert m["tenant"] == self.tenant, key
-            text = gzip.decompress(body).decode("utf-8")
-            assert text == "" or text.endswith("\n"), f"{key}: the last NDJSON line is not terminated"
-            for line in text.splitlines():
-                out.append((rel, json.loads(line)))
-        return out
+        """(key relative to the prefix, event) for every archived event in the bucket."""
+        return self.archive_from(s3.objects(self.bucket))
 
 
 @pytest.fixture
