@@ -42,6 +42,38 @@ pub enum ReloadError {
     /// The plan is valid but its routing cannot be swapped in.
     #[error(transparent)]
     Routing(#[from] crate::sink::router::RoutingError),
+    /// A tenant's archive stores would change (a new region): its archive
+    /// writer keeps its stores until a restart, so its routing must too.
+    #[error("tenant {tenant:?} would archive to {new:?} instead of {old:?} (its region or its archive changed): archives change only at a restart, and routing it elsewhere meanwhile would archive its events outside its regions; restart weir to apply this config")]
+    ArchiveMoves {
+        tenant: String,
+        old: Vec<String>,
+        new: Vec<String>,
+    },
+}
+
+/// Refuses a reload that would move a running tenant's archive to other stores.
+fn archives_stay(started: &Plan, new: &Plan) -> Result<(), ReloadError> {
+    let names = |t: &crate::plan::TenantPlan| -> Vec<String> {
+        match t.archive.enabled {
+            true => t.archive_stores.iter().map(|s| s.name.clone()).collect(),
+            false => vec![],
+        }
+    };
+    for t in &new.tenants {
+        let Some(old) = started.tenant(&t.name) else {
+            continue;
+        };
+        let (old, new) = (names(old), names(t));
+        if old != new {
+            return Err(ReloadError::ArchiveMoves {
+                tenant: t.name.clone(),
+                old,
+                new,
+            });
+        }
+    }
+    Ok(())
 }
 
 pub struct ConfigReloader {
@@ -108,6 +140,7 @@ impl ConfigReloader {
         };
         *self.seen.lock().unwrap() = FileStamp::of(path);
         let plan = Arc::new(Plan::load(Some(path))?);
+        archives_stay(&self.started, &plan)?;
         let reloaded = self.router.reload(&plan)?;
         // What a reload does not apply still runs as it was at start.
         let needs_restart = changes(&self.started, &plan).needs_restart;
@@ -160,5 +193,29 @@ impl crate::watch::Watched for ConfigReloader {
         let _runtime = self.runtime.enter();
         // reload() logs and counts its outcome.
         let _ = self.reload("file change");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(region: &str) -> Plan {
+        let text = format!("listeners: [{{name: i, address: \"127.0.0.1:0\", protocol: http}}]\narchive_stores:\n  - {{name: eu-main, store: {{type: local, root: /tmp/eu}}}}\n  - {{name: us-main, store: {{type: local, root: /tmp/us}}}}\narchive: {{store: {{type: local, root: /tmp/top}}}}\nbackends:\n  - {{name: a, type: http, url: \"http://a/\"}}\n  - {{name: c, type: http, url: \"http://c/\"}}\nregions:\n  - {{name: eu, tiers: [[a]], archive_stores: [eu-main]}}\n  - {{name: us, tiers: [[c]], archive_stores: [us-main]}}\n  - {{name: us2, tiers: [[a]], archive_stores: [us-main]}}\ntenants:\n  - {{name: t, api_keys: [k], region: {region}}}\n");
+        Plan::parse(&text, "r.yaml").unwrap()
+    }
+
+    #[test]
+    fn a_reload_moving_a_tenants_archive_is_refused() {
+        let e = archives_stay(&plan("eu"), &plan("us"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tenant \"t\" would archive to [\"us-main\"] instead of [\"eu-main\"]")
+                && e.contains("restart"),
+            "{e}"
+        );
+        // Another region archiving to the same stores: its routing may change.
+        archives_stay(&plan("us"), &plan("us2")).unwrap();
     }
 }

@@ -398,3 +398,58 @@ async fn the_fleet_example_runs_against_redis() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The Archive stores section's YAML, as written (its `${...}` set, the GCS key
+/// file where it says), with a listener and the backends its regions name:
+/// `weir check` accepts it; and moving the EU tenant's archive to the US store
+/// is refused, as the section says.
+#[test]
+fn the_archive_stores_example_passes_weir_check_and_residency_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let fragment = readme_yaml_after("### Archive stores: regions and disaster recovery");
+    let key_file = dir.path().join("gcs.json");
+    std::fs::write(&key_file, "{\"type\": \"service_account\", \"client_email\": \"weir@example.iam.gserviceaccount.com\", \"private_key_id\": \"1\", \"private_key\": \"not used by weir check\"}").unwrap();
+    let config = |fragment: &str| {
+        let text = complete(fragment, dir.path(), "")
+            .replace("{ADMIN}", &free_port().to_string())
+            .replace("/etc/weir/gcs.json", key_file.to_str().unwrap());
+        // The fragment has its own archive: drop the one `complete` adds.
+        let text: String = text
+            .lines()
+            .filter(|l| !l.starts_with("archive: {store:"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        text + &format!(
+            "backends:\n  - {{name: dd-eu, type: file, path: \"{0}/eu.ndjson\"}}\n  - {{name: dd-us, type: file, path: \"{0}/us.ndjson\"}}\n",
+            dir.path().display()
+        )
+    };
+    let check = |text: &str| {
+        let path = dir.path().join("archive-stores.yaml");
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["check", "--config", path.to_str().unwrap()])
+            .env("AZURE_STORAGE_KEY", "cmVhZG1lLWtleQ==")
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let text = config(&fragment);
+    let (ok, err) = check(&text);
+    assert!(ok, "{err}\n{text}");
+    let moved = fragment.replace(
+        "region: eu}    # archived in eu-s3",
+        "region: eu, archive: {stores: [us-azure]}}    #",
+    );
+    assert_ne!(moved, fragment, "the README's payments tenant line changed");
+    let (ok, err) = check(&config(&moved));
+    assert!(!ok);
+    assert!(
+        err.contains("tenants[0].archive.stores[0]") && err.contains("outside its regions"),
+        "{err}"
+    );
+}

@@ -178,7 +178,7 @@ impl DeadLetters {
         ));
         // One pass over the archive's stores (the caller retries or counts the loss).
         self.stores
-            .try_put(&path, &body, None, &mut None)
+            .try_put(&path, &body, None)
             .await
             .map(|s| format!("{}/{path}", s.name))
     }

@@ -37,7 +37,14 @@ pub struct ArchiveStore {
     last_error: Mutex<Option<String>>,
     /// Objects being written to it: their id and oldest event (ms).
     waiting: Mutex<HashMap<u64, i64>>,
+    /// Objects another store took after a write here failed: deleted here once
+    /// it takes writes again (a failed write may have landed).
+    orphans: Mutex<Vec<ObjectPath>>,
 }
+
+/// The most orphans a store remembers (paths, a few MiB at most); past it the
+/// oldest are forgotten, and may stay as a second copy.
+const MAX_ORPHANS: usize = 10_000;
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -61,6 +68,7 @@ impl ArchiveStore {
             bytes: AtomicU64::new(0),
             last_error: Mutex::new(None),
             waiting: Mutex::new(HashMap::new()),
+            orphans: Mutex::new(Vec::new()),
         }
     }
 
@@ -86,6 +94,37 @@ impl ArchiveStore {
                     Ordering::SeqCst,
                 )
                 .is_ok()
+    }
+
+    fn orphan(&self, path: ObjectPath) {
+        let mut o = self.orphans.lock().unwrap();
+        if o.len() >= MAX_ORPHANS {
+            tracing::warn!(store = %self.name, "too many objects to check for a second copy in this store; forgetting the oldest");
+            o.remove(0);
+        }
+        o.push(path);
+    }
+
+    /// Deletes the copies failed writes may have left, now that the store takes writes.
+    fn clean_orphans(self: &Arc<Self>) {
+        let paths = std::mem::take(&mut *self.orphans.lock().unwrap());
+        if paths.is_empty() {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut left = Vec::new();
+            for p in paths {
+                match me.store.delete(&p).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => {
+                        tracing::warn!(store = %me.name, object = %p, error = %me.mask(e.to_string()), "could not delete a copy a failed write may have left (the object is in another store); will try again");
+                        left.push(p);
+                    }
+                }
+            }
+            me.orphans.lock().unwrap().extend(left);
+        });
     }
 
     fn succeeded(&self, bytes: usize) {
@@ -179,6 +218,15 @@ impl Stores {
         }
         let store = super::store::open(&named.store)?;
         let s = Arc::new(ArchiveStore::new(&named.name, &named.store, store));
+        // Every store's series from the start, at 0 (an alert on a rate needs a first sample).
+        for c in [
+            &ARCHIVE.objects,
+            &ARCHIVE.bytes,
+            &ARCHIVE.errors,
+            &ARCHIVE.failovers,
+        ] {
+            c.with_label_values(&[&named.name]);
+        }
         open.push(s.clone());
         Ok(s)
     }
@@ -288,14 +336,15 @@ impl StoreSet {
     /// as long as it takes; `oldest_ms`: its oldest event, for the stores'
     /// oldest-unwritten figure. Returns the store that took it.
     pub async fn put(&self, path: &ObjectPath, body: Bytes, oldest_ms: i64) -> Arc<ArchiveStore> {
-        let id = OBJECT_IDS.fetch_add(1, Ordering::Relaxed);
+        let mut attempt = Attempt {
+            id: OBJECT_IDS.fetch_add(1, Ordering::Relaxed),
+            oldest_ms,
+            waiting_on: None,
+            failed_at: Vec::new(),
+        };
         let mut backoff = Duration::from_millis(100);
-        let mut tried: Option<Arc<ArchiveStore>> = None;
         let taken_by = loop {
-            match self
-                .try_put(path, &body, Some((id, oldest_ms)), &mut tried)
-                .await
-            {
+            match self.try_put(path, &body, Some(&mut attempt)).await {
                 Ok(s) => break s,
                 Err(e) => {
                     crate::telemetry::METRICS
@@ -308,32 +357,37 @@ impl StoreSet {
                 }
             }
         };
-        if let Some(s) = tried {
-            s.waiting.lock().unwrap().remove(&id);
+        if let Some(s) = attempt.waiting_on {
+            s.waiting.lock().unwrap().remove(&attempt.id);
+        }
+        // A failed write may have landed all the same (the answer lost): that
+        // store deletes its copy once it takes writes again, so the object is
+        // in one store only.
+        for s in attempt.failed_at {
+            if !Arc::ptr_eq(&s, &taken_by) {
+                s.orphan(path.clone());
+            }
         }
         taken_by
     }
 
     /// One pass over the stores in order: each that may be tried now is,
     /// moving on only past a store that is down. The error: the last failure,
-    /// naming its store.
+    /// naming its store. `attempt`: an archive object's (none: one pass only,
+    /// as for a dead letter).
     pub async fn try_put(
         &self,
         path: &ObjectPath,
         body: &Bytes,
-        waiting: Option<(u64, i64)>,
-        tried: &mut Option<Arc<ArchiveStore>>,
+        mut attempt: Option<&mut Attempt>,
     ) -> Result<Arc<ArchiveStore>, String> {
         let mut last = None;
         for (i, s) in self.stores.iter().enumerate() {
             if !s.claim(self.failover.retry_after.0) {
                 continue;
             }
-            if let Some((id, oldest)) = waiting {
-                if let Some(prev) = tried.replace(s.clone()) {
-                    prev.waiting.lock().unwrap().remove(&id);
-                }
-                s.waiting.lock().unwrap().insert(id, oldest);
+            if let Some(a) = attempt.as_deref_mut() {
+                a.wait_on(s);
             }
             match s
                 .store
@@ -342,6 +396,7 @@ impl StoreSet {
             {
                 Ok(_) => {
                     s.succeeded(body.len());
+                    s.clean_orphans();
                     return Ok(s.clone());
                 }
                 Err(e) => {
@@ -352,6 +407,11 @@ impl StoreSet {
                         .map(|n| n.name.as_str());
                     let down = s.failed(&error, &self.failover, next);
                     last = Some(format!("store {}: {error}", s.name));
+                    if let Some(a) = attempt.as_deref_mut() {
+                        if !a.failed_at.iter().any(|f| Arc::ptr_eq(f, s)) {
+                            a.failed_at.push(s.clone());
+                        }
+                    }
                     if !down {
                         // Not down yet: the same store again, after a back-off.
                         break;
@@ -359,14 +419,32 @@ impl StoreSet {
                 }
             }
         }
-        if let (None, Some((id, oldest)), None) = (&last, waiting, tried.as_ref()) {
+        if let Some(a) = attempt.filter(|a| a.waiting_on.is_none()) {
             // Nothing could be tried: the object waits on the first store.
-            self.stores[0].waiting.lock().unwrap().insert(id, oldest);
-            *tried = Some(self.stores[0].clone());
+            a.wait_on(&self.stores[0]);
         }
         Err(last.unwrap_or_else(|| {
             "every archive store is down; each is tried again after failover.retry_after".into()
         }))
+    }
+}
+
+/// One archive object on its way to a store.
+pub struct Attempt {
+    id: u64,
+    oldest_ms: i64,
+    /// The store it counts as waiting for (its oldest-unwritten figure).
+    waiting_on: Option<Arc<ArchiveStore>>,
+    /// Stores a write of it failed at.
+    failed_at: Vec<Arc<ArchiveStore>>,
+}
+
+impl Attempt {
+    fn wait_on(&mut self, s: &Arc<ArchiveStore>) {
+        if let Some(prev) = self.waiting_on.replace(s.clone()) {
+            prev.waiting.lock().unwrap().remove(&self.id);
+        }
+        s.waiting.lock().unwrap().insert(self.id, self.oldest_ms);
     }
 }
 
@@ -387,6 +465,8 @@ mod tests {
     struct Switch {
         inner: InMemory,
         off: AtomicBool,
+        /// Takes writes but answers each with an error (the answer lost).
+        lose_answers: AtomicBool,
     }
 
     impl std::fmt::Display for Switch {
@@ -416,7 +496,14 @@ mod tests {
             opts: PutOptions,
         ) -> object_store::Result<PutResult> {
             self.check()?;
-            self.inner.put_opts(location, payload, opts).await
+            let r = self.inner.put_opts(location, payload, opts).await;
+            if self.lose_answers.load(Ordering::SeqCst) {
+                return Err(object_store::Error::Generic {
+                    store: "switch",
+                    source: "connection reset (the object was stored)".into(),
+                });
+            }
+            r
         }
         async fn put_multipart_opts(
             &self,
@@ -555,6 +642,26 @@ mod tests {
             1,
             "one failover, not one per retry"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_copy_a_failed_write_left_is_deleted_once_the_store_is_back() {
+        let (a, b) = (Arc::new(Switch::default()), Arc::new(Switch::default()));
+        let set = set(&[("a", a.clone()), ("b", b.clone())], 1, 60_000);
+        a.lose_answers.store(true, Ordering::SeqCst);
+        let body = Bytes::from_static(b"x");
+        let first = ObjectPath::from("t/first");
+        assert_eq!(set.put(&first, body.clone(), now_ms()).await.name, "b");
+        assert_eq!(names(&a).await, ["t/first"], "the lost answer left a copy");
+        a.lose_answers.store(false, Ordering::SeqCst);
+        set.stores[0].next_try_ms.store(0, Ordering::SeqCst);
+        let second = ObjectPath::from("t/second");
+        assert_eq!(set.put(&second, body, now_ms()).await.name, "a");
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(names(&a).await, ["t/second"], "the copy is gone");
+        assert_eq!(names(&b).await, ["t/first"]);
     }
 
     #[tokio::test(start_paused = true)]

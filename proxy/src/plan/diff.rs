@@ -40,6 +40,10 @@ const APPLIED_TENANT_FIELDS: [&str; 4] =
 /// Whether a reload applies the field at `path`.
 fn applied_by_reload(path: &str) -> bool {
     let top = path.split(['.', '[']).next().unwrap_or("");
+    // A region's archive stores are archive settings: at start only.
+    if top == "regions" && path.contains(".archive_stores") {
+        return false;
+    }
     if APPLIED_SECTIONS.contains(&top) {
         return true;
     }
@@ -141,5 +145,17 @@ mod tests {
             ]
         );
         assert!(changed_fields(&old, &old).is_empty());
+    }
+
+    #[test]
+    fn a_regions_archive_stores_need_a_restart_its_tiers_do_not() {
+        let old = y("regions: [{name: eu, tiers: [[a]], archive_stores: [s1]}]
+");
+        let new = y("regions: [{name: eu, tiers: [[b]], archive_stores: [s2]}]
+");
+        assert_eq!(
+            changed_fields(&old, &new),
+            vec!["regions[0].archive_stores[0]"]
+        );
     }
 }
