@@ -1,0 +1,248 @@
+"""Disaster recovery between an archive's stores (``archive_stores`` and
+``archive.stores``): objects go to the first store that is up; when it fails
+``failover.after_failures`` writes in a row they go to the next; after
+``failover.retry_after`` one object tries it again and, if it takes it, objects
+return to it.
+
+The primary is GCS (gcp-storage-emulator behind the JWT-checking double), the
+second store Azure (Azurite); see cloud_emulators.py. While agents send events
+without pause, the primary's emulator is killed with SIGKILL: objects land in
+Azure; it is started again on the same port and the same disk: objects return to
+it. After SIGTERM, the two stores, listed with their own SDKs, hold every event
+weir acknowledged exactly once, each object in one store only.
+
+The primary is the GCS emulator, not Azurite, because it is the one a kill -9
+cannot make lose what it acknowledged: it writes each object and its metadata
+before answering, while Azurite (on disk) saves its metadata every 5 s, so a kill
+would lose blobs weir was told were written, and the count would fail for a
+reason that is not weir's."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from cloud_emulators import ARCHIVE_PREFIX, Azurite, GcsAuthDouble, GcsEmulator, ObjectStoreWeirProcess, azure_store_config, gcs_store_config
+from conftest import AGENT_API_KEY, DEADLINE, http_get, run_until_teardown, wait_for
+from test_s3_archive import make_logs
+
+PRIMARY, DR = "primary", "dr"
+STORE_SERIES = ("weir_archive_store_up", "weir_archive_store_objects_total", "weir_archive_store_bytes_total",
+                "weir_archive_store_failovers_total", "weir_archive_store_errors_total", "weir_archive_store_oldest_unwritten_seconds")
+
+
+class DrWeirProcess(ObjectStoreWeirProcess):
+    """weir whose archive is ``stores: [primary, dr]``: GCS at ``gcs_endpoint``, then Azurite."""
+
+    def __init__(self, tmp_path: Path, backend_url: str, gcs_endpoint: str, azurite: Azurite, **kwargs):
+        super().__init__(tmp_path, backend_url, prefix=ARCHIVE_PREFIX, max_object_age="500ms", **kwargs)
+        self.gcs_endpoint = gcs_endpoint
+        self.azurite = azurite
+
+    def archive_store_config(self) -> str:
+        return f"""\
+  stores: [{PRIMARY}, {DR}]
+  failover:
+    after_failures: 2
+    retry_after: 2s
+"""
+
+    def top_level_config(self) -> str:
+        return f"""\
+archive_stores:
+  - name: {PRIMARY}
+    store:
+{gcs_store_config(self.gcs_endpoint, indent="      ")}\
+  - name: {DR}
+    store:
+{azure_store_config(self.azurite, indent="      ")}\
+"""
+
+    def store_metric(self, name: str, store: str) -> float:
+        return self.metric(name, store=store)
+
+    def readyz_stores(self) -> dict[str, dict]:
+        status, body = http_get(f"{self.admin_url}/readyz")
+        report = json.loads(body)
+        assert "archive_stores" in report, f"/readyz ({status}) has no archive_stores: {report}"
+        return {s["name"]: s for s in report["archive_stores"]}
+
+
+class Agent(threading.Thread):
+    """Posts batches of events to weir without pause until stopped (or a bound is
+    reached), keeping each event's seq by what weir answered: 202 (acknowledged),
+    another status (refused whole), or no answer (unknown)."""
+
+    def __init__(self, weir, run: str, batch: int = 5, max_batches: int = 20_000):
+        super().__init__(name="agent", daemon=True)
+        self.weir, self.run_id, self.batch, self.max_batches = weir, run, batch, max_batches
+        self.stopped = threading.Event()
+        self.acked: list[int] = []
+        self.refused: list[int] = []
+        self.unknown: list[int] = []
+        self.errors: list[str] = []
+
+    def run(self):
+        seq = 0
+        for _ in range(self.max_batches):
+            if self.stopped.is_set():
+                return
+            logs = make_logs(self.run_id, seq, self.batch)
+            seqs = [log["seq"] for log in logs]
+            seq += self.batch
+            req = urllib.request.Request(f"{self.weir.intake_url}/api/v2/logs", data=json.dumps(logs).encode(), method="POST",
+                                         headers={"Content-Type": "application/json", "DD-API-KEY": AGENT_API_KEY})
+            try:
+                with urllib.request.urlopen(req, timeout=DEADLINE) as r:
+                    (self.acked if r.status == 202 else self.refused).extend(seqs)
+            except urllib.error.HTTPError as e:
+                self.refused.extend(seqs)
+                self.errors.append(f"{e.code} {e.read()[:200]!r}")
+            except OSError as e:
+                self.unknown.extend(seqs)
+                self.errors.append(repr(e))
+            time.sleep(0.02)
+
+    def stop(self):
+        self.stopped.set()
+        self.join(timeout=DEADLINE * 2)
+        assert not self.is_alive(), "the agent thread did not stop"
+
+
+@pytest.fixture
+def dr_stores(tmp_path):
+    """The primary (GCS emulator on disk, behind the double, trusting the service
+    account whose key weir has) and the DR store (Azurite, in memory)."""
+    from cloud_emulators import ServiceAccount
+
+    gcs = GcsEmulator(tmp_path)
+    azurite = Azurite(tmp_path)
+    sa = ServiceAccount.generate()
+    double = None
+    try:
+        gcs.start()
+        azurite.start()
+        azurite.create_container()
+        double = GcsAuthDouble(gcs.url, [sa]).start()
+        yield gcs, double, azurite, sa
+    finally:
+        if double is not None:
+            double.stop()
+        gcs.stop()
+        azurite.stop()
+
+
+@pytest.fixture
+def dr_weir(tmp_path, datadog_backend, dr_stores, monkeypatch):
+    from cloud_emulators import AZURE_KEY_ENV, GCS_SA_ENV
+
+    gcs, double, azurite, sa = dr_stores
+    monkeypatch.setenv(GCS_SA_ENV, sa.json_text())
+    monkeypatch.setenv(AZURE_KEY_ENV, azurite.key)
+    w = DrWeirProcess(tmp_path, datadog_backend.url, double.url, azurite)
+    yield from run_until_teardown(w)
+
+
+def test_objects_fail_over_to_the_next_store_and_return(dr_weir, dr_stores):
+    weir = dr_weir
+    gcs, double, azurite, _ = dr_stores
+    run = uuid.uuid4().hex
+
+    def diagnostics() -> str:
+        return (f"metrics:\n{weir.metrics()}\n/readyz: {http_get(f'{weir.admin_url}/readyz')[1][:3000]!r}\n"
+                f"double:\n{double.summary()}\nweir log:\n{weir.log()}\ngcs emulator log:\n{gcs.log()}")
+
+    def objects_in(store: str) -> float:
+        return weir.store_metric("weir_archive_store_objects_total", store)
+
+    def up(store: str) -> float:
+        return weir.store_metric("weir_archive_store_up", store)
+
+    # Both stores are known from the start, by name.
+    for store in (PRIMARY, DR):
+        assert up(store) == 1
+        weir.store_metric("weir_archive_store_oldest_unwritten_seconds", store)
+    stores = weir.readyz_stores()
+    assert set(stores) == {PRIMARY, DR}, stores
+    for s in stores.values():
+        assert set(s) >= {"name", "up", "objects", "bytes", "failovers", "oldest_unwritten_age_ms", "last_error"}, s
+        assert s["up"] is True, stores
+
+    agent = Agent(weir, run)
+    agent.start()
+    try:
+        # 1. While the primary is up, objects go to it alone.
+        wait_for(lambda: objects_in(PRIMARY) >= 2, "objects in the primary", diagnostics=diagnostics)
+        assert objects_in(DR) == 0 and up(PRIMARY) == 1, diagnostics()
+
+        # 2. The primary's emulator is killed mid-load: objects go to the next store.
+        primary_before_kill = objects_in(PRIMARY)
+        killed_at = time.time()
+        gcs.kill()
+        wait_for(lambda: up(PRIMARY) == 0, "the primary to be down", diagnostics=diagnostics)
+        wait_for(lambda: objects_in(DR) >= 2, "objects in the DR store", diagnostics=diagnostics)
+        stores = weir.readyz_stores()
+        assert stores[PRIMARY]["up"] is False and stores[PRIMARY]["failovers"] >= 1, stores
+        assert stores[PRIMARY]["last_error"], stores
+        assert stores[DR]["up"] is True and stores[DR]["objects"] >= 2, stores
+        assert weir.store_metric("weir_archive_store_failovers_total", PRIMARY) >= 1
+        assert weir.store_metric("weir_archive_store_errors_total", PRIMARY) >= 2
+        in_dr = azurite.blobs()
+        assert len(in_dr) >= 2, sorted(in_dr)
+        # Written after the kill (Azurite's times are whole seconds).
+        assert all(t.timestamp() >= int(killed_at) - 1 for t in in_dr.values()), (killed_at, in_dr)
+
+        # 3. Started again (same port, same disk): after retry_after, objects return to it.
+        primary_at_return = objects_in(PRIMARY)
+        dr_at_return = objects_in(DR)
+        back_at = time.time()
+        gcs.start()
+        wait_for(lambda: up(PRIMARY) == 1 and objects_in(PRIMARY) >= primary_at_return + 2, "objects back in the primary",
+                 diagnostics=diagnostics)
+        # Once back, objects no longer go to the DR store (at most one was on its way).
+        dr_when_back = objects_in(DR)
+        wait_for(lambda: objects_in(PRIMARY) >= primary_at_return + 4, "more objects in the primary", diagnostics=diagnostics)
+        assert objects_in(DR) <= dr_when_back + 1, diagnostics()
+        assert dr_when_back >= dr_at_return
+        stores = weir.readyz_stores()
+        assert stores[PRIMARY]["up"] is True and stores[DR]["up"] is True, stores
+        written_by_weir = {PRIMARY: objects_in(PRIMARY), DR: objects_in(DR)}
+        # Every series of each store (counters appear with their first count: the
+        # DR store has failed no write).
+        for name in STORE_SERIES:
+            weir.store_metric(name, PRIMARY)
+        for name in set(STORE_SERIES) - {"weir_archive_store_failovers_total", "weir_archive_store_errors_total"}:
+            weir.store_metric(name, DR)
+    finally:
+        agent.stop()
+    assert weir.stop() == 0, weir.log()
+
+    # 4. Every event weir acknowledged is in exactly one object, of one store.
+    in_primary, in_dr = gcs.objects(), azurite.objects()
+    primary_times = gcs.blobs()
+    assert sum(1 for t in primary_times.values() if t.timestamp() < killed_at) >= primary_before_kill, \
+        "objects the primary took before it was killed are missing"
+    assert sum(1 for t in primary_times.values() if t.timestamp() >= back_at) >= 2, "no object in the primary after its return"
+    assert len(in_primary) >= written_by_weir[PRIMARY] and len(in_dr) >= written_by_weir[DR], (written_by_weir, len(in_primary), len(in_dr))
+    both = set(in_primary) & set(in_dr)
+    assert not both, f"objects in both stores (in flight when the primary was killed?): {sorted(both)}"
+
+    archived = [(PRIMARY, rel, e) for rel, e in weir.archive_from(in_primary)] + [(DR, rel, e) for rel, e in weir.archive_from(in_dr)]
+    seqs = Counter(e["seq"] for _, _, e in archived if e.get("run_id") == run)
+    assert agent.acked, agent.errors
+    missing = sorted(set(agent.acked) - set(seqs))
+    twice = sorted(s for s, n in seqs.items() if n > 1)
+    assert not missing, f"{len(missing)} acknowledged events in no store: {missing[:50]}"
+    assert not twice, f"{len(twice)} events archived more than once: {twice[:50]}"
+    assert not set(agent.refused) & set(seqs), "events of refused requests were archived"
+    assert set(seqs) <= set(agent.acked) | set(agent.unknown), "archived events that were never sent"
+    assert all(e.get("run_id") == run for _, _, e in archived), "events of another run in the stores"
+    print(f"acknowledged {len(agent.acked)} events ({len(agent.refused)} refused, {len(agent.unknown)} unanswered); "
+          f"objects: {len(in_primary)} in the primary, {len(in_dr)} in the DR store")
