@@ -408,15 +408,36 @@ fn the_archive_stores_example_passes_weir_check_and_residency_holds() {
     let dir = tempfile::tempdir().unwrap();
     let fragment = readme_yaml_after("### Archive stores: regions and disaster recovery");
     let key_file = dir.path().join("gcs.json");
-    std::fs::write(&key_file, "{\"type\": \"service_account\", \"client_email\": \"weir@example.iam.gserviceaccount.com\", \"private_key_id\": \"1\", \"private_key\": \"not used by weir check\"}").unwrap();
+    // A service account key as Google issues it (weir check parses its PKCS#8 RSA key).
+    let pem = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ])
+        .output()
+        .expect("openssl generates the service account's key");
+    assert!(pem.status.success());
+    let key = serde_json::json!({
+        "type": "service_account",
+        "project_id": "readme",
+        "private_key_id": "1",
+        "private_key": String::from_utf8(pem.stdout).unwrap(),
+        "client_email": "weir@readme.iam.gserviceaccount.com",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    });
+    std::fs::write(&key_file, key.to_string()).unwrap();
     let config = |fragment: &str| {
         let text = complete(fragment, dir.path(), "")
             .replace("{ADMIN}", &free_port().to_string())
             .replace("/etc/weir/gcs.json", key_file.to_str().unwrap());
-        // The fragment has its own archive: drop the one `complete` adds.
+        // The fragment has its own archive: drop the one `complete` adds, and
+        // its empty backends list (the regions name theirs, added below).
         let text: String = text
             .lines()
-            .filter(|l| !l.starts_with("archive: {store:"))
+            .filter(|l| !l.starts_with("archive: {store:") && *l != "backends:")
             .map(|l| format!("{l}\n"))
             .collect();
         text + &format!(

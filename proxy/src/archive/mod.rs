@@ -48,6 +48,26 @@ pub fn open_store(cfg: &StoreConfig) -> anyhow::Result<Arc<dyn ObjectStore>> {
     store::open(cfg)
 }
 
+/// Opens every cloud store the tenants' archives name, as a start would
+/// (settings and credentials parsed, no request made), so `weir check`
+/// finds an unusable key or endpoint. Local stores are not created here.
+pub fn check_stores(plan: &crate::plan::Plan) -> anyhow::Result<()> {
+    let mut checked: Vec<&StoreConfig> = Vec::new();
+    let stores = plan
+        .tenants
+        .iter()
+        .filter(|t| t.archive.enabled)
+        .flat_map(|t| &t.archive_stores);
+    for s in stores {
+        if matches!(s.store, StoreConfig::Local { .. }) || checked.contains(&&s.store) {
+            continue;
+        }
+        store::open(&s.store).map_err(|e| anyhow::anyhow!("archive store {:?}: {e:#}", s.name))?;
+        checked.push(&s.store);
+    }
+    Ok(())
+}
+
 /// Starts the archive writer of `tenant`.
 pub fn spawn_writer(
     tenant: &str,

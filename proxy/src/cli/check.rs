@@ -21,6 +21,8 @@ pub fn run(args: Args) -> Result<(), String> {
     let plan = weir::plan::Plan::load(path).map_err(|e| e.to_string())?;
     // ...and every plugin compiled, linked and initialized too, so a bad one shows up here.
     weir::plugin::Plugins::check(&plan.config).map_err(|e| e.to_string())?;
+    // ...and every archive store's settings and credentials parsed (no request made).
+    weir::archive::check_stores(&plan).map_err(|e| format!("{e:#}"))?;
     let config = &plan.config;
     println!("{}: ok", super::config_name(path));
     // Changes made at run time win over the YAML on start: say which.
