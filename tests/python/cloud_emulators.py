@@ -23,7 +23,11 @@ Loaded by conftest.py as a plugin (its fixtures are every test's).
                         ``kid``, issuer, expiry): 401 with GCS's JSON error otherwise.
                         It forwards accepted requests unchanged; to the answer of an
                         object PUT that has no ``ETag`` it adds GCS's (the quoted hex
-                        MD5 of the object, as for any non-composite object).
+                        MD5 of the object, as for any non-composite object). The
+                        emulator has no XML-API DELETE (501): the double makes it the
+                        JSON API's delete of the same object, and answers as GCS's XML
+                        API does (204, or 404 NoSuchKey). ``lose_put_answers`` plays a
+                        store that takes an object but whose answer is lost (503).
 * ``ServiceAccount`` -- an RSA key and the service-account JSON Google issues for it.
 
 Fixtures: ``azurite`` (in memory, container created), ``azure_key_env``,
@@ -50,7 +54,7 @@ from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Optional
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import pytest
 
@@ -349,6 +353,10 @@ class GcsAuthDouble:
     def __init__(self, upstream: str, trusted: list[ServiceAccount], port: int = 0):
         self.upstream = urlsplit(upstream)
         self.trusted = {sa.private_key_id: (sa.client_email, sa.private_key.public_key()) for sa in trusted}
+        # While set, an object PUT is forwarded (the emulator keeps the object) but
+        # answered 503, as if the store's answer were lost: a write that failed for
+        # the writer may still have left the object there.
+        self.lose_put_answers = False
         self._lock = threading.Lock()
         self._requests: list[DoubleRequest] = []
         double = self
@@ -438,7 +446,34 @@ class GcsAuthDouble:
             return "neither scope nor aud"
         return None
 
+    @staticmethod
+    def xml_object(path: str) -> Optional[tuple[str, str]]:
+        """(bucket, object), both still percent-encoded, of an XML-API object URL
+        ``/<bucket>/<object>`` (no query); None for the JSON API's and others."""
+        if "?" in path or path.startswith(("/storage/", "/upload/", "/download/", "/batch/")):
+            return None
+        parts = path.lstrip("/").split("/", 1)
+        return (parts[0], parts[1]) if len(parts) == 2 and parts[0] and parts[1] else None
+
     def forward(self, method: str, path: str, headers, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+        xml_object = self.xml_object(path)
+        if method == "DELETE" and xml_object:
+            bucket, name = xml_object
+            status, answer, out = self._send(method, f"/storage/v1/b/{bucket}/o/{quote(unquote(name), safe='')}", headers, body)
+            if status == 404:
+                return 404, [("Content-Type", "application/xml; charset=UTF-8")], (
+                    "<?xml version='1.0' encoding='UTF-8'?><Error><Code>NoSuchKey</Code>"
+                    "<Message>The specified key does not exist.</Message></Error>").encode()
+            return (204, [], b"") if 200 <= status < 300 else (status, answer, out)
+        status, answer, out = self._send(method, path, headers, body)
+        if method == "PUT" and xml_object and self.lose_put_answers:
+            return 503, [("Content-Type", "application/json; charset=UTF-8")], json.dumps(
+                {"error": {"code": 503, "message": "Backend Error", "errors": [{"message": "Backend Error", "domain": "global", "reason": "backendError"}]}}).encode()
+        if method == "PUT" and xml_object and 200 <= status < 300 and not any(k.lower() == "etag" for k, _ in answer):
+            answer.append(("ETag", f'"{hashlib.md5(body).hexdigest()}"'))
+        return status, answer, out
+
+    def _send(self, method: str, path: str, headers, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
         conn = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=DEADLINE)
         try:
             conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
@@ -454,9 +489,6 @@ class GcsAuthDouble:
             return 502, [("Content-Type", "text/plain")], f"the storage emulator behind the double is unreachable: {e}".encode()
         finally:
             conn.close()
-        is_object_put = method == "PUT" and "?" not in path and path.count("/") >= 2
-        if is_object_put and 200 <= r.status < 300 and not any(k.lower() == "etag" for k, _ in answer):
-            answer.append(("ETag", f'"{hashlib.md5(body).hexdigest()}"'))
         return r.status, answer, out
 
     def start(self) -> "GcsAuthDouble":

@@ -26,6 +26,7 @@ import urllib.request
 import uuid
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -150,25 +151,50 @@ def dr_weir(tmp_path, datadog_backend, dr_stores, monkeypatch):
     yield from run_until_teardown(w)
 
 
+def diagnostics_of(weir: DrWeirProcess, stores) -> Callable[[], str]:
+    gcs, double, azurite, _ = stores
+    return lambda: (f"metrics:\n{weir.metrics()}\n/readyz: {http_get(f'{weir.admin_url}/readyz')[1][:3000]!r}\n"
+                    f"double:\n{double.summary()}\nweir log:\n{weir.log()}\ngcs emulator log:\n{gcs.log()}")
+
+
+def objects_in(weir: DrWeirProcess, store: str) -> float:
+    return weir.store_metric("weir_archive_store_objects_total", store)
+
+
+def up(weir: DrWeirProcess, store: str) -> float:
+    return weir.store_metric("weir_archive_store_up", store)
+
+
+def assert_each_acknowledged_event_once(weir: DrWeirProcess, agent: Agent, run: str, in_primary: dict[str, bytes], in_dr: dict[str, bytes]):
+    """Every event weir acknowledged is in exactly one object, of one store; no
+    object is in both; nothing else is there."""
+    both = set(in_primary) & set(in_dr)
+    assert not both, f"objects in both stores: {sorted(both)}"
+    archived = weir.archive_from(in_primary) + weir.archive_from(in_dr)
+    seqs = Counter(e["seq"] for _, e in archived if e.get("run_id") == run)
+    assert agent.acked, agent.errors
+    missing = sorted(set(agent.acked) - set(seqs))
+    twice = sorted(s for s, n in seqs.items() if n > 1)
+    assert not missing, f"{len(missing)} acknowledged events in no store: {missing[:50]}"
+    assert not twice, f"{len(twice)} events archived more than once: {twice[:50]}"
+    assert not set(agent.refused) & set(seqs), "events of refused requests were archived"
+    assert set(seqs) <= set(agent.acked) | set(agent.unknown), "archived events that were never sent"
+    assert all(e.get("run_id") == run for _, e in archived), "events of another run in the stores"
+    print(f"acknowledged {len(agent.acked)} events ({len(agent.refused)} refused, {len(agent.unknown)} unanswered); "
+          f"objects: {len(in_primary)} in the primary, {len(in_dr)} in the DR store")
+
+
 def test_objects_fail_over_to_the_next_store_and_return(dr_weir, dr_stores):
     weir = dr_weir
     gcs, double, azurite, _ = dr_stores
     run = uuid.uuid4().hex
+    diagnostics = diagnostics_of(weir, dr_stores)
 
-    def diagnostics() -> str:
-        return (f"metrics:\n{weir.metrics()}\n/readyz: {http_get(f'{weir.admin_url}/readyz')[1][:3000]!r}\n"
-                f"double:\n{double.summary()}\nweir log:\n{weir.log()}\ngcs emulator log:\n{gcs.log()}")
-
-    def objects_in(store: str) -> float:
-        return weir.store_metric("weir_archive_store_objects_total", store)
-
-    def up(store: str) -> float:
-        return weir.store_metric("weir_archive_store_up", store)
-
-    # Both stores are known from the start, by name.
-    for store in (PRIMARY, DR):
-        assert up(store) == 1
-        weir.store_metric("weir_archive_store_oldest_unwritten_seconds", store)
+    # Both stores are known from the start, by name, with every series.
+    for name in STORE_SERIES:
+        for store in (PRIMARY, DR):
+            weir.store_metric(name, store)
+    assert up(weir, PRIMARY) == 1 and up(weir, DR) == 1
     stores = weir.readyz_stores()
     assert set(stores) == {PRIMARY, DR}, stores
     for s in stores.values():
@@ -179,15 +205,15 @@ def test_objects_fail_over_to_the_next_store_and_return(dr_weir, dr_stores):
     agent.start()
     try:
         # 1. While the primary is up, objects go to it alone.
-        wait_for(lambda: objects_in(PRIMARY) >= 2, "objects in the primary", diagnostics=diagnostics)
-        assert objects_in(DR) == 0 and up(PRIMARY) == 1, diagnostics()
+        wait_for(lambda: objects_in(weir, PRIMARY) >= 2, "objects in the primary", diagnostics=diagnostics)
+        assert objects_in(weir, DR) == 0 and up(weir, PRIMARY) == 1, diagnostics()
 
         # 2. The primary's emulator is killed mid-load: objects go to the next store.
-        primary_before_kill = objects_in(PRIMARY)
+        primary_before_kill = objects_in(weir, PRIMARY)
         killed_at = time.time()
         gcs.kill()
-        wait_for(lambda: up(PRIMARY) == 0, "the primary to be down", diagnostics=diagnostics)
-        wait_for(lambda: objects_in(DR) >= 2, "objects in the DR store", diagnostics=diagnostics)
+        wait_for(lambda: up(weir, PRIMARY) == 0, "the primary to be down", diagnostics=diagnostics)
+        wait_for(lambda: objects_in(weir, DR) >= 2, "objects in the DR store", diagnostics=diagnostics)
         stores = weir.readyz_stores()
         assert stores[PRIMARY]["up"] is False and stores[PRIMARY]["failovers"] >= 1, stores
         assert stores[PRIMARY]["last_error"], stores
@@ -200,49 +226,60 @@ def test_objects_fail_over_to_the_next_store_and_return(dr_weir, dr_stores):
         assert all(t.timestamp() >= int(killed_at) - 1 for t in in_dr.values()), (killed_at, in_dr)
 
         # 3. Started again (same port, same disk): after retry_after, objects return to it.
-        primary_at_return = objects_in(PRIMARY)
-        dr_at_return = objects_in(DR)
+        primary_at_return = objects_in(weir, PRIMARY)
         back_at = time.time()
         gcs.start()
-        wait_for(lambda: up(PRIMARY) == 1 and objects_in(PRIMARY) >= primary_at_return + 2, "objects back in the primary",
+        wait_for(lambda: up(weir, PRIMARY) == 1 and objects_in(weir, PRIMARY) >= primary_at_return + 2, "objects back in the primary",
                  diagnostics=diagnostics)
         # Once back, objects no longer go to the DR store (at most one was on its way).
-        dr_when_back = objects_in(DR)
-        wait_for(lambda: objects_in(PRIMARY) >= primary_at_return + 4, "more objects in the primary", diagnostics=diagnostics)
-        assert objects_in(DR) <= dr_when_back + 1, diagnostics()
-        assert dr_when_back >= dr_at_return
+        dr_when_back = objects_in(weir, DR)
+        wait_for(lambda: objects_in(weir, PRIMARY) >= primary_at_return + 4, "more objects in the primary", diagnostics=diagnostics)
+        assert objects_in(weir, DR) <= dr_when_back + 1, diagnostics()
         stores = weir.readyz_stores()
         assert stores[PRIMARY]["up"] is True and stores[DR]["up"] is True, stores
-        written_by_weir = {PRIMARY: objects_in(PRIMARY), DR: objects_in(DR)}
-        # Every series of each store (counters appear with their first count: the
-        # DR store has failed no write).
-        for name in STORE_SERIES:
-            weir.store_metric(name, PRIMARY)
-        for name in set(STORE_SERIES) - {"weir_archive_store_failovers_total", "weir_archive_store_errors_total"}:
-            weir.store_metric(name, DR)
+        written_by_weir = {PRIMARY: objects_in(weir, PRIMARY), DR: objects_in(weir, DR)}
     finally:
         agent.stop()
     assert weir.stop() == 0, weir.log()
 
-    # 4. Every event weir acknowledged is in exactly one object, of one store.
     in_primary, in_dr = gcs.objects(), azurite.objects()
     primary_times = gcs.blobs()
     assert sum(1 for t in primary_times.values() if t.timestamp() < killed_at) >= primary_before_kill, \
         "objects the primary took before it was killed are missing"
     assert sum(1 for t in primary_times.values() if t.timestamp() >= back_at) >= 2, "no object in the primary after its return"
     assert len(in_primary) >= written_by_weir[PRIMARY] and len(in_dr) >= written_by_weir[DR], (written_by_weir, len(in_primary), len(in_dr))
-    both = set(in_primary) & set(in_dr)
-    assert not both, f"objects in both stores (in flight when the primary was killed?): {sorted(both)}"
+    assert_each_acknowledged_event_once(weir, agent, run, in_primary, in_dr)
 
-    archived = [(PRIMARY, rel, e) for rel, e in weir.archive_from(in_primary)] + [(DR, rel, e) for rel, e in weir.archive_from(in_dr)]
-    seqs = Counter(e["seq"] for _, _, e in archived if e.get("run_id") == run)
-    assert agent.acked, agent.errors
-    missing = sorted(set(agent.acked) - set(seqs))
-    twice = sorted(s for s, n in seqs.items() if n > 1)
-    assert not missing, f"{len(missing)} acknowledged events in no store: {missing[:50]}"
-    assert not twice, f"{len(twice)} events archived more than once: {twice[:50]}"
-    assert not set(agent.refused) & set(seqs), "events of refused requests were archived"
-    assert set(seqs) <= set(agent.acked) | set(agent.unknown), "archived events that were never sent"
-    assert all(e.get("run_id") == run for _, _, e in archived), "events of another run in the stores"
-    print(f"acknowledged {len(agent.acked)} events ({len(agent.refused)} refused, {len(agent.unknown)} unanswered); "
-          f"objects: {len(in_primary)} in the primary, {len(in_dr)} in the DR store")
+
+def test_a_write_the_primary_took_but_failed_is_not_left_in_both_stores(dr_weir, dr_stores):
+    """The primary keeps the objects it is sent but its answers are lost (503):
+    each failed write left a copy there, and the same object went to the DR store.
+    Once the primary takes writes again, weir deletes those copies: in the end
+    each object is in one store, and each event archived once."""
+    weir = dr_weir
+    gcs, double, azurite, _ = dr_stores
+    run = uuid.uuid4().hex
+    diagnostics = diagnostics_of(weir, dr_stores)
+
+    agent = Agent(weir, run)
+    agent.start()
+    try:
+        wait_for(lambda: objects_in(weir, PRIMARY) >= 1, "objects in the primary", diagnostics=diagnostics)
+        double.lose_put_answers = True
+        wait_for(lambda: up(weir, PRIMARY) == 0 and objects_in(weir, DR) >= 2, "the primary down, objects in the DR store",
+                 diagnostics=diagnostics)
+        # The copies the failed writes left, before weir may clean them up.
+        copies = set(gcs.blobs()) & set(azurite.blobs())
+        assert copies, f"no failed write left a copy in the primary:\n{diagnostics()}"
+        double.lose_put_answers = False
+        primary_at_return = objects_in(weir, PRIMARY)
+        wait_for(lambda: up(weir, PRIMARY) == 1 and objects_in(weir, PRIMARY) >= primary_at_return + 2, "objects back in the primary",
+                 diagnostics=diagnostics)
+        wait_for(lambda: not set(gcs.blobs()) & set(azurite.blobs()), "weir to delete the copies in the primary",
+                 diagnostics=lambda: f"in both stores: {sorted(set(gcs.blobs()) & set(azurite.blobs()))}\n{diagnostics()}")
+    finally:
+        agent.stop()
+    assert weir.stop() == 0, weir.log()
+    deleted = {r.path for r in double.requests if r.method == "DELETE" and r.status == 204}
+    assert len(deleted) >= len(copies), (copies, double.summary())
+    assert_each_acknowledged_event_once(weir, agent, run, gcs.objects(), azurite.objects())
