@@ -7,7 +7,9 @@
 //! archive): the object that saw it go down, and the next ones, go to the next
 //! store. After `failover.retry_after`, one object tries the down store again
 //! (one attempt, claimed so that only one writer makes it); on success the
-//! store is up and objects return to it. Every object keeps its name and layout
+//! store is up and objects return to it. While every store is down, each is
+//! tried at every retry of the writer's back-off (there is nowhere else to go),
+//! so a lone store is written as soon as it is back. Every object keeps its name and layout
 //! whichever store takes it, so a listing across the stores finds each hour's
 //! objects (rehydration reads them that way).
 use crate::config::{NamedStore, StoreConfig, StoreFailover};
@@ -382,8 +384,14 @@ impl StoreSet {
         mut attempt: Option<&mut Attempt>,
     ) -> Result<Arc<ArchiveStore>, String> {
         let mut last = None;
+        // With every store down and none due for its retry, each is tried
+        // anyway: there is nowhere else to go, and the caller backs off.
+        let none_usable = !self
+            .stores
+            .iter()
+            .any(|s| s.is_up() || s.next_try_ms.load(Ordering::SeqCst) <= now_ms());
         for (i, s) in self.stores.iter().enumerate() {
-            if !s.claim(self.failover.retry_after.0) {
+            if !none_usable && !s.claim(self.failover.retry_after.0) {
                 continue;
             }
             if let Some(a) = attempt.as_deref_mut() {
@@ -420,12 +428,10 @@ impl StoreSet {
             }
         }
         if let Some(a) = attempt.filter(|a| a.waiting_on.is_none()) {
-            // Nothing could be tried: the object waits on the first store.
+            // Nothing was tried (another object holds the due retry): it waits on the first store.
             a.wait_on(&self.stores[0]);
         }
-        Err(last.unwrap_or_else(|| {
-            "every archive store is down; each is tried again after failover.retry_after".into()
-        }))
+        Err(last.unwrap_or_else(|| "every archive store is down".into()))
     }
 }
 
@@ -662,6 +668,30 @@ mod tests {
         }
         assert_eq!(names(&a).await, ["t/second"], "the copy is gone");
         assert_eq!(names(&b).await, ["t/first"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_store_down_is_retried_with_the_back_off_not_after_retry_after() {
+        let a = Arc::new(Switch::default());
+        let set = set(&[("a", a.clone())], 1, 3_600_000);
+        a.off.store(true, Ordering::SeqCst);
+        let task = {
+            let set = set.clone();
+            tokio::spawn(async move {
+                set.put(&ObjectPath::from("t/z"), Bytes::from_static(b"z"), now_ms())
+                    .await
+                    .name
+                    .clone()
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!set.stores[0].is_up());
+        a.off.store(false, Ordering::SeqCst);
+        // Within the back-off (at most 30 s), far before retry_after (1 h).
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        assert!(task.is_finished());
+        assert_eq!(task.await.unwrap(), "a");
+        assert!(set.stores[0].is_up());
     }
 
     #[tokio::test(start_paused = true)]
