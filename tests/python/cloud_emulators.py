@@ -58,7 +58,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import pytest
 
-from conftest import DEADLINE, REPO, ObjectStoreWeirProcess, http_get, q, run_until_teardown, wait_for
+from conftest import DEADLINE, REPO, ObjectStoreWeirProcess, http_get, q, read_request_body, run_until_teardown, wait_for
 
 # The Azure container and the GCS bucket alike. Without a "-": object_store percent-
 # encodes it in the URL ("weir%2Darchive"), which GCS decodes and gcp-storage-emulator's
@@ -368,17 +368,7 @@ class GcsAuthDouble:
                 pass
 
             def _body(self) -> bytes:
-                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                    out = bytearray()
-                    while True:
-                        size = int(self.rfile.readline().split(b";")[0].strip(), 16)
-                        if size == 0:
-                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                                pass
-                            return bytes(out)
-                        out += self.rfile.read(size)
-                        self.rfile.readline()
-                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                return read_request_body(self)
 
             def _answer(self, status: int, headers: list[tuple[str, str]], body: bytes):
                 self.send_response(status)

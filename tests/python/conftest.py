@@ -77,6 +77,21 @@ def wait_for(predicate: Callable[[], Any], what: str, timeout: float = DEADLINE,
         time.sleep(interval)
 
 
+def read_request_body(h: BaseHTTPRequestHandler) -> bytes:
+    """A test double's request body, whole: chunked or by Content-Length."""
+    if h.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        out = bytearray()
+        while True:
+            size = int(h.rfile.readline().split(b";")[0].strip(), 16)
+            if size == 0:
+                while h.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass
+                return bytes(out)
+            out += h.rfile.read(size)
+            h.rfile.readline()
+    return h.rfile.read(int(h.headers.get("Content-Length") or 0))
+
+
 # --------------------------------------------------------------------------
 # The Datadog logs intake double
 # --------------------------------------------------------------------------
@@ -114,17 +129,7 @@ class DatadogIntake:
                 pass
 
             def _read_body(self) -> bytes:
-                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                    out = bytearray()
-                    while True:
-                        size = int(self.rfile.readline().split(b";")[0].strip(), 16)
-                        if size == 0:
-                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                                pass
-                            return bytes(out)
-                        out += self.rfile.read(size)
-                        self.rfile.readline()
-                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                return read_request_body(self)
 
             def _answer(self, status: int, body: dict):
                 data = json.dumps(body).encode()
