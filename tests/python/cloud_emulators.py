@@ -26,7 +26,13 @@ Loaded by conftest.py as a plugin (its fixtures are every test's).
                         MD5 of the object, as for any non-composite object). The
                         emulator has no XML-API DELETE (501): the double makes it the
                         JSON API's delete of the same object, and answers as GCS's XML
-                        API does (204, or 404 NoSuchKey). ``lose_put_answers`` plays a
+                        API does (204, or 404 NoSuchKey). Nor has it the XML API's
+                        listing (``GET /<bucket>?list-type=2``, 501), which object_store
+                        lists with: the double makes it the JSON API's list and answers
+                        GCS's ``ListBucketResult``. To an object GET (or HEAD) answered
+                        without the ``Last-Modified`` and ``ETag`` GCS sends (object_store
+                        fails the read: "Last-Modified Header missing from response"), it
+                        adds them from the object's metadata. ``lose_put_answers`` plays a
                         store that takes an object but whose answer is lost (503).
 * ``ServiceAccount`` -- an RSA key and the service-account JSON Google issues for it.
 
@@ -51,10 +57,12 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Optional
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+from xml.sax.saxutils import escape as xml_escape
 
 import pytest
 
@@ -445,7 +453,55 @@ class GcsAuthDouble:
         parts = path.lstrip("/").split("/", 1)
         return (parts[0], parts[1]) if len(parts) == 2 and parts[0] and parts[1] else None
 
+    @staticmethod
+    def xml_list(path: str) -> Optional[tuple[str, dict[str, str]]]:
+        """(bucket, query) of an XML-API listing ``GET /<bucket>?list-type=2&...``; else None."""
+        parts = urlsplit(path)
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        bucket = parts.path.strip("/")
+        return (bucket, query) if query.get("list-type") == "2" and bucket and "/" not in bucket else None
+
+    def list_objects(self, bucket: str, query: dict[str, str], headers) -> tuple[int, list[tuple[str, str]], bytes]:
+        """An XML-API listing (V2), as GCS answers it, from the emulator's JSON-API list
+        (which returns every object at once: pages are cut here, the continuation
+        token being the last key sent)."""
+        prefix, delimiter = query.get("prefix", ""), query.get("delimiter", "")
+        params = {"prefix": prefix} if prefix else {}
+        if delimiter:
+            params["delimiter"] = delimiter
+        status, answer, out = self._send("GET", f"/storage/v1/b/{quote(bucket, safe='')}/o?{urlencode(params)}", headers, b"")
+        if status != 200:
+            return status, answer, out
+        listing = json.loads(out)
+        after = query.get("continuation-token") or query.get("start-after") or ""
+        entries = sorted([(o["name"], o) for o in listing.get("items") or []] + [(p, None) for p in listing.get("prefixes") or []],
+                         key=lambda e: e[0])
+        entries = [e for e in entries if e[0] > after]
+        max_keys = int(query.get("max-keys") or 1000)
+        page, truncated = entries[:max_keys], len(entries) > max_keys
+        x = lambda text: xml_escape(str(text))
+        xml = ["<?xml version='1.0' encoding='UTF-8'?>", '<ListBucketResult xmlns="http://doc.s3.amazonaws.com/2006-03-01">',
+               f"<Name>{x(bucket)}</Name><Prefix>{x(prefix)}</Prefix><KeyCount>{len(page)}</KeyCount><MaxKeys>{max_keys}</MaxKeys>",
+               f"<IsTruncated>{'true' if truncated else 'false'}</IsTruncated>"]
+        if delimiter:
+            xml.append(f"<Delimiter>{x(delimiter)}</Delimiter>")
+        for name, o in page:
+            if o is None:
+                xml.append(f"<CommonPrefixes><Prefix>{x(name)}</Prefix></CommonPrefixes>")
+                continue
+            etag = base64.b64decode(o["md5Hash"]).hex() if o.get("md5Hash") else ""
+            modified = datetime.fromisoformat(o["updated"].replace("Z", "+00:00")).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+            xml.append(f"<Contents><Key>{x(name)}</Key><Generation>{x(o.get('generation', ''))}</Generation>"
+                       f"<MetaGeneration>{x(o.get('metageneration', '1'))}</MetaGeneration><LastModified>{modified}</LastModified>"
+                       f'<ETag>"{etag}"</ETag><Size>{int(o.get("size", 0))}</Size></Contents>')
+        if truncated:
+            xml.append(f"<NextContinuationToken>{x(page[-1][0])}</NextContinuationToken>")
+        xml.append("</ListBucketResult>")
+        return 200, [("Content-Type", "application/xml; charset=UTF-8")], "".join(xml).encode()
+
     def forward(self, method: str, path: str, headers, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+        if method == "GET" and (listing := self.xml_list(path)):
+            return self.list_objects(*listing, headers)
         xml_object = self.xml_object(path)
         if method == "DELETE" and xml_object:
             bucket, name = xml_object
@@ -461,7 +517,25 @@ class GcsAuthDouble:
                 {"error": {"code": 503, "message": "Backend Error", "errors": [{"message": "Backend Error", "domain": "global", "reason": "backendError"}]}}).encode()
         if method == "PUT" and xml_object and 200 <= status < 300 and not any(k.lower() == "etag" for k, _ in answer):
             answer.append(("ETag", f'"{hashlib.md5(body).hexdigest()}"'))
+        if method in ("GET", "HEAD") and xml_object and 200 <= status < 300:
+            answer += self.object_headers(*xml_object, headers, {k.lower() for k, _ in answer})
         return status, answer, out
+
+    def object_headers(self, bucket: str, name: str, headers, present: set[str]) -> list[tuple[str, str]]:
+        """The ``Last-Modified``, ``ETag`` and ``x-goog-generation`` GCS sends with an
+        object, from its JSON-API metadata, those not in ``present`` (lower-cased)."""
+        status, _, out = self._send("GET", f"/storage/v1/b/{bucket}/o/{quote(unquote(name), safe='')}", headers, b"")
+        if status != 200:
+            return []
+        meta = json.loads(out)
+        add = []
+        if "last-modified" not in present and meta.get("updated"):
+            add.append(("Last-Modified", format_datetime(datetime.fromisoformat(meta["updated"].replace("Z", "+00:00")), usegmt=True)))
+        if "etag" not in present and meta.get("md5Hash"):
+            add.append(("ETag", f'"{base64.b64decode(meta["md5Hash"]).hex()}"'))
+        if "x-goog-generation" not in present and meta.get("generation"):
+            add.append(("x-goog-generation", str(meta["generation"])))
+        return add
 
     def _send(self, method: str, path: str, headers, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
         conn = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=DEADLINE)

@@ -19,6 +19,7 @@ reason that is not weir's."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import urllib.error
@@ -27,11 +28,13 @@ import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Callable
+from urllib.parse import unquote
 
 import pytest
 
-from cloud_emulators import ARCHIVE_PREFIX, Azurite, GcsAuthDouble, GcsEmulator, ObjectStoreWeirProcess, azure_store_config, gcs_store_config
-from conftest import AGENT_API_KEY, DEADLINE, http_get, run_until_teardown, wait_for
+from cloud_emulators import ARCHIVE_CONTAINER, ARCHIVE_PREFIX, Azurite, GcsAuthDouble, GcsEmulator, ObjectStoreWeirProcess, azure_store_config, gcs_store_config
+from conftest import AGENT_API_KEY, DEADLINE, http_get, partition_of, q, run_until_teardown, wait_for
+from test_rehydrate import ADMIN_TOKEN, HOUR, admin_get, finish, iso, received, rehydrate
 from test_s3_archive import make_logs
 
 PRIMARY, DR = "primary", "dr"
@@ -40,12 +43,18 @@ STORE_SERIES = ("weir_archive_store_up", "weir_archive_store_objects_total", "we
 
 
 class DrWeirProcess(ObjectStoreWeirProcess):
-    """weir whose archive is ``stores: [primary, dr]``: GCS at ``gcs_endpoint``, then Azurite."""
+    """weir whose archive is ``stores: [primary, dr]``: GCS at ``gcs_endpoint``, then
+    Azurite; with test_rehydrate's admin token (the rehydration API needs one)."""
 
     def __init__(self, tmp_path: Path, backend_url: str, gcs_endpoint: str, azurite: Azurite, **kwargs):
         super().__init__(tmp_path, backend_url, prefix=ARCHIVE_PREFIX, max_object_age="500ms", **kwargs)
         self.gcs_endpoint = gcs_endpoint
         self.azurite = azurite
+
+    def config_text(self) -> str:
+        text, n = re.subn(r"(?m)^(admin:\n  address: .*)$", lambda m: f"{m[1]}\n  token: {q(ADMIN_TOKEN)}", super().config_text())
+        assert n == 1, text
+        return text
 
     def archive_store_config(self) -> str:
         return f"""\
@@ -283,3 +292,100 @@ def test_a_write_the_primary_took_but_failed_is_not_left_in_both_stores(dr_weir,
     deleted = {r.path for r in double.requests if r.method == "DELETE" and r.status == 204}
     assert len(deleted) >= len(copies), (copies, double.summary())
     assert_each_acknowledged_event_once(weir, agent, run, gcs.objects(), azurite.objects())
+
+
+def spread_over_both_stores(weir: DrWeirProcess, gcs: GcsEmulator, diagnostics: Callable[[], str]):
+    """While an agent sends: objects in the primary; its emulator killed, objects in
+    the DR store; started again, objects in the primary again."""
+    wait_for(lambda: objects_in(weir, PRIMARY) >= 2, "objects in the primary", diagnostics=diagnostics)
+    gcs.kill()
+    wait_for(lambda: up(weir, PRIMARY) == 0 and objects_in(weir, DR) >= 2, "the primary down, objects in the DR store",
+             diagnostics=diagnostics)
+    primary_at_return = objects_in(weir, PRIMARY)
+    gcs.start()
+    wait_for(lambda: up(weir, PRIMARY) == 1 and objects_in(weir, PRIMARY) >= primary_at_return + 2, "objects back in the primary",
+             diagnostics=diagnostics)
+
+
+def hours_listed(tenant: str, from_ms: int, to_ms: int, now_ms: int) -> set[str]:
+    """``<tenant>/dt=../hour=..`` of the hours a job lists (README, Rehydration): from
+    an hour before ``from`` to the late arrival (1 h) after ``to``, never past now."""
+    first, last = (from_ms - HOUR) // HOUR * HOUR, min(to_ms - 1 + HOUR, now_ms)
+    return {f"{tenant}/{partition_of(t)}" for t in range(first, last + 1, HOUR)}
+
+
+def in_hours(names, hours: set[str]) -> set[str]:
+    """The object names (``<prefix>/<tenant>/dt=../hour=../<name>``) of those hours."""
+    return {n for n in names if "/".join(n.split("/")[1:4]) in hours}
+
+
+def test_a_rehydration_reads_the_objects_of_both_stores(dr_weir, dr_stores, datadog_backend):
+    """Objects spread over both stores by a failover and a return; weir still
+    running, a rehydration of the run's time range into the tenant's route lists
+    the hours in both stores and sends every acknowledged event once more: once
+    live, once rehydrated."""
+    weir = dr_weir
+    gcs, double, azurite, _ = dr_stores
+    run = uuid.uuid4().hex
+    diagnostics = diagnostics_of(weir, dr_stores)
+
+    from_ms = int(time.time() * 1000) - 1000
+    agent = Agent(weir, run)
+    agent.start()
+    try:
+        spread_over_both_stores(weir, gcs, diagnostics)
+    finally:
+        agent.stop()
+    assert agent.acked, agent.errors
+    # Every acknowledged event delivered live, and written to a store (the open object
+    # is written after max_object_age).
+    wait_for(lambda: set(agent.acked) <= {e["seq"] for e in received(datadog_backend, run)}, "every acknowledged event delivered live",
+             diagnostics=lambda: f"backend: {datadog_backend.summary()[-3000:]}\n{diagnostics()}")
+    wait_for(lambda: weir.metric("weir_archived_events_total", tenant=weir.tenant) >= len(agent.acked),
+             "every acknowledged event written to a store", diagnostics=diagnostics)
+    # A write the kill cut short may have left a copy in the primary: weir deletes it.
+    wait_for(lambda: not set(gcs.blobs()) & set(azurite.blobs()), "no object in both stores",
+             diagnostics=lambda: f"in both stores: {sorted(set(gcs.blobs()) & set(azurite.blobs()))}\n{diagnostics()}")
+    in_primary, in_dr = gcs.objects(), azurite.objects()
+    assert_each_acknowledged_event_once(weir, agent, run, in_primary, in_dr)
+    assert len(in_primary) == objects_in(weir, PRIMARY) and len(in_dr) == objects_in(weir, DR), \
+        (len(in_primary), len(in_dr), diagnostics())
+    archived = Counter(e["seq"] for _, e in weir.archive_from(in_primary) + weir.archive_from(in_dr))
+    from_primary = {e["seq"] for _, e in weir.archive_from(in_primary)}
+    from_dr = {e["seq"] for _, e in weir.archive_from(in_dr)}
+    assert from_primary and from_dr, (len(from_primary), len(from_dr))
+
+    live = len(datadog_backend.logs)
+    to_ms = int(time.time() * 1000)
+    code, out, err = finish(rehydrate(weir, "--tenant", weir.tenant, "--from", iso(from_ms), "--to", iso(to_ms)))
+    assert code == 0, f"exit {code}\nstdout: {out}\nstderr: {err}\n{diagnostics()}"
+    job_id = re.search(r"rehydration (rh-[0-9a-f]{16})", err)[1]
+    job = admin_get(weir, f"/admin/rehydrations/{job_id}")
+    now_ms = int(time.time() * 1000)
+
+    # The job listed the hours in both stores: every object there, each read.
+    listed = in_hours(set(in_primary) | set(in_dr), hours_listed(weir.tenant, from_ms, to_ms, now_ms))
+    assert listed == set(in_primary) | set(in_dr), "the run's objects are all in the hours the job lists"
+    assert job["state"] == "done" and job["error"] is None, job
+    assert job["objects_total"] == len(in_primary) + len(in_dr), (job, len(in_primary), len(in_dr))
+    assert job["objects_done"] == job["objects_total"], job
+    assert job["events_sent"] == sum(archived.values()), (job, sum(archived.values()))
+    assert out.startswith(f"done: {sum(archived.values())} events"), out
+
+    # What arrived after the live delivery is the rehydration: each archived event
+    # once, those of the primary's objects and of the DR store's alike.
+    rehydrated = Counter(e["seq"] for e in datadog_backend.logs[live:] if e.get("run_id") == run)
+    assert len(datadog_backend.logs) - live == sum(rehydrated.values()), "nothing but the run's events"
+    twice = sorted(s for s, n in rehydrated.items() if n > 1)
+    assert not twice, f"{len(twice)} events rehydrated more than once: {twice[:50]}"
+    missing = sorted(set(agent.acked) - set(rehydrated))
+    assert not missing, f"{len(missing)} acknowledged events not rehydrated: {missing[:50]}"
+    assert rehydrated == archived, "exactly the archived events"
+    assert from_primary <= set(rehydrated) and from_dr <= set(rehydrated)
+    everything = Counter(e["seq"] for e in received(datadog_backend, run))
+    assert all(everything[s] == 2 for s in agent.acked), \
+        f"not once live and once rehydrated: {sorted((s, everything[s]) for s in agent.acked if everything[s] != 2)[:50]}"
+    # The primary's objects were read from the primary (through the double).
+    got_from_primary = {unquote(r.path.split("?")[0]) for r in double.requests if r.method == "GET" and r.status == 200}
+    assert {f"/{ARCHIVE_CONTAINER}/{name}" for name in in_primary} <= got_from_primary, double.summary()
+    print(f"rehydrated {sum(rehydrated.values())} events from {len(in_primary)} objects in the primary and {len(in_dr)} in the DR store")
