@@ -8,11 +8,11 @@
 use crate::config::{Secret, StoreConfig};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, AwsCredential};
 use object_store::azure::MicrosoftAzureBuilder;
-use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::prefix::PrefixStore;
-use object_store::{ClientConfigKey, ClientOptions, ObjectStore, StaticCredentialProvider};
+use object_store::{ClientConfigKey, ObjectStore, StaticCredentialProvider};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -71,7 +71,8 @@ pub fn open(cfg: &StoreConfig) -> anyhow::Result<Arc<dyn ObjectStore>> {
                 b = b.with_base_url(&endpoint);
             }
             if *allow_http {
-                b = b.with_client_options(ClientOptions::new().with_allow_http(true));
+                // As a config key: client options the environment set (a proxy) stay.
+                b = b.with_config(GoogleConfigKey::Client(ClientConfigKey::AllowHttp), "true");
             }
             let store = b.build().map_err(|e| named(&name, e.into(), &secrets))?;
             with_prefix(store, prefix).map_err(|e| named(&name, e, &secrets))

@@ -41,8 +41,11 @@ pub struct ArchiveStore {
     waiting: Mutex<HashMap<u64, i64>>,
     /// Objects another store took after a write here failed: deleted here once
     /// it takes writes again (a failed write may have landed).
-    orphans: Mutex<Vec<ObjectPath>>,
+    orphans: Mutex<Vec<(ObjectPath, u32)>>,
 }
+
+/// Deletes tried per orphan before it is given up (and logged).
+const ORPHAN_TRIES: u32 = 5;
 
 /// The most orphans a store remembers (paths, a few MiB at most); past it the
 /// oldest are forgotten, and may stay as a second copy.
@@ -104,7 +107,7 @@ impl ArchiveStore {
             tracing::warn!(store = %self.name, "too many objects to check for a second copy in this store; forgetting the oldest");
             o.remove(0);
         }
-        o.push(path);
+        o.push((path, 0));
     }
 
     /// Deletes the copies failed writes may have left, now that the store takes writes.
@@ -116,12 +119,21 @@ impl ArchiveStore {
         let me = self.clone();
         tokio::spawn(async move {
             let mut left = Vec::new();
-            for p in paths {
+            for (p, tries) in paths {
                 match me.store.delete(&p).await {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                     Err(e) => {
-                        tracing::warn!(store = %me.name, object = %p, error = %me.mask(e.to_string()), "could not delete a copy a failed write may have left (the object is in another store); will try again");
-                        left.push(p);
+                        let error = me.mask(e.to_string());
+                        let denied = matches!(
+                            e,
+                            object_store::Error::PermissionDenied { .. }
+                                | object_store::Error::Unauthenticated { .. }
+                        );
+                        if denied || tries + 1 >= ORPHAN_TRIES {
+                            tracing::warn!(store = %me.name, object = %p, error, "could not delete a copy a failed write may have left (the object is in another store); leaving it");
+                        } else {
+                            left.push((p, tries + 1));
+                        }
                     }
                 }
             }
@@ -129,11 +141,17 @@ impl ArchiveStore {
         });
     }
 
-    fn succeeded(&self, bytes: usize) {
+    /// It answered: up (again), failures forgotten.
+    fn answered(&self) {
         self.failures_in_a_row.store(0, Ordering::SeqCst);
         if self.down.swap(false, Ordering::SeqCst) {
             tracing::warn!(store = %self.name, "archive store is back: objects return to it");
+            *self.last_error.lock().unwrap() = None;
         }
+    }
+
+    fn succeeded(&self, bytes: usize) {
+        self.answered();
         self.objects.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         ARCHIVE.objects.with_label_values(&[&self.name]).inc();
@@ -144,13 +162,12 @@ impl ArchiveStore {
     }
 
     /// `msg` with every credential of the store masked (errors quote what the store answered).
-    fn mask(&self, msg: String) -> String {
+    pub(crate) fn mask(&self, msg: String) -> String {
         self.config
-            .secrets()
+            .secret_texts()
             .iter()
-            .map(|s| s.expose())
-            .filter(|s| !s.is_empty())
-            .fold(msg, |m, s| m.replace(s, "<redacted>"))
+            .filter(|s| s.len() >= 8)
+            .fold(msg, |m, s| m.replace(s.as_str(), "<redacted>"))
     }
 
     /// Counts a failed write; true when the store is (now) down.
@@ -158,14 +175,18 @@ impl ArchiveStore {
         ARCHIVE.errors.with_label_values(&[&self.name]).inc();
         *self.last_error.lock().unwrap() = Some(error.to_string());
         let in_a_row = self.failures_in_a_row.fetch_add(1, Ordering::SeqCst) + 1;
-        if in_a_row < f.after_failures || self.down.load(Ordering::SeqCst) {
-            return self.down.load(Ordering::SeqCst);
+        let retry_at = now_ms() + f.retry_after.0.as_millis() as i64;
+        if self.down.load(Ordering::SeqCst) {
+            // A failed retry: the next one is retry_after from its end, not its start.
+            self.next_try_ms.store(retry_at, Ordering::SeqCst);
+            return true;
         }
+        if in_a_row < f.after_failures {
+            return false;
+        }
+        // Set before the store shows down, so no claim sees an old retry time.
+        self.next_try_ms.store(retry_at, Ordering::SeqCst);
         if !self.down.swap(true, Ordering::SeqCst) {
-            self.next_try_ms.store(
-                now_ms() + f.retry_after.0.as_millis() as i64,
-                Ordering::SeqCst,
-            );
             self.failovers.fetch_add(1, Ordering::Relaxed);
             ARCHIVE.failovers.with_label_values(&[&self.name]).inc();
             match next {
@@ -325,15 +346,6 @@ impl StoreSet {
         }
     }
 
-    pub fn stores(&self) -> &[Arc<ArchiveStore>] {
-        &self.stores
-    }
-
-    /// The first store (where objects go while it is up).
-    pub fn primary(&self) -> &Arc<ArchiveStore> {
-        &self.stores[0]
-    }
-
     /// Writes `body` at `path` in the first store that takes it, retrying for
     /// as long as it takes; `oldest_ms`: its oldest event, for the stores'
     /// oldest-unwritten figure. Returns the store that took it.
@@ -359,14 +371,16 @@ impl StoreSet {
                 }
             }
         };
-        if let Some(s) = attempt.waiting_on {
+        if let Some(s) = &attempt.waiting_on {
             s.waiting.lock().unwrap().remove(&attempt.id);
         }
         // A failed write may have landed all the same (the answer lost): that
         // store deletes its copy once it takes writes again, so the object is
-        // in one store only.
-        for s in attempt.failed_at {
-            if !Arc::ptr_eq(&s, &taken_by) {
+        // in one store only. Never through a store at the same place as the
+        // one that took it (two entries for one bucket): that would delete it.
+        let taken_at = taken_by.config.url();
+        for (s, _) in attempt.failed_at {
+            if s.config.url() != taken_at {
                 s.orphan(path.clone());
             }
         }
@@ -374,9 +388,10 @@ impl StoreSet {
     }
 
     /// One pass over the stores in order: each that may be tried now is,
-    /// moving on only past a store that is down. The error: the last failure,
-    /// naming its store. `attempt`: an archive object's (none: one pass only,
-    /// as for a dead letter).
+    /// moving on past a store that is down, or that failed this object
+    /// `after_failures` times (another archive's writes keep it up, but it
+    /// refuses this one). The error: the last failure, naming its store.
+    /// `attempt`: an archive object's (none: one pass only, as for a dead letter).
     pub async fn try_put(
         &self,
         path: &ObjectPath,
@@ -390,11 +405,14 @@ impl StoreSet {
             .stores
             .iter()
             .any(|s| s.is_up() || s.next_try_ms.load(Ordering::SeqCst) <= now_ms());
+        if let (true, Some(a)) = (none_usable, attempt.as_deref_mut()) {
+            a.wait_on(&self.stores[0]);
+        }
         for (i, s) in self.stores.iter().enumerate() {
             if !none_usable && !s.claim(self.failover.retry_after.0) {
                 continue;
             }
-            if let Some(a) = attempt.as_deref_mut() {
+            if let (false, Some(a)) = (none_usable, attempt.as_deref_mut()) {
                 a.wait_on(s);
             }
             match s
@@ -405,6 +423,7 @@ impl StoreSet {
                 Ok(_) => {
                     s.succeeded(body.len());
                     s.clean_orphans();
+                    self.probe_later_stores(i);
                     return Ok(s.clone());
                 }
                 Err(e) => {
@@ -415,12 +434,10 @@ impl StoreSet {
                         .map(|n| n.name.as_str());
                     let down = s.failed(&error, &self.failover, next);
                     last = Some(format!("store {}: {error}", s.name));
-                    if let Some(a) = attempt.as_deref_mut() {
-                        if !a.failed_at.iter().any(|f| Arc::ptr_eq(f, s)) {
-                            a.failed_at.push(s.clone());
-                        }
-                    }
-                    if !down {
+                    let refused_here = attempt
+                        .as_deref_mut()
+                        .is_some_and(|a| a.failed(s) >= self.failover.after_failures);
+                    if !down && !refused_here {
                         // Not down yet: the same store again, after a back-off.
                         break;
                     }
@@ -433,6 +450,29 @@ impl StoreSet {
         }
         Err(last.unwrap_or_else(|| "every archive store is down".into()))
     }
+
+    /// Stores after `taken` that are down with their retry due: no object goes
+    /// there while an earlier store is up, so each is looked at apart (a
+    /// read of a name no object has: found or not found, it answers), and is up
+    /// again once it does. Else a DR store that failed once would show down
+    /// for as long as the first store is well.
+    fn probe_later_stores(&self, taken: usize) {
+        for s in &self.stores[taken + 1..] {
+            if s.is_up() || !s.claim(self.failover.retry_after.0) {
+                continue;
+            }
+            let (s, failover) = (s.clone(), self.failover);
+            tokio::spawn(async move {
+                let probe = ObjectPath::from(".weir-probe");
+                match s.store.head(&probe).await {
+                    Ok(_) | Err(object_store::Error::NotFound { .. }) => s.answered(),
+                    Err(e) => {
+                        s.failed(&s.mask(e.to_string()), &failover, None);
+                    }
+                }
+            });
+        }
+    }
 }
 
 /// One archive object on its way to a store.
@@ -441,8 +481,8 @@ pub struct Attempt {
     oldest_ms: i64,
     /// The store it counts as waiting for (its oldest-unwritten figure).
     waiting_on: Option<Arc<ArchiveStore>>,
-    /// Stores a write of it failed at.
-    failed_at: Vec<Arc<ArchiveStore>>,
+    /// Stores a write of it failed at, and how often.
+    failed_at: Vec<(Arc<ArchiveStore>, u32)>,
 }
 
 impl Attempt {
@@ -451,6 +491,20 @@ impl Attempt {
             prev.waiting.lock().unwrap().remove(&self.id);
         }
         s.waiting.lock().unwrap().insert(self.id, self.oldest_ms);
+    }
+
+    /// Counts a failed write of it at `s`; how many so far.
+    fn failed(&mut self, s: &Arc<ArchiveStore>) -> u32 {
+        match self.failed_at.iter_mut().find(|(f, _)| Arc::ptr_eq(f, s)) {
+            Some((_, n)) => {
+                *n += 1;
+                *n
+            }
+            None => {
+                self.failed_at.push((s.clone(), 1));
+                1
+            }
+        }
     }
 }
 
@@ -473,6 +527,8 @@ mod tests {
         off: AtomicBool,
         /// Takes writes but answers each with an error (the answer lost).
         lose_answers: AtomicBool,
+        /// Paths it refuses to take.
+        refuse: Mutex<Vec<String>>,
     }
 
     impl std::fmt::Display for Switch {
@@ -502,6 +558,12 @@ mod tests {
             opts: PutOptions,
         ) -> object_store::Result<PutResult> {
             self.check()?;
+            if self.refuse.lock().unwrap().contains(&location.to_string()) {
+                return Err(object_store::Error::PermissionDenied {
+                    path: location.to_string(),
+                    source: "refused by policy".into(),
+                });
+            }
             let r = self.inner.put_opts(location, payload, opts).await;
             if self.lose_answers.load(Ordering::SeqCst) {
                 return Err(object_store::Error::Generic {
@@ -692,6 +754,138 @@ mod tests {
         assert!(task.is_finished());
         assert_eq!(task.await.unwrap(), "a");
         assert!(set.stores[0].is_up());
+    }
+
+    /// A store that refuses one object (a policy, a size limit) while other
+    /// writes keep it up: that object moves on after `after_failures` tries.
+    #[tokio::test(start_paused = true)]
+    async fn an_object_one_store_keeps_refusing_moves_on_while_the_store_stays_up() {
+        let (a, b) = (Arc::new(Switch::default()), Arc::new(Switch::default()));
+        let set = set(&[("a", a.clone()), ("b", b.clone())], 3, 60_000);
+        a.refuse.lock().unwrap().push("t/poison".into());
+        let task = {
+            let set = set.clone();
+            tokio::spawn(async move {
+                set.put(
+                    &ObjectPath::from("t/poison"),
+                    Bytes::from_static(b"p"),
+                    now_ms(),
+                )
+                .await
+                .name
+                .clone()
+            })
+        };
+        // Another archive's writes succeed at a between the refusals.
+        for n in 0..20 {
+            let p = ObjectPath::from(format!("u/ok{n}"));
+            assert_eq!(
+                set.put(&p, Bytes::from_static(b"k"), now_ms()).await.name,
+                "a"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(task.await.unwrap(), "b");
+        assert!(
+            set.stores[0].is_up(),
+            "a takes the others' objects: it stays up"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_retry_waits_retry_after_from_its_end() {
+        let a = Arc::new(Switch::default());
+        let set = set(&[("a", a.clone())], 1, 60_000);
+        let f = set.failover;
+        a.off.store(true, Ordering::SeqCst);
+        assert!(set.stores[0].failed("x", &f, None));
+        set.stores[0].next_try_ms.store(0, Ordering::SeqCst);
+        assert!(set.stores[0].claim(f.retry_after.0));
+        // The retry fails (after a long hang): the next is retry_after from now.
+        let before = now_ms();
+        assert!(set.stores[0].failed("x", &f, None));
+        assert!(set.stores[0].next_try_ms.load(Ordering::SeqCst) >= before + 60_000);
+    }
+
+    /// A DR store that went down shows up again once it answers, though no
+    /// object goes there while the first store is up.
+    #[tokio::test(start_paused = true)]
+    async fn a_later_store_that_answers_again_is_up_again() {
+        let (a, b) = (Arc::new(Switch::default()), Arc::new(Switch::default()));
+        let set = set(&[("a", a.clone()), ("b", b.clone())], 1, 60_000);
+        let f = set.failover;
+        set.stores[1].failed("dr went away", &f, None);
+        assert!(!set.stores[1].is_up());
+        set.stores[1].next_try_ms.store(0, Ordering::SeqCst);
+        let p = ObjectPath::from("t/1");
+        assert_eq!(
+            set.put(&p, Bytes::from_static(b"1"), now_ms()).await.name,
+            "a"
+        );
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(set.stores[1].is_up());
+        assert_eq!(set.stores[1].report()["last_error"], Value::Null);
+        assert_eq!(names(&b).await, Vec::<String>::new(), "probed, not written");
+    }
+
+    /// Two entries for one bucket: a failed write through one that the other
+    /// took is not deleted through the first (it is the same object).
+    #[tokio::test(start_paused = true)]
+    async fn no_clean_up_through_a_store_at_the_same_place() {
+        let shared = Arc::new(Switch::default());
+        let cfg = StoreConfig::S3 {
+            bucket: "logs".into(),
+            prefix: String::new(),
+            region: None,
+            endpoint: None,
+            path_style: false,
+            allow_http: false,
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+        };
+        let via = |n: &str| {
+            Arc::new(ArchiveStore::new(
+                n,
+                &cfg,
+                shared.clone() as Arc<dyn ObjectStore>,
+            ))
+        };
+        let set = StoreSet {
+            tenant: "t".into(),
+            stores: vec![via("a"), via("b")],
+            failover: StoreFailover {
+                after_failures: 1,
+                retry_after: Dur(Duration::from_secs(60)),
+            },
+        };
+        shared.lose_answers.store(true, Ordering::SeqCst);
+        let p = ObjectPath::from("t/x");
+        let task = {
+            let set = set.clone();
+            let p = p.clone();
+            tokio::spawn(async move {
+                set.put(&p, Bytes::from_static(b"x"), now_ms())
+                    .await
+                    .name
+                    .clone()
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        shared.lose_answers.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        task.await.unwrap();
+        // Both entries failed it once; whichever took it, neither may delete it later.
+        for s in &set.stores {
+            assert!(
+                s.orphans.lock().unwrap().is_empty(),
+                "{} would delete the object",
+                s.name
+            );
+        }
+        assert_eq!(names(&shared).await, ["t/x"]);
     }
 
     #[tokio::test(start_paused = true)]

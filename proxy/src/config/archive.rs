@@ -167,6 +167,33 @@ pub enum StoreConfig {
 }
 
 impl StoreConfig {
+    /// The texts to mask in any message about it: each credential, and the
+    /// private key inside a GCS key's JSON (and its lines), which a message
+    /// could quote apart from the JSON.
+    pub fn secret_texts(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .secrets()
+            .iter()
+            .map(|s| s.expose().to_string())
+            .collect();
+        if let StoreConfig::Gcs {
+            service_account_key: Some(key),
+            ..
+        } = self
+        {
+            let parsed: Option<serde_json::Value> = serde_json::from_str(key.expose()).ok();
+            if let Some(pem) = parsed.as_ref().and_then(|v| v["private_key"].as_str()) {
+                out.push(pem.to_string());
+                out.extend(
+                    pem.lines()
+                        .filter(|l| l.len() >= 16 && !l.starts_with("-----"))
+                        .map(String::from),
+                );
+            }
+        }
+        out
+    }
+
     /// The credentials it holds, to mask in any message about it.
     pub fn secrets(&self) -> Vec<&Secret> {
         match self {

@@ -139,23 +139,52 @@ fn resolve_archive(
             .filter_map(|n| config.archive_stores.iter().find(|s| &s.name == n).cloned())
             .collect(),
     };
+    let entry = |j: usize| match (&archive.store, field.starts_with("regions")) {
+        (Some(_), _) => format!("{field}.store"),
+        (None, true) => format!("{field}.archive_stores[{j}]"),
+        (None, false) => format!("{field}.stores[{j}]"),
+    };
+    // One place listed twice would make a failover write an object where it
+    // already failed, and the clean-up of failed writes delete it.
+    for (j, s) in stores.iter().enumerate() {
+        if let Some(first) = stores[..j].iter().find(|f| f.store.url() == s.store.url()) {
+            return Err(invalid(
+                entry(j),
+                format!(
+                    "archive stores {:?} and {:?} are the same place ({}): list each bucket or container once",
+                    first.name,
+                    s.name,
+                    s.store.url()
+                ),
+            ));
+        }
+    }
     if let (Some(region), true) = (&t.region, archive.enabled) {
         let allowed: Vec<&String> = std::iter::once(region).chain(&t.failover_regions).collect();
+        // Where a store is: the regions listing it, or listing a store at the
+        // same place (an inline store, or a second name for one bucket).
+        let place_of = |name: &String| {
+            config
+                .archive_stores
+                .iter()
+                .find(|d| &d.name == name)
+                .map(|d| d.store.url())
+        };
         for (j, s) in stores.iter().enumerate() {
+            let url = s.store.url();
             let homes: Vec<&str> = config
                 .regions
                 .iter()
-                .filter(|r| r.archive_stores.contains(&s.name))
+                .filter(|r| {
+                    r.archive_stores
+                        .iter()
+                        .any(|n| n == &s.name || place_of(n).as_ref() == Some(&url))
+                })
                 .map(|r| r.name.as_str())
                 .collect();
             if !homes.is_empty() && !homes.iter().any(|h| allowed.iter().any(|a| a == h)) {
-                let list = if field.starts_with("regions") {
-                    "archive_stores"
-                } else {
-                    "stores"
-                };
                 return Err(invalid(
-                    format!("{field}.{list}[{j}]"),
+                    entry(j),
                     format!(
                         "tenant {:?} may use regions {allowed:?} only, but archive store {:?} belongs to {homes:?}: its events would be archived outside its regions (name stores of those regions)",
                         t.name, s.name

@@ -159,3 +159,33 @@ fn a_pinned_tenant_archives_in_its_region_and_nowhere_else() {
         "{e}"
     );
 }
+
+/// Residency compares places, not names: a pinned tenant's inline store in
+/// another region's bucket is refused; one bucket listed twice in an archive
+/// is refused (a failover between the two would be no failover, and the
+/// clean-up of failed writes could delete the object).
+#[test]
+fn residency_and_duplicates_go_by_the_stores_place() {
+    let text = |tenant: &str| {
+        format!("listeners: [{{name: i, address: \"127.0.0.1:0\", protocol: http}}]\narchive_stores:\n  - {{name: eu-main, store: {{type: s3, bucket: logs-eu}}}}\n  - {{name: eu-private, store: {{type: s3, bucket: logs-eu, endpoint: \"https://bucket.vpce.example\"}}}}\n  - {{name: us-main, store: {{type: s3, bucket: logs-us}}}}\narchive: {{store: {{type: local, root: /tmp/top}}}}\nbackends:\n  - {{name: a, type: http, url: \"http://a/\"}}\nregions:\n  - {{name: eu, tiers: [[a]], archive_stores: [eu-main]}}\n  - {{name: us, tiers: [[a]], archive_stores: [us-main]}}\ntenants:\n  - {{name: t, api_keys: [k], region: eu, {tenant}}}\n")
+    };
+    let e = Plan::parse(
+        &text("archive: {store: {type: s3, bucket: logs-us}}"),
+        "r.yaml",
+    )
+    .err()
+    .unwrap();
+    assert_eq!(e.field.as_deref(), Some("tenants[0].archive.store"), "{e}");
+    assert!(e.message.contains("belongs to [\"us\"]"), "{e}");
+    let e = Plan::parse(&text("archive: {stores: [eu-main, eu-private]}"), "r.yaml")
+        .err()
+        .unwrap();
+    assert_eq!(
+        e.field.as_deref(),
+        Some("tenants[0].archive.stores[1]"),
+        "{e}"
+    );
+    assert!(e.message.contains("the same place (s3://logs-eu)"), "{e}");
+    // eu-private is not listed by a region, but it is eu's bucket: allowed.
+    Plan::parse(&text("archive: {stores: [eu-private]}"), "r.yaml").unwrap();
+}

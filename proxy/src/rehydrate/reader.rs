@@ -48,11 +48,10 @@ pub async fn list(
     {
         let p = ObjectPath::from(prefix.as_str());
         let mut listing = s.store.list(Some(&p));
-        while let Some(meta) = listing
-            .try_next()
-            .await
-            .map_err(|e| format!("listing {prefix} in archive store {}: {e}", s.name))?
-        {
+        while let Some(meta) = listing.try_next().await.map_err(|e| {
+            let e = s.mask(e.to_string());
+            format!("listing {prefix} in archive store {}: {e}", s.name)
+        })? {
             let path = meta.location.to_string();
             // Objects being written (local stores stage them under another name) are not archive objects yet.
             if !(path.ends_with(".ndjson.gz") || path.ends_with(".ndjson.zst")) {
@@ -148,12 +147,22 @@ pub fn scan(
 ) -> Result<(), String> {
     for index in start.object..objects.len() {
         let object = &objects[index];
-        let store = match object.store.as_str() {
+        let listed = match object.store.as_str() {
             "" => stores.first(),
             name => stores.iter().find(|s| s.name == name),
         }
         .ok_or_else(|| format!("{}: its archive store {:?} is no longer in the tenant's archive; run the job again with restart to list again", object.path, object.store))?;
-        let body = rt.block_on(fetch(store.store.as_ref(), object))?;
+        // The store it was listed in first; the others if it is gone from
+        // there (a second copy a failed write left, cleaned up since).
+        let order: Vec<&ArchiveStore> = std::iter::once(listed.as_ref())
+            .chain(
+                stores
+                    .iter()
+                    .filter(|s| !Arc::ptr_eq(s, listed))
+                    .map(|s| s.as_ref()),
+            )
+            .collect();
+        let body = rt.block_on(fetch(&order, object))?;
         let skip = if index == start.object { start.line } else { 0 };
         if !scan_object(object, index, &body, skip, &filter, limits, &tx)? {
             return Ok(());
@@ -162,8 +171,9 @@ pub fn scan(
     Ok(())
 }
 
-/// Reads one object (compressed), with a few retries for a store that hiccups.
-async fn fetch(store: &dyn ObjectStore, object: &Object) -> Result<bytes::Bytes, String> {
+/// Reads one object (compressed) from the first of `stores` that has it, with
+/// a few retries for a store that hiccups.
+async fn fetch(stores: &[&ArchiveStore], object: &Object) -> Result<bytes::Bytes, String> {
     if object.size > MAX_OBJECT_BYTES {
         return Err(format!(
             "{}: {} bytes, more than the {MAX_OBJECT_BYTES} an object may have",
@@ -171,27 +181,34 @@ async fn fetch(store: &dyn ObjectStore, object: &Object) -> Result<bytes::Bytes,
         ));
     }
     let path = ObjectPath::from(object.path.as_str());
-    let mut wait = Duration::from_millis(200);
-    let mut attempt = 0;
-    loop {
-        let got = async { store.get(&path).await?.bytes().await }.await;
-        match got {
-            Ok(b) => return Ok(b),
-            Err(object_store::Error::NotFound { .. }) => {
-                return Err(format!(
-                    "{}: the object is gone from the archive (deleted since the job listed it); run the job again with restart to list again",
-                    object.path
-                ))
-            }
-            Err(e) if attempt >= 4 => return Err(format!("reading {}: {e}", object.path)),
-            Err(e) => {
-                tracing::warn!(object = %object.path, error = %e, retry_in = ?wait, "rehydration: reading an archive object failed; retrying");
-                tokio::time::sleep(wait).await;
-                wait *= 2;
-                attempt += 1;
+    for s in stores {
+        let mut wait = Duration::from_millis(200);
+        let mut attempt = 0;
+        loop {
+            let got = async { s.store.get(&path).await?.bytes().await }.await;
+            match got {
+                Ok(b) => return Ok(b),
+                Err(object_store::Error::NotFound { .. }) => break,
+                Err(e) if attempt >= 4 => {
+                    let e = s.mask(e.to_string());
+                    return Err(format!(
+                        "reading {} from archive store {}: {e}",
+                        object.path, s.name
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(object = %object.path, store = %s.name, error = %s.mask(e.to_string()), retry_in = ?wait, "rehydration: reading an archive object failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                    attempt += 1;
+                }
             }
         }
     }
+    Err(format!(
+        "{}: the object is gone from the archive (deleted since the job listed it); run the job again with restart to list again",
+        object.path
+    ))
 }
 
 /// The decompressed stream of an object, by its name's suffix.
@@ -340,7 +357,7 @@ mod tests {
             Arc::new(ArchiveStore::new(
                 "primary",
                 &cfg,
-                a as Arc<dyn ObjectStore>,
+                a.clone() as Arc<dyn ObjectStore>,
             )),
             Arc::new(ArchiveStore::new("dr", &cfg, b as Arc<dyn ObjectStore>)),
         ];
@@ -361,6 +378,8 @@ mod tests {
         ];
         let want: Vec<(&str, &str)> = want.iter().map(|(s, p)| (*s, p.as_str())).collect();
         assert_eq!(got, want);
+        // The first store's copy of 04 is cleaned up after the listing: read from the other.
+        a.delete(&ObjectPath::from(p("04"))).await.unwrap();
         let (tx, mut rx) = mpsc::channel(2);
         let rt = tokio::runtime::Handle::current();
         let task = tokio::task::spawn_blocking(move || {
