@@ -77,6 +77,10 @@ def test_the_server_keeps_to_its_openapi_file(tmp_path, datadog_backend):
             "--exclude-path", "/admin/tail",
             "--max-examples", "30",
             "--seed", "17",
+            # Hypothesis's own check on how it generates data (the rule name's pattern filters
+            # many candidates; which operation trips it moves with any edit of the file under a
+            # fixed seed). It says nothing about the server.
+            "--suppress-health-check", "filter_too_much",
             "--workers", "1",
             "--request-timeout", "10",
             "--no-color",
