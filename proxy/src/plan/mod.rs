@@ -65,6 +65,7 @@ impl Plan {
             .map(|(i, t)| TenantPlan::resolve(&config, i, t))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| config.origin.locate(e))?;
+        same_failover_per_store(&config, &tenants).map_err(|e| config.origin.locate(e))?;
         Ok(Plan {
             config,
             global_rules,
@@ -76,6 +77,40 @@ impl Plan {
     pub fn tenant(&self, name: &str) -> Option<&TenantPlan> {
         self.tenants.iter().find(|t| t.name == name)
     }
+}
+
+/// A store's health is one, whichever archive writes to it: archives that
+/// share a store must agree on when it is down and when it is tried again.
+fn same_failover_per_store(
+    config: &Config,
+    tenants: &[TenantPlan],
+) -> Result<(), crate::config::Invalid> {
+    let mut seen: Vec<(String, crate::config::StoreFailover, &str)> = Vec::new();
+    for (i, t) in tenants.iter().enumerate() {
+        if !t.archive.enabled {
+            continue;
+        }
+        for s in &t.archive_stores {
+            match seen.iter().find(|(name, ..)| name == &s.name) {
+                Some((_, f, other)) if *f != t.archive.failover => {
+                    let field = match config.tenants[i].archive {
+                        Some(_) => format!("tenants[{i}].archive.failover"),
+                        None => "archive.failover".to_string(),
+                    };
+                    return Err(crate::config::invalid(
+                        field,
+                        format!(
+                            "tenant {:?} writes to archive store {:?} with other failover settings than tenant {other:?}: a store's health is shared, so archives sharing a store need the same failover",
+                            t.name, s.name
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => seen.push((s.name.clone(), t.archive.failover, t.name.as_str())),
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

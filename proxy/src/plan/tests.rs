@@ -189,3 +189,25 @@ fn residency_and_duplicates_go_by_the_stores_place() {
     // eu-private is not listed by a region, but it is eu's bucket: allowed.
     Plan::parse(&text("archive: {stores: [eu-private]}"), "r.yaml").unwrap();
 }
+
+/// Archives sharing a store share its health: they must agree on failover.
+#[test]
+fn archives_sharing_a_store_need_the_same_failover() {
+    let text = |own: &str| {
+        format!("listeners: [{{name: i, address: \"127.0.0.1:0\", protocol: http}}]\narchive_stores:\n  - {{name: main, store: {{type: local, root: /tmp/main}}}}\n  - {{name: dr, store: {{type: local, root: /tmp/dr}}}}\narchive: {{stores: [main, dr]}}\nbackends:\n  - {{name: a, type: http, url: \"http://a/\"}}\ntenants:\n  - {{name: t, api_keys: [k], backend: a}}\n  - {{name: u, api_keys: [k2], backend: a, archive: {{stores: [dr], {own}}}}}\n")
+    };
+    let e = Plan::parse(&text("failover: {after_failures: 5}"), "r.yaml")
+        .err()
+        .unwrap();
+    assert_eq!(
+        e.field.as_deref(),
+        Some("tenants[1].archive.failover"),
+        "{e}"
+    );
+    assert!(e.message.contains("archive store \"dr\""), "{e}");
+    Plan::parse(
+        &text("failover: {after_failures: 3, retry_after: 30s}"),
+        "r.yaml",
+    )
+    .unwrap();
+}
