@@ -66,7 +66,7 @@ from xml.sax.saxutils import escape as xml_escape
 
 import pytest
 
-from conftest import DEADLINE, REPO, ObjectStoreWeirProcess, http_get, q, read_request_body, run_until_teardown, wait_for
+from conftest import DEADLINE, REPO, HttpDouble, ObjectStoreWeirProcess, http_get, q, read_request_body, run_until_teardown, wait_for
 
 # The Azure container and the GCS bucket alike. Without a "-": object_store percent-
 # encodes it in the URL ("weir%2Darchive"), which GCS decodes and gcp-storage-emulator's
@@ -353,7 +353,7 @@ class DoubleRequest:
     refused: Optional[str]  # why the credentials were refused, if they were
 
 
-class GcsAuthDouble:
+class GcsAuthDouble(HttpDouble):
     """GCS's front door for a service account's self-signed JWT, in front of an
     emulator (see the module docs). ``trusted``: the service accounts whose public
     keys it knows, by key id."""
@@ -554,20 +554,6 @@ class GcsAuthDouble:
         finally:
             conn.close()
         return r.status, answer, out
-
-    def start(self) -> "GcsAuthDouble":
-        self._thread.start()
-        return self
-
-    def stop(self):
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=DEADLINE)
-
-    @property
-    def requests(self) -> list[DoubleRequest]:
-        with self._lock:
-            return list(self._requests)
 
     def summary(self) -> str:
         return "\n".join(f"{r.status} {r.method} {r.path} {'refused: ' + r.refused if r.refused else 'authenticated'}"

@@ -110,7 +110,27 @@ class ReceivedRequest:
         return self.headers.get("dd-api-key")
 
 
-class DatadogIntake:
+class HttpDouble:
+    """A test double served by a ThreadingHTTPServer on its own thread: the
+    subclass sets ``_server``, ``_thread``, ``_lock`` and ``_requests`` (what it
+    received, in order)."""
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=DEADLINE)
+
+    @property
+    def requests(self) -> list:
+        with self._lock:
+            return list(self._requests)
+
+
+class DatadogIntake(HttpDouble):
     """Speaks Datadog's logs intake protocol: POST /api/v2/logs with a JSON array
     of log objects (or one object), optionally gzip/deflate/zstd-compressed, and
     the organization's key in DD-API-KEY. Answers 202 ``{}``, 403 for a wrong or
@@ -185,20 +205,6 @@ class DatadogIntake:
         if not isinstance(payload, list) or not all(isinstance(x, dict) for x in payload):
             return 400, [], "body must be a JSON array of log objects"
         return 202, payload, None
-
-    def start(self):
-        self._thread.start()
-        return self
-
-    def stop(self):
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=DEADLINE)
-
-    @property
-    def requests(self) -> list[ReceivedRequest]:
-        with self._lock:
-            return list(self._requests)
 
     @property
     def logs(self) -> list[dict]:

@@ -19,7 +19,6 @@ use chrono::{DateTime, Utc};
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use object_store::path::Path as ObjectPath;
-use object_store::ObjectStore;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -44,7 +43,8 @@ pub type ArchiveHandle = Queue<ArchiveChunk>;
 
 /// Opens the object store an archive config names: a local directory, S3 (or
 /// an S3-compatible store), GCS or Azure, under the config's `prefix`.
-pub fn open_store(cfg: &StoreConfig) -> anyhow::Result<Arc<dyn ObjectStore>> {
+#[cfg(test)]
+pub(crate) fn open_store(cfg: &StoreConfig) -> anyhow::Result<Arc<dyn object_store::ObjectStore>> {
     store::open(cfg)
 }
 

@@ -111,8 +111,9 @@ pub fn open(cfg: &StoreConfig) -> anyhow::Result<Arc<dyn ObjectStore>> {
     }
 }
 
-/// An endpoint given as a base URL: http(s), no query, no trailing slash.
-fn base_url(endpoint: &str, http_allowed: bool) -> anyhow::Result<String> {
+/// An endpoint given as a base URL, checked (http(s) with a host, no query,
+/// plain http only when allowed) and parsed.
+fn checked_endpoint(endpoint: &str, http_allowed: bool) -> anyhow::Result<http::Uri> {
     let uri: http::Uri = endpoint
         .parse()
         .map_err(|_| anyhow::anyhow!("endpoint {endpoint:?} is not an http:// or https:// URL"))?;
@@ -125,6 +126,12 @@ fn base_url(endpoint: &str, http_allowed: bool) -> anyhow::Result<String> {
     if uri.query().is_some() {
         anyhow::bail!("endpoint {endpoint:?} must not have a query string");
     }
+    Ok(uri)
+}
+
+/// An endpoint as object_store takes a base URL: checked, no trailing slash.
+fn base_url(endpoint: &str, http_allowed: bool) -> anyhow::Result<String> {
+    checked_endpoint(endpoint, http_allowed)?;
     Ok(endpoint.trim_end_matches('/').to_string())
 }
 
@@ -241,11 +248,9 @@ fn s3_endpoint(
     virtual_hosted: bool,
     http_allowed: bool,
 ) -> anyhow::Result<String> {
-    base_url(endpoint, http_allowed)?;
-    let uri: http::Uri = endpoint.parse()?;
-    let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
-        unreachable!("base_url checked the scheme and host")
-    };
+    let uri = checked_endpoint(endpoint, http_allowed)?;
+    let scheme = uri.scheme_str().unwrap_or("https");
+    let host = uri.host().unwrap_or_default();
     let port = uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
     let path = uri.path().trim_end_matches('/');
     if !virtual_hosted || host.starts_with(&format!("{bucket}.")) {

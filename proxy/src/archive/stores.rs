@@ -274,12 +274,9 @@ impl Stores {
     }
 
     /// How many distinct stores are open.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.open.lock().unwrap().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Every store's state, for `/readyz`.
