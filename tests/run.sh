@@ -92,12 +92,14 @@ export WEIR_AZURITE="$azurite_bin"
 # --- tests ---
 (cd sdk && cargo test)
 (cd plugins && cargo test && cargo build --release --target wasm32-wasip1)
+# Fuzz each intake decoder and the HTTP decompression for FUZZ_SECONDS (default 20)
+# each; installs cargo-fuzz (and a nightly toolchain) if missing. A crash fails the run.
+# Before the workspace's own build, so that with FUZZ_DISCARD_BUILD=1 (.ci/run) the
+# two big builds are never on disk at once.
+bash proxy/fuzz/run.sh
 
 # The failover tests run weir-blackhole (tests/loadgen) as backends to kill.
 cargo build --locked -p weir-loadgen --bins
+# Also builds target/debug/weir, the binary the end-to-end and Python tests run.
 cargo test --workspace --locked
-# Fuzz each intake decoder and the HTTP decompression for FUZZ_SECONDS (default 20)
-# each; installs cargo-fuzz (and a nightly toolchain) if missing. A crash fails the run.
-bash proxy/fuzz/run.sh
-cargo build --locked -p weir
 WEIR_BIN="$PWD/target/debug/weir" python3 -m pytest tests/python -q

@@ -19,7 +19,9 @@
 # 10), FUZZ_SANITIZER (none or address, default none: see BUILD below),
 # FUZZ_TARGET_DIR (the build's, default target/<sanitizer> here: a folder outside
 # the checkout keeps the build across fresh clones; a cold build takes 11 minutes
-# or more on two cores, a warm one seconds, or about 2.5 when weir changed).
+# or more on two cores, a warm one seconds, or about 2.5 when weir changed),
+# FUZZ_DISCARD_BUILD=1 (delete that build when done, fuzzed or not: it takes
+# about 5 GB, and a one-off run such as CI's has no use for it afterwards).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here"
@@ -62,7 +64,9 @@ else
 fi
 
 work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
+discard=()
+[ "${FUZZ_DISCARD_BUILD:-0}" = 1 ] && discard=("$target_dir")
+trap 'rm -rf "$work" "${discard[@]}"' EXIT
 failed=()
 summary=()
 for t in "${targets[@]}"; do
