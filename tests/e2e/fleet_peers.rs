@@ -280,6 +280,11 @@ backend weir
     balance roundrobin
     option httpchk GET /readyz
     http-check expect status 200
+    # A check's answer may take 2s (without it, the check timeout is inter, 300ms:
+    # on a loaded 2-core machine a slow /readyz took an instance out of the
+    # rotation, and the flood tests saw it index less than its quota share).
+    # A killed instance still fails at once: its port refuses.
+    timeout check 2s
     default-server inter 300ms fall 2 rise 1
 {servers}"
         );
@@ -354,6 +359,17 @@ backend weir
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("haproxy.log")).unwrap_or_default()
+    }
+
+    /// HAProxy's lines on servers going DOWN or UP (none: every check passed).
+    pub fn server_changes(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains("Server weir/")).collect();
+        if lines.is_empty() {
+            "(none)".to_string()
+        } else {
+            lines.join("\n")
+        }
     }
 }
 
