@@ -31,7 +31,7 @@ pub struct ArchiveStore {
     config: StoreConfig,
     down: AtomicBool,
     failures_in_a_row: AtomicU32,
-    /// While down: when an object may try it again (ms since the epoch).
+    /// While down: when an object may try it again (`clock_ms`).
     next_try_ms: AtomicI64,
     failovers: AtomicU64,
     objects: AtomicU64,
@@ -51,8 +51,19 @@ const ORPHAN_TRIES: u32 = 5;
 /// oldest are forgotten, and may stay as a second copy.
 const MAX_ORPHANS: usize = 10_000;
 
+/// Wall-clock ms: event times, to age the oldest unwritten event.
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+/// Monotonic ms since the first call: retry times, which a step of the wall
+/// clock (NTP, a VM resumed) must not stretch or shorten.
+fn clock_ms() -> i64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as i64
 }
 
 impl ArchiveStore {
@@ -87,7 +98,7 @@ impl ArchiveStore {
         if self.is_up() {
             return true;
         }
-        let now = now_ms();
+        let now = clock_ms();
         let due = self.next_try_ms.load(Ordering::SeqCst);
         now >= due
             && self
@@ -175,7 +186,7 @@ impl ArchiveStore {
         ARCHIVE.errors.with_label_values(&[&self.name]).inc();
         *self.last_error.lock().unwrap() = Some(error.to_string());
         let in_a_row = self.failures_in_a_row.fetch_add(1, Ordering::SeqCst) + 1;
-        let retry_at = now_ms() + f.retry_after.0.as_millis() as i64;
+        let retry_at = clock_ms() + f.retry_after.0.as_millis() as i64;
         if self.down.load(Ordering::SeqCst) {
             // A failed retry: the next one is retry_after from its end, not its start.
             self.next_try_ms.store(retry_at, Ordering::SeqCst);
@@ -401,7 +412,7 @@ impl StoreSet {
         let none_usable = !self
             .stores
             .iter()
-            .any(|s| s.is_up() || s.next_try_ms.load(Ordering::SeqCst) <= now_ms());
+            .any(|s| s.is_up() || s.next_try_ms.load(Ordering::SeqCst) <= clock_ms());
         if let (true, Some(a)) = (none_usable, attempt.as_deref_mut()) {
             a.wait_on(&self.stores[0]);
         }
@@ -799,7 +810,7 @@ mod tests {
         set.stores[0].next_try_ms.store(0, Ordering::SeqCst);
         assert!(set.stores[0].claim(f.retry_after.0));
         // The retry fails (after a long hang): the next is retry_after from now.
-        let before = now_ms();
+        let before = clock_ms();
         assert!(set.stores[0].failed("x", &f, None));
         assert!(set.stores[0].next_try_ms.load(Ordering::SeqCst) >= before + 60_000);
     }
